@@ -1,0 +1,14 @@
+{
+  "targets": [
+    {
+      "target_name": "dmaload",
+      "sources": ["native/dmaload.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],
+      "cflags_cc": ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags!": ["-fno-exceptions"],
+      "libraries": ["-lpthread"]
+    }
+  ]
+}
