@@ -1,0 +1,93 @@
+/** LoadedBuffer: what load() returns — the bytes, their fds, what it cost — and the one way to free them. */
+import { DmaloadError } from './errors.js';
+import type { Allocation, Part, TargetName } from './targets/types.js';
+
+/** How a load went. */
+export interface LoadStats {
+  /** The io actually used. */
+  io: 'direct' | 'buffered';
+  /** Why the io differs from the one asked for, if it does. */
+  ioReason?: string | undefined;
+  /** 'uring' or 'threads' (io_uring refused). */
+  engine: 'uring' | 'threads';
+  engineReason?: string | undefined;
+  /** Wall time of the load() call, ms. */
+  ms: number;
+  /** Time spent creating the target (allocation, mapping), ms. */
+  allocMs: number;
+  /** Time spent moving the bytes, ms. */
+  ioMs: number;
+  /** CPU time of the whole process (user + system, all threads) during the load, ms. */
+  cpuMs: number;
+  bytesPerSec: number;
+  /** Bytes of the source file in the page cache right after the load (mincore). */
+  pageCacheBytes: number;
+  chunkSize: number;
+  queueDepth: number;
+}
+
+export class LoadedBuffer implements AsyncDisposable {
+  readonly path: string;
+  readonly size: number;
+  readonly target: TargetName;
+  readonly stats: LoadStats;
+  #alloc: Allocation | undefined;
+  #bytes: Uint8Array | undefined;
+  #parts: Part[];
+
+  /** @internal Built by load(); takes ownership of `alloc`. */
+  constructor(path: string, size: number, target: TargetName, alloc: Allocation, parts: Part[], stats: LoadStats) {
+    this.path = path;
+    this.size = size;
+    this.target = target;
+    this.stats = stats;
+    this.#alloc = alloc;
+    this.#parts = parts;
+    this.#bytes = alloc.mapping ? new Uint8Array(alloc.mapping, 0, size) : new Uint8Array(0);
+  }
+
+  #live(what: string): Allocation {
+    if (!this.#alloc) {
+      throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot use ${what} of the buffer loaded from '${this.path}': it was closed`, { path: this.path });
+    }
+    return this.#alloc;
+  }
+
+  /** The file's bytes: a zero-copy view over the target's mapping, exactly `size` long. Invalid after close(). */
+  get bytes(): Uint8Array {
+    this.#live('the bytes');
+    return this.#bytes!;
+  }
+
+  /** The memfd (memfd target) or the first dma-buf fd; -1 for process memory. Closed by close(). */
+  get fd(): number {
+    return this.#live('the fd').fd ?? this.#parts[0]?.fd ?? -1;
+  }
+
+  /** The device-importable pieces, in file order. */
+  get parts(): readonly Part[] {
+    this.#live('the parts');
+    return this.#parts;
+  }
+
+  get closed(): boolean {
+    return this.#alloc === undefined;
+  }
+
+  /** @internal The mapping behind `bytes`, for readInto/writeFrom. */
+  mapping(): ArrayBuffer | undefined {
+    return this.#live('the mapping').mapping;
+  }
+
+  /** Frees every mapping and fd. Idempotent; views from `bytes` become empty. */
+  close(): void {
+    const a = this.#alloc;
+    this.#alloc = undefined;
+    this.#bytes = undefined;
+    a?.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}

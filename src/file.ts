@@ -1,0 +1,108 @@
+/**
+ * Opening a source file for a load: refuse what is not a regular file before open() can block on it, open it for
+ * direct I/O when its file system allows, and learn the alignment direct I/O needs there.
+ */
+import { constants as FS, promises as fsp } from 'node:fs';
+import type { Stats } from 'node:fs';
+import { DmaloadError, DmaloadSystemError } from './errors.js';
+import { C, native } from './native.js';
+
+export type IoMode = 'direct' | 'buffered' | 'auto';
+
+/** Direct-I/O alignment of a file's file system (statx STATX_DIOALIGN); zeros when direct I/O is not possible. */
+export interface DioAlign {
+  memAlign: number;
+  offsetAlign: number;
+}
+
+export interface OpenedSource {
+  path: string;
+  fd: number;
+  size: number;
+  stat: Stats;
+  /** True when `fd` was opened with O_DIRECT. */
+  direct: boolean;
+  align: DioAlign;
+  /** Why the load is buffered although direct I/O was asked for or preferred; undefined when direct. */
+  fallbackReason: string | undefined;
+  close(): Promise<void>;
+}
+
+/** Throws the library's errors for what is not a regular file: EISDIR for folders, ERR_NOT_REGULAR_FILE otherwise. */
+export function requireRegular(st: Stats, path: string, syscall = 'open'): void {
+  if (st.isFile()) return;
+  if (st.isDirectory()) throw new DmaloadSystemError(21 /* EISDIR */, syscall, path);
+  const kind = st.isFIFO() ? 'a FIFO' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isSocket() ? 'a socket' : 'not a regular file';
+  throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${path}' is ${kind}; dmaload reads regular files only (their size is known and stable)`, { path });
+}
+
+export function dioAlign(fd: number): DioAlign {
+  const r = native.statxDio(fd);
+  if (typeof r === 'number') return { memAlign: 0, offsetAlign: 0 };
+  return { memAlign: r[0], offsetAlign: r[1] };
+}
+
+/**
+ * Opens `path` for reading with the requested io. `direct` and `auto` try O_DIRECT and fall back to buffered
+ * reads, with the reason, where the file system cannot do it (tmpfs, or an open() that fails with EINVAL).
+ */
+export async function openSource(path: string, io: IoMode): Promise<OpenedSource> {
+  // stat() first: open() of a FIFO blocks until a writer appears, and /dev/zero never ends.
+  requireRegular(await fsp.stat(path), path);
+  let fh = await fsp.open(path, FS.O_RDONLY | FS.O_NONBLOCK);
+  try {
+    const stat = await fh.stat();
+    requireRegular(stat, path); // swapped for something else between stat() and open()
+    const align = dioAlign(fh.fd);
+    let direct = false;
+    let fallbackReason: string | undefined;
+    if (io !== 'buffered') {
+      if (align.memAlign === 0 || align.offsetAlign === 0) {
+        fallbackReason = 'the file system does not support direct I/O (statx reports no STATX_DIOALIGN)';
+      } else {
+        try {
+          const d = await fsp.open(path, FS.O_RDONLY | FS.O_DIRECT | FS.O_NONBLOCK);
+          const dst = await d.stat();
+          if (dst.ino !== stat.ino || dst.dev !== stat.dev) {
+            await d.close();
+            throw new DmaloadError('ERR_FILE_CHANGED', `'${path}' was replaced while it was being opened; try again`, { path });
+          }
+          await fh.close();
+          fh = d;
+          direct = true;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+          fallbackReason = 'open() with O_DIRECT failed with EINVAL on this file system';
+        }
+      }
+    }
+    const handle = fh;
+    return {
+      path,
+      fd: handle.fd,
+      size: stat.size,
+      stat,
+      direct,
+      align: direct ? align : { memAlign: 0, offsetAlign: 0 },
+      fallbackReason,
+      close: () => handle.close(),
+    };
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
+  }
+}
+
+/** Bytes of the file resident in the page cache (mincore over a temporary mapping); 0 for an empty file. */
+export function pageCacheBytes(fd: number, size: number, offset = 0): number {
+  if (size === 0) return 0;
+  const r = native.residency(fd, offset, size);
+  if (r < 0) throw new DmaloadSystemError(r, 'mincore');
+  return r;
+}
+
+/** Drops the file's clean pages from the page cache (no root needed). */
+export function evict(fd: number, path?: string): void {
+  const r = native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
+  if (r < 0) throw new DmaloadSystemError(r, 'posix_fadvise', path);
+}

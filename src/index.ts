@@ -1,0 +1,10 @@
+/** dmaload: load huge files into memory that CPUs and devices share, by direct I/O, without the page cache. */
+export { load } from './load.js';
+export type { LoadOptions, LoadProgress } from './load.js';
+export { LoadedBuffer } from './buffer.js';
+export type { LoadStats } from './buffer.js';
+export { probe } from './probe.js';
+export type { ProbeResult } from './probe.js';
+export { AbortError, DmaloadError, DmaloadSystemError } from './errors.js';
+export type { IoMode } from './file.js';
+export type { Part, TargetName } from './targets/index.js';

@@ -1,0 +1,136 @@
+/** load(): a file into a target, every byte, by direct I/O where the file system allows. */
+import { fstatSync } from 'node:fs';
+import { LoadedBuffer } from './buffer.js';
+import type { LoadStats } from './buffer.js';
+import * as engine from './engine.js';
+import { DmaloadError, invalidType, invalidValue } from './errors.js';
+import { openSource, pageCacheBytes } from './file.js';
+import type { IoMode } from './file.js';
+import { PAGE_SIZE } from './native.js';
+import { TARGET_NAMES, targets } from './targets/index.js';
+import type { Allocation, TargetName } from './targets/index.js';
+import { cpuMsSince, enumOption, formatBytes, memAvailable, msSince, roundUp } from './util.js';
+
+export interface LoadProgress {
+  bytes: number;
+  total: number;
+}
+
+export interface LoadOptions {
+  /** Where the bytes land. Default 'memory'. */
+  target?: TargetName;
+  /**
+   * 'direct' (O_DIRECT, no page cache), 'buffered' (through the page cache), or 'auto' (default: direct where the
+   * file system allows). A file system without direct I/O falls back to buffered and says why in `stats.ioReason`.
+   */
+  io?: IoMode;
+  /** Bytes per request (task size); a multiple of 4096. Env DMALOAD_CHUNK_SIZE. */
+  chunkSize?: number;
+  /** Requests in flight. Env DMALOAD_QUEUE_DEPTH. */
+  queueDepth?: number;
+  /** Refuse files larger than this many bytes before allocating. Default: MemAvailable. */
+  memoryBudget?: number;
+  /** Called as bytes arrive, at most ~60 times a second, and once at the end. */
+  onProgress?: (p: LoadProgress) => void;
+  /** Aborting stops within one request, frees everything and rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+const IO_MODES: readonly IoMode[] = ['auto', 'direct', 'buffered'];
+
+/**
+ * Loads the whole file at `path` into a new buffer of the chosen target and resolves once every byte is there.
+ *
+ * Errors: system errors carry `code` (ENOENT, EISDIR, …), `syscall` and `path`; the library's own codes are
+ * ERR_NOT_REGULAR_FILE, ERR_MEMORY_BUDGET, ERR_FILE_CHANGED (the file's size changed during the load) and
+ * ERR_INVALID_ARG_* for bad options. Nothing stays allocated when it rejects.
+ */
+export async function load(path: string, options: LoadOptions = {}): Promise<LoadedBuffer> {
+  const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  if (typeof path !== 'string' || path === '') throw invalidType('path', 'a non-empty string', path);
+  if (options === null || typeof options !== 'object') throw invalidType('options', 'an object', options);
+  const targetName = enumOption('target', options.target, TARGET_NAMES, 'memory');
+  const target = targets[targetName]!;
+  const io = enumOption('io', options.io, IO_MODES, 'auto');
+  const tune = engine.tuning(options);
+  if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw invalidType('onProgress', 'a function', options.onProgress);
+  const signal = options.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidType('signal', 'an AbortSignal', signal);
+  const budget = options.memoryBudget ?? memAvailable();
+  if (typeof budget !== 'number' || !(budget >= 0)) throw invalidValue('memoryBudget', budget, 'must be a non-negative number of bytes');
+  signal?.throwIfAborted();
+
+  const src = await openSource(path, io);
+  let alloc: Allocation | undefined;
+  try {
+    const size = src.size;
+    if (size > budget) {
+      throw new DmaloadError(
+        'ERR_MEMORY_BUDGET',
+        `'${path}' is ${formatBytes(size)} but the memory budget is ${formatBytes(budget)}; free memory or raise the memoryBudget option`,
+        { path },
+      );
+    }
+    const capacity = size === 0 ? 0 : roundUp(size, Math.max(PAGE_SIZE, src.align.offsetAlign));
+    signal?.throwIfAborted();
+    alloc = target.allocate({ size, capacity, path, options: options as Record<string, unknown> });
+    const allocMs = msSince(t0);
+    const tIo = performance.now();
+    const eng = engine.engine();
+    if (size > 0) {
+      const onProgress = options.onProgress;
+      const r = await engine.run({
+        fd: src.fd,
+        write: false,
+        direct: src.direct,
+        buffer: alloc.mapping!,
+        bufOffset: 0,
+        fileOffset: 0,
+        length: size,
+        padTo: src.direct ? src.align.offsetAlign : 1,
+        bounce: src.direct && !alloc.directInto,
+        populate: alloc.populate,
+        tuning: tune,
+        path,
+        signal,
+        onProgress: onProgress && ((bytes) => onProgress({ bytes, total: size })),
+      });
+      if (r.short || r.bytes !== size) fileChanged(path, size, fstatSync(src.fd).size);
+    }
+    const ioMs = msSince(tIo);
+    // A file that grew (or shrank and grew back) while we read it: our copy may mix old and new bytes.
+    const after = fstatSync(src.fd);
+    if (after.size !== size) fileChanged(path, size, after.size);
+    const parts = alloc.finish(size);
+    const ms = msSince(t0);
+    const stats: LoadStats = {
+      io: src.direct ? 'direct' : 'buffered',
+      ioReason: src.fallbackReason,
+      engine: eng.engine,
+      engineReason: eng.reason,
+      ms,
+      allocMs,
+      ioMs,
+      cpuMs: cpuMsSince(c0),
+      bytesPerSec: ms > 0 ? Math.round(size / (ms / 1000)) : 0,
+      pageCacheBytes: pageCacheBytes(src.fd, size),
+      chunkSize: tune.chunk,
+      queueDepth: tune.depth,
+    };
+    const buf = new LoadedBuffer(path, size, targetName, alloc, parts, stats);
+    alloc = undefined;
+    return buf;
+  } finally {
+    alloc?.close();
+    await src.close();
+  }
+}
+
+function fileChanged(path: string, expected: number, now: number): never {
+  throw new DmaloadError(
+    'ERR_FILE_CHANGED',
+    `'${path}' changed size during the load (${expected} bytes at the start, ${now} now); load it again once nothing writes to it`,
+    { path },
+  );
+}

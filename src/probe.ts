@@ -1,0 +1,75 @@
+/** probe(): what this kernel and machine offer dmaload, each fact measured by trying, never assumed. */
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import os from 'node:os';
+import { engine } from './engine.js';
+import { dioAlign, requireRegular } from './file.js';
+
+export interface ProbeResult {
+  kernel: string;
+  ioUring: { usable: boolean; reason?: string | undefined };
+  /** Direct-I/O alignment for FILE's file system (statx STATX_DIOALIGN), when a file was given. */
+  file?: { path: string; directIo: boolean; memAlign: number; offsetAlign: number };
+  /** Transparent huge pages mode for anonymous memory (the bracketed word of /sys/kernel/mm/transparent_hugepage/enabled). */
+  thp: string;
+  udmabuf: { present: boolean; device: string; sizeLimitMb?: number | undefined; listLimit?: number | undefined };
+  dmaHeaps: string[];
+  /** RLIMIT_MEMLOCK soft limit in bytes, or 'unlimited'. */
+  memlock: number | 'unlimited';
+  cpus: number;
+  memoryBytes: number;
+}
+
+function readTrim(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+function memlock(): number | 'unlimited' {
+  const m = /^Max locked memory\s+(\S+)/m.exec(readTrim('/proc/self/limits') ?? '');
+  if (!m || m[1] === 'unlimited') return 'unlimited';
+  return Number(m[1]);
+}
+
+/** Reports the kernel facts dmaload depends on; with `path`, also the direct-I/O alignment of its file system. */
+export async function probe(path?: string): Promise<ProbeResult> {
+  const eng = engine();
+  const thpRaw = readTrim('/sys/kernel/mm/transparent_hugepage/enabled') ?? '';
+  const limit = readTrim('/sys/module/udmabuf/parameters/size_limit_mb');
+  const listLimit = readTrim('/sys/module/udmabuf/parameters/list_limit');
+  let heaps: string[] = [];
+  try {
+    heaps = readdirSync('/dev/dma_heap').sort();
+  } catch {
+    // no DMA heaps on this kernel
+  }
+  const result: ProbeResult = {
+    kernel: os.release(),
+    ioUring: { usable: eng.engine === 'uring', reason: eng.reason },
+    thp: /\[(\w+)\]/.exec(thpRaw)?.[1] ?? 'unavailable',
+    udmabuf: {
+      present: existsSync('/dev/udmabuf'),
+      device: '/dev/udmabuf',
+      sizeLimitMb: limit === undefined ? undefined : Number(limit),
+      listLimit: listLimit === undefined ? undefined : Number(listLimit),
+    },
+    dmaHeaps: heaps,
+    memlock: memlock(),
+    cpus: os.availableParallelism(),
+    memoryBytes: os.totalmem(),
+  };
+  if (path !== undefined) {
+    requireRegular(statSync(path), path);
+    const fh = await open(path, 'r');
+    try {
+      const a = dioAlign(fh.fd);
+      result.file = { path, directIo: a.memAlign > 0, memAlign: a.memAlign, offsetAlign: a.offsetAlign };
+    } finally {
+      await fh.close();
+    }
+  }
+  return result;
+}

@@ -1,0 +1,63 @@
+/**
+ * Target 'memfd': a sealed memfd whose fd the caller can pass to another process or driver. Filled through its own
+ * shared mapping (direct I/O into shmem pages works: they are pinned like any user page), then trimmed to the
+ * file's exact size and sealed against shrinking and growing.
+ */
+import { closeSync, ftruncateSync } from 'node:fs';
+import { basename } from 'node:path';
+import { DmaloadSystemError } from '../errors.js';
+import { C, native } from '../native.js';
+import type { Allocation, AllocateRequest, Target } from './types.js';
+
+/** Creates a sealable memfd of `size` bytes named after the file; the caller owns the fd. */
+export function createMemfd(path: string, size: number): number {
+  const fd = native.memfdCreate(`dmaload:${basename(path)}`.slice(0, 249), C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING);
+  if (fd < 0) throw new DmaloadSystemError(fd, 'memfd_create', path);
+  try {
+    ftruncateSync(fd, size);
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** Maps a memfd shared, read-write; the caller unmaps it. */
+export function mapShared(fd: number, length: number, path?: string): ArrayBuffer {
+  const ab = native.mmap(length, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0, 0);
+  if (typeof ab === 'number') throw new DmaloadSystemError(ab, 'mmap', path);
+  return ab;
+}
+
+export const memfd: Target = {
+  name: 'memfd',
+  allocate(req: AllocateRequest): Allocation {
+    let fd = createMemfd(req.path, req.capacity);
+    let mapping: ArrayBuffer | undefined;
+    try {
+      mapping = req.capacity > 0 ? mapShared(fd, req.capacity, req.path) : undefined;
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+    return {
+      mapping,
+      fd,
+      directInto: true,
+      populate: true,
+      finish(size) {
+        // Direct reads filled whole blocks past the end: cut them off, then freeze the size.
+        if (size !== req.capacity) ftruncateSync(fd, size);
+        const r = native.seals(fd, C.F_SEAL_SHRINK | C.F_SEAL_GROW);
+        if (r < 0) throw new DmaloadSystemError(r, 'fcntl', req.path);
+        return [{ fd, offset: 0, size }];
+      },
+      close() {
+        if (mapping) native.munmap(mapping);
+        mapping = undefined;
+        if (fd >= 0) closeSync(fd);
+        fd = -1;
+      },
+    };
+  },
+};

@@ -1,0 +1,78 @@
+/** Small shared helpers: sizes, alignment, option parsing with environment defaults, memory facts. */
+import { readFileSync } from 'node:fs';
+import { invalidType, invalidValue, outOfRange } from './errors.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+export const GiB = 1024 * MiB;
+
+export function roundUp(n: number, to: number): number {
+  return to > 1 ? Math.ceil(n / to) * to : n;
+}
+
+const UNITS: Record<string, number> = { '': 1, b: 1, k: KiB, kb: 1e3, kib: KiB, m: MiB, mb: 1e6, mib: MiB, g: GiB, gb: 1e9, gib: GiB, t: GiB * KiB, tb: 1e12, tib: GiB * KiB };
+
+/** Parses `4096`, `4KiB`, `32MiB`, `1.5GB`, `1g` into a byte count; undefined when it is not a size. */
+export function parseSize(s: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(s);
+  if (!m) return undefined;
+  const unit = UNITS[(m[2] ?? '').toLowerCase()];
+  if (unit === undefined) return undefined;
+  const n = Math.round(Number(m[1]) * unit);
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+export function formatBytes(n: number): string {
+  if (n < KiB) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / KiB;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+/**
+ * An integer option: the caller's value, else the environment variable, else the default. Values from either
+ * source are checked the same way, so a bad DMALOAD_* variable fails as clearly as a bad option.
+ */
+export function intOption(name: string, value: unknown, env: string, dflt: number, min: number, max: number, sizeLike = false): number {
+  let v: unknown = value;
+  let label = name;
+  if (v === undefined) {
+    const e = process.env[env];
+    if (e === undefined || e === '') return dflt;
+    v = sizeLike ? parseSize(e) ?? e : Number(e);
+    label = env;
+  }
+  if (typeof v !== 'number') throw invalidType(label, 'a number', v);
+  if (!Number.isSafeInteger(v) || v < min || v > max) throw outOfRange(label, `an integer >= ${min} and <= ${max}`, v);
+  return v;
+}
+
+export function enumOption<T extends string>(name: string, value: unknown, allowed: readonly T[], dflt: T): T {
+  if (value === undefined) return dflt;
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
+    throw invalidValue(name, value, `must be one of ${allowed.map((a) => `'${a}'`).join(', ')}`);
+  }
+  return value as T;
+}
+
+/** MemAvailable from /proc/meminfo, in bytes. */
+export function memAvailable(): number {
+  const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+  return m ? Number(m[1]) * KiB : Number.MAX_SAFE_INTEGER;
+}
+
+/** Wall-clock milliseconds since `t0` (from performance.now()), rounded to 0.01 ms. */
+export function msSince(t0: number): number {
+  return Math.round((performance.now() - t0) * 100) / 100;
+}
+
+/** CPU milliseconds (user + system, every thread of the process) since `c0` (from process.cpuUsage()). */
+export function cpuMsSince(c0: NodeJS.CpuUsage): number {
+  const d = process.cpuUsage(c0);
+  return Math.round((d.user + d.system) / 10) / 100;
+}
