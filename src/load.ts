@@ -28,6 +28,8 @@ export interface LoadOptions {
   chunkSize?: number;
   /** Requests in flight. Env DMALOAD_QUEUE_DEPTH. */
   queueDepth?: number;
+  /** Memory target: request transparent huge pages (env DMALOAD_HUGE_PAGES=1). Default false. */
+  hugePages?: boolean;
   /** Refuse files larger than this many bytes before allocating. Default: MemAvailable. */
   memoryBudget?: number;
   /** Called as bytes arrive, at most ~60 times a second, and once at the end. */

@@ -38,6 +38,8 @@ export interface Native {
   munmap(ab: ArrayBuffer): number;
   madvise(ab: ArrayBuffer, offset: number, length: number, advice: number): number;
   address(ab: ArrayBuffer): bigint;
+  /** Mappings made by the addon and not yet unmapped. */
+  liveMappings(): number;
   strerror(errno: number): string;
   statxDio(fd: number): [memAlign: number, offsetAlign: number] | number;
   memfdCreate(name: string, flags: number): number;

@@ -1,0 +1,51 @@
+/** The dmaload CLI. Takes its argv as a parameter so tests can call it. */
+import { DmaloadError } from '../errors.js';
+import { UsageError, processIO } from './io.js';
+import type { CliIO } from './io.js';
+import { loadCommand } from './load.js';
+import { probeCommand } from './probe.js';
+
+export const HELP = `Usage: dmaload <command> [options]
+
+Commands:
+  load FILE     load a file into memory or a memfd by direct I/O, without the page cache
+  probe [FILE]  show what this kernel offers (io_uring, direct I/O, udmabuf, DMA heaps)
+
+Run 'dmaload <command> --help' for a command's options.
+`;
+
+type Command = (argv: string[], io: CliIO) => Promise<number>;
+
+const commands: Record<string, Command> = {
+  load: loadCommand,
+  probe: probeCommand,
+};
+
+/** Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error. Never throws. */
+export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
+    io[cmd === undefined ? 'stderr' : 'stdout'](HELP);
+    return cmd === undefined ? 2 : 0;
+  }
+  const run = commands[cmd];
+  if (!run) {
+    io.stderr(`dmaload: unknown command '${cmd}'\n\n${HELP}`);
+    return 2;
+  }
+  try {
+    return await run(rest, io);
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    const usage = e instanceof UsageError || (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS'));
+    if (process.env.DMALOAD_DEBUG === '1') io.stderr(`${err.stack}\n`);
+    if (usage) {
+      io.stderr(`dmaload ${cmd}: ${err.message}\nRun 'dmaload ${cmd} --help' for usage.\n`);
+      return 2;
+    }
+    const code = err.code && !err.message.startsWith(err.code) ? `${err.code}: ` : '';
+    const path = e instanceof DmaloadError && err.message.indexOf(e.path ?? '\0') < 0 && e.path ? ` (${e.path})` : '';
+    io.stderr(`dmaload ${cmd}: ${code}${err.message}${path}\n`);
+    return 1;
+  }
+}

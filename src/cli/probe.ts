@@ -1,0 +1,45 @@
+/** `dmaload probe [FILE]`: what this kernel offers. */
+import { parseArgs } from 'node:util';
+import { probe } from '../probe.js';
+import { formatBytes } from '../util.js';
+import { UsageError } from './io.js';
+import type { CliIO } from './io.js';
+
+export const PROBE_HELP = `Usage: dmaload probe [FILE] [--json]
+
+Show the kernel facts dmaload depends on: io_uring, direct-I/O alignment of FILE's file system, transparent huge
+pages, /dev/udmabuf and its size limit, DMA heaps, the memlock limit.
+`;
+
+export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+  });
+  if (values.help) {
+    io.stdout(PROBE_HELP);
+    return 0;
+  }
+  if (positionals.length > 1) throw new UsageError('probe takes at most one FILE');
+  const p = await probe(positionals[0]);
+  if (values.json) {
+    io.stdout(JSON.stringify(p) + '\n');
+    return 0;
+  }
+  const rows: Array<[string, string]> = [
+    ['kernel', p.kernel],
+    ['io_uring', p.ioUring.usable ? 'usable' : `not usable (${p.ioUring.reason})`],
+  ];
+  if (p.file) rows.push([`direct I/O (${p.file.path})`, p.file.directIo ? `yes: memory align ${p.file.memAlign}, offset align ${p.file.offsetAlign}` : 'no (file system does not support it)']);
+  rows.push(
+    ['transparent huge pages', p.thp],
+    ['udmabuf', p.udmabuf.present ? `${p.udmabuf.device}, size_limit_mb ${p.udmabuf.sizeLimitMb ?? '?'}, list_limit ${p.udmabuf.listLimit ?? '?'}` : `absent (${p.udmabuf.device})`],
+    ['DMA heaps', p.dmaHeaps.length ? p.dmaHeaps.join(', ') : 'none (/dev/dma_heap)'],
+    ['memlock limit', p.memlock === 'unlimited' ? 'unlimited' : formatBytes(p.memlock)],
+    ['cpus / memory', `${p.cpus} / ${formatBytes(p.memoryBytes)}`],
+  );
+  const w = Math.max(...rows.map((r) => r[0].length));
+  io.stdout(rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join(''));
+  return 0;
+}
