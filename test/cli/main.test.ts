@@ -1,0 +1,106 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { main } from '../../src/cli/main.js';
+import type { CliIO } from '../../src/cli/io.js';
+import { makeFile, tempDir } from '../helpers.js';
+
+const { dir, cleanup } = tempDir();
+after(cleanup);
+const root = resolve(fileURLToPath(import.meta.url), '../../../..');
+
+/** Runs the CLI in-process and captures what it prints. */
+export async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const io: CliIO = { stdout: (s) => void (out += s), stderr: (s) => void (err += s), isTTY: false };
+  const code = await main(argv, io);
+  return { code, out, err };
+}
+
+describe('cli: load', () => {
+  test('--json --hash sha256: the loaded bytes hash like the file', async () => {
+    const f = makeFile(dir, 'a', 3 * 1024 * 1024 + 17);
+    for (const target of ['memory', 'memfd']) {
+      const r = await cli('load', f.path, '--json', '--hash', 'sha256', '--target', target);
+      assert.equal(r.code, 0, r.err);
+      const j = JSON.parse(r.out);
+      assert.equal(j.sha256, f.sha256);
+      assert.equal(j.path, f.path);
+      assert.equal(j.size, 3 * 1024 * 1024 + 17);
+      assert.equal(j.target, target);
+      assert.equal(j.io, 'direct');
+      for (const k of ['ms', 'cpuMs', 'pageCacheBytes']) assert.equal(typeof j[k], 'number', k);
+    }
+  });
+
+  test('human summary: one line with size, time, MB/s, CPU, page cache, io', async () => {
+    const f = makeFile(dir, 'b', 100_000);
+    const r = await cli('load', f.path, '--io', 'buffered');
+    assert.equal(r.code, 0);
+    assert.match(r.out, /^.*97\.7 KiB into memory in \d+ ms \(\d+ MB\/s\), CPU \d+ ms, page cache left .* io buffered\n$/);
+    assert.equal(r.err, '', 'no progress bar when stderr is not a terminal');
+  });
+
+  test('errors: code and path on stderr, exit 1, no stack trace', async () => {
+    const p = join(dir, 'missing');
+    const r = await cli('load', p);
+    assert.equal(r.code, 1);
+    assert.match(r.err, new RegExp(`ENOENT.*'${p}'`));
+    assert.doesNotMatch(r.err, /\n\s+at /);
+    const d = await cli('load', '/dev/zero');
+    assert.equal(d.code, 1);
+    assert.match(d.err, /ERR_NOT_REGULAR_FILE.*\/dev\/zero/);
+  });
+
+  test('usage errors exit 2: unknown option, bad target, bad io, missing FILE, unknown command', async () => {
+    for (const argv of [['load', '--bogus', 'x'], ['load', 'x', '--target', 'gpu'], ['load', 'x', '--io', 'fast'], ['load'], ['frobnicate'], []]) {
+      const r = await cli(...argv);
+      assert.equal(r.code, 2, argv.join(' '));
+      assert.ok(r.err.length > 0);
+    }
+    assert.match((await cli('load', 'x', '--target', 'gpu')).err, /memory, memfd/);
+  });
+
+  test('--help on every command', async () => {
+    for (const argv of [['--help'], ['load', '--help'], ['probe', '--help']]) {
+      const r = await cli(...argv);
+      assert.equal(r.code, 0);
+      assert.match(r.out, /Usage: dmaload/);
+    }
+  });
+});
+
+describe('cli: probe', () => {
+  test('--json reports kernel facts and the file system alignment', async () => {
+    const f = makeFile(dir, 'p', 10);
+    const r = await cli('probe', f.path, '--json');
+    assert.equal(r.code, 0);
+    const j = JSON.parse(r.out);
+    assert.equal(typeof j.kernel, 'string');
+    assert.equal(typeof j.ioUring.usable, 'boolean');
+    assert.equal(j.file.path, f.path);
+    assert.equal(typeof j.udmabuf.present, 'boolean');
+    assert.ok(Array.isArray(j.dmaHeaps));
+    if (j.file.directIo) assert.ok(j.file.offsetAlign >= 512);
+  });
+
+  test('table output names each fact', async () => {
+    const r = await cli('probe');
+    assert.equal(r.code, 0);
+    for (const k of ['kernel', 'io_uring', 'transparent huge pages', 'udmabuf', 'DMA heaps', 'memlock limit']) assert.ok(r.out.includes(k), k);
+  });
+});
+
+describe('cli: the bin script', () => {
+  test('bin/dmaload.js runs as a process with exit codes', async () => {
+    const run = promisify(execFile);
+    const f = makeFile(dir, 'bin', 5000);
+    const ok = await run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', f.path, '--json', '--hash', 'sha256']);
+    assert.equal(JSON.parse(ok.stdout).sha256, f.sha256);
+    await assert.rejects(run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', join(dir, 'nope')]), (e: { code: number; stderr: string }) => e.code === 1 && /ENOENT/.test(e.stderr));
+  });
+});
