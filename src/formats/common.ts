@@ -14,7 +14,7 @@
  * - `ERR_MODEL_UTF8`      a name or key that is not valid UTF-8 (or, in JSON, holds a lone surrogate escape).
  * @module
  */
-import { DmaloadError } from '../errors.js';
+import { DmaloadError, invalidType, outOfRange } from '../errors.js';
 
 /** A metadata value: safetensors strings, GGUF values (64-bit integers beyond 2^53 as bigint), index JSON. */
 export type MetadataValue =
@@ -78,10 +78,9 @@ export function modelError(code: string, text: string, path: string | undefined)
 /** Validates a pure parser's options against its buffer and returns the file size. */
 export function fileSizeOf(buf: Uint8Array, opts: ParseOptions): number {
   const size = opts.fileSize ?? buf.length;
-  if (typeof size !== 'number') throw new TypeError('The "fileSize" option must be of type number');
-  if (!Number.isSafeInteger(size) || size < buf.length) {
-    throw new RangeError(`The "fileSize" option must be an integer >= the buffer's length (${buf.length}). Received ${size}`);
-  }
+  if (!(buf instanceof Uint8Array)) throw invalidType('buf', 'an instance of Uint8Array', buf);
+  if (typeof size !== 'number') throw invalidType('fileSize', 'of type number', size);
+  if (!Number.isSafeInteger(size) || size < buf.length) throw outOfRange('fileSize', `an integer >= ${buf.length}`, size);
   return size;
 }
 
