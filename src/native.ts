@@ -49,6 +49,8 @@ export interface Native {
   residency(fd: number, offset: number, length: number, pages?: Uint8Array): number;
   uringProbe(): number;
   transfer(opts: TransferOptions, onProgress?: (bytes: number) => void): { promise: Promise<TransferResult>; cancel(): void };
+  /** The bench's sendfile (0), splice (1) and copy_file_range (2) loops, synchronous: bench children only. */
+  copyLoop(method: 0 | 1 | 2, inFd: number, outFd: number, length: number, pipeSize: number): number;
   udmabufCreate(devFd: number, memfd: number, items: Array<[offset: number, size: number]>, flags: number): number;
   dmaHeapAlloc(heapFd: number, length: number): number;
   dmaBufSync(fd: number, flags: number): number;

@@ -2,6 +2,7 @@
 import { DmaloadError } from '../errors.js';
 import { UsageError, processIO } from './io.js';
 import type { CliIO } from './io.js';
+import { benchCommand } from './bench.js';
 import { loadCommand } from './load.js';
 import { probeCommand } from './probe.js';
 
@@ -10,6 +11,7 @@ export const HELP = `Usage: dmaload <command> [options]
 Commands:
   load FILE     load a file into memory or a memfd by direct I/O, without the page cache
   probe [FILE]  show what this kernel offers (io_uring, direct I/O, udmabuf, DMA heaps)
+  bench [FILE]  measure every way of loading a file, side by side (makes its own file when given none)
 
 Run 'dmaload <command> --help' for a command's options.
 `;
@@ -19,6 +21,7 @@ type Command = (argv: string[], io: CliIO) => Promise<number>;
 const commands: Record<string, Command> = {
   load: loadCommand,
   probe: probeCommand,
+  bench: benchCommand,
 };
 
 /** Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error. Never throws. */

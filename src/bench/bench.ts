@@ -1,0 +1,309 @@
+/**
+ * `dmaload bench`: every way of moving a file into a buffer, side by side, each row in a fresh child process, rows
+ * alternating over rounds (A B C A B C …), cold rows evicted first and checked with mincore, medians reported.
+ */
+import { execFile } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, realpathSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DmaloadError } from '../errors.js';
+import { dioAlign, evict, pageCacheBytes, requireRegular } from '../file.js';
+import { load } from '../load.js';
+import { targets } from '../targets/index.js';
+import type { TargetName } from '../targets/index.js';
+import { GiB, MiB, formatBytes, memAvailable } from '../util.js';
+import { writeSeededFile } from './data.js';
+import { METHODS, staticUnsupported } from './methods.js';
+import type { Method, RowIo, RowMeasure, RowSpec } from './methods.js';
+
+export type CacheState = 'cold' | 'warm' | 'half';
+
+export interface BenchOptions {
+  /** The file to read; without one, a seeded random file of `size` bytes is made and removed afterwards. */
+  file?: string | undefined;
+  size?: number;
+  targets?: TargetName[];
+  methods?: Method[];
+  rounds?: number;
+  cache?: CacheState;
+  /** Drop every cache before cold rows (root only): echo 1 > /proc/sys/vm/drop_caches. */
+  dropCaches?: boolean;
+  /** Folder for the generated file (default: the system temp folder when it supports direct I/O, else cwd). */
+  dir?: string | undefined;
+  signal?: AbortSignal | undefined;
+  onStatus?: ((msg: string) => void) | undefined;
+}
+
+export interface Stat3 {
+  ioMs: number;
+  mbps: number;
+  cpuMs: number;
+}
+
+export interface BenchRow extends RowSpec {
+  supported: boolean;
+  reason: string | undefined;
+  createMs: number;
+  ioMs: number;
+  closeMs: number;
+  mbps: number;
+  /** MB/s relative to the buffered `read` row of the same target, in percent. */
+  pct: number | null;
+  cpuMs: number;
+  /** Largest page-cache residency of the source file seen right after the I/O, over the rounds. */
+  pageCacheBytes: number;
+  /** Hash of the destination bytes equals the source's in every round; null where nothing is kept (fio). */
+  verified: boolean | null;
+  ioUsed?: string | undefined;
+  min: Stat3;
+  max: Stat3;
+}
+
+export interface BenchReport {
+  file: string;
+  size: number;
+  cache: CacheState;
+  rounds: number;
+  machine: { kernel: string; cpus: number; memory: number; fs: string };
+  rows: BenchRow[];
+}
+
+export const DEFAULT_TARGETS: TargetName[] = ['memory', 'memfd', 'udmabuf', 'dma-heap'];
+
+const IOS: Record<Method, RowIo[]> = {
+  read: ['buffered', 'direct'],
+  'read-write': ['buffered', 'direct'],
+  sendfile: ['buffered', 'direct'],
+  splice: ['buffered', 'direct'],
+  copy_file_range: ['buffered', 'direct'],
+  dmaload: ['direct', 'buffered', 'auto'],
+  'node-readFile': ['buffered'],
+  fio: ['direct'],
+};
+
+/** The rows of a run: method × target × io, peers once. */
+export function planRows(methods: readonly Method[], tgts: readonly TargetName[]): RowSpec[] {
+  const rows: RowSpec[] = [];
+  for (const target of tgts) {
+    for (const method of methods) {
+      if (method === 'fio' || method === 'node-readFile') continue;
+      for (const io of IOS[method]) rows.push({ method, target, io });
+    }
+  }
+  // Peers read into their own memory: listed once, under 'memory'.
+  if (methods.includes('node-readFile')) rows.push({ method: 'node-readFile', target: 'memory', io: 'buffered' });
+  if (methods.includes('fio')) rows.push({ method: 'fio', target: 'memory', io: 'direct' });
+  return rows;
+}
+
+/** Why a target cannot be used on this machine, or undefined. */
+function targetMissing(t: TargetName): string | undefined {
+  if (!targets[t]) return `target ${t} is not available in this build`;
+  if (t === 'udmabuf' && !existsSync('/dev/udmabuf')) return 'this kernel has no /dev/udmabuf (CONFIG_UDMABUF)';
+  if (t === 'dma-heap' && !existsSync('/dev/dma_heap')) return 'this kernel has no DMA heaps (/dev/dma_heap)';
+  return undefined;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function runChild(spec: RowSpec, path: string, size: number, signal?: AbortSignal): Promise<RowMeasure> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [join(here, 'child.js'), JSON.stringify({ spec, path, size })], { signal, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const line = stdout.trim().split('\n').pop();
+      if (err && !line) return resolve(failed(`child exited: ${err.message} ${stderr.trim()}`));
+      try {
+        resolve(JSON.parse(line ?? '') as RowMeasure);
+      } catch {
+        resolve(failed(`child printed no result: ${stderr.trim()}`));
+      }
+    });
+  });
+}
+
+function failed(reason: string): RowMeasure {
+  return { supported: false, reason, createMs: 0, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: 0 };
+}
+
+/** fio, O_DIRECT io_uring with a deep queue: the device's limit. */
+function runFio(path: string, size: number, signal?: AbortSignal): Promise<RowMeasure> {
+  const args = ['--name=dmaload-bench', `--filename=${path}`, '--rw=read', '--bs=4M', '--iodepth=32', '--ioengine=io_uring', '--direct=1', `--size=${size}`, '--output-format=json', '--invalidate=1'];
+  return new Promise((resolve, reject) => {
+    execFile('fio', args, { signal, maxBuffer: 16 << 20 }, (err, stdout) => {
+      if (signal?.aborted) return reject(signal.reason);
+      if (err && (err as NodeJS.ErrnoException).code === 'ENOENT') return resolve(failed('fio is not installed (apt-get install fio)'));
+      try {
+        const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<{ read: { bw_bytes: number; runtime: number; io_bytes: number }; usr_cpu: number; sys_cpu: number }> };
+        const job = j.jobs[0]!;
+        const ioMs = job.read.runtime;
+        const fd = openSync(path, 'r');
+        const cache = pageCacheBytes(fd, size);
+        closeSync(fd);
+        resolve({ supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs: ((job.usr_cpu + job.sys_cpu) / 100) * ioMs, pageCacheBytes: cache });
+      } catch (e) {
+        resolve(failed(`fio failed: ${err ? err.message : (e as Error).message}`));
+      }
+    });
+  });
+}
+
+/** Makes the file cold (evicted, checked with mincore), warm (read through the cache) or half (every other 8 MiB). */
+export function setCache(path: string, size: number, state: CacheState, dropCaches = false): number {
+  const fd = openSync(path, 'r');
+  try {
+    evict(fd, path);
+    if (state === 'cold' && dropCaches && pageCacheBytes(fd, size) > 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
+    if (state !== 'cold') {
+      const buf = Buffer.allocUnsafe(MiB);
+      const stride = 8 * MiB;
+      for (let off = 0; off < size; off += state === 'half' ? 2 * stride : stride) {
+        for (let o = off; o < Math.min(size, off + stride); o += MiB) readSync(fd, buf, 0, MiB, o);
+      }
+    }
+    return pageCacheBytes(fd, size);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function fsOf(path: string): string {
+  const real = realpathSync(path);
+  let best = { mnt: '', desc: 'unknown' };
+  for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
+    const [dev, mnt, type] = line.split(' ');
+    if (!dev || !mnt || !type) continue;
+    if ((real === mnt || real.startsWith(mnt.endsWith('/') ? mnt : mnt + '/')) && mnt.length >= best.mnt.length) best = { mnt, desc: `${type} on ${dev} (${mnt})` };
+  }
+  return best.desc;
+}
+
+/** Picks a folder for the generated file: one whose file system does direct I/O. */
+function benchDir(preferred?: string): string {
+  for (const d of [preferred, os.tmpdir(), process.cwd()]) {
+    if (!d) continue;
+    try {
+      const fd = openSync(d, 'r');
+      const a = dioAlign(fd);
+      closeSync(fd);
+      if (a.memAlign > 0 || d === preferred) return d;
+    } catch {
+      // not usable; try the next
+    }
+  }
+  return process.cwd();
+}
+
+/** Runs the bench and returns its report. Removes a generated file however it ends (abort included). */
+export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
+  const rounds = o.rounds ?? 3;
+  const cache = o.cache ?? 'cold';
+  const methods = o.methods ?? [...METHODS];
+  const tgts = o.targets ?? DEFAULT_TARGETS;
+  const status = o.onStatus ?? (() => {});
+  let path = o.file;
+  let tmp: string | undefined;
+  try {
+    let size: number;
+    if (path === undefined) {
+      size = o.size ?? GiB;
+      const dir = benchDir(o.dir);
+      const free = statfsSync(dir);
+      if (free.bavail * free.bsize < size + 256 * MiB) {
+        throw new DmaloadError('ERR_BENCH_NO_SPACE', `a ${formatBytes(size)} test file does not fit in ${dir} (${formatBytes(free.bavail * free.bsize)} free); pass a smaller --size or a FILE`, { path: dir });
+      }
+      tmp = mkdtempSync(join(dir, 'dmaload-bench-'));
+      path = join(tmp, 'data.bin');
+      status(`writing a ${formatBytes(size)} seeded random file: ${path}`);
+      writeSeededFile(path, size, 0x5eed);
+    } else {
+      const st = statSync(path);
+      requireRegular(st, path, 'stat');
+      size = st.size;
+      if (size === 0) throw new DmaloadError('ERR_BENCH_FILE_TOO_SMALL', `'${path}' is empty; the bench needs a file of at least 1 byte`, { path });
+    }
+    if (size > memAvailable() * 0.8) {
+      throw new DmaloadError('ERR_MEMORY_BUDGET', `${formatBytes(size)} does not fit in free memory (${formatBytes(memAvailable())} available); use a smaller --size`, { path });
+    }
+    status('hashing the source (direct I/O, no page cache)');
+    const src = await load(path, { io: 'auto', signal: o.signal });
+    const { createHash } = await import('node:crypto');
+    const want = createHash('sha256').update(src.bytes).digest('hex');
+    src.close();
+
+    const specs = planRows(methods, tgts);
+    const measures: RowMeasure[][] = specs.map(() => []);
+    const skip: Array<string | undefined> = specs.map((s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s));
+    for (let r = 0; r < rounds; r++) {
+      for (let i = 0; i < specs.length; i++) {
+        o.signal?.throwIfAborted();
+        const spec = specs[i]!;
+        if (skip[i]) continue;
+        const resident = setCache(path, size, cache, o.dropCaches);
+        if (cache === 'cold' && resident > size * 0.01) status(`warning: ${formatBytes(resident)} of the file stayed in the page cache after eviction`);
+        status(`round ${r + 1}/${rounds}: ${label(spec)}`);
+        const m = spec.method === 'fio' ? await runFio(path, size, o.signal) : await runChild(spec, path, size, o.signal);
+        if (m.sha256 !== undefined && m.sha256 !== want) m.reason = 'destination bytes differ from the source';
+        measures[i]!.push(m);
+        // A row that cannot run (EXDEV, EFAULT, no fio) is reported once, not retried every round.
+        if (!m.supported) skip[i] = m.reason ?? 'unsupported';
+      }
+    }
+    const rows = specs.map((spec, i) => summarize(spec, measures[i]!, skip[i], size));
+    for (const row of rows) {
+      const base = rows.find((b) => b.target === row.target && b.method === 'read' && b.io === 'buffered' && b.supported);
+      row.pct = row.supported && base && base.mbps > 0 ? Math.round((100 * row.mbps) / base.mbps) : null;
+    }
+    return {
+      file: path,
+      size,
+      cache,
+      rounds,
+      machine: { kernel: os.release(), cpus: os.availableParallelism(), memory: os.totalmem(), fs: fsOf(path) },
+      rows,
+    };
+  } finally {
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+export function label(r: RowSpec): string {
+  if (r.method === 'fio' || r.method === 'node-readFile') return r.method;
+  return `${r.target} ${r.io} ${r.method}`;
+}
+
+function summarize(spec: RowSpec, ms: RowMeasure[], skipReason: string | undefined, size: number): BenchRow {
+  const ok = ms.filter((m) => m.supported);
+  const zero = { ioMs: 0, mbps: 0, cpuMs: 0 };
+  if (ok.length === 0 || ok.length < ms.length) {
+    return { ...spec, supported: false, reason: ms.find((m) => !m.supported)?.reason ?? skipReason, createMs: 0, ioMs: 0, closeMs: 0, mbps: 0, pct: null, cpuMs: 0, pageCacheBytes: 0, verified: null, min: zero, max: zero };
+  }
+  const mbps = (m: RowMeasure) => (m.ioMs > 0 ? size / 1e6 / (m.ioMs / 1000) : 0);
+  const pick = (f: (m: RowMeasure) => number) => ({ min: Math.min(...ok.map(f)), max: Math.max(...ok.map(f)), med: median(ok.map(f)) });
+  const io = pick((m) => m.ioMs);
+  const mb = pick(mbps);
+  const cpu = pick((m) => m.cpuMs);
+  const r2 = (x: number) => Math.round(x * 100) / 100;
+  return {
+    ...spec,
+    supported: true,
+    reason: ok.find((m) => m.reason)?.reason,
+    createMs: r2(median(ok.map((m) => m.createMs))),
+    ioMs: r2(io.med),
+    closeMs: r2(median(ok.map((m) => m.closeMs))),
+    mbps: Math.round(mb.med),
+    pct: null,
+    cpuMs: r2(cpu.med),
+    pageCacheBytes: Math.max(...ok.map((m) => m.pageCacheBytes)),
+    verified: spec.method === 'fio' ? null : ok.every((m) => m.reason === undefined && m.sha256 !== undefined),
+    ioUsed: ok[0]!.ioUsed,
+    min: { ioMs: r2(io.min), mbps: Math.round(mb.min), cpuMs: r2(cpu.min) },
+    max: { ioMs: r2(io.max), mbps: Math.round(mb.max), cpuMs: r2(cpu.max) },
+  };
+}

@@ -1,0 +1,41 @@
+/** Seeded test data: the bench's generated files and the tests' files come from the same generator. */
+import { createHash } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
+
+/** Deterministic pseudo-random bytes (xorshift32): the same seed gives the same bytes on every machine. */
+export function seededBytes(size: number, seed: number): Uint8Array {
+  const out = new Uint8Array(size);
+  const words = new Uint32Array(out.buffer, 0, size >>> 2);
+  let x = seed >>> 0 || 0x9e3779b9;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    words[i] = x;
+  }
+  for (let i = words.length * 4; i < size; i++) out[i] = (x = (x * 1103515245 + 12345) >>> 0) >>> 24;
+  return out;
+}
+
+/**
+ * Writes `size` seeded bytes to `path` in 16 MiB pieces and fsyncs it (so its clean pages can be evicted);
+ * returns the data's SHA-256.
+ */
+export function writeSeededFile(path: string, size: number, seed = size): string {
+  const fd = openSync(path, 'w');
+  const h = createHash('sha256');
+  const piece = 16 * 1024 * 1024;
+  try {
+    for (let off = 0, i = 0; off < size; off += piece, i++) {
+      const b = seededBytes(Math.min(piece, size - off), seed + i);
+      h.update(b);
+      writeSync(fd, b);
+    }
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
+}

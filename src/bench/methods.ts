@@ -1,0 +1,177 @@
+/**
+ * The bench's methods: each a way to move a whole file into a target's memory, run in a fresh child process
+ * (src/bench/child.ts) so that one row's page faults, caches and threads never help or hurt the next.
+ */
+import { closeSync, constants as FS, openSync, promises as fsp, readSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { load } from '../load.js';
+import { dioAlign, pageCacheBytes } from '../file.js';
+import { errnoCode } from '../errors.js';
+import { native, PAGE_SIZE } from '../native.js';
+import { targets } from '../targets/index.js';
+import type { Allocation, TargetName } from '../targets/index.js';
+import { anonymous } from '../targets/memory.js';
+import { MiB, roundUp } from '../util.js';
+
+export const METHODS = ['read', 'read-write', 'sendfile', 'splice', 'copy_file_range', 'dmaload', 'node-readFile', 'fio'] as const;
+export type Method = (typeof METHODS)[number];
+export type RowIo = 'buffered' | 'direct' | 'auto';
+
+export interface RowSpec {
+  method: Method;
+  target: TargetName;
+  io: RowIo;
+}
+
+/** What one child measured for one row. */
+export interface RowMeasure {
+  supported: boolean;
+  reason?: string;
+  createMs: number;
+  ioMs: number;
+  closeMs: number;
+  cpuMs: number;
+  pageCacheBytes: number;
+  sha256?: string;
+  /** For dmaload rows: bytes by each path and the io it used. */
+  ioUsed?: string;
+}
+
+/** Methods that write into a file descriptor, so they need a memfd-backed target. */
+const FD_METHODS: ReadonlySet<Method> = new Set(['sendfile', 'splice', 'copy_file_range']);
+
+/** Why a row cannot exist at all (before trying it), or undefined. */
+export function staticUnsupported(r: RowSpec): string | undefined {
+  if (FD_METHODS.has(r.method) && r.target !== 'memfd' && r.target !== 'udmabuf') return `${r.method} writes into a file descriptor; target ${r.target} has none to write to`;
+  return undefined;
+}
+
+class Unsupported extends Error {}
+
+function now(): number {
+  return performance.now();
+}
+
+function cpu(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+function hash(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** Runs one row on `path` (of `size` bytes) and measures it. */
+export async function runRow(spec: RowSpec, path: string, size: number): Promise<RowMeasure> {
+  if (spec.method === 'dmaload') return runDmaload(spec, path);
+  if (spec.method === 'node-readFile') {
+    const c0 = cpu();
+    const t0 = now();
+    const data = await fsp.readFile(path);
+    const ioMs = now() - t0;
+    const cpuMs = cpu() - c0;
+    const fd = openSync(path, 'r');
+    const cache = pageCacheBytes(fd, size);
+    closeSync(fd);
+    return { supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs, pageCacheBytes: cache, sha256: hash(data) };
+  }
+  const direct = spec.io === 'direct';
+  const fd = openSync(path, FS.O_RDONLY | (direct ? FS.O_DIRECT : 0));
+  let alloc: Allocation | undefined;
+  try {
+    const align = direct ? Math.max(dioAlign(fd).offsetAlign, 512) : 1;
+    const capacity = roundUp(size, Math.max(PAGE_SIZE, align));
+    const c0 = cpu();
+    const t0 = now();
+    alloc = targets[spec.target]!.allocate({ size, capacity, path, options: {} });
+    const createMs = now() - t0;
+    const t1 = now();
+    try {
+      await move(spec, fd, alloc, size, align);
+    } catch (e) {
+      if (e instanceof Unsupported) return { supported: false, reason: e.message, createMs, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: 0 };
+      throw e;
+    }
+    const ioMs = now() - t1;
+    const cpuIo = cpu() - c0;
+    const cache = pageCacheBytes(fd, size);
+    const parts = alloc.finish(size);
+    void parts;
+    const sha256 = alloc.mapping ? hash(new Uint8Array(alloc.mapping, 0, size)) : hash(new Uint8Array(0));
+    const c1 = cpu();
+    const t2 = now();
+    alloc.close();
+    alloc = undefined;
+    const closeMs = now() - t2;
+    return { supported: true, createMs, ioMs, closeMs, cpuMs: cpuIo + (cpu() - c1), pageCacheBytes: cache, sha256 };
+  } finally {
+    alloc?.close();
+    closeSync(fd);
+  }
+}
+
+async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, align: number): Promise<void> {
+  const mapping = alloc.mapping!;
+  const direct = spec.io === 'direct';
+  switch (spec.method) {
+    case 'read': {
+      // The classic: one read() of the whole file into the mapping (the kernel loops), as the seeds' mmap+read.
+      // Never through a bounce buffer: read-direct into a VM_PFNMAP mapping must fail and say so.
+      const job = native.transfer({ fd, write: false, direct, buffer: mapping, bufOffset: 0, fileOffset: 0, length: size, chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false });
+      const r = await job.promise;
+      if (r.errno) throw new Unsupported(`read failed with ${errnoCode(r.errno)}`);
+      return;
+    }
+    case 'read-write': {
+      // read() into a 1 MiB user buffer, then write() it into the memfd (or copy it, for process memory).
+      const chunk = MiB;
+      const buf = new Uint8Array(anonymous(chunk, false));
+      const dst = new Uint8Array(mapping, 0, size);
+      try {
+        for (let off = 0; off < size; ) {
+          const n = readSync(fd, buf, 0, chunk, off);
+          if (n <= 0) break;
+          const want = Math.min(n, size - off);
+          if (alloc.fd !== undefined) writeSync(alloc.fd, buf, 0, want, off);
+          else dst.set(buf.subarray(0, want), off);
+          off += n;
+        }
+      } finally {
+        native.munmap(buf.buffer as ArrayBuffer);
+      }
+      return;
+    }
+    case 'sendfile':
+    case 'splice':
+    case 'copy_file_range': {
+      const m = spec.method === 'sendfile' ? 0 : spec.method === 'splice' ? 1 : 2;
+      const r = native.copyLoop(m, fd, alloc.fd!, size, MiB);
+      if (r < 0) throw new Unsupported(`${spec.method} failed with ${errnoCode(r)}`);
+      if (r !== size) throw new Unsupported(`${spec.method} moved ${r} of ${size} bytes`);
+      return;
+    }
+    default:
+      throw new Error(`no such method ${spec.method}`);
+  }
+}
+
+async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
+  const c0 = cpu();
+  const b = await load(path, { target: spec.target, io: spec.io });
+  const cpuIo = cpu() - c0;
+  const sha256 = hash(b.bytes);
+  const c1 = cpu();
+  const t2 = now();
+  b.close();
+  const closeMs = now() - t2;
+  return {
+    supported: true,
+    createMs: b.stats.allocMs,
+    ioMs: b.stats.ioMs,
+    closeMs,
+    cpuMs: cpuIo + (cpu() - c1),
+    pageCacheBytes: b.stats.pageCacheBytes,
+    sha256,
+    ioUsed: b.stats.io,
+  };
+}

@@ -1,0 +1,99 @@
+/** The bench's outputs: a terminal table shaped like the seeds' table, Markdown, and an SVG chart. */
+import { formatBytes } from '../util.js';
+import { label } from './bench.js';
+import type { BenchReport, BenchRow } from './bench.js';
+
+const COLS = ['#', 'row', 'create-ms', 'close-ms', 'I/O-ms', 'I/O-MB/s', 'I/O%', 'CPU-ms', 'page cache', 'verified'] as const;
+
+function cells(r: BenchRow, i: number, size: number): string[] {
+  const n = (x: number) => x.toFixed(x >= 100 ? 0 : 1);
+  if (!r.supported) return [String(i + 1), label(r), '-', '-', '-', '-', '-', '-', '-', `unsupported: ${r.reason ?? ''}`];
+  return [
+    String(i + 1),
+    label(r),
+    n(r.createMs),
+    n(r.closeMs),
+    `${n(r.ioMs)} (${n(r.min.ioMs)}–${n(r.max.ioMs)})`,
+    String(r.mbps),
+    r.pct === null ? '-' : `${r.pct}%`,
+    n(r.cpuMs),
+    `${((100 * r.pageCacheBytes) / size).toFixed(1)}%`,
+    r.verified === null ? 'n/a' : r.verified ? 'yes' : 'NO',
+  ];
+}
+
+function header(rep: BenchReport): string {
+  return `${formatBytes(rep.size)} ${rep.cache} file, median of ${rep.rounds} round${rep.rounds === 1 ? '' : 's'} (min–max); ${rep.machine.kernel}, ${rep.machine.cpus} CPUs, ${formatBytes(rep.machine.memory)}, ${rep.machine.fs}`;
+}
+
+/**
+ * Rows for display: a target the kernel lacks is one line, not one per method (JSON keeps every row).
+ */
+function displayRows(rep: BenchReport): string[][] {
+  const out: string[][] = [];
+  rep.rows.forEach((r, i) => {
+    const prev = rep.rows[i - 1];
+    if (!r.supported && prev && !prev.supported && prev.target === r.target && prev.reason === r.reason && r.reason?.includes(r.target)) {
+      out[out.length - 1]![1] = `${r.target} (every method)`;
+      return;
+    }
+    out.push(cells(r, i, rep.size));
+  });
+  return out;
+}
+
+/** A fixed-width table for a terminal. */
+export function table(rep: BenchReport): string {
+  const rows = displayRows(rep);
+  const w = COLS.map((c, j) => Math.max(c.length, ...rows.filter((r) => !r[9]!.startsWith('unsupported') || j < 2).map((r) => r[j]!.length)));
+  const line = (cs: readonly string[]) => {
+    if (cs[9]!.startsWith('unsupported')) return `${cs[0]!.padStart(w[0]!)}  ${cs[1]!.padEnd(w[1]!)}  ${cs[9]}`;
+    return cs.map((c, j) => (j === 1 ? c.padEnd(w[j]!) : c.padStart(w[j]!))).join('  ');
+  };
+  return [header(rep), line(COLS), w.map((x) => '-'.repeat(x)).join('  '), ...rows.map(line)].join('\n') + '\n';
+}
+
+/** A Markdown table. */
+export function markdown(rep: BenchReport): string {
+  const rows = displayRows(rep);
+  return [`${header(rep)}\n`, `| ${COLS.join(' | ')} |`, `|${COLS.map((_, j) => (j === 1 ? ' --- ' : ' ---: ')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n') + '\n';
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/** A horizontal bar chart: MB/s per row (CPU ms as a thin bar under it), the fio limit as a dashed line. */
+export function svg(rep: BenchReport): string {
+  const rows = rep.rows.filter((r) => r.supported);
+  const labelW = 260;
+  const chartW = 560;
+  const rowH = 30;
+  const top = 56;
+  const h = top + rows.length * rowH + 40;
+  const maxMb = Math.max(1, ...rows.map((r) => r.max.mbps));
+  const maxCpu = Math.max(1, ...rows.map((r) => r.cpuMs));
+  const x = (mb: number) => labelW + (chartW * mb) / maxMb;
+  const fio = rows.find((r) => r.method === 'fio');
+  const out: string[] = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + chartW + 120}" height="${h}" font-family="sans-serif" font-size="12">`);
+  out.push(`<rect width="100%" height="100%" fill="white"/>`);
+  out.push(`<text x="10" y="20" font-size="14" font-weight="bold">${esc(`dmaload bench: ${formatBytes(rep.size)}, ${rep.cache} cache`)}</text>`);
+  out.push(`<text x="10" y="38" fill="#555">${esc(`${rep.machine.kernel}, ${rep.machine.fs}. Bars: MB/s (median, whisker min–max); thin bar: CPU ms (max ${maxCpu.toFixed(0)})`)}</text>`);
+  rows.forEach((r, i) => {
+    const y = top + i * rowH;
+    const ours = r.method === 'dmaload';
+    out.push(`<text x="${labelW - 8}" y="${y + 14}" text-anchor="end"${ours ? ' font-weight="bold"' : ''}>${esc(label(r))}</text>`);
+    out.push(`<rect x="${labelW}" y="${y + 2}" width="${(x(r.mbps) - labelW).toFixed(1)}" height="14" fill="${ours ? '#1f77b4' : r.method === 'fio' ? '#888' : '#9ecae1'}"/>`);
+    out.push(`<line x1="${x(r.min.mbps).toFixed(1)}" x2="${x(r.max.mbps).toFixed(1)}" y1="${y + 9}" y2="${y + 9}" stroke="#333"/>`);
+    out.push(`<rect x="${labelW}" y="${y + 19}" width="${((chartW * r.cpuMs) / maxCpu).toFixed(1)}" height="4" fill="#d62728"/>`);
+    out.push(`<text x="${x(r.max.mbps) + 6}" y="${y + 14}">${r.mbps} MB/s · ${r.cpuMs.toFixed(0)} ms CPU</text>`);
+  });
+  if (fio) {
+    const fx = x(fio.mbps).toFixed(1);
+    out.push(`<line x1="${fx}" x2="${fx}" y1="${top - 6}" y2="${top + rows.length * rowH}" stroke="#444" stroke-dasharray="4 3"/>`);
+    out.push(`<text x="${fx}" y="${top + rows.length * rowH + 16}" text-anchor="middle" fill="#444">fio limit ${fio.mbps} MB/s</text>`);
+  }
+  out.push('</svg>');
+  return out.join('\n') + '\n';
+}

@@ -1,0 +1,116 @@
+/** `dmaload bench [FILE]`: the seeds' method matrix on this machine. */
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { DEFAULT_TARGETS, bench } from '../bench/bench.js';
+import type { BenchReport, CacheState } from '../bench/bench.js';
+import { METHODS } from '../bench/methods.js';
+import type { Method } from '../bench/methods.js';
+import { markdown, svg, table } from '../bench/report.js';
+import type { TargetName } from '../targets/index.js';
+import { GiB, formatBytes, parseSize } from '../util.js';
+import { choice } from './load.js';
+import { UsageError } from './io.js';
+import type { CliIO } from './io.js';
+
+export const BENCH_HELP = `Usage: dmaload bench [FILE] [options]
+
+Measure every way of moving a file into a buffer, side by side, each row in a fresh process.
+Without FILE, a seeded random file of --size bytes is written to a temporary folder and removed afterwards.
+
+Options:
+  --size SIZE          size of the generated file (default 1GiB; e.g. 256MiB)
+  --targets LIST       comma-separated: ${DEFAULT_TARGETS.join(',')} (default: all; missing kernel features are reported)
+  --methods LIST       comma-separated: ${METHODS.join(',')} (default: all)
+  --rounds N           rounds, rows alternating (default 3); medians reported with min–max
+  --cache STATE        cold (evicted before each row, default), warm (read first) or half (every other 8 MiB)
+  --drop-caches        also drop every cache before cold rows (root)
+  --sweep LIST         sizes, e.g. 64MiB,256MiB,1GiB: throughput and CPU per GiB at each size
+  --json               one JSON object on stdout
+  --md                 a Markdown table on stdout
+  --svg OUT.svg        write a chart
+  -h, --help           this text
+`;
+
+function list<T extends string>(flag: string, v: string | undefined, allowed: readonly T[], dflt: readonly T[]): T[] {
+  if (v === undefined) return [...dflt];
+  const items = v.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const it of items) if (!(allowed as readonly string[]).includes(it)) throw new UsageError(`--${flag}: unknown '${it}'; valid: ${allowed.join(', ')}`);
+  if (items.length === 0) throw new UsageError(`--${flag} needs at least one of ${allowed.join(', ')}`);
+  return items as T[];
+}
+
+function size(flag: string, v: string): number {
+  const n = parseSize(v);
+  if (n === undefined || n < 1) throw new UsageError(`--${flag}: '${v}' is not a size (e.g. 4096, 256MiB, 1GiB)`);
+  return n;
+}
+
+export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      size: { type: 'string' },
+      targets: { type: 'string' },
+      methods: { type: 'string' },
+      rounds: { type: 'string' },
+      cache: { type: 'string' },
+      'drop-caches': { type: 'boolean', default: false },
+      sweep: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      md: { type: 'boolean', default: false },
+      svg: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    io.stdout(BENCH_HELP);
+    return 0;
+  }
+  if (positionals.length > 1) throw new UsageError('bench takes at most one FILE');
+  const rounds = values.rounds === undefined ? 3 : Number(values.rounds);
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 100) throw new UsageError(`--rounds must be an integer from 1 to 100 (got '${values.rounds}')`);
+  const common = {
+    file: positionals[0],
+    targets: list<TargetName>('targets', values.targets, DEFAULT_TARGETS, DEFAULT_TARGETS),
+    methods: list<Method>('methods', values.methods, METHODS, METHODS),
+    rounds,
+    cache: choice<CacheState>('cache', values.cache, ['cold', 'warm', 'half'], 'cold'),
+    dropCaches: values['drop-caches'],
+  };
+  const sweep = values.sweep?.split(',').map((s) => size('sweep', s.trim()));
+  if (sweep && common.file) throw new UsageError('--sweep generates its own files; give no FILE');
+  const ac = new AbortController();
+  const onSigint = () => ac.abort(new Error('interrupted'));
+  process.once('SIGINT', onSigint);
+  const reports: BenchReport[] = [];
+  try {
+    for (const sz of sweep ?? [values.size === undefined ? GiB : size('size', values.size)]) {
+      reports.push(await bench({ ...common, size: sz, signal: ac.signal, onStatus: (m) => io.isTTY && io.stderr(`\r\x1b[K${m}`) }));
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+    if (io.isTTY) io.stderr('\r\x1b[K');
+  }
+  if (values.svg) writeFileSync(values.svg, reports.map(svg).join(''));
+  if (values.json) io.stdout(JSON.stringify(sweep ? { sweep: reports } : reports[0]) + '\n');
+  else if (values.md) io.stdout(reports.map(markdown).join('\n'));
+  else io.stdout(reports.map(table).join('\n'));
+  if (sweep) io.stdout(values.json ? '' : sweepTable(reports));
+  return 0;
+}
+
+/** Throughput and CPU per GiB of each row at each size: flat lines are the goal. */
+function sweepTable(reports: BenchReport[]): string {
+  const first = reports[0]!;
+  const lines = [`\nsweep: MB/s and CPU ms per GiB by size`, ['row', ...reports.map((r) => formatBytes(r.size))].join('\t')];
+  first.rows.forEach((row, i) => {
+    if (!row.supported) return;
+    const cells = reports.map((r) => {
+      const x = r.rows[i]!;
+      return x.supported ? `${x.mbps} MB/s, ${((x.cpuMs * GiB) / r.size).toFixed(0)} ms/GiB` : '-';
+    });
+    lines.push([`${row.target} ${row.io} ${row.method}`, ...cells].join('\t'));
+  });
+  return lines.join('\n') + '\n';
+}
