@@ -90,10 +90,11 @@ export async function inspect(path: string): Promise<ModelInfo> {
 
   const first = await inspectFile(file);
   const split = GGUF_SPLIT.exec(basename(file));
-  if (first.format !== 'gguf' || split === null || split[2] !== '00001' || split[3] === '00001') {
+  const count = Number(split?.[3]);
+  if (first.format !== 'gguf' || split?.[2] !== '00001' || !(count > 1)) {
     return { format: first.format, metadata: first.metadata, tensors: located(first, file) };
   }
-  return inspectGgufSplits(file, first, split[1] ?? '', Number(split[3]));
+  return inspectGgufSplits(file, first, split[1] ?? '', count);
 }
 
 function located(model: ParsedModel, file: string): ModelTensor[] {

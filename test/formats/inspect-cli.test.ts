@@ -1,0 +1,80 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { inspectCommand } from '../../src/cli/inspect.js';
+import { encodeGgufHeader } from '../../src/formats/gguf-writer.js';
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const overall = resolve(repoRoot, '..', 'shared', 'fixtures', 'safetensors-samples', 'overall.safetensors');
+const dir = mkdtempSync(join(tmpdir(), 'dmaload-inspect-cli-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+
+async function run(...argv: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const status = await inspectCommand(argv, { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s) });
+  return { status, stdout, stderr };
+}
+
+test('--help prints usage and succeeds', async () => {
+  const r = await run('--help');
+  assert.equal(r.status, 0);
+  assert.match(r.stdout, /^Usage: dmaload inspect FILE \[--json\]/);
+  assert.equal((await run('-h')).status, 0);
+});
+
+test('usage errors return 2 with a message', async () => {
+  for (const argv of [[], ['a', 'b'], ['--bogus', overall], ['--json=yes', overall]]) {
+    const r = await run(...argv);
+    assert.equal(r.status, 2, argv.join(' '));
+    assert.match(r.stderr, /^dmaload inspect: .+\nRun 'dmaload inspect --help' for usage\.\n$/);
+    assert.equal(r.stdout, '');
+  }
+});
+
+test('a table of tensors with totals', async () => {
+  const r = await run(overall);
+  assert.equal(r.status, 0);
+  assert.equal(r.stderr, '');
+  const lines = r.stdout.split('\n');
+  assert.equal(lines[0], 'format: safetensors');
+  assert.ok(lines.includes('  test = "a"'));
+  const head = lines.findIndex((l) => l.startsWith('name'));
+  assert.match(lines[head] ?? '', /^name\s+dtype\s+shape\s+size\s+offset$/);
+  assert.match(lines[head + 1] ?? '', /^B\s+U8\s+\[6\]\s+6 B\s+534$/);
+  assert.match(lines[head + 5] ?? '', /^d\s+F64\s+\[6\]\s+48 B\s+582$/);
+  assert.match(r.stdout, /\n9 tensors, 168 B \(168 bytes\)\n$/);
+});
+
+test('--json prints the inspect object, 64-bit integers as strings', async () => {
+  const header = encodeGgufHeader({
+    metadata: [
+      ['big', { type: 'UINT64', value: 2n ** 63n }],
+      ['small', { type: 'UINT64', value: 5n }],
+      ['vocab', { type: 'ARRAY', elementType: 'STRING', value: Array.from({ length: 10 }, (_, i) => ({ type: 'STRING', value: `t${i}` })) }],
+    ],
+    tensors: [{ name: 'w', dims: [2, 3], type: 0, offset: 0 }],
+  });
+  const p = join(dir, 'm.gguf');
+  writeFileSync(p, Buffer.concat([header, Buffer.alloc(24)]));
+  const r = await run(p, '--json');
+  assert.equal(r.status, 0);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    format: 'gguf',
+    metadata: { big: '9223372036854775808', small: 5, vocab: Array.from({ length: 10 }, (_, i) => `t${i}`) },
+    tensors: [{ name: 'w', dtype: 'F32', shape: [2, 3], offset: header.length, bytes: 24, file: p }],
+  });
+  const t = await run(p);
+  assert.match(t.stdout, /  big = 9223372036854775808\n/);
+  assert.match(t.stdout, /  vocab = \["t0", "t1", "t2", "t3", … 10 items\]\n/);
+});
+
+test('errors reading the model are thrown to the caller', async () => {
+  const p = join(dir, 'bad.safetensors');
+  writeFileSync(p, 'this is not a model');
+  await assert.rejects(run(p), { code: 'ERR_MODEL_FORMAT', path: p });
+  await assert.rejects(run(join(dir, 'missing.gguf')), { code: 'ENOENT' });
+});
