@@ -9,6 +9,7 @@
 #include <linux/udmabuf.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -294,6 +295,59 @@ Napi::Value DrmPrimeImport(const Napi::CallbackInfo& info) {
   struct drm_gem_close_ c {h.handle, 0};
   ioctl(drm, DRM_IOCTL_GEM_CLOSE_, &c);
   return Napi::Number::New(info.Env(), h.handle);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The bench's other ways to move a file into a memfd, each a plain loop over one syscall. Synchronous: called only
+// from the bench's child processes, which do nothing else. (method, in, out, length, pipeSize) -> bytes | -errno.
+// method: 0 sendfile, 1 splice through a pipe, 2 copy_file_range.
+Napi::Value CopyLoop(const Napi::CallbackInfo& info) {
+  int method = static_cast<int>(I64(info[0]));
+  int in = static_cast<int>(I64(info[1]));
+  int out = static_cast<int>(I64(info[2]));
+  int64_t len = I64(info[3]);
+  int pipeSize = static_cast<int>(I64(info[4]));
+  int64_t done = 0;
+  int pfd[2] = {-1, -1};
+  if (method == 1) {
+    if (pipe2(pfd, O_CLOEXEC) < 0) return Napi::Number::New(info.Env(), static_cast<double>(Err()));
+    fcntl(pfd[1], F_SETPIPE_SZ, pipeSize);  // best effort: a smaller pipe only means more calls
+  }
+  int64_t err = 0;
+  while (done < len) {
+    size_t want = static_cast<size_t>(std::min<int64_t>(len - done, 1 << 30));
+    ssize_t n;
+    loff_t inOff = done, outOff = done;
+    if (method == 0) {
+      off_t o = done;
+      n = sendfile(out, in, &o, want);
+    } else if (method == 2) {
+      n = copy_file_range(in, &inOff, out, &outOff, want, 0);
+    } else {
+      n = splice(in, &inOff, pfd[1], nullptr, std::min<size_t>(want, static_cast<size_t>(pipeSize)), SPLICE_F_MOVE);
+      if (n > 0) {
+        for (ssize_t left = n; left > 0;) {
+          ssize_t m = splice(pfd[0], nullptr, out, &outOff, static_cast<size_t>(left), SPLICE_F_MOVE);
+          if (m < 0 && errno == EINTR) continue;
+          if (m <= 0) {
+            n = m < 0 ? -1 : 0;
+            break;
+          }
+          left -= m;
+        }
+      }
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = Err();
+      break;
+    }
+    if (n == 0) break;
+    done += n;
+  }
+  if (pfd[0] >= 0) close(pfd[0]);
+  if (pfd[1] >= 0) close(pfd[1]);
+  return Napi::Number::New(info.Env(), static_cast<double>(err ? err : done));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -659,6 +713,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("residency", Napi::Function::New(env, Residency));
   exports.Set("uringProbe", Napi::Function::New(env, UringProbe));
   exports.Set("transfer", Napi::Function::New(env, Transfer));
+  exports.Set("copyLoop", Napi::Function::New(env, CopyLoop));
   exports.Set("udmabufCreate", Napi::Function::New(env, UdmabufCreate));
   exports.Set("dmaHeapAlloc", Napi::Function::New(env, DmaHeapAlloc));
   exports.Set("dmaBufSync", Napi::Function::New(env, DmaBufSync));
