@@ -447,17 +447,23 @@ Napi::Value UringProbe(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// transfer: moves [fileOffset, fileOffset+length) of a file to or from memory at `dst`, `chunk` bytes a request,
-// `depth` requests in flight, by io_uring or by a pool of threads doing pread/pwrite. Requests are padded up to
+// transfer: moves segments (file offset, buffer offset, length) between a file and memory at `dst`, split into
+// requests of at most `chunk` bytes, `depth` requests in flight, by io_uring or by a pool of threads doing pread/pwrite. Requests are padded up to
 // `padTo` bytes (direct I/O needs whole blocks; the caller's buffer has room). With a bounce size, reads land in
 // aligned private buffers and are copied to `dst` (for mappings that direct I/O cannot target).
+struct Piece {
+  uint64_t fileOff;
+  uint64_t bufOff;
+  uint64_t need;
+};
+
 struct Job {
   int fd;
   bool write;
   bool direct;  // file opened with O_DIRECT: a short transfer at an unaligned count means EOF
   uint8_t* dst;
-  uint64_t fileOffset;
-  uint64_t length;
+  std::vector<Piece> pieces;  // every request, in buffer order
+  uint64_t length = 0;        // bytes wanted in all
   uint64_t chunk;
   unsigned depth;
   uint64_t padTo;
@@ -479,8 +485,10 @@ struct Job {
   bool wantProgress;
   explicit Job(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
 
-  uint64_t Requests() const { return (length + chunk - 1) / chunk; }
-  uint64_t Need(uint64_t i) const { return std::min(chunk, length - i * chunk); }
+  void AddSegment(uint64_t fileOff, uint64_t bufOff, uint64_t len) {
+    for (uint64_t o = 0; o < len; o += chunk) pieces.push_back({fileOff + o, bufOff + o, std::min(chunk, len - o)});
+    length += len;
+  }
   uint64_t Padded(uint64_t n) const { return padTo > 1 ? (n + padTo - 1) / padTo * padTo : n; }
 
   void Fail(int e, const char* call) {
@@ -552,7 +560,7 @@ void RunUring(Job& j, std::vector<uint8_t*>& bounce) {
   std::vector<Req> slots(j.depth);
   std::vector<unsigned> freeSlots;
   for (unsigned s = 0; s < j.depth; s++) freeSlots.push_back(j.depth - 1 - s);
-  uint64_t next = 0, n = j.Requests();
+  uint64_t next = 0, n = j.pieces.size();
   unsigned inflight = 0;
   uint8_t op = j.write ? IORING_OP_WRITE : IORING_OP_READ;
   auto submit = [&](unsigned s) {
@@ -565,10 +573,11 @@ void RunUring(Job& j, std::vector<uint8_t*>& bounce) {
     while (!j.Stopping() && !freeSlots.empty() && next < n) {
       unsigned s = freeSlots.back();
       freeSlots.pop_back();
-      uint8_t* d = j.dst + next * j.chunk;
-      WaitPopulated(j, (next + 1) * j.chunk);
-      slots[s] = Req{j.fileOffset + next * j.chunk, j.bounce ? bounce[s] : d, d, j.Need(next), 0, next};
-      if (j.bounce && j.write) memcpy(bounce[s], d, j.Need(next));
+      const Piece& p = j.pieces[next];
+      uint8_t* d = j.dst + p.bufOff;
+      WaitPopulated(j, p.bufOff + p.need);
+      slots[s] = Req{p.fileOff, j.bounce ? bounce[s] : d, d, p.need, 0, next};
+      if (j.bounce && j.write) memcpy(bounce[s], d, p.need);
       submit(s);
       next++;
     }
@@ -590,15 +599,16 @@ void RunUring(Job& j, std::vector<uint8_t*>& bounce) {
 
 void RunThreads(Job& j, std::vector<uint8_t*>& bounce) {
   std::atomic<uint64_t> next{0};
-  uint64_t n = j.Requests();
+  uint64_t n = j.pieces.size();
   auto worker = [&](unsigned w) {
     for (;;) {
       if (j.Stopping()) return;
       uint64_t i = next.fetch_add(1);
       if (i >= n) return;
-      uint8_t* d = j.dst + i * j.chunk;
-      WaitPopulated(j, (i + 1) * j.chunk);
-      Req r{j.fileOffset + i * j.chunk, j.bounce ? bounce[w] : d, d, j.Need(i), 0, i};
+      const Piece& p = j.pieces[i];
+      uint8_t* d = j.dst + p.bufOff;
+      WaitPopulated(j, p.bufOff + p.need);
+      Req r{p.fileOff, j.bounce ? bounce[w] : d, d, p.need, 0, i};
       if (j.bounce && j.write) memcpy(bounce[w], d, r.need);
       for (;;) {
         uint64_t len = j.Padded(r.need) - r.got;
@@ -632,16 +642,24 @@ void RunJob(Job* j) {
     populater = std::thread([j, &stopPopulate] {
       // 8 MiB steps: big enough to amortise the call, small enough to stay just ahead of the reads.
       const uint64_t step = 8ull << 20;
-      uint64_t total = j->Padded(j->length);
-      for (uint64_t off = 0; off < total && !stopPopulate.load(); off += step) {
-        uint64_t len = std::min(step, total - off);
-        if (madvise(j->dst + off, len, MADV_POPULATE_WRITE) < 0) break;  // an old kernel: the I/O faults instead
-        j->populated.store(off + len, std::memory_order_release);
+      size_t ps = PageSize();
+      for (size_t i = 0; i < j->pieces.size() && !stopPopulate.load(); i++) {
+        // Pieces are in buffer order; populate each one's pages (whole pages, padded as the reads are).
+        const Piece& p = j->pieces[i];
+        uint64_t lo = p.bufOff & ~static_cast<uint64_t>(ps - 1);
+        uint64_t hi = (p.bufOff + j->Padded(p.need) + ps - 1) & ~static_cast<uint64_t>(ps - 1);
+        lo = std::max(lo, j->populated.load(std::memory_order_relaxed));
+        for (uint64_t off = lo; off < hi && !stopPopulate.load(); off += step) {
+          uint64_t len = std::min(step, hi - off);
+          // Fails on kernels before 5.14 (EINVAL): then the I/O faults the pages in itself.
+          if (madvise(j->dst + off, len, MADV_POPULATE_WRITE) < 0) stopPopulate = true;
+          else j->populated.store(off + len, std::memory_order_release);
+        }
       }
       j->populated.store(UINT64_MAX, std::memory_order_release);
     });
   }
-  if (!j->err.load() && j->length > 0) {
+  if (!j->err.load() && !j->pieces.empty()) {
     if (j->useUring) RunUring(*j, bounce);
     else RunThreads(*j, bounce);
   }
@@ -663,8 +681,9 @@ void RunJob(Job* j) {
   tsfn.Release();
 }
 
-// transfer(opts, onProgress?) -> { promise, cancel() }. opts: { fd, write, direct, buffer (ArrayBuffer), bufOffset,
-// fileOffset, length, chunk, depth, padTo, engine: 'uring' | 'threads', bounce, populate }.
+// transfer(opts, onProgress?) -> { promise, cancel() }. opts: { fd, write, direct, buffer (ArrayBuffer), segments
+// (flat [fileOffset, bufOffset, length, ...], in buffer order), chunk, depth, padTo, engine: 'uring' | 'threads',
+// bounce, populate }.
 Napi::Value Transfer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto o = info[0].As<Napi::Object>();
@@ -673,10 +692,12 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
   j->fd = static_cast<int>(I64(o.Get("fd")));
   j->write = o.Get("write").ToBoolean();
   j->direct = o.Get("direct").ToBoolean();
-  j->dst = static_cast<uint8_t*>(ab.Data()) + I64(o.Get("bufOffset"));
-  j->fileOffset = static_cast<uint64_t>(I64(o.Get("fileOffset")));
-  j->length = static_cast<uint64_t>(I64(o.Get("length")));
+  j->dst = static_cast<uint8_t*>(ab.Data());
   j->chunk = static_cast<uint64_t>(I64(o.Get("chunk")));
+  auto segs = o.Get("segments").As<Napi::Array>();
+  for (uint32_t i = 0; i + 2 < segs.Length(); i += 3) {
+    j->AddSegment(static_cast<uint64_t>(I64(segs.Get(i))), static_cast<uint64_t>(I64(segs.Get(i + 1))), static_cast<uint64_t>(I64(segs.Get(i + 2))));
+  }
   j->depth = static_cast<unsigned>(I64(o.Get("depth")));
   j->padTo = static_cast<uint64_t>(I64(o.Get("padTo")));
   j->useUring = o.Get("engine").As<Napi::String>().Utf8Value() == "uring";

@@ -11,9 +11,8 @@ export interface TransferOptions {
   /** The file was opened with O_DIRECT: a short read at an unaligned count is end of file. */
   direct: boolean;
   buffer: ArrayBuffer;
-  bufOffset: number;
-  fileOffset: number;
-  length: number;
+  /** Flat [fileOffset, bufOffset, length, …], in increasing buffer order. */
+  segments: number[];
   chunk: number;
   depth: number;
   /** Requests are padded up to this many bytes (the direct-I/O block); the buffer must have room. */

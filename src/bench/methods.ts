@@ -117,7 +117,7 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
     case 'read': {
       // The classic: one read() of the whole file into the mapping (the kernel loops), as the seeds' mmap+read.
       // Never through a bounce buffer: read-direct into a VM_PFNMAP mapping must fail and say so.
-      const job = native.transfer({ fd, write: false, direct, buffer: mapping, bufOffset: 0, fileOffset: 0, length: size, chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false });
+      const job = native.transfer({ fd, write: false, direct, buffer: mapping, segments: [0, 0, size], chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false });
       const r = await job.promise;
       if (r.errno) throw new Unsupported(`read failed with ${errnoCode(r.errno)}`);
       return;

@@ -30,11 +30,19 @@ function header(rep: BenchReport): string {
  * Rows for display: a target the kernel lacks is one line, not one per method (JSON keeps every row).
  */
 function displayRows(rep: BenchReport): string[][] {
+  const missing = new Set(
+    [...new Set(rep.rows.map((r) => r.target))].filter((t) => {
+      const rs = rep.rows.filter((r) => r.target === t && r.method !== 'fio' && r.method !== 'node-readFile');
+      return rs.length > 1 && rs.every((r) => !r.supported && r.reason === rs[0]!.reason);
+    }),
+  );
   const out: string[][] = [];
   rep.rows.forEach((r, i) => {
-    const prev = rep.rows[i - 1];
-    if (!r.supported && prev && !prev.supported && prev.target === r.target && prev.reason === r.reason && r.reason?.includes(r.target)) {
-      out[out.length - 1]![1] = `${r.target} (every method)`;
+    if (missing.has(r.target) && r.method !== 'fio' && r.method !== 'node-readFile') {
+      if (rep.rows[i - 1]?.target === r.target) return;
+      const c = cells(r, i, rep.size);
+      c[1] = `${r.target} (every method)`;
+      out.push(c);
       return;
     }
     out.push(cells(r, i, rep.size));
