@@ -22,6 +22,8 @@ export interface LoadStats {
   bytesPerSec: number;
   /** Bytes of the source file in the page cache right after the load (mincore). */
   pageCacheBytes: number;
+  /** Bytes read from the file (a selective load reads its ranges rounded out to whole blocks). */
+  bytesRead: number;
   chunkSize: number;
   queueDepth: number;
 }

@@ -1,6 +1,6 @@
 /** dmaload: load huge files into memory that CPUs and devices share, by direct I/O, without the page cache. */
-export { load } from './load.js';
-export type { LoadOptions, LoadProgress } from './load.js';
+export { load, loadRanges } from './load.js';
+export type { FileRange, LoadOptions, LoadProgress } from './load.js';
 export { LoadedBuffer } from './buffer.js';
 export type { LoadStats } from './buffer.js';
 export { probe } from './probe.js';

@@ -3,7 +3,7 @@ import { fstatSync } from 'node:fs';
 import { LoadedBuffer } from './buffer.js';
 import type { LoadStats } from './buffer.js';
 import * as engine from './engine.js';
-import { DmaloadError, invalidType, invalidValue } from './errors.js';
+import { DmaloadError, invalidType, invalidValue, outOfRange } from './errors.js';
 import { openSource, pageCacheBytes } from './file.js';
 import type { IoMode } from './file.js';
 import { PAGE_SIZE } from './native.js';
@@ -48,6 +48,61 @@ const IO_MODES: readonly IoMode[] = ['auto', 'direct', 'buffered'];
  * ERR_INVALID_ARG_* for bad options. Nothing stays allocated when it rejects.
  */
 export async function load(path: string, options: LoadOptions = {}): Promise<LoadedBuffer> {
+  return (await loadInternal(path, options, undefined)).buffer;
+}
+
+/** A byte range of a file. */
+export interface FileRange {
+  offset: number;
+  length: number;
+}
+
+/**
+ * Loads only some byte ranges of a file, each placed at a page-aligned spot of one new buffer so that a byte keeps
+ * its file alignment modulo 4096 (and the direct-I/O block). Resolves with the buffer and, for each range, the
+ * offset in `buffer.bytes` of the range's first byte. Ranges must be sorted and not overlap; `stats.bytesRead` says
+ * how much was read (the ranges rounded out to whole blocks).
+ */
+export async function loadRanges(path: string, ranges: readonly FileRange[], options: LoadOptions = {}): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
+  if (!Array.isArray(ranges)) throw invalidType('ranges', 'an array of { offset, length }', ranges);
+  let end = 0;
+  for (const [i, r] of ranges.entries()) {
+    if (r === null || typeof r !== 'object') throw invalidType(`ranges[${i}]`, 'an object { offset, length }', r);
+    if (!Number.isSafeInteger(r.offset) || r.offset < end) throw outOfRange(`ranges[${i}].offset`, `an integer >= ${end} (ranges sorted, not overlapping)`, r.offset);
+    if (!Number.isSafeInteger(r.length) || r.length < 1) throw outOfRange(`ranges[${i}].length`, 'an integer >= 1', r.length);
+    end = r.offset + r.length;
+  }
+  return loadInternal(path, options, ranges);
+}
+
+/** Where each range goes: segments for the engine, and the buffer offset of each range's first byte. */
+function place(ranges: readonly FileRange[], size: number, block: number): { segments: number[]; offsets: number[]; capacity: number; bytesRead: number } {
+  const segs: Array<{ file: number; buf: number; len: number }> = [];
+  const offsets: number[] = [];
+  let cursor = 0;
+  for (const r of ranges) {
+    const from = Math.floor(r.offset / block) * block;
+    const to = Math.min(roundUp(r.offset + r.length, block), size);
+    const prev = segs.at(-1);
+    if (prev && from < prev.file + roundUp(prev.len, block)) {
+      // Neighbours sharing a block: grow the previous segment rather than read the block twice.
+      prev.len = Math.max(prev.len, to - prev.file);
+    } else {
+      segs.push({ file: from, buf: roundUp(cursor, PAGE_SIZE), len: to - from });
+    }
+    const seg = segs.at(-1)!;
+    offsets.push(seg.buf + (r.offset - seg.file));
+    cursor = seg.buf + roundUp(seg.len, block);
+  }
+  return {
+    segments: segs.flatMap((g) => [g.file, g.buf, g.len]),
+    offsets,
+    capacity: roundUp(cursor, PAGE_SIZE),
+    bytesRead: segs.reduce((n, g) => n + g.len, 0),
+  };
+}
+
+async function loadInternal(path: string, options: LoadOptions, ranges: readonly FileRange[] | undefined): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
   const t0 = performance.now();
   const c0 = process.cpuUsage();
   if (typeof path !== 'string' || path === '') throw invalidType('path', 'a non-empty string', path);
@@ -66,42 +121,56 @@ export async function load(path: string, options: LoadOptions = {}): Promise<Loa
   const src = await openSource(path, io);
   let alloc: Allocation | undefined;
   try {
-    const size = src.size;
-    if (size > budget) {
+    const fileSize = src.size;
+    const block = Math.max(PAGE_SIZE, src.align.offsetAlign);
+    let plan: { segments: number[]; offsets: number[]; capacity: number; bytesRead: number };
+    if (ranges) {
+      const last = ranges.at(-1);
+      if (last && last.offset + last.length > fileSize) {
+        throw new DmaloadError('ERR_OUT_OF_RANGE', `range ${last.offset}+${last.length} is past the end of '${path}' (${fileSize} bytes)`, { path });
+      }
+      plan = place(ranges, fileSize, block);
+    } else {
+      plan = { segments: fileSize ? [0, 0, fileSize] : [], offsets: [], capacity: fileSize === 0 ? 0 : roundUp(fileSize, block), bytesRead: fileSize };
+    }
+    // The buffer's own length: the whole file, or the placed ranges.
+    const size = ranges ? plan.capacity : fileSize;
+    const capacity = plan.capacity;
+    if (capacity > budget) {
       throw new DmaloadError(
         'ERR_MEMORY_BUDGET',
-        `'${path}' is ${formatBytes(size)} but the memory budget is ${formatBytes(budget)}; free memory or raise the memoryBudget option`,
+        `'${path}' needs ${formatBytes(capacity)} but the memory budget is ${formatBytes(budget)}; free memory or raise the memoryBudget option`,
         { path },
       );
     }
-    const capacity = size === 0 ? 0 : roundUp(size, Math.max(PAGE_SIZE, src.align.offsetAlign));
     signal?.throwIfAborted();
     alloc = target.allocate({ size, capacity, path, options: options as Record<string, unknown> });
     const allocMs = msSince(t0);
     const tIo = performance.now();
     const eng = engine.engine();
-    if (size > 0) {
+    const total = plan.bytesRead;
+    if (total > 0) {
       const onProgress = options.onProgress;
       const r = await engine.run({
         fd: src.fd,
         write: false,
         direct: src.direct,
         buffer: alloc.mapping!,
-        segments: [0, 0, size],
+        segments: plan.segments,
         padTo: src.direct ? src.align.offsetAlign : 1,
         bounce: src.direct && !alloc.directInto,
         populate: alloc.populate,
         tuning: tune,
         path,
         signal,
-        onProgress: onProgress && ((bytes) => onProgress({ bytes, total: size })),
+        onProgress: onProgress && ((bytes) => onProgress({ bytes, total })),
       });
-      if (r.short || r.bytes !== size) fileChanged(path, size, fstatSync(src.fd).size);
+      if (r.short || r.bytes !== total) fileChanged(path, fileSize, fstatSync(src.fd).size);
     }
     const ioMs = msSince(tIo);
     // A file that grew (or shrank and grew back) while we read it: our copy may mix old and new bytes.
     const after = fstatSync(src.fd);
-    if (after.size !== size) fileChanged(path, size, after.size);
+    if (after.size !== fileSize) fileChanged(path, fileSize, after.size);
     const parts = alloc.finish(size);
     const ms = msSince(t0);
     const stats: LoadStats = {
@@ -113,14 +182,15 @@ export async function load(path: string, options: LoadOptions = {}): Promise<Loa
       allocMs,
       ioMs,
       cpuMs: cpuMsSince(c0),
-      bytesPerSec: ms > 0 ? Math.round(size / (ms / 1000)) : 0,
-      pageCacheBytes: pageCacheBytes(src.fd, size),
+      bytesPerSec: ms > 0 ? Math.round(total / (ms / 1000)) : 0,
+      pageCacheBytes: pageCacheBytes(src.fd, fileSize),
+      bytesRead: total,
       chunkSize: tune.chunk,
       queueDepth: tune.depth,
     };
     const buf = new LoadedBuffer(path, size, targetName, alloc, parts, stats);
     alloc = undefined;
-    return buf;
+    return { buffer: buf, offsets: plan.offsets };
   } finally {
     alloc?.close();
     await src.close();
