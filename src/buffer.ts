@@ -34,6 +34,8 @@ export class LoadedBuffer implements AsyncDisposable {
   readonly target: TargetName;
   readonly stats: LoadStats;
   #alloc: Allocation | undefined;
+  #closing: Allocation | undefined;
+  #busy = 0;
   #bytes: Uint8Array | undefined;
   #parts: Part[];
 
@@ -76,15 +78,36 @@ export class LoadedBuffer implements AsyncDisposable {
     return this.#alloc === undefined;
   }
 
-  /** @internal The mapping behind `bytes`, for readInto/writeFrom. */
-  mapping(): ArrayBuffer | undefined {
-    return this.#live('the mapping').mapping;
+  /**
+   * @internal Borrows the mapping for I/O (readInto, writeFrom, save). A close() meanwhile refuses new use at once
+   * but frees the memory only after the last borrower returns: the kernel may still be writing into it.
+   */
+  borrow(what: string): { mapping: ArrayBuffer | undefined; directInto: boolean; release(): void } {
+    const a = this.#live(what);
+    this.#busy++;
+    let released = false;
+    return {
+      mapping: a.mapping,
+      directInto: a.directInto,
+      release: () => {
+        if (released) return;
+        released = true;
+        if (--this.#busy === 0 && this.#closing) this.#free();
+      },
+    };
   }
 
   /** Frees every mapping and fd. Idempotent; views from `bytes` become empty. */
   close(): void {
-    const a = this.#alloc;
+    if (!this.#alloc) return;
+    this.#closing = this.#alloc;
     this.#alloc = undefined;
+    if (this.#busy === 0) this.#free();
+  }
+
+  #free(): void {
+    const a = this.#closing;
+    this.#closing = undefined;
     this.#bytes = undefined;
     a?.close();
   }

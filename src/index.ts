@@ -2,6 +2,12 @@
 export { load, loadRanges } from './load.js';
 export type { FileRange, LoadOptions, LoadProgress } from './load.js';
 export { LoadedBuffer } from './buffer.js';
+export { allocate, readInto, writeFrom } from './rw.js';
+export type { RwOptions } from './rw.js';
+export { save } from './save.js';
+export type { SaveOptions, SaveSource } from './save.js';
+export { createWriter } from './writer.js';
+export type { Writer, WriterOptions, WriterResult } from './writer.js';
 export type { LoadStats } from './buffer.js';
 export { probe } from './probe.js';
 export type { ProbeResult } from './probe.js';

@@ -3,6 +3,7 @@ import { DmaloadError } from '../errors.js';
 import { UsageError, processIO } from './io.js';
 import type { CliIO } from './io.js';
 import { benchCommand } from './bench.js';
+import { cpCommand } from './cp.js';
 import { inspectCommand } from './inspect.js';
 import { loadCommand } from './load.js';
 import { probeCommand } from './probe.js';
@@ -12,6 +13,7 @@ export const HELP = `Usage: dmaload <command> [options]
 Commands:
   load FILE     load a file into memory or a memfd by direct I/O, without the page cache
   probe [FILE]  show what this kernel offers (io_uring, direct I/O, udmabuf, DMA heaps)
+  cp SRC DST    copy by direct I/O on both sides, replacing DST atomically
   inspect FILE  list a model file's tensors (safetensors, GGUF) from its header
   bench [FILE]  measure every way of loading a file, side by side (makes its own file when given none)
 
@@ -25,6 +27,7 @@ const commands: Record<string, Command> = {
   probe: probeCommand,
   bench: benchCommand,
   inspect: inspectCommand,
+  cp: cpCommand,
 };
 
 /** Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error. Never throws. */

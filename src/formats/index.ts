@@ -269,3 +269,5 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) 
   if (failed) throw failed.reason;
   return out;
 }
+export { coalesce, loadModel, MODEL_COALESCE_GAP } from './load-model.js';
+export type { Float16ArrayLike, LoadedModel, LoadedTensor, LoadModelOptions, LoadModelStats, ModelFileStats, TensorTypedArray } from './load-model.js';

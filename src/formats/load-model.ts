@@ -1,0 +1,440 @@
+/**
+ * loadModel(): a model's tensors (all, or the ones asked for) loaded into a target, each tensor a zero-copy view.
+ *
+ * The header comes from {@link inspect} (so a safetensors index or the first file of a GGUF split brings in every
+ * shard); the data comes from {@link loadRanges}: per file, the byte ranges of the wanted tensors, neighbours
+ * coalesced, each range placed so that a byte keeps its file alignment modulo 4096. Files load in parallel, one
+ * {@link LoadedBuffer} each, and {@link LoadedModel.close} frees them all.
+ *
+ * Error codes, besides those of inspect() and load(): `ERR_MODEL_TENSOR_NOT_FOUND` (a requested name the model does
+ * not have) and `ERR_MEMORY_BUDGET` (the files together need more than the budget). A rejection frees everything.
+ * @module
+ */
+import { LoadedBuffer, type LoadStats } from '../buffer.js';
+import { AbortError, DmaloadError, invalidType, invalidValue, outOfRange } from '../errors.js';
+import { loadRanges, type FileRange, type LoadOptions, type LoadProgress } from '../load.js';
+import { PAGE_SIZE } from '../native.js';
+import { formatBytes, memAvailable, msSince, roundUp } from '../util.js';
+import { q, type MetadataValue, type ModelFormat, type ModelTensor } from './common.js';
+import { inspect } from './index.js';
+
+/**
+ * Neighbouring tensors whose gap is at most this many bytes are read as one range, gap included (loadRanges already
+ * merges ranges that share a block). Measured with direct I/O, queue depth 8 (512 MiB file, 4 KiB and 64 KiB ranges
+ * with gaps from 8 KiB to 1 MiB): a separate range costs ~15-20 µs of request time, a gap byte ~0.8 ns, so merging
+ * pays up to a gap of ~24 KiB. 16 KiB stays on the winning side (under-merging costs at most one request; over-merging
+ * reads bytes nobody asked for) and bounds the waste to 16 KiB per range. In practice it reads through the small
+ * tensors (norms, biases) between wanted ones, and the ≤ alignment padding between GGUF tensors.
+ */
+export const MODEL_COALESCE_GAP = 16 * 1024;
+
+/** Files loaded at once (each with its own queue of requests in flight). */
+const FILE_CONCURRENCY = 8;
+
+export interface LoadModelOptions extends LoadOptions {
+  /**
+   * The tensors to load, by name or by a predicate called once per tensor name; default every tensor. A name the
+   * model lacks rejects with ERR_MODEL_TENSOR_NOT_FOUND before anything is read.
+   */
+  tensors?: readonly string[] | ((name: string) => boolean);
+  /** Merge neighbouring tensors whose gap is at most this many bytes into one read. Default {@link MODEL_COALESCE_GAP}. */
+  coalesceGap?: number;
+}
+
+/** A typed array over a tensor's bytes; Float16Array where the runtime has one. */
+export type TensorTypedArray =
+  | Float32Array
+  | Float64Array
+  | Int8Array
+  | Uint8Array
+  | Int16Array
+  | Uint16Array
+  | Int32Array
+  | Uint32Array
+  | BigInt64Array
+  | BigUint64Array
+  | Float16ArrayLike;
+
+/** The shape of a Float16Array (ES2025), which this project's TypeScript lib does not declare. */
+export interface Float16ArrayLike extends ArrayBufferView {
+  readonly length: number;
+  [index: number]: number;
+}
+
+type TypedArrayCtor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => TensorTypedArray;
+
+/** dtype (safetensors and ggml spell these the same) → typed array constructor. */
+function typedArrayFor(dtype: string): TypedArrayCtor | undefined {
+  switch (dtype) {
+    case 'F32': return Float32Array;
+    case 'F64': return Float64Array;
+    case 'I8': return Int8Array;
+    case 'U8': return Uint8Array;
+    case 'BOOL': return Uint8Array;
+    case 'I16': return Int16Array;
+    case 'U16': return Uint16Array;
+    case 'I32': return Int32Array;
+    case 'U32': return Uint32Array;
+    case 'I64': return BigInt64Array;
+    case 'U64': return BigUint64Array;
+    case 'F16': return (globalThis as { Float16Array?: TypedArrayCtor }).Float16Array;
+    default: return undefined;
+  }
+}
+
+/** One loaded tensor: its header facts (as inspect() gives them, `bytes` now the data) and its bytes in memory. */
+export interface LoadedTensor extends Readonly<Omit<ModelTensor, 'bytes'>> {
+  /** The tensor's bytes: a zero-copy view into the file's LoadedBuffer. Throws ERR_BUFFER_CLOSED after close(). */
+  readonly bytes: Uint8Array;
+  /** Length of the tensor's data in bytes (inspect()'s `bytes`); readable after close(). */
+  readonly byteLength: number;
+  /** The buffer holding the bytes (its `fd` and `parts` are what a device imports); undefined for an empty tensor. */
+  readonly buffer: LoadedBuffer | undefined;
+  /** Where the tensor's first byte is in `buffer.bytes` (congruent to `offset` modulo 4096). */
+  readonly bufferOffset: number;
+  /**
+   * The bytes as the dtype's typed array, zero-copy: F32, F64, I8, U8, I16, U16, I32, U32, I64, U64, BOOL (Uint8Array)
+   * and F16 where `globalThis.Float16Array` exists. Undefined for any other dtype (BF16, F8_*, quantized ggml types)
+   * and when the view's byteOffset is not a multiple of the element size (the file put the tensor at an unaligned
+   * offset: copy `bytes` then). Values are read in the host's byte order; the files are little-endian, and so is
+   * every host this library runs on (x86-64, arm64 Linux).
+   */
+  asTypedArray(): TensorTypedArray | undefined;
+}
+
+/** One file's share of a model load. */
+export interface ModelFileStats {
+  file: string;
+  /** Tensors loaded from this file. */
+  tensors: number;
+  /** Ranges asked of loadRanges (after coalescing). */
+  ranges: number;
+  stats: LoadStats;
+}
+
+export interface LoadModelStats {
+  /** Bytes read from every file (ranges rounded out to whole blocks, coalesced gaps included). */
+  bytesRead: number;
+  /** Bytes of the tensors loaded (the least any load could read). */
+  tensorBytes: number;
+  /** Tensors loaded. */
+  tensors: number;
+  /** Files read (a selective load skips the shards it needs nothing from). */
+  files: number;
+  /** Ranges read, over all files, after coalescing. */
+  ranges: number;
+  /** Wall time of the loadModel() call, inspect included, ms. */
+  ms: number;
+  bytesPerSec: number;
+  /** Per file, the load's own stats (io, engine, timings). */
+  perFile: ModelFileStats[];
+}
+
+export interface LoadedModel extends AsyncDisposable {
+  readonly format: ModelFormat;
+  readonly metadata: Record<string, MetadataValue>;
+  /** The loaded tensors by name, in the model's order (file by file, header order). */
+  readonly tensors: ReadonlyMap<string, LoadedTensor>;
+  readonly stats: LoadModelStats;
+  /** One buffer per file read. */
+  readonly buffers: readonly LoadedBuffer[];
+  readonly closed: boolean;
+  /** Frees every file's buffer. Idempotent; tensor `bytes` throw ERR_BUFFER_CLOSED afterwards. */
+  close(): void;
+}
+
+/** Shared by a model and its tensors. */
+interface Owner {
+  closed: boolean;
+  path: string;
+}
+
+class Tensor implements LoadedTensor {
+  readonly name: string;
+  readonly dtype: string;
+  readonly shape: number[];
+  readonly offset: number;
+  readonly byteLength: number;
+  readonly file: string;
+  readonly buffer: LoadedBuffer | undefined;
+  readonly bufferOffset: number;
+  readonly #owner: Owner;
+
+  constructor(t: ModelTensor, buffer: LoadedBuffer | undefined, bufferOffset: number, owner: Owner) {
+    this.name = t.name;
+    this.dtype = t.dtype;
+    this.shape = t.shape;
+    this.offset = t.offset;
+    this.byteLength = t.bytes;
+    this.file = t.file;
+    this.buffer = buffer;
+    this.bufferOffset = bufferOffset;
+    this.#owner = owner;
+  }
+
+  get bytes(): Uint8Array {
+    if (this.#owner.closed) {
+      throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot use the bytes of tensor ${q(this.name)} of the model loaded from '${this.#owner.path}': it was closed`, { path: this.#owner.path });
+    }
+    if (!this.buffer) return new Uint8Array(0);
+    return this.buffer.bytes.subarray(this.bufferOffset, this.bufferOffset + this.byteLength);
+  }
+
+  asTypedArray(): TensorTypedArray | undefined {
+    const Ctor = typedArrayFor(this.dtype);
+    if (!Ctor) return undefined;
+    const bytes = this.bytes;
+    const size = (Ctor as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT;
+    if (bytes.byteOffset % size !== 0 || bytes.byteLength % size !== 0) return undefined;
+    return new Ctor(bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
+  }
+
+  toJSON(): ModelTensor {
+    return { name: this.name, dtype: this.dtype, shape: this.shape, offset: this.offset, bytes: this.byteLength, file: this.file };
+  }
+}
+
+class Model implements LoadedModel {
+  readonly format: ModelFormat;
+  readonly metadata: Record<string, MetadataValue>;
+  readonly tensors: ReadonlyMap<string, LoadedTensor>;
+  readonly stats: LoadModelStats;
+  readonly buffers: readonly LoadedBuffer[];
+  readonly #owner: Owner;
+
+  constructor(format: ModelFormat, metadata: Record<string, MetadataValue>, tensors: Map<string, LoadedTensor>, stats: LoadModelStats, buffers: LoadedBuffer[], owner: Owner) {
+    this.format = format;
+    this.metadata = metadata;
+    this.tensors = tensors;
+    this.stats = stats;
+    this.buffers = buffers;
+    this.#owner = owner;
+  }
+
+  get closed(): boolean {
+    return this.#owner.closed;
+  }
+
+  close(): void {
+    this.#owner.closed = true;
+    closeAll(this.buffers);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}
+
+/** Closes every buffer even if one throws; rethrows the first error. */
+function closeAll(buffers: readonly LoadedBuffer[]): void {
+  let first: unknown;
+  for (const b of buffers) {
+    try {
+      b.close();
+    } catch (e) {
+      first ??= e;
+    }
+  }
+  if (first !== undefined) throw first;
+}
+
+/** Sorted, non-overlapping ranges of `tensors` (sorted by offset, non-empty), neighbours within `gap` merged. */
+export function coalesce(tensors: readonly { offset: number; bytes: number }[], gap = MODEL_COALESCE_GAP): FileRange[] {
+  const out: FileRange[] = [];
+  for (const t of tensors) {
+    const last = out.at(-1);
+    const end = t.offset + t.bytes;
+    if (last && t.offset - (last.offset + last.length) <= gap) last.length = Math.max(last.length, end - last.offset);
+    else out.push({ offset: t.offset, length: t.bytes });
+  }
+  return out;
+}
+
+/** Which tensors the caller wants; unknown names are refused, naming a few of them and a few that exist. */
+function select(all: readonly ModelTensor[], wanted: LoadModelOptions['tensors'], path: string): ModelTensor[] {
+  if (wanted === undefined) return [...all];
+  if (typeof wanted === 'function') return all.filter((t) => wanted(t.name) === true);
+  if (!Array.isArray(wanted)) throw invalidType('tensors', 'an array of tensor names or a function (name) => boolean', wanted);
+  const names = new Set<string>();
+  for (const [i, n] of wanted.entries()) {
+    if (typeof n !== 'string') throw invalidType(`tensors[${i}]`, 'a string', n);
+    names.add(n);
+  }
+  const have = new Set(all.map((t) => t.name));
+  const missing = [...names].filter((n) => !have.has(n));
+  if (missing.length > 0) {
+    const some = (list: readonly string[]) => list.slice(0, 3).map(q).join(', ') + (list.length > 3 ? `, … (${list.length - 3} more)` : '');
+    const examples = all.length === 0 ? 'it has no tensors' : `it has ${all.length}, e.g. ${some(all.map((t) => t.name))}`;
+    throw new DmaloadError('ERR_MODEL_TENSOR_NOT_FOUND', `'${path}' has no tensor ${some(missing)}; ${examples}`, { path });
+  }
+  return all.filter((t) => names.has(t.name));
+}
+
+interface FilePlan {
+  file: string;
+  tensors: ModelTensor[];
+  ranges: FileRange[];
+  /** Bytes the buffer will take, roughly (ranges rounded out to pages), for the up-front budget check. */
+  estimate: number;
+}
+
+function plan(selected: readonly ModelTensor[], gap: number): FilePlan[] {
+  const byFile = new Map<string, ModelTensor[]>();
+  for (const t of selected) {
+    if (t.bytes === 0) continue;
+    const list = byFile.get(t.file);
+    if (list) list.push(t);
+    else byFile.set(t.file, [t]);
+  }
+  return [...byFile].map(([file, tensors]) => {
+    tensors.sort((a, b) => a.offset - b.offset);
+    const ranges = coalesce(tensors, gap);
+    const estimate = ranges.reduce((n, r) => n + roundUp(r.offset + r.length, PAGE_SIZE) - Math.floor(r.offset / PAGE_SIZE) * PAGE_SIZE, 0);
+    return { file, tensors, ranges, estimate };
+  });
+}
+
+/**
+ * Loads a safetensors or GGUF model (one file, a `*.safetensors.index.json` with its shards, or the first file of a
+ * GGUF split with the rest) into the chosen target and resolves with every wanted tensor as a zero-copy view.
+ *
+ * Only the wanted tensors' byte ranges are read (neighbours within `coalesceGap` in one read), so
+ * `stats.bytesRead` stays close to `stats.tensorBytes`. Views keep the file's alignment modulo 4096, so a tensor the
+ * file aligns (GGUF: `general.alignment`; safetensors: as the writer padded its header) is aligned in memory too.
+ *
+ * Options are load()'s (`target`, `io`, `signal`, `onProgress`, `chunkSize`, `queueDepth`, `memoryBudget`, …) plus
+ * `tensors`. `onProgress` reports bytes over all files. `memoryBudget` bounds the files together.
+ *
+ * Aborting rejects with an AbortError; any failure frees what was loaded (the other files' loads are stopped).
+ * @throws DmaloadError ERR_MODEL_TENSOR_NOT_FOUND, ERR_MEMORY_BUDGET, inspect()'s ERR_MODEL_* and load()'s codes
+ */
+export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
+  const t0 = performance.now();
+  if (options === null || typeof options !== 'object') throw invalidType('options', 'an object', options);
+  const { tensors: wanted, signal, onProgress, coalesceGap = MODEL_COALESCE_GAP, ...loadOptions } = options;
+  if (typeof coalesceGap !== 'number') throw invalidType('coalesceGap', 'a number', coalesceGap);
+  if (!Number.isSafeInteger(coalesceGap) || coalesceGap < 0) throw outOfRange('coalesceGap', 'an integer >= 0', coalesceGap);
+  if (wanted !== undefined && typeof wanted !== 'function' && !Array.isArray(wanted)) {
+    throw invalidType('tensors', 'an array of tensor names or a function (name) => boolean', wanted);
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidType('signal', 'an AbortSignal', signal);
+  if (onProgress !== undefined && typeof onProgress !== 'function') throw invalidType('onProgress', 'a function', onProgress);
+  signal?.throwIfAborted();
+
+  const info = await inspect(path);
+  signal?.throwIfAborted();
+  const selected = select(info.tensors, wanted, path);
+  const plans = plan(selected, coalesceGap);
+
+  const budget = options.memoryBudget ?? memAvailable();
+  if (typeof budget !== 'number' || !(budget >= 0)) throw invalidValue('memoryBudget', budget, 'must be a non-negative number of bytes');
+  const need = plans.reduce((n, p) => n + p.estimate, 0);
+  if (need > budget) {
+    throw new DmaloadError(
+      'ERR_MEMORY_BUDGET',
+      `'${path}' needs ${formatBytes(need)} for ${selected.length} tensors in ${plans.length} files but the memory budget is ${formatBytes(budget)}; free memory, raise the memoryBudget option or load fewer tensors`,
+      { path },
+    );
+  }
+
+  // One controller for every file: the caller's abort, or the first failure, stops the others.
+  const ac = new AbortController();
+  const onAbort = () => ac.abort(signal?.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  const progress = onProgress && progressAggregator(plans, onProgress);
+  const loaded: ({ buffer: LoadedBuffer; offsets: number[] } | undefined)[] = new Array(plans.length);
+  let failure: { error: unknown } | undefined;
+  try {
+    let next = 0;
+    const worker = async () => {
+      while (failure === undefined && next < plans.length) {
+        const i = next++;
+        const p = plans[i]!;
+        try {
+          loaded[i] = await loadRanges(p.file, p.ranges, {
+            ...loadOptions,
+            signal: ac.signal,
+            onProgress: progress && ((pr) => progress.update(i, pr)),
+          });
+        } catch (e) {
+          // Keep the first real error; the AbortErrors it causes in the other files are its echoes.
+          if (failure === undefined) {
+            failure = { error: e };
+            ac.abort(e);
+          }
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(FILE_CONCURRENCY, plans.length) }, worker));
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+  const buffers = loaded.filter((l): l is { buffer: LoadedBuffer; offsets: number[] } => l !== undefined).map((l) => l.buffer);
+  if (failure !== undefined || signal?.aborted) {
+    closeAll(buffers);
+    if (signal?.aborted) throw failure?.error instanceof AbortError ? failure.error : new AbortError(undefined, { cause: signal.reason });
+    throw failure!.error;
+  }
+
+  try {
+    progress?.finish();
+  } catch (e) {
+    closeAll(buffers);
+    throw e;
+  }
+
+  // Place each tensor: its range's spot in the buffer plus its distance from the range's first byte.
+  const where = new Map<ModelTensor, { buffer: LoadedBuffer; at: number }>();
+  const perFile: ModelFileStats[] = [];
+  plans.forEach((p, i) => {
+    const { buffer, offsets } = loaded[i]!;
+    let k = 0;
+    for (const t of p.tensors) {
+      while (t.offset >= p.ranges[k]!.offset + p.ranges[k]!.length) k++;
+      where.set(t, { buffer, at: offsets[k]! + (t.offset - p.ranges[k]!.offset) });
+    }
+    perFile.push({ file: p.file, tensors: p.tensors.length, ranges: p.ranges.length, stats: buffer.stats });
+  });
+  const owner: Owner = { closed: false, path };
+  const tensors = new Map<string, LoadedTensor>();
+  for (const t of selected) {
+    const w = where.get(t);
+    tensors.set(t.name, new Tensor(t, w?.buffer, w?.at ?? 0, owner));
+  }
+  const bytesRead = perFile.reduce((n, f) => n + f.stats.bytesRead, 0);
+  const ms = msSince(t0);
+  const stats: LoadModelStats = {
+    bytesRead,
+    tensorBytes: selected.reduce((n, t) => n + t.bytes, 0),
+    tensors: selected.length,
+    files: plans.length,
+    ranges: plans.reduce((n, p) => n + p.ranges.length, 0),
+    ms,
+    bytesPerSec: ms > 0 ? Math.round(bytesRead / (ms / 1000)) : 0,
+    perFile,
+  };
+  return new Model(info.format, info.metadata, tensors, stats, buffers, owner);
+}
+
+/** Sums the files' progress into one report, at most ~60 a second, and one exact report at the end. */
+function progressAggregator(plans: readonly FilePlan[], onProgress: (p: LoadProgress) => void) {
+  const bytes = plans.map(() => 0);
+  // Until a file reports its exact total (blocks rounded out), count its ranges' page-rounded size.
+  const totals = plans.map((p) => p.estimate);
+  let last = 0;
+  const report = () => onProgress({ bytes: bytes.reduce((a, b) => a + b, 0), total: totals.reduce((a, b) => a + b, 0) });
+  return {
+    update(i: number, p: LoadProgress) {
+      bytes[i] = p.bytes;
+      totals[i] = p.total;
+      const now = performance.now();
+      if (now - last >= 16) {
+        last = now;
+        report();
+      }
+    },
+    finish() {
+      report();
+    },
+  };
+}

@@ -1,0 +1,216 @@
+/**
+ * createWriter: sequential writes at device speed. Callers write Uint8Arrays of any size; the writer batches them
+ * into aligned staging buffers, keeps several direct writes in flight, applies backpressure (write() resolves when
+ * the bytes are taken and there is room for more), and close() writes the tail, syncs and reports. With
+ * `atomic`, it writes a hidden temporary file beside the destination and renames it over the destination only
+ * once every byte is on disk: a reader sees the old file or the new one, never a torn one.
+ */
+import fs, { constants as FS, promises as fsp } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import * as engine from './engine.js';
+import { AbortError, DmaloadError, invalidType } from './errors.js';
+import { dioAlign, requireRegular } from './file.js';
+import type { IoMode } from './file.js';
+import { native } from './native.js';
+import { anonymous } from './targets/memory.js';
+import { MiB, enumOption, intOption, roundUp } from './util.js';
+
+export interface WriterOptions {
+  /** 'auto' (default) and 'direct' write with O_DIRECT where the file system allows; 'buffered' through the cache. */
+  io?: IoMode;
+  /** Writes in flight. Default 4. */
+  queueDepth?: number;
+  /** Bytes per staging buffer (one write). Default 8 MiB; a multiple of 4096. */
+  bufferSize?: number;
+  /** Write a temporary file and rename it over `path` at close(). Default false. */
+  atomic?: boolean;
+  /** fsync the file (and, when atomic, its folder) at close(). Default true. */
+  fsync?: boolean;
+  /** File mode for a new file. Default: the replaced file's mode, else 0o644. */
+  mode?: number;
+  signal?: AbortSignal;
+}
+
+export interface WriterResult {
+  bytes: number;
+  ms: number;
+  bytesPerSec: number;
+  io: 'direct' | 'buffered';
+}
+
+export interface Writer {
+  /** Takes the bytes (copied, or written straight from them); resolves when there is room for more. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Writes the tail, syncs, renames (atomic) and reports. */
+  close(): Promise<WriterResult>;
+  /** Stops, closes the file and removes the temporary file (atomic); idempotent. */
+  abort(reason?: unknown): Promise<void>;
+  readonly bytesWritten: number;
+}
+
+const fsync = promisify(fs.fsync);
+const fdatasync = promisify(fs.fdatasync);
+const ftruncate = promisify(fs.ftruncate);
+
+/** A hidden name beside `path`, recognisable as ours: `.NAME.dmaload-PID-RANDOM.tmp`. */
+export function tempNameFor(path: string): string {
+  return join(dirname(path), `.${basename(path)}.dmaload-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+}
+
+export async function createWriter(path: string, options: WriterOptions = {}): Promise<Writer> {
+  if (typeof path !== 'string' || path === '') throw invalidType('path', 'a non-empty string', path);
+  const io = enumOption('io', options.io, ['auto', 'direct', 'buffered'] as const, 'auto');
+  const depth = intOption('queueDepth', options.queueDepth, 'DMALOAD_WRITE_DEPTH', 4, 1, 64);
+  const bufferSize = intOption('bufferSize', options.bufferSize, 'DMALOAD_WRITE_BUFFER', 8 * MiB, 4096, 1024 * MiB, true);
+  if (bufferSize % 4096 !== 0) throw Object.assign(new RangeError(`The value of "bufferSize" is out of range. It must be a multiple of 4096. Received ${bufferSize}`), { code: 'ERR_OUT_OF_RANGE' });
+  const atomic = options.atomic ?? false;
+  const doSync = options.fsync ?? true;
+  if (typeof atomic !== 'boolean') throw invalidType('atomic', 'a boolean', atomic);
+  if (typeof doSync !== 'boolean') throw invalidType('fsync', 'a boolean', doSync);
+  if (options.mode !== undefined && (!Number.isInteger(options.mode) || options.mode < 0 || options.mode > 0o7777)) throw invalidType('mode', 'a file mode such as 0o644', options.mode);
+  const signal = options.signal;
+  signal?.throwIfAborted();
+
+  const existing = await fsp.stat(path).catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? undefined : Promise.reject(e)));
+  if (existing) requireRegular(existing, path);
+  const mode = options.mode ?? (existing ? existing.mode & 0o7777 : 0o644);
+  const file = atomic ? tempNameFor(path) : path;
+  const t0 = performance.now();
+
+  const handle = await fsp.open(file, FS.O_WRONLY | FS.O_CREAT | (atomic ? FS.O_EXCL : FS.O_TRUNC), mode);
+  let direct: fsp.FileHandle | undefined;
+  let staging: ArrayBuffer | undefined;
+  try {
+    if (atomic || options.mode !== undefined) await handle.chmod(mode); // exact, whatever the umask
+    if (io !== 'buffered' && dioAlign(handle.fd).offsetAlign > 0) {
+      direct = await fsp.open(`/proc/self/fd/${handle.fd}`, FS.O_WRONLY | FS.O_DIRECT).catch((e: NodeJS.ErrnoException) => (e.code === 'EINVAL' ? undefined : Promise.reject(e)));
+    }
+    if (io === 'direct' && !direct) throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O; use io 'auto' or 'buffered'`, { path });
+    staging = anonymous(bufferSize * depth, false);
+  } catch (e) {
+    await direct?.close().catch(() => {});
+    await handle.close().catch(() => {});
+    if (atomic) await fsp.unlink(file).catch(() => {});
+    throw e;
+  }
+  const block = direct ? Math.max(dioAlign(handle.fd).offsetAlign, 1) : 1;
+  const wfd = direct ? direct.fd : handle.fd;
+  const mem = staging;
+  const free: number[] = Array.from({ length: depth }, (_, i) => depth - 1 - i);
+  const inflight = new Map<number, Promise<void>>();
+  let cur = free.pop()!;
+  let fill = 0;
+  let fileOff = 0;
+  let written = 0;
+  let failure: unknown;
+  let state: 'open' | 'closing' | 'done' = 'open';
+  const tune = { chunk: bufferSize, depth: 1 };
+
+  function submit(slot: number, len: number, at: number): void {
+    const p = engine
+      .run({ fd: wfd, write: true, direct: Boolean(direct), buffer: mem, segments: [at, slot * bufferSize, len], padTo: 1, bounce: false, populate: false, tuning: tune, path, signal })
+      .then(
+        () => {
+          written += len;
+        },
+        (e: unknown) => {
+          failure ??= e;
+        },
+      )
+      .finally(() => {
+        inflight.delete(slot);
+        free.push(slot);
+      });
+    inflight.set(slot, p);
+  }
+
+  async function room(): Promise<void> {
+    while (free.length === 0) await Promise.race(inflight.values());
+    if (failure) throw failure;
+  }
+
+  async function cleanup(removeTemp: boolean): Promise<void> {
+    await Promise.allSettled(inflight.values());
+    await direct?.close().catch(() => {});
+    await handle.close().catch(() => {});
+    native.munmap(mem);
+    if (removeTemp && atomic) await fsp.unlink(file).catch(() => {});
+  }
+
+  const writer: Writer = {
+    get bytesWritten() {
+      return written;
+    },
+    async write(chunk: Uint8Array) {
+      if (!(chunk instanceof Uint8Array)) throw invalidType('chunk', 'a Uint8Array', chunk);
+      if (state !== 'open') throw new DmaloadError('ERR_WRITER_CLOSED', `The writer for '${path}' is closed`, { path });
+      if (failure) throw failure;
+      signal?.throwIfAborted();
+      let off = 0;
+      while (off < chunk.length) {
+        const n = Math.min(bufferSize - fill, chunk.length - off);
+        new Uint8Array(mem, cur * bufferSize + fill, n).set(chunk.subarray(off, off + n));
+        fill += n;
+        off += n;
+        if (fill === bufferSize) {
+          submit(cur, bufferSize, fileOff);
+          fileOff += bufferSize;
+          fill = 0;
+          await room();
+          cur = free.pop()!;
+        }
+      }
+    },
+    async close() {
+      if (state !== 'open') throw new DmaloadError('ERR_WRITER_CLOSED', `The writer for '${path}' is already closed`, { path });
+      state = 'closing';
+      try {
+        if (failure) throw failure;
+        if (fill > 0) {
+          // The tail: padded with zeros to a whole block for direct I/O, then the file cut to its exact size.
+          const padded = roundUp(fill, block);
+          new Uint8Array(mem, cur * bufferSize + fill, padded - fill).fill(0);
+          submit(cur, padded, fileOff);
+          const tail = fill;
+          fileOff += tail;
+          fill = 0;
+          await Promise.all(inflight.values());
+          written -= padded - tail;
+          if (failure) throw failure;
+          await ftruncate(handle.fd, fileOff);
+        }
+        await Promise.all(inflight.values());
+        if (failure) throw failure;
+        if (doSync) await fdatasync(handle.fd);
+        if (atomic) {
+          await fsp.rename(file, path);
+          if (doSync) {
+            const d = await fsp.open(dirname(path), FS.O_RDONLY | FS.O_DIRECTORY);
+            try {
+              await fsync(d.fd);
+            } finally {
+              await d.close();
+            }
+          }
+        }
+        await cleanup(false);
+        state = 'done';
+        const ms = Math.round((performance.now() - t0) * 100) / 100;
+        return { bytes: fileOff, ms, bytesPerSec: ms > 0 ? Math.round(fileOff / (ms / 1000)) : 0, io: direct ? 'direct' : 'buffered' };
+      } catch (e) {
+        state = 'done';
+        await cleanup(true);
+        throw e;
+      }
+    },
+    async abort(reason?: unknown) {
+      if (state === 'done') return;
+      state = 'done';
+      failure ??= reason ?? new AbortError();
+      await cleanup(true);
+    },
+  };
+  return writer;
+}
