@@ -319,6 +319,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   }
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidType('signal', 'an AbortSignal', signal);
   if (onProgress !== undefined && typeof onProgress !== 'function') throw invalidType('onProgress', 'a function', onProgress);
+  const budget = options.memoryBudget ?? memAvailable();
+  if (typeof budget !== 'number' || !(budget >= 0)) throw invalidValue('memoryBudget', budget, 'must be a non-negative number of bytes');
   signal?.throwIfAborted();
 
   const info = await inspect(path);
@@ -326,8 +328,6 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const selected = select(info.tensors, wanted, path);
   const plans = plan(selected, coalesceGap);
 
-  const budget = options.memoryBudget ?? memAvailable();
-  if (typeof budget !== 'number' || !(budget >= 0)) throw invalidValue('memoryBudget', budget, 'must be a non-negative number of bytes');
   const need = plans.reduce((n, p) => n + p.estimate, 0);
   if (need > budget) {
     throw new DmaloadError(

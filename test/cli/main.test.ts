@@ -4,22 +4,12 @@ import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { main } from '../../src/cli/main.js';
-import type { CliIO } from '../../src/cli/io.js';
 import { makeFile, tempDir } from '../helpers.js';
+import { cli } from './run.js';
 
 const { dir, cleanup } = tempDir();
 after(cleanup);
 const root = resolve(fileURLToPath(import.meta.url), '../../../..');
-
-/** Runs the CLI in-process and captures what it prints. */
-export async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const io: CliIO = { stdout: (s) => void (out += s), stderr: (s) => void (err += s), isTTY: false };
-  const code = await main(argv, io);
-  return { code, out, err };
-}
 
 describe('cli: load', () => {
   test('--json --hash sha256: the loaded bytes hash like the file', async () => {
