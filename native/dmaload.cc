@@ -112,6 +112,47 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, rc < 0 ? static_cast<double>(Err()) : 0);
 }
 
+// mmapInto(ab, offset, length, prot, flags, fd, fileOffset) -> 0 | -errno: maps `fd` over part of a mapping made
+// by mmap() (MAP_FIXED replaces those pages), so several dma-bufs can share one contiguous CPU view. munmap() of
+// the whole view later removes them all.
+Napi::Value MmapInto(const Napi::CallbackInfo& info) {
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  auto* p = static_cast<uint8_t*>(ab.Data()) + I64(info[1]);
+  void* r = mmap(p, static_cast<size_t>(I64(info[2])), static_cast<int>(I64(info[3])), static_cast<int>(I64(info[4])) | MAP_FIXED,
+                 static_cast<int>(I64(info[5])), static_cast<off_t>(I64(info[6])));
+  return Napi::Number::New(info.Env(), r == MAP_FAILED ? static_cast<double>(Err()) : 0);
+}
+
+// populate(ab, offset, length) -> Promise<0 | -errno>: MADV_POPULATE_WRITE off the JS thread (allocation of the
+// next part while the current one is read).
+class PopulateWorker : public Napi::AsyncWorker {
+ public:
+  PopulateWorker(Napi::Env env, Napi::ArrayBuffer ab, uint8_t* p, size_t len)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), p_(p), len_(len) {
+    keep_ = Napi::Persistent(ab);
+  }
+  void Execute() override {
+    if (madvise(p_, len_, MADV_POPULATE_WRITE) < 0) rc_ = -errno;
+  }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), rc_)); }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::Reference<Napi::ArrayBuffer> keep_;
+  uint8_t* p_;
+  size_t len_;
+  int rc_ = 0;
+};
+
+Napi::Value Populate(const Napi::CallbackInfo& info) {
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  auto* w = new PopulateWorker(info.Env(), ab, static_cast<uint8_t*>(ab.Data()) + I64(info[1]), static_cast<size_t>(I64(info[2])));
+  auto promise = w->Promise();
+  w->Queue();
+  return promise;
+}
+
 // madvise(ab, offset, length, advice) -> 0 | -errno
 Napi::Value Madvise(const Napi::CallbackInfo& info) {
   auto ab = info[0].As<Napi::ArrayBuffer>();
@@ -723,6 +764,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap));
   exports.Set("munmap", Napi::Function::New(env, Munmap));
   exports.Set("madvise", Napi::Function::New(env, Madvise));
+  exports.Set("mmapInto", Napi::Function::New(env, MmapInto));
+  exports.Set("populate", Napi::Function::New(env, Populate));
   exports.Set("address", Napi::Function::New(env, Address));
   exports.Set("liveMappings", Napi::Function::New(env, LiveMappings));
   exports.Set("strerror", Napi::Function::New(env, Strerror));
@@ -749,6 +792,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("MAP_ANONYMOUS", MAP_ANONYMOUS);
   c.Set("MAP_NORESERVE", MAP_NORESERVE);
   c.Set("MAP_POPULATE", MAP_POPULATE);
+  c.Set("PROT_NONE", PROT_NONE);
   c.Set("MADV_HUGEPAGE", MADV_HUGEPAGE);
   c.Set("MADV_POPULATE_WRITE", MADV_POPULATE_WRITE);
   c.Set("MADV_DONTNEED", MADV_DONTNEED);

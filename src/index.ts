@@ -18,3 +18,5 @@ export { inspect, parseModel, parseSafetensors, parseGguf, GGML_TYPES, GGUF_VALU
 export type { ModelInfo, ModelTensor, TensorInfo, ParsedModel, ParseOptions, MetadataValue, ModelFormat, GgmlType } from './formats/index.js';
 export { bench } from './bench/bench.js';
 export type { BenchOptions, BenchReport, BenchRow } from './bench/bench.js';
+export { loadModel, MODEL_COALESCE_GAP } from './formats/index.js';
+export type { LoadedModel, LoadedTensor, LoadModelOptions, LoadModelStats, ModelFileStats, TensorTypedArray, Float16ArrayLike } from './formats/index.js';

@@ -36,6 +36,8 @@ export interface Native {
   mmap(length: number, prot: number, flags: number, fd: number, offset: number, align: number): ArrayBuffer | number;
   munmap(ab: ArrayBuffer): number;
   madvise(ab: ArrayBuffer, offset: number, length: number, advice: number): number;
+  mmapInto(ab: ArrayBuffer, offset: number, length: number, prot: number, flags: number, fd: number, fileOffset: number): number;
+  populate(ab: ArrayBuffer, offset: number, length: number): Promise<number>;
   address(ab: ArrayBuffer): bigint;
   /** Mappings made by the addon and not yet unmapped. */
   liveMappings(): number;
@@ -57,7 +59,7 @@ export interface Native {
   drmPrimeImport(drmFd: number, dmabufFd: number): number;
   constants: Record<
     | 'PAGE_SIZE' | 'PROT_READ' | 'PROT_WRITE' | 'MAP_SHARED' | 'MAP_PRIVATE' | 'MAP_ANONYMOUS' | 'MAP_NORESERVE'
-    | 'MAP_POPULATE' | 'MADV_HUGEPAGE' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING'
+    | 'MAP_POPULATE' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING'
     | 'F_SEAL_SEAL' | 'F_SEAL_SHRINK' | 'F_SEAL_GROW' | 'F_SEAL_WRITE' | 'POSIX_FADV_DONTNEED' | 'POSIX_FADV_SEQUENTIAL'
     | 'DMA_BUF_SYNC_READ' | 'DMA_BUF_SYNC_WRITE' | 'DMA_BUF_SYNC_RW' | 'DMA_BUF_SYNC_START' | 'DMA_BUF_SYNC_END',
     number
