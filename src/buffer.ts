@@ -2,6 +2,14 @@
 import { DmaloadError } from './errors.js';
 import type { Allocation, Part, TargetName } from './targets/types.js';
 
+/** One part's share of a load: where it is, and its allocation and I/O wall times. */
+export interface PartStats {
+  offset: number;
+  size: number;
+  allocMs: number;
+  ioMs: number;
+}
+
 /** How a load went. */
 export interface LoadStats {
   /** The io actually used. */
@@ -13,10 +21,14 @@ export interface LoadStats {
   engineReason?: string | undefined;
   /** Wall time of the load() call, ms. */
   ms: number;
-  /** Time spent creating the target (allocation, mapping), ms. */
+  /** Wall time of allocation (mapping, populating, pinning, heap allocation), summed over parts, ms. */
   allocMs: number;
-  /** Time spent moving the bytes, ms. */
+  /** Wall time of the reads, summed over parts, ms. With overlap, allocation runs inside this time. */
   ioMs: number;
+  /** Per part: offset, size, allocMs, ioMs. */
+  parts: PartStats[];
+  /** Whether allocation was overlapped with the reads. */
+  overlap: boolean;
   /** CPU time of the whole process (user + system, all threads) during the load, ms. */
   cpuMs: number;
   bytesPerSec: number;

@@ -1,7 +1,7 @@
 /** load(): a file into a target, every byte, by direct I/O where the file system allows. */
 import { fstatSync } from 'node:fs';
 import { LoadedBuffer } from './buffer.js';
-import type { LoadStats } from './buffer.js';
+import type { LoadStats, PartStats } from './buffer.js';
 import * as engine from './engine.js';
 import { DmaloadError, invalidType, invalidValue, outOfRange } from './errors.js';
 import { openSource, pageCacheBytes } from './file.js';
@@ -9,7 +9,7 @@ import type { IoMode } from './file.js';
 import { PAGE_SIZE } from './native.js';
 import { TARGET_NAMES, targets } from './targets/index.js';
 import type { Allocation, TargetName } from './targets/index.js';
-import { cpuMsSince, enumOption, formatBytes, memAvailable, msSince, roundUp } from './util.js';
+import { cpuMsSince, enumOption, formatBytes, intOption, memAvailable, msSince, roundUp } from './util.js';
 
 export interface LoadProgress {
   bytes: number;
@@ -28,6 +28,16 @@ export interface LoadOptions {
   chunkSize?: number;
   /** Requests in flight. Env DMALOAD_QUEUE_DEPTH. */
   queueDepth?: number;
+  /**
+   * Split the buffer into parts of this many bytes (a multiple of the page size; CLI --part-size): each part is
+   * allocated while the previous one is read, and becomes one dma-buf. Default: one part, except udmabuf (its
+   * size_limit_mb).
+   */
+  partSize?: number;
+  /** Allocate part k+1 while part k is read (default true); false runs them one after the other, to compare. */
+  overlap?: boolean;
+  /** dma-heap target: the heap's name under /dev/dma_heap. Default 'system'. */
+  heap?: string;
   /** Memory target: request transparent huge pages (env DMALOAD_HUGE_PAGES=1). Default false. */
   hugePages?: boolean;
   /** Refuse files larger than this many bytes before allocating. Default: MemAvailable. */
@@ -114,6 +124,10 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
   if (options.onProgress !== undefined && typeof options.onProgress !== 'function') throw invalidType('onProgress', 'a function', options.onProgress);
   const signal = options.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidType('signal', 'an AbortSignal', signal);
+  const partSize = options.partSize === undefined ? undefined : intOption('partSize', options.partSize, '', 0, PAGE_SIZE, Number.MAX_SAFE_INTEGER);
+  if (partSize !== undefined && partSize % PAGE_SIZE !== 0) throw outOfRange('partSize', `a multiple of ${PAGE_SIZE}`, partSize);
+  const overlap = options.overlap ?? true;
+  if (typeof overlap !== 'boolean') throw invalidType('overlap', 'a boolean', overlap);
   const budget = options.memoryBudget ?? memAvailable();
   if (typeof budget !== 'number' || !(budget >= 0)) throw invalidValue('memoryBudget', budget, 'must be a non-negative number of bytes');
   signal?.throwIfAborted();
@@ -144,30 +158,74 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       );
     }
     signal?.throwIfAborted();
-    alloc = target.allocate({ size, capacity, path, options: options as Record<string, unknown> });
-    const allocMs = msSince(t0);
-    const tIo = performance.now();
+    alloc = target.allocate({ size, capacity, partSize, path, options: options as Record<string, unknown> });
     const eng = engine.engine();
     const total = plan.bytesRead;
-    if (total > 0) {
-      const onProgress = options.onProgress;
-      const r = await engine.run({
+    const onProgress = options.onProgress;
+    const transfer = (segments: number[], done: number, populate: boolean) =>
+      engine.run({
         fd: src.fd,
         write: false,
         direct: src.direct,
-        buffer: alloc.mapping!,
-        segments: plan.segments,
+        buffer: alloc!.mapping!,
+        segments,
         padTo: src.direct ? src.align.offsetAlign : 1,
-        bounce: src.direct && !alloc.directInto,
-        populate: alloc.populate,
+        bounce: src.direct && !alloc!.directInto,
+        populate,
         tuning: tune,
         path,
         signal,
-        onProgress: onProgress && ((bytes) => onProgress({ bytes, total })),
+        onProgress: onProgress && ((bytes) => onProgress({ bytes: done + bytes, total })),
       });
-      if (r.short || r.bytes !== total) fileChanged(path, fileSize, fstatSync(src.fd).size);
+    let allocMs = msSince(t0);
+    let ioMs = 0;
+    const partStats: PartStats[] = [];
+    let read = 0;
+    if (alloc.layout.length === 1 && alloc.populateInJob && overlap) {
+      // One part of ordinary memory: pages are faulted in on another thread just ahead of the reads.
+      const tIo = performance.now();
+      const r = total > 0 ? await transfer(plan.segments, 0, true) : undefined;
+      read = r?.bytes ?? 0;
+      if (r?.short) fileChanged(path, fileSize, fstatSync(src.fd).size);
+      ioMs = msSince(tIo);
+      partStats.push({ offset: 0, size, allocMs, ioMs });
+    } else {
+      // Parts: part k+1 is allocated while part k is read (or after it, with overlap off).
+      const layout = alloc.layout;
+      const timed = (k: number) => {
+        const t = performance.now();
+        return alloc!.allocPart(k).then(() => msSince(t));
+      };
+      const pending: Array<Promise<number> | undefined> = layout.length > 0 ? [timed(0)] : [];
+      try {
+        for (let k = 0; k < layout.length; k++) {
+          const p = layout[k]!;
+          const aMs = await pending[k]!;
+          if (overlap && k + 1 < layout.length) pending[k + 1] = timed(k + 1);
+          const segs = clip(plan.segments, p.offset, p.offset + p.length);
+          const tIo = performance.now();
+          alloc.beginWrite?.(k);
+          try {
+            if (segs.length > 0) {
+              const r = await transfer(segs, read, false);
+              read += r.bytes;
+              if (r.short) fileChanged(path, fileSize, fstatSync(src.fd).size);
+            }
+          } finally {
+            alloc.endWrite?.(k);
+          }
+          const iMs = msSince(tIo);
+          allocMs += aMs;
+          ioMs += iMs;
+          partStats.push({ offset: p.offset, size: Math.min(p.length, Math.max(0, size - p.offset)), allocMs: aMs, ioMs: iMs });
+          if (!overlap && k + 1 < layout.length) pending[k + 1] = timed(k + 1);
+        }
+      } finally {
+        // Never free memory that an allocation still in flight is touching.
+        await Promise.allSettled(pending);
+      }
     }
-    const ioMs = msSince(tIo);
+    if (read !== total) fileChanged(path, fileSize, fstatSync(src.fd).size);
     // A file that grew (or shrank and grew back) while we read it: our copy may mix old and new bytes.
     const after = fstatSync(src.fd);
     if (after.size !== fileSize) fileChanged(path, fileSize, after.size);
@@ -179,8 +237,10 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       engine: eng.engine,
       engineReason: eng.reason,
       ms,
-      allocMs,
-      ioMs,
+      allocMs: Math.round(allocMs * 100) / 100,
+      ioMs: Math.round(ioMs * 100) / 100,
+      parts: partStats,
+      overlap,
       cpuMs: cpuMsSince(c0),
       bytesPerSec: ms > 0 ? Math.round(total / (ms / 1000)) : 0,
       pageCacheBytes: pageCacheBytes(src.fd, fileSize),
@@ -195,6 +255,18 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     alloc?.close();
     await src.close();
   }
+}
+
+/** The parts of `segments` (flat [file, buf, len]…) that fall in buffer range [lo, hi), cut at its edges. */
+function clip(segments: number[], lo: number, hi: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < segments.length; i += 3) {
+    const [f, b, n] = [segments[i]!, segments[i + 1]!, segments[i + 2]!];
+    const from = Math.max(b, lo);
+    const to = Math.min(b + n, hi);
+    if (to > from) out.push(f + (from - b), from, to - from);
+  }
+  return out;
 }
 
 function fileChanged(path: string, expected: number, now: number): never {

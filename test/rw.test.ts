@@ -17,7 +17,7 @@ describe('readInto', () => {
     for (const length of [1, 4095, 4097, 64 * MiB + 3]) {
       for (const io of ['auto', 'buffered'] as const) {
         const leaks = leakCheck();
-        const buf = allocate(length + 8192);
+        const buf = await allocate(length + 8192);
         const fileOffset = 4096 + 17;
         const bufOffset = 100;
         const n = await readInto(buf, f.path, { fileOffset, bufOffset, length, io });
@@ -32,7 +32,7 @@ describe('readInto', () => {
   test('io direct with aligned values, into a memfd buffer, through an open FileHandle', async () => {
     const f = makeFile(dir, 'aligned', 8 * MiB);
     const file = await readFile(f.path);
-    const buf = allocate(4 * MiB, { target: 'memfd' });
+    const buf = await allocate(4 * MiB, { target: 'memfd' });
     const fh = await open(f.path, 'r');
     try {
       const n = await readInto(buf, fh, { fileOffset: 2 * MiB, bufOffset: 4096, length: 3 * MiB, io: 'direct' });
@@ -47,7 +47,7 @@ describe('readInto', () => {
   test('mismatched buffer/file alignment under auto: bounce buffers, still exact', async () => {
     const f = makeFile(dir, 'mis', 3 * MiB);
     const file = await readFile(f.path);
-    const buf = allocate(3 * MiB);
+    const buf = await allocate(3 * MiB);
     const n = await readInto(buf, f.path, { fileOffset: 4096, bufOffset: 1, length: 2 * MiB, io: 'auto' });
     assert.equal(n, 2 * MiB);
     assert.equal(sha256(buf.bytes.subarray(1, 1 + 2 * MiB)), sha256(file.subarray(4096, 4096 + 2 * MiB)));
@@ -59,7 +59,7 @@ describe('readInto', () => {
     const f = makeFile(dir, 'eof', size);
     const file = await readFile(f.path);
     for (const io of ['auto', 'buffered', 'direct'] as const) {
-      const buf = allocate(16384);
+      const buf = await allocate(16384);
       buf.bytes.fill(0xee);
       const n = await readInto(buf, f.path, { fileOffset: io === 'direct' ? 8192 : 9000, length: io === 'direct' ? 8192 : 4096, io });
       const from = io === 'direct' ? 8192 : 9000;
@@ -73,7 +73,7 @@ describe('readInto', () => {
   test('validations, each by code', async () => {
     const f = makeFile(dir, 'v', 64 * 1024);
     const leaks = leakCheck();
-    const buf = allocate(8192);
+    const buf = await allocate(8192);
     await assert.rejects(readInto(buf, f.path, { length: 0 }), { code: 'ERR_OUT_OF_RANGE', message: /"length"/ });
     await assert.rejects(readInto(buf, f.path, { bufOffset: 8000, length: 1000 }), { code: 'ERR_OUT_OF_RANGE', message: /bufOffset \+ length/ });
     // Past 2^53: exact in BigInt, refused rather than rounded.
@@ -114,7 +114,7 @@ describe('writeFrom', () => {
       for (const io of ['auto', 'buffered'] as const) {
         const f = makeFile(dir, `dst-${length}-${io}`, 70 * MiB, 7);
         const before = await readFile(f.path);
-        const buf = allocate(length + 300);
+        const buf = await allocate(length + 300);
         buf.bytes.set(seededBytes(length + 300, length));
         const fileOffset = 12345;
         const n = await writeFrom(buf, f.path, { fileOffset, bufOffset: 300, length, io, fsync: true });
@@ -131,7 +131,7 @@ describe('writeFrom', () => {
 
   test('creates a missing file; io direct with aligned values', async () => {
     const p = join(dir, 'new');
-    const buf = allocate(MiB);
+    const buf = await allocate(MiB);
     buf.bytes.set(seededBytes(MiB, 3));
     assert.equal(await writeFrom(buf, p, { fileOffset: 8192, io: 'direct' }), MiB);
     const got = await readFile(p);
@@ -144,7 +144,7 @@ describe('writeFrom', () => {
   test('validations mirror readInto', async () => {
     const p = join(dir, 'w-v');
     writeFileSync(p, 'x');
-    const buf = allocate(4096);
+    const buf = await allocate(4096);
     await assert.rejects(writeFrom(buf, p, { length: 0 }), { code: 'ERR_OUT_OF_RANGE' });
     await assert.rejects(writeFrom(buf, p, { fileOffset: 1, io: 'direct' }), { code: 'ERR_DIRECT_IO_ALIGNMENT' });
     await assert.rejects(writeFrom(buf, '/dev/zero'), { code: 'ERR_NOT_REGULAR_FILE' });

@@ -41,7 +41,7 @@ describe('save', () => {
     const dst = join(dir, 'multi');
     writeFileSync(dst, 'old contents', { mode: 0o600 });
     const a = seededBytes(5000, 1);
-    const b = allocate(3 * MiB + 1);
+    const b = await allocate(3 * MiB + 1);
     b.bytes.set(seededBytes(3 * MiB + 1, 2));
     const c = seededBytes(1, 3);
     await save([a, b, c], dst);
@@ -58,7 +58,7 @@ describe('save', () => {
     const leaks = leakCheck();
     await assert.rejects(save(new Uint8Array(10), join(dir, 'no', 'such', 'x')), { code: 'ENOENT' });
     await assert.rejects(save(new Uint8Array(10), '/sys/dmaload-test-file'), (e: NodeJS.ErrnoException) => e.code === 'EACCES' || e.code === 'EROFS');
-    const b = allocate(10);
+    const b = await allocate(10);
     b.close();
     await assert.rejects(save(b, join(dir, 'closed')), { code: 'ERR_BUFFER_CLOSED' });
     await assert.rejects(save('text' as never, join(dir, 'bad')), { code: 'ERR_INVALID_ARG_TYPE' });

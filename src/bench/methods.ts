@@ -83,11 +83,19 @@ export async function runRow(spec: RowSpec, path: string, size: number): Promise
     const capacity = roundUp(size, Math.max(PAGE_SIZE, align));
     const c0 = cpu();
     const t0 = now();
-    alloc = targets[spec.target]!.allocate({ size, capacity, path, options: {} });
+    alloc = targets[spec.target].allocate({ size, capacity, partSize: undefined, path, options: {} });
+    // dma-bufs exist only once their parts are allocated; ordinary memory is faulted in by the copy itself,
+    // as in the classic mmap + read.
+    if (!alloc.populateInJob) for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);
     const createMs = now() - t0;
     const t1 = now();
     try {
-      await move(spec, fd, alloc, size, align);
+      alloc.layout.forEach((_, k) => alloc!.beginWrite?.(k));
+      try {
+        await move(spec, fd, alloc, size, align);
+      } finally {
+        alloc.layout.forEach((_, k) => alloc!.endWrite?.(k));
+      }
     } catch (e) {
       if (e instanceof Unsupported) return { supported: false, reason: e.message, createMs, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: 0 };
       throw e;
@@ -132,7 +140,7 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
           const n = readSync(fd, buf, 0, chunk, off);
           if (n <= 0) break;
           const want = Math.min(n, size - off);
-          if (alloc.fd !== undefined) writeSync(alloc.fd, buf, 0, want, off);
+          if (alloc.writeFd !== undefined) writeSync(alloc.writeFd, buf, 0, want, off);
           else dst.set(buf.subarray(0, want), off);
           off += n;
         }
@@ -145,7 +153,7 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
     case 'splice':
     case 'copy_file_range': {
       const m = spec.method === 'sendfile' ? 0 : spec.method === 'splice' ? 1 : 2;
-      const r = native.copyLoop(m, fd, alloc.fd!, size, MiB);
+      const r = native.copyLoop(m, fd, alloc.writeFd!, size, MiB);
       if (r < 0) throw new Unsupported(`${spec.method} failed with ${errnoCode(r)}`);
       if (r !== size) throw new Unsupported(`${spec.method} moved ${r} of ${size} bytes`);
       return;

@@ -7,6 +7,8 @@ import { closeSync, ftruncateSync } from 'node:fs';
 import { basename } from 'node:path';
 import { DmaloadSystemError } from '../errors.js';
 import { C, native } from '../native.js';
+import { populate } from './memory.js';
+import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 
 /** Creates a sealable memfd of `size` bytes named after the file; the caller owns the fd. */
@@ -40,11 +42,15 @@ export const memfd: Target = {
       closeSync(fd);
       throw e;
     }
+    const layout = layoutOf(req.capacity, req.partSize);
     return {
       mapping,
       fd,
+      writeFd: fd,
       directInto: true,
-      populate: true,
+      layout,
+      populateInJob: layout.length === 1,
+      allocPart: (k) => populate(mapping!, layout[k]!.offset, layout[k]!.length, req.path),
       finish(size) {
         // Direct reads filled whole blocks past the end: cut them off, then freeze the size.
         if (size !== req.capacity) ftruncateSync(fd, size);

@@ -1,7 +1,8 @@
 /**
  * Where a load's bytes land. Each target is one file with one `allocate()`; the load pipeline does the I/O.
- * A target hands back one contiguous CPU view (the mapping the I/O fills) and, for dma-buf targets, the parts a
- * device imports.
+ * A target hands back one contiguous CPU view (the mapping the I/O fills) split into parts: each part is
+ * allocated (populated, pinned, or allocated from a heap) by `allocPart(k)`, which the pipeline runs while the
+ * previous part is being read, and becomes one device-importable piece.
  */
 
 export type TargetName = 'memory' | 'memfd' | 'udmabuf' | 'dma-heap';
@@ -10,38 +11,61 @@ export type TargetName = 'memory' | 'memfd' | 'udmabuf' | 'dma-heap';
 export interface Part {
   /** A dma-buf fd, or the memfd for the memfd target; -1 for process memory. */
   fd: number;
-  /** Offset of this part in the file (and in the CPU view). */
+  /** Offset of this part in the CPU view (and, for a whole-file load, in the file). */
   offset: number;
-  /** Bytes of the file in this part. */
+  /** Bytes of data in this part (a dma-buf's own size is this rounded up to a page). */
   size: number;
 }
 
 export interface AllocateRequest {
-  /** Bytes of the file. */
+  /** Bytes of data. */
   size: number;
   /** Bytes the mapping must hold: `size` rounded up for direct I/O's whole-block reads and the page size. */
   capacity: number;
+  /** Bytes per part as the caller asked (a multiple of the page size), or undefined for the target's default. */
+  partSize: number | undefined;
   path: string;
-  /** Target-specific options as the caller gave them (e.g. `heap`), already validated by the target. */
+  /** The caller's options, for target-specific ones (e.g. `heap`), which the target validates. */
   options: Record<string, unknown>;
 }
 
 export interface Allocation {
   /** The CPU view: at least `capacity` bytes; undefined for an empty file. */
   mapping: ArrayBuffer | undefined;
-  /** Whether O_DIRECT can read straight into `mapping` (VM_PFNMAP mappings cannot). */
+  /** Whether O_DIRECT can read straight into `mapping` (VM_PFNMAP mappings cannot: bounce buffers then). */
   directInto: boolean;
-  /** Ask the engine to fault the mapping in ahead of the reads, on another thread. */
-  populate: boolean;
-  /** Called once every byte is in: trim, seal, export. Returns the parts. */
+  /** The parts: offset and length in the view, covering [0, capacity). */
+  layout: Array<{ offset: number; length: number }>;
+  /**
+   * True when allocation can ride along with the reads inside the engine (pages faulted in just ahead of them),
+   * which beats a separate step for a single part of ordinary memory.
+   */
+  populateInJob: boolean;
+  /** Allocates part k: populate its pages, pin them into a udmabuf, or allocate it from a heap and map it. */
+  allocPart(k: number): Promise<void>;
+  /** Brackets the CPU's writes into part k (DMA_BUF_IOCTL_SYNC for dma-bufs). */
+  beginWrite?(k: number): void;
+  endWrite?(k: number): void;
+  /** Called once every byte is in: clear the padding, trim, seal, export. Returns the parts. */
   finish(size: number): Part[];
   /** Frees every fd and mapping; idempotent. */
   close(): void;
-  /** The memfd, for the memfd target. */
+  /** The memfd, for the memfd target: what LoadedBuffer.fd returns. */
   fd?: number;
+  /** A file descriptor whose file is the CPU view (the memfd behind memfd and udmabuf), for write()-style copies. */
+  writeFd?: number;
 }
 
 export interface Target {
   readonly name: TargetName;
   allocate(req: AllocateRequest): Allocation;
+}
+
+/** Splits [0, capacity) into parts of `partSize` (the last one shorter). */
+export function layoutOf(capacity: number, partSize: number | undefined): Array<{ offset: number; length: number }> {
+  if (capacity === 0) return [];
+  const step = partSize ?? capacity;
+  const out = [];
+  for (let off = 0; off < capacity; off += step) out.push({ offset: off, length: Math.min(step, capacity - off) });
+  return out;
 }
