@@ -23,7 +23,7 @@ export interface LoadStats {
   ms: number;
   /** Wall time of allocation (mapping, populating, pinning, heap allocation), summed over parts, ms. */
   allocMs: number;
-  /** Wall time of the reads, summed over parts, ms. With overlap, allocation runs inside this time. */
+  /** Wall time during which reads ran (parts' read times, overlaps counted once), ms. With overlap, allocation runs inside it. */
   ioMs: number;
   /** Per part: offset, size, allocMs, ioMs. */
   parts: PartStats[];

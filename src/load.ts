@@ -162,7 +162,10 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     const eng = engine.engine();
     const total = plan.bytesRead;
     const onProgress = options.onProgress;
-    const transfer = (segments: number[], done: number, populate: boolean) =>
+    // Progress over parts that may be read at the same time: each part's own count, summed.
+    const partDone: number[] = [];
+    const report = onProgress && (() => onProgress({ bytes: partDone.reduce((a, b) => a + (b ?? 0), 0), total }));
+    const transferPart = (k: number, segments: number[], populate = false) =>
       engine.run({
         fd: src.fd,
         write: false,
@@ -175,7 +178,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
         tuning: tune,
         path,
         signal,
-        onProgress: onProgress && ((bytes) => onProgress({ bytes: done + bytes, total })),
+        onProgress: report && ((bytes) => ((partDone[k] = bytes), report())),
       });
     let allocMs = msSince(t0);
     let ioMs = 0;
@@ -184,45 +187,58 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     if (alloc.layout.length === 1 && alloc.populateInJob && overlap) {
       // One part of ordinary memory: pages are faulted in on another thread just ahead of the reads.
       const tIo = performance.now();
-      const r = total > 0 ? await transfer(plan.segments, 0, true) : undefined;
+      const r = total > 0 ? await transferPart(0, plan.segments, true) : undefined;
       read = r?.bytes ?? 0;
       if (r?.short) fileChanged(path, fileSize, fstatSync(src.fd).size);
       ioMs = msSince(tIo);
       partStats.push({ offset: 0, size, allocMs, ioMs });
     } else {
-      // Parts: part k+1 is allocated while part k is read (or after it, with overlap off).
+      // Parts. With overlap, part k+1 is allocated while part k is read, and part k+1's reads start while part
+      // k's last ones finish (at most two parts' reads in flight), so the queue never drains between parts.
+      // Without, each part is allocated, then read, one after the other.
       const layout = alloc.layout;
       const timed = (k: number) => {
         const t = performance.now();
         return alloc!.allocPart(k).then(() => msSince(t));
       };
-      const pending: Array<Promise<number> | undefined> = layout.length > 0 ? [timed(0)] : [];
+      const busy: Array<[number, number]> = [];
+      const readPart = (k: number, segs: number[]) => {
+        const t = performance.now();
+        alloc!.beginWrite?.(k);
+        return transferPart(k, segs)
+          .then((r) => {
+            read += r.bytes;
+            if (r.short) fileChanged(path, fileSize, fstatSync(src.fd).size);
+            busy.push([t, performance.now()]);
+            return msSince(t);
+          })
+          .finally(() => alloc!.endWrite?.(k));
+      };
+      const allocs: Array<Promise<number> | undefined> = layout.length > 0 ? [timed(0)] : [];
+      const reads: Array<Promise<number>> = [];
       try {
         for (let k = 0; k < layout.length; k++) {
           const p = layout[k]!;
-          const aMs = await pending[k]!;
-          if (overlap && k + 1 < layout.length) pending[k + 1] = timed(k + 1);
-          const segs = clip(plan.segments, p.offset, p.offset + p.length);
-          const tIo = performance.now();
-          alloc.beginWrite?.(k);
-          try {
-            if (segs.length > 0) {
-              const r = await transfer(segs, read, false);
-              read += r.bytes;
-              if (r.short) fileChanged(path, fileSize, fstatSync(src.fd).size);
-            }
-          } finally {
-            alloc.endWrite?.(k);
-          }
-          const iMs = msSince(tIo);
+          const aMs = await allocs[k]!;
+          if (overlap && k + 1 < layout.length) allocs[k + 1] = timed(k + 1);
           allocMs += aMs;
-          ioMs += iMs;
-          partStats.push({ offset: p.offset, size: Math.min(p.length, Math.max(0, size - p.offset)), allocMs: aMs, ioMs: iMs });
-          if (!overlap && k + 1 < layout.length) pending[k + 1] = timed(k + 1);
+          partStats.push({ offset: p.offset, size: Math.min(p.length, Math.max(0, size - p.offset)), allocMs: aMs, ioMs: 0 });
+          const segs = clip(plan.segments, p.offset, p.offset + p.length);
+          reads[k] = segs.length > 0 ? readPart(k, segs) : Promise.resolve(0);
+          // A failed read must not wait for the next allocation to surface.
+          reads[k]!.catch(() => {});
+          if (!overlap || k + 1 === layout.length) await reads[k];
+          else if (k > 0) await reads[k - 1];
+          if (!overlap && k + 1 < layout.length) allocs[k + 1] = timed(k + 1);
         }
+        for (let k = 0; k < reads.length; k++) {
+          const iMs = await reads[k]!;
+          partStats[k]!.ioMs = iMs;
+        }
+        ioMs = unionMs(busy);
       } finally {
-        // Never free memory that an allocation still in flight is touching.
-        await Promise.allSettled(pending);
+        // Never free memory that an allocation or a read still in flight is touching.
+        await Promise.allSettled([...allocs, ...reads]);
       }
     }
     if (read !== total) fileChanged(path, fileSize, fstatSync(src.fd).size);
@@ -255,6 +271,18 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     alloc?.close();
     await src.close();
   }
+}
+
+/** Total length of time intervals, overlaps counted once: the wall time during which some read was running. */
+function unionMs(intervals: Array<[number, number]>): number {
+  let total = 0;
+  let end = -Infinity;
+  for (const [a, b] of [...intervals].sort((x, y) => x[0] - y[0])) {
+    if (b <= end) continue;
+    total += b - Math.max(a, end);
+    end = b;
+  }
+  return total;
 }
 
 /** The parts of `segments` (flat [file, buf, len]…) that fall in buffer range [lo, hi), cut at its edges. */

@@ -4,16 +4,20 @@ import { load } from '../load.js';
 import type { IoMode } from '../file.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
-import { formatBytes } from '../util.js';
+import { formatBytes, parseSize } from '../util.js';
 import { UsageError, progressBar, sha256 } from './io.js';
 import type { CliIO } from './io.js';
 
 export const LOAD_HELP = `Usage: dmaload load FILE [options]
 
-Load FILE into memory by direct I/O (no page cache) and print what it cost.
+Load FILE into memory, a memfd or dma-bufs by direct I/O (no page cache) and print what it cost.
 
 Options:
-  --target memory|memfd     where the bytes land (default memory)
+  --target memory|memfd|udmabuf|dma-heap
+                            where the bytes land (default memory)
+  --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
+  --part-size SIZE          split into parts (e.g. 32MiB), each allocated while the previous one is read
+  --overlap on|off          allocation overlapped with I/O (default on); off runs them one after the other
   --io auto|direct|buffered how to read (default auto: direct where the file system allows)
   --hash sha256             hash the loaded bytes (from the buffer, after loading)
   --json                    one JSON object on stdout
@@ -35,6 +39,9 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       target: { type: 'string' },
       io: { type: 'string' },
       hash: { type: 'string' },
+      heap: { type: 'string' },
+      'part-size': { type: 'string' },
+      overlap: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -48,13 +55,27 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const target = choice<TargetName>('target', values.target, TARGET_NAMES, 'memory');
   const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered'], 'auto');
   if (values.hash !== undefined && values.hash !== 'sha256') throw new UsageError(`--hash supports sha256 only (got '${values.hash}')`);
+  let partSize: number | undefined;
+  if (values['part-size'] !== undefined) {
+    partSize = parseSize(values['part-size']);
+    if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096, e.g. 32MiB (got '${values['part-size']}')`);
+  }
+  const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
   const bar = progressBar(io, 'load');
   const ac = new AbortController();
   const onSigint = () => ac.abort();
   process.once('SIGINT', onSigint);
   let buf;
   try {
-    buf = await load(path, { target, io: ioMode, signal: ac.signal, onProgress: (p) => bar.update(p.bytes, p.total) });
+    buf = await load(path, {
+      target,
+      io: ioMode,
+      ...(values.heap === undefined ? {} : { heap: values.heap }),
+      ...(partSize === undefined ? {} : { partSize }),
+      overlap,
+      signal: ac.signal,
+      onProgress: (p) => bar.update(p.bytes, p.total),
+    });
   } finally {
     process.off('SIGINT', onSigint);
     bar.done();
@@ -74,6 +95,9 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       cpuMs: s.cpuMs,
       bytesPerSec: s.bytesPerSec,
       pageCacheBytes: s.pageCacheBytes,
+      overlap: s.overlap,
+      // One entry per part of the layout; targets with one fd (memfd) repeat it.
+      parts: s.parts.map((p, i) => ({ fd: (buf.parts[i] ?? buf.parts[0])?.fd ?? -1, ...p })),
       chunkSize: s.chunkSize,
       queueDepth: s.queueDepth,
     };
