@@ -804,6 +804,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("F_SEAL_WRITE", F_SEAL_WRITE);
   c.Set("POSIX_FADV_DONTNEED", POSIX_FADV_DONTNEED);
   c.Set("POSIX_FADV_SEQUENTIAL", POSIX_FADV_SEQUENTIAL);
+  c.Set("POSIX_FADV_RANDOM", POSIX_FADV_RANDOM);
   c.Set("DMA_BUF_SYNC_READ", static_cast<double>(DMA_BUF_SYNC_READ));
   c.Set("DMA_BUF_SYNC_WRITE", static_cast<double>(DMA_BUF_SYNC_WRITE));
   c.Set("DMA_BUF_SYNC_RW", static_cast<double>(DMA_BUF_SYNC_RW));

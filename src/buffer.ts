@@ -12,8 +12,12 @@ export interface PartStats {
 
 /** How a load went. */
 export interface LoadStats {
-  /** The io actually used. */
-  io: 'direct' | 'buffered';
+  /** The io actually used: 'mixed' when io 'auto' copied cached ranges and read the rest directly. */
+  io: 'direct' | 'buffered' | 'mixed';
+  /** Bytes read by direct I/O. */
+  directBytes: number;
+  /** Bytes copied through the page cache (buffered reads). */
+  copiedBytes: number;
   /** Why the io differs from the one asked for, if it does. */
   ioReason?: string | undefined;
   /** 'uring' or 'threads' (io_uring refused). */

@@ -5,7 +5,7 @@
 import { constants as FS, promises as fsp } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { DmaloadError, DmaloadSystemError } from './errors.js';
-import { C, native } from './native.js';
+import { C, PAGE_SIZE, native } from './native.js';
 
 export type IoMode = 'direct' | 'buffered' | 'auto';
 
@@ -20,6 +20,8 @@ export interface OpenedSource {
   fd: number;
   size: number;
   stat: Stats;
+  /** The same file without O_DIRECT, for ranges already in the page cache (equal to `fd` when not direct). */
+  bufferedFd: number;
   /** True when `fd` was opened with O_DIRECT. */
   direct: boolean;
   align: DioAlign;
@@ -49,7 +51,8 @@ export function dioAlign(fd: number): DioAlign {
 export async function openSource(path: string, io: IoMode): Promise<OpenedSource> {
   // stat() first: open() of a FIFO blocks until a writer appears, and /dev/zero never ends.
   requireRegular(await fsp.stat(path), path);
-  let fh = await fsp.open(path, FS.O_RDONLY | FS.O_NONBLOCK);
+  const fh = await fsp.open(path, FS.O_RDONLY | FS.O_NONBLOCK);
+  let dh: fsp.FileHandle | undefined;
   try {
     const stat = await fh.stat();
     requireRegular(stat, path); // swapped for something else between stat() and open()
@@ -61,14 +64,8 @@ export async function openSource(path: string, io: IoMode): Promise<OpenedSource
         fallbackReason = 'the file system does not support direct I/O (statx reports no STATX_DIOALIGN)';
       } else {
         try {
-          const d = await fsp.open(path, FS.O_RDONLY | FS.O_DIRECT | FS.O_NONBLOCK);
-          const dst = await d.stat();
-          if (dst.ino !== stat.ino || dst.dev !== stat.dev) {
-            await d.close();
-            throw new DmaloadError('ERR_FILE_CHANGED', `'${path}' was replaced while it was being opened; try again`, { path });
-          }
-          await fh.close();
-          fh = d;
+          // Reopened through /proc so that it is the same file, whatever happened to the path meanwhile.
+          dh = await fsp.open(`/proc/self/fd/${fh.fd}`, FS.O_RDONLY | FS.O_DIRECT);
           direct = true;
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
@@ -76,18 +73,23 @@ export async function openSource(path: string, io: IoMode): Promise<OpenedSource
         }
       }
     }
-    const handle = fh;
+    const d = dh;
     return {
       path,
-      fd: handle.fd,
+      fd: d ? d.fd : fh.fd,
+      bufferedFd: fh.fd,
       size: stat.size,
       stat,
       direct,
       align: direct ? align : { memAlign: 0, offsetAlign: 0 },
       fallbackReason,
-      close: () => handle.close(),
+      close: async () => {
+        await d?.close();
+        await fh.close();
+      },
     };
   } catch (e) {
+    await dh?.close().catch(() => {});
     await fh.close().catch(() => {});
     throw e;
   }
@@ -99,6 +101,18 @@ export function pageCacheBytes(fd: number, size: number, offset = 0): number {
   const r = native.residency(fd, offset, size);
   if (r < 0) throw new DmaloadSystemError(r, 'mincore');
   return r;
+}
+
+/**
+ * Which pages of [0, size) are in the page cache: one byte per 4 KiB page, 1 = resident (mincore over a temporary
+ * mapping: mapping a file reads nothing).
+ */
+export function residentPages(fd: number, size: number): Uint8Array {
+  const pages = new Uint8Array(Math.ceil(size / PAGE_SIZE));
+  if (size === 0) return pages;
+  const r = native.residency(fd, 0, size, pages);
+  if (r < 0) throw new DmaloadSystemError(r, 'mincore');
+  return pages;
 }
 
 /** Drops the file's clean pages from the page cache (no root needed). */

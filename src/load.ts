@@ -4,9 +4,9 @@ import { LoadedBuffer } from './buffer.js';
 import type { LoadStats, PartStats } from './buffer.js';
 import * as engine from './engine.js';
 import { DmaloadError, invalidType, invalidValue, outOfRange } from './errors.js';
-import { openSource, pageCacheBytes } from './file.js';
+import { openSource, pageCacheBytes, residentPages } from './file.js';
 import type { IoMode } from './file.js';
-import { PAGE_SIZE } from './native.js';
+import { C, PAGE_SIZE, native } from './native.js';
 import { TARGET_NAMES, targets } from './targets/index.js';
 import type { Allocation, TargetName } from './targets/index.js';
 import { cpuMsSince, enumOption, formatBytes, intOption, memAvailable, msSince, roundUp } from './util.js';
@@ -20,8 +20,9 @@ export interface LoadOptions {
   /** Where the bytes land. Default 'memory'. */
   target?: TargetName;
   /**
-   * 'direct' (O_DIRECT, no page cache), 'buffered' (through the page cache), or 'auto' (default: direct where the
-   * file system allows). A file system without direct I/O falls back to buffered and says why in `stats.ioReason`.
+   * 'direct' (O_DIRECT, no page cache), 'buffered' (through the page cache), or 'auto' (default): ranges of the
+   * file already in the page cache are copied from it, the rest is read by direct I/O, both at once. A file system
+   * without direct I/O falls back to buffered and says why in `stats.ioReason`.
    */
   io?: IoMode;
   /** Bytes per request (task size); a multiple of 4096. Env DMALOAD_CHUNK_SIZE. */
@@ -36,6 +37,8 @@ export interface LoadOptions {
   partSize?: number;
   /** Allocate part k+1 while part k is read (default true); false runs them one after the other, to compare. */
   overlap?: boolean;
+  /** io 'auto': keep pages that copying brought into the page cache. Default false: leave the cache as found. */
+  keepCache?: boolean;
   /** dma-heap target: the heap's name under /dev/dma_heap. Default 'system'. */
   heap?: string;
   /** Memory target: request transparent huge pages (env DMALOAD_HUGE_PAGES=1). Default false. */
@@ -165,21 +168,36 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     // Progress over parts that may be read at the same time: each part's own count, summed.
     const partDone: number[] = [];
     const report = onProgress && (() => onProgress({ bytes: partDone.reduce((a, b) => a + (b ?? 0), 0), total }));
-    const transferPart = (k: number, segments: number[], populate = false) =>
+    // io 'auto': ranges already in the page cache are copied from it, the rest read by direct I/O, both at once.
+    const cacheAware = io === 'auto' && src.direct && total > 0;
+    const before = cacheAware ? residentPages(src.bufferedFd, fileSize) : undefined;
+    if (before && before.includes(1)) native.fadvise(src.bufferedFd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead of what is not cached
+    let directBytes = 0;
+    let copiedBytes = 0;
+    const job = (k: number, segments: number[], direct: boolean, populate: boolean, counts: number[], slot: number) =>
       engine.run({
-        fd: src.fd,
+        fd: direct ? src.fd : src.bufferedFd,
         write: false,
-        direct: src.direct,
+        direct,
         buffer: alloc!.mapping!,
         segments,
-        padTo: src.direct ? src.align.offsetAlign : 1,
-        bounce: src.direct && !alloc!.directInto,
+        padTo: direct ? src.align.offsetAlign : 1,
+        bounce: direct && !alloc!.directInto,
         populate,
         tuning: tune,
         path,
         signal,
-        onProgress: report && ((bytes) => ((partDone[k] = bytes), report())),
+        onProgress: report && ((bytes) => ((counts[slot] = bytes), (partDone[k] = counts[0]! + counts[1]!), report())),
       });
+    const transferPart = async (k: number, segments: number[], populate = false) => {
+      const [direct, copy] = before ? splitByResidency(segments, before, COPY_MIN_RUN) : src.direct ? [segments, []] : [[], segments];
+      const counts = [0, 0];
+      const rs = await Promise.all([direct.length ? job(k, direct, true, populate, counts, 0) : undefined, copy.length ? job(k, copy, false, populate, counts, 1) : undefined]);
+      const [d, c] = rs.map((r) => r?.bytes ?? 0) as [number, number];
+      directBytes += src.direct ? d : 0;
+      copiedBytes += src.direct ? c : d + c;
+      return { bytes: d + c, short: rs.some((r) => r?.short) };
+    };
     let allocMs = msSince(t0);
     let ioMs = 0;
     const partStats: PartStats[] = [];
@@ -245,10 +263,13 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     // A file that grew (or shrank and grew back) while we read it: our copy may mix old and new bytes.
     const after = fstatSync(src.fd);
     if (after.size !== fileSize) fileChanged(path, fileSize, after.size);
+    if (before && copiedBytes > 0 && !options.keepCache) dropAdded(src.bufferedFd, before, fileSize);
     const parts = alloc.finish(size);
     const ms = msSince(t0);
     const stats: LoadStats = {
-      io: src.direct ? 'direct' : 'buffered',
+      io: directBytes > 0 && copiedBytes > 0 ? 'mixed' : directBytes > 0 || (src.direct && copiedBytes === 0) ? 'direct' : 'buffered',
+      directBytes,
+      copiedBytes,
       ioReason: src.fallbackReason,
       engine: eng.engine,
       engineReason: eng.reason,
@@ -270,6 +291,58 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
   } finally {
     alloc?.close();
     await src.close();
+  }
+}
+
+/**
+ * The shortest run of cached pages worth copying instead of reading directly: below it, the extra request costs
+ * more than reading a few cached pages from the device again.
+ */
+const COPY_MIN_RUN = 1024 * 1024;
+
+/**
+ * Splits segments (flat [file, buf, len]…) into those to read directly and those to copy from the page cache,
+ * by the residency of their pages. Boundaries fall on page edges, which keeps direct reads aligned.
+ */
+export function splitByResidency(segments: number[], pages: Uint8Array, minRun: number): [direct: number[], copy: number[]] {
+  const direct: number[] = [];
+  const copy: number[] = [];
+  const minPages = Math.max(1, Math.floor(minRun / PAGE_SIZE));
+  const push = (to: number[], f: number, b: number, n: number) => {
+    const l = to.length;
+    // Merge with the previous run when it ends exactly where this one starts, in the file and in the buffer.
+    if (l >= 3 && to[l - 3]! + to[l - 1]! === f && to[l - 2]! + to[l - 1]! === b) to[l - 1]! += n;
+    else to.push(f, b, n);
+  };
+  for (let i = 0; i < segments.length; i += 3) {
+    const [f, b, n] = [segments[i]!, segments[i + 1]!, segments[i + 2]!];
+    let pos = f;
+    while (pos < f + n) {
+      const p0 = Math.floor(pos / PAGE_SIZE);
+      const res = pages[p0] === 1;
+      let p = p0;
+      while (p * PAGE_SIZE < f + n && (pages[p] === 1) === res) p++;
+      const end = Math.min(p * PAGE_SIZE, f + n);
+      const cached = res && p - p0 >= minPages;
+      push(cached ? copy : direct, pos, b + (pos - f), end - pos);
+      pos = end;
+    }
+  }
+  return [direct, copy];
+}
+
+/** Evicts the pages that a load brought into the page cache, leaving what was cached before. */
+function dropAdded(fd: number, before: Uint8Array, size: number): void {
+  const after = residentPages(fd, size);
+  for (let i = 0; i < after.length; ) {
+    if (after[i] !== 1 || before[i] === 1) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < after.length && after[j] === 1 && before[j] !== 1) j++;
+    native.fadvise(fd, i * PAGE_SIZE, (j - i) * PAGE_SIZE, C.POSIX_FADV_DONTNEED);
+    i = j;
   }
 }
 

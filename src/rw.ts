@@ -241,6 +241,8 @@ export async function allocate(size: number, options: { target?: TargetName; par
     const ms = Math.round((performance.now() - t0) * 100) / 100;
     const stats: LoadStats = {
       io: 'buffered',
+      directBytes: 0,
+      copiedBytes: 0,
       engine: engine.engine().engine,
       ms,
       allocMs: ms,

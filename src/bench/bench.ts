@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { DmaloadError } from '../errors.js';
 import { dioAlign, evict, pageCacheBytes, requireRegular } from '../file.js';
 import { load } from '../load.js';
+import { C, native } from '../native.js';
 import { targets } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, MiB, formatBytes, memAvailable } from '../util.js';
@@ -155,6 +156,8 @@ export function setCache(path: string, size: number, state: CacheState, dropCach
     evict(fd, path);
     if (state === 'cold' && dropCaches && pageCacheBytes(fd, size) > 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
     if (state !== 'cold') {
+      // No readahead: 'half' must leave the other ranges cold.
+      native.fadvise(fd, 0, 0, C.POSIX_FADV_RANDOM);
       const buf = Buffer.allocUnsafe(MiB);
       const stride = 8 * MiB;
       for (let off = 0; off < size; off += state === 'half' ? 2 * stride : stride) {

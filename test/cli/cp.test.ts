@@ -4,7 +4,7 @@ import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { makeFile, sha256, tempDir } from '../helpers.js';
+import { evictFile, makeFile, sha256, tempDir } from '../helpers.js';
 import { cli } from './run.js';
 
 const { dir, cleanup } = tempDir();
@@ -16,6 +16,7 @@ describe('cli: cp', () => {
   test('copies exactly, atomically, reports MB/s; --json', async () => {
     const src = makeFile(dir, 'src', 5 * MiB + 3);
     const dst = join(dir, 'dst');
+    evictFile(src.path);
     const r = await cli('cp', src.path, dst, '--json');
     assert.equal(r.code, 0, r.err);
     const j = JSON.parse(r.out);

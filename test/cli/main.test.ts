@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { makeFile, tempDir } from '../helpers.js';
+import { evictFile, makeFile, tempDir } from '../helpers.js';
 import { cli } from './run.js';
 
 const { dir, cleanup } = tempDir();
@@ -15,6 +15,7 @@ describe('cli: load', () => {
   test('--json --hash sha256: the loaded bytes hash like the file', async () => {
     const f = makeFile(dir, 'a', 3 * 1024 * 1024 + 17);
     for (const target of ['memory', 'memfd']) {
+      evictFile(f.path); // cold: io auto reads it directly
       const r = await cli('load', f.path, '--json', '--hash', 'sha256', '--target', target);
       assert.equal(r.code, 0, r.err);
       const j = JSON.parse(r.out);
