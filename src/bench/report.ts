@@ -10,7 +10,8 @@ function cells(r: BenchRow, i: number, size: number): string[] {
   if (!r.supported) return [String(i + 1), label(r), '-', '-', '-', '-', '-', '-', '-', `unsupported: ${r.reason ?? ''}`];
   return [
     String(i + 1),
-    label(r),
+    // What io 'auto' chose, when it is not what the row says.
+    r.ioUsed && r.ioUsed !== r.io ? `${label(r)} (${r.ioUsed})` : label(r),
     n(r.createMs),
     n(r.closeMs),
     `${n(r.ioMs)} (${n(r.min.ioMs)}–${n(r.max.ioMs)})`,

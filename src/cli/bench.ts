@@ -8,7 +8,6 @@ import type { Method } from '../bench/methods.js';
 import { markdown, svg, table } from '../bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../util.js';
-import { choice } from './load.js';
 import { UsageError } from './io.js';
 import type { CliIO } from './io.js';
 
@@ -22,7 +21,8 @@ Options:
   --targets LIST       comma-separated: ${DEFAULT_TARGETS.join(',')} (default: all; missing kernel features are reported)
   --methods LIST       comma-separated: ${METHODS.join(',')} (default: all)
   --rounds N           rounds, rows alternating (default 3); medians reported with min–max
-  --cache STATE        cold (evicted before each row, default), warm (read first) or half (every other 8 MiB)
+  --cache LIST         cold (evicted before each row, default), warm (read first), half (every other 8 MiB
+                       cached); several, e.g. cold,warm,half, give one table each
   --drop-caches        also drop every cache before cold rows (root)
   --sweep LIST         sizes, e.g. 64MiB,256MiB,1GiB: throughput and CPU per GiB at each size
   --json               one JSON object on stdout
@@ -75,9 +75,9 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     targets: list<TargetName>('targets', values.targets, DEFAULT_TARGETS, DEFAULT_TARGETS),
     methods: list<Method>('methods', values.methods, METHODS, METHODS),
     rounds,
-    cache: choice<CacheState>('cache', values.cache, ['cold', 'warm', 'half'], 'cold'),
     dropCaches: values['drop-caches'],
   };
+  const caches = list<CacheState>('cache', values.cache, ['cold', 'warm', 'half'], ['cold']);
   const sweep = values.sweep?.split(',').map((s) => size('sweep', s.trim()));
   if (sweep && common.file) throw new UsageError('--sweep generates its own files; give no FILE');
   const ac = new AbortController();
@@ -86,17 +86,19 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   const reports: BenchReport[] = [];
   try {
     for (const sz of sweep ?? [values.size === undefined ? GiB : size('size', values.size)]) {
-      reports.push(await bench({ ...common, size: sz, signal: ac.signal, onStatus: (m) => io.isTTY && io.stderr(`\r\x1b[K${m}`) }));
+      for (const cache of caches) {
+        reports.push(await bench({ ...common, size: sz, cache, signal: ac.signal, onStatus: (m) => io.isTTY && io.stderr(`\r\x1b[K${m}`) }));
+      }
     }
   } finally {
     process.off('SIGINT', onSigint);
     if (io.isTTY) io.stderr('\r\x1b[K');
   }
   if (values.svg) writeFileSync(values.svg, reports.map(svg).join(''));
-  if (values.json) io.stdout(JSON.stringify(sweep ? { sweep: reports } : reports[0]) + '\n');
+  if (values.json) io.stdout(JSON.stringify(reports.length > 1 ? { reports } : reports[0]) + '\n');
   else if (values.md) io.stdout(reports.map(markdown).join('\n'));
   else io.stdout(reports.map(table).join('\n'));
-  if (sweep) io.stdout(values.json ? '' : sweepTable(reports));
+  if (sweep && !values.json) io.stdout(sweepTable(reports.filter((r) => r.cache === caches[0])));
   return 0;
 }
 
