@@ -4,6 +4,8 @@ export type { FileRange, LoadOptions, LoadProgress } from './load.js';
 export { LoadedBuffer } from './buffer.js';
 export { allocate, readInto, writeFrom } from './rw.js';
 export type { RwOptions } from './rw.js';
+export { copy } from './copy.js';
+export type { CopyOptions, CopyResult } from './copy.js';
 export { save } from './save.js';
 export type { SaveOptions, SaveSource } from './save.js';
 export { createWriter } from './writer.js';

@@ -30,7 +30,8 @@ export async function save(source: SaveSource, path: string, options: SaveOption
         options.signal?.throwIfAborted();
         const lease = leases[i];
         const bytes = s instanceof LoadedBuffer ? (lease!.mapping ? new Uint8Array(lease!.mapping, 0, s.size) : new Uint8Array(0)) : s;
-        await writer.write(bytes);
+        // Mappings direct I/O cannot read from (dma-heap) go through the writer's staging buffers.
+        await writer.write(bytes, { copy: lease !== undefined && !lease.directInto });
       }
       return await writer.close();
     } catch (e) {

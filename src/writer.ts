@@ -20,7 +20,7 @@ import { MiB, enumOption, intOption, roundUp } from './util.js';
 export interface WriterOptions {
   /** 'auto' (default) and 'direct' write with O_DIRECT where the file system allows; 'buffered' through the cache. */
   io?: IoMode;
-  /** Writes in flight. Default 4. */
+  /** Writes in flight. Default 8. */
   queueDepth?: number;
   /** Bytes per staging buffer (one write). Default 8 MiB; a multiple of 4096. */
   bufferSize?: number;
@@ -41,8 +41,13 @@ export interface WriterResult {
 }
 
 export interface Writer {
-  /** Takes the bytes (copied, or written straight from them); resolves when there is room for more. */
-  write(chunk: Uint8Array): Promise<void>;
+  /**
+   * Takes the bytes and resolves when there is room for more. Small or unaligned chunks are copied into staging
+   * buffers; a chunk of at least `bufferSize` bytes at an aligned address is written in place by direct I/O (no
+   * copy) — do not change a chunk until its write() resolves, and await each write() before the next.
+   * `copy: true` forces the copy (for memory that direct I/O cannot read from, such as a dma-heap mapping).
+   */
+  write(chunk: Uint8Array, opts?: { copy?: boolean }): Promise<void>;
   /** Writes the tail, syncs, renames (atomic) and reports. */
   close(): Promise<WriterResult>;
   /** Stops, closes the file and removes the temporary file (atomic); idempotent. */
@@ -62,7 +67,7 @@ export function tempNameFor(path: string): string {
 export async function createWriter(path: string, options: WriterOptions = {}): Promise<Writer> {
   if (typeof path !== 'string' || path === '') throw invalidType('path', 'a non-empty string', path);
   const io = enumOption('io', options.io, ['auto', 'direct', 'buffered'] as const, 'auto');
-  const depth = intOption('queueDepth', options.queueDepth, 'DMALOAD_WRITE_DEPTH', 4, 1, 64);
+  const depth = intOption('queueDepth', options.queueDepth, 'DMALOAD_WRITE_DEPTH', 8, 1, 64);
   const bufferSize = intOption('bufferSize', options.bufferSize, 'DMALOAD_WRITE_BUFFER', 8 * MiB, 4096, 1024 * MiB, true);
   if (bufferSize % 4096 !== 0) throw Object.assign(new RangeError(`The value of "bufferSize" is out of range. It must be a multiple of 4096. Received ${bufferSize}`), { code: 'ERR_OUT_OF_RANGE' });
   const atomic = options.atomic ?? false;
@@ -95,7 +100,9 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
     if (atomic) await fsp.unlink(file).catch(() => {});
     throw e;
   }
-  const block = direct ? Math.max(dioAlign(handle.fd).offsetAlign, 1) : 1;
+  const dio = dioAlign(handle.fd);
+  const block = direct ? Math.max(dio.offsetAlign, 1) : 1;
+  const memAlign = Math.max(dio.memAlign, 1);
   const wfd = direct ? direct.fd : handle.fd;
   const mem = staging;
   const free: number[] = Array.from({ length: depth }, (_, i) => depth - 1 - i);
@@ -139,28 +146,56 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
     if (removeTemp && atomic) await fsp.unlink(file).catch(() => {});
   }
 
+  let busy = false;
+
+  /** Zero-copy when it can: big, aligned memory at an aligned file offset is written by direct I/O in place. */
+  async function take(chunk: Uint8Array, copy: boolean): Promise<void> {
+    let off = 0;
+    if (direct && !copy && fill === 0 && chunk.buffer instanceof ArrayBuffer && chunk.length >= bufferSize) {
+      const addr = native.address(chunk.buffer) + BigInt(chunk.byteOffset);
+      if (addr % BigInt(memAlign) === 0n) {
+        const len = chunk.length - (chunk.length % block);
+        try {
+          await engine.run({ fd: wfd, write: true, direct: true, buffer: chunk.buffer, segments: [fileOff, chunk.byteOffset, len], padTo: 1, bounce: false, populate: false, tuning: { chunk: bufferSize, depth }, path, signal });
+        } catch (e) {
+          failure ??= e;
+          throw e;
+        }
+        fileOff += len;
+        written += len;
+        off = len;
+      }
+    }
+    while (off < chunk.length) {
+      const n = Math.min(bufferSize - fill, chunk.length - off);
+      new Uint8Array(mem, cur * bufferSize + fill, n).set(chunk.subarray(off, off + n));
+      fill += n;
+      off += n;
+      if (fill === bufferSize) {
+        submit(cur, bufferSize, fileOff);
+        fileOff += bufferSize;
+        fill = 0;
+        await room();
+        cur = free.pop()!;
+      }
+    }
+  }
+
   const writer: Writer = {
     get bytesWritten() {
       return written;
     },
-    async write(chunk: Uint8Array) {
+    async write(chunk: Uint8Array, opts?: { copy?: boolean }) {
       if (!(chunk instanceof Uint8Array)) throw invalidType('chunk', 'a Uint8Array', chunk);
       if (state !== 'open') throw new DmaloadError('ERR_WRITER_CLOSED', `The writer for '${path}' is closed`, { path });
+      if (busy) throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${path}' is still pending; await each write() before the next`, { path });
       if (failure) throw failure;
       signal?.throwIfAborted();
-      let off = 0;
-      while (off < chunk.length) {
-        const n = Math.min(bufferSize - fill, chunk.length - off);
-        new Uint8Array(mem, cur * bufferSize + fill, n).set(chunk.subarray(off, off + n));
-        fill += n;
-        off += n;
-        if (fill === bufferSize) {
-          submit(cur, bufferSize, fileOff);
-          fileOff += bufferSize;
-          fill = 0;
-          await room();
-          cur = free.pop()!;
-        }
+      busy = true;
+      try {
+        await take(chunk, opts?.copy === true);
+      } finally {
+        busy = false;
       }
     },
     async close() {

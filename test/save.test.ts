@@ -119,6 +119,23 @@ describe('createWriter', () => {
     await assert.rejects(w.write(new Uint8Array(1)), { code: 'ERR_WRITER_CLOSED' });
   });
 
+  test('aligned chunks are written in place (zero-copy), mixed with copied ones, bytes exact', async () => {
+    const dst = join(dir, 'zero-copy');
+    const big = await allocate(5 * MiB + 3);
+    big.bytes.set(seededBytes(5 * MiB + 3, 11));
+    const small = seededBytes(777, 12);
+    const w = await createWriter(dst, { bufferSize: MiB, queueDepth: 2 });
+    await w.write(big.bytes); // aligned: in place, its 3-byte tail staged
+    await w.write(small); // staged behind it
+    await w.write(big.bytes, { copy: true }); // forced through staging
+    await assert.rejects(Promise.all([w.write(small), w.write(small)]), { code: 'ERR_WRITER_BUSY' });
+    const r = await w.close();
+    const expect = Buffer.concat([big.bytes, small, big.bytes, small]);
+    assert.equal(r.bytes, expect.length);
+    assert.equal(sha256(readFileSync(dst)), sha256(expect));
+    big.close();
+  });
+
   test('bad options and chunks are refused by code', async () => {
     await assert.rejects(createWriter(join(dir, 'w1'), { bufferSize: 1000 }), { code: 'ERR_OUT_OF_RANGE' });
     await assert.rejects(createWriter(join(dir, 'w2'), { queueDepth: 0 }), { code: 'ERR_OUT_OF_RANGE' });
