@@ -10,7 +10,7 @@ import { openSource } from './file.js';
 import type { IoMode } from './file.js';
 import { native } from './native.js';
 import { anonymous } from './targets/memory.js';
-import { MiB, enumOption, intOption } from './util.js';
+import { MiB, enumOption, intOption, roundUp } from './util.js';
 import { createWriter } from './writer.js';
 import type { WriterResult } from './writer.js';
 
@@ -53,9 +53,11 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
     if (d && d.ino === source.stat.ino && d.dev === source.stat.dev) throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });
     if (d?.isDirectory()) throw new DmaloadError('ERR_IS_DIRECTORY', `'${dst}' is a directory; give the destination file's full path`, { path: dst });
     const size = source.size;
-    const ring = anonymous(slotSize * slots, false, src);
+    // A small file needs no more ring than itself.
+    const slot = Math.max(4096, Math.min(slotSize, roundUp(size, 4096)));
+    const ring = anonymous(slot * slots, false, src);
     try {
-      const writer = await createWriter(dst, { io, atomic: true, mode: options.mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), bufferSize: Math.min(slotSize, 8 * MiB), queueDepth: 16, signal });
+      const writer = await createWriter(dst, { io, atomic: true, mode: options.mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), bufferSize: Math.min(slot, 8 * MiB), queueDepth: 16, signal });
       try {
         const tune = engine.tuning({ chunkSize: process.env.DMALOAD_CHUNK_SIZE ? undefined : 8 * MiB, queueDepth: process.env.DMALOAD_QUEUE_DEPTH ? undefined : 16 });
         const read = (i: number) =>
@@ -64,7 +66,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
             write: false,
             direct: source.direct,
             buffer: ring,
-            segments: [i * slotSize, (i % slots) * slotSize, Math.min(slotSize, size - i * slotSize)],
+            segments: [i * slot, (i % slots) * slot, Math.min(slot, size - i * slot)],
             padTo: source.direct ? source.align.offsetAlign : 1,
             bounce: false,
             populate: false,
@@ -72,18 +74,18 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
             path: src,
             signal,
           });
-        const n = Math.ceil(size / slotSize);
+        const n = Math.ceil(size / slot);
         const reads: Array<ReturnType<typeof read>> = [];
         for (let i = 0; i < Math.min(n, slots - 1); i++) reads[i] = read(i);
         let done = 0;
         try {
           for (let i = 0; i < n; i++) {
             const r = await reads[i]!;
-            const len = Math.min(slotSize, size - i * slotSize);
+            const len = Math.min(slot, size - i * slot);
             if (r.short || r.bytes !== len) throw new DmaloadError('ERR_FILE_CHANGED', `'${src}' changed size during the copy (${size} bytes at the start, ${fstatSync(source.fd).size} now)`, { path: src });
             // One slot stays free for this write while the next reads fill the others.
             if (i + slots - 1 < n) reads[i + slots - 1] = read(i + slots - 1);
-            await writer.write(new Uint8Array(ring, (i % slots) * slotSize, len));
+            await writer.write(new Uint8Array(ring, (i % slots) * slot, len));
             done += len;
             options.onProgress?.({ bytes: done, total: size });
           }
