@@ -1,5 +1,7 @@
 /** `dmaload load FILE`: load a file into a target and say what it cost. */
+import { closeSync, openSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { evict } from '../file.js';
 import { load } from '../load.js';
 import type { IoMode } from '../file.js';
 import { TARGET_NAMES } from '../targets/index.js';
@@ -20,6 +22,7 @@ Options:
   --overlap on|off          allocation overlapped with I/O (default on); off runs them one after the other
   --io auto|direct|buffered how to read (default auto: direct where the file system allows)
   --hash sha256             hash the loaded bytes (from the buffer, after loading)
+  --evict                   drop FILE from the page cache first (a cold load, to measure)
   --json                    one JSON object on stdout
   -h, --help                this text
 Environment: DMALOAD_CHUNK_SIZE (bytes per request), DMALOAD_QUEUE_DEPTH (requests in flight)
@@ -39,6 +42,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       target: { type: 'string' },
       io: { type: 'string' },
       hash: { type: 'string' },
+      evict: { type: 'boolean', default: false },
       heap: { type: 'string' },
       'part-size': { type: 'string' },
       overlap: { type: 'string' },
@@ -61,6 +65,14 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
     if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096, e.g. 32MiB (got '${values['part-size']}')`);
   }
   const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
+  if (values.evict) {
+    const fd = openSync(path, 'r');
+    try {
+      evict(fd, path);
+    } finally {
+      closeSync(fd);
+    }
+  }
   const bar = progressBar(io, 'load');
   const ac = new AbortController();
   const onSigint = () => ac.abort();
