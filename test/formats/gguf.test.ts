@@ -4,28 +4,13 @@ import { mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DmaloadError } from '../../src/errors.js';
+import { rejectsCode, throwsCode } from './codes.js';
 import { GGML_TYPES, inspect, parseGguf, parseModel, type ParsedModel } from '../../src/formats/index.js';
 import { encodeGgufHeader, type GgufSpec, type GgufTensorSpec, type GgufTypedValue } from '../../src/formats/gguf-writer.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dmaload-gguf-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
-function throwsCode(fn: () => unknown, code: string): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof DmaloadError, `not a DmaloadError: ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    return true;
-  });
-}
-
-async function rejectsCode(p: Promise<unknown>, code: string, path?: string): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof DmaloadError, `not a DmaloadError: ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (path !== undefined) assert.equal(e.path, path);
-    return true;
-  });
-}
 
 /** ggml's own block sizes and type sizes (ggml.c type_traits), written out independently of the parser. */
 const GGML: Record<string, [id: number, blockSize: number, typeSize: number]> = {

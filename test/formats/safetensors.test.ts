@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFile
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DmaloadError } from '../../src/errors.js';
+import { rejectsCode, throwsCode } from './codes.js';
 import { inspect, parseModel, parseSafetensors } from '../../src/formats/index.js';
 
 // Tests run from dist/test/formats/.
@@ -27,22 +27,6 @@ function write(name: string, bytes: Uint8Array): string {
   return p;
 }
 
-function throwsCode(fn: () => unknown, code: string): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof DmaloadError, `not a DmaloadError: ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    return true;
-  });
-}
-
-async function rejectsCode(p: Promise<unknown>, code: string, path?: string): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof DmaloadError, `not a DmaloadError: ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (path !== undefined) assert.equal(e.path, path);
-    return true;
-  });
-}
 
 const expected: Record<string, { dtype: string; bytes: number }> = {
   B: { dtype: 'U8', bytes: 6 },
