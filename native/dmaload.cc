@@ -560,7 +560,6 @@ struct Req {
   uint8_t* finalDst;  // with bounce, where the bytes are copied after the read
   uint64_t need;      // bytes the caller wants from this request
   uint64_t got;       // bytes transferred so far
-  uint64_t index;
 };
 
 // Handles one completion of `res` bytes; returns true when the request needs another submission.
@@ -617,7 +616,7 @@ void RunUring(Job& j, std::vector<uint8_t*>& bounce) {
       const Piece& p = j.pieces[next];
       uint8_t* d = j.dst + p.bufOff;
       WaitPopulated(j, p.bufOff + p.need);
-      slots[s] = Req{p.fileOff, j.bounce ? bounce[s] : d, d, p.need, 0, next};
+      slots[s] = Req{p.fileOff, j.bounce ? bounce[s] : d, d, p.need, 0};
       if (j.bounce && j.write) memcpy(bounce[s], d, p.need);
       submit(s);
       next++;
@@ -649,7 +648,7 @@ void RunThreads(Job& j, std::vector<uint8_t*>& bounce) {
       const Piece& p = j.pieces[i];
       uint8_t* d = j.dst + p.bufOff;
       WaitPopulated(j, p.bufOff + p.need);
-      Req r{p.fileOff, j.bounce ? bounce[w] : d, d, p.need, 0, i};
+      Req r{p.fileOff, j.bounce ? bounce[w] : d, d, p.need, 0};
       if (j.bounce && j.write) memcpy(bounce[w], d, r.need);
       for (;;) {
         uint64_t len = j.Padded(r.need) - r.got;

@@ -131,6 +131,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
   if (partSize !== undefined && partSize % PAGE_SIZE !== 0) throw outOfRange('partSize', `a multiple of ${PAGE_SIZE}`, partSize);
   const overlap = options.overlap ?? true;
   if (typeof overlap !== 'boolean') throw invalidType('overlap', 'a boolean', overlap);
+  if (options.keepCache !== undefined && typeof options.keepCache !== 'boolean') throw invalidType('keepCache', 'a boolean', options.keepCache);
   const budget = options.memoryBudget ?? memAvailable();
   if (typeof budget !== 'number' || !(budget >= 0)) throw invalidValue('memoryBudget', budget, 'must be a non-negative number of bytes');
   signal?.throwIfAborted();
@@ -267,7 +268,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     const parts = alloc.finish(size);
     const ms = msSince(t0);
     const stats: LoadStats = {
-      io: directBytes > 0 && copiedBytes > 0 ? 'mixed' : directBytes > 0 || (src.direct && copiedBytes === 0) ? 'direct' : 'buffered',
+      io: copiedBytes === 0 ? (src.direct ? 'direct' : 'buffered') : directBytes > 0 ? 'mixed' : 'buffered',
       directBytes,
       copiedBytes,
       ioReason: src.fallbackReason,

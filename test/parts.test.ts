@@ -53,4 +53,6 @@ test('parts: bad partSize and overlap values are refused by code', async () => {
   await assert.rejects(load(f.path, { partSize: 1000 }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
   await assert.rejects(load(f.path, { partSize: 4097 }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
   await assert.rejects(load(f.path, { overlap: 'yes' as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /overlap/ });
+  await assert.rejects(load(f.path, { keepCache: 1 as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /keepCache/ });
+  await assert.rejects(load(f.path, { target: 'dma-heap', heap: '../x' }), { code: 'ERR_INVALID_ARG_TYPE', message: /heap/ });
 });

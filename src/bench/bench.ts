@@ -3,6 +3,7 @@
  * alternating over rounds (A B C A B C …), cold rows evicted first and checked with mincore, medians reported.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, realpathSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -236,7 +237,6 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
     }
     status('hashing the source (direct I/O, no page cache)');
     const src = await load(path, { io: 'auto', signal: o.signal });
-    const { createHash } = await import('node:crypto');
     const want = createHash('sha256').update(src.bytes).digest('hex');
     src.close();
 
