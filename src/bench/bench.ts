@@ -9,7 +9,7 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DmaloadError } from '../errors.js';
-import { dioAlign, evict, pageCacheBytes, requireRegular } from '../file.js';
+import { evict, pageCacheBytes, requireRegular } from '../file.js';
 import { load } from '../load.js';
 import { C, native } from '../native.js';
 import { targets } from '../targets/index.js';
@@ -188,15 +188,14 @@ function fsOf(path: string): string {
   return best.desc;
 }
 
-/** Picks a folder for the generated file: one whose file system does direct I/O. */
+const TMPFS_MAGIC = 0x01021994;
+
+/** Picks a folder for the generated file: the temp folder unless it is tmpfs (no direct I/O there), else cwd. */
 function benchDir(preferred?: string): string {
-  for (const d of [preferred, os.tmpdir(), process.cwd()]) {
-    if (!d) continue;
+  if (preferred) return preferred;
+  for (const d of [os.tmpdir(), process.cwd()]) {
     try {
-      const fd = openSync(d, 'r');
-      const a = dioAlign(fd);
-      closeSync(fd);
-      if (a.memAlign > 0 || d === preferred) return d;
+      if (statfsSync(d).type !== TMPFS_MAGIC) return d;
     } catch {
       // not usable; try the next
     }
