@@ -1,7 +1,7 @@
 /** `dmaload bench [FILE]`: the seeds' method matrix on this machine. */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { DEFAULT_TARGETS, bench } from '../bench/bench.js';
+import { DEFAULT_TARGETS, bench, label } from '../bench/bench.js';
 import type { BenchReport, CacheState } from '../bench/bench.js';
 import { METHODS } from '../bench/methods.js';
 import type { Method } from '../bench/methods.js';
@@ -94,7 +94,11 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     process.off('SIGINT', onSigint);
     if (io.isTTY) io.stderr('\r\x1b[K');
   }
-  if (values.svg) writeFileSync(values.svg, reports.map(svg).join(''));
+  if (values.svg) {
+    // One chart per table: OUT.svg, or OUT-SIZE-CACHE.svg when there are several.
+    const base = values.svg.replace(/\.svg$/i, '');
+    for (const r of reports) writeFileSync(reports.length === 1 ? values.svg : `${base}-${r.size}-${r.cache}.svg`, svg(r));
+  }
   if (values.json) io.stdout(JSON.stringify(reports.length > 1 ? { reports } : reports[0]) + '\n');
   else if (values.md) io.stdout(reports.map(markdown).join('\n'));
   else io.stdout(reports.map(table).join('\n'));
@@ -112,7 +116,7 @@ function sweepTable(reports: BenchReport[]): string {
       const x = r.rows[i]!;
       return x.supported ? `${x.mbps} MB/s, ${((x.cpuMs * GiB) / r.size).toFixed(0)} ms/GiB` : '-';
     });
-    lines.push([`${row.target} ${row.io} ${row.method}`, ...cells].join('\t'));
+    lines.push([label(row), ...cells].join('\t'));
   });
   return lines.join('\n') + '\n';
 }
