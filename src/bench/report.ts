@@ -85,7 +85,7 @@ export function svg(rep: BenchReport): string {
   const x = (mb: number) => labelW + (chartW * mb) / maxMb;
   const fio = rows.find((r) => r.method === 'fio');
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + chartW + 120}" height="${h}" font-family="sans-serif" font-size="12">`);
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + chartW + 200}" height="${h}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="100%" height="100%" fill="white"/>`);
   out.push(`<text x="10" y="20" font-size="14" font-weight="bold">${esc(`dmaload bench: ${formatBytes(rep.size)}, ${rep.cache} cache`)}</text>`);
   out.push(`<text x="10" y="38" fill="#555">${esc(`${rep.machine.kernel}, ${rep.machine.fs}. Bars: MB/s (median, whisker min–max); thin bar: CPU ms (max ${maxCpu.toFixed(0)})`)}</text>`);
@@ -96,7 +96,7 @@ export function svg(rep: BenchReport): string {
     out.push(`<rect x="${labelW}" y="${y + 2}" width="${(x(r.mbps) - labelW).toFixed(1)}" height="14" fill="${ours ? '#1f77b4' : r.method === 'fio' ? '#888' : '#9ecae1'}"/>`);
     out.push(`<line x1="${x(r.min.mbps).toFixed(1)}" x2="${x(r.max.mbps).toFixed(1)}" y1="${y + 9}" y2="${y + 9}" stroke="#333"/>`);
     out.push(`<rect x="${labelW}" y="${y + 19}" width="${((chartW * r.cpuMs) / maxCpu).toFixed(1)}" height="4" fill="#d62728"/>`);
-    out.push(`<text x="${x(r.max.mbps) + 6}" y="${y + 14}">${r.mbps} MB/s · ${r.cpuMs.toFixed(0)} ms CPU</text>`);
+    out.push(`<text x="${(x(r.max.mbps) + 6).toFixed(1)}" y="${y + 14}">${r.mbps} MB/s · ${r.cpuMs.toFixed(0)} ms CPU</text>`);
   });
   if (fio) {
     const fx = x(fio.mbps).toFixed(1);
