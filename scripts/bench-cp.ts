@@ -4,13 +4,13 @@
  * measured for both files after each copy.
  */
 import { execFile } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, statfsSync } from 'node:fs';
+import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { writeSeededFile, seededBytes } from '../src/bench/data.js';
-import { evict, pageCacheBytes } from '../src/file.js';
+import { evictPath, pageCacheBytesOf } from '../src/file.js';
 import { createWriter } from '../src/writer.js';
 import { GiB, MiB, parseSize } from '../src/util.js';
 
@@ -19,22 +19,6 @@ const bin = join(resolve(dirname(fileURLToPath(import.meta.url)), '../..'), 'bin
 const size = parseSize(process.argv[2] ?? '1GiB') ?? GiB;
 const rounds = Number(process.argv[3] ?? 3);
 
-function cache(path: string): number {
-  const fd = openSync(path, 'r');
-  try {
-    return pageCacheBytes(fd, size);
-  } finally {
-    closeSync(fd);
-  }
-}
-function cold(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    evict(fd, path);
-  } finally {
-    closeSync(fd);
-  }
-}
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 const dir = mkdtempSync(join(process.env.DMALOAD_BENCH_DIR ?? tmpdir(), 'dmaload-bench-cp-'));
@@ -52,14 +36,14 @@ try {
     for (const [name, f] of Object.entries(copies)) {
       const dst = join(dir, 'dst.bin');
       rmSync(dst, { force: true });
-      cold(src);
+      evictPath(src);
       const t = performance.now();
       await f(dst);
       const ms = performance.now() - t;
       const e = (res[name] ??= { ms: [], srcCache: [], dstCache: [] });
       e.ms.push(ms);
-      e.srcCache.push(cache(src));
-      e.dstCache.push(cache(dst));
+      e.srcCache.push(pageCacheBytesOf(src, size));
+      e.dstCache.push(pageCacheBytesOf(dst, size));
     }
   }
   console.log(`copy of a cold ${size / MiB} MiB file, median of ${rounds} rounds (wall time of the whole command)`);

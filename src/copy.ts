@@ -5,8 +5,8 @@
  */
 import { fstatSync, statSync } from 'node:fs';
 import * as engine from './engine.js';
-import { DmaloadError, invalidType } from './errors.js';
-import { openSource } from './file.js';
+import { DmaloadError, invalidType, requireMultiple } from './errors.js';
+import { fileChanged, openSource } from './file.js';
 import type { IoMode } from './file.js';
 import { native } from './native.js';
 import { anonymous } from './targets/memory.js';
@@ -38,7 +38,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
   // Measured (README, npm run bench:cp): this disk wants a lot in flight when reads and writes mix.
   const slotSize = intOption('slotSize', options.slotSize, 'DMALOAD_COPY_SLOT', 128 * MiB, 4096, 1024 * MiB, true);
   const slots = intOption('slots', options.slots, 'DMALOAD_COPY_SLOTS', 2, 2, 64);
-  if (slotSize % 4096 !== 0) throw Object.assign(new RangeError(`The value of "slotSize" is out of range. It must be a multiple of 4096. Received ${slotSize}`), { code: 'ERR_OUT_OF_RANGE' });
+  requireMultiple('slotSize', slotSize, 4096);
   const signal = options.signal;
   signal?.throwIfAborted();
   const source = await openSource(src, io === 'auto' ? 'direct' : io);
@@ -82,7 +82,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
           for (let i = 0; i < n; i++) {
             const r = await reads[i]!;
             const len = Math.min(slot, size - i * slot);
-            if (r.short || r.bytes !== len) throw new DmaloadError('ERR_FILE_CHANGED', `'${src}' changed size during the copy (${size} bytes at the start, ${fstatSync(source.fd).size} now)`, { path: src });
+            if (r.short || r.bytes !== len) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
             // One slot stays free for this write while the next reads fill the others.
             if (i + slots - 1 < n) reads[i + slots - 1] = read(i + slots - 1);
             await writer.write(new Uint8Array(ring, (i % slots) * slot, len));
@@ -92,7 +92,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
         } finally {
           await Promise.allSettled(reads);
         }
-        if (fstatSync(source.fd).size !== size) throw new DmaloadError('ERR_FILE_CHANGED', `'${src}' changed size during the copy`, { path: src });
+        if (fstatSync(source.fd).size !== size) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
         return { ...(await writer.close()), readIo: source.direct ? 'direct' : 'buffered' };
       } catch (e) {
         await writer.abort(e);

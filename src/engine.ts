@@ -3,7 +3,7 @@
  * where io_uring is refused (seccomp: EPERM/ENOSYS, or an old kernel), by a pool of threads. Runs off the JS
  * thread; reports progress; stops within one request on abort.
  */
-import { AbortError, DmaloadSystemError, errnoCode } from './errors.js';
+import { AbortError, DmaloadSystemError, errnoCode, requireMultiple } from './errors.js';
 import { native } from './native.js';
 import type { TransferOptions, TransferResult } from './native.js';
 import { MiB, intOption } from './util.js';
@@ -23,10 +23,7 @@ export interface Tuning {
 
 export function tuning(opts: { chunkSize?: unknown; queueDepth?: unknown }): Tuning {
   const chunk = intOption('chunkSize', opts.chunkSize, 'DMALOAD_CHUNK_SIZE', DEFAULT_CHUNK, 4096, 1024 * MiB, true);
-  if (chunk % 4096 !== 0) {
-    // Direct I/O needs whole blocks in every request but the last.
-    throw Object.assign(new RangeError(`The value of "chunkSize" is out of range. It must be a multiple of 4096. Received ${chunk}`), { code: 'ERR_OUT_OF_RANGE' });
-  }
+  requireMultiple('chunkSize', chunk, 4096); // direct I/O needs whole blocks in every request but the last
   const depth = intOption('queueDepth', opts.queueDepth, 'DMALOAD_QUEUE_DEPTH', DEFAULT_DEPTH, 1, 256);
   return { chunk, depth };
 }

@@ -2,7 +2,7 @@
  * Opening a source file for a load: refuse what is not a regular file before open() can block on it, open it for
  * direct I/O when its file system allows, and learn the alignment direct I/O needs there.
  */
-import { constants as FS, promises as fsp } from 'node:fs';
+import { closeSync, constants as FS, openSync, promises as fsp } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { DmaloadError, DmaloadSystemError } from './errors.js';
 import { C, PAGE_SIZE, native } from './native.js';
@@ -63,14 +63,9 @@ export async function openSource(path: string, io: IoMode): Promise<OpenedSource
       if (align.memAlign === 0 || align.offsetAlign === 0) {
         fallbackReason = 'the file system does not support direct I/O (statx reports no STATX_DIOALIGN)';
       } else {
-        try {
-          // Reopened through /proc so that it is the same file, whatever happened to the path meanwhile.
-          dh = await fsp.open(`/proc/self/fd/${fh.fd}`, FS.O_RDONLY | FS.O_DIRECT);
-          direct = true;
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
-          fallbackReason = 'open() with O_DIRECT failed with EINVAL on this file system';
-        }
+        dh = await reopenDirect(fh.fd, FS.O_RDONLY);
+        direct = dh !== undefined;
+        if (!direct) fallbackReason = 'open() with O_DIRECT failed with EINVAL on this file system';
       }
     }
     const d = dh;
@@ -93,6 +88,32 @@ export async function openSource(path: string, io: IoMode): Promise<OpenedSource
     await fh.close().catch(() => {});
     throw e;
   }
+}
+
+/**
+ * A second open file description of the file behind `fd`, with O_DIRECT; reopened through /proc so that it is the
+ * same file whatever happened to its path. Undefined where the file system refuses O_DIRECT (EINVAL).
+ */
+export async function reopenDirect(fd: number, accessMode: number): Promise<fsp.FileHandle | undefined> {
+  try {
+    return await fsp.open(`/proc/self/fd/${fd}`, accessMode | FS.O_DIRECT);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+    throw e;
+  }
+}
+
+export function directUnsupported(path: string): DmaloadError {
+  return new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O; use io 'auto' or 'buffered'`, { path });
+}
+
+/** ERR_FILE_CHANGED: the file's size changed under a load or a copy, so the bytes may mix old and new. */
+export function fileChanged(path: string, during: string, expected: number, now: number): never {
+  throw new DmaloadError(
+    'ERR_FILE_CHANGED',
+    `'${path}' changed size during the ${during} (${expected} bytes at the start, ${now} now); try again once nothing writes to it`,
+    { path },
+  );
 }
 
 /** Bytes of the file resident in the page cache (mincore over a temporary mapping); 0 for an empty file. */
@@ -119,4 +140,24 @@ export function residentPages(fd: number, size: number): Uint8Array {
 export function evict(fd: number, path?: string): void {
   const r = native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
   if (r < 0) throw new DmaloadSystemError(r, 'posix_fadvise', path);
+}
+
+/** evict() by path. */
+export function evictPath(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    evict(fd, path);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** pageCacheBytes() by path. */
+export function pageCacheBytesOf(path: string, size: number): number {
+  const fd = openSync(path, 'r');
+  try {
+    return pageCacheBytes(fd, size);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -4,7 +4,7 @@ import { LoadedBuffer } from './buffer.js';
 import type { LoadStats, PartStats } from './buffer.js';
 import * as engine from './engine.js';
 import { DmaloadError, invalidType, invalidValue, outOfRange } from './errors.js';
-import { openSource, pageCacheBytes, residentPages } from './file.js';
+import { fileChanged, openSource, pageCacheBytes, residentPages } from './file.js';
 import type { IoMode } from './file.js';
 import { C, PAGE_SIZE, native } from './native.js';
 import { TARGET_NAMES, targets } from './targets/index.js';
@@ -208,7 +208,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       const tIo = performance.now();
       const r = total > 0 ? await transferPart(0, plan.segments, true) : undefined;
       read = r?.bytes ?? 0;
-      if (r?.short) fileChanged(path, fileSize, fstatSync(src.fd).size);
+      if (r?.short) fileChanged(path, 'load', fileSize, fstatSync(src.fd).size);
       ioMs = msSince(tIo);
       partStats.push({ offset: 0, size, allocMs, ioMs });
     } else {
@@ -227,7 +227,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
         return transferPart(k, segs)
           .then((r) => {
             read += r.bytes;
-            if (r.short) fileChanged(path, fileSize, fstatSync(src.fd).size);
+            if (r.short) fileChanged(path, 'load', fileSize, fstatSync(src.fd).size);
             busy.push([t, performance.now()]);
             return msSince(t);
           })
@@ -260,10 +260,10 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
         await Promise.allSettled([...allocs, ...reads]);
       }
     }
-    if (read !== total) fileChanged(path, fileSize, fstatSync(src.fd).size);
+    if (read !== total) fileChanged(path, 'load', fileSize, fstatSync(src.fd).size);
     // A file that grew (or shrank and grew back) while we read it: our copy may mix old and new bytes.
     const after = fstatSync(src.fd);
-    if (after.size !== fileSize) fileChanged(path, fileSize, after.size);
+    if (after.size !== fileSize) fileChanged(path, 'load', fileSize, after.size);
     if (before && copiedBytes > 0 && !options.keepCache) dropAdded(src.bufferedFd, before, fileSize);
     const parts = alloc.finish(size);
     const ms = msSince(t0);
@@ -369,12 +369,4 @@ function clip(segments: number[], lo: number, hi: number): number[] {
     if (to > from) out.push(f + (from - b), from, to - from);
   }
   return out;
-}
-
-function fileChanged(path: string, expected: number, now: number): never {
-  throw new DmaloadError(
-    'ERR_FILE_CHANGED',
-    `'${path}' changed size during the load (${expected} bytes at the start, ${now} now); load it again once nothing writes to it`,
-    { path },
-  );
 }

@@ -10,7 +10,7 @@ import { LoadedBuffer } from './buffer.js';
 import type { LoadStats } from './buffer.js';
 import * as engine from './engine.js';
 import { DmaloadError, invalidType, outOfRange } from './errors.js';
-import { dioAlign, requireRegular } from './file.js';
+import { dioAlign, directUnsupported, reopenDirect, requireRegular } from './file.js';
 import type { DioAlign, IoMode } from './file.js';
 import { PAGE_SIZE, native } from './native.js';
 import { TARGET_NAMES, targets } from './targets/index.js';
@@ -108,18 +108,13 @@ async function openFile(file: string | FileHandle, write: boolean, io: IoMode): 
     const align = dioAlign(buffered);
     let direct = -1;
     if (io !== 'buffered' && align.offsetAlign > 0) {
-      // A second open file description of the same file, with O_DIRECT (works for borrowed handles too).
-      try {
-        const h = await fsp.open(`/proc/self/fd/${buffered}`, (write ? FS.O_WRONLY : FS.O_RDONLY) | FS.O_DIRECT);
+      const h = await reopenDirect(buffered, write ? FS.O_WRONLY : FS.O_RDONLY); // works for borrowed handles too
+      if (h) {
         owned.push(h);
         direct = h.fd;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
       }
     }
-    if (io === 'direct' && direct < 0) {
-      throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O; use io 'auto' or 'buffered'`, { path });
-    }
+    if (io === 'direct' && direct < 0) throw directUnsupported(path);
     return { path, buffered, direct, align, close: closeAll };
   } catch (e) {
     await closeAll();

@@ -10,8 +10,8 @@ import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import * as engine from './engine.js';
-import { AbortError, DmaloadError, invalidType } from './errors.js';
-import { dioAlign, requireRegular } from './file.js';
+import { AbortError, DmaloadError, invalidType, requireMultiple } from './errors.js';
+import { dioAlign, directUnsupported, reopenDirect, requireRegular } from './file.js';
 import type { IoMode } from './file.js';
 import { native } from './native.js';
 import { anonymous } from './targets/memory.js';
@@ -69,7 +69,7 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
   const io = enumOption('io', options.io, ['auto', 'direct', 'buffered'] as const, 'auto');
   const depth = intOption('queueDepth', options.queueDepth, 'DMALOAD_WRITE_DEPTH', 8, 1, 64);
   const bufferSize = intOption('bufferSize', options.bufferSize, 'DMALOAD_WRITE_BUFFER', 8 * MiB, 4096, 1024 * MiB, true);
-  if (bufferSize % 4096 !== 0) throw Object.assign(new RangeError(`The value of "bufferSize" is out of range. It must be a multiple of 4096. Received ${bufferSize}`), { code: 'ERR_OUT_OF_RANGE' });
+  requireMultiple('bufferSize', bufferSize, 4096);
   const atomic = options.atomic ?? false;
   const doSync = options.fsync ?? true;
   if (typeof atomic !== 'boolean') throw invalidType('atomic', 'a boolean', atomic);
@@ -90,9 +90,9 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
   try {
     if (atomic || options.mode !== undefined) await handle.chmod(mode); // exact, whatever the umask
     if (io !== 'buffered' && dioAlign(handle.fd).offsetAlign > 0) {
-      direct = await fsp.open(`/proc/self/fd/${handle.fd}`, FS.O_WRONLY | FS.O_DIRECT).catch((e: NodeJS.ErrnoException) => (e.code === 'EINVAL' ? undefined : Promise.reject(e)));
+      direct = await reopenDirect(handle.fd, FS.O_WRONLY);
     }
-    if (io === 'direct' && !direct) throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O; use io 'auto' or 'buffered'`, { path });
+    if (io === 'direct' && !direct) throw directUnsupported(path);
     staging = anonymous(bufferSize * depth, false);
   } catch (e) {
     await direct?.close().catch(() => {});

@@ -1,36 +1,20 @@
 import assert from 'node:assert/strict';
-import { closeSync, openSync, readSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { load } from '../src/index.js';
-import { pageCacheBytes } from '../src/file.js';
+import { pageCacheBytesOf } from '../src/file.js';
 import { splitByResidency } from '../src/load.js';
-import { C, native } from '../src/native.js';
+import { setCache } from '../src/bench/bench.js';
 import { evictFile, leakCheck, makeFile, sha256, tempDir, warmFile } from './helpers.js';
 
 const { dir, cleanup } = tempDir();
 after(cleanup);
 const MiB = 1024 * 1024;
 
-function cached(path: string, size: number): number {
-  const fd = openSync(path, 'r');
-  try {
-    return pageCacheBytes(fd, size);
-  } finally {
-    closeSync(fd);
-  }
-}
+const cached = pageCacheBytesOf;
 
-/** Caches every other 8 MiB range of the file. */
+/** Caches every other 8 MiB range of the file, as the bench's --cache half does. */
 function halfWarm(path: string, size: number): void {
-  evictFile(path);
-  const fd = openSync(path, 'r');
-  native.fadvise(fd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead into the ranges meant to stay cold
-  const buf = Buffer.alloc(MiB);
-  try {
-    for (let off = 0; off < size; off += 16 * MiB) for (let o = off; o < Math.min(size, off + 8 * MiB); o += MiB) readSync(fd, buf, 0, MiB, o);
-  } finally {
-    closeSync(fd);
-  }
+  setCache(path, size, 'half');
 }
 
 test('auto on a cold file: all direct, nothing cached', async () => {

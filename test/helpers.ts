@@ -1,10 +1,11 @@
 /** Test helpers: seeded data files, hashes, and counts of this process's fds and mappings for leak checks. */
 import { createHash } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeSeededFile } from '../src/bench/data.js';
-import { C, native } from '../src/native.js';
+import { evictPath } from '../src/file.js';
+import { native } from '../src/native.js';
 export { seededBytes } from '../src/bench/data.js';
 
 /** A fresh folder under the system temp dir (ext4 here: direct I/O works), removed by `cleanup()`. */
@@ -24,14 +25,7 @@ export function makeFile(dir: string, name: string, size: number, seed = size): 
 }
 
 /** Drops a file's pages from the page cache (makeFile's files are written back, so this empties it). */
-export function evictFile(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
-  } finally {
-    closeSync(fd);
-  }
-}
+export const evictFile = evictPath;
 
 /** Reads a file through the page cache so that all of it is resident. */
 export function warmFile(path: string): void {

@@ -9,7 +9,7 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DmaloadError } from '../errors.js';
-import { evict, pageCacheBytes, requireRegular } from '../file.js';
+import { evict, pageCacheBytes, pageCacheBytesOf, requireRegular } from '../file.js';
 import { load } from '../load.js';
 import { C, native } from '../native.js';
 import { targets } from '../targets/index.js';
@@ -139,10 +139,7 @@ function runFio(path: string, size: number, signal?: AbortSignal): Promise<RowMe
         const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<{ read: { bw_bytes: number; runtime: number; io_bytes: number }; usr_cpu: number; sys_cpu: number }> };
         const job = j.jobs[0]!;
         const ioMs = job.read.runtime;
-        const fd = openSync(path, 'r');
-        const cache = pageCacheBytes(fd, size);
-        closeSync(fd);
-        resolve({ supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs: ((job.usr_cpu + job.sys_cpu) / 100) * ioMs, pageCacheBytes: cache });
+        resolve({ supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs: ((job.usr_cpu + job.sys_cpu) / 100) * ioMs, pageCacheBytes: pageCacheBytesOf(path, size) });
       } catch (e) {
         resolve(failed(`fio failed: ${err ? err.message : (e as Error).message}`));
       }

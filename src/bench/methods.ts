@@ -5,7 +5,7 @@
 import { closeSync, constants as FS, openSync, promises as fsp, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { load } from '../load.js';
-import { dioAlign, pageCacheBytes } from '../file.js';
+import { dioAlign, pageCacheBytes, pageCacheBytesOf } from '../file.js';
 import { errnoCode } from '../errors.js';
 import { native, PAGE_SIZE } from '../native.js';
 import { targets } from '../targets/index.js';
@@ -70,10 +70,7 @@ export async function runRow(spec: RowSpec, path: string, size: number): Promise
     const data = await fsp.readFile(path);
     const ioMs = now() - t0;
     const cpuMs = cpu() - c0;
-    const fd = openSync(path, 'r');
-    const cache = pageCacheBytes(fd, size);
-    closeSync(fd);
-    return { supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs, pageCacheBytes: cache, sha256: hash(data) };
+    return { supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs, pageCacheBytes: pageCacheBytesOf(path, size), sha256: hash(data) };
   }
   const direct = spec.io === 'direct';
   const fd = openSync(path, FS.O_RDONLY | (direct ? FS.O_DIRECT : 0));

@@ -1,7 +1,6 @@
 /** `dmaload load FILE`: load a file into a target and say what it cost. */
-import { closeSync, openSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { evict } from '../file.js';
+import { evictPath } from '../file.js';
 import { load } from '../load.js';
 import type { IoMode } from '../file.js';
 import { TARGET_NAMES } from '../targets/index.js';
@@ -65,14 +64,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
     if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096, e.g. 32MiB (got '${values['part-size']}')`);
   }
   const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
-  if (values.evict) {
-    const fd = openSync(path, 'r');
-    try {
-      evict(fd, path);
-    } finally {
-      closeSync(fd);
-    }
-  }
+  if (values.evict) evictPath(path);
   const bar = progressBar(io, 'load');
   const ac = new AbortController();
   const onSigint = () => ac.abort();
