@@ -13,8 +13,8 @@ const MiB = 1024 * 1024;
 const cached = pageCacheBytesOf;
 
 /** Caches every other 8 MiB range of the file, as the bench's --cache half does. */
-function halfWarm(path: string, size: number): void {
-  setCache(path, size, 'half');
+function halfWarm(path: string, size: number): Promise<number> {
+  return setCache(path, size, 'half');
 }
 
 test('auto on a cold file: all direct, nothing cached', async () => {
@@ -47,7 +47,7 @@ test('auto on a half-warm file (alternate 8 MiB cached): mixed, bytes exact, no 
   const size = 64 * MiB + 4097;
   const f = makeFile(dir, 'half', size);
   for (const target of ['memory', 'memfd'] as const) {
-    halfWarm(f.path, size);
+    await halfWarm(f.path, size);
     const before = cached(f.path, size);
     assert.ok(before > 30 * MiB && before < 40 * MiB, `half cached: ${before}`);
     const leaks = leakCheck();
@@ -65,7 +65,7 @@ test('auto on a half-warm file (alternate 8 MiB cached): mixed, bytes exact, no 
 test('auto with partSize on a half-warm file, and io direct ignores the cache', async () => {
   const size = 48 * MiB;
   const f = makeFile(dir, 'half-parts', size);
-  halfWarm(f.path, size);
+  await halfWarm(f.path, size);
   const b = await load(f.path, { partSize: 5 * MiB });
   assert.equal(sha256(b.bytes), f.sha256);
   assert.equal(b.stats.io, 'mixed');
@@ -80,7 +80,7 @@ test('auto with partSize on a half-warm file, and io direct ignores the cache', 
 test('auto while the cache changes during the load: bytes exact', async () => {
   const size = 64 * MiB;
   const f = makeFile(dir, 'churn', size);
-  halfWarm(f.path, size);
+  await halfWarm(f.path, size);
   let n = 0;
   const b = await load(f.path, {
     chunkSize: 256 * 1024,

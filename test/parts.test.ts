@@ -48,6 +48,19 @@ test('parts: selective ranges across part boundaries', async () => {
   buffer.close();
 });
 
+test('parts: abort mid-way through a parts load frees every part, overlap on and off', async () => {
+  const f = makeFile(dir, 'abort', 32 * MiB);
+  for (const target of ['memory', 'memfd'] as const) {
+    for (const overlap of [true, false]) {
+      const leaks = leakCheck();
+      const ac = new AbortController();
+      const p = load(f.path, { target, overlap, partSize: 2 * MiB, chunkSize: 65536, queueDepth: 1, signal: ac.signal, onProgress: (pr) => pr.bytes > 3 * MiB && ac.abort() });
+      await assert.rejects(p, { name: 'AbortError' });
+      assert.equal(leaks(), undefined);
+    }
+  }
+});
+
 test('parts: bad partSize and overlap values are refused by code', async () => {
   const f = makeFile(dir, 'bad', 100);
   await assert.rejects(load(f.path, { partSize: 1000 }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });

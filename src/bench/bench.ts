@@ -4,7 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, realpathSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, promises as fsp, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -147,24 +147,27 @@ function runFio(path: string, size: number, signal?: AbortSignal): Promise<RowMe
   });
 }
 
-/** Makes the file cold (evicted, checked with mincore), warm (read through the cache) or half (every other 8 MiB). */
-export function setCache(path: string, size: number, state: CacheState, dropCaches = false): number {
-  const fd = openSync(path, 'r');
+/**
+ * Makes the file cold (evicted, checked with mincore), warm (read through the cache) or half (every other 8 MiB
+ * cached); resolves with the bytes then resident. Reads asynchronously: the event loop stays free.
+ */
+export async function setCache(path: string, size: number, state: CacheState, dropCaches = false): Promise<number> {
+  const fh = await fsp.open(path, 'r');
   try {
-    evict(fd, path);
-    if (state === 'cold' && dropCaches && pageCacheBytes(fd, size) > 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
+    evict(fh.fd, path);
+    if (state === 'cold' && dropCaches && pageCacheBytes(fh.fd, size) > 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
     if (state !== 'cold') {
       // No readahead: 'half' must leave the other ranges cold.
-      native.fadvise(fd, 0, 0, C.POSIX_FADV_RANDOM);
+      native.fadvise(fh.fd, 0, 0, C.POSIX_FADV_RANDOM);
       const buf = Buffer.allocUnsafe(MiB);
       const stride = 8 * MiB;
       for (let off = 0; off < size; off += state === 'half' ? 2 * stride : stride) {
-        for (let o = off; o < Math.min(size, off + stride); o += MiB) readSync(fd, buf, 0, MiB, o);
+        for (let o = off; o < Math.min(size, off + stride); o += MiB) await fh.read(buf, 0, MiB, o);
       }
     }
-    return pageCacheBytes(fd, size);
+    return pageCacheBytes(fh.fd, size);
   } finally {
-    closeSync(fd);
+    await fh.close();
   }
 }
 
@@ -244,7 +247,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
         o.signal?.throwIfAborted();
         const spec = specs[i]!;
         if (skip[i]) continue;
-        const resident = setCache(path, size, cache, o.dropCaches);
+        const resident = await setCache(path, size, cache, o.dropCaches);
         if (cache === 'cold' && resident > size * 0.01) status(`warning: ${formatBytes(resident)} of the file stayed in the page cache after eviction`);
         status(`round ${r + 1}/${rounds}: ${label(spec)}`);
         const m = spec.method === 'fio' ? await runFio(path, size, o.signal) : await runChild(spec, path, size, o.signal);
