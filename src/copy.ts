@@ -57,7 +57,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
     const slot = Math.max(4096, Math.min(slotSize, roundUp(size, 4096)));
     const ring = anonymous(slot * slots, false, src);
     try {
-      const writer = await createWriter(dst, { io, atomic: true, mode: options.mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), bufferSize: Math.min(slot, 8 * MiB), queueDepth: 16, signal });
+      const writer = await createWriter(dst, { io, atomic: true, mode: options.mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), bufferSize: Math.min(slot, 8 * MiB), queueDepth: 16, expectedSize: size, signal });
       try {
         const tune = engine.tuning({ chunkSize: process.env.DMALOAD_CHUNK_SIZE ? undefined : 8 * MiB, queueDepth: process.env.DMALOAD_QUEUE_DEPTH ? undefined : 16 });
         const read = (i: number) =>

@@ -24,7 +24,8 @@ export async function save(source: SaveSource, path: string, options: SaveOption
   // Borrow every buffer first: a closed one is refused before anything is written.
   const leases = list.map((s) => (s instanceof LoadedBuffer ? s.borrow('the buffer to save') : undefined));
   try {
-    const writer = await createWriter(path, { ...options, atomic: options.atomic ?? true });
+    const total = list.reduce((n, x) => n + (x instanceof LoadedBuffer ? x.size : x.length), 0);
+    const writer = await createWriter(path, { ...options, atomic: options.atomic ?? true, expectedSize: total });
     try {
       for (const [i, s] of list.entries()) {
         options.signal?.throwIfAborted();

@@ -28,6 +28,8 @@ export interface WriterOptions {
   atomic?: boolean;
   /** fsync the file (and, when atomic, its folder) at close(). Default true. */
   fsync?: boolean;
+  /** Bytes the file will hold, when known: allocated at once (save() passes it). Otherwise allocated in steps. */
+  expectedSize?: number;
   /** File mode for a new file. Default: the replaced file's mode, else 0o644. */
   mode?: number;
   signal?: AbortSignal;
@@ -56,6 +58,7 @@ export interface Writer {
 }
 
 const fsync = promisify(fs.fsync);
+const PREALLOC_STEP = 256 * MiB;
 const fdatasync = promisify(fs.fdatasync);
 const ftruncate = promisify(fs.ftruncate);
 
@@ -74,6 +77,7 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
   const doSync = options.fsync ?? true;
   if (typeof atomic !== 'boolean') throw invalidType('atomic', 'a boolean', atomic);
   if (typeof doSync !== 'boolean') throw invalidType('fsync', 'a boolean', doSync);
+  if (options.expectedSize !== undefined && (!Number.isSafeInteger(options.expectedSize) || options.expectedSize < 0)) throw invalidType('expectedSize', 'a byte count', options.expectedSize);
   if (options.mode !== undefined && (!Number.isInteger(options.mode) || options.mode < 0 || options.mode > 0o7777)) throw invalidType('mode', 'a file mode such as 0o644', options.mode);
   const signal = options.signal;
   signal?.throwIfAborted();
@@ -115,7 +119,23 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
   let state: 'open' | 'closing' | 'done' = 'open';
   const tune = { chunk: bufferSize, depth: 1 };
 
+  // Space is allocated ahead of the writes (fallocate, which moves the file's size): on ext4 a direct write that
+  // extends the file takes the inode lock exclusively, so extending writes cannot run in parallel. close() cuts the
+  // file to the bytes written.
+  let allocated = 0;
+  let canAllocate = true;
+  function preallocate(upTo: number): void {
+    if (!canAllocate || upTo <= allocated) return;
+    const want = Math.max(upTo, allocated + PREALLOC_STEP);
+    const r = native.fallocate(handle.fd, 0, allocated, want - allocated);
+    // EOPNOTSUPP and friends: writes just extend the file as they go; ENOSPC shows up in the writes themselves.
+    if (r < 0) canAllocate = false;
+    else allocated = want;
+  }
+  if (options.expectedSize !== undefined) preallocate(options.expectedSize);
+
   function submit(slot: number, len: number, at: number): void {
+    preallocate(at + len + bufferSize * depth);
     const p = engine
       .run({ fd: wfd, write: true, direct: Boolean(direct), buffer: mem, segments: [at, slot * bufferSize, len], padTo: 1, bounce: false, populate: false, tuning: tune, path, signal })
       .then(
@@ -155,6 +175,7 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
       const addr = native.address(chunk.buffer) + BigInt(chunk.byteOffset);
       if (addr % BigInt(memAlign) === 0n) {
         const len = chunk.length - (chunk.length % block);
+        preallocate(fileOff + len);
         try {
           await engine.run({ fd: wfd, write: true, direct: true, buffer: chunk.buffer, segments: [fileOff, chunk.byteOffset, len], padTo: 1, bounce: false, populate: false, tuning: { chunk: bufferSize, depth }, path, signal });
         } catch (e) {
@@ -204,7 +225,7 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
       try {
         if (failure) throw failure;
         if (fill > 0) {
-          // The tail: padded with zeros to a whole block for direct I/O, then the file cut to its exact size.
+          // The tail: padded with zeros to a whole block for direct I/O; the truncate below cuts the padding off.
           const padded = roundUp(fill, block);
           new Uint8Array(mem, cur * bufferSize + fill, padded - fill).fill(0);
           submit(cur, padded, fileOff);
@@ -213,11 +234,10 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
           fill = 0;
           await Promise.all(inflight.values());
           written -= padded - tail;
-          if (failure) throw failure;
-          await ftruncate(handle.fd, fileOff);
         }
         await Promise.all(inflight.values());
         if (failure) throw failure;
+        if (allocated > 0 || fileOff % block !== 0) await ftruncate(handle.fd, fileOff);
         if (doSync) await fdatasync(handle.fd);
         if (atomic) {
           await fsp.rename(file, path);
@@ -244,6 +264,9 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
       if (state === 'done') return;
       state = 'done';
       failure ??= reason ?? new AbortError();
+      await Promise.allSettled(inflight.values());
+      // A kept (non-atomic) file holds what was submitted, not the space allocated ahead.
+      if (!atomic && allocated > 0) await ftruncate(handle.fd, fileOff).catch(() => {});
       await cleanup(true);
     },
   };

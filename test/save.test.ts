@@ -136,6 +136,21 @@ describe('createWriter', () => {
     big.close();
   });
 
+  test('space allocated ahead never shows: exact size after close, and after abort of a kept file', async () => {
+    const { statSync: st } = await import('node:fs');
+    const dst = join(dir, 'prealloc');
+    const w = await createWriter(dst, { bufferSize: 64 * 1024, queueDepth: 2, expectedSize: 10 * MiB });
+    await w.write(seededBytes(3 * MiB + 5, 1));
+    await w.close();
+    assert.equal(st(dst).size, 3 * MiB + 5);
+    const kept = join(dir, 'prealloc-abort');
+    const a = await createWriter(kept, { bufferSize: 64 * 1024, queueDepth: 2 });
+    await a.write(seededBytes(MiB, 2));
+    await a.abort();
+    assert.ok(st(kept).size <= MiB, `kept file holds only what was written: ${st(kept).size}`);
+    await assert.rejects(createWriter(join(dir, 'bad-size'), { expectedSize: -1 }), { code: 'ERR_INVALID_ARG_TYPE' });
+  });
+
   test('bad options and chunks are refused by code', async () => {
     await assert.rejects(createWriter(join(dir, 'w1'), { bufferSize: 1000 }), { code: 'ERR_OUT_OF_RANGE' });
     await assert.rejects(createWriter(join(dir, 'w2'), { queueDepth: 0 }), { code: 'ERR_OUT_OF_RANGE' });
