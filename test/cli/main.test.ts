@@ -48,7 +48,18 @@ describe('cli: load', () => {
   });
 
   test('usage errors exit 2: unknown option, bad target, bad io, missing FILE, unknown command', async () => {
-    for (const argv of [['load', '--bogus', 'x'], ['load', 'x', '--target', 'gpu'], ['load', 'x', '--io', 'fast'], ['load'], ['frobnicate'], []]) {
+    for (const argv of [
+      ['load', '--bogus', 'x'],
+      ['load', 'x', '--target', 'gpu'],
+      ['load', 'x', '--io', 'fast'],
+      ['load', 'x', '--part-size', '3000'],
+      ['load', 'x', '--part-size', 'huge'],
+      ['load', 'x', '--overlap', 'maybe'],
+      ['load', 'x', '--hash', 'md5'],
+      ['load'],
+      ['frobnicate'],
+      [],
+    ]) {
       const r = await cli(...argv);
       assert.equal(r.code, 2, argv.join(' '));
       assert.ok(r.err.length > 0);
@@ -56,8 +67,23 @@ describe('cli: load', () => {
     assert.match((await cli('load', 'x', '--target', 'gpu')).err, /memory, memfd/);
   });
 
+  test('--part-size, --overlap and --evict: a cold parts load with its parts in --json', async () => {
+    const f = makeFile(dir, 'parts', 5 * 1024 * 1024 + 1);
+    const r = await cli('load', f.path, '--evict', '--target', 'memfd', '--part-size', '2MiB', '--overlap', 'off', '--json', '--hash', 'sha256');
+    assert.equal(r.code, 0, r.err);
+    const j = JSON.parse(r.out);
+    assert.equal(j.sha256, f.sha256);
+    assert.equal(j.io, 'direct');
+    assert.equal(j.overlap, false);
+    assert.equal(j.parts.length, 3);
+    for (const p of j.parts) for (const k of ['fd', 'offset', 'size', 'allocMs', 'ioMs']) assert.equal(typeof p[k], 'number', k);
+    const bad = await cli('load', f.path, '--target', 'dma-heap', '--heap', 'nope');
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /ERR_NO_HEAP/);
+  });
+
   test('--help on every command', async () => {
-    for (const argv of [['--help'], ['load', '--help'], ['probe', '--help']]) {
+    for (const argv of [['--help'], ['load', '--help'], ['probe', '--help'], ['cp', '--help'], ['bench', '--help'], ['inspect', '--help']]) {
       const r = await cli(...argv);
       assert.equal(r.code, 0);
       assert.match(r.out, /Usage: dmaload/);
