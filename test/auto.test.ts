@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { load } from '../src/index.js';
-import { pageCacheBytesOf } from '../src/file.js';
-import { splitByResidency } from '../src/load.js';
-import { setCache } from '../src/bench/bench.js';
+import { pageCacheBytesOf } from '../src/pipeline/cache.js';
+import { splitByResidency } from '../src/pipeline/plan.js';
+import { setCache } from '../tools/bench/bench.js';
 import { evictFile, leakCheck, makeFile, sha256, tempDir, warmFile } from './helpers.js';
 
 const { dir, cleanup } = tempDir();

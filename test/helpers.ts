@@ -3,10 +3,10 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeSeededFile } from '../src/bench/data.js';
-import { evictPath } from '../src/file.js';
-import { native } from '../src/native.js';
-export { seededBytes } from '../src/bench/data.js';
+import { writeSeededFile } from '../tools/bench/data.js';
+import { evictPath } from '../src/pipeline/cache.js';
+import { native } from '../src/engine/binding.js';
+export { seededBytes } from '../tools/bench/data.js';
 
 /** A fresh folder under the system temp dir (ext4 here: direct I/O works), removed by `cleanup()`. */
 export function tempDir(prefix = 'dmaload-test-'): { dir: string; cleanup(): void } {

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { load } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
-import { evict } from '../src/file.js';
-import { C, native } from '../src/native.js';
+import { evict } from '../src/pipeline/cache.js';
+import { C, native } from '../src/engine/binding.js';
 import { leakCheck, makeFile, sha256, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;

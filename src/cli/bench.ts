@@ -1,13 +1,13 @@
 /** `dmaload bench [FILE]`: the seeds' method matrix on this machine. */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { DEFAULT_TARGETS, bench, label } from '../bench/bench.js';
-import type { BenchReport, CacheState } from '../bench/bench.js';
-import { METHODS } from '../bench/methods.js';
-import type { Method } from '../bench/methods.js';
-import { markdown, svg, table } from '../bench/report.js';
+import { DEFAULT_TARGETS, bench, label } from '../../tools/bench/bench.js';
+import type { BenchReport, CacheState } from '../../tools/bench/bench.js';
+import { METHODS } from '../../tools/bench/methods.js';
+import type { Method } from '../../tools/bench/methods.js';
+import { markdown, svg, table } from '../../tools/bench/report.js';
 import type { TargetName } from '../targets/index.js';
-import { GiB, formatBytes, parseSize } from '../util.js';
+import { GiB, formatBytes, parseSize } from '../core/util.js';
 import { UsageError } from './io.js';
 import type { CliIO } from './io.js';
 

@@ -1,8 +1,8 @@
 /** `dmaload cp SRC DST`: load then save, page-cache free on both sides, atomic. */
 import { parseArgs } from 'node:util';
-import { copy } from '../copy.js';
-import type { IoMode } from '../file.js';
-import { cpuMsSince, formatBytes } from '../util.js';
+import { copy } from '../api/copy.js';
+import type { IoMode } from '../pipeline/source.js';
+import { cpuMsSince, formatBytes } from '../core/util.js';
 import { UsageError, progressBar } from './io.js';
 import type { CliIO } from './io.js';
 import { choice } from './load.js';

@@ -1,8 +1,9 @@
 /** `dmaload inspect FILE [--json]`: a model file's tensors, read from its header alone. */
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
-import { inspect, type MetadataValue, type ModelInfo } from '../formats/index.js';
-import { formatBytes } from '../util.js';
+import { inspect } from '../api/inspect.js';
+import type { MetadataValue, ModelInfo } from '../formats/index.js';
+import { formatBytes } from '../core/util.js';
 
 export const INSPECT_HELP = `Usage: dmaload inspect FILE [--json]
 

@@ -1,6 +1,6 @@
 /** What a CLI command writes to, so tests can call commands without a process. */
 import { createHash } from 'node:crypto';
-import { formatBytes } from '../util.js';
+import { formatBytes } from '../core/util.js';
 
 export interface CliIO {
   stdout(s: string): void;

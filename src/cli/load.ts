@@ -1,11 +1,11 @@
 /** `dmaload load FILE`: load a file into a target and say what it cost. */
 import { parseArgs } from 'node:util';
-import { evictPath } from '../file.js';
-import { load } from '../load.js';
-import type { IoMode } from '../file.js';
+import { evictPath } from '../pipeline/cache.js';
+import { load } from '../api/load.js';
+import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
-import { formatBytes, parseSize } from '../util.js';
+import { formatBytes, parseSize } from '../core/util.js';
 import { UsageError, progressBar, sha256 } from './io.js';
 import type { CliIO } from './io.js';
 

@@ -1,5 +1,5 @@
 /** The dmaload CLI. Takes its argv as a parameter so tests can call it. */
-import { DmaloadError } from '../errors.js';
+import { DmaloadError } from '../core/errors.js';
 import { UsageError, processIO } from './io.js';
 import type { CliIO } from './io.js';
 import { benchCommand } from './bench.js';

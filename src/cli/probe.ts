@@ -1,7 +1,7 @@
 /** `dmaload probe [FILE]`: what this kernel offers. */
 import { parseArgs } from 'node:util';
-import { probe } from '../probe.js';
-import { formatBytes } from '../util.js';
+import { probe } from '../api/probe.js';
+import { formatBytes } from '../core/util.js';
 import { UsageError } from './io.js';
 import type { CliIO } from './io.js';
 

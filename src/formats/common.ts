@@ -14,7 +14,7 @@
  * - `ERR_MODEL_UTF8`      a name or key that is not valid UTF-8 (or, in JSON, holds a lone surrogate escape).
  * @module
  */
-import { DmaloadError, invalidType, outOfRange } from '../errors.js';
+import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
 
 /** A metadata value: safetensors strings, GGUF values (64-bit integers beyond 2^53 as bigint), index JSON. */
 export type MetadataValue =

@@ -6,8 +6,8 @@
  */
 import { closeSync, openSync, readdirSync } from 'node:fs';
 import { basename } from 'node:path';
-import { DmaloadError, DmaloadSystemError, invalidType } from '../errors.js';
-import { C, native } from '../native.js';
+import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
+import { C, native } from '../engine/binding.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 

@@ -5,9 +5,9 @@
  */
 import { closeSync, ftruncateSync } from 'node:fs';
 import { basename } from 'node:path';
-import { DmaloadSystemError } from '../errors.js';
-import { C, native } from '../native.js';
-import { populate } from './memory.js';
+import { DmaloadSystemError } from '../core/errors.js';
+import { C, native } from '../engine/binding.js';
+import { populate } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 

@@ -5,11 +5,11 @@
  * becomes a set of parts. The CPU view stays one contiguous mapping.
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
-import { DmaloadError, DmaloadSystemError } from '../errors.js';
-import { C, native } from '../native.js';
-import { MiB } from '../util.js';
+import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
+import { C, native } from '../engine/binding.js';
+import { MiB } from '../core/util.js';
 import { createMemfd, mapShared } from './memfd.js';
-import { populate } from './memory.js';
+import { populate } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 

@@ -4,8 +4,8 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { bench } from '../../src/index.js';
-import { planRows } from '../../src/bench/bench.js';
+import { bench } from '../../tools/bench/index.js';
+import { planRows } from '../../tools/bench/bench.js';
 import { makeFile, tempDir } from '../helpers.js';
 import { cli } from '../cli/run.js';
 

@@ -1,6 +1,6 @@
 /** Assertions for the model parsers' errors: a DmaloadError with the exact code (and path). */
 import assert from 'node:assert/strict';
-import { DmaloadError } from '../../src/errors.js';
+import { DmaloadError } from '../../src/core/errors.js';
 
 export function throwsCode(fn: () => unknown, code: string): void {
   assert.throws(fn, (e: unknown) => {

@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DmaloadError } from '../../src/errors.js';
+import { DmaloadError } from '../../src/core/errors.js';
 import { rejectsCode, throwsCode } from './codes.js';
-import { GGML_TYPES, inspect, parseGguf, parseModel, type ParsedModel } from '../../src/formats/index.js';
-import { encodeGgufHeader, type GgufSpec, type GgufTensorSpec, type GgufTypedValue } from '../../src/formats/gguf-writer.js';
+import { GGML_TYPES, inspect, parseGguf, parseModel, type ParsedModel } from '../../src/index.js';
+import { encodeGgufHeader, type GgufSpec, type GgufTensorSpec, type GgufTypedValue } from '../gguf-writer.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dmaload-gguf-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));

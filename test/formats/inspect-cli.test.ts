@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inspectCommand } from '../../src/cli/inspect.js';
-import { encodeGgufHeader } from '../../src/formats/gguf-writer.js';
+import { encodeGgufHeader } from '../gguf-writer.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const overall = resolve(repoRoot, '..', 'shared', 'fixtures', 'safetensors-samples', 'overall.safetensors');

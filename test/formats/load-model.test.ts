@@ -3,9 +3,10 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { DmaloadError } from '../../src/errors.js';
-import { encodeGgufHeader, type GgufTypedValue } from '../../src/formats/gguf-writer.js';
-import { coalesce, inspect, loadModel, MODEL_COALESCE_GAP, type LoadedModel } from '../../src/formats/index.js';
+import { DmaloadError } from '../../src/core/errors.js';
+import { encodeGgufHeader, type GgufTypedValue } from '../gguf-writer.js';
+import { inspect, loadModel, MODEL_COALESCE_GAP, type LoadedModel } from '../../src/index.js';
+import { coalesce } from '../../src/api/model.js';
 import { leakCheck, seededBytes, sha256, tempDir } from '../helpers.js';
 
 // Tests run from dist/test/formats/.

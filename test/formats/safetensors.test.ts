@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { rejectsCode, throwsCode } from './codes.js';
-import { inspect, parseModel, parseSafetensors } from '../../src/formats/index.js';
+import { inspect, parseModel, parseSafetensors } from '../../src/index.js';
 
 // Tests run from dist/test/formats/.
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');

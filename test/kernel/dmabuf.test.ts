@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { allocate, load, probe, readInto, save, writeFrom } from '../../src/index.js';
 import type { LoadedBuffer, TargetName } from '../../src/index.js';
-import { C, native } from '../../src/native.js';
+import { C, native } from '../../src/engine/binding.js';
 import { fdCount, makeFile, sha256, tempDir } from '../helpers.js';
 
 const MiB = 1024 * 1024;

@@ -10,9 +10,9 @@
  */
 import { isDeepStrictEqual, parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
-import { DmaloadError } from '../src/errors.js';
+import { DmaloadError } from '../src/core/errors.js';
 import { NeedMore, parseGgufPrefix } from '../src/formats/gguf.js';
-import { encodeGgufHeader, type GgufTypedValue } from '../src/formats/gguf-writer.js';
+import { encodeGgufHeader, type GgufTypedValue } from '../test/gguf-writer.js';
 import { parseModel, type ParsedModel } from '../src/formats/index.js';
 
 export interface FuzzReport {

@@ -9,13 +9,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { writeSeededFile, seededBytes } from '../src/bench/data.js';
-import { evictPath, pageCacheBytesOf } from '../src/file.js';
-import { createWriter } from '../src/writer.js';
-import { GiB, MiB, parseSize } from '../src/util.js';
+import { writeSeededFile, seededBytes } from './data.js';
+import { evictPath, pageCacheBytesOf } from '../../src/pipeline/cache.js';
+import { createWriter } from '../../src/api/writer.js';
+import { GiB, MiB, parseSize } from '../../src/core/util.js';
 
 const run = promisify(execFile);
-const bin = join(resolve(dirname(fileURLToPath(import.meta.url)), '../..'), 'bin/dmaload.js');
+const bin = join(resolve(dirname(fileURLToPath(import.meta.url)), '../../..'), 'bin/dmaload.js');
 const size = parseSize(process.argv[2] ?? '1GiB') ?? GiB;
 const rounds = Number(process.argv[3] ?? 3);
 

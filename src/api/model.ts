@@ -10,13 +10,13 @@
  * not have) and `ERR_MEMORY_BUDGET` (the files together need more than the budget). A rejection frees everything.
  * @module
  */
-import { LoadedBuffer, type LoadStats } from '../buffer.js';
-import { AbortError, DmaloadError, invalidType, invalidValue, outOfRange } from '../errors.js';
-import { loadRanges, type FileRange, type LoadOptions, type LoadProgress } from '../load.js';
-import { PAGE_SIZE } from '../native.js';
-import { formatBytes, memAvailable, msSince, roundUp } from '../util.js';
-import { q, type MetadataValue, type ModelFormat, type ModelTensor } from './common.js';
-import { inspect } from './index.js';
+import { LoadedBuffer, type LoadStats } from '../core/buffer.js';
+import { AbortError, DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
+import { loadRanges, type FileRange, type LoadOptions, type LoadProgress } from './load.js';
+import { PAGE_SIZE } from '../engine/binding.js';
+import { formatBytes, memAvailable, msSince, roundUp } from '../core/util.js';
+import { q, type MetadataValue, type ModelFormat, type ModelTensor } from '../formats/common.js';
+import { inspect } from './inspect.js';
 
 /**
  * Neighbouring tensors whose gap is at most this many bytes are read as one range, gap included (loadRanges already

@@ -4,14 +4,15 @@
  */
 import { closeSync, constants as FS, openSync, promises as fsp, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { load } from '../load.js';
-import { dioAlign, pageCacheBytes, pageCacheBytesOf } from '../file.js';
-import { errnoCode } from '../errors.js';
-import { native, PAGE_SIZE } from '../native.js';
-import { targets } from '../targets/index.js';
-import type { Allocation, TargetName } from '../targets/index.js';
-import { anonymous } from '../targets/memory.js';
-import { MiB, roundUp } from '../util.js';
+import { load } from '../../src/api/load.js';
+import { dioAlign } from '../../src/pipeline/source.js';
+import { pageCacheBytes, pageCacheBytesOf } from '../../src/pipeline/cache.js';
+import { errnoCode } from '../../src/core/errors.js';
+import { native, PAGE_SIZE } from '../../src/engine/binding.js';
+import { targets } from '../../src/targets/index.js';
+import type { Allocation, TargetName } from '../../src/targets/index.js';
+import { anonymous } from '../../src/engine/memory.js';
+import { MiB, roundUp } from '../../src/core/util.js';
 
 export const METHODS = ['read', 'read-write', 'sendfile', 'splice', 'copy_file_range', 'dmaload', 'node-readFile', 'fio'] as const;
 export type Method = (typeof METHODS)[number];

@@ -2,8 +2,11 @@
  * The native addon, typed. Every function is syscall-shaped: it returns a negative errno on failure and trusts its
  * arguments, which the TypeScript layer has already validated.
  */
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { setStrerror } from './errors.js';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setStrerror } from '../core/errors.js';
 
 export interface TransferOptions {
   fd: number;
@@ -67,8 +70,24 @@ export interface Native {
 }
 
 const require = createRequire(import.meta.url);
-// This runs as dist/src/native.js, two levels below the package root.
-export const native: Native = require('../../build/Release/dmaload.node') as Native;
+
+/** The package root: the nearest folder above this file that holds package.json (dist/src/engine → three up). */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+}
+
+/**
+ * Which addon to load: DMALOAD_ADDON (an absolute path, e.g. the sanitizer build), else the one node-gyp built.
+ */
+function addonPath(): string {
+  const forced = process.env.DMALOAD_ADDON;
+  if (forced) return forced;
+  return join(packageRoot(), 'build', 'Release', 'dmaload.node');
+}
+
+export const native: Native = require(addonPath()) as Native;
 setStrerror(native.strerror);
 
 export const C = native.constants;

@@ -4,13 +4,13 @@
  * ring, whatever the file size; neither file is left in the page cache.
  */
 import { fstatSync, statSync } from 'node:fs';
-import * as engine from './engine.js';
-import { DmaloadError, invalidType, requireMultiple } from './errors.js';
-import { fileChanged, openSource } from './file.js';
-import type { IoMode } from './file.js';
-import { native } from './native.js';
-import { anonymous } from './targets/memory.js';
-import { MiB, enumOption, intOption, roundUp } from './util.js';
+import * as engine from '../engine/engine.js';
+import { DmaloadError, invalidType, requireMultiple } from '../core/errors.js';
+import { fileChanged, openSource } from '../pipeline/source.js';
+import type { IoMode } from '../pipeline/source.js';
+import { native } from '../engine/binding.js';
+import { anonymous } from '../engine/memory.js';
+import { MiB, enumOption, intOption, roundUp } from '../core/util.js';
 import { createWriter } from './writer.js';
 import type { WriterResult } from './writer.js';
 

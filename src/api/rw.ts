@@ -6,16 +6,16 @@
 import fs, { constants as FS, promises as fsp } from 'node:fs';
 import { promisify } from 'node:util';
 import type { FileHandle } from 'node:fs/promises';
-import { LoadedBuffer } from './buffer.js';
-import type { LoadStats } from './buffer.js';
-import * as engine from './engine.js';
-import { DmaloadError, invalidType, outOfRange } from './errors.js';
-import { dioAlign, directUnsupported, reopenDirect, requireRegular } from './file.js';
-import type { DioAlign, IoMode } from './file.js';
-import { PAGE_SIZE, native } from './native.js';
-import { TARGET_NAMES, targets } from './targets/index.js';
-import type { TargetName } from './targets/index.js';
-import { enumOption, roundUp } from './util.js';
+import { LoadedBuffer } from '../core/buffer.js';
+import type { LoadStats } from '../core/buffer.js';
+import * as engine from '../engine/engine.js';
+import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
+import { dioAlign, directUnsupported, reopenDirect, requireRegular } from '../pipeline/source.js';
+import type { DioAlign, IoMode } from '../pipeline/source.js';
+import { PAGE_SIZE, native } from '../engine/binding.js';
+import { TARGET_NAMES, targets } from '../targets/index.js';
+import type { TargetName } from '../targets/index.js';
+import { enumOption, roundUp } from '../core/util.js';
 
 export interface RwOptions {
   /** Offset in the file. Default 0. A number or a bigint. */
@@ -221,39 +221,4 @@ export function readInto(buffer: LoadedBuffer, file: string | FileHandle, option
  */
 export function writeFrom(buffer: LoadedBuffer, file: string | FileHandle, options: RwOptions = {}): Promise<number> {
   return move(true, buffer, file, options);
-}
-
-/** An empty buffer of `size` bytes in the chosen target, page-aligned, for readInto and writeFrom. */
-export async function allocate(size: number, options: { target?: TargetName; partSize?: number; heap?: string } = {}): Promise<LoadedBuffer> {
-  if (!Number.isSafeInteger(size) || size < 1) throw outOfRange('size', 'an integer >= 1', size);
-  const targetName = enumOption('target', options.target, TARGET_NAMES, 'memory');
-  const t0 = performance.now();
-  const capacity = roundUp(size, PAGE_SIZE);
-  const alloc = targets[targetName].allocate({ size, capacity, partSize: options.partSize, path: '<allocate>', options: options as Record<string, unknown> });
-  try {
-    for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);
-    const parts = alloc.finish(size);
-    const ms = Math.round((performance.now() - t0) * 100) / 100;
-    const stats: LoadStats = {
-      io: 'buffered',
-      directBytes: 0,
-      copiedBytes: 0,
-      engine: engine.engine().engine,
-      ms,
-      allocMs: ms,
-      ioMs: 0,
-      parts: alloc.layout.map((p) => ({ offset: p.offset, size: Math.min(p.length, size - p.offset), allocMs: 0, ioMs: 0 })),
-      overlap: false,
-      cpuMs: 0,
-      bytesPerSec: 0,
-      pageCacheBytes: 0,
-      bytesRead: 0,
-      chunkSize: 0,
-      queueDepth: 0,
-    };
-    return new LoadedBuffer('<allocate>', size, targetName, alloc, parts, stats);
-  } catch (e) {
-    alloc.close();
-    throw e;
-  }
 }

@@ -1,6 +1,6 @@
 /** save(): buffers to a file, crash-safe by default (temporary file, fsync, rename, fsync of the folder). */
-import { LoadedBuffer } from './buffer.js';
-import { AbortError, invalidType } from './errors.js';
+import { LoadedBuffer } from '../core/buffer.js';
+import { AbortError, invalidType } from '../core/errors.js';
 import { createWriter } from './writer.js';
 import type { WriterOptions, WriterResult } from './writer.js';
 

@@ -1,6 +1,6 @@
 /** LoadedBuffer: what load() returns — the bytes, their fds, what it cost — and the one way to free them. */
 import { DmaloadError } from './errors.js';
-import type { Allocation, Part, TargetName } from './targets/types.js';
+import type { Allocation, Part, TargetName } from '../targets/types.js';
 
 /** One part's share of a load: where it is, and its allocation and I/O wall times. */
 export interface PartStats {

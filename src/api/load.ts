@@ -1,15 +1,18 @@
 /** load(): a file into a target, every byte, by direct I/O where the file system allows. */
 import { fstatSync } from 'node:fs';
-import { LoadedBuffer } from './buffer.js';
-import type { LoadStats, PartStats } from './buffer.js';
-import * as engine from './engine.js';
-import { DmaloadError, invalidType, invalidValue, outOfRange } from './errors.js';
-import { fileChanged, openSource, pageCacheBytes, residentPages } from './file.js';
-import type { IoMode } from './file.js';
-import { C, PAGE_SIZE, native } from './native.js';
-import { TARGET_NAMES, targets } from './targets/index.js';
-import type { Allocation, TargetName } from './targets/index.js';
-import { cpuMsSince, enumOption, formatBytes, intOption, memAvailable, msSince, roundUp } from './util.js';
+import { LoadedBuffer } from '../core/buffer.js';
+import type { LoadStats, PartStats } from '../core/buffer.js';
+import * as engine from '../engine/engine.js';
+import { DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
+import { fileChanged, openSource } from '../pipeline/source.js';
+import type { IoMode } from '../pipeline/source.js';
+import { dropAdded, pageCacheBytes, residentPages } from '../pipeline/cache.js';
+import { COPY_MIN_RUN, clip, place, splitByResidency, unionMs } from '../pipeline/plan.js';
+import type { FileRange } from '../pipeline/plan.js';
+import { C, PAGE_SIZE, native } from '../engine/binding.js';
+import { TARGET_NAMES, targets } from '../targets/index.js';
+import type { Allocation, TargetName } from '../targets/index.js';
+import { cpuMsSince, enumOption, formatBytes, intOption, memAvailable, msSince, roundUp } from '../core/util.js';
 
 export interface LoadProgress {
   bytes: number;
@@ -64,11 +67,7 @@ export async function load(path: string, options: LoadOptions = {}): Promise<Loa
   return (await loadInternal(path, options, undefined)).buffer;
 }
 
-/** A byte range of a file. */
-export interface FileRange {
-  offset: number;
-  length: number;
-}
+export type { FileRange } from '../pipeline/plan.js';
 
 /**
  * Loads only some byte ranges of a file, each placed at a page-aligned spot of one new buffer so that a byte keeps
@@ -86,33 +85,6 @@ export async function loadRanges(path: string, ranges: readonly FileRange[], opt
     end = r.offset + r.length;
   }
   return loadInternal(path, options, ranges);
-}
-
-/** Where each range goes: segments for the engine, and the buffer offset of each range's first byte. */
-function place(ranges: readonly FileRange[], size: number, block: number): { segments: number[]; offsets: number[]; capacity: number; bytesRead: number } {
-  const segs: Array<{ file: number; buf: number; len: number }> = [];
-  const offsets: number[] = [];
-  let cursor = 0;
-  for (const r of ranges) {
-    const from = Math.floor(r.offset / block) * block;
-    const to = Math.min(roundUp(r.offset + r.length, block), size);
-    const prev = segs.at(-1);
-    if (prev && from < prev.file + roundUp(prev.len, block)) {
-      // Neighbours sharing a block: grow the previous segment rather than read the block twice.
-      prev.len = Math.max(prev.len, to - prev.file);
-    } else {
-      segs.push({ file: from, buf: roundUp(cursor, PAGE_SIZE), len: to - from });
-    }
-    const seg = segs.at(-1)!;
-    offsets.push(seg.buf + (r.offset - seg.file));
-    cursor = seg.buf + roundUp(seg.len, block);
-  }
-  return {
-    segments: segs.flatMap((g) => [g.file, g.buf, g.len]),
-    offsets,
-    capacity: roundUp(cursor, PAGE_SIZE),
-    bytesRead: segs.reduce((n, g) => n + g.len, 0),
-  };
 }
 
 async function loadInternal(path: string, options: LoadOptions, ranges: readonly FileRange[] | undefined): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
@@ -295,78 +267,3 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
   }
 }
 
-/**
- * The shortest run of cached pages worth copying instead of reading directly: below it, the extra request costs
- * more than reading a few cached pages from the device again.
- */
-const COPY_MIN_RUN = 1024 * 1024;
-
-/**
- * Splits segments (flat [file, buf, len]…) into those to read directly and those to copy from the page cache,
- * by the residency of their pages. Boundaries fall on page edges, which keeps direct reads aligned.
- */
-export function splitByResidency(segments: number[], pages: Uint8Array, minRun: number): [direct: number[], copy: number[]] {
-  const direct: number[] = [];
-  const copy: number[] = [];
-  const minPages = Math.max(1, Math.floor(minRun / PAGE_SIZE));
-  const push = (to: number[], f: number, b: number, n: number) => {
-    const l = to.length;
-    // Merge with the previous run when it ends exactly where this one starts, in the file and in the buffer.
-    if (l >= 3 && to[l - 3]! + to[l - 1]! === f && to[l - 2]! + to[l - 1]! === b) to[l - 1]! += n;
-    else to.push(f, b, n);
-  };
-  for (let i = 0; i < segments.length; i += 3) {
-    const [f, b, n] = [segments[i]!, segments[i + 1]!, segments[i + 2]!];
-    let pos = f;
-    while (pos < f + n) {
-      const p0 = Math.floor(pos / PAGE_SIZE);
-      const res = pages[p0] === 1;
-      let p = p0;
-      while (p * PAGE_SIZE < f + n && (pages[p] === 1) === res) p++;
-      const end = Math.min(p * PAGE_SIZE, f + n);
-      const cached = res && p - p0 >= minPages;
-      push(cached ? copy : direct, pos, b + (pos - f), end - pos);
-      pos = end;
-    }
-  }
-  return [direct, copy];
-}
-
-/** Evicts the pages that a load brought into the page cache, leaving what was cached before. */
-function dropAdded(fd: number, before: Uint8Array, size: number): void {
-  const after = residentPages(fd, size);
-  for (let i = 0; i < after.length; ) {
-    if (after[i] !== 1 || before[i] === 1) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < after.length && after[j] === 1 && before[j] !== 1) j++;
-    native.fadvise(fd, i * PAGE_SIZE, (j - i) * PAGE_SIZE, C.POSIX_FADV_DONTNEED);
-    i = j;
-  }
-}
-
-/** Total length of time intervals, overlaps counted once: the wall time during which some read was running. */
-function unionMs(intervals: Array<[number, number]>): number {
-  let total = 0;
-  let end = -Infinity;
-  for (const [a, b] of [...intervals].sort((x, y) => x[0] - y[0])) {
-    if (b <= end) continue;
-    total += b - Math.max(a, end);
-    end = b;
-  }
-  return total;
-}
-
-/** The parts of `segments` (flat [file, buf, len]…) that fall in buffer range [lo, hi), cut at its edges. */
-function clip(segments: number[], lo: number, hi: number): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < segments.length; i += 3) {
-    const [f, b, n] = [segments[i]!, segments[i + 1]!, segments[i + 2]!];
-    const from = Math.max(b, lo);
-    const to = Math.min(b + n, hi);
-    if (to > from) out.push(f + (from - b), from, to - from);
-  }
-  return out;
-}

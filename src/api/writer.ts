@@ -9,13 +9,13 @@ import fs, { constants as FS, promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
-import * as engine from './engine.js';
-import { AbortError, DmaloadError, invalidType, requireMultiple } from './errors.js';
-import { dioAlign, directUnsupported, reopenDirect, requireRegular } from './file.js';
-import type { IoMode } from './file.js';
-import { native } from './native.js';
-import { anonymous } from './targets/memory.js';
-import { MiB, enumOption, intOption, roundUp } from './util.js';
+import * as engine from '../engine/engine.js';
+import { AbortError, DmaloadError, invalidType, requireMultiple } from '../core/errors.js';
+import { dioAlign, directUnsupported, reopenDirect, requireRegular } from '../pipeline/source.js';
+import type { IoMode } from '../pipeline/source.js';
+import { native } from '../engine/binding.js';
+import { anonymous } from '../engine/memory.js';
+import { MiB, enumOption, intOption, roundUp } from '../core/util.js';
 
 export interface WriterOptions {
   /** 'auto' (default) and 'direct' write with O_DIRECT where the file system allows; 'buffered' through the cache. */

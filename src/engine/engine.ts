@@ -3,10 +3,10 @@
  * where io_uring is refused (seccomp: EPERM/ENOSYS, or an old kernel), by a pool of threads. Runs off the JS
  * thread; reports progress; stops within one request on abort.
  */
-import { AbortError, DmaloadSystemError, errnoCode, requireMultiple } from './errors.js';
-import { native } from './native.js';
-import type { TransferOptions, TransferResult } from './native.js';
-import { MiB, intOption } from './util.js';
+import { AbortError, DmaloadSystemError, errnoCode, requireMultiple } from '../core/errors.js';
+import { native } from './binding.js';
+import type { TransferOptions, TransferResult } from './binding.js';
+import { MiB, intOption } from '../core/util.js';
 
 export type EngineName = 'uring' | 'threads';
 

@@ -3,7 +3,7 @@
  * and fuzz seeds. It writes what it is given, valid or not (bytes for names let tests write invalid UTF-8).
  * @module
  */
-import { GGUF_VALUE_TYPES } from './gguf.js';
+import { GGUF_VALUE_TYPES } from '../src/formats/gguf.js';
 
 export type GgufScalarType = Exclude<keyof typeof GGUF_VALUE_TYPES, 'ARRAY' | 'STRING' | 'BOOL'>;
 

@@ -2,10 +2,10 @@
  * Opening a source file for a load: refuse what is not a regular file before open() can block on it, open it for
  * direct I/O when its file system allows, and learn the alignment direct I/O needs there.
  */
-import { closeSync, constants as FS, openSync, promises as fsp } from 'node:fs';
+import { constants as FS, promises as fsp } from 'node:fs';
 import type { Stats } from 'node:fs';
-import { DmaloadError, DmaloadSystemError } from './errors.js';
-import { C, PAGE_SIZE, native } from './native.js';
+import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
+import { C, PAGE_SIZE, native } from '../engine/binding.js';
 
 export type IoMode = 'direct' | 'buffered' | 'auto';
 
@@ -114,50 +114,4 @@ export function fileChanged(path: string, during: string, expected: number, now:
     `'${path}' changed size during the ${during} (${expected} bytes at the start, ${now} now); try again once nothing writes to it`,
     { path },
   );
-}
-
-/** Bytes of the file resident in the page cache (mincore over a temporary mapping); 0 for an empty file. */
-export function pageCacheBytes(fd: number, size: number, offset = 0): number {
-  if (size === 0) return 0;
-  const r = native.residency(fd, offset, size);
-  if (r < 0) throw new DmaloadSystemError(r, 'mincore');
-  return r;
-}
-
-/**
- * Which pages of [0, size) are in the page cache: one byte per 4 KiB page, 1 = resident (mincore over a temporary
- * mapping: mapping a file reads nothing).
- */
-export function residentPages(fd: number, size: number): Uint8Array {
-  const pages = new Uint8Array(Math.ceil(size / PAGE_SIZE));
-  if (size === 0) return pages;
-  const r = native.residency(fd, 0, size, pages);
-  if (r < 0) throw new DmaloadSystemError(r, 'mincore');
-  return pages;
-}
-
-/** Drops the file's clean pages from the page cache (no root needed). */
-export function evict(fd: number, path?: string): void {
-  const r = native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
-  if (r < 0) throw new DmaloadSystemError(r, 'posix_fadvise', path);
-}
-
-/** evict() by path. */
-export function evictPath(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    evict(fd, path);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** pageCacheBytes() by path. */
-export function pageCacheBytesOf(path: string, size: number): number {
-  const fd = openSync(path, 'r');
-  try {
-    return pageCacheBytes(fd, size);
-  } finally {
-    closeSync(fd);
-  }
 }

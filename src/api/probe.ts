@@ -2,8 +2,8 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import os from 'node:os';
-import { engine } from './engine.js';
-import { dioAlign, requireRegular } from './file.js';
+import { engine } from '../engine/engine.js';
+import { dioAlign, requireRegular } from '../pipeline/source.js';
 
 export interface ProbeResult {
   kernel: string;

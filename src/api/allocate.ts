@@ -1,0 +1,50 @@
+/** allocate(): an empty buffer of any target, for readInto and writeFrom. */
+import { LoadedBuffer } from '../core/buffer.js';
+import type { LoadStats } from '../core/buffer.js';
+import * as engine from '../engine/engine.js';
+import { outOfRange } from '../core/errors.js';
+import { PAGE_SIZE } from '../engine/binding.js';
+import { TARGET_NAMES, targets } from '../targets/index.js';
+import type { TargetName } from '../targets/index.js';
+import { enumOption, roundUp } from '../core/util.js';
+
+export interface AllocateOptions {
+  target?: TargetName;
+  partSize?: number;
+  heap?: string;
+}
+
+/** An empty buffer of `size` bytes in the chosen target, page-aligned, for readInto and writeFrom. */
+export async function allocate(size: number, options: AllocateOptions = {}): Promise<LoadedBuffer> {
+  if (!Number.isSafeInteger(size) || size < 1) throw outOfRange('size', 'an integer >= 1', size);
+  const targetName = enumOption('target', options.target, TARGET_NAMES, 'memory');
+  const t0 = performance.now();
+  const capacity = roundUp(size, PAGE_SIZE);
+  const alloc = targets[targetName].allocate({ size, capacity, partSize: options.partSize, path: '<allocate>', options: options as Record<string, unknown> });
+  try {
+    for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);
+    const parts = alloc.finish(size);
+    const ms = Math.round((performance.now() - t0) * 100) / 100;
+    const stats: LoadStats = {
+      io: 'buffered',
+      directBytes: 0,
+      copiedBytes: 0,
+      engine: engine.engine().engine,
+      ms,
+      allocMs: ms,
+      ioMs: 0,
+      parts: alloc.layout.map((p) => ({ offset: p.offset, size: Math.min(p.length, size - p.offset), allocMs: 0, ioMs: 0 })),
+      overlap: false,
+      cpuMs: 0,
+      bytesPerSec: 0,
+      pageCacheBytes: 0,
+      bytesRead: 0,
+      chunkSize: 0,
+      queueDepth: 0,
+    };
+    return new LoadedBuffer('<allocate>', size, targetName, alloc, parts, stats);
+  } catch (e) {
+    alloc.close();
+    throw e;
+  }
+}
