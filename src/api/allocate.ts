@@ -4,23 +4,29 @@ import type { LoadStats } from '../core/buffer.js';
 import * as engine from '../engine/engine.js';
 import { outOfRange } from '../core/errors.js';
 import { PAGE_SIZE } from '../engine/binding.js';
-import { TARGET_NAMES, targets } from '../targets/index.js';
+import { targets } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
-import { enumOption, roundUp } from '../core/util.js';
+import { roundUp } from '../core/util.js';
+import { optionsObject, partSizeOption, targetOption } from './options.js';
 
 export interface AllocateOptions {
+  /** Default 'memory'. */
   target?: TargetName;
+  /** Bytes per part (a multiple of the page size): one dma-buf each. Default: the target's. */
   partSize?: number;
+  /** dma-heap target: the heap's name. Default 'system'. */
   heap?: string;
 }
 
 /** An empty buffer of `size` bytes in the chosen target, page-aligned, for readInto and writeFrom. */
 export async function allocate(size: number, options: AllocateOptions = {}): Promise<LoadedBuffer> {
   if (!Number.isSafeInteger(size) || size < 1) throw outOfRange('size', 'an integer >= 1', size);
-  const targetName = enumOption('target', options.target, TARGET_NAMES, 'memory');
+  optionsObject(options);
+  const targetName = targetOption(options.target);
+  const partSize = partSizeOption(options.partSize);
   const t0 = performance.now();
   const capacity = roundUp(size, PAGE_SIZE);
-  const alloc = targets[targetName].allocate({ size, capacity, partSize: options.partSize, path: '<allocate>', options: options as Record<string, unknown> });
+  const alloc = targets[targetName].allocate({ size, capacity, partSize, path: '<allocate>', options: options as Record<string, unknown> });
   try {
     for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);
     const parts = alloc.finish(size);

@@ -4,21 +4,31 @@
  * ring, whatever the file size; neither file is left in the page cache.
  */
 import { fstatSync, statSync } from 'node:fs';
-import * as engine from '../engine/engine.js';
-import { DmaloadError, invalidType, requireMultiple } from '../core/errors.js';
-import { fileChanged, openSource } from '../pipeline/source.js';
-import type { IoMode } from '../pipeline/source.js';
+import { DmaloadError } from '../core/errors.js';
+import { roundUp } from '../core/util.js';
 import { native } from '../engine/binding.js';
+import * as engine from '../engine/engine.js';
 import { anonymous } from '../engine/memory.js';
-import { MiB, enumOption, intOption, roundUp } from '../core/util.js';
-import { createWriter } from './writer.js';
+import { fileChanged, openFile } from '../pipeline/source.js';
+import type { IoMode } from '../pipeline/source.js';
+import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionsObject, pathOption, signalOption, tuning } from './options.js';
+import { openWriter } from './writer.js';
 import type { WriterResult } from './writer.js';
 
 export interface CopyOptions {
+  /** 'auto' (default): direct I/O on both sides where the file systems allow; 'direct' requires it; 'buffered'. */
   io?: IoMode;
-  /** Bytes per ring slot. Default 128 MiB. */
+  /** Bytes per ring part (one read ahead of the writes). Default 128 MiB, a multiple of 4096. */
+  partSize?: number;
+  /** Parts in the ring. Default 2. */
+  parts?: number;
+  /** Bytes per request, reads and writes. Default 8 MiB; env DMALOAD_CHUNK_SIZE. */
+  chunkSize?: number;
+  /** Requests in flight, reads and writes each. Default 16; env DMALOAD_QUEUE_DEPTH. */
+  queueDepth?: number;
+  /** @deprecated The former name of `partSize`. */
   slotSize?: number;
-  /** Slots in the ring (reads ahead of the writes). Default 2. */
+  /** @deprecated The former name of `parts`. */
   slots?: number;
   /** File mode of a new destination. Default: the replaced file's, else the source's. */
   mode?: number;
@@ -32,41 +42,37 @@ export interface CopyResult extends WriterResult {
 
 /** Copies `src` to `dst`; refuses the same file (ERR_SAME_FILE) and a folder as destination. */
 export async function copy(src: string, dst: string, options: CopyOptions = {}): Promise<CopyResult> {
-  if (typeof src !== 'string' || src === '') throw invalidType('src', 'a non-empty string', src);
-  if (typeof dst !== 'string' || dst === '') throw invalidType('dst', 'a non-empty string', dst);
-  const io = enumOption('io', options.io, ['auto', 'direct', 'buffered'] as const, 'auto');
+  pathOption('src', src);
+  pathOption('dst', dst);
+  const o = optionsObject(options) as CopyOptions & Record<string, unknown>;
+  const io = ioOption(o.io);
   // Measured (README, npm run bench:cp): this disk wants a lot in flight when reads and writes mix.
-  const slotSize = intOption('slotSize', options.slotSize, 'DMALOAD_COPY_SLOT', 128 * MiB, 4096, 1024 * MiB, true);
-  const slots = intOption('slots', options.slots, 'DMALOAD_COPY_SLOTS', 2, 2, 64);
-  requireMultiple('slotSize', slotSize, 4096);
-  const signal = options.signal;
+  const partSize = knob('partSize', aliased(o, 'partSize', 'slotSize'), DEFAULTS.copy.partSize, o.partSize === undefined && o.slotSize !== undefined ? 'slotSize' : 'partSize');
+  const parts = knob('parts', aliased(o, 'parts', 'slots'), DEFAULTS.copy.parts, o.parts === undefined && o.slots !== undefined ? 'slots' : 'parts');
+  const tune = tuning('copy', o);
+  const mode = modeOption(o.mode);
+  const onProgress = functionOption<NonNullable<CopyOptions['onProgress']>>('onProgress', o.onProgress);
+  const signal = signalOption(o.signal);
   signal?.throwIfAborted();
-  const source = await openSource(src, io === 'auto' ? 'direct' : io);
+  const source = await openFile(src, 'read', io);
   try {
-    const d = (() => {
-      try {
-        return statSync(dst);
-      } catch {
-        return undefined;
-      }
-    })();
+    const d = statSync(dst, { throwIfNoEntry: false });
     if (d && d.ino === source.stat.ino && d.dev === source.stat.dev) throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });
     if (d?.isDirectory()) throw new DmaloadError('ERR_IS_DIRECTORY', `'${dst}' is a directory; give the destination file's full path`, { path: dst });
     const size = source.size;
     // A small file needs no more ring than itself.
-    const slot = Math.max(4096, Math.min(slotSize, roundUp(size, 4096)));
-    const ring = anonymous(slot * slots, false, src);
+    const slot = Math.max(4096, Math.min(partSize, roundUp(size, 4096)));
+    const ring = anonymous(slot * parts, false, src);
     try {
-      const writer = await createWriter(dst, { io, atomic: true, mode: options.mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), bufferSize: Math.min(slot, 8 * MiB), queueDepth: 16, expectedSize: size, signal });
+      const writer = await openWriter(dst, { io, mode: mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), chunkSize: Math.min(slot, tune.chunk), queueDepth: tune.depth, expectedSize: size, signal });
       try {
-        const tune = engine.tuning({ chunkSize: process.env.DMALOAD_CHUNK_SIZE ? undefined : 8 * MiB, queueDepth: process.env.DMALOAD_QUEUE_DEPTH ? undefined : 16 });
         const read = (i: number) =>
           engine.run({
-            fd: source.fd,
+            fd: source.direct ? source.directFd : source.fd,
             write: false,
             direct: source.direct,
-            buffer: ring,
-            segments: [i * slot, (i % slots) * slot, Math.min(slot, size - i * slot)],
+            target: ring,
+            segments: [i * slot, (i % parts) * slot, Math.min(slot, size - i * slot)],
             padTo: source.direct ? source.align.offsetAlign : 1,
             bounce: false,
             populate: false,
@@ -76,18 +82,18 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
           });
         const n = Math.ceil(size / slot);
         const reads: Array<ReturnType<typeof read>> = [];
-        for (let i = 0; i < Math.min(n, slots - 1); i++) reads[i] = read(i);
+        for (let i = 0; i < Math.min(n, parts - 1); i++) reads[i] = read(i);
         let done = 0;
         try {
           for (let i = 0; i < n; i++) {
             const r = await reads[i]!;
             const len = Math.min(slot, size - i * slot);
             if (r.short || r.bytes !== len) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
-            // One slot stays free for this write while the next reads fill the others.
-            if (i + slots - 1 < n) reads[i + slots - 1] = read(i + slots - 1);
-            await writer.write(new Uint8Array(ring, (i % slots) * slot, len));
+            // One part stays free for this write while the next reads fill the others.
+            if (i + parts - 1 < n) reads[i + parts - 1] = read(i + parts - 1);
+            await writer.writeRegion(ring, (i % parts) * slot, len, { copy: false });
             done += len;
-            options.onProgress?.({ bytes: done, total: size });
+            onProgress?.({ bytes: done, total: size });
           }
         } finally {
           await Promise.allSettled(reads);

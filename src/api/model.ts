@@ -177,7 +177,7 @@ class Tensor implements LoadedTensor {
       throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot use the bytes of tensor ${q(this.name)} of the model loaded from '${this.#owner.path}': it was closed`, { path: this.#owner.path });
     }
     if (!this.buffer) return new Uint8Array(0);
-    return this.buffer.bytes.subarray(this.bufferOffset, this.bufferOffset + this.byteLength);
+    return this.buffer.view(this.bufferOffset, this.byteLength);
   }
 
   asTypedArray(): TensorTypedArray | undefined {

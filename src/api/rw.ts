@@ -3,19 +3,18 @@
  * DMA_BUF_IOCTL_RW_FILE (length > 0, no overflow, in bounds, direct I/O aligned) — and, better than the patch,
  * `io: 'auto'` does ragged edges by buffered I/O and the aligned middle by direct I/O.
  */
-import fs, { constants as FS, promises as fsp } from 'node:fs';
+import fs from 'node:fs';
 import { promisify } from 'node:util';
 import type { FileHandle } from 'node:fs/promises';
 import { LoadedBuffer } from '../core/buffer.js';
-import type { LoadStats } from '../core/buffer.js';
-import * as engine from '../engine/engine.js';
 import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
-import { dioAlign, directUnsupported, reopenDirect, requireRegular } from '../pipeline/source.js';
-import type { DioAlign, IoMode } from '../pipeline/source.js';
 import { PAGE_SIZE, native } from '../engine/binding.js';
-import { TARGET_NAMES, targets } from '../targets/index.js';
-import type { TargetName } from '../targets/index.js';
-import { enumOption, roundUp } from '../core/util.js';
+import type { Region } from '../engine/binding.js';
+import * as engine from '../engine/engine.js';
+import { bytesOf } from '../engine/memory.js';
+import { openFile } from '../pipeline/source.js';
+import type { IoMode, OpenedFile } from '../pipeline/source.js';
+import { boolOption, ioOption, optionsObject, signalOption, tuning } from './options.js';
 
 export interface RwOptions {
   /** Offset in the file. Default 0. A number or a bigint. */
@@ -34,7 +33,6 @@ export interface RwOptions {
   signal?: AbortSignal;
 }
 
-const IO_MODES: readonly IoMode[] = ['auto', 'direct', 'buffered'];
 const MAX_OFF = (1n << 63n) - 1n; // loff_t
 
 function big(name: string, v: unknown, dflt: bigint): bigint {
@@ -53,13 +51,17 @@ interface Checked {
   bufOffset: number;
   length: number;
   io: IoMode;
+  fsync: boolean;
+  signal: AbortSignal | undefined;
 }
 
 /** The validations, in BigInt so that no sum can overflow or round. */
 function validate(buffer: LoadedBuffer, o: RwOptions): Checked {
   if (!(buffer instanceof LoadedBuffer)) throw invalidType('buffer', 'a LoadedBuffer (from load() or allocate())', buffer);
-  if (o === null || typeof o !== 'object') throw invalidType('options', 'an object', o);
-  const io = enumOption('io', o.io, IO_MODES, 'auto');
+  optionsObject(o);
+  const io = ioOption(o.io);
+  const fsync = boolOption('fsync', o.fsync, false);
+  const signal = signalOption(o.signal);
   if (buffer.closed) void buffer.bytes; // throws ERR_BUFFER_CLOSED, naming the file
   const size = BigInt(buffer.size);
   const fileOffset = big('fileOffset', o.fileOffset, 0n);
@@ -68,58 +70,7 @@ function validate(buffer: LoadedBuffer, o: RwOptions): Checked {
   if (length <= 0n) throw outOfRange('length', '> 0', length);
   if (bufOffset + length > size) throw outOfRange('bufOffset + length', `<= the buffer's size (${size})`, bufOffset + length);
   if (fileOffset + length > MAX_OFF) throw outOfRange('fileOffset + length', `<= ${MAX_OFF} (it must not wrap)`, fileOffset + length);
-  return { fileOffset: Number(fileOffset), bufOffset: Number(bufOffset), length: Number(length), io };
-}
-
-interface Fds {
-  path: string;
-  buffered: number;
-  direct: number; // -1: none
-  align: DioAlign;
-  close(): Promise<void>;
-}
-
-/** Opens (or borrows) the file twice: buffered for ragged edges, O_DIRECT for the middle where allowed. */
-async function openFile(file: string | FileHandle, write: boolean, io: IoMode): Promise<Fds> {
-  const flags = write ? FS.O_WRONLY | FS.O_CREAT : FS.O_RDONLY;
-  const owned: FileHandle[] = [];
-  const closeAll = async () => {
-    for (const h of owned.splice(0)) await h.close().catch(() => {});
-  };
-  try {
-    let path: string;
-    let buffered: number;
-    if (typeof file === 'string') {
-      if (file === '') throw invalidType('file', 'a path or an open FileHandle', file);
-      const st = await fsp.stat(file).catch((e: NodeJS.ErrnoException) => (write && e.code === 'ENOENT' ? undefined : Promise.reject(e)));
-      if (st) requireRegular(st, file);
-      const h = await fsp.open(file, flags | FS.O_NONBLOCK, 0o644);
-      owned.push(h);
-      path = file;
-      buffered = h.fd;
-    } else if (file && typeof file === 'object' && typeof (file as FileHandle).fd === 'number') {
-      buffered = (file as FileHandle).fd;
-      path = `fd ${buffered}`;
-      if (buffered < 0) throw new DmaloadError('ERR_FILE_CLOSED', 'The file handle is closed; open the file again', {});
-    } else {
-      throw invalidType('file', 'a path or an open FileHandle', file);
-    }
-    requireRegular(await fsp.stat(`/proc/self/fd/${buffered}`), path);
-    const align = dioAlign(buffered);
-    let direct = -1;
-    if (io !== 'buffered' && align.offsetAlign > 0) {
-      const h = await reopenDirect(buffered, write ? FS.O_WRONLY : FS.O_RDONLY); // works for borrowed handles too
-      if (h) {
-        owned.push(h);
-        direct = h.fd;
-      }
-    }
-    if (io === 'direct' && direct < 0) throw directUnsupported(path);
-    return { path, buffered, direct, align, close: closeAll };
-  } catch (e) {
-    await closeAll();
-    throw e;
-  }
+  return { fileOffset: Number(fileOffset), bufOffset: Number(bufOffset), length: Number(length), io, fsync, signal };
 }
 
 function alignmentError(path: string, what: string, value: number, align: number): DmaloadError {
@@ -134,8 +85,9 @@ const pread = promisify(fs.read);
 const pwrite = promisify(fs.write);
 const fdatasync = promisify(fs.fdatasync);
 
-/** Buffered pread/pwrite of a small ragged edge; returns bytes moved (a read stops at EOF). */
-async function edge(fd: number, write: boolean, mem: Uint8Array, fileOffset: number): Promise<number> {
+/** Buffered pread/pwrite of a ragged edge; returns bytes moved (a read stops at EOF and writes nothing past it). */
+async function edge(fd: number, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number): Promise<number> {
+  const mem = bytesOf(region, bufOffset, length);
   let done = 0;
   while (done < mem.length) {
     const view = mem.subarray(done);
@@ -146,64 +98,68 @@ async function edge(fd: number, write: boolean, mem: Uint8Array, fileOffset: num
   return done;
 }
 
+/**
+ * Splits the range into a buffered head, a direct middle and a buffered tail. Direct reads fill whole blocks, so
+ * a read's middle stops at the last whole block before end of file: the bytes past the count a read returns are
+ * never touched, in every io mode.
+ */
+function split(f: OpenedFile, c: Checked, write: boolean): { head: number; mid: number } {
+  if (!f.direct) return { head: 0, mid: 0 };
+  const A = f.align.offsetAlign;
+  if (c.io === 'direct') {
+    for (const [what, v] of [['fileOffset', c.fileOffset], ['bufOffset', c.bufOffset], ['length', c.length]] as const) {
+      if (v % A !== 0) throw alignmentError(f.path, what, v, A);
+    }
+  }
+  const head = Math.min(c.length, (A - (c.fileOffset % A)) % A);
+  let mid = Math.floor((c.length - head) / A) * A;
+  if (!write) mid = Math.min(mid, Math.max(0, Math.floor((f.size - c.fileOffset - head) / A) * A));
+  return { head, mid };
+}
+
 async function move(write: boolean, buffer: LoadedBuffer, file: string | FileHandle, o: RwOptions): Promise<number> {
   const c = validate(buffer, o);
-  o.signal?.throwIfAborted();
+  c.signal?.throwIfAborted();
   const lease = buffer.borrow(write ? 'the buffer for writeFrom' : 'the buffer for readInto');
-  let fds: Fds | undefined;
+  let f: OpenedFile | undefined;
   try {
-    fds = await openFile(file, write, c.io);
-    const A = Math.max(fds.align.offsetAlign, 1);
-    const mapping = lease.mapping!;
-    const view = new Uint8Array(mapping, c.bufOffset, c.length);
-    // Split into a buffered head, a direct middle and a buffered tail.
-    let head = 0;
-    let mid = 0;
-    if (fds.direct >= 0) {
-      if (c.io === 'direct') {
-        for (const [what, v] of [['fileOffset', c.fileOffset], ['bufOffset', c.bufOffset], ['length', c.length]] as const) {
-          if (v % A !== 0) throw alignmentError(fds.path, what, v, A);
-        }
-        mid = c.length;
-      } else {
-        head = Math.min(c.length, (A - (c.fileOffset % A)) % A);
-        mid = Math.floor((c.length - head) / A) * A;
-      }
-    }
+    f = await openFile(file, write ? 'write' : 'read', c.io);
+    const region = lease.region!;
+    const { head, mid } = split(f, c, write);
     let done = 0;
     if (head > 0) {
-      const n = await edge(fds.buffered, write, view.subarray(0, head), c.fileOffset);
+      const n = await edge(f.fd, write, region, c.bufOffset, head, c.fileOffset);
       done += n;
       if (n < head) return done; // EOF
     }
     if (mid > 0) {
       // Direct I/O straight into the buffer when its address lines up; else through aligned bounce buffers.
-      const memAlign = Math.max(fds.align.memAlign, 1);
-      const addr = Number(native.address(mapping) % BigInt(PAGE_SIZE)) + c.bufOffset + head;
-      const bounce = !lease.directInto || addr % memAlign !== 0;
+      const memAlign = Math.max(f.align.memAlign, 1);
+      const addr = native.address(region) + BigInt(c.bufOffset + head);
+      const bounce = !lease.directInto || addr % BigInt(memAlign) !== 0n;
       const r = await engine.run({
-        fd: fds.direct,
+        fd: f.directFd,
         write,
         direct: true,
-        buffer: mapping,
+        target: region,
         segments: [c.fileOffset + head, c.bufOffset + head, mid],
-        padTo: A,
+        padTo: f.align.offsetAlign,
         bounce,
         populate: false,
-        tuning: engine.tuning({}),
-        path: fds.path,
-        signal: o.signal,
+        tuning: tuning(write ? 'write' : 'read', {}),
+        path: f.path,
+        signal: c.signal,
       });
       done += r.bytes;
       if (r.short) return done;
     }
     const tail = c.length - head - mid;
-    if (tail > 0) done += await edge(fds.buffered, write, view.subarray(head + mid), c.fileOffset + head + mid);
-    if (write && o.fsync) await fdatasync(fds.buffered);
+    if (tail > 0) done += await edge(f.fd, write, region, c.bufOffset + head + mid, tail, c.fileOffset + head + mid);
+    if (write && c.fsync) await fdatasync(f.fd);
     return done;
   } finally {
     lease.release();
-    await fds?.close();
+    await f?.close();
   }
 }
 

@@ -1,7 +1,7 @@
-/** save(): buffers to a file, crash-safe by default (temporary file, fsync, rename, fsync of the folder). */
+/** save(): buffers to a file, crash-safe by default (an unnamed file, fsync, link and rename, fsync of the folder). */
 import { LoadedBuffer } from '../core/buffer.js';
 import { AbortError, invalidType } from '../core/errors.js';
-import { createWriter } from './writer.js';
+import { openWriter } from './writer.js';
 import type { WriterOptions, WriterResult } from './writer.js';
 
 export type SaveSource = LoadedBuffer | Uint8Array | ReadonlyArray<LoadedBuffer | Uint8Array>;
@@ -25,14 +25,14 @@ export async function save(source: SaveSource, path: string, options: SaveOption
   const leases = list.map((s) => (s instanceof LoadedBuffer ? s.borrow('the buffer to save') : undefined));
   try {
     const total = list.reduce((n, x) => n + (x instanceof LoadedBuffer ? x.size : x.length), 0);
-    const writer = await createWriter(path, { ...options, atomic: options.atomic ?? true, expectedSize: total });
+    const writer = await openWriter(path, { ...options, expectedSize: total });
     try {
       for (const [i, s] of list.entries()) {
         options.signal?.throwIfAborted();
         const lease = leases[i];
-        const bytes = s instanceof LoadedBuffer ? (lease!.mapping ? new Uint8Array(lease!.mapping, 0, s.size) : new Uint8Array(0)) : s;
-        // Mappings direct I/O cannot read from (dma-heap) go through the writer's staging buffers.
-        await writer.write(bytes, { copy: lease !== undefined && !lease.directInto });
+        // Mappings direct I/O cannot read from (dma-heap) go through the writer's staging slots.
+        if (!(s instanceof LoadedBuffer)) await writer.write(s);
+        else if (s.size > 0) await writer.writeRegion(lease!.region!, 0, s.size, { copy: !lease!.directInto });
       }
       return await writer.close();
     } catch (e) {

@@ -1,36 +1,44 @@
 /**
  * createWriter: sequential writes at device speed. Callers write Uint8Arrays of any size; the writer batches them
- * into aligned staging buffers, keeps several direct writes in flight, applies backpressure (write() resolves when
- * the bytes are taken and there is room for more), and close() writes the tail, syncs and reports. With
- * `atomic`, it writes a hidden temporary file beside the destination and renames it over the destination only
- * once every byte is on disk: a reader sees the old file or the new one, never a torn one.
+ * into aligned staging slots, keeps several direct writes in flight on one persistent native queue (one thread and
+ * one ring for the writer's whole life), applies backpressure (write() resolves when the bytes are taken and there
+ * is room for more), and close() writes the tail, syncs and reports. Atomic by default: the file has no name until
+ * close() (O_TMPFILE), so a killed writer leaves nothing behind and readers see the old file or the new one.
+ *
+ * States: open → closing → closed, or → failed (any error or abort, after which only abort() does anything).
  */
-import fs, { constants as FS, promises as fsp } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import { promisify } from 'node:util';
-import * as engine from '../engine/engine.js';
-import { AbortError, DmaloadError, invalidType, requireMultiple } from '../core/errors.js';
-import { dioAlign, directUnsupported, reopenDirect, requireRegular } from '../pipeline/source.js';
-import type { IoMode } from '../pipeline/source.js';
+import { AbortError, DmaloadError, invalidType } from '../core/errors.js';
+import { MiB, roundUp } from '../core/util.js';
 import { native } from '../engine/binding.js';
-import { anonymous } from '../engine/memory.js';
-import { MiB, enumOption, intOption, roundUp } from '../core/util.js';
+import type { Region, TransferTarget } from '../engine/binding.js';
+import { IoQueue } from '../engine/engine.js';
+import { anonymous, bytesOf } from '../engine/memory.js';
+import { openDestination } from '../pipeline/destination.js';
+import type { Destination } from '../pipeline/destination.js';
+import type { IoMode } from '../pipeline/source.js';
+import { aliased, boolOption, byteCountOption, ioOption, knob, DEFAULTS, modeOption, optionsObject, pathOption, signalOption } from './options.js';
 
 export interface WriterOptions {
-  /** 'auto' (default) and 'direct' write with O_DIRECT where the file system allows; 'buffered' through the cache. */
+  /** 'auto' (default) writes with O_DIRECT where the file system allows; 'direct' requires it; 'buffered' through the cache. */
   io?: IoMode;
-  /** Writes in flight. Default 8. */
+  /** Writes in flight. Default 8; env DMALOAD_QUEUE_DEPTH. */
   queueDepth?: number;
-  /** Bytes per staging buffer (one write). Default 8 MiB; a multiple of 4096. */
+  /** Bytes per write (one staging slot). Default 8 MiB, a multiple of 4096; env DMALOAD_CHUNK_SIZE. */
+  chunkSize?: number;
+  /** @deprecated The former name of `chunkSize`. */
   bufferSize?: number;
-  /** Write a temporary file and rename it over `path` at close(). Default false. */
+  /**
+   * Write an unnamed file and give it the destination's name only at close(): readers see the old file or the new
+   * one, and a crash leaves nothing. Default true (since 0.2; it was false for createWriter before).
+   */
   atomic?: boolean;
   /** fsync the file (and, when atomic, its folder) at close(). Default true. */
   fsync?: boolean;
   /** Bytes the file will hold, when known: allocated at once (save() passes it). Otherwise allocated in steps. */
   expectedSize?: number;
-  /** File mode for a new file. Default: the replaced file's mode, else 0o644. */
+  /** File mode. Default: the replaced file's mode, else 0o644 (exact, whatever the umask). */
   mode?: number;
   signal?: AbortSignal;
 }
@@ -45,230 +53,266 @@ export interface WriterResult {
 export interface Writer {
   /**
    * Takes the bytes and resolves when there is room for more. Small or unaligned chunks are copied into staging
-   * buffers; a chunk of at least `bufferSize` bytes at an aligned address is written in place by direct I/O (no
-   * copy) — do not change a chunk until its write() resolves, and await each write() before the next.
+   * slots; a chunk of at least `chunkSize` bytes at an aligned address is written in place by direct I/O (no copy)
+   * — do not change a chunk until its write() resolves, and await each write() before the next.
    * `copy: true` forces the copy (for memory that direct I/O cannot read from, such as a dma-heap mapping).
    */
   write(chunk: Uint8Array, opts?: { copy?: boolean }): Promise<void>;
-  /** Writes the tail, syncs, renames (atomic) and reports. */
+  /** Writes the tail, syncs, names the file (atomic) and reports. */
   close(): Promise<WriterResult>;
-  /** Stops, closes the file and removes the temporary file (atomic); idempotent. */
+  /** Stops, closes the file and discards it (atomic) or keeps what was written; idempotent. */
   abort(reason?: unknown): Promise<void>;
   readonly bytesWritten: number;
 }
 
-const fsync = promisify(fs.fsync);
-const PREALLOC_STEP = 256 * MiB;
 const fdatasync = promisify(fs.fdatasync);
 const ftruncate = promisify(fs.ftruncate);
+/** Space is allocated ahead in steps of this much when the final size is not known. */
+const PREALLOC_STEP = 256 * MiB;
 
-/** A hidden name beside `path`, recognisable as ours: `.NAME.dmaload-PID-RANDOM.tmp`. */
-export function tempNameFor(path: string): string {
-  return join(dirname(path), `.${basename(path)}.dmaload-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+/** Creates `path` (or replaces it at close(), atomic) and returns a writer for it. */
+export async function createWriter(path: string, options: WriterOptions = {}): Promise<Writer> {
+  return openWriter(path, options);
 }
 
-export async function createWriter(path: string, options: WriterOptions = {}): Promise<Writer> {
-  if (typeof path !== 'string' || path === '') throw invalidType('path', 'a non-empty string', path);
-  const io = enumOption('io', options.io, ['auto', 'direct', 'buffered'] as const, 'auto');
-  const depth = intOption('queueDepth', options.queueDepth, 'DMALOAD_WRITE_DEPTH', 8, 1, 64);
-  const bufferSize = intOption('bufferSize', options.bufferSize, 'DMALOAD_WRITE_BUFFER', 8 * MiB, 4096, 1024 * MiB, true);
-  requireMultiple('bufferSize', bufferSize, 4096);
-  const atomic = options.atomic ?? false;
-  const doSync = options.fsync ?? true;
-  if (typeof atomic !== 'boolean') throw invalidType('atomic', 'a boolean', atomic);
-  if (typeof doSync !== 'boolean') throw invalidType('fsync', 'a boolean', doSync);
-  if (options.expectedSize !== undefined && (!Number.isSafeInteger(options.expectedSize) || options.expectedSize < 0)) throw invalidType('expectedSize', 'a byte count', options.expectedSize);
-  if (options.mode !== undefined && (!Number.isInteger(options.mode) || options.mode < 0 || options.mode > 0o7777)) throw invalidType('mode', 'a file mode such as 0o644', options.mode);
-  const signal = options.signal;
+/** @internal The writer with the methods save() and copy() use to write from regions. */
+export async function openWriter(path: string, options: WriterOptions = {}): Promise<CaptureWriter> {
+  pathOption('path', path);
+  const o = optionsObject(options);
+  const chunk = knob('chunkSize', aliased(o as Record<string, unknown>, 'chunkSize', 'bufferSize'), DEFAULTS.write.chunkSize, o.chunkSize === undefined && o.bufferSize !== undefined ? 'bufferSize' : 'chunkSize');
+  const depth = knob('queueDepth', o.queueDepth, DEFAULTS.write.queueDepth);
+  const io = ioOption(o.io);
+  const atomic = boolOption('atomic', o.atomic, true);
+  const sync = boolOption('fsync', o.fsync, true);
+  const expected = byteCountOption('expectedSize', o.expectedSize);
+  const mode = modeOption(o.mode);
+  const signal = signalOption(o.signal);
   signal?.throwIfAborted();
-
-  const existing = await fsp.stat(path).catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? undefined : Promise.reject(e)));
-  if (existing) requireRegular(existing, path);
-  const mode = options.mode ?? (existing ? existing.mode & 0o7777 : 0o644);
-  const file = atomic ? tempNameFor(path) : path;
-  const t0 = performance.now();
-
-  const handle = await fsp.open(file, FS.O_WRONLY | FS.O_CREAT | (atomic ? FS.O_EXCL : FS.O_TRUNC), mode);
-  let direct: fsp.FileHandle | undefined;
-  let staging: ArrayBuffer | undefined;
+  const dest = await openDestination(path, { atomic, io, mode });
+  let staging: Region | undefined;
+  let queue: IoQueue | undefined;
   try {
-    if (atomic || options.mode !== undefined) await handle.chmod(mode); // exact, whatever the umask
-    if (io !== 'buffered' && dioAlign(handle.fd).offsetAlign > 0) {
-      direct = await reopenDirect(handle.fd, FS.O_WRONLY);
-    }
-    if (io === 'direct' && !direct) throw directUnsupported(path);
-    staging = anonymous(bufferSize * depth, false);
+    staging = anonymous(chunk * depth, false, path);
+    queue = new IoQueue(dest.direct ? dest.directFd : dest.fd, { write: true, direct: dest.direct, depth, path });
   } catch (e) {
-    await direct?.close().catch(() => {});
-    await handle.close().catch(() => {});
-    if (atomic) await fsp.unlink(file).catch(() => {});
+    if (staging) native.munmap(staging);
+    await dest.close();
     throw e;
   }
-  const dio = dioAlign(handle.fd);
-  const block = direct ? Math.max(dio.offsetAlign, 1) : 1;
-  const memAlign = Math.max(dio.memAlign, 1);
-  const wfd = direct ? direct.fd : handle.fd;
-  const mem = staging;
-  const free: number[] = Array.from({ length: depth }, (_, i) => depth - 1 - i);
-  const inflight = new Map<number, Promise<void>>();
-  let cur = free.pop()!;
-  let fill = 0;
-  let fileOff = 0;
-  let written = 0;
-  let failure: unknown;
-  let state: 'open' | 'closing' | 'done' = 'open';
-  const tune = { chunk: bufferSize, depth: 1 };
+  const w = new CaptureWriter(dest, queue, staging, { chunk, depth, sync, signal });
+  if (expected !== undefined) w.preallocate(expected);
+  return w;
+}
 
-  // Space is allocated ahead of the writes (fallocate, which moves the file's size): on ext4 a direct write that
-  // extends the file takes the inode lock exclusively, so extending writes cannot run in parallel. close() cuts the
-  // file to the bytes written.
-  let allocated = 0;
-  let canAllocate = true;
-  function preallocate(upTo: number): void {
-    if (!canAllocate || upTo <= allocated) return;
-    const want = Math.max(upTo, allocated + PREALLOC_STEP);
-    const r = native.fallocate(handle.fd, 0, allocated, want - allocated);
+/** @internal */
+export class CaptureWriter implements Writer {
+  #dest: Destination;
+  #queue: IoQueue;
+  #staging: Region;
+  #chunk: number;
+  #depth: number;
+  #sync: boolean;
+  #signal: AbortSignal | undefined;
+  #block: number;
+  #memAlign: number;
+  #t0 = performance.now();
+  #state: 'open' | 'closing' | 'closed' | 'failed' = 'open';
+  #busy = false;
+  #failure: { error: unknown } | undefined;
+  /** Staging slots not in flight; the slot being filled is `#cur`, holding `#fill` bytes. */
+  #free: number[];
+  #cur: number;
+  #fill = 0;
+  /** File offset of the next byte taken; bytes whose writes completed. */
+  #fileOff = 0;
+  #written = 0;
+  #inflight = new Set<Promise<void>>();
+  #allocated = 0;
+  #canAllocate = true;
+
+  constructor(dest: Destination, queue: IoQueue, staging: Region, o: { chunk: number; depth: number; sync: boolean; signal: AbortSignal | undefined }) {
+    this.#dest = dest;
+    this.#queue = queue;
+    this.#staging = staging;
+    this.#chunk = o.chunk;
+    this.#depth = o.depth;
+    this.#sync = o.sync;
+    this.#signal = o.signal;
+    this.#block = dest.direct ? Math.max(dest.align.offsetAlign, 1) : 1;
+    this.#memAlign = Math.max(dest.align.memAlign, 1);
+    this.#free = Array.from({ length: o.depth }, (_, i) => o.depth - 1 - i);
+    this.#cur = this.#free.pop()!;
+    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  #onAbort = (): void => this.#fail(new AbortError(undefined, { cause: this.#signal?.reason }));
+
+  get bytesWritten(): number {
+    return this.#written;
+  }
+
+  /**
+   * Allocates the file's space ahead of the writes (fallocate moves its size): on ext4 a direct write that extends
+   * the file takes the inode lock exclusively, so extending writes cannot run in parallel. close() cuts the file
+   * to the bytes written.
+   */
+  preallocate(upTo: number): void {
+    if (!this.#canAllocate || upTo <= this.#allocated) return;
+    const want = Math.max(upTo, this.#allocated + PREALLOC_STEP);
+    const r = native.fallocate(this.#dest.fd, 0, this.#allocated, want - this.#allocated);
     // EOPNOTSUPP and friends: writes just extend the file as they go; ENOSPC shows up in the writes themselves.
-    if (r < 0) canAllocate = false;
-    else allocated = want;
-  }
-  if (options.expectedSize !== undefined) preallocate(options.expectedSize);
-
-  function submit(slot: number, len: number, at: number): void {
-    preallocate(at + len + bufferSize * depth);
-    const p = engine
-      .run({ fd: wfd, write: true, direct: Boolean(direct), buffer: mem, segments: [at, slot * bufferSize, len], padTo: 1, bounce: false, populate: false, tuning: tune, path, signal })
-      .then(
-        () => {
-          written += len;
-        },
-        (e: unknown) => {
-          failure ??= e;
-        },
-      )
-      .finally(() => {
-        inflight.delete(slot);
-        free.push(slot);
-      });
-    inflight.set(slot, p);
+    if (r < 0) this.#canAllocate = false;
+    else this.#allocated = want;
   }
 
-  async function room(): Promise<void> {
-    while (free.length === 0) await Promise.race(inflight.values());
-    if (failure) throw failure;
+  async write(chunk: Uint8Array, opts?: { copy?: boolean }): Promise<void> {
+    if (!(chunk instanceof Uint8Array)) throw invalidType('chunk', 'a Uint8Array', chunk);
+    const zeroCopy = opts?.copy !== true && chunk.buffer instanceof ArrayBuffer ? { target: chunk.buffer, offset: chunk.byteOffset } : undefined;
+    await this.#guarded(() => this.#take(chunk.length, zeroCopy, (off, n) => chunk.subarray(off, off + n)));
   }
 
-  async function cleanup(removeTemp: boolean): Promise<void> {
-    await Promise.allSettled(inflight.values());
-    await direct?.close().catch(() => {});
-    await handle.close().catch(() => {});
-    native.munmap(mem);
-    if (removeTemp && atomic) await fsp.unlink(file).catch(() => {});
+  /** @internal Writes `length` bytes of a region from `offset`: in place where direct I/O can read it, else copied. */
+  async writeRegion(region: Region, offset: number, length: number, opts: { copy: boolean }): Promise<void> {
+    await this.#guarded(() => this.#take(length, opts.copy ? undefined : { target: region, offset }, (off, n) => bytesOf(region, offset + off, n)));
   }
 
-  let busy = false;
+  async #guarded(fn: () => Promise<void>): Promise<void> {
+    if (this.#state === 'failed' && this.#failure) throw this.#failure.error;
+    if (this.#state !== 'open') throw this.#closedError();
+    if (this.#busy) throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${this.#dest.path}' is still pending; await each write() before the next`, { path: this.#dest.path });
+    if (this.#failure) throw this.#failure.error;
+    this.#signal?.throwIfAborted();
+    this.#busy = true;
+    try {
+      await fn();
+    } catch (e) {
+      this.#fail(e);
+      throw e;
+    } finally {
+      this.#busy = false;
+    }
+  }
 
-  /** Zero-copy when it can: big, aligned memory at an aligned file offset is written by direct I/O in place. */
-  async function take(chunk: Uint8Array, copy: boolean): Promise<void> {
+  /** Takes `length` bytes: whole chunks in place when `inPlace` memory is aligned, the rest through staging. */
+  async #take(length: number, inPlace: { target: TransferTarget; offset: number } | undefined, slice: (off: number, n: number) => Uint8Array): Promise<void> {
     let off = 0;
-    if (direct && !copy && fill === 0 && chunk.buffer instanceof ArrayBuffer && chunk.length >= bufferSize) {
-      const addr = native.address(chunk.buffer) + BigInt(chunk.byteOffset);
-      if (addr % BigInt(memAlign) === 0n) {
-        const len = chunk.length - (chunk.length % block);
-        preallocate(fileOff + len);
-        try {
-          await engine.run({ fd: wfd, write: true, direct: true, buffer: chunk.buffer, segments: [fileOff, chunk.byteOffset, len], padTo: 1, bounce: false, populate: false, tuning: { chunk: bufferSize, depth }, path, signal });
-        } catch (e) {
-          failure ??= e;
-          throw e;
-        }
-        fileOff += len;
-        written += len;
-        off = len;
+    if (this.#dest.direct && inPlace && this.#fill === 0 && length >= this.#chunk && (native.address(inPlace.target) + BigInt(inPlace.offset)) % BigInt(this.#memAlign) === 0n) {
+      const len = length - (length % this.#block);
+      this.preallocate(this.#fileOff + len);
+      // The caller may reuse the memory once write() resolves: wait for these writes, not just for room.
+      const mine: Array<Promise<void>> = [];
+      for (; off < len; off += this.#chunk) {
+        await this.#room();
+        mine.push(this.#submit(inPlace.target, inPlace.offset + off, Math.min(this.#chunk, len - off)));
       }
+      await Promise.all(mine);
+      if (this.#failure) throw this.#failure.error;
     }
-    while (off < chunk.length) {
-      const n = Math.min(bufferSize - fill, chunk.length - off);
-      new Uint8Array(mem, cur * bufferSize + fill, n).set(chunk.subarray(off, off + n));
-      fill += n;
+    while (off < length) {
+      const n = Math.min(this.#chunk - this.#fill, length - off);
+      bytesOf(this.#staging, this.#cur * this.#chunk + this.#fill, n).set(slice(off, n));
+      this.#fill += n;
       off += n;
-      if (fill === bufferSize) {
-        submit(cur, bufferSize, fileOff);
-        fileOff += bufferSize;
-        fill = 0;
-        await room();
-        cur = free.pop()!;
-      }
+      if (this.#fill === this.#chunk) await this.#flushSlot(this.#chunk);
     }
   }
 
-  const writer: Writer = {
-    get bytesWritten() {
-      return written;
-    },
-    async write(chunk: Uint8Array, opts?: { copy?: boolean }) {
-      if (!(chunk instanceof Uint8Array)) throw invalidType('chunk', 'a Uint8Array', chunk);
-      if (state !== 'open') throw new DmaloadError('ERR_WRITER_CLOSED', `The writer for '${path}' is closed`, { path });
-      if (busy) throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${path}' is still pending; await each write() before the next`, { path });
-      if (failure) throw failure;
-      signal?.throwIfAborted();
-      busy = true;
-      try {
-        await take(chunk, opts?.copy === true);
-      } finally {
-        busy = false;
+  /** Submits the slot being filled (`len` bytes, padding included) and takes the next free one. */
+  async #flushSlot(len: number): Promise<void> {
+    const slot = this.#cur;
+    const p = this.#submit(this.#staging, slot * this.#chunk, len);
+    void p.then(() => this.#free.push(slot), () => this.#free.push(slot));
+    this.#fill = 0;
+    await this.#room();
+    this.#cur = this.#free.pop()!;
+  }
+
+  /** One write of `len` bytes at the current file offset, tracked until it completes. */
+  #submit(target: TransferTarget, offset: number, len: number): Promise<void> {
+    const at = this.#fileOff;
+    this.#fileOff += len;
+    this.preallocate(at + len + this.#chunk * this.#depth);
+    const p = this.#queue.submit(target, offset, at, len).then(
+      (n) => {
+        this.#written += n;
+      },
+      (e: unknown) => this.#fail(e),
+    );
+    this.#inflight.add(p);
+    void p.finally(() => this.#inflight.delete(p));
+    return p;
+  }
+
+  /** Waits until a staging slot is free and fewer than queueDepth writes are in flight. */
+  async #room(): Promise<void> {
+    while (this.#inflight.size >= this.#depth || (this.#free.length === 0 && this.#inflight.size > 0)) await Promise.race(this.#inflight);
+    if (this.#failure) throw this.#failure.error;
+  }
+
+  #fail(e: unknown): void {
+    if (this.#failure) return;
+    this.#failure = { error: e };
+    if (this.#state === 'open') this.#state = 'failed';
+    this.#queue.cancel();
+  }
+
+  #closedError(): DmaloadError {
+    return new DmaloadError('ERR_WRITER_CLOSED', `The writer for '${this.#dest.path}' is closed`, { path: this.#dest.path });
+  }
+
+  async close(): Promise<WriterResult> {
+    if (this.#state !== 'open') throw this.#failure && this.#state === 'failed' ? this.#failure.error : this.#closedError();
+    if (this.#busy) throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${this.#dest.path}' is still pending; await it before close()`, { path: this.#dest.path });
+    this.#state = 'closing';
+    try {
+      const size = this.#fileOff + this.#fill;
+      if (this.#fill > 0) {
+        // The tail, padded with zeros to a whole block for direct I/O; the truncate below cuts the padding off.
+        const padded = roundUp(this.#fill, this.#block);
+        bytesOf(this.#staging, this.#cur * this.#chunk + this.#fill, padded - this.#fill).fill(0);
+        const tail = this.#fill;
+        void this.#submit(this.#staging, this.#cur * this.#chunk, padded).then(() => (this.#written -= padded - tail));
+        this.#fill = 0;
       }
-    },
-    async close() {
-      if (state !== 'open') throw new DmaloadError('ERR_WRITER_CLOSED', `The writer for '${path}' is already closed`, { path });
-      state = 'closing';
-      try {
-        if (failure) throw failure;
-        if (fill > 0) {
-          // The tail: padded with zeros to a whole block for direct I/O; the truncate below cuts the padding off.
-          const padded = roundUp(fill, block);
-          new Uint8Array(mem, cur * bufferSize + fill, padded - fill).fill(0);
-          submit(cur, padded, fileOff);
-          const tail = fill;
-          fileOff += tail;
-          fill = 0;
-          await Promise.all(inflight.values());
-          written -= padded - tail;
-        }
-        await Promise.all(inflight.values());
-        if (failure) throw failure;
-        if (allocated > 0 || fileOff % block !== 0) await ftruncate(handle.fd, fileOff);
-        if (doSync) await fdatasync(handle.fd);
-        if (atomic) {
-          await fsp.rename(file, path);
-          if (doSync) {
-            const d = await fsp.open(dirname(path), FS.O_RDONLY | FS.O_DIRECTORY);
-            try {
-              await fsync(d.fd);
-            } finally {
-              await d.close();
-            }
-          }
-        }
-        await cleanup(false);
-        state = 'done';
-        const ms = Math.round((performance.now() - t0) * 100) / 100;
-        return { bytes: fileOff, ms, bytesPerSec: ms > 0 ? Math.round(fileOff / (ms / 1000)) : 0, io: direct ? 'direct' : 'buffered' };
-      } catch (e) {
-        state = 'done';
-        await cleanup(true);
-        throw e;
-      }
-    },
-    async abort(reason?: unknown) {
-      if (state === 'done') return;
-      state = 'done';
-      failure ??= reason ?? new AbortError();
-      await Promise.allSettled(inflight.values());
-      // A kept (non-atomic) file holds what was submitted, not the space allocated ahead.
-      if (!atomic && allocated > 0) await ftruncate(handle.fd, fileOff).catch(() => {});
-      await cleanup(true);
-    },
-  };
-  return writer;
+      await this.#drain();
+      if (this.#failure) throw this.#failure.error;
+      if (this.#allocated > 0 || size % this.#block !== 0) await ftruncate(this.#dest.fd, size);
+      if (this.#sync) await fdatasync(this.#dest.fd);
+      await this.#dest.commit(this.#sync);
+      await this.#release();
+      this.#state = 'closed';
+      const ms = Math.round((performance.now() - this.#t0) * 100) / 100;
+      return { bytes: size, ms, bytesPerSec: ms > 0 ? Math.round(size / (ms / 1000)) : 0, io: this.#dest.direct ? 'direct' : 'buffered' };
+    } catch (e) {
+      this.#fail(e);
+      this.#state = 'failed';
+      await this.#release();
+      throw e;
+    }
+  }
+
+  async abort(reason?: unknown): Promise<void> {
+    if (this.#state === 'closed') return;
+    this.#fail(reason ?? new AbortError());
+    this.#state = 'failed';
+    await this.#release();
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+  }
+
+  #released = false;
+  /** Waits for every write, then closes the queue, the file (discarding an uncommitted one) and the staging. */
+  async #release(): Promise<void> {
+    if (this.#released) return;
+    this.#released = true;
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+    await this.#drain();
+    await this.#queue.close().catch(() => {});
+    // A kept (non-atomic) file holds what was written, not the space allocated ahead.
+    if (this.#state !== 'closed' && this.#allocated > 0) await ftruncate(this.#dest.fd, this.#written).catch(() => {});
+    await this.#dest.close();
+    native.munmap(this.#staging);
+  }
 }

@@ -41,13 +41,12 @@ export function progressBar(io: CliIO, label: string): { update(bytes: number, t
   };
 }
 
-/** SHA-256 of a large buffer in slices, yielding to the event loop between them. */
-export async function sha256(bytes: Uint8Array): Promise<string> {
+/** SHA-256 of a buffer of any size in 64 MiB windows, yielding to the event loop between them. */
+export async function sha256(buffer: { windows(size: number): Iterable<Uint8Array> }): Promise<string> {
   const h = createHash('sha256');
-  const slice = 64 * 1024 * 1024;
-  for (let off = 0; off < bytes.length; off += slice) {
-    h.update(bytes.subarray(off, Math.min(bytes.length, off + slice)));
-    if (off + slice < bytes.length) await new Promise((r) => setImmediate(r));
+  for (const w of buffer.windows(64 * 1024 * 1024)) {
+    h.update(w);
+    await new Promise((r) => setImmediate(r));
   }
   return h.digest('hex');
 }

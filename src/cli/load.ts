@@ -105,7 +105,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       chunkSize: s.chunkSize,
       queueDepth: s.queueDepth,
     };
-    if (values.hash) out.sha256 = await sha256(buf.bytes);
+    if (values.hash) out.sha256 = await sha256(buf);
     if (values.json) {
       io.stdout(JSON.stringify(out) + '\n');
     } else {

@@ -1,5 +1,9 @@
 /** LoadedBuffer: what load() returns — the bytes, their fds, what it cost — and the one way to free them. */
-import { DmaloadError } from './errors.js';
+import { native } from '../engine/binding.js';
+import type { Region } from '../engine/binding.js';
+import { bytesOf } from '../engine/memory.js';
+import { DmaloadError, outOfRange } from './errors.js';
+import { formatBytes } from './util.js';
 import type { Allocation, Part, TargetName } from '../targets/types.js';
 
 /** One part's share of a load: where it is, and its allocation and I/O wall times. */
@@ -44,6 +48,13 @@ export interface LoadStats {
   queueDepth: number;
 }
 
+/**
+ * A loaded (or allocated) buffer: its bytes, its fds, what loading it cost, and the one way to free it.
+ *
+ * `bytes` is one zero-copy view of the whole buffer where the runtime allows a typed array that long (Node 22+:
+ * any size; Node 20: up to 4 GiB). Beyond that, `bytes` throws ERR_BUFFER_TOO_LARGE and `view(offset, length)`
+ * gives windows of any part.
+ */
 export class LoadedBuffer implements AsyncDisposable {
   readonly path: string;
   readonly size: number;
@@ -55,7 +66,7 @@ export class LoadedBuffer implements AsyncDisposable {
   #bytes: Uint8Array | undefined;
   #parts: Part[];
 
-  /** @internal Built by load(); takes ownership of `alloc`. */
+  /** @internal Built by load() and allocate(); takes ownership of `alloc`. */
   constructor(path: string, size: number, target: TargetName, alloc: Allocation, parts: Part[], stats: LoadStats) {
     this.path = path;
     this.size = size;
@@ -63,7 +74,6 @@ export class LoadedBuffer implements AsyncDisposable {
     this.stats = stats;
     this.#alloc = alloc;
     this.#parts = parts;
-    this.#bytes = alloc.mapping ? new Uint8Array(alloc.mapping, 0, size) : new Uint8Array(0);
   }
 
   #live(what: string): Allocation {
@@ -73,10 +83,45 @@ export class LoadedBuffer implements AsyncDisposable {
     return this.#alloc;
   }
 
-  /** The file's bytes: a zero-copy view over the target's mapping, exactly `size` long. Invalid after close(). */
+  /**
+   * The whole buffer: a zero-copy view over the target's mapping, exactly `size` long. Invalid after close().
+   * @throws DmaloadError ERR_BUFFER_TOO_LARGE where the runtime cannot make a typed array of `size` bytes (Node 20
+   *   past 4 GiB): use {@link view} for windows, or Node 22+.
+   */
   get bytes(): Uint8Array {
-    this.#live('the bytes');
-    return this.#bytes!;
+    const a = this.#live('the bytes');
+    if (this.#bytes) return this.#bytes;
+    const max = native.maxView();
+    if (this.size > max) {
+      throw new DmaloadError(
+        'ERR_BUFFER_TOO_LARGE',
+        `The buffer loaded from '${this.path}' is ${formatBytes(this.size)}, longer than one typed array can be in Node.js ${process.versions.node} (${formatBytes(max)}); use buffer.view(offset, length) for windows of it, or Node.js 22 or later`,
+        { path: this.path },
+      );
+    }
+    this.#bytes = bytesOf(a.region!, 0, this.size);
+    return this.#bytes;
+  }
+
+  /**
+   * A zero-copy view of `length` bytes at `offset` (default: to the end), of any buffer size. A window longer than
+   * one typed array can be (Node 20: 4 GiB) throws ERR_BUFFER_TOO_LARGE. Invalid after close().
+   */
+  view(offset = 0, length = this.size - offset): Uint8Array {
+    const a = this.#live('a view');
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > this.size) throw outOfRange('offset', `an integer >= 0 and <= ${this.size}`, offset);
+    if (!Number.isSafeInteger(length) || length < 0 || offset + length > this.size) throw outOfRange('length', `an integer >= 0 and <= ${this.size - offset}`, length);
+    if (this.#bytes) return this.#bytes.subarray(offset, offset + length);
+    if (length > native.maxView()) {
+      throw new DmaloadError('ERR_BUFFER_TOO_LARGE', `A view of ${formatBytes(length)} is longer than one typed array can be in Node.js ${process.versions.node}; take smaller windows`, { path: this.path });
+    }
+    if (this.size <= native.maxView()) return this.bytes.subarray(offset, offset + length);
+    return bytesOf(a.region!, offset, length);
+  }
+
+  /** Windows of at most `size` bytes covering the buffer in order (for hashing or copying a buffer of any size). */
+  *windows(size = 1 << 30): Generator<Uint8Array> {
+    for (let off = 0; off < this.size; off += size) yield this.view(off, Math.min(size, this.size - off));
   }
 
   /** The memfd (memfd target) or the first dma-buf fd; -1 for process memory. Closed by close(). */
@@ -95,15 +140,16 @@ export class LoadedBuffer implements AsyncDisposable {
   }
 
   /**
-   * @internal Borrows the mapping for I/O (readInto, writeFrom, save). A close() meanwhile refuses new use at once
-   * but frees the memory only after the last borrower returns: the kernel may still be writing into it.
+   * @internal Borrows the region for I/O (readInto, writeFrom, save, load into). A close() meanwhile refuses new
+   * use at once but frees the memory only after the last borrower returns (the addon also holds the region for
+   * any job still running).
    */
-  borrow(what: string): { mapping: ArrayBuffer | undefined; directInto: boolean; release(): void } {
+  borrow(what: string): { region: Region | undefined; directInto: boolean; release(): void } {
     const a = this.#live(what);
     this.#busy++;
     let released = false;
     return {
-      mapping: a.mapping,
+      region: a.region,
       directInto: a.directInto,
       release: () => {
         if (released) return;
@@ -113,7 +159,7 @@ export class LoadedBuffer implements AsyncDisposable {
     };
   }
 
-  /** Frees every mapping and fd. Idempotent; views from `bytes` become empty. */
+  /** Frees every mapping and fd. Idempotent; views from `bytes` and `view()` become empty. */
   close(): void {
     if (!this.#alloc) return;
     this.#closing = this.#alloc;

@@ -92,11 +92,6 @@ export function outOfRange(name: string, range: string, got: unknown): RangeErro
   return e;
 }
 
-/** RangeError unless `value` is a multiple of `of` (sizes that direct I/O and mappings need whole). */
-export function requireMultiple(name: string, value: number, of: number): void {
-  if (value % of !== 0) throw outOfRange(name, `a multiple of ${of}`, value);
-}
-
 function describe(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v);
   if (typeof v === 'bigint') return `${v}n`;

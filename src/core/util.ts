@@ -1,6 +1,5 @@
 /** Small shared helpers: sizes, alignment, option parsing with environment defaults, memory facts. */
 import { readFileSync } from 'node:fs';
-import { invalidType, invalidValue, outOfRange } from './errors.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -32,32 +31,6 @@ export function formatBytes(n: number): string {
     i++;
   }
   return `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
-}
-
-/**
- * An integer option: the caller's value, else the environment variable, else the default. Values from either
- * source are checked the same way, so a bad DMALOAD_* variable fails as clearly as a bad option.
- */
-export function intOption(name: string, value: unknown, env: string, dflt: number, min: number, max: number, sizeLike = false): number {
-  let v: unknown = value;
-  let label = name;
-  if (v === undefined) {
-    const e = process.env[env];
-    if (e === undefined || e === '') return dflt;
-    v = sizeLike ? parseSize(e) ?? e : Number(e);
-    label = env;
-  }
-  if (typeof v !== 'number') throw invalidType(label, 'a number', v);
-  if (!Number.isSafeInteger(v) || v < min || v > max) throw outOfRange(label, `an integer >= ${min} and <= ${max}`, v);
-  return v;
-}
-
-export function enumOption<T extends string>(name: string, value: unknown, allowed: readonly T[], dflt: T): T {
-  if (value === undefined) return dflt;
-  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
-    throw invalidValue(name, value, `must be one of ${allowed.map((a) => `'${a}'`).join(', ')}`);
-  }
-  return value as T;
 }
 
 /** MemAvailable from /proc/meminfo, in bytes. */

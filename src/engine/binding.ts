@@ -1,24 +1,32 @@
-/**
- * The native addon, typed. Every function is syscall-shaped: it returns a negative errno on failure and trusts its
- * arguments, which the TypeScript layer has already validated.
- */
+/** The native addon, typed, and where it is loaded from. */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setStrerror } from '../core/errors.js';
 
+/**
+ * An opaque handle to a mapping the addon made. The addon reference-counts it: its views and every job using it
+ * hold it, so munmap() frees the memory only once no job can still write there.
+ */
+export interface Region {
+  readonly __dmaloadRegion: unique symbol;
+}
+
+/** Memory a transfer may use: one of the addon's regions, or a plain ArrayBuffer (kept alive by the job). */
+export type TransferTarget = Region | ArrayBuffer;
+
 export interface TransferOptions {
   fd: number;
   write: boolean;
   /** The file was opened with O_DIRECT: a short read at an unaligned count is end of file. */
   direct: boolean;
-  buffer: ArrayBuffer;
+  target: TransferTarget;
   /** Flat [fileOffset, bufOffset, length, …], in increasing buffer order. */
   segments: number[];
   chunk: number;
   depth: number;
-  /** Requests are padded up to this many bytes (the direct-I/O block); the buffer must have room. */
+  /** Requests are padded up to this many bytes (the direct-I/O block); the target must have room. */
   padTo: number;
   engine: 'uring' | 'threads';
   /** Read into private aligned buffers and copy out (for mappings that direct I/O cannot target). */
@@ -35,15 +43,50 @@ export interface TransferResult {
   cancelled: boolean;
 }
 
+/** A persistent native queue of reads or writes on one file (one thread, one ring, for a writer's whole life). */
+export interface Queue {
+  readonly __dmaloadQueue: unique symbol;
+}
+
+export interface QueueResult {
+  bytes: number;
+  errno: number;
+  syscall: string;
+}
+
+/** Exact counts of what the addon holds: tests assert they return to baseline after every failure and abort. */
+export interface LiveCounts {
+  mappings: number;
+  jobs: number;
+  threads: number;
+  queues: number;
+  fds: number;
+}
+
+export type FaultOp = 'read' | 'write' | 'enter' | 'mmap' | 'ioctl' | 'thread';
+
+/**
+ * The native addon, typed. Every function checks its own arguments (TypeError/RangeError with a code) and returns
+ * a negative errno when a system call fails; the TypeScript layer validates first and decides policy.
+ */
 export interface Native {
-  mmap(length: number, prot: number, flags: number, fd: number, offset: number, align: number): ArrayBuffer | number;
-  munmap(ab: ArrayBuffer): number;
-  madvise(ab: ArrayBuffer, offset: number, length: number, advice: number): number;
-  mmapInto(ab: ArrayBuffer, offset: number, length: number, prot: number, flags: number, fd: number, fileOffset: number): number;
-  populate(ab: ArrayBuffer, offset: number, length: number): Promise<number>;
-  address(ab: ArrayBuffer): bigint;
+  mmap(length: number, prot: number, flags: number, fd: number, offset: number, align: number): Region | number;
+  /** A zero-copy ArrayBuffer over part of a region (at most maxView() bytes); detached by munmap(). */
+  view(region: Region, offset: number, length: number): ArrayBuffer;
+  /** The longest ArrayBuffer the runtime allows over external memory: 2^32 on Node 20, 2^53 - 1 on Node 22+. */
+  maxView(): number;
+  regionSize(region: Region): number;
+  /** Detaches the views; the memory is unmapped once no job holds the region. */
+  munmap(region: Region): number;
+  madvise(region: Region, offset: number, length: number, advice: number): number;
+  mmapInto(region: Region, offset: number, length: number, prot: number, flags: number, fd: number, fileOffset: number): number;
+  populate(region: Region, offset: number, length: number): Promise<number>;
+  address(target: TransferTarget): bigint;
   /** Mappings made by the addon and not yet unmapped. */
   liveMappings(): number;
+  live(): LiveCounts;
+  /** Test only: the nth `op` from now fails with `errno` (nth 0 clears). */
+  setFault(op: FaultOp, nth: number, errno: number): void;
   strerror(errno: number): string;
   statxDio(fd: number): [memAlign: number, offsetAlign: number] | number;
   memfdCreate(name: string, flags: number): number;
@@ -51,8 +94,15 @@ export interface Native {
   fallocate(fd: number, mode: number, offset: number, length: number): number;
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   residency(fd: number, offset: number, length: number, pages?: Uint8Array): number;
+  clearNonblock(fd: number): number;
+  /** Gives an O_TMPFILE file a name: linkat of /proc/self/fd/N with AT_SYMLINK_FOLLOW. */
+  linkTmpfile(fd: number, path: string): number;
   uringProbe(): number;
   transfer(opts: TransferOptions, onProgress?: (bytes: number) => void): { promise: Promise<TransferResult>; cancel(): void };
+  queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads' }): Queue;
+  queueSubmit(queue: Queue, target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<QueueResult>;
+  queueCancel(queue: Queue): void;
+  queueClose(queue: Queue): Promise<void>;
   /** The bench's sendfile (0), splice (1) and copy_file_range (2) loops, synchronous: bench children only. */
   copyLoop(method: 0 | 1 | 2, inFd: number, outFd: number, length: number, pipeSize: number): number;
   udmabufCreate(devFd: number, memfd: number, items: Array<[offset: number, size: number]>, flags: number): number;
@@ -64,7 +114,8 @@ export interface Native {
     | 'PAGE_SIZE' | 'PROT_READ' | 'PROT_WRITE' | 'MAP_SHARED' | 'MAP_PRIVATE' | 'MAP_ANONYMOUS' | 'MAP_NORESERVE'
     | 'MAP_POPULATE' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING'
     | 'F_SEAL_SEAL' | 'F_SEAL_SHRINK' | 'F_SEAL_GROW' | 'F_SEAL_WRITE' | 'POSIX_FADV_DONTNEED' | 'POSIX_FADV_SEQUENTIAL' | 'POSIX_FADV_RANDOM'
-    | 'DMA_BUF_SYNC_READ' | 'DMA_BUF_SYNC_WRITE' | 'DMA_BUF_SYNC_RW' | 'DMA_BUF_SYNC_START' | 'DMA_BUF_SYNC_END',
+    | 'DMA_BUF_SYNC_READ' | 'DMA_BUF_SYNC_WRITE' | 'DMA_BUF_SYNC_RW' | 'DMA_BUF_SYNC_START' | 'DMA_BUF_SYNC_END' | 'O_TMPFILE'
+    | 'RWF_DONTCACHE' | 'EAGAIN' | 'ECANCELED',
     number
   >;
 }

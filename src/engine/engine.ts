@@ -1,31 +1,20 @@
 /**
- * The I/O engine: moves a byte range between a file and memory with several requests in flight, by io_uring or,
+ * The I/O engine: moves byte ranges between a file and memory with several requests in flight, by io_uring or,
  * where io_uring is refused (seccomp: EPERM/ENOSYS, or an old kernel), by a pool of threads. Runs off the JS
- * thread; reports progress; stops within one request on abort.
+ * thread; reports progress; stops within one request on abort. Two shapes: run() for one job of many segments,
+ * and {@link IoQueue} for a stream of requests on one file (the writer, copy).
  */
-import { AbortError, DmaloadSystemError, errnoCode, requireMultiple } from '../core/errors.js';
+import { AbortError, DmaloadSystemError, errnoCode } from '../core/errors.js';
 import { native } from './binding.js';
-import type { TransferOptions, TransferResult } from './binding.js';
-import { MiB, intOption } from '../core/util.js';
+import type { Queue, TransferOptions, TransferResult, TransferTarget } from './binding.js';
 
 export type EngineName = 'uring' | 'threads';
-
-/** Defaults measured on this project's reference machine (see README, `npm run bench:load`). */
-export const DEFAULT_CHUNK = 4 * MiB;
-export const DEFAULT_DEPTH = 8;
 
 export interface Tuning {
   /** Bytes per request (task size). Option `chunkSize`, env DMALOAD_CHUNK_SIZE. */
   chunk: number;
   /** Requests in flight. Option `queueDepth`, env DMALOAD_QUEUE_DEPTH. */
   depth: number;
-}
-
-export function tuning(opts: { chunkSize?: unknown; queueDepth?: unknown }): Tuning {
-  const chunk = intOption('chunkSize', opts.chunkSize, 'DMALOAD_CHUNK_SIZE', DEFAULT_CHUNK, 4096, 1024 * MiB, true);
-  requireMultiple('chunkSize', chunk, 4096); // direct I/O needs whole blocks in every request but the last
-  const depth = intOption('queueDepth', opts.queueDepth, 'DMALOAD_QUEUE_DEPTH', DEFAULT_DEPTH, 1, 256);
-  return { chunk, depth };
 }
 
 let probed: { engine: EngineName; reason: string | undefined } | undefined;
@@ -50,22 +39,24 @@ export interface RunOptions extends Omit<TransferOptions, 'engine' | 'depth' | '
 
 /**
  * Runs one transfer to completion. Resolves with the native result when the bytes moved (a short read is reported,
- * not thrown: the caller knows what it means); rejects with AbortError on abort and a system error on failure.
+ * not thrown: the caller knows what it means); rejects with AbortError on abort and a system error on failure —
+ * always after the job's last request has ended.
  */
 export async function run(o: RunOptions): Promise<TransferResult & { engine: EngineName }> {
   o.signal?.throwIfAborted();
   const { engine: eng } = engine();
-  let progressError: unknown;
+  let progressError: { error: unknown } | undefined;
   const { tuning: t, path, signal, onProgress, ...rest } = o;
   const job = native.transfer(
     { ...rest, chunk: t.chunk, depth: t.depth, engine: eng },
     onProgress &&
       ((bytes) => {
+        if (progressError) return;
         try {
           onProgress(bytes);
         } catch (e) {
           // A throwing callback ends the transfer with its own error rather than crashing the process.
-          progressError ??= e;
+          progressError = { error: e };
           job.cancel();
         }
       }),
@@ -78,8 +69,45 @@ export async function run(o: RunOptions): Promise<TransferResult & { engine: Eng
   } finally {
     signal?.removeEventListener('abort', onAbort);
   }
-  if (progressError !== undefined) throw progressError;
+  if (progressError) throw progressError.error;
   if (r.cancelled) throw new AbortError(undefined, { cause: signal?.reason });
   if (r.errno) throw new DmaloadSystemError(r.errno, r.syscall, path);
   return { ...r, engine: eng };
+}
+
+/**
+ * A persistent queue on one file: one native thread and ring for its whole life, any number of requests.
+ * submit() resolves with the bytes moved (fewer than asked only at end of file for a read) and rejects with a
+ * system error; close() waits for every request and releases the file.
+ */
+export class IoQueue {
+  readonly engine: EngineName;
+  #q: Queue | undefined;
+  #path: string;
+
+  constructor(fd: number, opts: { write: boolean; direct: boolean; depth: number; path: string }) {
+    this.engine = engine().engine;
+    this.#path = opts.path;
+    this.#q = native.queueOpen({ fd, write: opts.write, direct: opts.direct, depth: opts.depth, engine: this.engine });
+  }
+
+  async submit(target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<number> {
+    if (!this.#q) throw new AbortError('The queue is closed');
+    const r = await native.queueSubmit(this.#q, target, bufOffset, fileOffset, length);
+    if (r.errno === native.constants.ECANCELED) throw new AbortError();
+    if (r.errno) throw new DmaloadSystemError(r.errno, r.syscall, this.#path);
+    return r.bytes;
+  }
+
+  /** Requests not yet handed to the kernel end with AbortError; those in flight finish. */
+  cancel(): void {
+    if (this.#q) native.queueCancel(this.#q);
+  }
+
+  /** Waits for every request, then releases the thread and the file. Idempotent. */
+  async close(): Promise<void> {
+    const q = this.#q;
+    this.#q = undefined;
+    if (q) await native.queueClose(q);
+  }
 }

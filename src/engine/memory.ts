@@ -5,24 +5,35 @@
 import { DmaloadSystemError } from '../core/errors.js';
 import { MiB, roundUp } from '../core/util.js';
 import { C, native } from './binding.js';
+import type { Region } from './binding.js';
 
 export const HUGE = 2 * MiB;
 
-/** Maps `capacity` bytes of anonymous memory; huge-page aligned when that is at least one huge page. */
-export function anonymous(capacity: number, hugePages: boolean, path?: string): ArrayBuffer {
+/** Maps `capacity` bytes of anonymous memory (rounded up to a huge page when that is at least one); huge-page aligned when that is at least one huge page. */
+export function anonymous(capacity: number, hugePages: boolean, path?: string): Region {
   const huge = capacity >= HUGE;
   const len = huge ? roundUp(capacity, HUGE) : capacity;
-  const ab = native.mmap(len, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE, -1, 0, huge ? HUGE : 0);
-  if (typeof ab === 'number') throw new DmaloadSystemError(ab, 'mmap', path);
+  const r = native.mmap(len, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE, -1, 0, huge ? HUGE : 0);
+  if (typeof r === 'number') throw new DmaloadSystemError(r, 'mmap', path);
   // Advice only: the kernel may still use small pages.
-  if (huge && hugePages) native.madvise(ab, 0, len, C.MADV_HUGEPAGE);
-  return ab;
+  if (huge && hugePages) native.madvise(r, 0, len, C.MADV_HUGEPAGE);
+  return r;
 }
 
 /** Faults in [offset, offset+length) of a mapping off the JS thread (MADV_POPULATE_WRITE). */
-export async function populate(mapping: ArrayBuffer, offset: number, length: number, path: string): Promise<void> {
-  const r = await native.populate(mapping, offset, length);
+export async function populate(region: Region, offset: number, length: number, path: string): Promise<void> {
+  const r = await native.populate(region, offset, length);
   // EINVAL: a kernel before 5.14 has no MADV_POPULATE_WRITE; the reads fault the pages in themselves.
   if (r < 0 && r !== -22) throw new DmaloadSystemError(r, 'madvise', path);
 }
 
+
+/** Zeros [offset, offset+length) of a region: the padding past a file's end that whole-block reads filled. */
+export function zero(region: Region, offset: number, length: number): void {
+  if (length > 0) new Uint8Array(native.view(region, offset, length)).fill(0);
+}
+
+/** A Uint8Array over [offset, offset+length) of a region (empty for length 0). */
+export function bytesOf(region: Region, offset: number, length: number): Uint8Array {
+  return length === 0 ? new Uint8Array(0) : new Uint8Array(native.view(region, offset, length));
+}

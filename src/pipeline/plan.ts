@@ -12,8 +12,20 @@ export interface FileRange {
   length: number;
 }
 
+/** Where a load's bytes go. */
+export interface Placement {
+  /** Flat [fileOffset, bufOffset, length, …] for the engine, in buffer order. */
+  segments: number[];
+  /** For each requested range, the buffer offset of its first byte. */
+  offsets: number[];
+  /** Bytes the buffer must hold (whole blocks, whole pages). */
+  capacity: number;
+  /** Bytes the segments add up to. */
+  bytesRead: number;
+}
+
 /** Where each range goes: segments for the engine, and the buffer offset of each range's first byte. */
-export function place(ranges: readonly FileRange[], size: number, block: number): { segments: number[]; offsets: number[]; capacity: number; bytesRead: number } {
+export function place(ranges: readonly FileRange[], size: number, block: number): Placement {
   const segs: Array<{ file: number; buf: number; len: number }> = [];
   const offsets: number[] = [];
   let cursor = 0;

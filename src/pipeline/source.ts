@@ -1,11 +1,18 @@
 /**
- * Opening a source file for a load: refuse what is not a regular file before open() can block on it, open it for
- * direct I/O when its file system allows, and learn the alignment direct I/O needs there.
+ * The one policy for opening files, for every call that reads or writes one: refuse what is not a regular file
+ * before open() can block on it, add an O_DIRECT descriptor where the file system allows, and learn the alignment
+ * direct I/O needs there.
+ *
+ * The rule for io, the same in load, loadRanges, loadModel, readInto, writeFrom, save, createWriter and copy:
+ * - 'direct': O_DIRECT or nothing. A file system without direct I/O (tmpfs, /dev/shm) is ERR_DIRECT_IO_UNSUPPORTED.
+ * - 'auto': O_DIRECT where the file system allows it, else buffered, with the reason in `fallbackReason`.
+ * - 'buffered': the page cache only.
  */
 import { constants as FS, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
-import { C, PAGE_SIZE, native } from '../engine/binding.js';
+import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
+import { native } from '../engine/binding.js';
 
 export type IoMode = 'direct' | 'buffered' | 'auto';
 
@@ -15,18 +22,22 @@ export interface DioAlign {
   offsetAlign: number;
 }
 
-export interface OpenedSource {
+export interface OpenedFile {
+  /** The path, or `fd N` for a caller's FileHandle. */
   path: string;
+  /** Buffered descriptor (the caller's own for a FileHandle): ragged edges, cached ranges, metadata. */
   fd: number;
+  /** The same file with O_DIRECT, or -1. */
+  directFd: number;
+  /** True when `directFd` is open. */
+  direct: boolean;
+  /** The file system's direct-I/O alignment (zeros when `direct` is false). */
+  align: DioAlign;
   size: number;
   stat: Stats;
-  /** The same file without O_DIRECT, for ranges already in the page cache (equal to `fd` when not direct). */
-  bufferedFd: number;
-  /** True when `fd` was opened with O_DIRECT. */
-  direct: boolean;
-  align: DioAlign;
-  /** Why the load is buffered although direct I/O was asked for or preferred; undefined when direct. */
+  /** Why there is no direct descriptor although io 'auto' would have used one; undefined otherwise. */
   fallbackReason: string | undefined;
+  /** Closes what this module opened (never the caller's FileHandle). */
   close(): Promise<void>;
 }
 
@@ -45,66 +56,79 @@ export function dioAlign(fd: number): DioAlign {
 }
 
 /**
- * Opens `path` for reading with the requested io. `direct` and `auto` try O_DIRECT and fall back to buffered
- * reads, with the reason, where the file system cannot do it (tmpfs, or an open() that fails with EINVAL).
+ * Opens `file` (a path, or a caller's open FileHandle that stays the caller's) for reading or for writing (a path
+ * is created when missing, never truncated), with a direct descriptor as `io` says.
  */
-export async function openSource(path: string, io: IoMode): Promise<OpenedSource> {
-  // stat() first: open() of a FIFO blocks until a writer appears, and /dev/zero never ends.
-  requireRegular(await fsp.stat(path), path);
-  const fh = await fsp.open(path, FS.O_RDONLY | FS.O_NONBLOCK);
-  let dh: fsp.FileHandle | undefined;
+export async function openFile(file: string | FileHandle, access: 'read' | 'write', io: IoMode): Promise<OpenedFile> {
+  const owned: FileHandle[] = [];
+  const closeAll = async () => {
+    for (const h of owned.splice(0).reverse()) await h.close().catch(() => {});
+  };
   try {
-    const stat = await fh.stat();
-    requireRegular(stat, path); // swapped for something else between stat() and open()
-    const align = dioAlign(fh.fd);
-    let direct = false;
-    let fallbackReason: string | undefined;
-    if (io !== 'buffered') {
-      if (align.memAlign === 0 || align.offsetAlign === 0) {
-        fallbackReason = 'the file system does not support direct I/O (statx reports no STATX_DIOALIGN)';
-      } else {
-        dh = await reopenDirect(fh.fd, FS.O_RDONLY);
-        direct = dh !== undefined;
-        if (!direct) fallbackReason = 'open() with O_DIRECT failed with EINVAL on this file system';
-      }
+    let path: string;
+    let fd: number;
+    if (typeof file === 'string') {
+      if (file === '') throw invalidType('file', 'a path or an open FileHandle', file);
+      // stat() first: open() of a FIFO blocks until a writer appears, and /dev/zero never ends.
+      const st = await fsp.stat(file).catch((e: NodeJS.ErrnoException) => (access === 'write' && e.code === 'ENOENT' ? undefined : Promise.reject(e)));
+      if (st) requireRegular(st, file);
+      const flags = access === 'write' ? FS.O_WRONLY | FS.O_CREAT : FS.O_RDONLY;
+      // O_NONBLOCK only guards the open() against a FIFO swapped in after the stat; it is cleared at once, since
+      // io_uring would answer EAGAIN instead of waiting on a regular file opened with it.
+      const h = await fsp.open(file, flags | FS.O_NONBLOCK, 0o644);
+      owned.push(h);
+      clearNonblock(h.fd, file);
+      path = file;
+      fd = h.fd;
+    } else if (file && typeof file === 'object' && typeof (file as FileHandle).fd === 'number') {
+      fd = (file as FileHandle).fd;
+      path = `fd ${fd}`;
+      if (fd < 0) throw new DmaloadError('ERR_FILE_CLOSED', 'The file handle is closed; open the file again', {});
+    } else {
+      throw invalidType('file', 'a path or an open FileHandle', file);
     }
-    const d = dh;
-    return {
-      path,
-      fd: d ? d.fd : fh.fd,
-      bufferedFd: fh.fd,
-      size: stat.size,
-      stat,
-      direct,
-      align: direct ? align : { memAlign: 0, offsetAlign: 0 },
-      fallbackReason,
-      close: async () => {
-        await d?.close();
-        await fh.close();
-      },
-    };
+    const stat = await fsp.stat(`/proc/self/fd/${fd}`);
+    requireRegular(stat, path); // swapped for something else between stat() and open()
+    const d = await attachDirect(fd, path, access, io);
+    if (d.handle) owned.push(d.handle);
+    return { path, fd, directFd: d.handle?.fd ?? -1, direct: d.handle !== undefined, align: d.align, size: stat.size, stat, fallbackReason: d.reason, close: closeAll };
   } catch (e) {
-    await dh?.close().catch(() => {});
-    await fh.close().catch(() => {});
+    await closeAll();
     throw e;
   }
 }
 
 /**
- * A second open file description of the file behind `fd`, with O_DIRECT; reopened through /proc so that it is the
- * same file whatever happened to its path. Undefined where the file system refuses O_DIRECT (EINVAL).
+ * The O_DIRECT half of the policy, for a file that is already open as `fd`: a second descriptor of the same file
+ * with O_DIRECT (reopened through /proc, so it is the same file whatever happened to its path), or the reason
+ * there is none. Throws ERR_DIRECT_IO_UNSUPPORTED for io 'direct' where the file system has no direct I/O.
  */
-export async function reopenDirect(fd: number, accessMode: number): Promise<fsp.FileHandle | undefined> {
-  try {
-    return await fsp.open(`/proc/self/fd/${fd}`, accessMode | FS.O_DIRECT);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
-    throw e;
+export async function attachDirect(fd: number, path: string, access: 'read' | 'write', io: IoMode): Promise<{ handle: FileHandle | undefined; align: DioAlign; reason: string | undefined }> {
+  const none = { memAlign: 0, offsetAlign: 0 };
+  if (io === 'buffered') return { handle: undefined, align: none, reason: undefined };
+  const align = dioAlign(fd);
+  let reason: string | undefined;
+  let handle: FileHandle | undefined;
+  if (align.memAlign === 0 || align.offsetAlign === 0) {
+    reason = 'the file system does not support direct I/O (statx reports no STATX_DIOALIGN)';
+  } else {
+    try {
+      handle = await fsp.open(`/proc/self/fd/${fd}`, (access === 'write' ? FS.O_WRONLY : FS.O_RDONLY) | FS.O_DIRECT);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+      reason = 'open() with O_DIRECT failed with EINVAL on this file system';
+    }
   }
+  if (!handle && io === 'direct') {
+    throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O (${reason}); use io 'auto' or 'buffered'`, { path });
+  }
+  return { handle, align: handle ? align : none, reason };
 }
 
-export function directUnsupported(path: string): DmaloadError {
-  return new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O; use io 'auto' or 'buffered'`, { path });
+/** Clears O_NONBLOCK on a regular file's descriptor. */
+export function clearNonblock(fd: number, path: string): void {
+  const r = native.clearNonblock(fd);
+  if (r < 0) throw new DmaloadSystemError(r, 'fcntl', path);
 }
 
 /** ERR_FILE_CHANGED: the file's size changed under a load or a copy, so the bytes may mix old and new. */

@@ -8,6 +8,8 @@ import { closeSync, openSync, readdirSync } from 'node:fs';
 import { basename } from 'node:path';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
 import { C, native } from '../engine/binding.js';
+import type { Region } from '../engine/binding.js';
+import { zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 
@@ -43,7 +45,7 @@ export const dmaHeap: Target = {
       closeSync(heapFd);
       throw new DmaloadSystemError(view, 'mmap', req.path);
     }
-    let mapping: ArrayBuffer | undefined = view;
+    let region: Region | undefined = view;
     const layout = layoutOf(req.capacity, req.partSize);
     const bufs: number[] = [];
     const name = basename(req.path).slice(0, 31);
@@ -53,7 +55,7 @@ export const dmaHeap: Target = {
       if (r < 0) throw new DmaloadSystemError(r, 'ioctl', req.path, 'DMA_BUF_IOCTL_SYNC');
     };
     return {
-      mapping,
+      region,
       directInto: false,
       layout,
       populateInJob: false,
@@ -64,7 +66,7 @@ export const dmaHeap: Target = {
         if (fd < 0) throw new DmaloadSystemError(fd, 'ioctl', heapPath, `DMA_HEAP_IOCTL_ALLOC of ${length} bytes`);
         bufs[k] = fd;
         native.dmaBufSetName(fd, name); // a label for debugfs and fdinfo; older kernels may refuse it
-        const r = native.mmapInto(mapping!, offset, length, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0);
+        const r = native.mmapInto(region!, offset, length, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0);
         if (r < 0) throw new DmaloadSystemError(r, 'mmap', req.path);
       },
       beginWrite: (k) => sync(k, C.DMA_BUF_SYNC_START | C.DMA_BUF_SYNC_WRITE),
@@ -73,7 +75,7 @@ export const dmaHeap: Target = {
         if (size < req.capacity) {
           const last = layout.length - 1;
           sync(last, C.DMA_BUF_SYNC_START | C.DMA_BUF_SYNC_WRITE);
-          new Uint8Array(mapping!, size, req.capacity - size).fill(0);
+          zero(region!, size, req.capacity - size);
           sync(last, C.DMA_BUF_SYNC_END | C.DMA_BUF_SYNC_WRITE);
         }
         return layout.map((p, k) => ({ fd: bufs[k]!, offset: p.offset, size: Math.min(p.length, size - p.offset) }));
@@ -81,8 +83,8 @@ export const dmaHeap: Target = {
       close() {
         if (closed) return;
         closed = true;
-        if (mapping) native.munmap(mapping);
-        mapping = undefined;
+        if (region) native.munmap(region);
+        region = undefined;
         for (const fd of bufs.splice(0)) if (fd !== undefined) closeSync(fd);
         closeSync(heapFd);
       },

@@ -1,12 +1,13 @@
 /**
  * Target 'memfd': a sealed memfd whose fd the caller can pass to another process or driver. Filled through its own
- * shared mapping (direct I/O into shmem pages works: they are pinned like any user page), then trimmed to the
+ * shared region (direct I/O into shmem pages works: they are pinned like any user page), then trimmed to the
  * file's exact size and sealed against shrinking and growing.
  */
 import { closeSync, ftruncateSync } from 'node:fs';
 import { basename } from 'node:path';
 import { DmaloadSystemError } from '../core/errors.js';
 import { C, native } from '../engine/binding.js';
+import type { Region } from '../engine/binding.js';
 import { populate } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
@@ -25,7 +26,7 @@ export function createMemfd(path: string, size: number): number {
 }
 
 /** Maps a memfd shared, read-write; the caller unmaps it. */
-export function mapShared(fd: number, length: number, path?: string): ArrayBuffer {
+export function mapShared(fd: number, length: number, path?: string): Region {
   const ab = native.mmap(length, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0, 0);
   if (typeof ab === 'number') throw new DmaloadSystemError(ab, 'mmap', path);
   return ab;
@@ -35,22 +36,22 @@ export const memfd: Target = {
   name: 'memfd',
   allocate(req: AllocateRequest): Allocation {
     let fd = createMemfd(req.path, req.capacity);
-    let mapping: ArrayBuffer | undefined;
+    let region: Region | undefined;
     try {
-      mapping = req.capacity > 0 ? mapShared(fd, req.capacity, req.path) : undefined;
+      region = req.capacity > 0 ? mapShared(fd, req.capacity, req.path) : undefined;
     } catch (e) {
       closeSync(fd);
       throw e;
     }
     const layout = layoutOf(req.capacity, req.partSize);
     return {
-      mapping,
+      region,
       fd,
       writeFd: fd,
       directInto: true,
       layout,
       populateInJob: layout.length === 1,
-      allocPart: (k) => populate(mapping!, layout[k]!.offset, layout[k]!.length, req.path),
+      allocPart: (k) => populate(region!, layout[k]!.offset, layout[k]!.length, req.path),
       finish(size) {
         // Direct reads filled whole blocks past the end: cut them off, then freeze the size.
         if (size !== req.capacity) ftruncateSync(fd, size);
@@ -59,8 +60,8 @@ export const memfd: Target = {
         return [{ fd, offset: 0, size }];
       },
       close() {
-        if (mapping) native.munmap(mapping);
-        mapping = undefined;
+        if (region) native.munmap(region);
+        region = undefined;
         if (fd >= 0) closeSync(fd);
         fd = -1;
       },

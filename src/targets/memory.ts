@@ -5,7 +5,7 @@
  */
 import { invalidType } from '../core/errors.js';
 import { C, native } from '../engine/binding.js';
-import { anonymous, populate } from '../engine/memory.js';
+import { anonymous, populate, zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 
@@ -14,21 +14,21 @@ export const memory: Target = {
   allocate(req: AllocateRequest): Allocation {
     const huge = req.options.hugePages ?? process.env.DMALOAD_HUGE_PAGES === '1';
     if (typeof huge !== 'boolean') throw invalidType('hugePages', 'a boolean', huge);
-    let mapping = req.capacity > 0 ? anonymous(req.capacity, huge, req.path) : undefined;
+    let region = req.capacity > 0 ? anonymous(req.capacity, huge, req.path) : undefined;
     const layout = layoutOf(req.capacity, req.partSize);
     return {
-      mapping,
+      region,
       directInto: true,
       layout,
       populateInJob: layout.length === 1,
-      allocPart: (k) => populate(mapping!, layout[k]!.offset, layout[k]!.length, req.path),
+      allocPart: (k) => populate(region!, layout[k]!.offset, layout[k]!.length, req.path),
       finish(size) {
-        if (mapping && size < req.capacity) new Uint8Array(mapping, size, req.capacity - size).fill(0);
+        if (region && size < req.capacity) zero(region!, size, req.capacity - size);
         return [{ fd: -1, offset: 0, size }];
       },
       close() {
-        if (mapping) native.munmap(mapping);
-        mapping = undefined;
+        if (region) native.munmap(region);
+        region = undefined;
       },
     };
   },

@@ -1,9 +1,10 @@
 /**
  * Where a load's bytes land. Each target is one file with one `allocate()`; the load pipeline does the I/O.
- * A target hands back one contiguous CPU view (the mapping the I/O fills) split into parts: each part is
+ * A target hands back one contiguous CPU view (the region the I/O fills) split into parts: each part is
  * allocated (populated, pinned, or allocated from a heap) by `allocPart(k)`, which the pipeline runs while the
  * previous part is being read, and becomes one device-importable piece.
  */
+import type { Region } from '../engine/binding.js';
 
 export type TargetName = 'memory' | 'memfd' | 'udmabuf' | 'dma-heap';
 
@@ -20,7 +21,7 @@ export interface Part {
 export interface AllocateRequest {
   /** Bytes of data. */
   size: number;
-  /** Bytes the mapping must hold: `size` rounded up for direct I/O's whole-block reads and the page size. */
+  /** Bytes the region must hold: `size` rounded up for direct I/O's whole-block reads and the page size. */
   capacity: number;
   /** Bytes per part as the caller asked (a multiple of the page size), or undefined for the target's default. */
   partSize: number | undefined;
@@ -31,8 +32,8 @@ export interface AllocateRequest {
 
 export interface Allocation {
   /** The CPU view: at least `capacity` bytes; undefined for an empty file. */
-  mapping: ArrayBuffer | undefined;
-  /** Whether O_DIRECT can read straight into `mapping` (VM_PFNMAP mappings cannot: bounce buffers then). */
+  region: Region | undefined;
+  /** Whether O_DIRECT can read straight into `region` (VM_PFNMAP regions cannot: bounce buffers then). */
   directInto: boolean;
   /** The parts: offset and length in the view, covering [0, capacity). */
   layout: Array<{ offset: number; length: number }>;
@@ -48,7 +49,7 @@ export interface Allocation {
   endWrite?(k: number): void;
   /** Called once every byte is in: clear the padding, trim, seal, export. Returns the parts. */
   finish(size: number): Part[];
-  /** Frees every fd and mapping; idempotent. */
+  /** Frees every fd and region; idempotent. */
   close(): void;
   /** The memfd, for the memfd target: what LoadedBuffer.fd returns. */
   fd?: number;

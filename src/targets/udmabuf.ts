@@ -1,15 +1,16 @@
 /**
- * Target 'udmabuf': the maintainers' answer. A memfd filled by direct I/O through its own mapping (the udmabuf's
- * mapping is VM_PFNMAP, so I/O never goes there), sealed against shrinking and growing, then wrapped part by part
+ * Target 'udmabuf': the maintainers' answer. A memfd filled by direct I/O through its own region (the udmabuf's
+ * region is VM_PFNMAP, so I/O never goes there), sealed against shrinking and growing, then wrapped part by part
  * with UDMABUF_CREATE. One udmabuf holds at most size_limit_mb (module parameter, 64 by default): a larger file
- * becomes a set of parts. The CPU view stays one contiguous mapping.
+ * becomes a set of parts. The CPU view stays one contiguous region.
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { C, native } from '../engine/binding.js';
+import type { Region } from '../engine/binding.js';
 import { MiB } from '../core/util.js';
 import { createMemfd, mapShared } from './memfd.js';
-import { populate } from '../engine/memory.js';
+import { populate, zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 
@@ -53,12 +54,12 @@ export const udmabuf: Target = {
     }
     const dev = openUdmabuf(req.path);
     let memfd = -1;
-    let mapping: ArrayBuffer | undefined;
+    let region: Region | undefined;
     const bufs: number[] = [];
     const free = () => {
       for (const fd of bufs.splice(0)) if (fd !== undefined) closeSync(fd);
-      if (mapping) native.munmap(mapping);
-      mapping = undefined;
+      if (region) native.munmap(region);
+      region = undefined;
       if (memfd >= 0) closeSync(memfd);
       memfd = -1;
       closeSync(dev);
@@ -68,7 +69,7 @@ export const udmabuf: Target = {
       // udmabuf requires F_SEAL_SHRINK (and refuses F_SEAL_WRITE); the size is final from here on.
       const s = native.seals(memfd, C.F_SEAL_SHRINK | C.F_SEAL_GROW);
       if (s < 0) throw new DmaloadSystemError(s, 'fcntl', req.path);
-      mapping = mapShared(memfd, req.capacity, req.path);
+      region = mapShared(memfd, req.capacity, req.path);
     } catch (e) {
       free();
       throw e;
@@ -76,14 +77,14 @@ export const udmabuf: Target = {
     const layout = layoutOf(req.capacity, req.partSize ?? Math.min(limit, req.capacity));
     let closed = false;
     return {
-      mapping,
+      region,
       writeFd: memfd,
       directInto: true,
       layout,
       populateInJob: false,
       async allocPart(k) {
         const { offset, length } = layout[k]!;
-        await populate(mapping!, offset, length, req.path);
+        await populate(region!, offset, length, req.path);
         if (closed) return;
         const fd = native.udmabufCreate(dev, memfd, [[offset, length]], UDMABUF_FLAGS_CLOEXEC);
         if (fd < 0) {
@@ -93,7 +94,7 @@ export const udmabuf: Target = {
       },
       finish(size) {
         // The last page past the data is part of the last dma-buf: make it zeros, whatever direct I/O put there.
-        if (size < req.capacity) new Uint8Array(mapping!, size, req.capacity - size).fill(0);
+        if (size < req.capacity) zero(region!, size, req.capacity - size);
         return layout.map((p, k) => ({ fd: bufs[k]!, offset: p.offset, size: Math.min(p.length, size - p.offset) }));
       },
       close() {

@@ -35,14 +35,14 @@ function partsHash(b: LoadedBuffer): string {
   const hash = createHash('sha256');
   for (const p of b.parts) {
     const len = Math.ceil(p.size / 4096) * 4096;
-    const ab = native.mmap(len, C.PROT_READ, C.MAP_SHARED, p.fd, 0, 0);
-    if (typeof ab === 'number') throw new Error(`mmap of dma-buf fd ${p.fd} failed with errno ${-ab}`);
+    const region = native.mmap(len, C.PROT_READ, C.MAP_SHARED, p.fd, 0, 0);
+    if (typeof region === 'number') throw new Error(`mmap of dma-buf fd ${p.fd} failed with errno ${-region}`);
     try {
       assert.equal(native.dmaBufSync(p.fd, C.DMA_BUF_SYNC_START | C.DMA_BUF_SYNC_READ), 0);
-      hash.update(new Uint8Array(ab, 0, p.size));
+      hash.update(new Uint8Array(native.view(region, 0, p.size)));
       assert.equal(native.dmaBufSync(p.fd, C.DMA_BUF_SYNC_END | C.DMA_BUF_SYNC_READ), 0);
     } finally {
-      native.munmap(ab);
+      native.munmap(region);
     }
   }
   return hash.digest('hex');

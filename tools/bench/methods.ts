@@ -9,9 +9,10 @@ import { dioAlign } from '../../src/pipeline/source.js';
 import { pageCacheBytes, pageCacheBytesOf } from '../../src/pipeline/cache.js';
 import { errnoCode } from '../../src/core/errors.js';
 import { native, PAGE_SIZE } from '../../src/engine/binding.js';
+import type { Region } from '../../src/engine/binding.js';
 import { targets } from '../../src/targets/index.js';
 import type { Allocation, TargetName } from '../../src/targets/index.js';
-import { anonymous } from '../../src/engine/memory.js';
+import { anonymous, bytesOf } from '../../src/engine/memory.js';
 import { MiB, roundUp } from '../../src/core/util.js';
 
 export const METHODS = ['read', 'read-write', 'sendfile', 'splice', 'copy_file_range', 'dmaload', 'node-readFile', 'fio'] as const;
@@ -62,6 +63,13 @@ function hash(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
+/** Hash of a region's first `size` bytes, through windows (any size, any Node). */
+function regionHash(region: Region | undefined, size: number): string {
+  const h = createHash('sha256');
+  for (let off = 0; off < size; off += 1 << 30) h.update(bytesOf(region!, off, Math.min(1 << 30, size - off)));
+  return h.digest('hex');
+}
+
 /** Runs one row on `path` (of `size` bytes) and measures it. */
 export async function runRow(spec: RowSpec, path: string, size: number): Promise<RowMeasure> {
   if (spec.method === 'dmaload') return runDmaload(spec, path);
@@ -102,7 +110,7 @@ export async function runRow(spec: RowSpec, path: string, size: number): Promise
     const cpuIo = cpu() - c0;
     const cache = pageCacheBytes(fd, size);
     alloc.finish(size);
-    const sha256 = alloc.mapping ? hash(new Uint8Array(alloc.mapping, 0, size)) : hash(new Uint8Array(0));
+    const sha256 = regionHash(alloc.region, size);
     const c1 = cpu();
     const t2 = now();
     alloc.close();
@@ -116,13 +124,13 @@ export async function runRow(spec: RowSpec, path: string, size: number): Promise
 }
 
 async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, align: number): Promise<void> {
-  const mapping = alloc.mapping!;
+  const region = alloc.region!;
   const direct = spec.io === 'direct';
   switch (spec.method) {
     case 'read': {
       // The classic: one read() of the whole file into the mapping (the kernel loops), as the seeds' mmap+read.
       // Never through a bounce buffer: read-direct into a VM_PFNMAP mapping must fail and say so.
-      const job = native.transfer({ fd, write: false, direct, buffer: mapping, segments: [0, 0, size], chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false });
+      const job = native.transfer({ fd, write: false, direct, target: region, segments: [0, 0, size], chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false });
       const r = await job.promise;
       if (r.errno) throw new Unsupported(`read failed with ${errnoCode(r.errno)}`);
       return;
@@ -130,19 +138,19 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
     case 'read-write': {
       // read() into a 1 MiB user buffer, then write() it into the memfd (or copy it, for process memory).
       const chunk = MiB;
-      const buf = new Uint8Array(anonymous(chunk, false));
-      const dst = new Uint8Array(mapping, 0, size);
+      const staging = anonymous(chunk, false);
+      const buf = bytesOf(staging, 0, chunk);
       try {
         for (let off = 0; off < size; ) {
           const n = readSync(fd, buf, 0, chunk, off);
           if (n <= 0) break;
           const want = Math.min(n, size - off);
           if (alloc.writeFd !== undefined) writeSync(alloc.writeFd, buf, 0, want, off);
-          else dst.set(buf.subarray(0, want), off);
+          else bytesOf(region, off, want).set(buf.subarray(0, want));
           off += n;
         }
       } finally {
-        native.munmap(buf.buffer as ArrayBuffer);
+        native.munmap(staging);
       }
       return;
     }

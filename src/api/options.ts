@@ -1,0 +1,152 @@
+/**
+ * The one option schema: every option any call takes is named, limited, defaulted and (where it has one) read
+ * from its environment variable here, and nowhere else. Bad values throw TypeError/RangeError with code
+ * ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE or ERR_OUT_OF_RANGE, naming the option (or the variable).
+ *
+ * One vocabulary for sizes, in every call:
+ * - `chunkSize`: bytes per I/O request (the task size);
+ * - `queueDepth`: requests in flight;
+ * - `partSize`: bytes per unit of memory the call allocates — a part of a loaded buffer (one dma-buf each), or a
+ *   slot of copy()'s ring.
+ * Older names stay accepted as aliases: createWriter's `bufferSize` (= chunkSize), copy()'s `slotSize`
+ * (= partSize) and `slots` (= parts).
+ */
+import { invalidType, invalidValue, outOfRange } from '../core/errors.js';
+import { GiB, MiB, memAvailable, parseSize } from '../core/util.js';
+import { PAGE_SIZE } from '../engine/binding.js';
+import type { Tuning } from '../engine/engine.js';
+import type { IoMode } from '../pipeline/source.js';
+import { TARGET_NAMES } from '../targets/index.js';
+import type { TargetName } from '../targets/index.js';
+
+export const IO_MODES: readonly IoMode[] = ['auto', 'direct', 'buffered'];
+
+/** What a knob accepts and where its default comes from. */
+interface Knob {
+  /** Environment variable that replaces the built-in default (an option given in the call wins over it). */
+  env?: string;
+  min: number;
+  max: number;
+  /** Values must be a multiple of this. */
+  multipleOf?: number;
+  /** The variable may be written as a size: `4MiB`, `1g`. */
+  size?: boolean;
+}
+
+/** The knobs. Limits are the engine's: a queue deeper than 256 buys nothing and costs memory in every engine. */
+export const KNOBS = {
+  chunkSize: { env: 'DMALOAD_CHUNK_SIZE', min: 4096, max: GiB, multipleOf: 4096, size: true },
+  queueDepth: { env: 'DMALOAD_QUEUE_DEPTH', min: 1, max: 256 },
+  partSize: { min: PAGE_SIZE, max: Number.MAX_SAFE_INTEGER, multipleOf: PAGE_SIZE, size: true },
+  parts: { min: 2, max: 64 },
+} satisfies Record<string, Knob>;
+
+export type KnobName = keyof typeof KNOBS;
+
+/**
+ * Built-in defaults per kind of call, measured on the reference machine (README, `npm run bench:load`,
+ * `npm run bench:cp`). Reads want 4 MiB requests; writes and copies want larger ones, and copies a deep queue
+ * because reads and writes share the device.
+ */
+export const DEFAULTS = {
+  read: { chunkSize: 4 * MiB, queueDepth: 8 },
+  write: { chunkSize: 8 * MiB, queueDepth: 8 },
+  copy: { chunkSize: 8 * MiB, queueDepth: 16, partSize: 128 * MiB, parts: 2 },
+} as const;
+
+/** A knob's value: the caller's, else its environment variable, else `dflt`; both sources checked alike. */
+export function knob(name: KnobName, value: unknown, dflt: number, label: string = name): number {
+  const k: Knob = KNOBS[name];
+  let v: unknown = value;
+  if (v === undefined && k.env !== undefined) {
+    const e = process.env[k.env];
+    if (e !== undefined && e !== '') {
+      v = k.size ? parseSize(e) ?? e : Number(e);
+      label = k.env;
+    }
+  }
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number') throw invalidType(label, 'a number', v);
+  if (!Number.isSafeInteger(v) || v < k.min || v > k.max) throw outOfRange(label, `an integer >= ${k.min} and <= ${k.max}`, v);
+  if (k.multipleOf !== undefined && v % k.multipleOf !== 0) throw outOfRange(label, `a multiple of ${k.multipleOf}`, v);
+  return v;
+}
+
+/** An option that may also be given under an older name; giving both is an error. */
+export function aliased(opts: Record<string, unknown>, name: string, alias: string): unknown {
+  if (opts[name] !== undefined && opts[alias] !== undefined) throw invalidValue(alias, opts[alias], `is another name for "${name}": give one of them`);
+  return opts[name] ?? opts[alias];
+}
+
+/** chunkSize and queueDepth for a call of this kind. */
+export function tuning(kind: keyof typeof DEFAULTS, opts: { chunkSize?: unknown; queueDepth?: unknown }): Tuning {
+  const d = DEFAULTS[kind];
+  return { chunk: knob('chunkSize', opts.chunkSize, d.chunkSize), depth: knob('queueDepth', opts.queueDepth, d.queueDepth) };
+}
+
+/** A part size, or undefined for the target's own default. */
+export function partSizeOption(value: unknown): number | undefined {
+  const v = knob('partSize', value, 0);
+  return v === 0 ? undefined : v;
+}
+
+export function enumOption<T extends string>(name: string, value: unknown, allowed: readonly T[], dflt: T): T {
+  if (value === undefined) return dflt;
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
+    throw invalidValue(name, value, `must be one of ${allowed.map((a) => `'${a}'`).join(', ')}`);
+  }
+  return value as T;
+}
+
+export const ioOption = (v: unknown): IoMode => enumOption('io', v, IO_MODES, 'auto');
+export const targetOption = (v: unknown): TargetName => enumOption('target', v, TARGET_NAMES, 'memory');
+
+export function boolOption(name: string, value: unknown, dflt: boolean): boolean {
+  if (value === undefined) return dflt;
+  if (typeof value !== 'boolean') throw invalidType(name, 'a boolean', value);
+  return value;
+}
+
+export function signalOption(value: unknown): AbortSignal | undefined {
+  if (value !== undefined && !(value instanceof AbortSignal)) throw invalidType('signal', 'an AbortSignal', value);
+  return value;
+}
+
+export function functionOption<F>(name: string, value: unknown): F | undefined {
+  if (value !== undefined && typeof value !== 'function') throw invalidType(name, 'a function', value);
+  return value as F | undefined;
+}
+
+export function optionsObject<T extends object>(value: T | undefined): T {
+  if (value === undefined) return {} as T;
+  if (value === null || typeof value !== 'object') throw invalidType('options', 'an object', value);
+  return value;
+}
+
+export function pathOption(name: string, value: unknown): string {
+  if (typeof value !== 'string' || value === '') throw invalidType(name, 'a non-empty string', value);
+  if (value.includes('\0')) throw invalidValue(name, value, 'must not contain NUL bytes');
+  return value;
+}
+
+/** A memory budget in bytes; default MemAvailable. */
+export function budgetOption(value: unknown): number {
+  if (value === undefined) return memAvailable();
+  if (typeof value !== 'number' || !(value >= 0)) throw invalidValue('memoryBudget', value, 'must be a non-negative number of bytes');
+  return value;
+}
+
+/** A byte count (e.g. expectedSize): a non-negative safe integer. */
+export function byteCountOption(name: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number') throw invalidType(name, 'a number', value);
+  if (!Number.isSafeInteger(value) || value < 0) throw outOfRange(name, 'a non-negative integer', value);
+  return value;
+}
+
+/** A file mode such as 0o644. */
+export function modeOption(value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > 0o7777) throw invalidType('mode', 'a file mode such as 0o644', value);
+  return value as number;
+}

@@ -1,0 +1,174 @@
+/**
+ * Scheduling a load's reads over the parts of its buffer: part k+1 is allocated while part k is read, part k+1's
+ * reads start while part k's last ones finish, and io 'auto' copies cached ranges while reading the rest directly,
+ * both at once. Every job belongs to one {@link JobGroup}: the first failure stops the others, and the schedule
+ * settles only once every job it started has ended — memory and fds are never freed under a running job.
+ */
+import type { PartStats } from '../core/buffer.js';
+import { msSince } from '../core/util.js';
+import * as engine from '../engine/engine.js';
+import type { Tuning } from '../engine/engine.js';
+import type { Allocation } from '../targets/types.js';
+import { COPY_MIN_RUN, clip, splitByResidency, unionMs } from './plan.js';
+import type { OpenedFile } from './source.js';
+
+/**
+ * The jobs one call started. The caller's abort or the first failure aborts the others (through `signal`);
+ * `settle()` waits for every job, however it ended; `failure` is the first error, which the call rethrows (the
+ * AbortErrors it caused in the other jobs are its echoes).
+ */
+export class JobGroup {
+  readonly signal: AbortSignal;
+  #ac = new AbortController();
+  #jobs = new Set<Promise<unknown>>();
+  #failure: { error: unknown } | undefined;
+
+  constructor(user?: AbortSignal) {
+    this.signal = user ? AbortSignal.any([user, this.#ac.signal]) : this.#ac.signal;
+  }
+
+  /** Tracks `p`; resolves and rejects as it does. */
+  add<T>(p: Promise<T>): Promise<T> {
+    this.#jobs.add(p);
+    p.then(
+      () => this.#jobs.delete(p),
+      (e: unknown) => {
+        this.#jobs.delete(p);
+        if (this.#failure === undefined) {
+          this.#failure = { error: e };
+          this.#ac.abort(e);
+        }
+      },
+    );
+    return p;
+  }
+
+  get failure(): { error: unknown } | undefined {
+    return this.#failure;
+  }
+
+  /** Resolves once every job added so far (and any added meanwhile) has ended. */
+  async settle(): Promise<void> {
+    while (this.#jobs.size > 0) await Promise.allSettled([...this.#jobs]);
+  }
+}
+
+export interface ScheduleRequest {
+  src: OpenedFile;
+  alloc: Allocation;
+  /** Flat [fileOffset, bufOffset, length, …], in buffer order. */
+  segments: number[];
+  /** Bytes the segments add up to. */
+  total: number;
+  tuning: Tuning;
+  /** Allocate part k+1 while part k is read. */
+  overlap: boolean;
+  /** io 'auto': the file's resident pages (1 byte per page), or undefined to read everything one way. */
+  resident: Uint8Array | undefined;
+  group: JobGroup;
+  onProgress: ((bytes: number) => void) | undefined;
+}
+
+export interface ScheduleResult {
+  /** Bytes read, direct and copied. */
+  read: number;
+  directBytes: number;
+  copiedBytes: number;
+  /** A read ended early: the file shrank. */
+  short: boolean;
+  allocMs: number;
+  ioMs: number;
+  parts: PartStats[];
+}
+
+/** Allocates and reads every part. Resolves or rejects only when no job of the request runs any more. */
+export async function schedule(r: ScheduleRequest): Promise<ScheduleResult> {
+  const out: ScheduleResult = { read: 0, directBytes: 0, copiedBytes: 0, short: false, allocMs: 0, ioMs: 0, parts: [] };
+  try {
+    await scheduleParts(r, out);
+  } finally {
+    await r.group.settle();
+  }
+  if (r.group.failure) throw r.group.failure.error;
+  return out;
+}
+
+async function scheduleParts(r: ScheduleRequest, out: ScheduleResult): Promise<void> {
+  const { alloc, group } = r;
+  const layout = alloc.layout;
+  // One part of ordinary memory: its pages are faulted in by the read job itself, just ahead of the reads.
+  const inJob = layout.length === 1 && alloc.populateInJob && r.overlap;
+  const partDone = layout.map(() => 0);
+  const report = r.onProgress && (() => r.onProgress!(partDone.reduce((a, b) => a + b, 0)));
+  const busy: Array<[number, number]> = [];
+  const allocate = (k: number): Promise<number> => {
+    if (inJob) return Promise.resolve(0);
+    const t = performance.now();
+    return group.add(alloc.allocPart(k).then(() => msSince(t)));
+  };
+  const readPart = async (k: number, segs: number[]): Promise<number> => {
+    const t = performance.now();
+    alloc.beginWrite?.(k);
+    try {
+      const counts = [0, 0];
+      const progress = report && ((slot: number, bytes: number) => ((counts[slot] = bytes), (partDone[k] = counts[0]! + counts[1]!), report()));
+      const res = await readSplit(r, segs, inJob, progress);
+      out.read += res.direct + res.copied;
+      out.directBytes += res.direct;
+      out.copiedBytes += res.copied;
+      out.short ||= res.short;
+    } finally {
+      alloc.endWrite?.(k);
+    }
+    busy.push([t, performance.now()]);
+    return msSince(t);
+  };
+
+  const allocs: Array<Promise<number>> = layout.length > 0 ? [allocate(0)] : [];
+  const reads: Array<Promise<number>> = [];
+  for (let k = 0; k < layout.length; k++) {
+    const p = layout[k]!;
+    const aMs = await allocs[k]!;
+    if (r.overlap && k + 1 < layout.length) allocs[k + 1] = allocate(k + 1);
+    out.allocMs += aMs;
+    out.parts.push({ offset: p.offset, size: p.length, allocMs: aMs, ioMs: 0 });
+    const segs = clip(r.segments, p.offset, p.offset + p.length);
+    reads[k] = segs.length > 0 ? group.add(readPart(k, segs)) : Promise.resolve(0);
+    // At most two parts' reads in flight: the queue never drains between parts.
+    if (!r.overlap || k + 1 === layout.length) await reads[k];
+    else if (k > 0) await reads[k - 1];
+    if (!r.overlap && k + 1 < layout.length) allocs[k + 1] = allocate(k + 1);
+  }
+  for (let k = 0; k < reads.length; k++) out.parts[k]!.ioMs = await reads[k]!;
+  out.ioMs = unionMs(busy);
+}
+
+/** Reads segments into the buffer: cached ranges copied, the rest direct (or all one way), both jobs at once. */
+async function readSplit(
+  r: ScheduleRequest,
+  segments: number[],
+  populate: boolean,
+  progress: ((slot: number, bytes: number) => void) | undefined,
+): Promise<{ direct: number; copied: number; short: boolean }> {
+  const { src, alloc } = r;
+  const [direct, copy] = !src.direct ? [[], segments] : r.resident ? splitByResidency(segments, r.resident, COPY_MIN_RUN) : [segments, []];
+  const job = (segs: number[], isDirect: boolean, slot: number) =>
+    r.group.add(
+      engine.run({
+        fd: isDirect ? src.directFd : src.fd,
+        write: false,
+        direct: isDirect,
+        target: alloc.region!,
+        segments: segs,
+        padTo: isDirect ? src.align.offsetAlign : 1,
+        bounce: isDirect && !alloc.directInto,
+        populate,
+        tuning: r.tuning,
+        path: src.path,
+        signal: r.group.signal,
+        onProgress: progress && ((bytes) => progress(slot, bytes)),
+      }),
+    );
+  const [d, c] = await Promise.all([direct.length ? job(direct, true, 0) : undefined, copy.length ? job(copy, false, 1) : undefined]);
+  return { direct: d?.bytes ?? 0, copied: c?.bytes ?? 0, short: Boolean(d?.short || c?.short) };
+}
