@@ -1,16 +1,59 @@
-/** Test helpers: seeded data files, hashes, and counts of this process's fds and mappings for leak checks. */
+/** Test helpers: seeded data files, hashes, a temp folder that does direct I/O, and leak checks. */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, constants as FS, fsyncSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { writeSeededFile } from '../tools/bench/data.js';
 import { evictPath } from '../src/pipeline/cache.js';
 import { native } from '../src/engine/binding.js';
-export { seededBytes } from '../tools/bench/data.js';
+import { seededBytes } from '../tools/bench/data.js';
+export { seededBytes };
 
-/** A fresh folder under the system temp dir (ext4 here: direct I/O works), removed by `cleanup()`. */
+/** The repository's root (tests run from dist/test/). */
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** Whether files in `dir` can be opened with O_DIRECT (tmpfs, the default /tmp on Fedora and Arch, cannot). */
+function supportsDirect(dir: string): boolean {
+  const probe = join(dir, `.dmaload-direct-probe-${process.pid}`);
+  try {
+    mkdirSync(dir, { recursive: true });
+    closeSync(openSync(probe, FS.O_CREAT | FS.O_RDWR | FS.O_DIRECT, 0o600));
+    return true;
+  } catch {
+    return false;
+  } finally {
+    try {
+      unlinkSync(probe);
+    } catch {
+      /* not created */
+    }
+  }
+}
+
+/**
+ * Where tests put their files: DMALOAD_TEST_DIR if set, else the first of the system temp folder and a folder
+ * under the project (.cache/test-tmp) that does direct I/O; `reason` says why direct I/O is missing when none does,
+ * and tests that need it skip with that reason.
+ */
+export const testBase: { dir: string; direct: boolean; reason: string | undefined } = (() => {
+  const forced = process.env.DMALOAD_TEST_DIR;
+  if (forced) return { dir: forced, direct: supportsDirect(forced), reason: supportsDirect(forced) ? undefined : `DMALOAD_TEST_DIR (${forced}) does not support O_DIRECT` };
+  const candidates = [tmpdir(), join(repoRoot, '.cache', 'test-tmp')];
+  for (const dir of candidates) if (supportsDirect(dir)) return { dir, direct: true, reason: undefined };
+  return { dir: tmpdir(), direct: false, reason: `no folder that supports O_DIRECT among ${candidates.join(', ')}` };
+})();
+
+/** Skips the test (with the reason) where no test folder supports direct I/O. */
+export function needsDirect(t: { skip(msg: string): void }): boolean {
+  if (testBase.direct) return false;
+  t.skip(testBase.reason!);
+  return true;
+}
+
+/** A fresh folder under {@link testBase}, removed by `cleanup()`. */
 export function tempDir(prefix = 'dmaload-test-'): { dir: string; cleanup(): void } {
-  const dir = mkdtempSync(join(process.env.DMALOAD_TEST_DIR ?? tmpdir(), prefix));
+  const dir = mkdtempSync(join(testBase.dir, prefix));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
@@ -50,16 +93,94 @@ export function mappings(): { live: number; memfds: number } {
   return { live: native.liveMappings(), memfds: maps.split('\n').filter((l) => l.includes('memfd:dmaload')).length };
 }
 
-/** Asserts (by returning a message) that fds are back to where they were and mappings did not grow. */
+/**
+ * Asserts (by returning a message) that fds, mappings and the addon's jobs, threads and queues are back to where
+ * they were.
+ */
 export function leakCheck(): () => string | undefined {
   const fds0 = fdCount();
   const m0 = mappings();
+  const l0 = native.live();
   return () => {
     const fds = fdCount();
     const m = mappings();
+    const l = native.live();
     if (fds !== fds0) return `fd count ${fds0} -> ${fds}`;
     if (m.memfds !== m0.memfds) return `memfd mappings ${m0.memfds} -> ${m.memfds}`;
-    if (m.live !== m0.live) return `live mappings ${m0.live} -> ${m.live}`;
+    for (const k of ['mappings', 'jobs', 'threads', 'queues', 'fds'] as const) if (l[k] !== l0[k]) return `live ${k} ${l0[k]} -> ${l[k]}`;
     return undefined;
   };
+}
+
+/** A region of data in a sparse file; everything else reads as zeros. */
+export interface Island {
+  offset: number;
+  bytes: Uint8Array;
+}
+
+/**
+ * A sparse file of `size` bytes with seeded random islands at the start, around 4 GiB and at the end (holes read as
+ * zeros, so a multi-GiB file costs little disk time). `sha256` is computed from the islands and the zeros between
+ * them, never by reading the file: an oracle independent of every read path.
+ */
+export function makeSparseFile(dir: string, name: string, size: number, seed = 1): { path: string; sha256: string; islands: Island[] } {
+  const path = join(dir, name);
+  const want = [
+    [0, Math.min(size, 1 << 20)],
+    [4 * 2 ** 30 - (1 << 19) - 3, 1 << 20],
+    [size - (1 << 20) - 5, (1 << 20) + 5],
+  ] as const;
+  const islands: Island[] = [];
+  let end = 0;
+  for (const [i, [o, n]] of want.entries()) {
+    const from = Math.max(o, end, 0);
+    const to = Math.min(o + n, size);
+    if (to <= from) continue;
+    islands.push({ offset: from, bytes: seededBytes(to - from, seed * 31 + i) });
+    end = to;
+  }
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, size);
+    for (const isl of islands) writeSync(fd, isl.bytes, 0, isl.bytes.length, isl.offset);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  evictPath(path);
+  const h = createHash('sha256');
+  const zeros = new Uint8Array(64 << 20);
+  let pos = 0;
+  const zeroTo = (to: number) => {
+    while (pos < to) {
+      const n = Math.min(zeros.length, to - pos);
+      h.update(zeros.subarray(0, n));
+      pos += n;
+    }
+  };
+  for (const isl of islands) {
+    zeroTo(isl.offset);
+    h.update(isl.bytes);
+    pos += isl.bytes.length;
+  }
+  zeroTo(size);
+  return { path, sha256: h.digest('hex'), islands };
+}
+
+/** SHA-256 of a file read in 64 MiB pieces (any size, never the whole file in memory). */
+export function fileSha256Streamed(path: string): string {
+  const h = createHash('sha256');
+  const buf = new Uint8Array(64 << 20);
+  const fd = openSync(path, 'r');
+  try {
+    for (let pos = 0; ; ) {
+      const n = readSync(fd, buf, 0, buf.length, pos);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
 }

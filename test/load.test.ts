@@ -81,12 +81,15 @@ describe('load: bytes exact for every size, target and io', () => {
     }
   });
 
-  test('a file on /dev/shm (tmpfs) loads with io buffered and says why', async (t) => {
+  test('a file on /dev/shm (tmpfs): io auto loads buffered and says why, io direct is ERR_DIRECT_IO_UNSUPPORTED', async (t) => {
     if (!existsSync('/dev/shm')) return t.skip('no /dev/shm on this machine');
     const shm = mkdtempSync('/dev/shm/dmaload-test-');
     try {
       const f = makeFile(shm, 'shm', 3 * MiB + 3);
-      const b = await load(f.path, { io: 'direct' });
+      const leaks = leakCheck();
+      await assert.rejects(load(f.path, { io: 'direct' }), { code: 'ERR_DIRECT_IO_UNSUPPORTED', path: f.path });
+      assert.equal(leaks(), undefined);
+      const b = await load(f.path);
       assert.equal(b.stats.io, 'buffered');
       assert.match(b.stats.ioReason ?? '', /direct I\/O/);
       assert.equal(sha256(b.bytes), f.sha256);

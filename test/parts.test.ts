@@ -65,6 +65,13 @@ test('parts: bad partSize and overlap values are refused by code', async () => {
   const f = makeFile(dir, 'bad', 100);
   await assert.rejects(load(f.path, { partSize: 1000 }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
   await assert.rejects(load(f.path, { partSize: 4097 }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
+  // allocate() takes the same partSize, checked the same way (0 used to loop until memory ran out).
+  const { allocate } = await import('../src/index.js');
+  for (const partSize of [0, 1000, 4097, -4096, 1.5 * 4096]) await assert.rejects(allocate(1 << 20, { partSize }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
+  await assert.rejects(allocate(1 << 20, { partSize: 'x' as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /partSize/ });
+  const ok = await allocate(3 * 4096 + 1, { partSize: 4096 });
+  assert.equal(ok.bytes.length, 3 * 4096 + 1);
+  ok.close();
   await assert.rejects(load(f.path, { overlap: 'yes' as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /overlap/ });
   await assert.rejects(load(f.path, { keepCache: 1 as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /keepCache/ });
   await assert.rejects(load(f.path, { target: 'dma-heap', heap: '../x' }), { code: 'ERR_INVALID_ARG_TYPE', message: /heap/ });

@@ -58,14 +58,23 @@ describe('readInto', () => {
     const size = 10_000;
     const f = makeFile(dir, 'eof', size);
     const file = await readFile(f.path);
-    for (const io of ['auto', 'buffered', 'direct'] as const) {
+    // Unaligned and aligned ranges in every io mode: 'direct' and an aligned 'auto' read whole blocks, and must
+    // still leave every byte past the returned count as it was.
+    const cases = [
+      ['auto', 9000, 4096],
+      ['auto', 8192, 8192],
+      ['buffered', 9000, 4096],
+      ['buffered', 8192, 8192],
+      ['direct', 8192, 8192],
+      ['direct', 4096, 12288],
+    ] as const;
+    for (const [io, from, length] of cases) {
       const buf = await allocate(16384);
       buf.bytes.fill(0xee);
-      const n = await readInto(buf, f.path, { fileOffset: io === 'direct' ? 8192 : 9000, length: io === 'direct' ? 8192 : 4096, io });
-      const from = io === 'direct' ? 8192 : 9000;
-      assert.equal(n, size - from, io);
+      const n = await readInto(buf, f.path, { fileOffset: from, length, io });
+      assert.equal(n, size - from, `${io} ${from}+${length}`);
       assert.equal(sha256(buf.bytes.subarray(0, n)), sha256(file.subarray(from)));
-      if (io !== 'direct') assert.ok(buf.bytes.subarray(n, 4096).every((b) => b === 0xee), 'no garbage past the count');
+      assert.ok(buf.bytes.subarray(n).every((b) => b === 0xee), `${io} ${from}+${length}: bytes past the count were overwritten`);
       buf.close();
     }
   });

@@ -144,11 +144,12 @@ describe('createWriter', () => {
     await w.close();
     assert.equal(st(dst).size, 3 * MiB + 5);
     const kept = join(dir, 'prealloc-abort');
-    const a = await createWriter(kept, { bufferSize: 64 * 1024, queueDepth: 2 });
+    const a = await createWriter(kept, { chunkSize: 64 * 1024, queueDepth: 2, atomic: false });
     await a.write(seededBytes(MiB, 2));
     await a.abort();
     assert.ok(st(kept).size <= MiB, `kept file holds only what was written: ${st(kept).size}`);
-    await assert.rejects(createWriter(join(dir, 'bad-size'), { expectedSize: -1 }), { code: 'ERR_INVALID_ARG_TYPE' });
+    await assert.rejects(createWriter(join(dir, 'bad-size'), { expectedSize: -1 }), { code: 'ERR_OUT_OF_RANGE' });
+    await assert.rejects(createWriter(join(dir, 'bad-size'), { expectedSize: '1' as never }), { code: 'ERR_INVALID_ARG_TYPE' });
   });
 
   test('bad options and chunks are refused by code', async () => {

@@ -8,7 +8,7 @@ import { inspectCommand } from '../../src/cli/inspect.js';
 import { encodeGgufHeader } from '../gguf-writer.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const overall = resolve(repoRoot, '..', 'shared', 'fixtures', 'safetensors-samples', 'overall.safetensors');
+const overall = resolve(repoRoot, 'test', 'fixtures', 'safetensors-samples', 'overall.safetensors');
 const dir = mkdtempSync(join(tmpdir(), 'dmaload-inspect-cli-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 

@@ -11,7 +11,7 @@ import { leakCheck, seededBytes, sha256, tempDir } from '../helpers.js';
 
 // Tests run from dist/test/formats/.
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const samples = resolve(repoRoot, '..', 'shared', 'fixtures', 'safetensors-samples');
+const samples = resolve(repoRoot, 'test', 'fixtures', 'safetensors-samples');
 const { dir, cleanup } = tempDir('dmaload-model-');
 after(cleanup);
 

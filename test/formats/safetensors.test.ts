@@ -9,7 +9,7 @@ import { inspect, parseModel, parseSafetensors } from '../../src/index.js';
 
 // Tests run from dist/test/formats/.
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const samples = resolve(repoRoot, '..', 'shared', 'fixtures', 'safetensors-samples');
+const samples = resolve(repoRoot, 'test', 'fixtures', 'safetensors-samples');
 const dir = mkdtempSync(join(tmpdir(), 'dmaload-st-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 

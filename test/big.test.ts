@@ -1,0 +1,98 @@
+/**
+ * Files and buffers over 4 GiB, on every supported Node: load, readInto, save, copy and the CLI's --hash, byte-exact
+ * through windows. Node 20's typed arrays stop at 4 GiB: there `bytes` is a coded error and `view()` still works.
+ * The files are sparse (holes read as zeros) with random islands at the start, around 4 GiB and at the end, and
+ * their hashes come from the islands, not from reading them.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { allocate, copy, load, readInto, save } from '../src/index.js';
+import type { LoadedBuffer } from '../src/index.js';
+import { native } from '../src/engine/binding.js';
+import { cli } from './cli/run.js';
+import { fileSha256Streamed, leakCheck, makeFile, makeSparseFile, needsDirect, sha256, tempDir } from './helpers.js';
+
+const GiB = 2 ** 30;
+const { dir, cleanup } = tempDir('dmaload-big-');
+after(cleanup);
+
+function windowsHash(b: LoadedBuffer): string {
+  const h = createHash('sha256');
+  for (const w of b.windows(256 << 20)) h.update(w);
+  return h.digest('hex');
+}
+
+describe('files over 4 GiB', { timeout: 600_000 }, () => {
+  for (const [label, size] of [
+    ['4 GiB - 4096', 4 * GiB - 4096],
+    ['4 GiB + 4096', 4 * GiB + 4096],
+    ['6 GiB + 13', 6 * GiB + 13],
+  ] as const) {
+    test(`${label}: load is byte-exact through windows, views past 4 GiB, readInto at offsets past 4 GiB`, async (t) => {
+      if (needsDirect(t)) return;
+      const f = makeSparseFile(dir, `sparse-${size}`, size, size % 1000);
+      const leaks = leakCheck();
+      const b = await load(f.path, { io: 'direct' });
+      try {
+        assert.equal(b.size, size);
+        assert.equal(b.stats.io, 'direct');
+        assert.equal(windowsHash(b), f.sha256);
+        if (size > native.maxView()) {
+          assert.throws(() => b.bytes, { code: 'ERR_BUFFER_TOO_LARGE', message: /view\(offset, length\)/ });
+        } else {
+          assert.equal(b.bytes.length, size);
+        }
+        // The island around 4 GiB, through a view, and the last bytes of the file.
+        const mid = f.islands[1]!;
+        assert.equal(sha256(b.view(mid.offset, mid.bytes.length)), sha256(mid.bytes));
+        const last = f.islands.at(-1)!;
+        assert.equal(sha256(b.view(size - 5, 5)), sha256(last.bytes.subarray(-5)));
+        // readInto from a file offset past 4 GiB into a small buffer ...
+        const small = await allocate(64 * 1024);
+        const at = mid.offset + 4096 + 7;
+        assert.equal(await readInto(small, f.path, { fileOffset: at, length: 64 * 1024 }), 64 * 1024);
+        assert.equal(sha256(small.bytes), sha256(mid.bytes.subarray(at - mid.offset, at - mid.offset + 64 * 1024)));
+        small.close();
+        // ... and into the big buffer at an offset past 4 GiB, from another file, with io 'direct'.
+        const other = makeFile(dir, `other-${size}`, 1 << 20, 99);
+        const bufOffset = size - (2 << 20) - (size % 4096);
+        assert.equal(await readInto(b, other.path, { bufOffset, length: 1 << 20, io: 'direct' }), 1 << 20);
+        assert.equal(sha256(b.view(bufOffset, 1 << 20)), other.sha256);
+      } finally {
+        b.close();
+      }
+      assert.equal(leaks(), undefined);
+      rmSync(f.path);
+    });
+  }
+
+  test('4 GiB + 4096: save and copy write it byte-exact; the CLI hashes it', async (t) => {
+    if (needsDirect(t)) return;
+    const size = 4 * GiB + 4096;
+    const f = makeSparseFile(dir, 'sparse-save', size, 5);
+    const leaks = leakCheck();
+    const saved = join(dir, 'saved');
+    const b = await load(f.path);
+    try {
+      const r = await save(b, saved);
+      assert.equal(r.bytes, size);
+    } finally {
+      b.close();
+    }
+    assert.equal(fileSha256Streamed(saved), f.sha256);
+    rmSync(saved);
+    const copied = join(dir, 'copied');
+    const c = await copy(f.path, copied);
+    assert.equal(c.bytes, size);
+    assert.equal(fileSha256Streamed(copied), f.sha256);
+    rmSync(copied);
+    assert.equal(leaks(), undefined);
+    const out = await cli('load', f.path, '--hash', 'sha256', '--json');
+    assert.equal(out.code, 0, out.err);
+    assert.equal(JSON.parse(out.out).sha256, f.sha256);
+    rmSync(f.path);
+  });
+});
