@@ -201,10 +201,11 @@ export class CaptureWriter implements Writer {
       this.preallocate(this.#fileOff + len);
       // The caller may reuse the memory once write() resolves: wait for these writes, not just for room.
       const mine: Array<Promise<void>> = [];
-      for (; off < len; off += this.#chunk) {
+      for (let at = 0; at < len; at += this.#chunk) {
         await this.#room();
-        mine.push(this.#submit(inPlace.target, inPlace.offset + off, Math.min(this.#chunk, len - off)));
+        mine.push(this.#submit(inPlace.target, inPlace.offset + at, Math.min(this.#chunk, len - at)));
       }
+      off = len;
       await Promise.all(mine);
       if (this.#failure) throw this.#failure.error;
     }

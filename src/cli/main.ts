@@ -1,4 +1,5 @@
 /** The dmaload CLI. Takes its argv as a parameter so tests can call it. */
+import { readFileSync } from 'node:fs';
 import { DmaloadError } from '../core/errors.js';
 import { UsageError, processIO } from './io.js';
 import type { CliIO } from './io.js';
@@ -17,8 +18,17 @@ Commands:
   inspect FILE  list a model file's tensors (safetensors, GGUF) from its header
   bench [FILE]  measure every way of loading a file, side by side (makes its own file when given none)
 
+Options:
+  -h, --help     this help
+  -v, --version  the version of dmaload
+
 Run 'dmaload <command> --help' for a command's options.
 `;
+
+/** The version in dmaload's own package.json (three folders above dist/src/cli). */
+export function version(): string {
+  return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
 
 type Command = (argv: string[], io: CliIO) => Promise<number>;
 
@@ -36,6 +46,10 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
   if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
     io[cmd === undefined ? 'stderr' : 'stdout'](HELP);
     return cmd === undefined ? 2 : 0;
+  }
+  if (cmd === '-v' || cmd === '--version') {
+    io.stdout(`${version()}\n`);
+    return 0;
   }
   const run = commands[cmd];
   if (!run) {

@@ -99,7 +99,7 @@ export interface Native {
   linkTmpfile(fd: number, path: string): number;
   uringProbe(): number;
   transfer(opts: TransferOptions, onProgress?: (bytes: number) => void): { promise: Promise<TransferResult>; cancel(): void };
-  queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads' }): Queue;
+  queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads' }): Queue | number;
   queueSubmit(queue: Queue, target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<QueueResult>;
   queueCancel(queue: Queue): void;
   queueClose(queue: Queue): Promise<void>;

@@ -70,8 +70,9 @@ export async function run(o: RunOptions): Promise<TransferResult & { engine: Eng
     signal?.removeEventListener('abort', onAbort);
   }
   if (progressError) throw progressError.error;
-  if (r.cancelled) throw new AbortError(undefined, { cause: signal?.reason });
-  if (r.errno) throw new DmaloadSystemError(r.errno, r.syscall, path);
+  // A failed request is the news, even when the job was also cancelled meanwhile.
+  if (r.errno && r.errno !== native.constants.ECANCELED) throw new DmaloadSystemError(r.errno, r.syscall, path);
+  if (r.cancelled || r.errno) throw new AbortError(undefined, { cause: signal?.reason });
   return { ...r, engine: eng };
 }
 
@@ -88,7 +89,10 @@ export class IoQueue {
   constructor(fd: number, opts: { write: boolean; direct: boolean; depth: number; path: string }) {
     this.engine = engine().engine;
     this.#path = opts.path;
-    this.#q = native.queueOpen({ fd, write: opts.write, direct: opts.direct, depth: opts.depth, engine: this.engine });
+    const q = native.queueOpen({ fd, write: opts.write, direct: opts.direct, depth: opts.depth, engine: this.engine });
+    // -errno: dup, io_uring_setup or the thread failed; nothing stays open.
+    if (typeof q === 'number') throw new DmaloadSystemError(q, q === -native.constants.EAGAIN ? 'pthread_create' : this.engine === 'uring' ? 'io_uring_setup' : 'fcntl', opts.path);
+    this.#q = q;
   }
 
   async submit(target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<number> {

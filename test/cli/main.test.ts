@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -119,5 +120,12 @@ describe('cli: the bin script', () => {
     const ok = await run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', f.path, '--json', '--hash', 'sha256']);
     assert.equal(JSON.parse(ok.stdout).sha256, f.sha256);
     await assert.rejects(run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', join(dir, 'nope')]), (e: { code: number; stderr: string }) => e.code === 1 && /ENOENT/.test(e.stderr));
+  });
+
+  test('--version prints package.json\'s version; --help lists it', async () => {
+    const run = promisify(execFile);
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-v']) assert.equal((await run(process.execPath, [join(root, 'bin/dmaload.js'), flag])).stdout, `${pkg.version}\n`);
+    assert.match((await cli('--help')).out, /--version/);
   });
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fuzzFormats, seeds } from '../../tools/fuzz-formats.js';
+import { fuzzFormats, seeds } from '../fuzz-formats.js';
 import { parseModel } from '../../src/formats/index.js';
 
 test('fuzz seeds are valid files', () => {

@@ -4,7 +4,7 @@
  * GGUF cases also go through the incremental reader (parse, read more, parse again) and must match the whole-buffer
  * parse exactly.
  *
- *   node dist/scripts/fuzz-formats.js [--cases 100000] [--seed 1]
+ *   node dist/test/fuzz-formats.js [--cases 100000] [--seed 1]
  *
  * The test suite runs {@link fuzzFormats} with a smaller count.
  */
@@ -12,7 +12,7 @@ import { isDeepStrictEqual, parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { DmaloadError } from '../src/core/errors.js';
 import { NeedMore, parseGgufPrefix } from '../src/formats/gguf.js';
-import { encodeGgufHeader, type GgufTypedValue } from '../test/gguf-writer.js';
+import { encodeGgufHeader, type GgufTypedValue } from './gguf-writer.js';
 import { parseModel, type ParsedModel } from '../src/formats/index.js';
 
 export interface FuzzReport {
