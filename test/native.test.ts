@@ -27,8 +27,8 @@ const rangeError = { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' };
 describe('native: the addon checks its own arguments', () => {
   test('transfer: types, bounds, padding, detached buffers, closed regions', () => {
     const f = makeFile(dir, 'small', 64 * 1024);
-    const fd = openSync(f.path, 'r');
     const leaks = leakCheck();
+    const fd = openSync(f.path, 'r');
     const region = anon(64 * 1024);
     const base: TransferOptions = { fd, write: false, direct: false, target: region, segments: [0, 0, 4096], chunk: 4096, depth: 1, padTo: 1, engine: 'threads', bounce: false, populate: false };
     try {

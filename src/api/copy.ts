@@ -66,8 +66,9 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
     try {
       const writer = await openWriter(dst, { io, mode: mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), chunkSize: Math.min(slot, tune.chunk), queueDepth: tune.depth, expectedSize: size, signal });
       try {
-        const read = (i: number) =>
-          engine.run({
+        // Reads run ahead of the loop's awaits: mark them handled now, the loop (or the finally) sees their errors.
+        const read = (i: number) => {
+          const p = engine.run({
             fd: source.direct ? source.directFd : source.fd,
             write: false,
             direct: source.direct,
@@ -80,6 +81,9 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
             path: src,
             signal,
           });
+          p.catch(() => {});
+          return p;
+        };
         const n = Math.ceil(size / slot);
         const reads: Array<ReturnType<typeof read>> = [];
         for (let i = 0; i < Math.min(n, parts - 1); i++) reads[i] = read(i);

@@ -86,9 +86,11 @@ export async function schedule(r: ScheduleRequest): Promise<ScheduleResult> {
   const out: ScheduleResult = { read: 0, directBytes: 0, copiedBytes: 0, short: false, allocMs: 0, ioMs: 0, parts: [] };
   try {
     await scheduleParts(r, out);
-  } finally {
-    await r.group.settle();
+  } catch (e) {
+    // What the loop tripped over may be an echo (an AbortError of a job the first failure stopped): report the first.
+    r.group.add(Promise.reject(e)).catch(() => {});
   }
+  await r.group.settle();
   if (r.group.failure) throw r.group.failure.error;
   return out;
 }
