@@ -1,3 +1,5 @@
+/// <reference types="node" preserve="true" />
+/// <reference lib="esnext.disposable" preserve="true" />
 /** dmaload: load huge files into memory that CPUs and devices share, by direct I/O, without the page cache. */
 export { load, loadRanges } from './api/load.js';
 export type { FileRange, LoadOptions, LoadProgress } from './api/load.js';

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setStrerror } from '../core/errors.js';
+import { DmaloadError, setStrerror } from '../core/errors.js';
 
 /**
  * An opaque handle to a mapping the addon made. The addon reference-counts it: its views and every job using it
@@ -129,16 +129,59 @@ function packageRoot(): string {
   return dir;
 }
 
+/** This system's C library as prebuilt addons are tagged: 'glibc' or 'musl' on Linux, '' elsewhere. */
+function libc(): string {
+  if (process.platform !== 'linux') return '';
+  const report = process.report as typeof process.report & { excludeNetwork?: boolean };
+  const saved = report.excludeNetwork;
+  report.excludeNetwork = true; // the header is all we need; skip the slow interface scan
+  try {
+    const { header } = report.getReport() as { header?: { glibcVersionRuntime?: string } };
+    return header?.glibcVersionRuntime ? 'glibc' : 'musl';
+  } finally {
+    report.excludeNetwork = saved;
+  }
+}
+
+const REBUILD_HINT =
+  'Build it from source with `npm rebuild dmaload` (needs a C++ compiler with C++20 support, make and python3), ' +
+  'or set DMALOAD_ADDON to the path of a dmaload.node';
+
 /**
- * Which addon to load: DMALOAD_ADDON (an absolute path, e.g. the sanitizer build), else the one node-gyp built.
+ * Which addon to load: DMALOAD_ADDON (an absolute path, e.g. the sanitizer build); else the one node-gyp built
+ * (build/Release: a checkout, or an install where no prebuilt fitted); else the prebuilt the package ships for this
+ * platform, prebuilds/<platform>-<arch>/dmaload.<libc>.node (scripts/prebuild.mjs).
  */
 function addonPath(): string {
   const forced = process.env.DMALOAD_ADDON;
   if (forced) return forced;
-  return join(packageRoot(), 'build', 'Release', 'dmaload.node');
+  const root = packageRoot();
+  const built = join(root, 'build', 'Release', 'dmaload.node');
+  if (existsSync(built)) return built;
+  const tag = libc();
+  const platform = `${process.platform}-${process.arch}`;
+  const prebuilt = join(root, 'prebuilds', platform, `dmaload${tag ? `.${tag}` : ''}.node`);
+  if (existsSync(prebuilt)) return prebuilt;
+  throw new DmaloadError(
+    'ERR_NO_ADDON',
+    `dmaload has no native addon for ${platform}${tag ? ` (${tag})` : ''}: no prebuilt in ${join(root, 'prebuilds')} ` +
+      `fits and none was built at ${built}. ${REBUILD_HINT}.`,
+  );
 }
 
-export const native: Native = require(addonPath()) as Native;
+function loadAddon(): Native {
+  const path = addonPath();
+  try {
+    return require(path) as Native;
+  } catch (e) {
+    throw new DmaloadError('ERR_NO_ADDON', `dmaload cannot load its native addon ${path}: ${(e as Error).message}. ${REBUILD_HINT}.`, {
+      path,
+      cause: e,
+    });
+  }
+}
+
+export const native: Native = loadAddon();
 setStrerror(native.strerror);
 
 export const C = native.constants;
