@@ -337,7 +337,7 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
   j->wantProgress = cbv.IsFunction();
   j->tsfn = j->wantProgress ? Napi::ThreadSafeFunction::New(env, cbv.As<Napi::Function>(), "dmaload.transfer", 0, 1)
                             : Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "dmaload.transfer", 0, 1);
-  if (env.IsExceptionPending()) {
+  if (static_cast<napi_threadsafe_function>(j->tsfn) == nullptr || env.IsExceptionPending()) {
     CloseDup(j->fd);
     return {};
   }

@@ -213,8 +213,14 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
     g_regions[reinterpret_cast<uintptr_t>(addr)] = r;
   }
   GetEnvData(a.env)->Add(r);
-  auto ext = Napi::External<RegionHandle>::New(a.env, new RegionHandle{r}, RegionHandleFinalize);
-  ext.TypeTag(&kRegionTag);
+  auto* h = new RegionHandle{r};
+  auto ext = Napi::External<RegionHandle>::New(a.env, h, RegionHandleFinalize);
+  // Fails while a worker is terminating: nothing will own the mapping, so undo it.
+  if (ext.IsEmpty() || napi_type_tag_object(a.env, ext, &kRegionTag) != napi_ok) {
+    if (ext.IsEmpty()) delete h;
+    r->Close(a.env, false);
+    return {};
+  }
   return ext;
 }
 

@@ -240,7 +240,7 @@ Napi::Value QueueOpen(const Napi::CallbackInfo& info) {
     }
   }
   q->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "dmaload.queue", 0, 1);
-  if (env.IsExceptionPending()) {
+  if (static_cast<napi_threadsafe_function>(q->tsfn) == nullptr || env.IsExceptionPending()) {
     CloseDup(q->fd);
     return {};
   }
@@ -271,8 +271,15 @@ Napi::Value QueueOpen(const Napi::CallbackInfo& info) {
   q->envData = GetEnvData(env);
   q->envData->Add(q);
   g_live.queues++;
-  auto ext = Napi::External<QueueHandle>::New(env, new QueueHandle{q}, QueueHandleFinalize);
-  ext.TypeTag(&kQueueTag);
+  auto* h = new QueueHandle{q};
+  auto ext = Napi::External<QueueHandle>::New(env, h, QueueHandleFinalize);
+  if (ext.IsEmpty() || napi_type_tag_object(env, ext, &kQueueTag) != napi_ok) {
+    // A terminating worker: no handle will ever close it, so close it now (its threads clean up).
+    if (ext.IsEmpty()) delete h;
+    q->closeRequested = true;
+    q->RequestClose();
+    return {};
+  }
   return ext;
 }
 
