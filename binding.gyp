@@ -14,15 +14,10 @@
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS", "_GNU_SOURCE"],
-      "cflags_cc": ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "<@(dmaload_extra_cflags)"],
+      "cflags_cc": ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags!": ["-fno-exceptions"],
-      "ldflags": ["<@(dmaload_extra_ldflags)"],
       "libraries": ["-lpthread"]
     }
-  ],
-  "variables": {
-    "dmaload_extra_cflags%": [],
-    "dmaload_extra_ldflags%": []
-  }
+  ]
 }
