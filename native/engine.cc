@@ -295,7 +295,7 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
   j->uring = engine == "uring";
   Napi::Value cbv = a[1];
   if (!cbv.IsUndefined() && !cbv.IsFunction()) return a.TypeError("onProgress", "a function or undefined"), Napi::Value();
-  if (!ReadTarget(a, o.Get("target"), "opts.target", j->target)) return {};
+  // Segments first: reading them can run JS (getters), which must not see a target we already hold a pointer into.
   Napi::Value sv = o.Get("segments");
   if (!sv.IsArray()) return a.TypeError("opts.segments", "an array of numbers"), Napi::Value();
   auto arr = sv.As<Napi::Array>();
@@ -311,12 +311,18 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
     uint64_t padded = j->Padded(s.len);
     if (s.bufOff < prevEnd)
       return a.RangeError(at + "+1] (bufOffset)", ">= " + std::to_string(prevEnd) + ": segments in increasing buffer order, padded ranges not overlapping"), Napi::Value();
-    if (s.bufOff > j->target.size || padded > j->target.size - s.bufOff)
-      return a.RangeError(at + "+1] + padded length", "<= the target's size " + std::to_string(j->target.size) + " (got " + std::to_string(s.bufOff) + " + " + std::to_string(padded) + ")"), Napi::Value();
     if (s.fileOff + padded > static_cast<uint64_t>(INT64_MAX)) return a.RangeError(at + "] + padded length", "<= 2^63-1"), Napi::Value();
     prevEnd = s.bufOff + padded;
     j->total += s.len;
     j->segs.push_back(s);
+  }
+  if (!ReadTarget(a, o.Get("target"), "opts.target", j->target)) return {};
+  if (prevEnd > j->target.size) {
+    for (const Segment& s : j->segs) {
+      uint64_t padded = j->Padded(s.len);
+      if (s.bufOff > j->target.size || padded > j->target.size - s.bufOff)
+        return a.RangeError("opts.segments (bufOffset + padded length)", "<= the target's size " + std::to_string(j->target.size) + " (got " + std::to_string(s.bufOff) + " + " + std::to_string(padded) + ")"), Napi::Value();
+    }
   }
 
   auto result = Napi::Object::New(env);

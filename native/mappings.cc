@@ -85,26 +85,39 @@ static void ViewFinalize(napi_env env, void*, void* hint) {
   delete v;
 }
 
-// mode: munmap detaches views; teardown only drops their pins (no JS runs after it).
+// munmap (detach=true): detaches each view and drops its pin. A view already detached by someone else — e.g.
+// ArrayBuffer.prototype.transfer() (Node 22+) moved the memory into a buffer we cannot reach — or collected but not
+// yet finalized keeps its pin: Node runs the finalizer only when the last buffer holding the memory is gone.
+// Teardown (detach=false): drops every pin; no JS runs after it.
 static void ReleaseViews(Region& r, napi_env env, bool detach) {
-  std::unordered_set<View*> vs;
+  std::unordered_set<View*> vs, kept;
   {
     std::lock_guard<std::mutex> l(r.mu);
     vs.swap(r.views);
   }
   for (View* v : vs) {
-    if (v->released.exchange(true)) continue;
-    auto region = v->region;  // v may be freed by a synchronous finalizer inside detach
     napi_value ab = nullptr;
     if (v->weak) napi_get_reference_value(env, v->weak, &ab);
     if (detach) {
       bool detached = true;
-      if (ab && napi_is_detached_arraybuffer(env, ab, &detached) == napi_ok && !detached) napi_detach_arraybuffer(env, ab);
+      if (!ab || napi_is_detached_arraybuffer(env, ab, &detached) != napi_ok || detached) {
+        kept.insert(v);
+        continue;
+      }
+    }
+    if (v->released.exchange(true)) continue;  // set before detaching: detach may run the finalizer right here
+    auto region = v->region;                   // v may be freed by that finalizer
+    if (detach) {
+      napi_detach_arraybuffer(env, ab);
     } else if (v->weak) {
       napi_delete_reference(env, v->weak);
       v->weak = nullptr;
     }
     region->Unpin();
+  }
+  if (!kept.empty()) {
+    std::lock_guard<std::mutex> l(r.mu);
+    r.views.insert(kept.begin(), kept.end());
   }
 }
 
