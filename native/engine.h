@@ -102,9 +102,11 @@ void SyncWorker(S& src, unsigned w) {
 }
 
 // io_uring engine: `depth` requests in flight on one ring, owned by the calling thread. Returns only when nothing is
-// in flight (an enter failure fails what the kernel did not take and drains what it did).
+// in flight (an enter failure fails what the kernel did not take and drains what it did). asyncIssue sets
+// IOSQE_ASYNC: the kernel issues from its workers, so io_uring_enter never sleeps in the block layer (a large
+// direct request can wait there for device tags) and a new submission is picked up at once (queues want that).
 template <class S>
-void UringDrive(Uring& u, unsigned depth, S& src, int wakeFd = -1) {
+void UringDrive(Uring& u, unsigned depth, S& src, int wakeFd = -1, bool asyncIssue = false) {
   std::vector<IoOp*> ops(depth, nullptr);
   std::vector<int64_t> due(depth, -1);  // a request waiting out its back-off: when it may go again
   std::vector<unsigned> freeSlots;
@@ -115,7 +117,8 @@ void UringDrive(Uring& u, unsigned depth, S& src, int wakeFd = -1) {
 
   auto queue = [&](unsigned s) {
     IoOp* o = ops[s];
-    u.Queue(o->write ? IORING_OP_WRITE : IORING_OP_READ, o->fd, o->mem + o->got, static_cast<unsigned>(NextLen(*o)), o->fileOff + o->got, s);
+    u.Queue(o->write ? IORING_OP_WRITE : IORING_OP_READ, o->fd, o->mem + o->got, static_cast<unsigned>(NextLen(*o)), o->fileOff + o->got, s,
+            asyncIssue ? IOSQE_ASYNC : 0);
     inflight++;
   };
   auto finish = [&](unsigned s) {

@@ -41,6 +41,10 @@ class Queue : public Owned, public std::enable_shared_from_this<Queue> {
   unsigned depth = 1;
   Uring ring;
   int wakeFd = -1;
+  // Reads are issued from the kernel's workers so a new request is picked up at once even while a large direct read
+  // waits for the device (measured: 0.15 ms instead of up to 86 ms). Writes are not: io-wq runs writes to one file
+  // one at a time (hashed by inode), which cost ~15% write throughput here.
+  bool asyncIssue = false;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -225,6 +229,7 @@ Napi::Value QueueOpen(const Napi::CallbackInfo& info) {
   if (engine != "uring" && engine != "threads") return a.TypeError("opts.engine", "'uring' or 'threads'", "ERR_INVALID_ARG_VALUE"), Napi::Value();
   q->depth = static_cast<unsigned>(depth);
   q->uring = engine == "uring";
+  q->asyncIssue = !q->write;
   int d = DupFd(fd);
   if (d < 0) return Num(env, d);
   q->fd = d;
@@ -252,7 +257,7 @@ Napi::Value QueueOpen(const Napi::CallbackInfo& info) {
   for (unsigned w = 0; w < want; w++) {
     int e = Spawn(q->threads[w], [q, w] {
       QueueSource src(*q);
-      if (q->uring) UringDrive(q->ring, q->depth, src, q->wakeFd);
+      if (q->uring) UringDrive(q->ring, q->depth, src, q->wakeFd, q->asyncIssue);
       else SyncWorker(src, w);
       q->ThreadExit();
     });

@@ -65,12 +65,13 @@ class Uring {
     fd_ = -1;
   }
 
-  void Queue(uint8_t op, int file, void* buf, unsigned len, uint64_t off, uint64_t tag) {
+  void Queue(uint8_t op, int file, void* buf, unsigned len, uint64_t off, uint64_t tag, uint8_t sqeFlags = 0) {
     unsigned tail = *sqTail_;  // only this thread writes the tail
     unsigned idx = tail & *sqMask_;
     io_uring_sqe* s = &sqes_[idx];
     memset(s, 0, sizeof *s);
     s->opcode = op;
+    s->flags = sqeFlags;
     s->fd = file;
     s->addr = reinterpret_cast<uint64_t>(buf);
     s->len = len;
