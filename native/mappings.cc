@@ -1,0 +1,385 @@
+// mappings.cc — regions and views: mmap, view, munmap, madvise, mmapInto, populate, address, live mappings.
+// A Region handle is a type-tagged External; JS reaches the bytes only through views (external ArrayBuffers) that
+// each pin the region, so munmap can detach them and the OS mapping outlives every job still using it.
+#include "mappings.h"
+
+#include <sys/mman.h>
+
+#include <map>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+namespace dmaload {
+
+namespace {
+
+// "dmaload" + "region" / a version: refuses any other addon's External.
+const napi_type_tag kRegionTag = {0x646d616c6f616400ULL, 0x726567696f6e0002ULL};
+
+// Live regions by address, for counting and for finding the region behind an ArrayBuffer view.
+std::mutex g_regMu;
+std::map<uintptr_t, std::weak_ptr<Region>> g_regions;
+
+struct RegionHandle {
+  std::shared_ptr<Region> r;
+};
+
+}  // namespace
+
+struct View {
+  std::shared_ptr<Region> region;
+  napi_ref weak = nullptr;          // JS thread only
+  std::atomic<bool> released{false};  // its pin was dropped (by its finalizer, munmap or teardown): set once
+};
+
+bool Region::TryPin() {
+  int64_t n = pins_.load();
+  while (n > 0) {
+    if (pins_.compare_exchange_weak(n, n + 1)) return true;
+  }
+  return false;
+}
+
+int Region::Unpin() {
+  if (pins_.fetch_sub(1, std::memory_order_acq_rel) != 1) return 0;
+  {
+    std::lock_guard<std::mutex> l(g_regMu);
+    g_regions.erase(reinterpret_cast<uintptr_t>(addr));
+  }
+  return munmap(base, baseLen) < 0 ? static_cast<int>(Err()) : 0;
+}
+
+size_t LiveRegions() {
+  std::lock_guard<std::mutex> l(g_regMu);
+  return g_regions.size();
+}
+
+Lease LeaseContaining(const uint8_t* p, uint64_t n) {
+  std::lock_guard<std::mutex> l(g_regMu);
+  auto it = g_regions.upper_bound(reinterpret_cast<uintptr_t>(p));
+  if (it == g_regions.begin()) return Lease();
+  --it;
+  auto r = it->second.lock();
+  if (!r || p < r->addr || n > r->len || p - r->addr > static_cast<ptrdiff_t>(r->len - n)) return Lease();
+  if (!r->TryPin()) return Lease();
+  return Lease(std::move(r));
+}
+
+static void ViewFinalize(napi_env env, void*, void* hint) {
+  auto* v = static_cast<View*>(hint);
+  if (!v->released.exchange(true)) {
+    Region& r = *v->region;
+    bool last;
+    {
+      std::lock_guard<std::mutex> l(r.mu);
+      r.views.erase(v);
+      last = r.views.empty();
+    }
+    EnvData* d = GetEnvData(Napi::Env(env));
+    if (last && !r.owner.load() && d && !d->tearingDown) d->Remove(v->region);
+    r.Unpin();
+  }
+  if (v->weak) napi_delete_reference(env, v->weak);
+  delete v;
+}
+
+// munmap (detach=true): detaches each view and drops its pin. A view already detached by someone else — e.g.
+// ArrayBuffer.prototype.transfer() (Node 22+) moved the memory into a buffer we cannot reach — or collected but not
+// yet finalized keeps its pin: Node runs the finalizer only when the last buffer holding the memory is gone.
+// Teardown (detach=false): drops every pin; no JS runs after it.
+static void ReleaseViews(Region& r, napi_env env, bool detach) {
+  std::unordered_set<View*> vs, kept;
+  {
+    std::lock_guard<std::mutex> l(r.mu);
+    vs.swap(r.views);
+  }
+  for (View* v : vs) {
+    napi_value ab = nullptr;
+    if (v->weak) napi_get_reference_value(env, v->weak, &ab);
+    if (detach) {
+      bool detached = true;
+      if (!ab || napi_is_detached_arraybuffer(env, ab, &detached) != napi_ok || detached) {
+        kept.insert(v);
+        continue;
+      }
+    }
+    if (v->released.exchange(true)) continue;  // set before detaching: detach may run the finalizer right here
+    auto region = v->region;                   // v may be freed by that finalizer
+    if (detach) {
+      napi_detach_arraybuffer(env, ab);
+    } else if (v->weak) {
+      napi_delete_reference(env, v->weak);
+      v->weak = nullptr;
+    }
+    region->Unpin();
+  }
+  if (!kept.empty()) {
+    std::lock_guard<std::mutex> l(r.mu);
+    r.views.insert(kept.begin(), kept.end());
+  }
+}
+
+int Region::Close(Napi::Env e, bool detach) {
+  if (!owner.exchange(false)) return -EINVAL;
+  closed = true;
+  auto self = shared_from_this();
+  if (detach) ReleaseViews(*this, e, true);
+  bool noViews;
+  {
+    std::lock_guard<std::mutex> l(mu);
+    noViews = views.empty();
+  }
+  EnvData* d = GetEnvData(e);
+  if (noViews && d && !d->tearingDown) d->Remove(self);
+  return Unpin();
+}
+
+void Region::Teardown() {
+  closed = true;
+  ReleaseViews(*this, env, false);
+  if (owner.exchange(false)) Unpin();
+}
+
+static void RegionHandleFinalize(Napi::Env env, RegionHandle* h) {
+  // Collected without munmap: drop the owner's pin; live views keep the mapping until they go too.
+  if (h->r->owner.load()) h->r->Close(env, false);
+  delete h;
+}
+
+bool ReadRegion(const Args& a, Napi::Value v, const std::string& what, std::shared_ptr<Region>& out, bool requireOpen) {
+  if (!v.IsExternal() || !v.As<Napi::External<RegionHandle>>().CheckTypeTag(&kRegionTag)) return a.TypeError(what, "a Region (from mmap())");
+  out = v.As<Napi::External<RegionHandle>>().Data()->r;
+  if (requireOpen && out->closed.load()) {
+    ThrowErrorCode(a.env, "ERR_REGION_CLOSED", a.Prefix() + what + " was munmapped");
+    return false;
+  }
+  return true;
+}
+
+bool ReadTarget(const Args& a, Napi::Value v, const std::string& what, Target& out) {
+  if (v.IsExternal()) {
+    std::shared_ptr<Region> r;
+    if (!ReadRegion(a, v, what, r)) return false;
+    r->Pin();  // the JS handle's pin is held (not closed), so the count is above 0
+    out.data = r->addr;
+    out.size = r->len;
+    out.lease = Lease(std::move(r));
+    return true;
+  }
+  if (!v.IsArrayBuffer()) return a.TypeError(what, "a Region or an ArrayBuffer");
+  auto ab = v.As<Napi::ArrayBuffer>();
+  if (ab.IsDetached() || ab.Data() == nullptr || ab.ByteLength() == 0) {
+    return a.TypeError(what, "an attached, non-empty ArrayBuffer", "ERR_BUFFER_DETACHED");
+  }
+  out.data = static_cast<uint8_t*>(ab.Data());
+  out.size = ab.ByteLength();
+  out.keep = Napi::Persistent(ab);
+  out.lease = LeaseContaining(out.data, out.size);  // a view: its region must outlive the request too
+  return true;
+}
+
+namespace {
+
+bool InRange(uint64_t off, uint64_t len, uint64_t size) { return off <= size && len <= size - off; }
+
+bool CheckRange(const Args& a, const Region& r, uint64_t off, uint64_t len) {
+  if (InRange(off, len, r.len)) return true;
+  return a.RangeError("offset + length", "<= the region's size " + std::to_string(r.len) + " (got " + std::to_string(off) + " + " + std::to_string(len) + ")");
+}
+
+// mmap(length, prot, flags, fd, offset, align) -> Region | -errno. align > page size is honoured for anonymous
+// mappings by over-reserving and trimming (2 MiB for huge pages).
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  Args a(info, "mmap");
+  uint64_t len, off, align;
+  int prot, flags, fd;
+  if (!a.U64(a[0], "length", len, kMaxSafe, 1) || !a.I32(a[1], "prot", prot) || !a.I32(a[2], "flags", flags) ||
+      !a.Fd(a[3], "fd", fd, true) || !a.U64(a[4], "offset", off) || !a.U64(a[5], "align", align, kGiB))
+    return {};
+  if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) return a.RangeError("flags", "without MAP_FIXED (use mmapInto)"), Napi::Value();
+  if (align & (align - 1)) return a.RangeError("align", "0 or a power of two"), Napi::Value();
+  if (int e = FaultHit(kFaultMmap)) return Num(a.env, -e);
+  size_t ps = PageSize();
+  size_t mlen = (len + ps - 1) & ~(ps - 1);
+  uint8_t* addr;
+  if (fd < 0 && align > ps) {
+    size_t reserve = mlen + align;
+    void* base = mmap(nullptr, reserve, prot, flags, -1, 0);
+    if (base == MAP_FAILED) return Num(a.env, static_cast<double>(Err()));
+    uintptr_t b = reinterpret_cast<uintptr_t>(base);
+    uintptr_t al = (b + align - 1) & ~(static_cast<uintptr_t>(align) - 1);
+    size_t head = al - b, tail = reserve - head - mlen;
+    if (head) munmap(base, head);
+    if (tail) munmap(reinterpret_cast<void*>(al + mlen), tail);
+    addr = reinterpret_cast<uint8_t*>(al);
+  } else {
+    void* m = mmap(nullptr, len, prot, flags, fd, static_cast<off_t>(off));
+    if (m == MAP_FAILED) return Num(a.env, static_cast<double>(Err()));
+    addr = static_cast<uint8_t*>(m);
+  }
+  auto r = std::make_shared<Region>(addr, len, addr, mlen);
+  r->env = a.env;
+  {
+    std::lock_guard<std::mutex> l(g_regMu);
+    g_regions[reinterpret_cast<uintptr_t>(addr)] = r;
+  }
+  GetEnvData(a.env)->Add(r);
+  auto* h = new RegionHandle{r};
+  auto ext = Napi::External<RegionHandle>::New(a.env, h, RegionHandleFinalize);
+  // Fails while a worker is terminating: nothing will own the mapping, so undo it.
+  if (ext.IsEmpty() || napi_type_tag_object(a.env, ext, &kRegionTag) != napi_ok) {
+    if (ext.IsEmpty()) delete h;
+    r->Close(a.env, false);
+    return {};
+  }
+  return ext;
+}
+
+// view(region, offset, length) -> ArrayBuffer over [offset, offset+length): zero-copy, pins the region.
+Napi::Value ViewFn(const Napi::CallbackInfo& info) {
+  Args a(info, "view");
+  std::shared_ptr<Region> r;
+  uint64_t off, len;
+  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len) || !CheckRange(a, *r, off, len)) return {};
+  if (len > MaxView(a.env)) return a.RangeError("length", "<= maxView() = " + std::to_string(MaxView(a.env)) + " on this Node.js"), Napi::Value();
+  if (len == 0) return Napi::ArrayBuffer::New(a.env, 0);  // owns nothing, pins nothing
+  r->Pin();
+  auto* v = new View{r};
+  {
+    std::lock_guard<std::mutex> l(r->mu);
+    r->views.insert(v);
+  }
+  napi_value ab;
+  napi_status st = napi_create_external_arraybuffer(a.env, r->addr + off, len, ViewFinalize, v, &ab);
+  if (st != napi_ok) {
+    // Node may or may not have taken the finalizer: leave v to it (a few bytes), but take the pin back.
+    {
+      std::lock_guard<std::mutex> l(r->mu);
+      r->views.erase(v);
+    }
+    if (!v->released.exchange(true)) r->Unpin();
+    ThrowErrorCode(a.env, "ERR_NAPI", a.Prefix() + "napi_create_external_arraybuffer failed");
+    return {};
+  }
+  napi_create_reference(a.env, ab, 0, &v->weak);
+  return Napi::Value(a.env, ab);
+}
+
+Napi::Value MaxViewFn(const Napi::CallbackInfo& info) { return Num(info.Env(), static_cast<double>(MaxView(info.Env()))); }
+
+Napi::Value RegionSize(const Napi::CallbackInfo& info) {
+  Args a(info, "regionSize");
+  std::shared_ptr<Region> r;
+  if (!ReadRegion(a, a[0], "region", r, false)) return {};
+  return Num(a.env, static_cast<double>(r->len));
+}
+
+// munmap(region) -> 0 | -errno: detaches every view and drops the handle's pin; the OS mapping goes when the last
+// job using it ends. A second munmap gives -EINVAL.
+Napi::Value Munmap(const Napi::CallbackInfo& info) {
+  Args a(info, "munmap");
+  std::shared_ptr<Region> r;
+  if (!ReadRegion(a, a[0], "region", r, false)) return {};
+  return Num(a.env, r->Close(a.env, true));
+}
+
+// madvise(region, offset, length, advice) -> 0 | -errno
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Args a(info, "madvise");
+  std::shared_ptr<Region> r;
+  uint64_t off, len;
+  int advice;
+  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len) || !a.I32(a[3], "advice", advice) ||
+      !CheckRange(a, *r, off, len))
+    return {};
+  int rc = madvise(r->addr + off, len, advice);
+  return Num(a.env, rc < 0 ? static_cast<double>(Err()) : 0);
+}
+
+// mmapInto(region, offset, length, prot, flags, fd, fileOffset) -> 0 | -errno: maps fd over whole pages of the
+// region (MAP_FIXED), so several dma-bufs share one contiguous CPU view; munmap of the region removes them all.
+Napi::Value MmapInto(const Napi::CallbackInfo& info) {
+  Args a(info, "mmapInto");
+  std::shared_ptr<Region> r;
+  uint64_t off, len, fileOff;
+  int prot, flags, fd;
+  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len, kMaxSafe, 1) ||
+      !a.I32(a[3], "prot", prot) || !a.I32(a[4], "flags", flags) || !a.Fd(a[5], "fd", fd) || !a.U64(a[6], "fileOffset", fileOff) ||
+      !CheckRange(a, *r, off, len))
+    return {};
+  size_t ps = PageSize();
+  if (off % ps || len % ps) return a.RangeError("offset and length", "multiples of the page size " + std::to_string(ps)), Napi::Value();
+  if (int e = FaultHit(kFaultMmap)) return Num(a.env, -e);
+  void* m = mmap(r->addr + off, len, prot, (flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED, fd, static_cast<off_t>(fileOff));
+  return Num(a.env, m == MAP_FAILED ? static_cast<double>(Err()) : 0);
+}
+
+// populate(region, offset, length) -> Promise<0 | -errno>: MADV_POPULATE_WRITE on libuv's pool, region pinned.
+class PopulateWorker : public Napi::AsyncWorker {
+ public:
+  PopulateWorker(Napi::Env env, Lease lease, uint8_t* p, uint64_t len)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), lease_(std::move(lease)), p_(p), len_(len) {}
+  void Execute() override {
+    if (len_ && madvise(p_, len_, MADV_POPULATE_WRITE) < 0) rc_ = -errno;
+    lease_.Release();
+  }
+  void OnOK() override { deferred_.Resolve(Num(Env(), rc_)); }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Lease lease_;
+  uint8_t* p_;
+  uint64_t len_;
+  int rc_ = 0;
+};
+
+Napi::Value Populate(const Napi::CallbackInfo& info) {
+  Args a(info, "populate");
+  std::shared_ptr<Region> r;
+  uint64_t off, len;
+  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len) || !CheckRange(a, *r, off, len)) return {};
+  r->Pin();
+  uint8_t* p = r->addr + off;
+  auto* w = new PopulateWorker(a.env, Lease(std::move(r)), p, len);
+  auto promise = w->Promise();
+  w->Queue();
+  return promise;
+}
+
+// address(region | ArrayBuffer) -> bigint: the first byte's address, for alignment checks (0n when detached).
+Napi::Value Address(const Napi::CallbackInfo& info) {
+  Args a(info, "address");
+  uintptr_t p;
+  if (a[0].IsExternal()) {
+    std::shared_ptr<Region> r;
+    if (!ReadRegion(a, a[0], "target", r, false)) return {};
+    p = reinterpret_cast<uintptr_t>(r->addr);
+  } else if (a[0].IsArrayBuffer()) {
+    p = reinterpret_cast<uintptr_t>(a[0].As<Napi::ArrayBuffer>().Data());
+  } else {
+    return a.TypeError("target", "a Region or an ArrayBuffer"), Napi::Value();
+  }
+  return Napi::BigInt::New(a.env, static_cast<uint64_t>(p));
+}
+
+Napi::Value LiveMappings(const Napi::CallbackInfo& info) { return Num(info.Env(), static_cast<double>(LiveRegions())); }
+
+}  // namespace
+
+void InitMappings(Napi::Env env, Napi::Object exports) {
+  exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("view", Napi::Function::New(env, ViewFn, "view"));
+  exports.Set("maxView", Napi::Function::New(env, MaxViewFn, "maxView"));
+  exports.Set("regionSize", Napi::Function::New(env, RegionSize, "regionSize"));
+  exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
+  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
+  exports.Set("mmapInto", Napi::Function::New(env, MmapInto, "mmapInto"));
+  exports.Set("populate", Napi::Function::New(env, Populate, "populate"));
+  exports.Set("address", Napi::Function::New(env, Address, "address"));
+  exports.Set("liveMappings", Napi::Function::New(env, LiveMappings, "liveMappings"));
+}
+
+}  // namespace dmaload
