@@ -267,6 +267,42 @@ Napi::Value ViewFn(const Napi::CallbackInfo& info) {
   return Napi::Value(a.env, ab);
 }
 
+// unview(ab) -> true | false: the library's own short-lived views (a padding fill, a staging copy) give their pin
+// back at once instead of when the garbage collector gets to them, so unmapping a region is never left waiting on a
+// finalizer for memory nobody can reach. Detaches `ab`; false when it is not a live view of a region.
+Napi::Value UnviewFn(const Napi::CallbackInfo& info) {
+  Args a(info, "unview");
+  if (!info[0].IsArrayBuffer()) return a.TypeError("view", "an ArrayBuffer from view()"), Napi::Value();
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.IsDetached() || ab.ByteLength() == 0) return Napi::Boolean::New(a.env, false);
+  Lease lease = LeaseContaining(static_cast<const uint8_t*>(ab.Data()), ab.ByteLength());
+  if (!lease) return Napi::Boolean::New(a.env, false);
+  std::shared_ptr<Region> r = lease.region();
+  View* found = nullptr;
+  bool last = false;
+  {
+    std::lock_guard<std::mutex> l(r->mu);
+    for (View* v : r->views) {
+      napi_value val = nullptr;
+      bool same = false;
+      if (v->weak && napi_get_reference_value(a.env, v->weak, &val) == napi_ok && val && napi_strict_equals(a.env, val, ab, &same) == napi_ok && same) {
+        found = v;
+        r->views.erase(v);
+        last = r->views.empty();
+        break;
+      }
+    }
+  }
+  if (!found || found->released.exchange(true)) return Napi::Boolean::New(a.env, false);
+  EnvData* d = GetEnvData(a.env);
+  if (last && !r->owner.load() && d && !d->tearingDown) d->Remove(r);
+  napi_delete_reference(a.env, found->weak);
+  found->weak = nullptr;
+  ab.Detach();  // its finalizer now sees `released` and only frees the record
+  r->Unpin();
+  return Napi::Boolean::New(a.env, true);
+}
+
 Napi::Value MaxViewFn(const Napi::CallbackInfo& info) { return Num(info.Env(), static_cast<double>(MaxView(info.Env()))); }
 
 Napi::Value RegionSize(const Napi::CallbackInfo& info) {
@@ -373,6 +409,7 @@ void InitMappings(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("view", Napi::Function::New(env, ViewFn, "view"));
   exports.Set("maxView", Napi::Function::New(env, MaxViewFn, "maxView"));
+  exports.Set("unview", Napi::Function::New(env, UnviewFn, "unview"));
   exports.Set("regionSize", Napi::Function::New(env, RegionSize, "regionSize"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));

@@ -56,6 +56,7 @@ class Lease {
     r_.reset();
   }
   explicit operator bool() const { return r_ != nullptr; }
+  const std::shared_ptr<Region>& region() const { return r_; }
 
  private:
   std::shared_ptr<Region> r_;

@@ -71,7 +71,7 @@ test('abort storm: every call settles with its error, nothing leaks, RSS bounded
     } finally {
       clearTimeout(timer);
     }
-    const leak = leaks();
+    const leak = await leaks();
     assert.equal(leak, undefined, `call ${i} (${JSON.stringify(c)}, abort after ${delay} ms): ${leak}`);
   }
   const grown = process.memoryUsage().rss - rss0;

@@ -58,7 +58,7 @@ test('auto on a half-warm file (alternate 8 MiB cached): mixed, bytes exact, no 
     assert.ok(b.stats.copiedBytes >= 30 * MiB, `copied ${b.stats.copiedBytes}`);
     assert.ok(cached(f.path, size) <= before, 'keepCache false adds nothing');
     b.close();
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   }
 });
 

@@ -64,7 +64,7 @@ describe('files over 4 GiB', { timeout: 600_000 }, () => {
       } finally {
         b.close();
       }
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
       rmSync(f.path);
     });
   }
@@ -89,7 +89,7 @@ describe('files over 4 GiB', { timeout: 600_000 }, () => {
     assert.equal(c.bytes, size);
     assert.equal(fileSha256Streamed(copied), f.sha256);
     rmSync(copied);
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
     const out = await cli('load', f.path, '--hash', 'sha256', '--json');
     assert.equal(out.code, 0, out.err);
     assert.equal(JSON.parse(out.out).sha256, f.sha256);

@@ -24,7 +24,7 @@ test('copy: sizes 0, 1, 4095, several slots + 3, byte-exact, direct both sides, 
       assert.equal(r.io, 'direct');
       assert.equal(last, size);
     }
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   }
 });
 
@@ -44,5 +44,5 @@ test('copy: replaces an existing file atomically; refuses the same file and fold
   await assert.rejects(copy(src.path, dst, { slotSize: 64 * 1024, signal: ac.signal, onProgress: () => ac.abort() }), { name: 'AbortError' });
   assert.equal(readFileSync(dst, 'utf8'), 'old');
   assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), []);
-  assert.equal(leaks(), undefined);
+  assert.equal(await leaks(), undefined);
 });

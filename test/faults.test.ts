@@ -36,7 +36,7 @@ async function expectFault(op: FaultOp, nth: number, errno: number, code: string
   } finally {
     clear();
   }
-  assert.equal(leaks(), undefined);
+  assert.equal(await leaks(), undefined);
 }
 
 for (const engine of ['uring', 'threads'] as const) {

@@ -31,7 +31,7 @@ test('loadRanges: each range lands whole, at its file alignment, reading only it
       assert.ok(buffer.stats.bytesRead >= wanted);
       assert.ok(buffer.stats.bytesRead <= wanted + 4 * 2 * 4096, `read ${buffer.stats.bytesRead} for ${wanted} wanted`);
       buffer.close();
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
   }
 });
@@ -44,5 +44,5 @@ test('loadRanges: bad ranges are refused by code, nothing leaked', async () => {
   await assert.rejects(loadRanges(f.path, [{ offset: 100, length: 10 }, { offset: 50, length: 10 }]), { code: 'ERR_OUT_OF_RANGE', message: /ranges\[1\]\.offset/ });
   await assert.rejects(loadRanges(f.path, [{ offset: -1, length: 10 }]), { code: 'ERR_OUT_OF_RANGE' });
   await assert.rejects(loadRanges(f.path, 'all' as never), { code: 'ERR_INVALID_ARG_TYPE' });
-  assert.equal(leaks(), undefined);
+  assert.equal(await leaks(), undefined);
 });

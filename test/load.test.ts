@@ -53,7 +53,7 @@ describe('load: bytes exact for every size, target and io', () => {
             b.close();
           }
         }
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
       });
     }
   }
@@ -88,7 +88,7 @@ describe('load: bytes exact for every size, target and io', () => {
       const f = makeFile(shm, 'shm', 3 * MiB + 3);
       const leaks = leakCheck();
       await assert.rejects(load(f.path, { io: 'direct' }), { code: 'ERR_DIRECT_IO_UNSUPPORTED', path: f.path });
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
       const b = await load(f.path);
       assert.equal(b.stats.io, 'buffered');
       assert.match(b.stats.ioReason ?? '', /direct I\/O/);
@@ -108,7 +108,7 @@ describe('load: bytes exact for every size, target and io', () => {
     };
     const leaks = leakCheck();
     await round();
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('200 load/close cycles leak no fd and no mapping', async () => {
@@ -120,7 +120,7 @@ describe('load: bytes exact for every size, target and io', () => {
       if (i % 50 === 0) assert.equal(sha256(b.bytes), f.sha256);
       b.close();
     }
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 });
 
@@ -161,7 +161,7 @@ describe('load: the buffer', () => {
     const f = makeFile(dir, 'throwing', 16 * MiB);
     const leaks = leakCheck();
     await assert.rejects(load(f.path, { chunkSize: 65536, queueDepth: 1, onProgress: () => { throw new Error('boom'); } }), /boom/);
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 });
 
@@ -170,7 +170,7 @@ describe('load: abort', () => {
     const f = makeFile(dir, 'abort0', MiB);
     const leaks = leakCheck();
     await assert.rejects(load(f.path, { signal: AbortSignal.abort() }), { name: 'AbortError' });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('abort mid-way: stops within a request, frees everything', async () => {
@@ -182,7 +182,7 @@ describe('load: abort', () => {
       const p = load(f.path, { target, io: 'direct', chunkSize: 65536, queueDepth: 1, signal: ac.signal, onProgress: (pr) => { last = pr.bytes; if (pr.bytes > 0) ac.abort(); } });
       await assert.rejects(p, { name: 'AbortError', code: 'ABORT_ERR' });
       assert.ok(last < 64 * MiB, 'stopped before the end');
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
   });
 
@@ -205,7 +205,7 @@ describe('load: bad input', () => {
   test('a directory: EISDIR', async () => {
     const leaks = leakCheck();
     await assert.rejects(load(dir), { code: 'EISDIR', path: dir });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('a FIFO: ERR_NOT_REGULAR_FILE without hanging', async () => {
@@ -213,7 +213,7 @@ describe('load: bad input', () => {
     execFileSync('mkfifo', [fifo]);
     const leaks = leakCheck();
     await assert.rejects(load(fifo), { code: 'ERR_NOT_REGULAR_FILE', path: fifo });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('/dev/zero: ERR_NOT_REGULAR_FILE', async () => {
@@ -240,7 +240,7 @@ describe('load: bad input', () => {
     const f = makeFile(dir, 'budget', 2 * MiB);
     const leaks = leakCheck();
     await assert.rejects(load(f.path, { memoryBudget: MiB }), { code: 'ERR_MEMORY_BUDGET', path: f.path });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('file truncated during the load: ERR_FILE_CHANGED, never a short buffer', async () => {
@@ -250,7 +250,7 @@ describe('load: bad input', () => {
       let done = false;
       const p = load(f.path, { io, chunkSize: 65536, queueDepth: 1, onProgress: () => { if (!done) { done = true; truncateSync(f.path, 5 * MiB + 100); } } });
       await assert.rejects(p, { code: 'ERR_FILE_CHANGED', path: f.path });
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
   });
 

@@ -25,7 +25,7 @@ const typeError = { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' };
 const rangeError = { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' };
 
 describe('native: the addon checks its own arguments', () => {
-  test('transfer: types, bounds, padding, detached buffers, closed regions', () => {
+  test('transfer: types, bounds, padding, detached buffers, closed regions', async () => {
     const f = makeFile(dir, 'small', 64 * 1024);
     const leaks = leakCheck();
     const fd = openSync(f.path, 'r');
@@ -56,10 +56,10 @@ describe('native: the addon checks its own arguments', () => {
       native.munmap(region);
       closeSync(fd);
     }
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
-  test('views, madvise and mmapInto stay inside the region; other calls check their types', () => {
+  test('views, madvise and mmapInto stay inside the region; other calls check their types', async () => {
     const leaks = leakCheck();
     const region = anon(8 * 4096);
     try {
@@ -79,6 +79,13 @@ describe('native: the addon checks its own arguments', () => {
       } finally {
         closeSync(memfd);
       }
+      // unview gives one view's pin back at once and detaches it; a foreign or already released buffer is refused.
+      const short = native.view(region, 0, 4096);
+      assert.equal(native.unview(short), true);
+      assert.equal(short.byteLength, 0);
+      assert.equal(native.unview(short), false);
+      assert.equal(native.unview(new ArrayBuffer(8)), false);
+      assert.throws(() => native.unview('x' as never), typeError);
       assert.throws(() => native.fadvise('x' as never, 0, 0, 0), typeError);
       assert.throws(() => native.seals(3, undefined as never), typeError);
       assert.throws(() => native.udmabufCreate(3, 4, [['a', 1]] as never, 0), typeError);
@@ -89,7 +96,7 @@ describe('native: the addon checks its own arguments', () => {
     } finally {
       native.munmap(region);
     }
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('a view longer than the runtime allows is refused, not a crash (Node 20: 4 GiB)', (t) => {
@@ -120,7 +127,7 @@ describe('native: jobs own what they use', () => {
     const r = await job.promise;
     assert.equal(r.errno, 0);
     assert.equal(r.bytes, 32 * MiB, 'the job read through its own dup of the fd');
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('a job into a plain ArrayBuffer keeps it alive and fills it', async () => {

@@ -24,7 +24,7 @@ test('parts: partSize splits memory and memfd loads, overlap on and off, bytes e
         assert.ok(b.stats.ioMs <= b.stats.ms + 1 && b.stats.allocMs <= b.stats.ms + 1, 'phases are wall times inside the load');
         assert.equal(last, size, 'progress sums every part');
         b.close();
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
       }
     }
   }
@@ -56,7 +56,7 @@ test('parts: abort mid-way through a parts load frees every part, overlap on and
       const ac = new AbortController();
       const p = load(f.path, { target, overlap, partSize: 2 * MiB, chunkSize: 65536, queueDepth: 1, signal: ac.signal, onProgress: (pr) => pr.bytes > 3 * MiB && ac.abort() });
       await assert.rejects(p, { name: 'AbortError' });
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
   }
 });

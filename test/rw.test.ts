@@ -24,7 +24,7 @@ describe('readInto', () => {
         assert.equal(n, length);
         assert.equal(sha256(buf.bytes.subarray(bufOffset, bufOffset + length)), sha256(file.subarray(fileOffset, fileOffset + length)), `${io} ${length}`);
         buf.close();
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
       }
     }
   });
@@ -102,7 +102,7 @@ describe('readInto', () => {
     await assert.rejects(readInto(buf, fh, { length: 10 }), { code: 'ERR_FILE_CLOSED' });
     buf.close();
     await assert.rejects(readInto(buf, f.path, { length: 10 }), { code: 'ERR_BUFFER_CLOSED' });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('close() during a readInto waits for the I/O before freeing', async () => {

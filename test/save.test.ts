@@ -32,7 +32,7 @@ describe('save', () => {
         assert.equal(statSync(dst).size, size);
         assert.equal(sha256(readFileSync(dst)), f.sha256, `${size} ${io}`);
         assert.deepEqual(temps(dir), []);
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
       }
     }
   });
@@ -63,7 +63,7 @@ describe('save', () => {
     await assert.rejects(save(b, join(dir, 'closed')), { code: 'ERR_BUFFER_CLOSED' });
     await assert.rejects(save('text' as never, join(dir, 'bad')), { code: 'ERR_INVALID_ARG_TYPE' });
     await assert.rejects(save(new Uint8Array(1), '/dev/null'), { code: 'ERR_NOT_REGULAR_FILE' });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('abort mid-save: AbortError, destination untouched, no temporary file', async () => {
@@ -76,7 +76,7 @@ describe('save', () => {
     await assert.rejects(save(data, dst, { signal: ac.signal, bufferSize: MiB, queueDepth: 1 }), { name: 'AbortError' });
     assert.equal(readFileSync(dst, 'utf8'), 'precious');
     assert.deepEqual(temps(dir), []);
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('past RLIMIT_FSIZE: EFBIG, destination untouched, no temporary file', async () => {
@@ -115,7 +115,7 @@ describe('createWriter', () => {
     assert.equal(w.bytesWritten, total);
     assert.equal(statSync(dst).size, total);
     assert.equal(sha256(readFileSync(dst)), h.digest('hex'));
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
     await assert.rejects(w.write(new Uint8Array(1)), { code: 'ERR_WRITER_CLOSED' });
   });
 

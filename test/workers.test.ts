@@ -72,6 +72,6 @@ if (!isMainThread) {
       ),
     );
     assert.deepEqual(results.flat(), []);
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 }

@@ -11,7 +11,7 @@ import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
 import { PAGE_SIZE, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
-import { bytesOf } from '../engine/memory.js';
+import { withBytesAsync } from '../engine/memory.js';
 import { openFile } from '../pipeline/source.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { boolOption, ioOption, optionsObject, signalOption, tuning } from './options.js';
@@ -86,16 +86,17 @@ const pwrite = promisify(fs.write);
 const fdatasync = promisify(fs.fdatasync);
 
 /** Buffered pread/pwrite of a ragged edge; returns bytes moved (a read stops at EOF and writes nothing past it). */
-async function edge(fd: number, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number): Promise<number> {
-  const mem = bytesOf(region, bufOffset, length);
-  let done = 0;
-  while (done < mem.length) {
-    const view = mem.subarray(done);
-    const n = write ? (await pwrite(fd, view, 0, view.length, fileOffset + done)).bytesWritten : (await pread(fd, view, 0, view.length, fileOffset + done)).bytesRead;
-    if (n === 0) break;
-    done += n;
-  }
-  return done;
+function edge(fd: number, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number): Promise<number> {
+  return withBytesAsync(region, bufOffset, length, async (mem) => {
+    let done = 0;
+    while (done < mem.length) {
+      const view = mem.subarray(done);
+      const n = write ? (await pwrite(fd, view, 0, view.length, fileOffset + done)).bytesWritten : (await pread(fd, view, 0, view.length, fileOffset + done)).bytesRead;
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  });
 }
 
 /**

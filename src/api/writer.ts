@@ -14,7 +14,7 @@ import { MiB, roundUp } from '../core/util.js';
 import { native } from '../engine/binding.js';
 import type { Region, TransferTarget } from '../engine/binding.js';
 import { IoQueue } from '../engine/engine.js';
-import { anonymous, bytesOf } from '../engine/memory.js';
+import { anonymous, withBytes, zero } from '../engine/memory.js';
 import { openDestination } from '../pipeline/destination.js';
 import type { Destination } from '../pipeline/destination.js';
 import type { IoMode } from '../pipeline/source.js';
@@ -168,12 +168,12 @@ export class CaptureWriter implements Writer {
   async write(chunk: Uint8Array, opts?: { copy?: boolean }): Promise<void> {
     if (!(chunk instanceof Uint8Array)) throw invalidType('chunk', 'a Uint8Array', chunk);
     const zeroCopy = opts?.copy !== true && chunk.buffer instanceof ArrayBuffer ? { target: chunk.buffer, offset: chunk.byteOffset } : undefined;
-    await this.#guarded(() => this.#take(chunk.length, zeroCopy, (off, n) => chunk.subarray(off, off + n)));
+    await this.#guarded(() => this.#take(chunk.length, zeroCopy, (off, n, dst) => dst.set(chunk.subarray(off, off + n))));
   }
 
   /** @internal Writes `length` bytes of a region from `offset`: in place where direct I/O can read it, else copied. */
   async writeRegion(region: Region, offset: number, length: number, opts: { copy: boolean }): Promise<void> {
-    await this.#guarded(() => this.#take(length, opts.copy ? undefined : { target: region, offset }, (off, n) => bytesOf(region, offset + off, n)));
+    await this.#guarded(() => this.#take(length, opts.copy ? undefined : { target: region, offset }, (off, n, dst) => withBytes(region, offset + off, n, (src) => dst.set(src))));
   }
 
   async #guarded(fn: () => Promise<void>): Promise<void> {
@@ -194,7 +194,7 @@ export class CaptureWriter implements Writer {
   }
 
   /** Takes `length` bytes: whole chunks in place when `inPlace` memory is aligned, the rest through staging. */
-  async #take(length: number, inPlace: { target: TransferTarget; offset: number } | undefined, slice: (off: number, n: number) => Uint8Array): Promise<void> {
+  async #take(length: number, inPlace: { target: TransferTarget; offset: number } | undefined, copyInto: (off: number, n: number, dst: Uint8Array) => void): Promise<void> {
     let off = 0;
     if (this.#dest.direct && inPlace && this.#fill === 0 && length >= this.#chunk && (native.address(inPlace.target) + BigInt(inPlace.offset)) % BigInt(this.#memAlign) === 0n) {
       const len = length - (length % this.#block);
@@ -211,7 +211,7 @@ export class CaptureWriter implements Writer {
     }
     while (off < length) {
       const n = Math.min(this.#chunk - this.#fill, length - off);
-      bytesOf(this.#staging, this.#cur * this.#chunk + this.#fill, n).set(slice(off, n));
+      withBytes(this.#staging, this.#cur * this.#chunk + this.#fill, n, (dst) => copyInto(off, n, dst));
       this.#fill += n;
       off += n;
       if (this.#fill === this.#chunk) await this.#flushSlot(this.#chunk);
@@ -270,7 +270,7 @@ export class CaptureWriter implements Writer {
       if (this.#fill > 0) {
         // The tail, padded with zeros to a whole block for direct I/O; the truncate below cuts the padding off.
         const padded = roundUp(this.#fill, this.#block);
-        bytesOf(this.#staging, this.#cur * this.#chunk + this.#fill, padded - this.#fill).fill(0);
+        zero(this.#staging, this.#cur * this.#chunk + this.#fill, padded - this.#fill);
         const tail = this.#fill;
         void this.#submit(this.#staging, this.#cur * this.#chunk, padded).then(() => (this.#written -= padded - tail));
         this.#fill = 0;

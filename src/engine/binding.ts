@@ -75,6 +75,8 @@ export interface Native {
   view(region: Region, offset: number, length: number): ArrayBuffer;
   /** The longest ArrayBuffer the runtime allows over external memory: 2^32 on Node 20, 2^53 - 1 on Node 22+. */
   maxView(): number;
+  /** Gives a view's pin back now (and detaches it): for the library's own short-lived views. */
+  unview(view: ArrayBuffer): boolean;
   regionSize(region: Region): number;
   /** Detaches the views; the memory is unmapped once no job holds the region. */
   munmap(region: Region): number;

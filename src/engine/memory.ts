@@ -30,7 +30,32 @@ export async function populate(region: Region, offset: number, length: number, p
 
 /** Zeros [offset, offset+length) of a region: the padding past a file's end that whole-block reads filled. */
 export function zero(region: Region, offset: number, length: number): void {
-  if (length > 0) new Uint8Array(native.view(region, offset, length)).fill(0);
+  withBytes(region, offset, length, (b) => b.fill(0));
+}
+
+/**
+ * Runs `fn` on a view of [offset, offset+length) that is released as soon as `fn` returns, so that unmapping the
+ * region later never waits for the garbage collector to finalize it. `fn` must not keep the view.
+ */
+export function withBytes<T>(region: Region, offset: number, length: number, fn: (bytes: Uint8Array) => T): T {
+  if (length === 0) return fn(new Uint8Array(0));
+  const ab = native.view(region, offset, length);
+  try {
+    return fn(new Uint8Array(ab));
+  } finally {
+    native.unview(ab);
+  }
+}
+
+/** {@link withBytes} for an async `fn`: the view is released once its promise settles. */
+export async function withBytesAsync<T>(region: Region, offset: number, length: number, fn: (bytes: Uint8Array) => Promise<T>): Promise<T> {
+  if (length === 0) return fn(new Uint8Array(0));
+  const ab = native.view(region, offset, length);
+  try {
+    return await fn(new Uint8Array(ab));
+  } finally {
+    native.unview(ab);
+  }
 }
 
 /** A Uint8Array over [offset, offset+length) of a region (empty for length 0). */

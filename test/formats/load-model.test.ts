@@ -177,7 +177,7 @@ describe('loadModel: whole models', () => {
         assert.throws(() => model.tensors.get('w.f32')!.bytes, { code: 'ERR_BUFFER_CLOSED' });
         assert.throws(() => model.tensors.get('w.empty')!.bytes, { code: 'ERR_BUFFER_CLOSED' });
         assert.equal(model.tensors.get('w.f32')!.byteLength, 4000, 'facts stay readable');
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
       }
     }
   });
@@ -213,7 +213,7 @@ describe('loadModel: whole models', () => {
       assert.ok(model.stats.bytesRead <= tensorBytes + specs.length * alignment + 2 * 4096, `${model.stats.bytesRead} read for ${tensorBytes}`);
       await model[Symbol.asyncDispose]();
       assert.equal(model.closed, true);
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
   });
 
@@ -246,7 +246,7 @@ describe('loadModel: whole models', () => {
         }
       }
       model.close();
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
     assert.ok(typed > 0, 'some sample tensors were aligned');
   });
@@ -291,7 +291,7 @@ describe('loadModel: selective loads', () => {
         assert.ok(model.stats.bytesRead >= total && model.stats.bytesRead <= total + 2 * 2 * 4096, `${io}: read ${model.stats.bytesRead} for ${total}`);
         assert.ok(model.buffers[0]!.size < 2 * total, 'the buffer holds the ranges, not the file');
         model.close();
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
       }
     }
   });
@@ -328,7 +328,7 @@ describe('loadModel: selective loads', () => {
     assert.equal(model.stats.bytesRead, 0);
     assert.equal(model.stats.files, 0);
     model.close();
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('unknown tensor names: ERR_MODEL_TENSOR_NOT_FOUND naming them and a few that exist, nothing loaded', async () => {
@@ -348,7 +348,7 @@ describe('loadModel: selective loads', () => {
     await assert.rejects(loadModel(path, { target: 'gpu' as never }), { code: 'ERR_INVALID_ARG_VALUE' });
     await assert.rejects(loadModel(path, { tensors: () => { throw new Error('predicate'); } }), /predicate/);
     await assert.rejects(loadModel(path, { memoryBudget: 100 * KiB }), { code: 'ERR_MEMORY_BUDGET', path });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 });
 
@@ -381,7 +381,7 @@ describe('loadModel: shards', () => {
       assert.deepEqual(model.stats.perFile.map((f) => [f.file, f.tensors]), [[p1, 2], [p2, 2]]);
       model.close();
       assert.ok(model.buffers.every((b) => b.closed));
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
     const leaks = leakCheck();
     const one = await loadModel(index, { tensors: ['l1'] });
@@ -390,7 +390,7 @@ describe('loadModel: shards', () => {
     assertSlices(one, files);
     assert.ok(one.stats.bytesRead <= one.stats.tensorBytes + 2 * 4096);
     one.close();
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('GGUF split files: the first split loads them all into one result', async () => {
@@ -419,7 +419,7 @@ describe('loadModel: shards', () => {
     assert.deepEqual(Array.from(model.tensors.get('c')!.asTypedArray() as BigInt64Array), [-4n, -3n, -2n, -1n, 0n, 1n, 2n, 3n, 4n]);
     assert.deepEqual(Array.from(model.tensors.get('d')!.asTypedArray() as Float32Array), Array.from(f32(3000, 23)));
     model.close();
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 });
 
@@ -442,7 +442,7 @@ describe('loadModel: abort, failures, progress', () => {
 
     const leaks = leakCheck();
     await assert.rejects(loadModel(index, { signal: AbortSignal.abort() }), { name: 'AbortError' });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('abort mid-way: rejects with AbortError, every shard freed', async () => {
@@ -453,7 +453,7 @@ describe('loadModel: abort, failures, progress', () => {
       const p = loadModel(index, { target, io: 'direct', chunkSize: 65536, queueDepth: 1, signal: ac.signal, onProgress: (pr) => { last = pr.bytes; if (pr.bytes > 0) ac.abort(); } });
       await assert.rejects(p, { name: 'AbortError', code: 'ABORT_ERR' });
       assert.ok(last < 64 * MiB, 'stopped before the end');
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     }
   });
 
@@ -462,10 +462,10 @@ describe('loadModel: abort, failures, progress', () => {
     const boom = new Error('boom');
     const p = loadModel(index, { io: 'direct', chunkSize: 65536, queueDepth: 1, onProgress: (pr) => { if (pr.bytes > 0) throw boom; } });
     await assert.rejects(p, (e) => e === boom);
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
     // A missing file: Node's fs error.
     await assert.rejects(loadModel(join(sub, 'missing.safetensors.index.json')), { code: 'ENOENT' });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 });
 

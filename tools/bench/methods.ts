@@ -12,7 +12,7 @@ import { native, PAGE_SIZE } from '../../src/engine/binding.js';
 import type { Region } from '../../src/engine/binding.js';
 import { targets } from '../../src/targets/index.js';
 import type { Allocation, TargetName } from '../../src/targets/index.js';
-import { anonymous, bytesOf } from '../../src/engine/memory.js';
+import { anonymous, bytesOf, withBytes } from '../../src/engine/memory.js';
 import { MiB, roundUp } from '../../src/core/util.js';
 
 export const METHODS = ['read', 'read-write', 'sendfile', 'splice', 'copy_file_range', 'dmaload', 'node-readFile', 'fio'] as const;
@@ -66,7 +66,7 @@ function hash(bytes: Uint8Array): string {
 /** Hash of a region's first `size` bytes, through windows (any size, any Node). */
 function regionHash(region: Region | undefined, size: number): string {
   const h = createHash('sha256');
-  for (let off = 0; off < size; off += 1 << 30) h.update(bytesOf(region!, off, Math.min(1 << 30, size - off)));
+  for (let off = 0; off < size; off += 1 << 30) withBytes(region!, off, Math.min(1 << 30, size - off), (b) => h.update(b));
   return h.digest('hex');
 }
 
@@ -146,7 +146,7 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
           if (n <= 0) break;
           const want = Math.min(n, size - off);
           if (alloc.writeFd !== undefined) writeSync(alloc.writeFd, buf, 0, want, off);
-          else bytesOf(region, off, want).set(buf.subarray(0, want));
+          else withBytes(region, off, want, (b) => b.set(buf.subarray(0, want)));
           off += n;
         }
       } finally {
