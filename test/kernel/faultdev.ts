@@ -126,10 +126,11 @@ export function failRange(path: string, offset: number, length: number): Array<[
 
 /**
  * Several faults in one table: the device sectors under each file range become `error`, or `delay` (reads held
- * `delayMs`, writes not); all other sectors stay linear. Ranges are whole 4 KiB blocks and must not overlap.
- * Returns the device byte ranges touched.
+ * `delayMs`, writes not); all other sectors stay linear, or with `writeDelayMs`, `delay` with reads passed through
+ * at once and every write held that long (a slow destination on the same file system). Ranges are whole 4 KiB
+ * blocks and must not overlap. Returns the device byte ranges touched.
  */
-export function faultRanges(path: string, faults: Fault[]): Array<[start: number, length: number]> {
+export function faultRanges(path: string, faults: Fault[], opts: { writeDelayMs?: number } = {}): Array<[start: number, length: number]> {
   const map = extents(path);
   const spans: Array<{ start: number; len: number; delayMs: number | undefined }> = [];
   for (const f of faults) {
@@ -148,16 +149,18 @@ export function faultRanges(path: string, faults: Fault[]): Array<[start: number
   spans.sort((a, b) => a.start - b.start);
   const total = diskSectors();
   const lines: string[] = [];
+  const pass = (from: number, count: number) =>
+    opts.writeDelayMs === undefined ? `${from} ${count} linear ${DISK} ${from}` : `${from} ${count} delay ${DISK} ${from} 0 ${DISK} ${from} ${opts.writeDelayMs}`;
   let at = 0; // sector
   for (const { start, len, delayMs } of spans) {
     const s = start / 512;
     const n = len / 512;
     if (s < at) throw new Error('fault ranges overlap on the device');
-    if (s > at) lines.push(`${at} ${s - at} linear ${DISK} ${at}`);
+    if (s > at) lines.push(pass(at, s - at));
     lines.push(delayMs === undefined ? `${s} ${n} error` : `${s} ${n} delay ${DISK} ${s} ${delayMs} ${DISK} ${s} 0`);
     at = s + n;
   }
-  if (at < total) lines.push(`${at} ${total - at} linear ${DISK} ${at}`);
+  if (at < total) lines.push(pass(at, total - at));
   setTable(lines);
   return spans.map((x) => [x.start, x.len]);
 }
