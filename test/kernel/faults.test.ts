@@ -8,6 +8,12 @@
  * - dm-flakey failing every read of the device: the same, from the first request.
  * - dm-delay: reads held for hundreds of milliseconds, so that requests are in flight when the AbortSignal fires:
  *   the call must reject with an AbortError within about one delay, and leave nothing behind.
+ * - error and delay ranges in one table: io 'auto' of a partly cached file, where one of load()'s two jobs fails or
+ *   is aborted while the other's reads are held; load() must not settle before they end. And copy() with its
+ *   writes held, so that a read fails while a write is pending.
+ *
+ * Tests whose failure could end the process (a crash, an unhandled rejection) run their call in a child process
+ * (inChild) and report what killed it.
  *
  * Outside the qemu tier, or in a guest without the modules, every test skips with the reason, never passes.
  */
@@ -37,7 +43,8 @@ const HAVE: Record<string, string | undefined> = {
 };
 const TARGETS = ['memory', 'memfd', 'udmabuf', 'dma-heap'] as const satisfies readonly TargetName[];
 
-// Files on the fault device; destinations (copy) on /data, which never fails.
+// Source files on the fault device; copy() destinations on /data (which never fails), except where the test holds
+// the destination's writes with dm-delay.
 let dir = '';
 const out = tempDir('dmaload-faults-');
 after(out.cleanup);
