@@ -18,10 +18,14 @@ TIMEOUT=${DMALOAD_KERNEL_TIMEOUT:-1800}          # seconds, whole qemu run
 MEM=${DMALOAD_KERNEL_MEM:-4G}
 SMP=${DMALOAD_KERNEL_SMP:-2}
 DISK_SIZE=${DMALOAD_KERNEL_DISK_SIZE:-2G}
+FAULT_DISK_SIZE=${DMALOAD_KERNEL_FAULT_DISK_SIZE:-1G}   # second disk, under device-mapper (0: none)
 ACCEL=${DMALOAD_KERNEL_ACCEL:-auto}               # auto | kvm | tcg
 PKG_RE=${DMALOAD_KERNEL_PACKAGE_RE:-'^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$'}
 # Modules to load at boot; their dependencies come from each module's own modinfo (depends=, softdep pre:).
 MODULES=${DMALOAD_KERNEL_MODULES:-"virtio_blk crc32c_generic ext4 vgem"}
+# Device-mapper for the fault tests (test/kernel/faults.test.ts): the linear and error targets are in dm_mod.
+# Optional: a module the kernel package lacks is left out with a note, and the tests that need it skip.
+FAULT_MODULES=${DMALOAD_KERNEL_FAULT_MODULES:-"dm_mod dm_delay dm_flakey"}
 # Project paths copied into the guest (repo-relative; missing ones are skipped). node_modules is added separately:
 # only the packages reachable from package.json "dependencies".
 INCLUDE=${DMALOAD_KERNEL_INCLUDE:-"package.json bin dist test scripts/kernel"}
@@ -47,7 +51,7 @@ T0=$(now_ms)
 check_tools() {
   local missing=() cmd pkg
   for pair in qemu-system-x86_64:qemu-system-x86 cpio:cpio mkfs.ext4:e2fsprogs xz:xz-utils \
-              apt-get:apt dpkg-deb:dpkg ldd:libc-bin; do
+              apt-get:apt dpkg-deb:dpkg ldd:libc-bin dmsetup:dmsetup filefrag:e2fsprogs; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/sbin:/usr/sbin" command -v "$cmd" >/dev/null 2>&1 \
       || missing+=("$pkg")
@@ -62,8 +66,13 @@ check_tools() {
     exit 2
   fi
 }
+export PATH="$PATH:/sbin:/usr/sbin"   # mkfs.ext4, dmsetup and filefrag live in /sbin for non-root users
 check_tools
-export PATH="$PATH:/sbin:/usr/sbin"   # mkfs.ext4 lives in /sbin for non-root users
+# Guest tools for the fault tests, copied with their libraries as node is: dmsetup builds device-mapper tables,
+# filefrag (FIEMAP) finds where a file's bytes are on the device.
+GUEST_TOOLS=("$(readlink -f "$(command -v dmsetup)")" "$(readlink -f "$(command -v filefrag)")")
+# Every library the loader would map for these programs (one ldd per file: with several, ldd prints headers).
+libs_of() { local f; for f; do ldd "$f"; done | grep -o '/[^ ]*' | sort -u; }
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Kernel: newest matching package from apt's lists, downloaded once and extracted into the cache.
@@ -106,9 +115,9 @@ MODDIR=$KDIR/lib/modules/$KVER
 base_key() {
   {
     sha256sum "$SELF"
-    echo "$KVER $MODULES"
+    echo "$KVER $MODULES / $FAULT_MODULES"
     # Files by path, size and mtime: cheap, and changes whenever apt upgrades them.
-    stat -L -c '%n %s %Y' "$BUSYBOX" "$NODE_BIN" $(ldd "$NODE_BIN" | grep -o '/[^ ]*')
+    stat -L -c '%n %s %Y' "$BUSYBOX" "$NODE_BIN" "${GUEST_TOOLS[@]}" $(libs_of "$NODE_BIN" "${GUEST_TOOLS[@]}")
   } | sha256sum | cut -c1-16
 }
 BASE=$CACHE/base-$(base_key).cpio
@@ -170,7 +179,7 @@ dep_closure() {
 build_base() {
   local t a lib
   t=$(now_ms)
-  STAGE=$WORK/base; mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,data,root,etc/dmaload,project}
+  STAGE=$WORK/base; mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,data,fault,root,run,etc/dmaload,project}
   cp "$BUSYBOX" "$STAGE/bin/busybox"
   for a in $("$BUSYBOX" --list-full); do
     [[ $a == bin/busybox ]] && continue
@@ -178,7 +187,8 @@ build_base() {
   done
   # node and every library the loader would map, at the same absolute paths (loader included).
   cp "$NODE_BIN" "$STAGE/usr/bin/node"
-  for lib in $(ldd "$NODE_BIN" | grep -o '/[^ ]*'); do
+  for a in "${GUEST_TOOLS[@]}"; do cp "$a" "$STAGE/usr/sbin/${a##*/}"; done
+  for lib in $(libs_of "$NODE_BIN" "${GUEST_TOOLS[@]}"); do
     mkdir -p "$STAGE$(dirname "$lib")"; cp -L "$lib" "$STAGE$lib"
   done
   printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"
@@ -186,6 +196,14 @@ build_base() {
 
   index_modules
   for a in $MODULES; do resolve "$a"; done
+  local faults=()
+  for a in $FAULT_MODULES; do
+    a=${a//-/_}
+    if [[ -n ${MODPATH[$a]-} ]]; then resolve "$a"; faults+=("$a")
+    elif grep -q "/$a.ko" "$MODDIR/modules.builtin"; then :          # built in
+    else say "note: fault-test module $a is not in $KVER's package; the tests that need it will skip"; fi
+  done
+  printf '%s\n' "${faults[@]}" >"$STAGE/etc/dmaload/fault-modules"
   local md=$STAGE/lib/modules/$KVER
   cp "$MODDIR/modules.builtin" "$MODDIR/modules.order" "$md/" 2>/dev/null || true
   : >"$md/modules.dep"; : >"$md/modules.alias"
@@ -220,7 +238,7 @@ g() { echo "[guest] $*"; }
 g "init at $(cut -d' ' -f1 /proc/uptime) s uptime, kernel $(uname -r)"
 
 # modprobe with our generated modules.dep; insmod in dependency order when that fails.
-for m in $(cat /etc/dmaload/boot-modules); do
+for m in $(cat /etc/dmaload/boot-modules /etc/dmaload/fault-modules); do
   modprobe "$m" 2>/dev/null || fallback=1
 done
 if [ -n "${fallback-}" ]; then
@@ -235,6 +253,30 @@ if mount -t ext4 /dev/vda /data; then
   mkdir -p /data/tmp && chmod 1777 /data/tmp
 else
   g "could not mount /dev/vda on /data"
+fi
+
+# Fault device (test/kernel/faults.test.ts): ext4 (made by run.sh) on the second disk, seen through a device-mapper
+# device whose table starts as linear over the whole disk; the tests swap in error, delay and flakey tables.
+# Without udev, libdevmapper makes the /dev/mapper nodes itself (DM_DISABLE_UDEV); devtmpfs makes the control node.
+export DM_DISABLE_UDEV=1
+FAULT_DEV=/dev/mapper/dmaload-fault
+fault_setup() {
+  [ -b /dev/vdb ] || { echo "no second disk /dev/vdb (DMALOAD_KERNEL_FAULT_DISK_SIZE=0?)"; return; }
+  [ -e /sys/module/dm_mod ] || { echo "device-mapper (dm_mod) is not in this kernel"; return; }
+  [ -c /dev/mapper/control ] || { mkdir -p /dev/mapper; mknod /dev/mapper/control c 10 "$(awk '$2 == "device-mapper" { print $1 }' /proc/misc)"; }
+  dmsetup create dmaload-fault --table "0 $(cat /sys/block/vdb/size) linear /dev/vdb 0" >/dev/null 2>/tmp/dm.err \
+    || { echo "dmsetup create failed: $(cat /tmp/dm.err)"; return; }
+  mount -t ext4 -o noatime $FAULT_DEV /fault 2>/tmp/dm.err || { echo "mount $FAULT_DEV failed: $(cat /tmp/dm.err)"; return; }
+  mkdir -p /fault/tmp && chmod 1777 /fault/tmp
+}
+fault_reason=$(fault_setup)
+if [ -z "$fault_reason" ]; then
+  export DMALOAD_KERNEL_FAULT_DEV=$FAULT_DEV DMALOAD_KERNEL_FAULT_DISK=/dev/vdb DMALOAD_KERNEL_FAULT_DIR=/fault/tmp
+  g "fault device: $FAULT_DEV (linear over /dev/vdb, $(( $(cat /sys/block/vdb/size) / 2048 )) MiB) on /fault;" \
+    "dm targets: $(dmsetup targets | cut -d' ' -f1 | tr '\n' ' ')"
+else
+  export DMALOAD_KERNEL_FAULT_SKIP="$fault_reason"
+  g "no fault device: $fault_reason"
 fi
 
 g "/dev/udmabuf: $( [ -c /dev/udmabuf ] && echo present || echo MISSING )," \
@@ -252,6 +294,7 @@ g "running at $(cut -d' ' -f1 /proc/uptime) s uptime: $(cat /etc/dmaload/cmd-tex
 status=$?
 cd /
 sync
+umount /fault 2>/dev/null
 umount /data 2>/dev/null
 echo "DMALOAD_EXIT=$status"
 poweroff -f
@@ -354,6 +397,15 @@ flock -u 9
 DISK=$WORK/disk.img
 truncate -s "$DISK_SIZE" "$DISK"
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0,nodiscard -L dmaload-data "$DISK"
+# The fault tests' disk: its own ext4, so that a failing table never touches /data. errors=continue: a metadata
+# read that meets an error range must not turn the file system read-only for the tests after it.
+FAULT_DRIVE=()
+if [[ $FAULT_DISK_SIZE != 0 ]]; then
+  FAULT_DISK=$WORK/fault.img
+  truncate -s "$FAULT_DISK_SIZE" "$FAULT_DISK"
+  mkfs.ext4 -q -F -e continue -E lazy_itable_init=0,lazy_journal_init=0,nodiscard -L dmaload-fault "$FAULT_DISK"
+  FAULT_DRIVE=(-drive "file=$FAULT_DISK,format=raw,if=virtio,cache=unsafe")
+fi
 T2=$(now_ms)
 say "kernel $KVER, ${ACCEL_ARGS[1]}; initramfs $(( $(du -k "$INITRD" | cut -f1) / 1024 )) MiB; project layer and disk in $((T2 - T1)) ms; host setup $((T2 - T0)) ms"
 
@@ -368,7 +420,7 @@ boot() {
     -nographic -no-reboot -nic none \
     -kernel "$VMLINUZ" -initrd "$INITRD" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
-    -drive "file=$DISK,format=raw,if=virtio,cache=unsafe" \
+    -drive "file=$DISK,format=raw,if=virtio,cache=unsafe" "${FAULT_DRIVE[@]}" \
     </dev/null 2>&1 | sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' -e 's/\r$//' | tee "$LOG"
   QEMU_STATUS=${PIPESTATUS[0]}
   set -e
