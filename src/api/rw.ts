@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { promisify } from 'node:util';
 import type { FileHandle } from 'node:fs/promises';
 import { LoadedBuffer } from '../core/buffer.js';
-import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
+import { DmaloadError, asSystemError, invalidType, outOfRange } from '../core/errors.js';
 import { PAGE_SIZE, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
@@ -86,12 +86,17 @@ const pwrite = promisify(fs.write);
 const fdatasync = promisify(fs.fdatasync);
 
 /** Buffered pread/pwrite of a ragged edge; returns bytes moved (a read stops at EOF and writes nothing past it). */
-function edge(fd: number, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number): Promise<number> {
+function edge(fd: number, path: string, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number): Promise<number> {
   return withBytesAsync(region, bufOffset, length, async (mem) => {
     let done = 0;
     while (done < mem.length) {
       const view = mem.subarray(done);
-      const n = write ? (await pwrite(fd, view, 0, view.length, fileOffset + done)).bytesWritten : (await pread(fd, view, 0, view.length, fileOffset + done)).bytesRead;
+      let n: number;
+      try {
+        n = write ? (await pwrite(fd, view, 0, view.length, fileOffset + done)).bytesWritten : (await pread(fd, view, 0, view.length, fileOffset + done)).bytesRead;
+      } catch (e) {
+        throw asSystemError(e, path);
+      }
       if (n === 0) break;
       done += n;
     }
@@ -129,7 +134,7 @@ async function move(write: boolean, buffer: LoadedBuffer, file: string | FileHan
     const { head, mid } = split(f, c, write);
     let done = 0;
     if (head > 0) {
-      const n = await edge(f.fd, write, region, c.bufOffset, head, c.fileOffset);
+      const n = await edge(f.fd, f.path, write, region, c.bufOffset, head, c.fileOffset);
       done += n;
       if (n < head) return done; // EOF
     }
@@ -155,7 +160,7 @@ async function move(write: boolean, buffer: LoadedBuffer, file: string | FileHan
       if (r.short) return done;
     }
     const tail = c.length - head - mid;
-    if (tail > 0) done += await edge(f.fd, write, region, c.bufOffset + head + mid, tail, c.fileOffset + head + mid);
+    if (tail > 0) done += await edge(f.fd, f.path, write, region, c.bufOffset + head + mid, tail, c.fileOffset + head + mid);
     if (write && c.fsync) await fdatasync(f.fd);
     return done;
   } finally {

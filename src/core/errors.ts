@@ -74,6 +74,13 @@ export function check<T>(r: T | number, syscall: string, path?: string): T {
   return r as T;
 }
 
+/** A failed Node fs call as the library reports system errors: code, errno, syscall and the path it was about. */
+export function asSystemError(e: unknown, path: string): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (typeof err?.errno !== 'number' || typeof err.syscall !== 'string') return e;
+  return new DmaloadSystemError(err.errno, err.syscall, path);
+}
+
 export function invalidType(name: string, expected: string, got: unknown): TypeError {
   const e = new TypeError(`The "${name}" option must be ${expected}. Received ${describe(got)}`);
   (e as TypeError & { code: string }).code = 'ERR_INVALID_ARG_TYPE';

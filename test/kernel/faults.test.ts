@@ -172,7 +172,7 @@ describe('dm-error: EIO in the middle of a file', () => {
         await rejectsWithin(30_000, () => load(big.path, { target, io, onProgress: (p) => (seen = Math.max(seen, p.bytes)) }), isEio(big.path));
         assert.ok(seen > 0, 'some bytes were read before the bad blocks');
         assert.ok(seen < BIG, `not every byte arrived (${seen})`);
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
       });
     }
   }
@@ -187,7 +187,7 @@ describe('dm-error: EIO in the middle of a file', () => {
     } finally {
       delete process.env.DMALOAD_ENGINE;
     }
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('load into memory in 16 MiB parts, overlap on and off: coded EIO, nothing leaks', { timeout: TIMEOUT }, async (t) => {
@@ -197,7 +197,7 @@ describe('dm-error: EIO in the middle of a file', () => {
     for (const overlap of [true, false]) {
       await rejectsWithin(30_000, () => load(big.path, { partSize: 16 * MiB, overlap }), isEio(big.path));
     }
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 
   test('the device works again after the table is restored: the bad range reads back byte-exact', { timeout: TIMEOUT }, async (t) => {
@@ -236,7 +236,7 @@ describe('dm-error: EIO in the middle of a file', () => {
         failBig();
         // File bytes [64 MiB, 96 MiB): 8 MiB read fine, then the bad blocks.
         await rejectsWithin(30_000, () => readInto(buf, big.path, { io: 'direct', fileOffset: 64 * MiB, length: 32 * MiB }), isEio(big.path));
-        assert.equal(leaks(), undefined);
+        assert.equal(await leaks(), undefined);
         // Not left borrowed: a read elsewhere in the file still works into it.
         linear();
         assert.equal(await readInto(buf, big.path, { io: 'direct', fileOffset: 0, length: 4096 }), 4096);
@@ -253,7 +253,7 @@ describe('dm-error: EIO in the middle of a file', () => {
       const leaks = leakCheck();
       failBig();
       await rejectsWithin(30_000, () => readInto(buf, big.path, { io: 'auto', fileOffset: 64 * MiB + 1, length: 16 * MiB - 1 }), isEio(big.path));
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     } finally {
       buf.close();
     }
@@ -266,7 +266,7 @@ describe('dm-error: EIO in the middle of a file', () => {
       const leaks = leakCheck();
       failBig();
       await rejectsWithin(30_000, () => readInto(buf, big.path, { io: 'auto', fileOffset: BAD_AT + 1, length: 1 * MiB - 1 }), isEio(big.path));
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     } finally {
       buf.close();
     }
@@ -279,7 +279,7 @@ describe('dm-error: EIO in the middle of a file', () => {
       const leaks = leakCheck();
       failBig();
       await rejectsWithin(30_000, () => readInto(buf, big.path, { io: 'buffered', fileOffset: 64 * MiB, length: 16 * MiB }), isEio(big.path));
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     } finally {
       buf.close();
     }
@@ -357,7 +357,7 @@ describe('dm-error: EIO in the middle of a file', () => {
     let seen = 0;
     await rejectsWithin(30_000, () => loadModel(model.path, { onProgress: (p) => (seen = Math.max(seen, p.bytes)) }), isEio(model.path));
     assert.ok(seen > 0, 'tensor bytes before the bad blocks were read');
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
     // And with the device healthy again, the same model loads, values intact.
     linear();
     const m = await loadModel(model.path);
@@ -381,7 +381,7 @@ describe('dm-flakey: every read of the device fails', () => {
       evictFile(big.path);
       flakey();
       await rejectsWithin(30_000, () => load(big.path, { target }), isEio(big.path));
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     });
   }
 
@@ -396,7 +396,7 @@ describe('dm-flakey: every read of the device fails', () => {
       assert.equal((e as { path?: string }).path, model.path, `names the file: ${e}`);
       return true;
     });
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 });
 
@@ -448,7 +448,7 @@ describe('dm-delay: abort while reads are in flight', () => {
       let seen = 0;
       await abortInFlight((signal) => load(slow.path, { target, io: 'direct', ...SLOW, signal, onProgress: (p) => (seen = Math.max(seen, p.bytes)) }));
       assert.ok(seen < SLOW_SIZE, `stopped early (${seen} of ${SLOW_SIZE} bytes)`);
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
     });
   }
 
@@ -467,7 +467,7 @@ describe('dm-delay: abort while reads are in flight', () => {
       const leaks = leakCheck();
       // readInto has no tuning options: its default 4 MiB x 8 requests make the whole file one wave. Abort inside it.
       await abortInFlight((signal) => readInto(buf, slow.path, { io: 'direct', signal }), DELAY_MS / 2);
-      assert.equal(leaks(), undefined);
+      assert.equal(await leaks(), undefined);
       linear();
       assert.equal(await readInto(buf, slow.path, { io: 'direct', length: 4096 }), 4096);
     } finally {
@@ -502,7 +502,7 @@ describe('dm-delay: abort while reads are in flight', () => {
     evictFile(model.path);
     // The header read alone waits one delay; abort once the tensor reads are under way.
     await abortInFlight((signal) => loadModel(model.path, { ...SLOW, signal }), 3 * DELAY_MS);
-    assert.equal(leaks(), undefined);
+    assert.equal(await leaks(), undefined);
   });
 });
 
@@ -568,7 +568,7 @@ async function inChild(body: string, args: Record<string, unknown>): Promise<Chi
     result.settled = settledAt - t0;
     // Stragglers: at least 300 ms, and until args.lingerUntil ms after the start (a held read's end).
     await new Promise((r) => setTimeout(r, Math.max(300, (args.lingerUntil ?? 0) - (performance.now() - t0))));
-    result.leaks = leaks() ?? null;
+    result.leaks = await leaks() ?? null;
     if (result.leaks) result.leaks += ': ' + [...fds()].filter(([n, l]) => fds0.get(n) !== l).map(([n, l]) => n + ' -> ' + l).join(', ');
     console.log('DMALOAD_FAULT_RESULT ' + JSON.stringify(result));
   `;
