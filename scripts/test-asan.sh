@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the addon with AddressSanitizer + UndefinedBehaviorSanitizer into build-asan/Release/dmaload.node (build/
 # keeps the normal build) and runs the test suite against it. Fails on a non-zero exit or on any sanitizer report.
-#   scripts/test-asan.sh              runs: node --test --test-concurrency=1 dist/test/
+#   scripts/test-asan.sh              runs the host suite: node scripts/test.mjs
 #   scripts/test-asan.sh CMD ARGS...  runs CMD instead (e.g. node some-script.mjs), with the same environment
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +36,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN
 
 log="$out/test.log"
 cd "$root"
-if [ $# -eq 0 ]; then set -- node --test --test-concurrency=1 dist/test/; fi
+if [ $# -eq 0 ]; then set -- node scripts/test.mjs; fi
 set +e
 "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}

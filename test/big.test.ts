@@ -25,7 +25,11 @@ function windowsHash(b: LoadedBuffer): string {
   return h.digest('hex');
 }
 
-describe('files over 4 GiB', { timeout: 600_000 }, () => {
+// CI runs these on Node 20, 22 and 24 and under the sanitizers; its tmpfs and non-root runs, which vary something
+// else, set DMALOAD_SKIP_BIG=1 to stay within time.
+const skipBig = process.env.DMALOAD_SKIP_BIG === '1' ? 'DMALOAD_SKIP_BIG=1: this run checks another dimension' : undefined;
+
+describe('files over 4 GiB', { timeout: 600_000, skip: skipBig }, () => {
   for (const [label, size] of [
     ['4 GiB - 4096', 4 * GiB - 4096],
     ['4 GiB + 4096', 4 * GiB + 4096],
