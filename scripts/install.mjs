@@ -16,21 +16,10 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { prebuiltFor } from './prebuilt.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const say = (msg) => process.stderr.write(`dmaload: ${msg}\n`);
-
-/** 'glibc' or 'musl' on Linux (how prebuilt addons are tagged), '' elsewhere. */
-function libc() {
-  if (process.platform !== 'linux') return '';
-  const saved = process.report.excludeNetwork;
-  process.report.excludeNetwork = true;
-  try {
-    return process.report.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl';
-  } finally {
-    process.report.excludeNetwork = saved;
-  }
-}
 
 const truthy = (v) => v !== undefined && v !== '' && v !== '0' && v !== 'false';
 
@@ -39,10 +28,8 @@ function prebuiltProblem() {
   if (existsSync(join(root, '.git'))) return 'a git checkout builds its own addon';
   if (truthy(process.env.DMALOAD_BUILD_FROM_SOURCE)) return 'DMALOAD_BUILD_FROM_SOURCE is set';
   if (truthy(process.env.npm_config_build_from_source)) return '--build-from-source was given';
-  const tag = libc();
-  const platform = `${process.platform}-${process.arch}`;
-  const file = join(root, 'prebuilds', platform, `dmaload${tag ? `.${tag}` : ''}.node`);
-  if (!existsSync(file)) return `no prebuilt addon for ${platform}${tag ? ` (${tag})` : ''} in this package`;
+  const { file, label } = prebuiltFor(root);
+  if (!existsSync(file)) return `no prebuilt addon for ${label} in this package`;
   // In a child: a binary that needs a newer glibc or libstdc++ fails dlopen; one that crashes takes only the child.
   const r = spawnSync(process.execPath, ['-e', 'require(process.argv[1])', file], { encoding: 'utf8', timeout: 60_000 });
   if (r.status === 0) return undefined;

@@ -19,24 +19,13 @@ import { copyFileSync, cpSync, existsSync, mkdirSync, realpathSync, renameSync, 
 import { homedir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { prebuiltFor } from './prebuilt.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const say = (msg) => process.stderr.write(`prebuild: ${msg}\n`);
 function fail(msg) {
   say(`error: ${msg}`);
   process.exit(1);
-}
-
-/** 'glibc' or 'musl' on Linux (how prebuilt addons are tagged), '' elsewhere. */
-function libc() {
-  if (process.platform !== 'linux') return '';
-  const saved = process.report.excludeNetwork;
-  process.report.excludeNetwork = true;
-  try {
-    return process.report.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl';
-  } finally {
-    process.report.excludeNetwork = saved;
-  }
 }
 
 /** npm's own node-gyp: the one `npm run` names, else the one bundled with the npm beside this node or on PATH. */
@@ -80,10 +69,7 @@ function tool(cmd, args) {
   return r.stdout;
 }
 
-const tag = libc();
-const platform = `${process.platform}-${process.arch}`;
-const outDir = join(root, 'prebuilds', platform);
-const out = join(outDir, `dmaload${tag ? `.${tag}` : ''}.node`);
+const { dir: outDir, file: out } = prebuiltFor(root);
 const stage = join(root, '.cache', 'prebuild');
 
 // 1. Stage the sources the build needs and build there (node-gyp rebuild: configure from scratch, Release).
