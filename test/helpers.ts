@@ -6,6 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSeededFile } from '../tools/bench/data.js';
 import { evictPath } from '../src/pipeline/cache.js';
+import { dioAlign } from '../src/pipeline/source.js';
 import { native } from '../src/engine/binding.js';
 import { seededBytes } from '../tools/bench/data.js';
 export { seededBytes };
@@ -13,13 +14,21 @@ export { seededBytes };
 /** The repository's root (tests run from dist/test/). */
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-/** Whether files in `dir` can be opened with O_DIRECT (tmpfs, the default /tmp on Fedora and Arch, cannot). */
+/**
+ * Whether dmaload does direct I/O on files in `dir`: the file system reports a direct-I/O alignment (statx
+ * STATX_DIOALIGN, the library's own test) and accepts O_DIRECT. tmpfs, the default /tmp on Fedora and Arch, does
+ * not report one (since Linux 6.6 it accepts O_DIRECT opens all the same, so opening alone proves nothing).
+ */
 function supportsDirect(dir: string): boolean {
   const probe = join(dir, `.dmaload-direct-probe-${process.pid}`);
   try {
     mkdirSync(dir, { recursive: true });
-    closeSync(openSync(probe, FS.O_CREAT | FS.O_RDWR | FS.O_DIRECT, 0o600));
-    return true;
+    const fd = openSync(probe, FS.O_CREAT | FS.O_RDWR | FS.O_DIRECT, 0o600);
+    try {
+      return dioAlign(fd).offsetAlign > 0;
+    } finally {
+      closeSync(fd);
+    }
   } catch {
     return false;
   } finally {
