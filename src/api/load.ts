@@ -139,7 +139,6 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       src,
       alloc,
       segments: plan.segments,
-      total: plan.bytesRead,
       tuning: o.tuning,
       overlap: o.overlap,
       resident,

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import type { FileHandle } from 'node:fs/promises';
 import { LoadedBuffer } from '../core/buffer.js';
 import { DmaloadError, asSystemError, invalidType, outOfRange } from '../core/errors.js';
-import { PAGE_SIZE, native } from '../engine/binding.js';
+import { native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
 import { withBytesAsync } from '../engine/memory.js';

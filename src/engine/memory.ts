@@ -7,7 +7,7 @@ import { MiB, roundUp } from '../core/util.js';
 import { C, native } from './binding.js';
 import type { Region } from './binding.js';
 
-export const HUGE = 2 * MiB;
+const HUGE = 2 * MiB;
 
 /** Maps `capacity` bytes of anonymous memory (rounded up to a huge page when that is at least one); huge-page aligned when that is at least one huge page. */
 export function anonymous(capacity: number, hugePages: boolean, path?: string): Region {

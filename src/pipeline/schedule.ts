@@ -58,8 +58,6 @@ export interface ScheduleRequest {
   alloc: Allocation;
   /** Flat [fileOffset, bufOffset, length, …], in buffer order. */
   segments: number[];
-  /** Bytes the segments add up to. */
-  total: number;
   tuning: Tuning;
   /** Allocate part k+1 while part k is read. */
   overlap: boolean;

@@ -4,7 +4,7 @@
  * memory lazily) a huge-page fault costs more than the 512 small ones; the bench measures both.
  */
 import { invalidType } from '../core/errors.js';
-import { C, native } from '../engine/binding.js';
+import { native } from '../engine/binding.js';
 import { anonymous, populate, zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
