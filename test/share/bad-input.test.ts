@@ -15,13 +15,15 @@ import { MessageType } from '../../src/share/protocol.js';
 import { connect, serve } from '../../src/index.js';
 import type { ShareServer } from '../../src/index.js';
 import { fdCount, makeFile, sha256, tempDir } from '../helpers.js';
-import { EAGAIN, child, connectRaw, frame, recvRaw, settle } from './util.js';
+import { EAGAIN, child, connectRaw, frame, recvRaw, settle, socketDir } from './util.js';
 import type { RawReply } from './util.js';
 
 const MiB = 1024 * 1024;
 const O_PATH = native.shareConstants.O_PATH;
 const { dir, cleanup } = tempDir('dmaload-share-bad-');
 after(cleanup);
+const sockets = socketDir();
+after(sockets.cleanup);
 
 let server: ShareServer;
 let file: { path: string; sha256: string };
@@ -39,7 +41,7 @@ before(async () => {
   kinds.zero = openSync('/dev/zero', 'r');
   kinds.opath = openSync(file.path, O_PATH);
   kinds.wronly = openSync(file.path, FS.O_WRONLY);
-  server = await serve({ socket: join(dir, 's.sock'), preload: [file.path] });
+  server = await serve({ socket: join(sockets.dir, 's.sock'), preload: [file.path] });
   kinds.socket = connectRaw(server.socket);
   await settle(() => (server.status().connections === 1 ? undefined : 'accepting'));
   baseline = { fds: fdCount(), live: native.live(), entries: server.status().entries };

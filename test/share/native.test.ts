@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { native } from '../../src/engine/binding.js';
 import { fdCount, leakCheck, seededBytes, sha256, tempDir } from '../helpers.js';
+import { socketDir } from './util.js';
 
 const S = native.shareConstants;
 const EAGAIN = -11;
@@ -16,11 +17,13 @@ const typeError = { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' };
 const rangeError = { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' };
 const { dir, cleanup } = tempDir('dmaload-share-native-');
 after(cleanup);
+const sockets = socketDir();
+after(sockets.cleanup);
 
 let n = 0;
 /** A listening socket and a connected pair: [listen, client, server side]. */
 function pair(): { path: string; listen: number; client: number; server: number; close(): void } {
-  const path = join(dir, `s${n++}.sock`);
+  const path = join(sockets.dir, `s${n++}.sock`);
   const listen = native.unixListen(path, 0o600, 8);
   assert.ok(listen >= 0, `unixListen: errno ${-listen}`);
   const client = native.unixConnect(path);
@@ -113,7 +116,7 @@ describe('share native: fd passing over SOCK_SEQPACKET', () => {
     const old = process.umask(0o022);
     try {
       for (const mode of [0o600, 0o660, 0o666]) {
-        const path = join(dir, `mode-${mode.toString(8)}.sock`);
+        const path = join(sockets.dir, `mode-${mode.toString(8)}.sock`);
         const fd = native.unixListen(path, mode, 8);
         assert.ok(fd >= 0);
         assert.equal(statSync(path).mode & 0o7777, mode);
@@ -126,14 +129,14 @@ describe('share native: fd passing over SOCK_SEQPACKET', () => {
   });
 
   test('errors are -errno: no server (ENOENT, ECONNREFUSED), path too long, address in use', () => {
-    assert.equal(native.unixConnect(join(dir, 'nobody.sock')), -2);
+    assert.equal(native.unixConnect(join(sockets.dir, 'nobody.sock')), -2);
     const p = pair();
     closeSync(p.listen);
     assert.equal(native.unixConnect(p.path), -111); // the file stays, nobody listens
     closeSync(p.client);
     closeSync(p.server);
     assert.equal(native.unixListen(`/tmp/${'x'.repeat(120)}`, 0o600, 8), -36);
-    const path = join(dir, 'inuse.sock');
+    const path = join(sockets.dir, 'inuse.sock');
     const fd = native.unixListen(path, 0o600, 8);
     assert.equal(native.unixListen(path, 0o600, 8), -98);
     closeSync(fd);

@@ -7,22 +7,25 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { chmodSync, closeSync, fstatSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { C, native } from '../../src/engine/binding.js';
 import { connect, loadModel, readInto, save, serve } from '../../src/index.js';
 import type { LoadedBuffer, ShareServer } from '../../src/index.js';
-import { fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir, testBase } from '../helpers.js';
-import { child } from './util.js';
+import { fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { child, socketDir } from './util.js';
 import { cli } from '../cli/run.js';
 import { existsSync } from 'node:fs';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir('dmaload-serve-');
 after(cleanup);
+const sockets = socketDir();
+after(sockets.cleanup);
 let sockN = 0;
-const sock = () => join(dir, `s${sockN++}.sock`);
+const sock = () => join(sockets.dir, `s${sockN++}.sock`);
 
 const hashOf = (b: LoadedBuffer) => {
   const h = [] as Uint8Array[];
@@ -394,13 +397,16 @@ describe('serve: loadModel through the server', () => {
 describe('serve: a server that may not open the file reads through the client’s fd', () => {
   test('server as another user, file 0600: served byte-exact (buffered, through the fd)', async (t) => {
     if (process.getuid?.() !== 0) return t.skip('needs root to run the server as another user');
+    const bin = join(repoRoot, 'bin', 'dmaload.js');
+    const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'src', 'index.js'))})`], { uid: 65534, gid: 65534 });
+    if (probe.status !== 0) return t.skip(`uid 65534 cannot read this checkout (${repoRoot}) or run ${process.execPath}`);
     const f = makeFile(dir, 'private', 3 * MiB + 7);
     chmodSync(f.path, 0o600);
     // The server's user must reach its socket's folder; the file stays in our private one.
-    const sdir = mkdtempSync(join(testBase.dir, 'dmaload-serve-nobody-'));
+    const sdir = mkdtempSync(join(tmpdir(), 'dmaload-serve-nobody-'));
     chmodSync(sdir, 0o777);
     const socket = join(sdir, 's.sock');
-    const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--mode', '0666'], { uid: 65534, gid: 65534, stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn(process.execPath, [bin, 'serve', '--socket', socket, '--mode', '0666'], { uid: 65534, gid: 65534, stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     p.stderr.on('data', (d: Buffer) => (err += d));
     try {

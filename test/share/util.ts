@@ -1,5 +1,7 @@
 /** Helpers for the share tests: a raw protocol client built on the addon alone, child processes, settling counts. */
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../src/engine/binding.js';
 import { HEADER_SIZE, MAGIC, MAX_MESSAGE, VERSION } from '../../src/share/protocol.js';
@@ -89,4 +91,13 @@ export function child(args: string[], opts: { timeoutMs?: number; uid?: number; 
       resolve({ code, signal, out, err });
     });
   });
+}
+
+/**
+ * A folder for sockets, in the system temp folder: a Unix socket's path holds at most 107 bytes, and the tests' data
+ * folder (which must do direct I/O) can be deep inside a checkout. `cleanup()` removes it.
+ */
+export function socketDir(): { dir: string; cleanup(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'dmaload-sock-'));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
