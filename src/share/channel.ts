@@ -216,10 +216,16 @@ export class Channel {
 
   #onEvents(ev: number): void {
     if (this.#closed) return;
-    if (ev & S.EPOLLOUT) this.#flush();
-    if (!this.#closed && !this.#paused && ev & (S.EPOLLIN | S.EPOLLRDHUP | S.EPOLLHUP | S.EPOLLERR)) this.#read();
-    else if (!this.#closed && ev & (S.EPOLLHUP | S.EPOLLERR)) this.close('hangup');
-    this.#arm();
+    try {
+      if (ev & S.EPOLLOUT) this.#flush();
+      if (!this.#closed && !this.#paused && ev & (S.EPOLLIN | S.EPOLLRDHUP | S.EPOLLHUP | S.EPOLLERR)) this.#read();
+      else if (!this.#closed && ev & (S.EPOLLHUP | S.EPOLLERR)) this.close('hangup');
+      this.#arm();
+    } catch (e) {
+      // A failure here (epoll_ctl out of memory, a bug in a handler) ends this connection, not the process.
+      process.emitWarning(e as Error);
+      this.close({ errno: typeof (e as { errno?: unknown }).errno === 'number' ? (e as { errno: number }).errno : -5, syscall: 'dmaload share' });
+    }
   }
 
   #flush(): void {

@@ -193,6 +193,16 @@ class Server implements ShareServer {
 
   #accept(): void {
     if (this.#closed) return;
+    try {
+      this.#acceptSome();
+    } catch (e) {
+      // Never expected (epoll_ctl out of memory): keep serving the connections there are, try again shortly.
+      this.#log(`accept: ${(e as Error).message}`);
+      setTimeout(() => !this.#closed && this.#watch.arm(S.EPOLLIN), 100).unref();
+    }
+  }
+
+  #acceptSome(): void {
     for (let i = 0; i < 64; i++) {
       const fd = native.unixAccept(this.#listenFd);
       if (fd === -EAGAIN) break;
