@@ -400,19 +400,30 @@ describe('serve: a server that may not open the file reads through the client’
     const bin = join(repoRoot, 'bin', 'dmaload.js');
     const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'src', 'index.js'))})`], { uid: 65534, gid: 65534 });
     if (probe.status !== 0) return t.skip(`uid 65534 cannot read this checkout (${repoRoot}) or run ${process.execPath}`);
+    // The server's user must reach its socket's folder (the temp folder may be private: CI's tmpfs run); the file
+    // stays in our private one.
+    let sdir: string | undefined;
+    for (const base of [tmpdir(), '/tmp']) {
+      const d = mkdtempSync(join(base, 'dmaload-serve-nobody-'));
+      chmodSync(d, 0o777);
+      if (spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(d)}, 2)`], { uid: 65534, gid: 65534 }).status === 0) {
+        sdir = d;
+        break;
+      }
+      rmSync(d, { recursive: true, force: true });
+    }
+    if (!sdir) return t.skip(`uid 65534 can reach no folder for the socket (tried ${tmpdir()} and /tmp)`);
     const f = makeFile(dir, 'private', 3 * MiB + 7);
     chmodSync(f.path, 0o600);
-    // The server's user must reach its socket's folder; the file stays in our private one.
-    const sdir = mkdtempSync(join(tmpdir(), 'dmaload-serve-nobody-'));
-    chmodSync(sdir, 0o777);
     const socket = join(sdir, 's.sock');
     const p = spawn(process.execPath, [bin, 'serve', '--socket', socket, '--mode', '0666'], { uid: 65534, gid: 65534, stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     p.stderr.on('data', (d: Buffer) => (err += d));
+    const closed = new Promise((r) => p.once('close', r));
     try {
       await new Promise<void>((resolve, reject) => {
         p.stderr.on('data', () => /listening/.test(err) && resolve());
-        p.on('exit', (code) => reject(new Error(`server exited ${code}: ${err}`)));
+        void closed.then(() => reject(new Error(`server exited ${p.exitCode}: ${err}`)));
       });
       const c = await connect(socket);
       const b = await c.load(f.path);
@@ -423,7 +434,7 @@ describe('serve: a server that may not open the file reads through the client’
       c.close();
     } finally {
       p.kill('SIGTERM');
-      await new Promise((r) => p.once('close', r));
+      await closed;
       rmSync(sdir, { recursive: true, force: true });
     }
   });
@@ -437,26 +448,30 @@ describe('dmaload serve (CLI)', () => {
     let err = '';
     p.stderr.on('data', (d: Buffer) => (err += d));
     const exited = new Promise<number | null>((r) => p.once('close', r));
-    await new Promise<void>((resolve, reject) => {
-      p.stderr.on('data', () => /listening/.test(err) && resolve());
-      void exited.then((code) => reject(new Error(`server exited ${code}: ${err}`)));
-    });
-    assert.match(err, /1 files preloaded/);
-    assert.equal(statSync(socket).mode & 0o777, 0o600);
-    const c = await connect(socket);
-    const b = await c.load(f.path);
-    assert.equal(b.stats.served?.cached, true);
-    assert.equal(hashOf(b), f.sha256);
-    const st = await c.status();
-    assert.equal(st.budget, 64 * MiB);
-    assert.equal(st.pid, p.pid);
-    b.close();
-    c.close();
-    p.kill('SIGTERM');
-    assert.equal(await exited, 0);
-    assert.match(err, /hit/);
-    assert.match(err, /stopped \(1 hits/);
-    assert.equal(existsSync(socket), false);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        p.stderr.on('data', () => /listening/.test(err) && resolve());
+        void exited.then((code) => reject(new Error(`server exited ${code}: ${err}`)));
+      });
+      assert.match(err, /1 files preloaded/);
+      assert.equal(statSync(socket).mode & 0o777, 0o600);
+      const c = await connect(socket);
+      const b = await c.load(f.path);
+      assert.equal(b.stats.served?.cached, true);
+      assert.equal(hashOf(b), f.sha256);
+      const st = await c.status();
+      assert.equal(st.budget, 64 * MiB);
+      assert.equal(st.pid, p.pid);
+      b.close();
+      c.close();
+      p.kill('SIGTERM');
+      assert.equal(await exited, 0);
+      assert.match(err, /hit/);
+      assert.match(err, /stopped \(1 hits/);
+      assert.equal(existsSync(socket), false);
+    } finally {
+      if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+    }
   });
 
   test('usage errors exit 2', async () => {
