@@ -19,6 +19,7 @@
  */
 import { closeSync, constants as FS, fstatSync, lstatSync, promises as fsp, unlinkSync } from 'node:fs';
 import type { BigIntStats, Stats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { allocate } from '../api/allocate.js';
 import { load } from '../api/load.js';
@@ -154,6 +155,8 @@ class Server implements ShareServer {
   #count = { hits: 0, misses: 0, loads: 0, evictions: 0, errors: 0 };
   #closed = false;
   #closing: Promise<void> | undefined;
+  /** Aborts loads in progress when the server closes, so that shutting down never waits for a long read. */
+  readonly #abort = new AbortController();
   #release: () => void;
 
   constructor(socket: string, budget: number, target: ShareTarget, listenFd: number, o: ServerOpts) {
@@ -420,7 +423,7 @@ class Server implements ShareServer {
 
   /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
   async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Entry['stats'], 'loadMs'> }> {
-    const opts = { target: this.target, io: this.#o.io, ...(this.#o.heap ? { heap: this.#o.heap } : {}), ...(this.#o.partSize ? { partSize: this.#o.partSize } : {}) };
+    const opts = { target: this.target, io: this.#o.io, signal: this.#abort.signal, ...(this.#o.heap ? { heap: this.#o.heap } : {}), ...(this.#o.partSize ? { partSize: this.#o.partSize } : {}) };
     let buf: LoadedBuffer;
     try {
       // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.
@@ -450,7 +453,7 @@ class Server implements ShareServer {
     }
     const buf = await allocate(Math.max(size, 1), { target: this.target, ...(this.#o.heap ? { heap: this.#o.heap } : {}), ...(this.#o.partSize ? { partSize: this.#o.partSize } : {}) });
     try {
-      const n = await readInto(buf, { fd } as unknown as import('node:fs/promises').FileHandle, { io: 'buffered' });
+      const n = await readInto(buf, { fd } as unknown as FileHandle, { io: 'buffered', signal: this.#abort.signal });
       if (n !== size) throw shareError('ERR_FILE_CHANGED', `'${name}' changed size while the server read it (${size} bytes expected, ${n} read)`);
     } catch (e) {
       buf.close();
@@ -476,6 +479,7 @@ class Server implements ShareServer {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
+      this.#abort.abort(shareError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down'));
       this.#watch.close();
       closeSync(this.#listenFd);
       // Only our own socket file: another server may have replaced it since.
