@@ -285,7 +285,8 @@ class Server implements ShareServer {
       closeSync(fd);
       return this.#replyError(conn, id, { code: 'ERR_SHARE_PROTOCOL', message: `"path" must be a string of at most ${MAX_NAME} characters` });
     }
-    const name = path || `fd ${fd}`;
+    // Only for messages and logs: control characters could forge log lines, so they are not kept.
+    const name = path ? path.replace(/[\x00-\x1f\x7f]/g, '?') : `fd ${fd}`;
     if (++conn.inflight >= MAX_INFLIGHT) conn.channel.pause();
     const task = this.#serveLoad(conn, id, fd, name, t0).finally(() => {
       closeSync(fd);
