@@ -77,10 +77,13 @@ export function rankSpec(o: { rank?: unknown; worldSize?: unknown; split?: unkno
 }
 
 /**
- * The tensors rank `spec.rank` loads, in file order. `tensors` are the model's (or the caller's selection of them),
- * as inspect() lists them; `format` says which dimension holds the rows.
+ * The tensors rank `options.rank` loads, in file order. `tensors` are the model's (or the caller's selection of
+ * them), as inspect() lists them; `format` says which dimension holds the rows.
+ * @throws the codes of {@link rankSpec}
  */
-export function planRank(format: ModelFormat, tensors: readonly ModelTensor[], spec: RankSpec): RankTensor[] {
+export function planRank(format: ModelFormat, tensors: readonly ModelTensor[], options: RankOptions): RankTensor[] {
+  if (options === null || typeof options !== 'object') throw invalidType('options', 'an object { rank, worldSize, split }', options);
+  const spec = rankSpec(options) ?? rankSpec({ ...options, rank: options.rank ?? 0 })!; // the second names what is missing
   const ordered = fileOrder(tensors);
   return spec.split === 'rows' ? byRows(format, ordered, spec) : byTensors(ordered, spec);
 }
