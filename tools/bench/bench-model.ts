@@ -1,6 +1,6 @@
 /**
- * `npm run bench:model [-- --shards 8 --shard-size 512MiB --rounds 3 --dir DIR]`: a sharded safetensors model
- * (an index and N shards of generated data), loaded cold by loadModel() in a fresh process, against fio reading the
+ * `npm run bench:model [-- --shards 8 --shard-size 512MiB --rounds 3 --format safetensors|gguf --dir DIR]`: a
+ * sharded model of generated data (a safetensors index and its N shards, or N GGUF splits), loaded cold by loadModel() in a fresh process, against fio reading the
  * same files with one job per shard (O_DIRECT, io_uring, the same request size and depth as dmaload's defaults),
  * alternating rounds. Prints each round, the medians, the ratio, and the loader's peak RSS against the model's bytes.
  *
@@ -61,26 +61,62 @@ async function child(index: string, verify: boolean): Promise<void> {
   process.stdout.write(JSON.stringify(out) + '\n');
 }
 
-/** Writes shard `i`: a safetensors header padded to 4096 bytes, then TENSORS_PER_SHARD seeded U8 tensors. */
-function writeShard(path: string, i: number, shardSize: number, hashes: Record<string, string>): string[] {
+/** A GGUF v3 split header: split.* metadata, 1-D I8 tensors back to back (sizes multiples of 32), padded to 32. */
+function ggufHeader(names: string[], sizes: number[], no: number, count: number, total: number): Buffer {
+  const parts: Buffer[] = [];
+  const u32 = (n: number) => parts.push(Buffer.from(new Uint32Array([n]).buffer));
+  const u64 = (n: number) => parts.push(Buffer.from(new BigUint64Array([BigInt(n)]).buffer));
+  const str = (t: string) => {
+    u64(Buffer.byteLength(t));
+    parts.push(Buffer.from(t));
+  };
+  parts.push(Buffer.from('GGUF'));
+  u32(3);
+  u64(names.length);
+  u64(3);
+  str('split.no'); u32(2); parts.push(Buffer.from(new Uint16Array([no]).buffer));
+  str('split.count'); u32(2); parts.push(Buffer.from(new Uint16Array([count]).buffer));
+  str('split.tensors.count'); u32(5); parts.push(Buffer.from(new Int32Array([total]).buffer));
+  let at = 0;
+  names.forEach((name, k) => {
+    str(name);
+    u32(1);
+    u64(sizes[k]!);
+    u32(24); // GGML_TYPE_I8
+    u64(at);
+    at += sizes[k]!;
+  });
+  const head = Buffer.concat(parts);
+  return Buffer.concat([head, Buffer.alloc((32 - (head.length % 32)) % 32)]);
+}
+
+/**
+ * Writes shard `i` of `count`: a header (safetensors padded to 4096 bytes; a GGUF split's padded to its 32-byte
+ * alignment, as real GGUFs are), then TENSORS_PER_SHARD seeded tensors of one byte per element.
+ */
+function writeShard(path: string, format: 'safetensors' | 'gguf', i: number, count: number, shardSize: number, hashes: Record<string, string>): string[] {
   const dataSize = shardSize - 4096;
   const each = Math.floor(dataSize / TENSORS_PER_SHARD / 4096) * 4096;
   const sizes = Array.from({ length: TENSORS_PER_SHARD }, (_, k) => (k === TENSORS_PER_SHARD - 1 ? dataSize - each * k : each));
-  const header: Record<string, unknown> = {};
-  const names: string[] = [];
-  let at = 0;
-  sizes.forEach((n, k) => {
-    const name = `layers.${i}.w${k}`;
-    header[name] = { dtype: 'U8', shape: [n], data_offsets: [at, at + n] };
-    names.push(name);
-    at += n;
-  });
-  const json = JSON.stringify(header).padEnd(4096 - 8, ' ');
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(json.length));
+  const names = sizes.map((_, k) => `layers.${i}.w${k}`);
+  let head: Buffer;
+  if (format === 'gguf') {
+    head = ggufHeader(names, sizes, i, count, count * TENSORS_PER_SHARD);
+  } else {
+    const header: Record<string, unknown> = {};
+    let at = 0;
+    sizes.forEach((n, k) => {
+      header[names[k]!] = { dtype: 'U8', shape: [n], data_offsets: [at, at + n] };
+      at += n;
+    });
+    const json = JSON.stringify(header).padEnd(4096 - 8, ' ');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    head = Buffer.concat([len, Buffer.from(json)]);
+  }
   const fd = openSync(path, 'w');
   try {
-    writeSync(fd, Buffer.concat([len, Buffer.from(json)]));
+    writeSync(fd, head);
     sizes.forEach((n, k) => {
       const h = createHash('sha256');
       for (let off = 0, piece = 0; off < n; off += 16 * MiB, piece++) {
@@ -106,6 +142,7 @@ async function main(): Promise<void> {
       'shard-size': { type: 'string', default: '512MiB' },
       rounds: { type: 'string', default: '3' },
       dir: { type: 'string' },
+      format: { type: 'string', default: 'safetensors' },
       child: { type: 'string' },
       verify: { type: 'boolean' },
     },
@@ -114,6 +151,8 @@ async function main(): Promise<void> {
   const shards = Number(values.shards);
   const shardSize = parseSize(values['shard-size']!);
   const rounds = Number(values.rounds);
+  const format = values.format;
+  if (format !== 'safetensors' && format !== 'gguf') throw new Error('--format is safetensors or gguf');
   if (!Number.isInteger(shards) || shards < 1 || !shardSize || shardSize < 64 * 1024 || !(rounds >= 1)) throw new Error('bad --shards, --shard-size or --rounds');
   const base = values.dir ?? process.env.DMALOAD_BENCH_DIR ?? (statfsSync(tmpdir()).type === TMPFS_MAGIC ? process.cwd() : tmpdir());
   const dir = mkdtempSync(join(base, 'dmaload-bench-model-'));
@@ -122,17 +161,21 @@ async function main(): Promise<void> {
     const need = shards * shardSize;
     const fs = statfsSync(dir);
     if (fs.bavail * fs.bsize < need + 1024 * MiB) throw new Error(`not enough space in ${dir} for ${formatBytes(need)}`);
-    console.log(`generating ${shards} shards of ${formatBytes(shardSize)} in ${dir} …`);
+    console.log(`generating ${shards} ${format} shards of ${formatBytes(shardSize)} in ${dir} …`);
     const hashes: Record<string, string> = {};
     const files: string[] = [];
     const weightMap: Record<string, string> = {};
     for (let i = 0; i < shards; i++) {
-      const name = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
+      const name = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.${format}`;
       files.push(join(dir, name));
-      for (const t of writeShard(join(dir, name), i, shardSize, hashes)) weightMap[t] = name;
+      for (const t of writeShard(join(dir, name), format, i, shards, shardSize, hashes)) weightMap[t] = name;
     }
-    const index = join(dir, 'model.safetensors.index.json');
-    writeFileSync(index, JSON.stringify({ metadata: { total_size: need }, weight_map: weightMap }));
+    // What loadModel is given: the index, or the first GGUF split (which brings in the others).
+    let index = files[0]!;
+    if (format === 'safetensors') {
+      index = join(dir, 'model.safetensors.index.json');
+      writeFileSync(index, JSON.stringify({ metadata: { total_size: need }, weight_map: weightMap }));
+    }
 
     const evict = () => files.forEach((f) => evictPath(f));
     const loadOnce = async (verify: boolean): Promise<ChildResult> => {
@@ -177,7 +220,7 @@ async function main(): Promise<void> {
     const mbs = median(dm.map((d) => d.bytesRead / 1e6 / (d.ms / 1000)));
     const rss = Math.max(...dm.map((d) => d.maxRssBytes));
     const model = dm[0]!.tensorBytes;
-    console.log(`\n${shards} cold shards, ${formatBytes(model)} of tensors, median of ${rounds} alternating rounds:`);
+    console.log(`\n${shards} cold ${format} shards, ${formatBytes(model)} of tensors, median of ${rounds} alternating rounds:`);
     console.log(`  dmaload loadModel(index): ${mbs.toFixed(0)} MB/s, CPU ${median(dm.map((d) => d.cpuMs)).toFixed(0)} ms`);
     if (fio.length > 0) {
       const f = median(fio) / 1e6;
