@@ -21,6 +21,7 @@ void InitQueue(Napi::Env env, Napi::Object exports);
 void InitDmabuf(Napi::Env env, Napi::Object exports);
 void InitCopyLoops(Napi::Env env, Napi::Object exports);
 void InitProbe(Napi::Env env, Napi::Object exports);
+void InitShare(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -95,6 +96,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDmabuf(env, exports);
   InitCopyLoops(env, exports);
   InitProbe(env, exports);
+  InitShare(env, exports);
   exports.Set("setFault", Napi::Function::New(env, SetFaultFn, "setFault"));
   exports.Set("live", Napi::Function::New(env, LiveFn, "live"));
   exports.Set("constants", Constants(env));

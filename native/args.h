@@ -76,8 +76,8 @@ void FaultFromEnv();  // DMALOAD_FAULT="op:nth:errno", read once at module init
 struct Live {
   std::atomic<int64_t> jobs{0};     // transfer jobs not yet resolved
   std::atomic<int64_t> threads{0};  // native threads started here that have not exited
-  std::atomic<int64_t> queues{0};   // queues not yet closed
-  std::atomic<int64_t> fds{0};      // fds dup'd here and still open
+  std::atomic<int64_t> queues{0};   // queues and share reactors not yet closed
+  std::atomic<int64_t> fds{0};      // fds dup'd (or, for reactors, opened) here and still open
 };
 extern Live g_live;
 

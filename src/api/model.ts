@@ -497,3 +497,48 @@ function progressAggregator(plans: readonly FilePlan[], onProgress: (p: LoadProg
     },
   };
 }
+
+/**
+ * @internal A model whose files are loaded whole by `loadFile` (the share client maps each one from a `dmaload serve`
+ * server), every tensor a view at its file offset. `tensors` selects as in loadModel(): an unknown name is
+ * ERR_MODEL_TENSOR_NOT_FOUND before anything is loaded; only files holding a selected tensor are loaded. A failure
+ * closes what was loaded; a buffer shorter than a tensor's end (the file changed since its header was read) is
+ * ERR_FILE_CHANGED.
+ */
+export async function modelFromFiles(path: string, wanted: LoadModelOptions['tensors'], loadFile: (file: string) => Promise<LoadedBuffer>): Promise<LoadedModel> {
+  const t0 = performance.now();
+  const info = await inspect(path);
+  const selected = select(info.tensors, wanted, path);
+  const files = [...new Set(selected.filter((t) => t.bytes > 0).map((t) => t.file))];
+  const results = await Promise.allSettled(files.map(loadFile));
+  const buffers = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    closeAll(buffers);
+    throw failed.reason;
+  }
+  const byFile = new Map(files.map((f, i) => [f, buffers[i]!]));
+  const owner: Owner = { closed: false, path };
+  const tensors = new Map<string, LoadedTensor>();
+  for (const t of selected) {
+    const b = t.bytes > 0 ? byFile.get(t.file) : undefined;
+    if (b && t.offset + t.bytes > b.size) {
+      closeAll(buffers);
+      throw new DmaloadError('ERR_FILE_CHANGED', `'${t.file}' is ${b.size} bytes now, too short for tensor ${q(t.name)} (ends at ${t.offset + t.bytes}); load it again`, { path: t.file });
+    }
+    tensors.set(t.name, new Tensor(t, b, t.offset, owner));
+  }
+  const bytesRead = buffers.reduce((n, b) => n + b.stats.bytesRead, 0);
+  const ms = msSince(t0);
+  const stats: LoadModelStats = {
+    bytesRead,
+    tensorBytes: selected.reduce((n, t) => n + t.bytes, 0),
+    tensors: selected.length,
+    files: files.length,
+    ranges: files.length,
+    ms,
+    bytesPerSec: ms > 0 ? Math.round(bytesRead / (ms / 1000)) : 0,
+    perFile: files.map((file, i) => ({ file, tensors: selected.filter((t) => t.file === file && t.bytes > 0).length, ranges: 1, stats: buffers[i]!.stats })),
+  };
+  return new Model(info.format, info.metadata, tensors, undefined, stats, buffers, owner);
+}

@@ -56,13 +56,16 @@ interface Checked {
 }
 
 /** The validations, in BigInt so that no sum can overflow or round. */
-function validate(buffer: LoadedBuffer, o: RwOptions): Checked {
+function validate(buffer: LoadedBuffer, o: RwOptions, write: boolean): Checked {
   if (!(buffer instanceof LoadedBuffer)) throw invalidType('buffer', 'a LoadedBuffer (from load() or allocate())', buffer);
   optionsObject(o);
   const io = ioOption(o.io);
   const fsync = boolOption('fsync', o.fsync, false);
   const signal = signalOption(o.signal);
   if (buffer.closed) void buffer.bytes; // throws ERR_BUFFER_CLOSED, naming the file
+  if (buffer.readOnly && !write) {
+    throw new DmaloadError('ERR_BUFFER_READ_ONLY', `The buffer of '${buffer.path}' is mapped read-only (served by dmaload serve); readInto a buffer from load() or allocate()`, { path: buffer.path });
+  }
   const size = BigInt(buffer.size);
   const fileOffset = big('fileOffset', o.fileOffset, 0n);
   const bufOffset = big('bufOffset', o.bufOffset, 0n);
@@ -124,7 +127,7 @@ function split(f: OpenedFile, c: Checked, write: boolean): { head: number; mid: 
 }
 
 async function move(write: boolean, buffer: LoadedBuffer, file: string | FileHandle, o: RwOptions): Promise<number> {
-  const c = validate(buffer, o);
+  const c = validate(buffer, o, write);
   c.signal?.throwIfAborted();
   const lease = buffer.borrow(write ? 'the buffer for writeFrom' : 'the buffer for readInto');
   let f: OpenedFile | undefined;

@@ -8,6 +8,7 @@ import { cpCommand } from './cp.js';
 import { inspectCommand } from './inspect.js';
 import { loadCommand } from './load.js';
 import { probeCommand } from './probe.js';
+import { serveCommand } from './serve.js';
 
 export const HELP = `Usage: dmaload <command> [options]
 
@@ -17,6 +18,7 @@ Commands:
   cp SRC DST    copy by direct I/O on both sides, replacing DST atomically
   inspect FILE  list a model file's tensors (safetensors, GGUF) from its header
   bench [FILE]  measure every way of loading a file, side by side (makes its own file when given none)
+  serve         load files once and share their sealed buffers with local processes (Unix socket)
 
 Options:
   -h, --help     this help
@@ -38,6 +40,7 @@ const commands: Record<string, Command> = {
   bench: benchCommand,
   inspect: inspectCommand,
   cp: cpCommand,
+  serve: serveCommand,
 };
 
 /** Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error. Never throws. */

@@ -46,6 +46,18 @@ export interface LoadStats {
   bytesRead: number;
   chunkSize: number;
   queueDepth: number;
+  /** Set when the buffer came from a `dmaload serve` server through connect(): see {@link ServedInfo}. */
+  served?: ServedInfo | undefined;
+}
+
+/** How a served buffer (connect().load()) was obtained. */
+export interface ServedInfo {
+  /** The server's socket. */
+  socket: string;
+  /** The file was already in the server's cache: nothing was read for this request. */
+  cached: boolean;
+  /** The server's time for the request, from receiving it to sending the reply, ms. */
+  serverMs: number;
 }
 
 /**
@@ -137,6 +149,14 @@ export class LoadedBuffer implements AsyncDisposable {
 
   get closed(): boolean {
     return this.#alloc === undefined;
+  }
+
+  /**
+   * True for a buffer mapped read-only (one served by `dmaload serve`, from connect().load()): writing into `bytes`
+   * faults like a write to any read-only mapping, and readInto() refuses it with ERR_BUFFER_READ_ONLY.
+   */
+  get readOnly(): boolean {
+    return (this.#alloc ?? this.#closing)?.readOnly === true;
   }
 
   /**

@@ -54,6 +54,11 @@ export interface QueueResult {
   syscall: string;
 }
 
+/** An opaque handle to a share reactor (native/share.cc): one thread reporting socket readiness to JS. */
+export interface Reactor {
+  readonly __dmaloadReactor: unique symbol;
+}
+
 /** Exact counts of what the addon holds: tests assert they return to baseline after every failure and abort. */
 export interface LiveCounts {
   mappings: number;
@@ -112,6 +117,27 @@ export interface Native {
   dmaBufSync(fd: number, flags: number): number;
   dmaBufSetName(fd: number, name: string): number;
   drmPrimeImport(drmFd: number, dmabufFd: number): number;
+  /** Share (src/share/): a non-blocking SOCK_SEQPACKET socket listening at `path` with exactly `mode`. */
+  unixListen(path: string, mode: number, backlog: number): number;
+  unixConnect(path: string): number;
+  unixAccept(fd: number): number;
+  /** One message with `fds` attached (SCM_RIGHTS); never blocks (-EAGAIN), never raises SIGPIPE (-EPIPE). */
+  sendMsg(fd: number, data: Uint8Array, fds: number[]): number;
+  /** One message: [its real length (MSG_TRUNC), msg_flags, ...received fds (the caller closes them)] or -errno. */
+  recvMsg(fd: number, buf: Uint8Array, maxFds: number): number[] | number;
+  fdFlags(fd: number): number;
+  /** A close-on-exec duplicate that the caller owns. */
+  dupFd(fd: number): number;
+  peerCred(fd: number): [pid: number, uid: number, gid: number] | number;
+  /** A thread in epoll_wait that reports readiness of registered sockets (EPOLLONESHOT) to `callback`. */
+  reactorOpen(callback: (events: number[]) => void): Reactor | number;
+  reactorCtl(reactor: Reactor, op: 1 | 2 | 3, fd: number, id: number, events: number): number;
+  reactorRef(reactor: Reactor, ref: boolean): void;
+  reactorClose(reactor: Reactor): void;
+  shareConstants: Record<
+    'EPOLLIN' | 'EPOLLOUT' | 'EPOLLERR' | 'EPOLLHUP' | 'EPOLLRDHUP' | 'MSG_TRUNC' | 'MSG_CTRUNC' | 'O_PATH' | 'O_ACCMODE' | 'O_NONBLOCK' | 'F_SEAL_FUTURE_WRITE' | 'MAX_FDS',
+    number
+  >;
   constants: Record<
     | 'PAGE_SIZE' | 'PROT_READ' | 'PROT_WRITE' | 'MAP_SHARED' | 'MAP_PRIVATE' | 'MAP_ANONYMOUS' | 'MAP_NORESERVE'
     | 'MAP_POPULATE' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING'

@@ -53,6 +53,8 @@ export interface Allocation {
   close(): void;
   /** The memfd, for the memfd target: what LoadedBuffer.fd returns. */
   fd?: number;
+  /** The CPU view is mapped read-only (a served buffer): nothing may write into it, not even readInto. */
+  readOnly?: boolean;
   /** A file descriptor whose file is the CPU view (the memfd behind memfd and udmabuf), for write()-style copies. */
   writeFd?: number;
 }

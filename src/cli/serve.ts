@@ -1,0 +1,102 @@
+/** `dmaload serve --socket PATH`: load files once, hand their sealed buffers to any number of local processes. */
+import { parseArgs } from 'node:util';
+import { parseSize } from '../core/util.js';
+import { formatBytes } from '../core/util.js';
+import type { IoMode } from '../pipeline/source.js';
+import { serve } from '../share/server.js';
+import { SHARE_TARGETS } from '../share/seal.js';
+import type { ShareTarget } from '../share/seal.js';
+import { UsageError } from './io.js';
+import type { CliIO } from './io.js';
+import { choice } from './load.js';
+
+export const SERVE_HELP = `Usage: dmaload serve --socket PATH [options] [FILE...]
+
+Listen on a Unix-domain socket and give every client that sends a file's fd the same sealed buffer of that file:
+loaded once (by direct I/O), mapped read-only by each client. Clients: connect() in the library, the Python client
+in clients/python, or anything that speaks docs/protocol.md. Runs until SIGINT or SIGTERM.
+
+Options:
+  --socket PATH             the socket to create (required); a stale one nobody listens on is replaced
+  --budget SIZE             bytes the cache may hold, least recently used files dropped first (default: half of
+                            MemAvailable); clients keep what they hold
+  --preload FILE            load FILE before accepting requests (repeatable; FILE arguments are preloaded too)
+  --mode MODE               the socket's permissions in octal (default 0600: only this user can connect)
+  --target memfd|udmabuf|dma-heap
+                            where buffers live (default memfd, sealed; dma-bufs cannot be sealed)
+  --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
+  --part-size SIZE          bytes per dma-buf
+  --io auto|direct|buffered how the server reads (default auto)
+  -v, --verbose             log connections, loads, hits and evictions to stderr
+  -h, --help                this text
+`;
+
+export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      socket: { type: 'string' },
+      budget: { type: 'string' },
+      preload: { type: 'string', multiple: true },
+      mode: { type: 'string' },
+      target: { type: 'string' },
+      heap: { type: 'string' },
+      'part-size': { type: 'string' },
+      io: { type: 'string' },
+      verbose: { type: 'boolean', short: 'v', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    io.stdout(SERVE_HELP);
+    return 0;
+  }
+  if (!values.socket) throw new UsageError('--socket PATH is required');
+  let budget: number | undefined;
+  if (values.budget !== undefined) {
+    budget = parseSize(values.budget);
+    if (budget === undefined) throw new UsageError(`--budget must be a size such as 8GiB (got '${values.budget}')`);
+  }
+  let mode: number | undefined;
+  if (values.mode !== undefined) {
+    if (!/^0?[0-7]{1,4}$/.test(values.mode)) throw new UsageError(`--mode must be an octal mode such as 0600 or 0660 (got '${values.mode}')`);
+    mode = parseInt(values.mode, 8);
+  }
+  let partSize: number | undefined;
+  if (values['part-size'] !== undefined) {
+    partSize = parseSize(values['part-size']);
+    if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096 (got '${values['part-size']}')`);
+  }
+  const target = choice<ShareTarget>('target', values.target, SHARE_TARGETS, 'memfd');
+  const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered'], 'auto');
+  const preload = [...(values.preload ?? []), ...positionals];
+  const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
+
+  const server = await serve({
+    socket: values.socket,
+    target,
+    io: ioMode,
+    preload,
+    ...(budget === undefined ? {} : { budget }),
+    ...(mode === undefined ? {} : { mode }),
+    ...(values.heap === undefined ? {} : { heap: values.heap }),
+    ...(partSize === undefined ? {} : { partSize }),
+    ...(log ? { log } : {}),
+  });
+  const st = server.status();
+  io.stderr(`dmaload serve: listening on ${server.socket} (pid ${process.pid}, target ${target}, budget ${formatBytes(server.budget)}, ${st.entries} files preloaded)\n`);
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  const end = server.status();
+  await server.close();
+  io.stderr(`dmaload serve: stopped (${end.hits} hits, ${end.misses} misses, ${end.loads} loads, ${end.evictions} evictions, ${end.errors} errors)\n`);
+  return 0;
+}

@@ -1,0 +1,304 @@
+/**
+ * connect(): a client of `dmaload serve`. `load()` and `loadModel()` return the same LoadedBuffer and model objects as
+ * the local calls, but their memory is the server's buffer mapped read-only from the fds it sent: zero-copy, one copy
+ * of the file for every process on the machine.
+ *
+ * The client opens each file itself and sends that O_RDONLY fd with the request (which proves it may read it); the
+ * server answers with fds of a buffer sealed against every change (memfd), or dma-bufs (udmabuf, dma-heap).
+ * @module
+ */
+import { constants as FS, promises as fsp } from 'node:fs';
+import { resolve } from 'node:path';
+import { modelFromFiles } from '../api/model.js';
+import type { LoadModelOptions, LoadedModel } from '../api/model.js';
+import { optionsObject, pathOption, signalOption } from '../api/options.js';
+import type { LoadStats, LoadedBuffer } from '../core/buffer.js';
+import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, outOfRange } from '../core/errors.js';
+import { cpuMsSince, msSince } from '../core/util.js';
+import { native } from '../engine/binding.js';
+import { engine } from '../engine/engine.js';
+import { clearNonblock, requireRegular } from '../pipeline/source.js';
+import { Channel, closeFds, keepAlive } from './channel.js';
+import type { CloseReason, Incoming } from './channel.js';
+import { MessageType, decode, encode } from './protocol.js';
+import type { ErrorBody, LoadReplyBody, Message, ServerStatus } from './protocol.js';
+import { mapReceived } from './seal.js';
+
+const EAGAIN = 11;
+
+export interface ConnectOptions {
+  /** Milliseconds to keep trying while the server's queue of new connections is full. Default 5000. */
+  timeout?: number;
+}
+
+export interface ShareLoadOptions {
+  /** Aborting rejects with an AbortError at once; a reply that arrives later is dropped (its fds closed). */
+  signal?: AbortSignal;
+}
+
+export interface ShareLoadModelOptions extends ShareLoadOptions {
+  /**
+   * The tensors the model exposes, by name or predicate (as in loadModel()). Through a server every file holding one
+   * of them is shared whole: the server caches files, not ranges.
+   */
+  tensors?: LoadModelOptions['tensors'];
+}
+
+/** A connection to a `dmaload serve` server. */
+export interface ShareClient extends AsyncDisposable {
+  /** The server's socket (absolute). */
+  readonly socket: string;
+  /** True after close(), or once the server went away. */
+  readonly closed: boolean;
+  /**
+   * The whole file at `path` as a LoadedBuffer mapped read-only from the server's buffer (`stats.served` says whether
+   * it was cached there). Its `bytes` must not be written: the mapping is read-only and a write faults, as with any
+   * read-only mapping. close() unmaps it and closes its fds; the server's copy stays cached.
+   * @throws DmaloadError ERR_SHARE_CLOSED (this client was closed), ERR_SHARE_SERVER_GONE (the connection was lost),
+   *   the server's own codes (ERR_MEMORY_BUDGET, ERR_NOT_REGULAR_FILE, ERR_FILE_CHANGED, …) and the system errors of
+   *   opening `path` here (ENOENT, EACCES, EISDIR).
+   */
+  load(path: string, options?: ShareLoadOptions): Promise<LoadedBuffer>;
+  /**
+   * A safetensors or GGUF model as loadModel() returns it, each file shared whole through the server. The header is
+   * read here, from the client's own open of the file.
+   */
+  loadModel(path: string, options?: ShareLoadModelOptions): Promise<LoadedModel>;
+  /** The server's counters. */
+  status(options?: ShareLoadOptions): Promise<ServerStatus>;
+  /** Closes the connection; requests in progress reject with ERR_SHARE_CLOSED. Buffers already loaded stay valid. */
+  close(): void;
+}
+
+interface Pending {
+  resolve(m: { message: Message; fds: number[] }): void;
+  reject(e: unknown): void;
+}
+
+class Client implements ShareClient {
+  readonly socket: string;
+  readonly #channel: Channel;
+  readonly #pending = new Map<number, Pending>();
+  #nextId = 1;
+  #state: 'open' | 'closed' | 'gone' = 'open';
+  #gone = '';
+  #release: (() => void) | undefined;
+
+  constructor(socket: string, fd: number) {
+    this.socket = socket;
+    this.#channel = new Channel(fd, { message: (m) => this.#onMessage(m), closed: (r) => this.#onClosed(r) });
+  }
+
+  get closed(): boolean {
+    return this.#state !== 'open';
+  }
+
+  #unusable(path?: string): DmaloadError {
+    const opts = path === undefined ? {} : { path };
+    if (this.#state === 'closed') return new DmaloadError('ERR_SHARE_CLOSED', `this dmaload share client (${this.socket}) was closed; connect() again`, opts);
+    return new DmaloadError('ERR_SHARE_SERVER_GONE', `the dmaload server at '${this.socket}' went away (${this.#gone}); connect() again once it runs`, opts);
+  }
+
+  #failAll(e: (p: Pending) => unknown): void {
+    const all = [...this.#pending.values()];
+    this.#pending.clear();
+    this.#idle();
+    for (const p of all) p.reject(e(p));
+  }
+
+  #idle(): void {
+    if (this.#pending.size === 0 && this.#release) {
+      this.#release();
+      this.#release = undefined;
+    }
+  }
+
+  #onClosed(reason: CloseReason): void {
+    if (this.#state === 'open') {
+      this.#state = 'gone';
+      this.#gone = reason === 'eof' || reason === 'hangup' ? 'it closed the connection' : reason === 'local' ? 'the connection was closed' : new DmaloadSystemError(reason.errno, reason.syscall).message;
+    }
+    this.#failAll(() => this.#unusable());
+  }
+
+  #onMessage(m: Incoming): void {
+    let message: Message;
+    try {
+      message = decode(m.bytes, m.length);
+    } catch (e) {
+      closeFds(m.fds);
+      // A server that breaks the protocol cannot be trusted with the rest of the conversation.
+      this.#gone = `it sent a malformed message: ${(e as Error).message}`;
+      this.#state = 'gone';
+      this.#channel.close();
+      return;
+    }
+    const p = this.#pending.get(message.id);
+    if (!p) return closeFds(m.fds); // an aborted request's late reply
+    this.#pending.delete(message.id);
+    this.#idle();
+    if (m.fdsTruncated) {
+      closeFds(m.fds);
+      return p.reject(new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' sent more fds than a reply may carry`, { path: this.socket }));
+    }
+    p.resolve({ message, fds: m.fds });
+  }
+
+  #request(type: MessageType, body: object, fds: number[], path: string | undefined, signal: AbortSignal | undefined): Promise<{ message: Message; fds: number[] }> {
+    if (this.#state !== 'open') return Promise.reject(this.#unusable(path));
+    if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
+    const id = this.#nextId;
+    this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1;
+    const bytes = encode(type, id, body);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        if (this.#pending.delete(id)) {
+          this.#idle();
+          reject(new AbortError(undefined, { cause: signal!.reason }));
+        }
+      };
+      const done = () => signal?.removeEventListener('abort', onAbort);
+      this.#pending.set(id, {
+        resolve: (r) => {
+          done();
+          resolve(r);
+        },
+        reject: (e) => {
+          done();
+          reject(e);
+        },
+      });
+      this.#release ??= keepAlive();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#channel.send(bytes, fds, (errno) => {
+        if (errno === 0 || this.#state !== 'open') return;
+        const p = this.#pending.get(id);
+        if (!p) return;
+        this.#pending.delete(id);
+        this.#idle();
+        p.reject(new DmaloadSystemError(errno, 'sendmsg', this.socket));
+      });
+    });
+  }
+
+  #serverError(body: Record<string, unknown>, path: string): Error {
+    const b = body as Partial<ErrorBody>;
+    if (typeof b.errno === 'number' && b.errno !== 0 && typeof b.syscall === 'string') {
+      return new DmaloadSystemError(b.errno, b.syscall, path, `on the dmaload server at '${this.socket}'`);
+    }
+    const code = typeof b.code === 'string' && /^[A-Z][A-Z0-9_]{1,63}$/.test(b.code) ? b.code : 'ERR_SHARE_REPLY';
+    return new DmaloadError(code, `dmaload server at '${this.socket}': ${typeof b.message === 'string' ? b.message : 'request failed'}`, { path });
+  }
+
+  async load(path: string, options: ShareLoadOptions = {}): Promise<LoadedBuffer> {
+    const t0 = performance.now();
+    const c0 = process.cpuUsage();
+    pathOption('path', path);
+    const signal = signalOption(optionsObject(options).signal);
+    if (this.#state !== 'open') throw this.#unusable(path);
+    const file = resolve(path);
+    // stat() first: open() of a FIFO would block until a writer came.
+    const st = await fsp.stat(file).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
+    requireRegular(st, path);
+    const h = await fsp.open(file, FS.O_RDONLY | FS.O_NONBLOCK).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
+    let r: { message: Message; fds: number[] };
+    try {
+      clearNonblock(h.fd, path);
+      requireRegular(await h.stat(), path);
+      r = await this.#request(MessageType.LoadRequest, { path: file }, [h.fd], path, signal);
+    } finally {
+      await h.close();
+    }
+    if (r.message.type === MessageType.Error) {
+      closeFds(r.fds);
+      throw this.#serverError(r.message.body, path);
+    }
+    if (r.message.type !== MessageType.LoadReply) {
+      closeFds(r.fds);
+      throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' answered a load with message type ${r.message.type}`, { path });
+    }
+    const body = r.message.body as unknown as LoadReplyBody;
+    const s = (body.stats ?? {}) as Partial<LoadReplyBody['stats']>;
+    const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+    const size = num(body.size);
+    const stats: LoadStats = {
+      io: s.io === 'direct' || s.io === 'buffered' || s.io === 'mixed' ? s.io : 'buffered',
+      directBytes: num(s.directBytes),
+      copiedBytes: num(s.copiedBytes),
+      ioReason: typeof s.ioReason === 'string' ? s.ioReason : undefined,
+      engine: s.engine === 'threads' ? 'threads' : engine().engine,
+      ms: 0,
+      allocMs: 0,
+      ioMs: body.cached ? 0 : num(s.loadMs),
+      parts: [],
+      overlap: false,
+      cpuMs: 0,
+      bytesPerSec: 0,
+      pageCacheBytes: 0,
+      bytesRead: num(s.bytesRead),
+      chunkSize: 0,
+      queueDepth: 0,
+      served: { socket: this.socket, cached: body.cached === true, serverMs: num(s.serverMs) },
+    };
+    const tMap = performance.now();
+    const buf = mapReceived(path, this.socket, body, r.fds, stats);
+    // Filled in once mapped, so that they describe this call.
+    stats.allocMs = msSince(tMap);
+    stats.ms = msSince(t0);
+    stats.cpuMs = cpuMsSince(c0);
+    stats.bytesPerSec = stats.ms > 0 ? Math.round(size / (stats.ms / 1000)) : 0;
+    stats.parts = buf.parts.map((p) => ({ offset: p.offset, size: p.size, allocMs: 0, ioMs: 0 }));
+    return buf;
+  }
+
+  async loadModel(path: string, options: ShareLoadModelOptions = {}): Promise<LoadedModel> {
+    pathOption('path', path);
+    const o = optionsObject(options);
+    const signal = signalOption(o.signal);
+    if (this.#state !== 'open') throw this.#unusable(path);
+    return modelFromFiles(path, o.tensors, (file) => this.load(file, signal ? { signal } : {}));
+  }
+
+  async status(options: ShareLoadOptions = {}): Promise<ServerStatus> {
+    const signal = signalOption(optionsObject(options).signal);
+    const r = await this.#request(MessageType.StatusRequest, {}, [], undefined, signal);
+    closeFds(r.fds);
+    if (r.message.type === MessageType.Error) throw this.#serverError(r.message.body, this.socket);
+    if (r.message.type !== MessageType.StatusReply) throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' answered a status request with message type ${r.message.type}`, { path: this.socket });
+    return r.message.body as unknown as ServerStatus;
+  }
+
+  close(): void {
+    if (this.#state === 'open') this.#state = 'closed';
+    this.#failAll(() => this.#unusable());
+    this.#channel.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}
+
+/**
+ * Connects to a `dmaload serve` server listening at `socket`.
+ * @throws DmaloadSystemError ENOENT or ECONNREFUSED (no server there), EACCES (the socket's mode keeps this user
+ *   out), EAGAIN (its queue of new connections stayed full for `timeout` ms)
+ */
+export async function connect(socket: string, options: ConnectOptions = {}): Promise<ShareClient> {
+  const path = resolve(pathOption('socket', socket));
+  const o = optionsObject(options);
+  const timeout = o.timeout ?? 5000;
+  if (typeof timeout !== 'number' || !(timeout >= 0)) throw outOfRange('timeout', 'a number of milliseconds >= 0', timeout);
+  const deadline = performance.now() + timeout;
+  for (;;) {
+    const fd = native.unixConnect(path);
+    if (fd >= 0) return new Client(path, fd);
+    if (fd === -EAGAIN && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+      continue;
+    }
+    const hint =
+      fd === -2 || fd === -111 ? 'is `dmaload serve` running there?' : fd === -13 ? "the socket's mode keeps this user out (dmaload serve --mode)" : fd === -EAGAIN ? `the server accepted no new connection for ${timeout} ms` : undefined;
+    throw new DmaloadSystemError(fd, 'connect', path, hint);
+  }
+}

@@ -1,0 +1,7 @@
+/** Load once, share everywhere: `dmaload serve` (serve()) and its clients (connect()); the wire protocol is docs/protocol.md. */
+export { serve, MAX_INFLIGHT } from './server.js';
+export type { ServeOptions, ShareServer } from './server.js';
+export { connect } from './client.js';
+export type { ConnectOptions, ShareClient, ShareLoadOptions, ShareLoadModelOptions } from './client.js';
+export type { ServerStatus, LoadReplyBody, ErrorBody, ServedLoadStats } from './protocol.js';
+export type { ShareTarget } from './seal.js';

@@ -1,0 +1,89 @@
+/**
+ * `dmaload serve` with dma-buf targets against a real kernel (the qemu tier): a server whose buffers are udmabufs or
+ * DMA-heap buffers hands their fds to clients (this process and another one), which map them read-only side by side
+ * and must read the file's SHA-256; every received dma-buf imports into vgem. On a kernel without udmabuf or heaps each
+ * test is skipped with the reason.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { closeSync, existsSync, openSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { native } from '../../src/engine/binding.js';
+import { connect, serve } from '../../src/index.js';
+import type { LoadedBuffer } from '../../src/index.js';
+import { fdCount, makeFile, sha256, tempDir } from '../helpers.js';
+import { child, socketDir } from '../share/util.js';
+
+const MiB = 1024 * 1024;
+const HAVE: Record<string, string | undefined> = {
+  udmabuf: existsSync('/dev/udmabuf') ? undefined : 'this kernel has no /dev/udmabuf (CONFIG_UDMABUF)',
+  'dma-heap': existsSync('/dev/dma_heap/system') ? undefined : 'this kernel has no system DMA heap (/dev/dma_heap/system)',
+};
+const { dir, cleanup } = tempDir('dmaload-kshare-');
+after(cleanup);
+const sockets = socketDir();
+after(sockets.cleanup);
+const files = new Map<number, { path: string; sha256: string }>();
+const SIZES = [4097, 64 * MiB + 1];
+before(() => {
+  if (!HAVE.udmabuf || !HAVE['dma-heap']) for (const s of SIZES) files.set(s, makeFile(dir, `k-${s}`, s));
+});
+
+const hashOf = (b: LoadedBuffer) => sha256(b.view(0, b.size));
+
+let drmFd = -1;
+function drm(): number {
+  if (drmFd >= 0) return drmFd;
+  if (!existsSync('/dev/dri/card0')) {
+    try {
+      execFileSync('modprobe', ['vgem'], { stdio: 'ignore' });
+    } catch {
+      // reported below
+    }
+  }
+  const card = existsSync('/dev/dri') ? readdirSync('/dev/dri').find((n) => n.startsWith('card')) : undefined;
+  assert.ok(card, 'no /dev/dri/card* after modprobe vgem');
+  drmFd = openSync(`/dev/dri/${card}`, 'r+');
+  return drmFd;
+}
+after(() => {
+  if (drmFd >= 0) closeSync(drmFd);
+});
+
+for (const [target, partSize] of [['udmabuf', undefined], ['dma-heap', undefined], ['dma-heap', 32 * MiB]] as const) {
+  describe(`serve --target ${target}${partSize ? ` --part-size ${partSize / MiB}MiB` : ''}`, () => {
+    test('clients in this process and another read the file’s SHA-256 from the served dma-bufs; vgem imports them', async (t) => {
+      if (HAVE[target]) return t.skip(HAVE[target]);
+      drm();
+      const fds = fdCount();
+      const server = await serve({ socket: join(sockets.dir, `${target}-${partSize ?? 0}.sock`), target, ...(partSize ? { partSize } : {}) });
+      const c = await connect(server.socket);
+      try {
+        for (const size of SIZES) {
+          const f = files.get(size)!;
+          const b = await c.load(f.path);
+          try {
+            assert.equal(b.target, target);
+            assert.equal(b.readOnly, true);
+            assert.equal(hashOf(b), f.sha256, `${target} ${size}`);
+            const per = partSize ?? (target === 'udmabuf' ? 64 * MiB : Infinity);
+            assert.equal(b.parts.length, Math.ceil(size / Math.min(per, Math.ceil(size / 4096) * 4096)));
+            for (const p of b.parts) assert.ok(native.drmPrimeImport(drm(), p.fd) > 0, `vgem imports part at ${p.offset}`);
+            const r = await child(['load', server.socket, f.path], { timeoutMs: 120_000 });
+            assert.equal(r.code, 0, r.err);
+            const got = JSON.parse(r.out) as { sha256: string; cached: boolean; target: string };
+            assert.deepEqual([got.sha256, got.cached, got.target], [f.sha256, true, target]);
+          } finally {
+            b.close();
+          }
+        }
+        assert.equal(server.status().loads, SIZES.length);
+      } finally {
+        c.close();
+        await server.close();
+      }
+      assert.equal(fdCount(), fds, 'every fd closed');
+    });
+  });
+}

@@ -1,0 +1,471 @@
+/**
+ * serve() and connect(): one sealed buffer per file, mapped read-only by every client. Bytes are checked by SHA-256
+ * against the generator's hash of the file; sharing by the kernel's view (the same memfd inode in two processes, the
+ * seals F_GET_SEALS reports, writes refused with EPERM), the cache by the server's counters, leaks by /proc/self/fd,
+ * /proc/self/maps and native.live().
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, closeSync, fstatSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { C, native } from '../../src/engine/binding.js';
+import { connect, loadModel, readInto, save, serve } from '../../src/index.js';
+import type { LoadedBuffer, ShareServer } from '../../src/index.js';
+import { fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { child, socketDir } from './util.js';
+import { cli } from '../cli/run.js';
+import { existsSync } from 'node:fs';
+
+const MiB = 1024 * 1024;
+const { dir, cleanup } = tempDir('dmaload-serve-');
+after(cleanup);
+const sockets = socketDir();
+after(sockets.cleanup);
+let sockN = 0;
+const sock = () => join(sockets.dir, `s${sockN++}.sock`);
+
+const hashOf = (b: LoadedBuffer) => {
+  const h = [] as Uint8Array[];
+  for (const w of b.windows(64 * MiB)) h.push(w);
+  return sha256(h.length === 1 ? h[0]! : Buffer.concat(h));
+};
+
+describe('serve/connect: byte-exact, shared, sealed', () => {
+  const sizes = [0, 1, 4097, 8 * MiB + 13];
+  const files = new Map<number, { path: string; sha256: string }>();
+  before(() => sizes.forEach((s) => files.set(s, makeFile(dir, `f-${s}`, s))));
+
+  test('files of any size come back byte-exact, mapped read-only from one sealed memfd; the second load is a cache hit', async () => {
+    const leaks = leakCheck();
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      for (const size of sizes) {
+        const f = files.get(size)!;
+        const b1 = await c.load(f.path);
+        const b2 = await c.load(f.path);
+        try {
+          for (const b of [b1, b2]) {
+            assert.equal(b.size, size);
+            assert.equal(b.target, 'memfd');
+            assert.equal(b.readOnly, true);
+            assert.equal(hashOf(b), f.sha256);
+            assert.equal(fstatSync(b.fd).size, size);
+            const seals = native.seals(b.fd, 0);
+            const want = C.F_SEAL_SHRINK | C.F_SEAL_GROW | C.F_SEAL_WRITE;
+            assert.equal(seals & want, want, `seals ${seals}`);
+          }
+          // One buffer on the server: both fds are the same memfd.
+          assert.equal(fstatSync(b1.fd).ino, fstatSync(b2.fd).ino);
+          assert.deepEqual([b1.stats.served?.cached, b2.stats.served?.cached], [false, true]);
+          assert.deepEqual([b1.stats.bytesRead, b2.stats.bytesRead], [size, 0]);
+          assert.equal(b1.stats.served?.socket, server.socket);
+          // Nobody can change it: write() and a writable shared mapping are refused by the kernel.
+          assert.throws(() => writeSync(b1.fd, Uint8Array.of(1), 0, 1, 0), { code: 'EPERM' });
+          assert.equal(native.mmap(4096, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, b1.fd, 0, 0), -1);
+        } finally {
+          b1.close();
+          b2.close();
+        }
+      }
+      const st = server.status();
+      assert.deepEqual([st.loads, st.misses, st.hits, st.entries, st.errors], [sizes.length, sizes.length, sizes.length, sizes.length, 0]);
+    } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('the server keeps fds, not mappings: the only memfd mappings are the clients’, and they outlive eviction', async () => {
+    const leaks = leakCheck();
+    const f = files.get(8 * MiB + 13)!;
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const m0 = mappings().memfds;
+      const b = await c.load(f.path);
+      assert.equal(mappings().memfds, m0 + 1, 'one mapping: the client’s');
+      b.close();
+      assert.equal(mappings().memfds, m0, 'the cached buffer is not mapped by the server');
+      assert.equal(server.status().entries, 1);
+    } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('a served buffer refuses readInto (ERR_BUFFER_READ_ONLY) and can be saved', async () => {
+    const f = files.get(4097)!;
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const b = await c.load(f.path);
+      await assert.rejects(readInto(b, f.path), { code: 'ERR_BUFFER_READ_ONLY', path: f.path });
+      const out = join(dir, 'saved-4097');
+      await save(b, out);
+      assert.equal(fileSha256(out), f.sha256);
+      b.close();
+    } finally {
+      c.close();
+      await server.close();
+    }
+  });
+
+  test('another process maps the same memfd and reads the same bytes', async () => {
+    const f = files.get(8 * MiB + 13)!;
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const mine = await c.load(f.path);
+      const r = await child(['load', server.socket, f.path]);
+      assert.equal(r.code, 0, r.err);
+      const got = JSON.parse(r.out) as { sha256: string; cached: boolean; ino: number; seals: number };
+      assert.equal(got.sha256, f.sha256);
+      assert.equal(got.cached, true);
+      assert.equal(got.ino, fstatSync(mine.fd).ino);
+      mine.close();
+    } finally {
+      c.close();
+      await server.close();
+    }
+  });
+});
+
+describe('serve: the cache', () => {
+  test('a changed file (new mtime) is loaded afresh; a buffer of the old one keeps its bytes', async () => {
+    const leaks = leakCheck();
+    const path = join(dir, 'changing');
+    const v1 = seededBytes(3 * MiB + 5, 1);
+    const v2 = seededBytes(3 * MiB + 5, 2);
+    writeFileSync(path, v1);
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const old = await c.load(path);
+      writeFileSync(path, v2);
+      const later = new Date(Date.now() + 5000);
+      utimesSync(path, later, later);
+      const fresh = await c.load(path);
+      assert.equal(fresh.stats.served?.cached, false);
+      assert.equal(hashOf(fresh), sha256(v2));
+      assert.equal(hashOf(old), sha256(v1));
+      assert.equal(server.status().loads, 2);
+      old.close();
+      fresh.close();
+    } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('LRU under the budget: the oldest file is dropped, a client holding it keeps its pages; too big is ERR_MEMORY_BUDGET', async () => {
+    const leaks = leakCheck();
+    const [a, b, d] = ['lru-a', 'lru-b', 'lru-c'].map((n, i) => makeFile(dir, n, 4 * MiB, 100 + i));
+    const big = makeFile(dir, 'lru-big', 11 * MiB);
+    const server = await serve({ socket: sock(), budget: 10 * MiB });
+    const c = await connect(server.socket);
+    try {
+      const held = await c.load(a!.path);
+      (await c.load(b!.path)).close();
+      (await c.load(d!.path)).close(); // 12 MiB > 10: a goes
+      let st = server.status();
+      assert.deepEqual([st.entries, st.evictions], [2, 1]);
+      assert.ok(st.used <= 10 * MiB);
+      assert.equal(hashOf(held), a!.sha256, 'a client’s buffer survives the server dropping its copy');
+      const again = await c.load(a!.path);
+      assert.equal(again.stats.served?.cached, false);
+      assert.equal(hashOf(again), a!.sha256);
+      again.close();
+      held.close();
+      await assert.rejects(c.load(big.path), (e: Error & { code?: string; path?: string }) => {
+        assert.equal(e.code, 'ERR_MEMORY_BUDGET');
+        assert.equal(e.path, big.path);
+        assert.match(e.message, /budget/);
+        return true;
+      });
+      st = server.status();
+      assert.ok(st.used <= 10 * MiB);
+    } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('concurrent requests for one file, from several clients, read it once', async () => {
+    const f = makeFile(dir, 'concurrent', 16 * MiB + 1);
+    const server = await serve({ socket: sock() });
+    const clients = await Promise.all([connect(server.socket), connect(server.socket)]);
+    try {
+      const bufs = await Promise.all(Array.from({ length: 8 }, (_, i) => clients[i % 2]!.load(f.path)));
+      for (const b of bufs) assert.equal(hashOf(b), f.sha256);
+      assert.equal(server.status().loads, 1);
+      assert.equal(bufs.reduce((n, b) => n + b.stats.bytesRead, 0), 16 * MiB + 1);
+      bufs.forEach((b) => b.close());
+    } finally {
+      clients.forEach((c) => c.close());
+      await server.close();
+    }
+  });
+
+  test('preload: files are cached before serve() resolves', async () => {
+    const f = makeFile(dir, 'preloaded', MiB + 3);
+    const server = await serve({ socket: sock(), preload: [f.path] });
+    const c = await connect(server.socket);
+    try {
+      const b = await c.load(f.path);
+      assert.equal(b.stats.served?.cached, true);
+      assert.equal(hashOf(b), f.sha256);
+      b.close();
+    } finally {
+      c.close();
+      await server.close();
+    }
+    await assert.rejects(serve({ socket: sock(), preload: [join(dir, 'missing')] }), { code: 'ENOENT' });
+  });
+});
+
+describe('serve/connect: errors', () => {
+  test('closed client, server gone, no server: coded errors; nothing leaks', async () => {
+    const leaks = leakCheck();
+    const f = makeFile(dir, 'errs', 2 * MiB);
+    const server = await serve({ socket: sock() });
+    const c1 = await connect(server.socket);
+    const c2 = await connect(server.socket);
+    c1.close();
+    c1.close(); // idempotent
+    assert.equal(c1.closed, true);
+    await assert.rejects(c1.load(f.path), { code: 'ERR_SHARE_CLOSED', path: f.path });
+    await assert.rejects(c1.status(), { code: 'ERR_SHARE_CLOSED' });
+    const pending = c2.load(f.path);
+    await server.close();
+    await assert.rejects(pending, { code: 'ERR_SHARE_SERVER_GONE' });
+    await assert.rejects(c2.load(f.path), { code: 'ERR_SHARE_SERVER_GONE' });
+    assert.equal(c2.closed, true);
+    c2.close();
+    await assert.rejects(connect(server.socket), { code: 'ENOENT', syscall: 'connect' });
+    // A socket file nobody listens on.
+    const stale = sock();
+    closeSync(native.unixListen(stale, 0o600, 1));
+    await assert.rejects(connect(stale), { code: 'ECONNREFUSED', syscall: 'connect' });
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('the client opens files itself: missing, a folder, a FIFO are refused before anything is sent', async () => {
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const fifo = join(dir, 'fifo');
+      execFileSync('mkfifo', [fifo]);
+      await assert.rejects(c.load(join(dir, 'nope')), { code: 'ENOENT' });
+      await assert.rejects(c.load(dir), { code: 'EISDIR' });
+      await assert.rejects(c.load(fifo), { code: 'ERR_NOT_REGULAR_FILE' });
+      await assert.rejects(c.load(''), { code: 'ERR_INVALID_ARG_TYPE' });
+      assert.equal(server.status().misses, 0);
+    } finally {
+      c.close();
+      await server.close();
+    }
+  });
+
+  test('an aborted request rejects at once; its late reply is dropped with its fds', async () => {
+    const leaks = leakCheck();
+    const f = makeFile(dir, 'abort', 32 * MiB);
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const ac = new AbortController();
+      ac.abort();
+      await assert.rejects(c.load(f.path, { signal: ac.signal }), { name: 'AbortError' });
+      const ac2 = new AbortController();
+      const p = c.load(f.path, { signal: ac2.signal });
+      setImmediate(() => ac2.abort());
+      await assert.rejects(p, { name: 'AbortError' });
+      // The load finishes on the server; the next request is answered normally (and is a hit).
+      const b = await c.load(f.path);
+      assert.equal(hashOf(b), f.sha256);
+      b.close();
+    } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('the socket: 0600 by default, mode honoured, a live server is not replaced, a stale socket is', async () => {
+    const path = sock();
+    const old = process.umask(0o022);
+    let s1: ShareServer | undefined;
+    try {
+      s1 = await serve({ socket: path });
+      assert.equal(statSync(path).mode & 0o7777, 0o600);
+      await assert.rejects(serve({ socket: path }), (e: Error & { code?: string }) => e.code === 'EADDRINUSE' && /already listening/.test(e.message));
+      await s1.close();
+      s1 = undefined;
+      const s2 = await serve({ socket: path, mode: 0o660 });
+      assert.equal(statSync(path).mode & 0o7777, 0o660);
+      await s2.close();
+      // Left behind by a server that died: replaced.
+      closeSync(native.unixListen(path, 0o600, 1));
+      const s3 = await serve({ socket: path });
+      await s3.close();
+      writeFileSync(path, 'not a socket');
+      await assert.rejects(serve({ socket: path }), (e: Error & { code?: string }) => e.code === 'EADDRINUSE' && /not a socket/.test(e.message));
+    } finally {
+      process.umask(old);
+      await s1?.close();
+    }
+    await assert.rejects(serve({ socket: '' }), { code: 'ERR_INVALID_ARG_TYPE' });
+    await assert.rejects(serve({ socket: sock(), target: 'memory' as never }), { code: 'ERR_INVALID_ARG_VALUE' });
+    await assert.rejects(serve({ socket: sock(), budget: -1 }), { code: 'ERR_INVALID_ARG_VALUE' });
+    await assert.rejects(serve({ socket: sock(), mode: 0o10000 }), { code: 'ERR_INVALID_ARG_TYPE' });
+  });
+});
+
+describe('serve: loadModel through the server', () => {
+  /** A safetensors file written by hand; returns each tensor's bytes. */
+  function writeSafetensors(path: string, tensors: Record<string, { dtype: string; shape: number[]; data: Uint8Array }>): void {
+    const header: Record<string, unknown> = {};
+    let at = 0;
+    for (const [name, t] of Object.entries(tensors)) {
+      header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [at, at + t.data.length] };
+      at += t.data.length;
+    }
+    let json = JSON.stringify(header);
+    while ((8 + json.length) % 8 !== 0) json += ' ';
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    writeFileSync(path, Buffer.concat([len, Buffer.from(json), ...Object.values(tensors).map((t) => t.data)]));
+  }
+
+  test('tensors are the same bytes as a local loadModel; a selection loads only the shards it needs', async () => {
+    const leaks = leakCheck();
+    const mdir = join(dir, 'model');
+    mkdirSync(mdir);
+    const t = {
+      'a.weight': { dtype: 'F32', shape: [256, 256], data: seededBytes(256 * 256 * 4, 11) },
+      'a.bias': { dtype: 'F32', shape: [3], data: seededBytes(12, 12) },
+      'b.weight': { dtype: 'F16', shape: [1000], data: seededBytes(2000, 13) },
+      'c.weight': { dtype: 'U8', shape: [MiB + 1], data: seededBytes(MiB + 1, 14) },
+    };
+    writeSafetensors(join(mdir, 'm-1.safetensors'), { 'a.weight': t['a.weight'], 'a.bias': t['a.bias'] });
+    writeSafetensors(join(mdir, 'm-2.safetensors'), { 'b.weight': t['b.weight'], 'c.weight': t['c.weight'] });
+    const index = join(mdir, 'model.safetensors.index.json');
+    writeFileSync(index, JSON.stringify({ metadata: {}, weight_map: { 'a.weight': 'm-1.safetensors', 'a.bias': 'm-1.safetensors', 'b.weight': 'm-2.safetensors', 'c.weight': 'm-2.safetensors' } }));
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const served = await c.loadModel(index);
+      const local = await loadModel(index);
+      assert.deepEqual([...served.tensors.keys()], [...local.tensors.keys()]);
+      for (const [name, spec] of Object.entries(t)) {
+        const st = served.tensors.get(name)!;
+        assert.equal(sha256(st.bytes), sha256(spec.data), name);
+        assert.equal(sha256(st.bytes), sha256(local.tensors.get(name)!.bytes));
+        assert.deepEqual(st.shape, spec.shape);
+        assert.equal(st.buffer?.readOnly, true);
+      }
+      const f32 = served.tensors.get('a.weight')!.asTypedArray() as Float32Array;
+      assert.equal(f32.length, 256 * 256);
+      assert.equal(served.stats.files, 2);
+      local.close();
+      served.close();
+      assert.throws(() => served.tensors.get('a.weight')!.bytes, { code: 'ERR_BUFFER_CLOSED' });
+
+      const loadsBefore = server.status().misses;
+      const some = await c.loadModel(index, { tensors: ['b.weight'] });
+      assert.deepEqual([...some.tensors.keys()], ['b.weight']);
+      assert.equal(sha256(some.tensors.get('b.weight')!.bytes), sha256(t['b.weight'].data));
+      assert.equal(some.stats.files, 1);
+      assert.equal(server.status().misses, loadsBefore, 'm-2 was already cached');
+      some.close();
+      await assert.rejects(c.loadModel(index, { tensors: ['nope'] }), { code: 'ERR_MODEL_TENSOR_NOT_FOUND' });
+    } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
+  });
+});
+
+describe('serve: a server that may not open the file reads through the client’s fd', () => {
+  test('server as another user, file 0600: served byte-exact (buffered, through the fd)', async (t) => {
+    if (process.getuid?.() !== 0) return t.skip('needs root to run the server as another user');
+    const bin = join(repoRoot, 'bin', 'dmaload.js');
+    const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'src', 'index.js'))})`], { uid: 65534, gid: 65534 });
+    if (probe.status !== 0) return t.skip(`uid 65534 cannot read this checkout (${repoRoot}) or run ${process.execPath}`);
+    const f = makeFile(dir, 'private', 3 * MiB + 7);
+    chmodSync(f.path, 0o600);
+    // The server's user must reach its socket's folder; the file stays in our private one.
+    const sdir = mkdtempSync(join(tmpdir(), 'dmaload-serve-nobody-'));
+    chmodSync(sdir, 0o777);
+    const socket = join(sdir, 's.sock');
+    const p = spawn(process.execPath, [bin, 'serve', '--socket', socket, '--mode', '0666'], { uid: 65534, gid: 65534, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => (err += d));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        p.stderr.on('data', () => /listening/.test(err) && resolve());
+        p.on('exit', (code) => reject(new Error(`server exited ${code}: ${err}`)));
+      });
+      const c = await connect(socket);
+      const b = await c.load(f.path);
+      assert.equal(hashOf(b), f.sha256);
+      assert.equal(b.stats.io, 'buffered');
+      assert.match(b.stats.ioReason ?? '', /client's fd/);
+      b.close();
+      c.close();
+    } finally {
+      p.kill('SIGTERM');
+      await new Promise((r) => p.once('close', r));
+      rmSync(sdir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('dmaload serve (CLI)', () => {
+  test('preloads, serves, logs, stops on SIGTERM and removes its socket', async () => {
+    const f = makeFile(dir, 'cli-file', 2 * MiB + 9);
+    const socket = sock();
+    const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--budget', '64MiB', '--preload', f.path, '-v'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => (err += d));
+    const exited = new Promise<number | null>((r) => p.once('close', r));
+    await new Promise<void>((resolve, reject) => {
+      p.stderr.on('data', () => /listening/.test(err) && resolve());
+      void exited.then((code) => reject(new Error(`server exited ${code}: ${err}`)));
+    });
+    assert.match(err, /1 files preloaded/);
+    assert.equal(statSync(socket).mode & 0o777, 0o600);
+    const c = await connect(socket);
+    const b = await c.load(f.path);
+    assert.equal(b.stats.served?.cached, true);
+    assert.equal(hashOf(b), f.sha256);
+    const st = await c.status();
+    assert.equal(st.budget, 64 * MiB);
+    assert.equal(st.pid, p.pid);
+    b.close();
+    c.close();
+    p.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    assert.match(err, /hit/);
+    assert.match(err, /stopped \(1 hits/);
+    assert.equal(existsSync(socket), false);
+  });
+
+  test('usage errors exit 2', async () => {
+    assert.equal((await cli('serve')).code, 2);
+    assert.equal((await cli('serve', '--socket', sock(), '--mode', '999')).code, 2);
+    assert.equal((await cli('serve', '--socket', sock(), '--budget', 'lots')).code, 2);
+    assert.equal((await cli('serve', '--socket', sock(), '--target', 'memory')).code, 2);
+    const h = await cli('serve', '--help');
+    assert.equal(h.code, 0);
+    assert.match(h.out, /--socket PATH/);
+  });
+});
