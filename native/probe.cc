@@ -126,6 +126,16 @@ Napi::Value Residency(const Napi::CallbackInfo& info) {
   return Num(a.env, static_cast<double>(resident));
 }
 
+// syncRange(fd, offset, length, flags) -> 0 | -errno: sync_file_range, so that eviction can first make dirty pages
+// clean (POSIX_FADV_DONTNEED skips dirty pages and pages under writeback).
+Napi::Value SyncRange(const Napi::CallbackInfo& info) {
+  Args a(info, "syncRange");
+  int fd, flags;
+  uint64_t off, len;
+  if (!a.Fd(a[0], "fd", fd) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len) || !a.I32(a[3], "flags", flags, 0, 7)) return {};
+  return Ret(a.env, sync_file_range(fd, static_cast<off_t>(off), static_cast<off_t>(len), static_cast<unsigned>(flags)), 0);
+}
+
 // uringProbe() -> 0 | -errno: can this process set up a ring (seccomp and old kernels say no)?
 Napi::Value UringProbe(const Napi::CallbackInfo& info) {
   Uring u;
@@ -163,6 +173,7 @@ void InitProbe(Napi::Env env, Napi::Object exports) {
   exports.Set("seals", Napi::Function::New(env, Seals, "seals"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("fadvise", Napi::Function::New(env, Fadvise, "fadvise"));
+  exports.Set("syncRange", Napi::Function::New(env, SyncRange, "syncRange"));
   exports.Set("residency", Napi::Function::New(env, Residency, "residency"));
   exports.Set("uringProbe", Napi::Function::New(env, UringProbe, "uringProbe"));
   exports.Set("clearNonblock", Napi::Function::New(env, ClearNonblock, "clearNonblock"));

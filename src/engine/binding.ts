@@ -96,6 +96,8 @@ export interface Native {
   fallocate(fd: number, mode: number, offset: number, length: number): number;
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   residency(fd: number, offset: number, length: number, pages?: Uint8Array): number;
+  /** sync_file_range(2): 0 or -errno. */
+  syncRange(fd: number, offset: number, length: number, flags: number): number;
   clearNonblock(fd: number): number;
   /** Gives an O_TMPFILE file a name: linkat of /proc/self/fd/N with AT_SYMLINK_FOLLOW. */
   linkTmpfile(fd: number, path: string): number;
@@ -117,7 +119,8 @@ export interface Native {
     | 'MAP_POPULATE' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING'
     | 'F_SEAL_SEAL' | 'F_SEAL_SHRINK' | 'F_SEAL_GROW' | 'F_SEAL_WRITE' | 'POSIX_FADV_DONTNEED' | 'POSIX_FADV_SEQUENTIAL' | 'POSIX_FADV_RANDOM'
     | 'DMA_BUF_SYNC_READ' | 'DMA_BUF_SYNC_WRITE' | 'DMA_BUF_SYNC_RW' | 'DMA_BUF_SYNC_START' | 'DMA_BUF_SYNC_END' | 'O_TMPFILE'
-    | 'RWF_DONTCACHE' | 'EAGAIN' | 'ECANCELED',
+    | 'RWF_DONTCACHE' | 'EAGAIN' | 'ECANCELED'
+    | 'SYNC_FILE_RANGE_WAIT_BEFORE' | 'SYNC_FILE_RANGE_WRITE' | 'SYNC_FILE_RANGE_WAIT_AFTER',
     number
   >;
 }

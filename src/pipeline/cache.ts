@@ -1,8 +1,8 @@
 /**
  * The page cache as seen from one file: which pages are resident (mincore over a temporary mapping: mapping a file
- * reads nothing), how many bytes, and eviction (POSIX_FADV_DONTNEED, no root needed).
+ * reads nothing), how many bytes, and eviction (flush, then POSIX_FADV_DONTNEED, checked with mincore; no root needed).
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fstatSync, openSync } from 'node:fs';
 import { DmaloadSystemError } from '../core/errors.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
 
@@ -26,17 +26,42 @@ export function residentPages(fd: number, size: number): Uint8Array {
   return pages;
 }
 
-/** Drops the file's clean pages from the page cache (no root needed). */
-export function evict(fd: number, path?: string): void {
-  const r = native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
-  if (r < 0) throw new DmaloadSystemError(r, 'posix_fadvise', path);
+/**
+ * Drops the file's pages from the page cache (no root needed) and returns the bytes that stayed (mincore).
+ *
+ * POSIX_FADV_DONTNEED skips dirty pages and pages under writeback, so a file that was just written would stay
+ * largely cached ("cold" loads that are not cold): the pages are written back first (sync_file_range: wait for
+ * writeback in progress, write, wait again; fdatasync where that is refused), then dropped, then counted. Pages that
+ * still stay — mapped or locked by some process — are the caller's news to report.
+ */
+export function evict(fd: number, path?: string): number {
+  const size = fstatSync(fd).size;
+  const flush = (): void => {
+    const r = native.syncRange(fd, 0, 0, C.SYNC_FILE_RANGE_WAIT_BEFORE | C.SYNC_FILE_RANGE_WRITE | C.SYNC_FILE_RANGE_WAIT_AFTER);
+    // ESPIPE/EINVAL: a file (system) sync_file_range does not apply to; fdatasync covers any file.
+    if (r < 0) fdatasyncSync(fd);
+  };
+  const drop = (): void => {
+    const r = native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
+    if (r < 0) throw new DmaloadSystemError(r, 'posix_fadvise', path);
+  };
+  flush();
+  drop();
+  let left = pageCacheBytes(fd, size);
+  if (left > 0) {
+    // A writer raced the first pass, or the file system wants a full data sync before pages count as clean.
+    fdatasyncSync(fd);
+    drop();
+    left = pageCacheBytes(fd, size);
+  }
+  return left;
 }
 
-/** evict() by path. */
-export function evictPath(path: string): void {
+/** evict() by path: the bytes that stayed cached. */
+export function evictPath(path: string): number {
   const fd = openSync(path, 'r');
   try {
-    evict(fd, path);
+    return evict(fd, path);
   } finally {
     closeSync(fd);
   }
