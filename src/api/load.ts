@@ -8,7 +8,7 @@ import { C, PAGE_SIZE, native } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
 import { zero } from '../engine/memory.js';
 import type { Tuning } from '../engine/engine.js';
-import { dropAdded, pageCacheBytes, residentPages } from '../pipeline/cache.js';
+import { dropAdded, pageCacheBytes, residentPages, uncachedRead } from '../pipeline/cache.js';
 import { place } from '../pipeline/plan.js';
 import type { FileRange, Placement } from '../pipeline/plan.js';
 import { JobGroup, schedule } from '../pipeline/schedule.js';
@@ -29,9 +29,10 @@ export interface LoadOptions {
   target?: TargetName;
   /**
    * 'direct' (O_DIRECT, no page cache; ERR_DIRECT_IO_UNSUPPORTED on a file system without it), 'buffered' (through
-   * the page cache), or 'auto' (default): ranges of the file already in the page cache are copied from it, the rest
-   * is read by direct I/O, both at once; a file system without direct I/O is read buffered, `stats.ioReason` says
-   * why.
+   * the page cache), 'uncached' (buffered reads that leave no page cache, RWF_DONTCACHE; ERR_UNCACHED_IO_UNSUPPORTED
+   * where the kernel or file system lacks it), or 'auto' (default): ranges of the file already in the page cache are
+   * copied from it, the rest is read by direct I/O, both at once; a file system without direct I/O is read uncached
+   * where it allows, else buffered, and `stats.ioReason` says why.
    */
   io?: IoMode;
   /** Bytes per request (task size); a multiple of 4096. Env DMALOAD_CHUNK_SIZE. */
@@ -165,16 +166,16 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     // io 'auto': ranges already in the page cache are copied from it, the rest read by direct I/O.
     const resident = o.io === 'auto' && src.direct && plan.bytesRead > 0 ? residentPages(src.fd, src.size) : undefined;
     if (resident?.includes(1)) native.fadvise(src.fd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead of what is not cached
-    const r = await schedule({
-      src,
-      alloc,
+    const r = await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () => schedule({
+      src: src!,
+      alloc: alloc!,
       segments: plan.segments,
       tuning: o.tuning,
       overlap: o.overlap,
       resident,
       group: new JobGroup(o.signal),
       onProgress: o.onProgress && ((bytes) => o.onProgress!({ bytes, total: plan.bytesRead })),
-    });
+    }));
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
     const now = fstatSync(src.fd).size;
@@ -251,7 +252,7 @@ function stats(src: OpenedFile, plan: Placement & { size: number }, r: ScheduleR
   const ms = msSince(t0);
   const eng = engine.engine();
   return {
-    io: r.copiedBytes === 0 ? (src.direct ? 'direct' : 'buffered') : r.directBytes > 0 ? 'mixed' : 'buffered',
+    io: !src.direct ? (src.rwFlags ? 'uncached' : 'buffered') : r.copiedBytes === 0 ? 'direct' : r.directBytes > 0 ? 'mixed' : 'buffered',
     directBytes: src.direct ? r.directBytes : 0,
     copiedBytes: src.direct ? r.copiedBytes : r.read,
     ioReason: src.fallbackReason,

@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { evictPath } from '../pipeline/cache.js';
 import { load } from '../api/load.js';
+import { IO_MODES } from '../api/options.js';
 import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
@@ -19,7 +20,9 @@ Options:
   --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
   --part-size SIZE          split into parts (e.g. 32MiB), each allocated while the previous one is read
   --overlap on|off          allocation overlapped with I/O (default on); off runs them one after the other
-  --io auto|direct|buffered how to read (default auto: direct where the file system allows)
+  --io auto|direct|buffered|uncached
+                            how to read (default auto: direct where the file system allows; uncached:
+                            buffered reads that leave no page cache, RWF_DONTCACHE)
   --hash sha256             hash the loaded bytes (from the buffer, after loading)
   --evict                   drop FILE from the page cache first (flushed, then dropped, checked with mincore;
                             a warning says how much stayed)
@@ -57,7 +60,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('load takes exactly one FILE');
   const path = positionals[0]!;
   const target = choice<TargetName>('target', values.target, TARGET_NAMES, 'memory');
-  const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered'], 'auto');
+  const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   if (values.hash !== undefined && values.hash !== 'sha256') throw new UsageError(`--hash supports sha256 only (got '${values.hash}')`);
   let partSize: number | undefined;
   if (values['part-size'] !== undefined) {

@@ -16,8 +16,11 @@ export interface PartStats {
 
 /** How a load went. */
 export interface LoadStats {
-  /** The io actually used: 'mixed' when io 'auto' copied cached ranges and read the rest directly. */
-  io: 'direct' | 'buffered' | 'mixed';
+  /**
+   * The io actually used: 'mixed' when io 'auto' copied cached ranges and read the rest directly; 'uncached' for
+   * buffered reads that left no page cache (RWF_DONTCACHE).
+   */
+  io: 'direct' | 'buffered' | 'mixed' | 'uncached';
   /** Bytes read by direct I/O. */
   directBytes: number;
   /** Bytes copied through the page cache (buffered reads). */

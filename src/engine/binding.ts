@@ -33,6 +33,8 @@ export interface TransferOptions {
   bounce: boolean;
   /** Fault the destination in on another thread, ahead of the reads. */
   populate: boolean;
+  /** preadv2/pwritev2 flags: 0 (default) or RWF_DONTCACHE (uncached buffered I/O). */
+  rwFlags?: number;
 }
 
 export interface TransferResult {
@@ -102,8 +104,10 @@ export interface Native {
   /** Gives an O_TMPFILE file a name: linkat of /proc/self/fd/N with AT_SYMLINK_FOLLOW. */
   linkTmpfile(fd: number, path: string): number;
   uringProbe(): number;
+  /** 0 when the file takes RWF_DONTCACHE, else -errno (EOPNOTSUPP). Reads nothing. */
+  uncachedProbe(fd: number): number;
   transfer(opts: TransferOptions, onProgress?: (bytes: number) => void): { promise: Promise<TransferResult>; cancel(): void };
-  queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads' }): Queue | number;
+  queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads'; rwFlags?: number }): Queue | number;
   queueSubmit(queue: Queue, target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<QueueResult>;
   queueCancel(queue: Queue): void;
   queueClose(queue: Queue): Promise<void>;
