@@ -460,19 +460,23 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     const w = where.get(t);
     tensors.set(t.name, new Tensor(t, w?.buffer, w?.at ?? 0, owner));
   }
+  const stats = modelStats(t0, selected, perFile);
+  return new Model(info.format, info.metadata, tensors, partition, stats, buffers, owner);
+}
+
+function modelStats(t0: number, selected: readonly ModelTensor[], perFile: ModelFileStats[]): LoadModelStats {
   const bytesRead = perFile.reduce((n, f) => n + f.stats.bytesRead, 0);
   const ms = msSince(t0);
-  const stats: LoadModelStats = {
+  return {
     bytesRead,
     tensorBytes: selected.reduce((n, t) => n + t.bytes, 0),
     tensors: selected.length,
-    files: plans.length,
-    ranges: plans.reduce((n, p) => n + p.ranges.length, 0),
+    files: perFile.length,
+    ranges: perFile.reduce((n, f) => n + f.ranges, 0),
     ms,
     bytesPerSec: ms > 0 ? Math.round(bytesRead / (ms / 1000)) : 0,
     perFile,
   };
-  return new Model(info.format, info.metadata, tensors, partition, stats, buffers, owner);
 }
 
 /** Sums the files' progress into one report, at most ~60 a second, and one exact report at the end. */
@@ -528,17 +532,7 @@ export async function modelFromFiles(path: string, wanted: LoadModelOptions['ten
     }
     tensors.set(t.name, new Tensor(t, b, t.offset, owner));
   }
-  const bytesRead = buffers.reduce((n, b) => n + b.stats.bytesRead, 0);
-  const ms = msSince(t0);
-  const stats: LoadModelStats = {
-    bytesRead,
-    tensorBytes: selected.reduce((n, t) => n + t.bytes, 0),
-    tensors: selected.length,
-    files: files.length,
-    ranges: files.length,
-    ms,
-    bytesPerSec: ms > 0 ? Math.round(bytesRead / (ms / 1000)) : 0,
-    perFile: files.map((file, i) => ({ file, tensors: selected.filter((t) => t.file === file && t.bytes > 0).length, ranges: 1, stats: buffers[i]!.stats })),
-  };
+  const perFile = files.map((file, i) => ({ file, tensors: selected.filter((t) => t.file === file && t.bytes > 0).length, ranges: 1, stats: buffers[i]!.stats }));
+  const stats = modelStats(t0, selected, perFile);
   return new Model(info.format, info.metadata, tensors, undefined, stats, buffers, owner);
 }
