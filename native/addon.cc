@@ -10,9 +10,6 @@
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
-#ifndef RWF_DONTCACHE
-#define RWF_DONTCACHE 0x00000080
-#endif
 
 namespace dmaload {
 
@@ -82,6 +79,9 @@ Napi::Object Constants(Napi::Env env) {
   set("DMA_BUF_SYNC_END", static_cast<double>(DMA_BUF_SYNC_END));
   set("O_TMPFILE", O_TMPFILE);  // glibc's value, O_DIRECTORY included
   set("RWF_DONTCACHE", RWF_DONTCACHE);
+  set("SYNC_FILE_RANGE_WAIT_BEFORE", SYNC_FILE_RANGE_WAIT_BEFORE);
+  set("SYNC_FILE_RANGE_WRITE", SYNC_FILE_RANGE_WRITE);
+  set("SYNC_FILE_RANGE_WAIT_AFTER", SYNC_FILE_RANGE_WAIT_AFTER);
   set("EAGAIN", EAGAIN);
   set("ECANCELED", ECANCELED);
   return c;

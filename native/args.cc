@@ -89,6 +89,16 @@ bool Args::Bool(Napi::Value v, const std::string& what, bool& out) const {
   return true;
 }
 
+bool RwFlags(const Args& a, Napi::Value v, const std::string& what, int& out) {
+  out = 0;
+  if (v.IsUndefined()) return true;
+  int f;
+  if (!a.I32(v, what, f)) return false;
+  if (f != 0 && f != RWF_DONTCACHE) return a.RangeError(what, "0 or RWF_DONTCACHE (" + std::to_string(RWF_DONTCACHE) + ")");
+  out = f;
+  return true;
+}
+
 bool Args::Str(Napi::Value v, const std::string& what, std::string& out) const {
   if (!v.IsString()) return TypeError(what, "a string");
   out = v.As<Napi::String>().Utf8Value();

@@ -4,6 +4,7 @@
 // per-environment state torn down when a worker or the process exits.
 #pragma once
 #include <napi.h>
+#include <sys/uio.h>
 
 #include <atomic>
 #include <cerrno>
@@ -13,6 +14,10 @@
 #include <string>
 #include <thread>
 #include <unordered_set>
+
+#ifndef RWF_DONTCACHE
+#define RWF_DONTCACHE 0x00000080  // uncached buffered I/O, Linux 6.14 (older headers lack it)
+#endif
 
 namespace dmaload {
 
@@ -57,6 +62,9 @@ class Args {
   Napi::Env env;
   const char* fn;
 };
+
+// Optional preadv2/pwritev2 flags of a transfer or a queue: undefined or 0, or RWF_DONTCACHE (the only one used).
+bool RwFlags(const Args& a, Napi::Value v, const std::string& what, int& out);
 
 // ---- Fault injection. TEST-ONLY: lets tests make the nth read/write completion, io_uring_enter, mmap, dma-buf ioctl
 // or thread creation fail with a chosen errno, to prove every error path frees what it holds. Costs one relaxed

@@ -29,6 +29,7 @@ class Job : public Owned, public std::enable_shared_from_this<Job> {
   // Settings, fixed before the thread starts.
   int fd = -1;  // our dup
   bool write = false, direct = false, bounce = false, populate = false, uring = true;
+  int rwFlags = 0;
   uint64_t chunk = 0, padTo = 0;
   unsigned depth = 1;
   std::vector<Segment> segs;
@@ -135,6 +136,7 @@ class JobSource {
     o.fd = j_.fd;
     o.write = j_.write;
     o.direct = j_.direct;
+    o.rwFlags = j_.rwFlags;
     o.mem = j_.bounce ? bounce_[s] : d;
     o.fileOff = p.fileOff;
     o.need = p.len;
@@ -284,7 +286,8 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
   if (!a.Fd(o.Get("fd"), "opts.fd", fd) || !a.Bool(o.Get("write"), "opts.write", j->write) || !a.Bool(o.Get("direct"), "opts.direct", j->direct) ||
       !a.U64(o.Get("chunk"), "opts.chunk", chunk, kGiB, 1) || !a.U64(o.Get("depth"), "opts.depth", depth, 4096, 1) ||
       !a.U64(o.Get("padTo"), "opts.padTo", padTo, 1u << 20) || !a.Str(o.Get("engine"), "opts.engine", engine) ||
-      !a.Bool(o.Get("bounce"), "opts.bounce", j->bounce) || !a.Bool(o.Get("populate"), "opts.populate", j->populate))
+      !a.Bool(o.Get("bounce"), "opts.bounce", j->bounce) || !a.Bool(o.Get("populate"), "opts.populate", j->populate) ||
+      !RwFlags(a, o.Get("rwFlags"), "opts.rwFlags", j->rwFlags))
     return {};
   if (padTo > 1 && !IsPow2(padTo)) return a.RangeError("opts.padTo", "0, 1 or a power of two <= 1048576"), Napi::Value();
   if (padTo > 1 && chunk % padTo) return a.RangeError("opts.chunk", "a multiple of opts.padTo (" + std::to_string(padTo) + ")"), Napi::Value();

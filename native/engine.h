@@ -9,6 +9,7 @@
 //   void Progress(uint64_t bytes)  bytes the caller asked for that just arrived
 //   void Done(unsigned slot, IoOp*)the request ended (err / eof / abandoned say how)
 #pragma once
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <vector>
@@ -22,6 +23,7 @@ struct IoOp {
   int fd = -1;
   bool write = false;
   bool direct = false;
+  int rwFlags = 0;         // preadv2/pwritev2 flags (RWF_DONTCACHE: uncached buffered I/O)
   uint8_t* mem = nullptr;  // the memory the syscall uses
   uint64_t fileOff = 0;
   uint64_t need = 0;      // bytes wanted
@@ -78,7 +80,13 @@ inline int64_t SyncIo(const IoOp& o) {
   if (int e = FaultHit(o.write ? kFaultWrite : kFaultRead)) return -e;
   uint8_t* p = o.mem + o.got;
   off_t off = static_cast<off_t>(o.fileOff + o.got);
-  ssize_t r = o.write ? pwrite(o.fd, p, NextLen(o), off) : pread(o.fd, p, NextLen(o), off);
+  ssize_t r;
+  if (o.rwFlags) {
+    iovec v{p, NextLen(o)};
+    r = o.write ? pwritev2(o.fd, &v, 1, off, o.rwFlags) : preadv2(o.fd, &v, 1, off, o.rwFlags);
+  } else {
+    r = o.write ? pwrite(o.fd, p, NextLen(o), off) : pread(o.fd, p, NextLen(o), off);
+  }
   return r < 0 ? Err() : r;
 }
 
@@ -118,7 +126,7 @@ void UringDrive(Uring& u, unsigned depth, S& src, int wakeFd = -1, bool asyncIss
   auto queue = [&](unsigned s) {
     IoOp* o = ops[s];
     u.Queue(o->write ? IORING_OP_WRITE : IORING_OP_READ, o->fd, o->mem + o->got, static_cast<unsigned>(NextLen(*o)), o->fileOff + o->got, s,
-            asyncIssue ? IOSQE_ASYNC : 0);
+            asyncIssue ? IOSQE_ASYNC : 0, o->rwFlags);
     inflight++;
   };
   auto finish = [&](unsigned s) {

@@ -126,6 +126,38 @@ Napi::Value Residency(const Napi::CallbackInfo& info) {
   return Num(a.env, static_cast<double>(resident));
 }
 
+// syncRange(fd, offset, length, flags) -> 0 | -errno: sync_file_range, so that eviction can first make dirty pages
+// clean (POSIX_FADV_DONTNEED skips dirty pages and pages under writeback).
+Napi::Value SyncRange(const Napi::CallbackInfo& info) {
+  Args a(info, "syncRange");
+  int fd, flags;
+  uint64_t off, len;
+  if (!a.Fd(a[0], "fd", fd) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len) || !a.I32(a[3], "flags", flags, 0, 7)) return {};
+  return Ret(a.env, sync_file_range(fd, static_cast<off_t>(off), static_cast<off_t>(len), static_cast<unsigned>(flags)), 0);
+}
+
+// uncachedProbe(fd) -> 0 | -errno: does this file take RWF_DONTCACHE (uncached buffered I/O, Linux 6.14+; per file
+// system, EOPNOTSUPP where not)? A 1-byte preadv2 far past the end of the file: the kernel checks the flag before
+// it reads, and past the end there is nothing to read or read ahead, so the probe leaves no trace in the page cache.
+// A write-only fd is probed through a read-only reopen of the same file.
+Napi::Value UncachedProbe(const Napi::CallbackInfo& info) {
+  Args a(info, "uncachedProbe");
+  int fd;
+  if (!a.Fd(a[0], "fd", fd)) return {};
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return Num(a.env, static_cast<double>(Err()));
+  int rfd = fd;
+  if ((fl & O_ACCMODE) == O_WRONLY) {
+    rfd = open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) return Num(a.env, static_cast<double>(Err()));
+  }
+  char byte;
+  iovec v{&byte, 1};
+  int64_t rc = preadv2(rfd, &v, 1, INT64_MAX - 1, RWF_DONTCACHE) < 0 ? Err() : 0;
+  if (rfd != fd) close(rfd);
+  return Num(a.env, static_cast<double>(rc));
+}
+
 // uringProbe() -> 0 | -errno: can this process set up a ring (seccomp and old kernels say no)?
 Napi::Value UringProbe(const Napi::CallbackInfo& info) {
   Uring u;
@@ -163,7 +195,9 @@ void InitProbe(Napi::Env env, Napi::Object exports) {
   exports.Set("seals", Napi::Function::New(env, Seals, "seals"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   exports.Set("fadvise", Napi::Function::New(env, Fadvise, "fadvise"));
+  exports.Set("syncRange", Napi::Function::New(env, SyncRange, "syncRange"));
   exports.Set("residency", Napi::Function::New(env, Residency, "residency"));
+  exports.Set("uncachedProbe", Napi::Function::New(env, UncachedProbe, "uncachedProbe"));
   exports.Set("uringProbe", Napi::Function::New(env, UringProbe, "uringProbe"));
   exports.Set("clearNonblock", Napi::Function::New(env, ClearNonblock, "clearNonblock"));
   exports.Set("linkTmpfile", Napi::Function::New(env, LinkTmpfile, "linkTmpfile"));

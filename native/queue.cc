@@ -38,6 +38,7 @@ class Queue : public Owned, public std::enable_shared_from_this<Queue> {
   }
   int fd = -1;  // our dup
   bool write = false, direct = false, uring = true;
+  int rwFlags = 0;
   unsigned depth = 1;
   Uring ring;
   int wakeFd = -1;
@@ -224,7 +225,7 @@ Napi::Value QueueOpen(const Napi::CallbackInfo& info) {
   auto q = std::make_shared<Queue>();
   if (!a.Obj(a[0], "opts", o) || !a.Fd(o.Get("fd"), "opts.fd", fd) || !a.Bool(o.Get("write"), "opts.write", q->write) ||
       !a.Bool(o.Get("direct"), "opts.direct", q->direct) || !a.U64(o.Get("depth"), "opts.depth", depth, 4096, 1) ||
-      !a.Str(o.Get("engine"), "opts.engine", engine))
+      !a.Str(o.Get("engine"), "opts.engine", engine) || !RwFlags(a, o.Get("rwFlags"), "opts.rwFlags", q->rwFlags))
     return {};
   if (engine != "uring" && engine != "threads") return a.TypeError("opts.engine", "'uring' or 'threads'", "ERR_INVALID_ARG_VALUE"), Napi::Value();
   q->depth = static_cast<unsigned>(depth);
@@ -304,6 +305,7 @@ Napi::Value QueueSubmit(const Napi::CallbackInfo& info) {
   r->op.fd = q->fd;
   r->op.write = q->write;
   r->op.direct = q->direct;
+  r->op.rwFlags = q->rwFlags;
   r->op.mem = t.data + bufOff;
   r->op.fileOff = fileOff;
   r->op.need = r->op.ask = len;

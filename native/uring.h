@@ -65,7 +65,7 @@ class Uring {
     fd_ = -1;
   }
 
-  void Queue(uint8_t op, int file, void* buf, unsigned len, uint64_t off, uint64_t tag, uint8_t sqeFlags = 0) {
+  void Queue(uint8_t op, int file, void* buf, unsigned len, uint64_t off, uint64_t tag, uint8_t sqeFlags = 0, int rwFlags = 0) {
     unsigned tail = *sqTail_;  // only this thread writes the tail
     unsigned idx = tail & *sqMask_;
     io_uring_sqe* s = &sqes_[idx];
@@ -77,6 +77,7 @@ class Uring {
     s->len = len;
     s->off = off;
     s->user_data = tag;
+    s->rw_flags = static_cast<__kernel_rwf_t>(rwFlags);
     sqArray_[idx] = idx;
     __atomic_store_n(sqTail_, tail + 1, __ATOMIC_RELEASE);
   }

@@ -25,6 +25,8 @@ export { parseModel, parseSafetensors, parseGguf, GGML_TYPES, GGUF_VALUE_TYPES, 
 export type { ModelInfo, ModelTensor, TensorInfo, ParsedModel, ParseOptions, MetadataValue, ModelFormat, GgmlType } from './formats/index.js';
 export { loadModel, MODEL_COALESCE_GAP } from './api/model.js';
 export type { LoadedModel, LoadedTensor, LoadModelOptions, LoadModelStats, ModelFileStats, TensorTypedArray, Float16ArrayLike } from './api/model.js';
+export { planRank } from './pipeline/ranks.js';
+export type { RankOptions, RankSpec, RankSplit, RankTensor, RowSlice } from './pipeline/ranks.js';
 export { serve, connect } from './share/index.js';
 export type { ServeOptions, ShareServer, ConnectOptions, ShareClient, ShareLoadOptions, ShareLoadModelOptions, ServerStatus, ShareTarget } from './share/index.js';
 export type { ServedInfo } from './core/buffer.js';

@@ -6,10 +6,10 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { rmSync } from 'node:fs';
+import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { allocate, copy, load, readInto, save } from '../src/index.js';
+import { allocate, copy, load, loadModel, readInto, save } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
@@ -72,6 +72,52 @@ describe('files over 4 GiB', { timeout: 600_000, skip: skipBig }, () => {
       rmSync(f.path);
     });
   }
+
+  test('a model whose one tensor is over 4 GiB: loadModel is byte-exact through the tensor\'s views', async (t) => {
+    if (needsDirect(t)) return;
+    const size = 4 * GiB + 8192;
+    const f = makeSparseFile(dir, 'big.safetensors', size, 11);
+    // A safetensors header over the first island's first page: one U8 tensor from 4096 to the end of the file.
+    const data = size - 4096;
+    let json = JSON.stringify({ huge: { dtype: 'U8', shape: [data], data_offsets: [0, data] } });
+    json = json.padEnd(4096 - 8, ' ');
+    const header = Buffer.concat([Buffer.alloc(8), Buffer.from(json)]);
+    header.writeBigUInt64LE(BigInt(json.length));
+    const fd = openSync(f.path, 'r+');
+    writeSync(fd, header, 0, header.length, 0);
+    closeSync(fd);
+    f.islands[0]!.bytes.set(header);
+    // The tensor's hash from the islands: the file from 4096 on, holes as zeros.
+    const h = createHash('sha256');
+    const zeros = new Uint8Array(64 << 20);
+    let pos = 4096;
+    for (const isl of f.islands) {
+      const from = Math.max(isl.offset, 4096);
+      for (; pos < from; pos += Math.min(zeros.length, from - pos)) h.update(zeros.subarray(0, Math.min(zeros.length, from - pos)));
+      h.update(isl.bytes.subarray(from - isl.offset));
+      pos = isl.offset + isl.bytes.length;
+    }
+    for (; pos < size; pos += Math.min(zeros.length, size - pos)) h.update(zeros.subarray(0, Math.min(zeros.length, size - pos)));
+    const want = h.digest('hex');
+
+    const leaks = leakCheck();
+    const model = await loadModel(f.path, { io: 'direct' });
+    try {
+      const huge = model.tensors.get('huge')!;
+      assert.equal(huge.byteLength, data);
+      const got = createHash('sha256');
+      for (let at = 0; at < data; at += 256 << 20) got.update(huge.view(at, Math.min(256 << 20, data - at)));
+      assert.equal(got.digest('hex'), want);
+      if (data > native.maxView()) assert.throws(() => huge.bytes, { code: 'ERR_BUFFER_TOO_LARGE' });
+      else assert.equal(huge.bytes.length, data);
+      const mid = f.islands[1]!;
+      assert.equal(sha256(huge.view(mid.offset - 4096, mid.bytes.length)), sha256(mid.bytes));
+    } finally {
+      model.close();
+    }
+    assert.equal(await leaks(), undefined);
+    rmSync(f.path);
+  });
 
   test('4 GiB + 4096: save and copy write it byte-exact; the CLI hashes it', async (t) => {
     if (needsDirect(t)) return;

@@ -9,6 +9,7 @@ import { roundUp } from '../core/util.js';
 import { native } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
 import { anonymous } from '../engine/memory.js';
+import { dropAdded, residentPages } from '../pipeline/cache.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionsObject, pathOption, signalOption, tuning } from './options.js';
@@ -16,7 +17,10 @@ import { openWriter } from './writer.js';
 import type { WriterResult } from './writer.js';
 
 export interface CopyOptions {
-  /** 'auto' (default): direct I/O on both sides where the file systems allow; 'direct' requires it; 'buffered'. */
+  /**
+   * 'auto' (default): direct I/O on both sides where the file systems allow (else uncached where they allow that);
+   * 'direct' requires it; 'uncached' (RWF_DONTCACHE) requires that; 'buffered'.
+   */
   io?: IoMode;
   /** Bytes per ring part (one read ahead of the writes). Default 128 MiB, a multiple of 4096. */
   partSize?: number;
@@ -37,7 +41,7 @@ export interface CopyOptions {
 }
 
 export interface CopyResult extends WriterResult {
-  readIo: 'direct' | 'buffered';
+  readIo: 'direct' | 'buffered' | 'uncached';
 }
 
 /** Copies `src` to `dst`; refuses the same file (ERR_SAME_FILE) and a folder as destination. */
@@ -77,6 +81,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
             padTo: source.direct ? source.align.offsetAlign : 1,
             bounce: false,
             populate: false,
+            rwFlags: source.direct ? 0 : source.rwFlags,
             tuning: tune,
             path: src,
             signal,
@@ -84,6 +89,8 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
           p.catch(() => {});
           return p;
         };
+        // Uncached reads (no O_DIRECT): what they leave in the page cache is dropped at the end.
+        const before = !source.direct && source.rwFlags ? residentPages(source.fd, size) : undefined;
         const n = Math.ceil(size / slot);
         const reads: Array<ReturnType<typeof read>> = [];
         for (let i = 0; i < Math.min(n, parts - 1); i++) reads[i] = read(i);
@@ -101,9 +108,10 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
           }
         } finally {
           await Promise.allSettled(reads);
+          if (before) dropAdded(source.fd, before, size);
         }
         if (fstatSync(source.fd).size !== size) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
-        return { ...(await writer.close()), readIo: source.direct ? 'direct' : 'buffered' };
+        return { ...(await writer.close()), readIo: source.direct ? 'direct' : source.rwFlags ? 'uncached' : 'buffered' };
       } catch (e) {
         await writer.abort(e);
         throw e;

@@ -2,12 +2,13 @@
 import { fstatSync } from 'node:fs';
 import { LoadedBuffer } from '../core/buffer.js';
 import type { LoadStats } from '../core/buffer.js';
-import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
+import { DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
 import { cpuMsSince, formatBytes, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
+import { zero } from '../engine/memory.js';
 import type { Tuning } from '../engine/engine.js';
-import { dropAdded, pageCacheBytes, residentPages } from '../pipeline/cache.js';
+import { dropAdded, pageCacheBytes, residentPages, uncachedRead } from '../pipeline/cache.js';
 import { place } from '../pipeline/plan.js';
 import type { FileRange, Placement } from '../pipeline/plan.js';
 import { JobGroup, schedule } from '../pipeline/schedule.js';
@@ -15,7 +16,7 @@ import type { ScheduleResult } from '../pipeline/schedule.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { targets } from '../targets/index.js';
-import type { Allocation, TargetName } from '../targets/index.js';
+import type { Allocation, Part, TargetName } from '../targets/index.js';
 import { boolOption, budgetOption, functionOption, ioOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning } from './options.js';
 
 export interface LoadProgress {
@@ -28,9 +29,10 @@ export interface LoadOptions {
   target?: TargetName;
   /**
    * 'direct' (O_DIRECT, no page cache; ERR_DIRECT_IO_UNSUPPORTED on a file system without it), 'buffered' (through
-   * the page cache), or 'auto' (default): ranges of the file already in the page cache are copied from it, the rest
-   * is read by direct I/O, both at once; a file system without direct I/O is read buffered, `stats.ioReason` says
-   * why.
+   * the page cache), 'uncached' (buffered reads that leave no page cache, RWF_DONTCACHE; ERR_UNCACHED_IO_UNSUPPORTED
+   * where the kernel or file system lacks it), or 'auto' (default): ranges of the file already in the page cache are
+   * copied from it, the rest is read by direct I/O, both at once; a file system without direct I/O is read uncached
+   * where it allows, else buffered, and `stats.ioReason` says why.
    */
   io?: IoMode;
   /** Bytes per request (task size); a multiple of 4096. Env DMALOAD_CHUNK_SIZE. */
@@ -57,6 +59,16 @@ export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Aborting stops within one request, frees everything and rejects with an AbortError. */
   signal?: AbortSignal;
+  /**
+   * Load into this buffer's memory instead of new memory (load() only): a LoadedBuffer from load() or allocate(),
+   * of any target, at least as large as the file (ERR_BUFFER_TOO_SMALL otherwise). Its pages are already faulted
+   * in, so a reload costs I/O, not page faults. On success the memory moves into the returned buffer (`size` = the
+   * file's) and `into` is closed; bytes past the file's size keep what they held, except the last direct-I/O block's
+   * padding, which is zeroed (a memfd keeps its sealed size: `parts[].size` says how much is the file). On failure
+   * `into` stays open and the caller's, its bytes partly overwritten. `target` must be the buffer's, and `partSize`
+   * cannot be given (the buffer keeps its parts).
+   */
+  into?: LoadedBuffer;
 }
 
 /**
@@ -87,6 +99,7 @@ export async function loadRanges(path: string, ranges: readonly FileRange[], opt
     if (!Number.isSafeInteger(r.length) || r.length < 1) throw outOfRange(`ranges[${i}].length`, 'an integer >= 1', r.length);
     end = r.offset + r.length;
   }
+  if (options?.into !== undefined) throw invalidValue('into', '<LoadedBuffer>', 'is an option of load() only');
   return loadInternal(path, options, ranges);
 }
 
@@ -101,13 +114,21 @@ interface Checked {
   budget: number;
   onProgress: ((p: LoadProgress) => void) | undefined;
   signal: AbortSignal | undefined;
+  into: LoadedBuffer | undefined;
 }
 
 function check(path: unknown, options: LoadOptions | undefined): Checked {
   pathOption('path', path);
   const o = optionsObject(options);
+  const into = o.into;
+  if (into !== undefined) {
+    if (!(into instanceof LoadedBuffer)) throw invalidType('into', 'a LoadedBuffer (from load() or allocate())', into);
+    if (o.target !== undefined && o.target !== into.target) throw invalidValue('target', o.target, `must be the into buffer's own target ('${into.target}') or left out`);
+    if (o.partSize !== undefined) throw invalidValue('partSize', o.partSize, 'cannot be given with into: the buffer keeps its parts');
+  }
   return {
-    target: targetOption(o.target),
+    into,
+    target: into ? into.target : targetOption(o.target),
     io: ioOption(o.io),
     tuning: tuning('read', o),
     partSize: partSizeOption(o.partSize),
@@ -124,39 +145,76 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
   const c0 = process.cpuUsage();
   const o = check(path, options);
   o.signal?.throwIfAborted();
-  const src = await openFile(path, 'read', o.io);
+  // A load into a buffer reserves it first: a closed or busy buffer is refused before anything is opened.
+  const reserved = o.into?.reserve();
+  let src: OpenedFile | undefined;
   let alloc: Allocation | undefined;
   try {
-    const plan = planLoad(src, ranges, o.budget);
+    src = await openFile(path, 'read', o.io);
+    const plan = planLoad(src, ranges, reserved ? Infinity : o.budget);
+    if (reserved && plan.capacity > reserved.room) {
+      throw new DmaloadError(
+        'ERR_BUFFER_TOO_SMALL',
+        `'${path}' needs ${formatBytes(plan.capacity)} (${plan.size} bytes, rounded up to the direct-I/O block) but the into buffer holds ${formatBytes(reserved.room)}; load it into a larger buffer or without into`,
+        { path },
+      );
+    }
     o.signal?.throwIfAborted();
     const tAlloc = performance.now();
-    alloc = targets[o.target].allocate({ size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: options as Record<string, unknown> });
+    alloc = reserved ? reuse(reserved.alloc, plan.capacity) : targets[o.target].allocate({ size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: options as Record<string, unknown> });
     const allocMs = msSince(tAlloc);
     // io 'auto': ranges already in the page cache are copied from it, the rest read by direct I/O.
     const resident = o.io === 'auto' && src.direct && plan.bytesRead > 0 ? residentPages(src.fd, src.size) : undefined;
     if (resident?.includes(1)) native.fadvise(src.fd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead of what is not cached
-    const r = await schedule({
-      src,
-      alloc,
+    const r = await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () => schedule({
+      src: src!,
+      alloc: alloc!,
       segments: plan.segments,
       tuning: o.tuning,
       overlap: o.overlap,
       resident,
       group: new JobGroup(o.signal),
       onProgress: o.onProgress && ((bytes) => o.onProgress!({ bytes, total: plan.bytesRead })),
-    });
+    }));
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
     const now = fstatSync(src.fd).size;
     if (r.short || r.read !== plan.bytesRead || now !== src.size) fileChanged(path, 'load', src.size, now);
     if (resident && r.copiedBytes > 0 && !o.keepCache) dropAdded(src.fd, resident, src.size);
+    if (reserved) {
+      // The padding past the file that whole-block reads filled; what lies beyond keeps its bytes.
+      if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
+      const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), stats(src, plan, r, o, t0, c0, 'reused'));
+      alloc = undefined;
+      return { buffer, offsets: plan.offsets };
+    }
     const buffer = finish(src, alloc, plan, r, o, t0, c0);
     alloc = undefined;
     return { buffer, offsets: plan.offsets };
   } finally {
-    alloc?.close();
-    await src.close();
+    if (reserved) reserved.release();
+    else alloc?.close();
+    await src?.close();
   }
+}
+
+/** The into buffer's parts holding a file of `size` bytes: each part's share of it (parts past the end dropped). */
+function reuseParts(parts: readonly Part[], size: number): Part[] {
+  return parts
+    .map((p, k) => ({ ...p, size: Math.max(0, Math.min(size - p.offset, (parts[k + 1]?.offset ?? Infinity) - p.offset)) }))
+    .filter((p) => p.size > 0 || p.offset === 0);
+}
+
+/** The into buffer's allocation as the schedule sees it: already allocated and faulted in, its parts up to `capacity`. */
+function reuse(a: Allocation, capacity: number): Allocation {
+  return {
+    ...a,
+    layout: a.layout.filter((p) => p.offset < capacity || p.offset === 0).map((p) => ({ offset: p.offset, length: Math.min(p.length, Math.max(0, capacity - p.offset)) })),
+    populateInJob: false,
+    allocPart: async () => {},
+    finish: () => [],
+    close: () => {},
+  };
 }
 
 /** Where the bytes go: the whole file, or the ranges placed at their file alignment; refused over the budget. */
@@ -187,10 +245,14 @@ function planLoad(src: OpenedFile, ranges: readonly FileRange[] | undefined, bud
 /** Clears the padding, seals, exports the parts, and wraps it all in a LoadedBuffer with its stats. */
 function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage): LoadedBuffer {
   const parts = alloc.finish(plan.size);
+  return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, stats(src, plan, r, o, t0, c0, 'fresh'));
+}
+
+function stats(src: OpenedFile, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, memory: 'fresh' | 'reused'): LoadStats {
   const ms = msSince(t0);
   const eng = engine.engine();
-  const stats: LoadStats = {
-    io: r.copiedBytes === 0 ? (src.direct ? 'direct' : 'buffered') : r.directBytes > 0 ? 'mixed' : 'buffered',
+  return {
+    io: !src.direct ? (src.rwFlags ? 'uncached' : 'buffered') : r.copiedBytes === 0 ? 'direct' : r.directBytes > 0 ? 'mixed' : 'buffered',
     directBytes: src.direct ? r.directBytes : 0,
     copiedBytes: src.direct ? r.copiedBytes : r.read,
     ioReason: src.fallbackReason,
@@ -207,6 +269,6 @@ function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: nu
     bytesRead: plan.bytesRead,
     chunkSize: o.tuning.chunk,
     queueDepth: o.tuning.depth,
+    memory,
   };
-  return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, stats);
 }

@@ -17,6 +17,7 @@ import { PAGE_SIZE } from '../engine/binding.js';
 import { formatBytes, memAvailable, msSince, roundUp } from '../core/util.js';
 import { q, type MetadataValue, type ModelFormat, type ModelTensor } from '../formats/common.js';
 import { inspect } from './inspect.js';
+import { planRank, rankSpec, type RankSpec, type RankSplit, type RankTensor, type RowSlice } from '../pipeline/ranks.js';
 
 /**
  * Neighbouring tensors whose gap is at most this many bytes are read as one range, gap included (loadRanges already
@@ -39,6 +40,19 @@ export interface LoadModelOptions extends LoadOptions {
   tensors?: readonly string[] | ((name: string) => boolean);
   /** Merge neighbouring tensors whose gap is at most this many bytes into one read. Default {@link MODEL_COALESCE_GAP}. */
   coalesceGap?: number;
+  /**
+   * Per-rank loads: this process's rank in [0, worldSize). With `worldSize`, the process loads only its share of the
+   * (selected) tensors, as `split` divides them; see {@link planRank}. The launcher (torchrun, Ray, MPI, Kubernetes)
+   * that hands out ranks stays the caller's.
+   */
+  rank?: number;
+  /** How many ranks share the model (an integer ≥ 1); required with `rank`. */
+  worldSize?: number;
+  /**
+   * 'tensors' (default): whole tensors, balanced by bytes, each on exactly one rank. 'rows': every 2-D tensor cut by
+   * rows (tensor parallelism), each rank holding one row slice; every other tensor whole on every rank.
+   */
+  split?: RankSplit;
 }
 
 /** A typed array over a tensor's bytes; Float16Array where the runtime has one. */
@@ -82,7 +96,11 @@ function typedArrayFor(dtype: string): TypedArrayCtor | undefined {
   }
 }
 
-/** One loaded tensor: its header facts (as inspect() gives them, `bytes` now the data) and its bytes in memory. */
+/**
+ * One loaded tensor: its header facts (as inspect() gives them, `bytes` now the data) and its bytes in memory. In a
+ * per-rank load with split 'rows', `shape`, `offset` and `byteLength` are the rank's row slice's, and `rows` tells
+ * which slice of which whole tensor it is.
+ */
 export interface LoadedTensor extends Readonly<Omit<ModelTensor, 'bytes'>> {
   /** The tensor's bytes: a zero-copy view into the file's LoadedBuffer. Throws ERR_BUFFER_CLOSED after close(). */
   readonly bytes: Uint8Array;
@@ -92,12 +110,23 @@ export interface LoadedTensor extends Readonly<Omit<ModelTensor, 'bytes'>> {
   readonly buffer: LoadedBuffer | undefined;
   /** Where the tensor's first byte is in `buffer.bytes` (congruent to `offset` modulo 4096). */
   readonly bufferOffset: number;
+  /** Per-rank loads with split 'rows': the row slice this rank holds. */
+  readonly rows?: Readonly<RowSlice>;
+  /** Per-rank loads with split 'rows': present (true) for a tensor every rank loads whole. */
+  readonly replicated?: true;
+  /**
+   * A window of the tensor's bytes (zero-copy), for tensors too large for one view: on Node 20 a view holds at most
+   * 4 GiB, so `bytes` of a larger tensor throws ERR_BUFFER_TOO_LARGE there and windows are the way to read it.
+   */
+  view(offset: number, length: number): Uint8Array;
   /**
    * The bytes as the dtype's typed array, zero-copy: F32, F64, I8, U8, I16, U16, I32, U32, I64, U64, BOOL (Uint8Array)
    * and F16 where `globalThis.Float16Array` exists. Undefined for any other dtype (BF16, F8_*, quantized ggml types)
    * and when the view's byteOffset is not a multiple of the element size (the file put the tensor at an unaligned
    * offset: copy `bytes` then). Values are read in the host's byte order; the files are little-endian, and so is
    * every host this library runs on (x86-64, arm64 Linux).
+   * @throws DmaloadError ERR_MODEL_DTYPE_UNKNOWN for a tensor whose type this library does not know (`unknownType`):
+   *   its bytes are there, but what they mean is not.
    */
   asTypedArray(): TensorTypedArray | undefined;
 }
@@ -133,8 +162,10 @@ export interface LoadModelStats {
 export interface LoadedModel extends AsyncDisposable {
   readonly format: ModelFormat;
   readonly metadata: Record<string, MetadataValue>;
-  /** The loaded tensors by name, in the model's order (file by file, header order). */
+  /** The loaded tensors by name, in the model's order (file by file, header order; per-rank loads: file order). */
   readonly tensors: ReadonlyMap<string, LoadedTensor>;
+  /** For a per-rank load, which rank of how many, and how the model was split; undefined otherwise. */
+  readonly partition: Readonly<RankSpec> | undefined;
   readonly stats: LoadModelStats;
   /** One buffer per file read. */
   readonly buffers: readonly LoadedBuffer[];
@@ -158,9 +189,14 @@ class Tensor implements LoadedTensor {
   readonly file: string;
   readonly buffer: LoadedBuffer | undefined;
   readonly bufferOffset: number;
+  declare readonly unknownType?: true;
+  declare readonly typeId?: number;
+  declare readonly bytesInferred?: true;
+  declare readonly rows?: RowSlice;
+  declare readonly replicated?: true;
   readonly #owner: Owner;
 
-  constructor(t: ModelTensor, buffer: LoadedBuffer | undefined, bufferOffset: number, owner: Owner) {
+  constructor(t: RankTensor, buffer: LoadedBuffer | undefined, bufferOffset: number, owner: Owner) {
     this.name = t.name;
     this.dtype = t.dtype;
     this.shape = t.shape;
@@ -169,18 +205,37 @@ class Tensor implements LoadedTensor {
     this.file = t.file;
     this.buffer = buffer;
     this.bufferOffset = bufferOffset;
+    // The optional facts exist only where they apply, as in inspect()'s objects.
+    if (t.unknownType) this.unknownType = true;
+    if (t.typeId !== undefined) this.typeId = t.typeId;
+    if (t.bytesInferred) this.bytesInferred = true;
+    if (t.rows) this.rows = t.rows;
+    if (t.replicated) this.replicated = true;
     this.#owner = owner;
   }
 
   get bytes(): Uint8Array {
+    return this.view(0, this.byteLength);
+  }
+
+  view(offset: number, length: number): Uint8Array {
     if (this.#owner.closed) {
       throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot use the bytes of tensor ${q(this.name)} of the model loaded from '${this.#owner.path}': it was closed`, { path: this.#owner.path });
     }
-    if (!this.buffer) return new Uint8Array(0);
-    return this.buffer.view(this.bufferOffset, this.byteLength);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > this.byteLength) throw outOfRange('offset', `an integer >= 0 and <= ${this.byteLength}`, offset);
+    if (!Number.isSafeInteger(length) || length < 0 || length > this.byteLength - offset) throw outOfRange('length', `an integer >= 0 and <= ${this.byteLength - offset}`, length);
+    if (!this.buffer || length === 0) return new Uint8Array(0);
+    return this.buffer.view(this.bufferOffset + offset, length);
   }
 
   asTypedArray(): TensorTypedArray | undefined {
+    if (this.unknownType) {
+      throw new DmaloadError(
+        'ERR_MODEL_DTYPE_UNKNOWN',
+        `Tensor ${q(this.name)} of '${this.#owner.path}' has type ${this.dtype}, which this version of dmaload does not know; its raw bytes are in .bytes`,
+        { path: this.#owner.path },
+      );
+    }
     const Ctor = typedArrayFor(this.dtype);
     if (!Ctor) return undefined;
     const bytes = this.bytes;
@@ -189,8 +244,9 @@ class Tensor implements LoadedTensor {
     return new Ctor(bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
   }
 
-  toJSON(): ModelTensor {
-    return { name: this.name, dtype: this.dtype, shape: this.shape, offset: this.offset, bytes: this.byteLength, file: this.file };
+  toJSON(): RankTensor {
+    const { unknownType, typeId, bytesInferred, rows, replicated } = this;
+    return { name: this.name, dtype: this.dtype, shape: this.shape, offset: this.offset, bytes: this.byteLength, file: this.file, unknownType, typeId, bytesInferred, rows, replicated };
   }
 }
 
@@ -200,12 +256,14 @@ class Model implements LoadedModel {
   readonly tensors: ReadonlyMap<string, LoadedTensor>;
   readonly stats: LoadModelStats;
   readonly buffers: readonly LoadedBuffer[];
+  readonly partition: Readonly<RankSpec> | undefined;
   readonly #owner: Owner;
 
-  constructor(format: ModelFormat, metadata: Record<string, MetadataValue>, tensors: Map<string, LoadedTensor>, stats: LoadModelStats, buffers: LoadedBuffer[], owner: Owner) {
+  constructor(format: ModelFormat, metadata: Record<string, MetadataValue>, tensors: Map<string, LoadedTensor>, partition: RankSpec | undefined, stats: LoadModelStats, buffers: LoadedBuffer[], owner: Owner) {
     this.format = format;
     this.metadata = metadata;
     this.tensors = tensors;
+    this.partition = partition && Object.freeze({ ...partition });
     this.stats = stats;
     this.buffers = buffers;
     this.#owner = owner;
@@ -311,7 +369,8 @@ function plan(selected: readonly ModelTensor[], gap: number): FilePlan[] {
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
   const t0 = performance.now();
   if (options === null || typeof options !== 'object') throw invalidType('options', 'an object', options);
-  const { tensors: wanted, signal, onProgress, coalesceGap = MODEL_COALESCE_GAP, ...loadOptions } = options;
+  const { tensors: wanted, signal, onProgress, coalesceGap = MODEL_COALESCE_GAP, rank, worldSize, split, ...loadOptions } = options;
+  const partition = rankSpec({ rank, worldSize, split });
   if (typeof coalesceGap !== 'number') throw invalidType('coalesceGap', 'a number', coalesceGap);
   if (!Number.isSafeInteger(coalesceGap) || coalesceGap < 0) throw outOfRange('coalesceGap', 'an integer >= 0', coalesceGap);
   if (wanted !== undefined && typeof wanted !== 'function' && !Array.isArray(wanted)) {
@@ -325,7 +384,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
 
   const info = await inspect(path);
   signal?.throwIfAborted();
-  const selected = select(info.tensors, wanted, path);
+  const selected: RankTensor[] = partition ? planRank(info.format, select(info.tensors, wanted, path), partition) : select(info.tensors, wanted, path);
   const plans = plan(selected, coalesceGap);
 
   const need = plans.reduce((n, p) => n + p.estimate, 0);
@@ -401,19 +460,23 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     const w = where.get(t);
     tensors.set(t.name, new Tensor(t, w?.buffer, w?.at ?? 0, owner));
   }
+  const stats = modelStats(t0, selected, perFile);
+  return new Model(info.format, info.metadata, tensors, partition, stats, buffers, owner);
+}
+
+function modelStats(t0: number, selected: readonly ModelTensor[], perFile: ModelFileStats[]): LoadModelStats {
   const bytesRead = perFile.reduce((n, f) => n + f.stats.bytesRead, 0);
   const ms = msSince(t0);
-  const stats: LoadModelStats = {
+  return {
     bytesRead,
     tensorBytes: selected.reduce((n, t) => n + t.bytes, 0),
     tensors: selected.length,
-    files: plans.length,
-    ranges: plans.reduce((n, p) => n + p.ranges.length, 0),
+    files: perFile.length,
+    ranges: perFile.reduce((n, f) => n + f.ranges, 0),
     ms,
     bytesPerSec: ms > 0 ? Math.round(bytesRead / (ms / 1000)) : 0,
     perFile,
   };
-  return new Model(info.format, info.metadata, tensors, stats, buffers, owner);
 }
 
 /** Sums the files' progress into one report, at most ~60 a second, and one exact report at the end. */
@@ -469,17 +532,7 @@ export async function modelFromFiles(path: string, wanted: LoadModelOptions['ten
     }
     tensors.set(t.name, new Tensor(t, b, t.offset, owner));
   }
-  const bytesRead = buffers.reduce((n, b) => n + b.stats.bytesRead, 0);
-  const ms = msSince(t0);
-  const stats: LoadModelStats = {
-    bytesRead,
-    tensorBytes: selected.reduce((n, t) => n + t.bytes, 0),
-    tensors: selected.length,
-    files: files.length,
-    ranges: files.length,
-    ms,
-    bytesPerSec: ms > 0 ? Math.round(bytesRead / (ms / 1000)) : 0,
-    perFile: files.map((file, i) => ({ file, tensors: selected.filter((t) => t.file === file && t.bytes > 0).length, ranges: 1, stats: buffers[i]!.stats })),
-  };
-  return new Model(info.format, info.metadata, tensors, stats, buffers, owner);
+  const perFile = files.map((file, i) => ({ file, tensors: selected.filter((t) => t.file === file && t.bytes > 0).length, ranges: 1, stats: buffers[i]!.stats }));
+  const stats = modelStats(t0, selected, perFile);
+  return new Model(info.format, info.metadata, tensors, undefined, stats, buffers, owner);
 }

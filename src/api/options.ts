@@ -19,7 +19,7 @@ import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
 
-export const IO_MODES: readonly IoMode[] = ['auto', 'direct', 'buffered'];
+export const IO_MODES: readonly IoMode[] = ['auto', 'direct', 'buffered', 'uncached'];
 
 /** What a knob accepts and where its default comes from. */
 interface Knob {

@@ -3,13 +3,20 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import os from 'node:os';
 import { engine } from '../engine/engine.js';
-import { dioAlign, requireRegular } from '../pipeline/source.js';
+import { dioAlign, requireRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
 
 export interface ProbeResult {
   kernel: string;
   ioUring: { usable: boolean; reason?: string | undefined };
   /** Direct-I/O alignment for FILE's file system (statx STATX_DIOALIGN), when a file was given. */
-  file?: { path: string; directIo: boolean; memAlign: number; offsetAlign: number };
+  file?: {
+    path: string;
+    directIo: boolean;
+    memAlign: number;
+    offsetAlign: number;
+    /** Uncached buffered I/O (RWF_DONTCACHE) on this file: supported, or the error code it gets (EOPNOTSUPP). */
+    uncached: { supported: boolean; error?: string | undefined };
+  };
   /** Transparent huge pages mode for anonymous memory (the bracketed word of /sys/kernel/mm/transparent_hugepage/enabled). */
   thp: string;
   udmabuf: { present: boolean; device: string; sizeLimitMb?: number | undefined; listLimit?: number | undefined };
@@ -66,7 +73,8 @@ export async function probe(path?: string): Promise<ProbeResult> {
     const fh = await open(path, 'r');
     try {
       const a = dioAlign(fh.fd);
-      result.file = { path, directIo: a.memAlign > 0, memAlign: a.memAlign, offsetAlign: a.offsetAlign };
+      const u = uncachedSupport(fh.fd);
+      result.file = { path, directIo: a.memAlign > 0, memAlign: a.memAlign, offsetAlign: a.offsetAlign, uncached: { supported: u === 0, error: u < 0 ? uncachedErrorCode(u) : undefined } };
     } finally {
       await fh.close();
     }

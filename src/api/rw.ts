@@ -12,6 +12,7 @@ import { native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
 import { withBytesAsync } from '../engine/memory.js';
+import { uncachedRead } from '../pipeline/cache.js';
 import { openFile } from '../pipeline/source.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { boolOption, ioOption, optionsObject, signalOption, tuning } from './options.js';
@@ -25,7 +26,8 @@ export interface RwOptions {
   length?: number | bigint;
   /**
    * 'direct': every offset and the length must be aligned to the file system's direct-I/O block
-   * (ERR_DIRECT_IO_ALIGNMENT otherwise); 'buffered'; 'auto' (default): ragged edges buffered, the middle direct.
+   * (ERR_DIRECT_IO_ALIGNMENT otherwise); 'buffered'; 'uncached' (RWF_DONTCACHE: buffered, no page cache left);
+   * 'auto' (default): the aligned middle direct, ragged edges uncached where the file system allows, else buffered.
    */
   io?: IoMode;
   /** writeFrom only: fdatasync before resolving. Default false. */
@@ -88,8 +90,16 @@ const pread = promisify(fs.read);
 const pwrite = promisify(fs.write);
 const fdatasync = promisify(fs.fdatasync);
 
-/** Buffered pread/pwrite of a ragged edge; returns bytes moved (a read stops at EOF and writes nothing past it). */
-function edge(fd: number, path: string, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number): Promise<number> {
+/**
+ * Buffered pread/pwrite of a ragged edge (or, without O_DIRECT, of everything); returns bytes moved (a read stops
+ * at EOF and writes nothing past it). Uncached (RWF_DONTCACHE, through the engine) where the file takes it.
+ */
+async function edge(f: OpenedFile, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number, signal?: AbortSignal): Promise<number> {
+  const { fd, path } = f;
+  if (f.rwFlags) {
+    const r = await uncachedRead(fd, write ? 0 : f.rwFlags, length, fileOffset, () => engine.run({ fd, write, direct: false, target: region, segments: [fileOffset, bufOffset, length], padTo: 1, bounce: false, populate: false, rwFlags: f.rwFlags, tuning: tuning(write ? 'write' : 'read', {}), path, signal }));
+    return r.bytes;
+  }
   return withBytesAsync(region, bufOffset, length, async (mem) => {
     let done = 0;
     while (done < mem.length) {
@@ -137,7 +147,7 @@ async function move(write: boolean, buffer: LoadedBuffer, file: string | FileHan
     const { head, mid } = split(f, c, write);
     let done = 0;
     if (head > 0) {
-      const n = await edge(f.fd, f.path, write, region, c.bufOffset, head, c.fileOffset);
+      const n = await edge(f, write, region, c.bufOffset, head, c.fileOffset, c.signal);
       done += n;
       if (n < head) return done; // EOF
     }
@@ -163,7 +173,7 @@ async function move(write: boolean, buffer: LoadedBuffer, file: string | FileHan
       if (r.short) return done;
     }
     const tail = c.length - head - mid;
-    if (tail > 0) done += await edge(f.fd, f.path, write, region, c.bufOffset + head + mid, tail, c.fileOffset + head + mid);
+    if (tail > 0) done += await edge(f, write, region, c.bufOffset + head + mid, tail, c.fileOffset + head + mid, c.signal);
     if (write && c.fsync) await fdatasync(f.fd);
     return done;
   } finally {

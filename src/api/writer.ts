@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { AbortError, DmaloadError, invalidType } from '../core/errors.js';
 import { MiB, roundUp } from '../core/util.js';
-import { native } from '../engine/binding.js';
+import { C, PAGE_SIZE, native } from '../engine/binding.js';
 import type { Region, TransferTarget } from '../engine/binding.js';
 import { IoQueue } from '../engine/engine.js';
 import { anonymous, withBytes, zero } from '../engine/memory.js';
@@ -21,7 +21,10 @@ import type { IoMode } from '../pipeline/source.js';
 import { aliased, boolOption, byteCountOption, ioOption, knob, DEFAULTS, modeOption, optionsObject, pathOption, signalOption } from './options.js';
 
 export interface WriterOptions {
-  /** 'auto' (default) writes with O_DIRECT where the file system allows; 'direct' requires it; 'buffered' through the cache. */
+  /**
+   * 'auto' (default) writes with O_DIRECT where the file system allows, else uncached (RWF_DONTCACHE) where it
+   * allows that; 'direct' requires O_DIRECT; 'uncached' requires RWF_DONTCACHE; 'buffered' through the cache.
+   */
   io?: IoMode;
   /** Writes in flight. Default 8; env DMALOAD_QUEUE_DEPTH. */
   queueDepth?: number;
@@ -47,7 +50,8 @@ export interface WriterResult {
   bytes: number;
   ms: number;
   bytesPerSec: number;
-  io: 'direct' | 'buffered';
+  /** 'uncached': buffered writes that left no page cache (RWF_DONTCACHE). */
+  io: 'direct' | 'buffered' | 'uncached';
 }
 
 export interface Writer {
@@ -93,7 +97,7 @@ export async function openWriter(path: string, options: WriterOptions = {}): Pro
   let queue: IoQueue | undefined;
   try {
     staging = anonymous(chunk * depth, false, path);
-    queue = new IoQueue(dest.direct ? dest.directFd : dest.fd, { write: true, direct: dest.direct, depth, path });
+    queue = new IoQueue(dest.direct ? dest.directFd : dest.fd, { write: true, direct: dest.direct, depth, path, rwFlags: dest.direct ? 0 : dest.rwFlags });
   } catch (e) {
     if (staging) native.munmap(staging);
     await dest.close();
@@ -279,11 +283,18 @@ export class CaptureWriter implements Writer {
       if (this.#failure) throw this.#failure.error;
       if (this.#allocated > 0 || size % this.#block !== 0) await ftruncate(this.#dest.fd, size);
       if (this.#sync) await fdatasync(this.#dest.fd);
+      if (!this.#dest.direct && this.#dest.rwFlags && size > 0) {
+        // Uncached writes leave no page behind, but cutting the preallocated space off at a partial page makes the
+        // file system read that page back in to zero its tail: write it back (it is one page) and drop it.
+        const last = size - (size % PAGE_SIZE || PAGE_SIZE);
+        native.syncRange(this.#dest.fd, last, size - last, C.SYNC_FILE_RANGE_WAIT_BEFORE | C.SYNC_FILE_RANGE_WRITE | C.SYNC_FILE_RANGE_WAIT_AFTER);
+        native.fadvise(this.#dest.fd, 0, 0, C.POSIX_FADV_DONTNEED);
+      }
       await this.#dest.commit(this.#sync);
       await this.#release();
       this.#state = 'closed';
       const ms = Math.round((performance.now() - this.#t0) * 100) / 100;
-      return { bytes: size, ms, bytesPerSec: ms > 0 ? Math.round(size / (ms / 1000)) : 0, io: this.#dest.direct ? 'direct' : 'buffered' };
+      return { bytes: size, ms, bytesPerSec: ms > 0 ? Math.round(size / (ms / 1000)) : 0, io: this.#dest.direct ? 'direct' : this.#dest.rwFlags ? 'uncached' : 'buffered' };
     } catch (e) {
       this.#fail(e);
       this.#state = 'failed';

@@ -2,7 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DEFAULT_TARGETS, bench, label } from '../../tools/bench/bench.js';
-import type { BenchReport, CacheState } from '../../tools/bench/bench.js';
+import type { BenchOptions, BenchReport, CacheState } from '../../tools/bench/bench.js';
 import { METHODS } from '../../tools/bench/methods.js';
 import type { Method } from '../../tools/bench/methods.js';
 import { markdown, svg, table } from '../../tools/bench/report.js';
@@ -13,18 +13,24 @@ import type { CliIO } from './io.js';
 
 export const BENCH_HELP = `Usage: dmaload bench [FILE] [options]
 
-Measure every way of moving a file into a buffer, side by side, each row in a fresh process.
-Without FILE, a seeded random file of --size bytes is written to a temporary folder and removed afterwards.
+Measure ways of moving a file into a buffer, side by side, each row in a fresh process, and answer first:
+dmaload's best row against fio (the device's limit) and Node's readFile (speed, CPU, page cache left), at the
+top and at the bottom of the table. The default run has a few rows (about a minute for 1 GiB); --all runs every
+method × target × io. Without FILE, a seeded random file of --size bytes is written to a temporary folder on a
+disk (not tmpfs) and removed afterwards.
 
 Options:
   --size SIZE          size of the generated file (default 1GiB; e.g. 256MiB)
+  --all                every method × target × io (the full matrix)
   --targets LIST       comma-separated: ${DEFAULT_TARGETS.join(',')} (default: all; missing kernel features are reported)
-  --methods LIST       comma-separated: ${METHODS.join(',')} (default: all)
+  --methods LIST       comma-separated: ${METHODS.join(',')}; each in every io it has
+                       (default: the default rows)
   --rounds N           rounds, rows alternating (default 3); medians reported with min–max
   --cache LIST         cold (evicted before each row, default), warm (read first), half (every other 8 MiB
                        cached); several, e.g. cold,warm,half, give one table each
   --drop-caches        also drop every cache before cold rows (root)
-  --sweep LIST         sizes, e.g. 64MiB,256MiB,1GiB: throughput and CPU per GiB at each size
+  --sweep LIST         sizes, e.g. 64MiB,256MiB,1GiB,4GiB,8GiB: throughput and CPU per GiB of each row at each
+                       size (with --targets memory --methods dmaload: the scale check)
   --json               one JSON object on stdout
   --md                 a Markdown table on stdout
   --svg OUT.svg        write a chart
@@ -51,6 +57,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     allowPositionals: true,
     options: {
       size: { type: 'string' },
+      all: { type: 'boolean', default: false },
       targets: { type: 'string' },
       methods: { type: 'string' },
       rounds: { type: 'string' },
@@ -73,7 +80,8 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   const common = {
     file: positionals[0],
     targets: list<TargetName>('targets', values.targets, DEFAULT_TARGETS, DEFAULT_TARGETS),
-    methods: list<Method>('methods', values.methods, METHODS, METHODS),
+    ...(values.methods === undefined ? {} : { methods: list<Method>('methods', values.methods, METHODS, METHODS) }),
+    all: values.all,
     rounds,
     dropCaches: values['drop-caches'],
   };
@@ -87,7 +95,17 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   try {
     for (const sz of sweep ?? [values.size === undefined ? GiB : size('size', values.size)]) {
       for (const cache of caches) {
-        reports.push(await bench({ ...common, size: sz, cache, signal: ac.signal, onStatus: (m) => io.isTTY && io.stderr(`\r\x1b[K${m}`) }));
+        reports.push(
+          await bench({
+            ...common,
+            size: sz,
+            cache,
+            signal: ac.signal,
+            onStatus: (m) => io.isTTY && io.stderr(`\r\x1b[K${m}`),
+            // A line per measured row, kept on the terminal: the numbers arrive as the run goes.
+            onRow: (p) => io.isTTY && io.stderr(`\r\x1b[K${progressLine(p, sz)}\n`),
+          }),
+        );
       }
     }
   } finally {
@@ -106,17 +124,28 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   return 0;
 }
 
+function progressLine(p: Parameters<NonNullable<BenchOptions['onRow']>>[0], size: number): string {
+  const m = p.measure;
+  const head = `[${String(p.done).padStart(String(p.total).length)}/${p.total}] round ${p.round} ${label(p.spec)}`;
+  if (!m.supported) return `${head}: unsupported (${m.reason ?? ''})`;
+  const mbps = m.ioMs > 0 ? (size / 1e6 / (m.ioMs / 1000)).toFixed(0) : '-';
+  return `${head}: ${mbps} MB/s, CPU ${m.cpuMs.toFixed(0)} ms, page cache ${((100 * m.pageCacheBytes) / size).toFixed(1)}%${m.reason ? ` (${m.reason})` : ''}`;
+}
+
 /** Throughput and CPU per GiB of each row at each size: flat lines are the goal. */
 function sweepTable(reports: BenchReport[]): string {
   const first = reports[0]!;
-  const lines = [`\nsweep: MB/s and CPU ms per GiB by size`, ['row', ...reports.map((r) => formatBytes(r.size))].join('\t')];
+  const lines = [`\nsweep: MB/s and CPU ms per GiB by size; spread = slowest against fastest size`, ['row', ...reports.map((r) => formatBytes(r.size)), 'spread'].join('\t')];
   first.rows.forEach((row, i) => {
     if (!row.supported) return;
+    const ok = reports.map((r) => r.rows[i]!).filter((x) => x.supported);
     const cells = reports.map((r) => {
       const x = r.rows[i]!;
       return x.supported ? `${x.mbps} MB/s, ${((x.cpuMs * GiB) / r.size).toFixed(0)} ms/GiB` : '-';
     });
-    lines.push([label(row), ...cells].join('\t'));
+    const mb = ok.map((x) => x.mbps);
+    const spread = mb.length > 1 && Math.max(...mb) > 0 ? `-${(100 * (1 - Math.min(...mb) / Math.max(...mb))).toFixed(0)}%` : '-';
+    lines.push([label(row), ...cells, spread].join('\t'));
   });
   return lines.join('\n') + '\n';
 }

@@ -1,13 +1,14 @@
 /** `dmaload cp SRC DST`: load then save, page-cache free on both sides, atomic. */
 import { parseArgs } from 'node:util';
 import { copy } from '../api/copy.js';
+import { IO_MODES } from '../api/options.js';
 import type { IoMode } from '../pipeline/source.js';
 import { cpuMsSince, formatBytes } from '../core/util.js';
 import { UsageError, progressBar } from './io.js';
 import type { CliIO } from './io.js';
 import { choice } from './load.js';
 
-export const CP_HELP = `Usage: dmaload cp SRC DST [--io auto|direct|buffered] [--json]
+export const CP_HELP = `Usage: dmaload cp SRC DST [--io auto|direct|buffered|uncached] [--json]
 
 Copy SRC to DST by direct I/O on both sides (no page cache), streaming through a ring of aligned buffers
 (reads run ahead of writes; memory use is the ring, whatever the size), replacing DST atomically: a reader sees
@@ -26,7 +27,7 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
   }
   if (positionals.length !== 2) throw new UsageError('cp takes SRC and DST');
   const [src, dst] = positionals as [string, string];
-  const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered'], 'auto');
+  const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   const ac = new AbortController();
   const onSigint = () => ac.abort();
   process.once('SIGINT', onSigint);

@@ -1,33 +1,50 @@
-/** `dmaload inspect FILE [--json]`: a model file's tensors, read from its header alone. */
+/** `dmaload inspect FILE [--json] [--rank R --world-size N [--split …]]`: a model's tensors, read from its header alone. */
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { inspect } from '../api/inspect.js';
+import { coalesce, MODEL_COALESCE_GAP } from '../api/model.js';
 import type { MetadataValue, ModelInfo } from '../formats/index.js';
 import { formatBytes } from '../core/util.js';
+import { planRank, rankSpec, type RankSpec, type RankTensor } from '../pipeline/ranks.js';
 
-export const INSPECT_HELP = `Usage: dmaload inspect FILE [--json]
+export const INSPECT_HELP = `Usage: dmaload inspect FILE [--json] [--rank R --world-size N [--split tensors|rows]]
 
-List the tensors of a safetensors or GGUF model file (name, dtype, shape, size, offset) and its metadata, reading
-only the header. FILE may be a safetensors index (model.safetensors.index.json) or the first of a GGUF split
-(model-00001-of-00003.gguf): every shard is listed.
+Summarise a safetensors or GGUF model (format, tensor count, total size, tensors by dtype, shards), then list its
+metadata and tensors (name, dtype, shape, size, offset), reading only the header. FILE may be a safetensors index
+(model.safetensors.index.json) or the first of a GGUF split (model-00001-of-00003.gguf): every shard is listed.
+
+With --rank and --world-size, print the plan of that rank of a per-rank load (what loadModel(FILE, { rank,
+worldSize, split }) reads): its tensors or row slices and the byte ranges it reads from each file.
 
 Options:
-  --json      print the inspect() object as JSON (64-bit integers beyond 2^53 as strings)
-  -h, --help  show this help
+  --json              print the inspect() object (or the rank's plan) as JSON (64-bit integers beyond 2^53 as strings)
+  --rank R            this rank, 0 <= R < N
+  --world-size N      how many ranks share the model
+  --split HOW         'tensors' (default): whole tensors balanced by bytes; 'rows': 2-D tensors cut by rows, other
+                      tensors whole on every rank
+  -h, --help          show this help
 `;
+
+type Io = { stdout(s: string): void; stderr(s: string): void };
 
 /**
  * Runs `dmaload inspect`; `argv` holds the arguments after the command name. Resolves with the exit status: 0, or 2
  * for a usage error (message on stderr). Errors reading the model are thrown for the main CLI to report.
  */
-export async function inspectCommand(argv: string[], io: { stdout(s: string): void; stderr(s: string): void }): Promise<number> {
-  let values: { json?: boolean; help?: boolean };
+export async function inspectCommand(argv: string[], io: Io): Promise<number> {
+  let values: { json?: boolean; help?: boolean; rank?: string; 'world-size'?: string; split?: string };
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+        rank: { type: 'string' },
+        'world-size': { type: 'string' },
+        split: { type: 'string' },
+      },
     }));
   } catch (e) {
     return usage(io, (e as Error).message);
@@ -39,15 +56,95 @@ export async function inspectCommand(argv: string[], io: { stdout(s: string): vo
   const [file, ...extra] = positionals;
   if (file === undefined) return usage(io, 'missing FILE');
   if (extra.length > 0) return usage(io, `unexpected argument '${extra[0]}'`);
+  let spec: RankSpec | undefined;
+  try {
+    const int = (flag: string, v: string | undefined) => {
+      if (v !== undefined && !/^\d+$/.test(v)) throw new Error(`${flag} must be a non-negative integer, not '${v}'`);
+      return v === undefined ? undefined : Number(v);
+    };
+    spec = rankSpec({ rank: int('--rank', values.rank), worldSize: int('--world-size', values['world-size']), split: values.split });
+  } catch (e) {
+    return usage(io, (e as Error).message); // names rank and worldSize: --rank and --world-size
+  }
 
   const info = await inspect(file);
-  io.stdout(values.json ? JSON.stringify(info, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n' : table(info));
+  if (spec) {
+    const plan = rankPlan(info, spec);
+    io.stdout(values.json ? json(plan) : summary(info) + rankTable(plan));
+    return 0;
+  }
+  io.stdout(values.json ? json(info) : summary(info) + table(info));
   return 0;
 }
 
-function usage(io: { stderr(s: string): void }, message: string): number {
-  io.stderr(`dmaload inspect: ${message}\nRun 'dmaload inspect --help' for usage.\n`);
-  return 2;
+const json = (v: unknown) => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x), 2) + '\n';
+
+/** What one rank of a per-rank load reads: the same plan loadModel() follows (no tensor selection). */
+export interface RankPlan extends RankSpec {
+  format: ModelInfo['format'];
+  /** Bytes of the rank's tensors (or slices). */
+  bytes: number;
+  tensors: RankTensor[];
+  /** Per file read: its tensors' bytes and the ranges read, neighbours within the coalescing gap merged. */
+  files: { file: string; tensors: number; bytes: number; ranges: { offset: number; length: number }[] }[];
+}
+
+function rankPlan(info: ModelInfo, spec: RankSpec): RankPlan {
+  const tensors = planRank(info.format, info.tensors, spec);
+  const byFile = new Map<string, RankTensor[]>();
+  for (const t of tensors) {
+    if (t.bytes === 0) continue;
+    byFile.set(t.file, [...(byFile.get(t.file) ?? []), t]);
+  }
+  const files = [...byFile].map(([file, ts]) => ({
+    file,
+    tensors: ts.length,
+    bytes: ts.reduce((n, t) => n + t.bytes, 0),
+    ranges: coalesce([...ts].sort((a, b) => a.offset - b.offset), MODEL_COALESCE_GAP),
+  }));
+  return { format: info.format, ...spec, bytes: tensors.reduce((n, t) => n + t.bytes, 0), tensors, files };
+}
+
+/** What a person wants first: format, count, size, dtypes, shards. */
+function summary(info: ModelInfo): string {
+  const total = info.tensors.reduce((a, t) => a + t.bytes, 0);
+  const dtypes = new Map<string, number>();
+  for (const t of info.tensors) dtypes.set(t.dtype, (dtypes.get(t.dtype) ?? 0) + 1);
+  const shards = new Map<string, { tensors: number; bytes: number }>();
+  for (const t of info.tensors) {
+    const s = shards.get(t.file) ?? { tensors: 0, bytes: 0 };
+    s.tensors++;
+    s.bytes += t.bytes;
+    shards.set(t.file, s);
+  }
+  const unknown = info.tensors.filter((t) => t.unknownType).length;
+  let out = `format   ${info.format}\n`;
+  out += `tensors  ${info.tensors.length}${unknown > 0 ? ` (${unknown} of a type this dmaload does not know: loaded as raw bytes)` : ''}\n`;
+  out += `size     ${formatBytes(total)} (${total} bytes)\n`;
+  out += `dtypes   ${[...dtypes].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).map(([d, n]) => `${d} ${n}`).join(', ') || '-'}\n`;
+  out += `shards   ${shards.size}\n`;
+  if (shards.size > 1) {
+    for (const [file, s] of shards) out += `  ${basename(file)}  ${s.tensors} tensors, ${formatBytes(s.bytes)}\n`;
+  }
+  return out;
+}
+
+function rankTable(plan: RankPlan): string {
+  const multi = plan.files.length > 1 || new Set(plan.tensors.map((t) => t.file)).size > 1;
+  const header = ['name', 'dtype', 'shape', 'rows', 'size', 'offset', ...(multi ? ['file'] : [])];
+  const rows = plan.tensors.map((t) => [
+    t.name,
+    t.dtype,
+    `[${t.shape.join(', ')}]`,
+    t.rows ? `${t.rows.start}:${t.rows.end} of ${t.rows.shape[t.rows.dim]}` : t.replicated ? 'all (replicated)' : 'whole',
+    formatBytes(t.bytes),
+    String(t.offset),
+    ...(multi ? [basename(t.file)] : []),
+  ]);
+  const ranges = plan.files.reduce((n, f) => n + f.ranges.length, 0);
+  let out = `\nrank ${plan.rank} of ${plan.worldSize}, split by ${plan.split}: ${plan.tensors.length} tensors, ${formatBytes(plan.bytes)} (${plan.bytes} bytes) in ${ranges} ranges from ${plan.files.length} file${plan.files.length === 1 ? '' : 's'}\n\n`;
+  out += columns(header, rows, new Set([4, 5]));
+  return out;
 }
 
 function table(info: ModelInfo): string {
@@ -57,22 +154,17 @@ function table(info: ModelInfo): string {
     t.name,
     t.dtype,
     `[${t.shape.join(', ')}]`,
-    formatBytes(t.bytes),
+    formatBytes(t.bytes) + (t.bytesInferred ? ' (inferred)' : ''),
     String(t.offset),
     ...(files.length > 1 ? [basename(t.file)] : []),
   ]);
-  const right = new Set([3, 4]); // numbers line up on the right
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
-  const line = (cells: string[]) =>
-    cells.map((c, i) => (right.has(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join('  ').trimEnd() + '\n';
-
-  let out = `format: ${info.format}\n`;
+  let out = '';
   const meta = Object.entries(info.metadata);
   if (meta.length > 0) {
-    out += `metadata (${meta.length}):\n`;
-    for (const [k, v] of meta) out += `  ${k} = ${summary(v)}\n`;
+    out += `\nmetadata (${meta.length}):\n`;
+    for (const [k, v] of meta) out += `  ${k} = ${metaValue(v)}\n`;
   }
-  out += '\n' + line(header) + rows.map(line).join('');
+  out += '\n' + columns(header, rows, new Set([3, 4]));
   const total = info.tensors.reduce((a, t) => a + t.bytes, 0);
   const count = info.tensors.length;
   out += `\n${count} tensor${count === 1 ? '' : 's'}, ${formatBytes(total)} (${total} bytes)`;
@@ -80,10 +172,23 @@ function table(info: ModelInfo): string {
   return out;
 }
 
+/** Aligned columns; the numeric ones (`right`) line up on the right. */
+function columns(header: string[], rows: string[][], right: Set<number>): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (right.has(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join('  ').trimEnd() + '\n';
+  return line(header) + rows.map(line).join('');
+}
+
+function usage(io: { stderr(s: string): void }, message: string): number {
+  io.stderr(`dmaload inspect: ${message}\nRun 'dmaload inspect --help' for usage.\n`);
+  return 2;
+}
+
 /** One line per metadata value: long strings cut, arrays (vocabularies) counted rather than printed. */
-function summary(v: MetadataValue): string {
+function metaValue(v: MetadataValue): string {
   if (Array.isArray(v)) {
-    const shown = v.slice(0, 4).map(summary).join(', ');
+    const shown = v.slice(0, 4).map(metaValue).join(', ');
     return v.length <= 4 ? `[${shown}]` : `[${shown}, … ${v.length} items]`;
   }
   if (typeof v === 'string') return JSON.stringify(v.length > 60 ? v.slice(0, 60) + '…' : v);

@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { evictPath } from '../pipeline/cache.js';
 import { load } from '../api/load.js';
+import { IO_MODES } from '../api/options.js';
 import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
@@ -19,9 +20,12 @@ Options:
   --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
   --part-size SIZE          split into parts (e.g. 32MiB), each allocated while the previous one is read
   --overlap on|off          allocation overlapped with I/O (default on); off runs them one after the other
-  --io auto|direct|buffered how to read (default auto: direct where the file system allows)
+  --io auto|direct|buffered|uncached
+                            how to read (default auto: direct where the file system allows; uncached:
+                            buffered reads that leave no page cache, RWF_DONTCACHE)
   --hash sha256             hash the loaded bytes (from the buffer, after loading)
-  --evict                   drop FILE from the page cache first (a cold load, to measure)
+  --evict                   drop FILE from the page cache first (flushed, then dropped, checked with mincore;
+                            a warning says how much stayed)
   --json                    one JSON object on stdout
   -h, --help                this text
 Environment: DMALOAD_CHUNK_SIZE (bytes per request), DMALOAD_QUEUE_DEPTH (requests in flight)
@@ -56,7 +60,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('load takes exactly one FILE');
   const path = positionals[0]!;
   const target = choice<TargetName>('target', values.target, TARGET_NAMES, 'memory');
-  const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered'], 'auto');
+  const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   if (values.hash !== undefined && values.hash !== 'sha256') throw new UsageError(`--hash supports sha256 only (got '${values.hash}')`);
   let partSize: number | undefined;
   if (values['part-size'] !== undefined) {
@@ -64,7 +68,9 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
     if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096, e.g. 32MiB (got '${values['part-size']}')`);
   }
   const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
-  if (values.evict) evictPath(path);
+  // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
+  const stayed = values.evict ? evictPath(path) : undefined;
+  if (stayed) io.stderr(`warning: ${formatBytes(stayed)} of '${path}' stayed in the page cache after --evict (pages mapped or locked by a process); the load is not fully cold\n`);
   const bar = progressBar(io, 'load');
   const ac = new AbortController();
   const onSigint = () => ac.abort();
@@ -99,6 +105,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       cpuMs: s.cpuMs,
       bytesPerSec: s.bytesPerSec,
       pageCacheBytes: s.pageCacheBytes,
+      ...(stayed === undefined ? {} : { evictedResidentBytes: stayed }),
       overlap: s.overlap,
       // One entry per part of the layout; targets with one fd (memfd) repeat it.
       parts: s.parts.map((p, i) => ({ fd: (buf.parts[i] ?? buf.parts[0])?.fd ?? -1, ...p })),

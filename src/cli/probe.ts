@@ -7,8 +7,8 @@ import type { CliIO } from './io.js';
 
 export const PROBE_HELP = `Usage: dmaload probe [FILE] [--json]
 
-Show the kernel facts dmaload depends on: io_uring, direct-I/O alignment of FILE's file system, transparent huge
-pages, /dev/udmabuf and its size limit, DMA heaps, the memlock limit.
+Show the kernel facts dmaload depends on: io_uring, direct-I/O alignment of FILE's file system and whether it takes
+uncached buffered I/O (RWF_DONTCACHE), transparent huge pages, /dev/udmabuf and its size limit, DMA heaps, the memlock limit.
 `;
 
 export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
@@ -31,7 +31,10 @@ export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
     ['kernel', p.kernel],
     ['io_uring', p.ioUring.usable ? 'usable' : `not usable (${p.ioUring.reason})`],
   ];
-  if (p.file) rows.push([`direct I/O (${p.file.path})`, p.file.directIo ? `yes: memory align ${p.file.memAlign}, offset align ${p.file.offsetAlign}` : 'no (file system does not support it)']);
+  if (p.file) {
+    rows.push([`direct I/O (${p.file.path})`, p.file.directIo ? `yes: memory align ${p.file.memAlign}, offset align ${p.file.offsetAlign}` : 'no (file system does not support it)']);
+    rows.push([`uncached I/O (${p.file.path})`, p.file.uncached.supported ? 'yes (RWF_DONTCACHE)' : `no (RWF_DONTCACHE: ${p.file.uncached.error})`]);
+  }
   rows.push(
     ['transparent huge pages', p.thp],
     ['udmabuf', p.udmabuf.present ? `${p.udmabuf.device}, size_limit_mb ${p.udmabuf.sizeLimitMb ?? '?'}, list_limit ${p.udmabuf.listLimit ?? '?'}` : `absent (${p.udmabuf.device})`],

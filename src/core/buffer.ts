@@ -1,9 +1,9 @@
 /** LoadedBuffer: what load() returns — the bytes, their fds, what it cost — and the one way to free them. */
-import { native } from '../engine/binding.js';
+import { PAGE_SIZE, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import { bytesOf } from '../engine/memory.js';
 import { DmaloadError, outOfRange } from './errors.js';
-import { formatBytes } from './util.js';
+import { formatBytes, roundUp } from './util.js';
 import type { Allocation, Part, TargetName } from '../targets/types.js';
 
 /** One part's share of a load: where it is, and its allocation and I/O wall times. */
@@ -16,8 +16,11 @@ export interface PartStats {
 
 /** How a load went. */
 export interface LoadStats {
-  /** The io actually used: 'mixed' when io 'auto' copied cached ranges and read the rest directly. */
-  io: 'direct' | 'buffered' | 'mixed';
+  /**
+   * The io actually used: 'mixed' when io 'auto' copied cached ranges and read the rest directly; 'uncached' for
+   * buffered reads that left no page cache (RWF_DONTCACHE).
+   */
+  io: 'direct' | 'buffered' | 'mixed' | 'uncached';
   /** Bytes read by direct I/O. */
   directBytes: number;
   /** Bytes copied through the page cache (buffered reads). */
@@ -46,6 +49,11 @@ export interface LoadStats {
   bytesRead: number;
   chunkSize: number;
   queueDepth: number;
+  /**
+   * Where the memory came from: 'fresh' (mapped for this load, faulted in as it was read) or 'reused' (the memory
+   * of the `into` buffer, already faulted in: the load cost I/O, not page faults).
+   */
+  memory?: 'fresh' | 'reused' | undefined;
   /** Set when the buffer came from a `dmaload serve` server through connect(): see {@link ServedInfo}. */
   served?: ServedInfo | undefined;
 }
@@ -77,15 +85,22 @@ export class LoadedBuffer implements AsyncDisposable {
   #busy = 0;
   #bytes: Uint8Array | undefined;
   #parts: Part[];
+  #room: number;
+  #loading = false;
 
-  /** @internal Built by load() and allocate(); takes ownership of `alloc`. */
-  constructor(path: string, size: number, target: TargetName, alloc: Allocation, parts: Part[], stats: LoadStats) {
+  /**
+   * @internal Built by load() and allocate(); takes ownership of `alloc`. `room`: bytes I/O may fill (default: the
+   * allocation's capacity; a memfd's, trimmed to `size`, is that rounded up to a page).
+   */
+  constructor(path: string, size: number, target: TargetName, alloc: Allocation, parts: Part[], stats: LoadStats, room?: number) {
     this.path = path;
     this.size = size;
     this.target = target;
     this.stats = stats;
     this.#alloc = alloc;
     this.#parts = parts;
+    const capacity = alloc.layout.reduce((n, p) => n + p.length, 0);
+    this.#room = room ?? (target === 'memfd' ? Math.min(capacity, roundUp(size, PAGE_SIZE)) : capacity);
   }
 
   #live(what: string): Allocation {
@@ -175,6 +190,46 @@ export class LoadedBuffer implements AsyncDisposable {
         if (released) return;
         released = true;
         if (--this.#busy === 0 && this.#closing) this.#free();
+      },
+    };
+  }
+
+  /**
+   * @internal Reserves the buffer for `load(path, { into })`: no other call may use it until `release()` (the load
+   * failed: the buffer stays the caller's, its bytes partly overwritten) or `moveTo()` (the load succeeded: the
+   * memory moves into a new LoadedBuffer and this one is closed). A close() meanwhile frees the memory once the
+   * load is done, and moveTo() then refuses.
+   */
+  reserve(): { alloc: Allocation; room: number; release(): void; moveTo(path: string, size: number, parts: Part[], stats: LoadStats): LoadedBuffer } {
+    const alloc = this.#live('the buffer for load({ into })');
+    if (this.#loading || this.#busy > 0) {
+      throw new DmaloadError(
+        'ERR_BUFFER_BUSY',
+        `The buffer loaded from '${this.path}' is in use by another call (a load into it, readInto, writeFrom or save); await that call first`,
+        { path: this.path },
+      );
+    }
+    this.#loading = true;
+    const lease = this.borrow('the buffer for load({ into })');
+    return {
+      alloc,
+      room: this.#room,
+      release: () => {
+        this.#loading = false;
+        lease.release();
+      },
+      moveTo: (path, size, parts, stats) => {
+        this.#loading = false;
+        if (!this.#alloc) {
+          lease.release();
+          this.#live('the buffer for load({ into })'); // closed during the load: ERR_BUFFER_CLOSED
+        }
+        const moved = new LoadedBuffer(path, size, this.target, alloc, parts, stats, this.#room);
+        // Ownership moves without freeing: this object is closed, the memory now belongs to `moved`.
+        this.#alloc = undefined;
+        this.#bytes = undefined;
+        lease.release();
+        return moved;
       },
     };
   }

@@ -33,6 +33,8 @@ export interface TransferOptions {
   bounce: boolean;
   /** Fault the destination in on another thread, ahead of the reads. */
   populate: boolean;
+  /** preadv2/pwritev2 flags: 0 (default) or RWF_DONTCACHE (uncached buffered I/O). */
+  rwFlags?: number;
 }
 
 export interface TransferResult {
@@ -101,12 +103,16 @@ export interface Native {
   fallocate(fd: number, mode: number, offset: number, length: number): number;
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   residency(fd: number, offset: number, length: number, pages?: Uint8Array): number;
+  /** sync_file_range(2): 0 or -errno. */
+  syncRange(fd: number, offset: number, length: number, flags: number): number;
   clearNonblock(fd: number): number;
   /** Gives an O_TMPFILE file a name: linkat of /proc/self/fd/N with AT_SYMLINK_FOLLOW. */
   linkTmpfile(fd: number, path: string): number;
   uringProbe(): number;
+  /** 0 when the file takes RWF_DONTCACHE, else -errno (EOPNOTSUPP). Reads nothing. */
+  uncachedProbe(fd: number): number;
   transfer(opts: TransferOptions, onProgress?: (bytes: number) => void): { promise: Promise<TransferResult>; cancel(): void };
-  queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads' }): Queue | number;
+  queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads'; rwFlags?: number }): Queue | number;
   queueSubmit(queue: Queue, target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<QueueResult>;
   queueCancel(queue: Queue): void;
   queueClose(queue: Queue): Promise<void>;
@@ -143,7 +149,8 @@ export interface Native {
     | 'MAP_POPULATE' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING'
     | 'F_SEAL_SEAL' | 'F_SEAL_SHRINK' | 'F_SEAL_GROW' | 'F_SEAL_WRITE' | 'POSIX_FADV_DONTNEED' | 'POSIX_FADV_SEQUENTIAL' | 'POSIX_FADV_RANDOM'
     | 'DMA_BUF_SYNC_READ' | 'DMA_BUF_SYNC_WRITE' | 'DMA_BUF_SYNC_RW' | 'DMA_BUF_SYNC_START' | 'DMA_BUF_SYNC_END' | 'O_TMPFILE'
-    | 'RWF_DONTCACHE' | 'EAGAIN' | 'ECANCELED',
+    | 'RWF_DONTCACHE' | 'EAGAIN' | 'ECANCELED'
+    | 'SYNC_FILE_RANGE_WAIT_BEFORE' | 'SYNC_FILE_RANGE_WRITE' | 'SYNC_FILE_RANGE_WAIT_AFTER',
     number
   >;
 }

@@ -86,10 +86,10 @@ export class IoQueue {
   #q: Queue | undefined;
   #path: string;
 
-  constructor(fd: number, opts: { write: boolean; direct: boolean; depth: number; path: string }) {
+  constructor(fd: number, opts: { write: boolean; direct: boolean; depth: number; path: string; rwFlags?: number }) {
     this.engine = engine().engine;
     this.#path = opts.path;
-    const q = native.queueOpen({ fd, write: opts.write, direct: opts.direct, depth: opts.depth, engine: this.engine });
+    const q = native.queueOpen({ fd, write: opts.write, direct: opts.direct, depth: opts.depth, engine: this.engine, rwFlags: opts.rwFlags ?? 0 });
     // -errno: dup, io_uring_setup or the thread failed; nothing stays open.
     if (typeof q === 'number') throw new DmaloadSystemError(q, q === -native.constants.EAGAIN ? 'pthread_create' : this.engine === 'uring' ? 'io_uring_setup' : 'fcntl', opts.path);
     this.#q = q;

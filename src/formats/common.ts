@@ -5,8 +5,9 @@
  * - `ERR_MODEL_FORMAT`    the content is neither GGUF nor safetensors (nor a safetensors index).
  * - `ERR_MODEL_TRUNCATED` the header claims more bytes than the file holds (a length, a count or a string that runs
  *                         past the end, or a file cut short inside its header).
- * - `ERR_MODEL_HEADER`    the header is malformed: bad JSON, wrong types, unknown dtype or value type, a length past a
- *                         sanity limit, a bad alignment, too many dimensions, a missing or inconsistent shard.
+ * - `ERR_MODEL_HEADER`    the header is malformed: bad JSON, wrong types, an unknown metadata value type, a length past
+ *                         a sanity limit, a bad alignment, too many dimensions, a missing or inconsistent shard.
+ *                         (An unknown tensor type is not an error: see {@link TensorInfo.unknownType}.)
  * - `ERR_MODEL_VERSION`   a GGUF version other than 2 or 3 (v1 and big-endian files included).
  * - `ERR_MODEL_RANGE`     tensor data ranges: past the end of the file, overlapping, unaligned, with holes
  *                         (safetensors), or a byte length that disagrees with the shape and dtype.
@@ -37,6 +38,19 @@ export interface TensorInfo {
   offset: number;
   /** Length of the tensor's data in bytes. */
   bytes: number;
+  /**
+   * Present (true) when this library does not know `dtype`: a ggml type newer than its table (`dtype` is then
+   * `UNKNOWN_<id>`), or a safetensors dtype with no known size rule. Such a tensor still inspects and loads, as raw
+   * bytes over its extent; only `asTypedArray()` refuses it.
+   */
+  unknownType?: true;
+  /** GGUF, unknown types only: the ggml type number the file gives. */
+  typeId?: number;
+  /**
+   * Present (true) when `bytes` is not stated by the file but inferred: a GGUF tensor of unknown type reaches to the
+   * next tensor's offset or to the end of the file, so its extent may include the alignment padding after it.
+   */
+  bytesInferred?: true;
 }
 
 /** A tensor located in a file on disk. */

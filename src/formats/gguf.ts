@@ -31,31 +31,38 @@ export interface GgmlType {
   typeSize: number;
 }
 
+/*
+ * ggml's type table (ggml/include/ggml.h `enum ggml_type`, block layouts in ggml/src/ggml-common.h, type_traits in
+ * ggml/src/ggml.c), as of ggml d99724f (2026-08, GGML_TYPE_COUNT 43). Byte sizes are the headers' own static_assert
+ * expressions; a half is 2 bytes. ggml adds types every few months: a type missing here does not make a file
+ * unreadable (see parseGgufPrefix), it only makes its tensor opaque.
+ */
 const QK_K = 256;
+const HALF = 2;
 const ggmlTypes: [id: number, name: string, blockSize: number, typeSize: number][] = [
   [0, 'F32', 1, 4],
-  [1, 'F16', 1, 2],
-  [2, 'Q4_0', 32, 2 + 16],
-  [3, 'Q4_1', 32, 2 + 2 + 16],
+  [1, 'F16', 1, HALF],
+  [2, 'Q4_0', 32, HALF + 32 / 2],
+  [3, 'Q4_1', 32, 2 * HALF + 32 / 2],
   // 4 and 5 (Q4_2, Q4_3) were removed from ggml.
-  [6, 'Q5_0', 32, 2 + 4 + 16],
-  [7, 'Q5_1', 32, 2 + 2 + 4 + 16],
-  [8, 'Q8_0', 32, 2 + 32],
-  [9, 'Q8_1', 32, 2 + 2 + 32],
-  [10, 'Q2_K', QK_K, 2 + 2 + QK_K / 16 + QK_K / 4],
-  [11, 'Q3_K', QK_K, 2 + QK_K / 4 + QK_K / 8 + 12],
-  [12, 'Q4_K', QK_K, 2 + 2 + 12 + QK_K / 2],
-  [13, 'Q5_K', QK_K, 2 + 2 + 12 + QK_K / 8 + QK_K / 2],
-  [14, 'Q6_K', QK_K, 2 + QK_K / 2 + QK_K / 4 + QK_K / 16],
+  [6, 'Q5_0', 32, HALF + 4 + 32 / 2],
+  [7, 'Q5_1', 32, 2 * HALF + 4 + 32 / 2],
+  [8, 'Q8_0', 32, HALF + 32],
+  [9, 'Q8_1', 32, 2 * HALF + 32],
+  [10, 'Q2_K', QK_K, 2 * HALF + QK_K / 16 + QK_K / 4],
+  [11, 'Q3_K', QK_K, HALF + QK_K / 4 + QK_K / 8 + 12],
+  [12, 'Q4_K', QK_K, 2 * HALF + 12 + QK_K / 2],
+  [13, 'Q5_K', QK_K, 2 * HALF + 12 + QK_K / 2 + QK_K / 8],
+  [14, 'Q6_K', QK_K, HALF + QK_K / 16 + (3 * QK_K) / 4],
   [15, 'Q8_K', QK_K, 4 + QK_K + (QK_K / 16) * 2],
-  [16, 'IQ2_XXS', QK_K, 2 + QK_K / 4],
-  [17, 'IQ2_XS', QK_K, 2 + QK_K / 4 + QK_K / 32],
-  [18, 'IQ3_XXS', QK_K, 2 + (3 * QK_K) / 8],
-  [19, 'IQ1_S', QK_K, 2 + QK_K / 8 + QK_K / 16],
-  [20, 'IQ4_NL', 32, 2 + 16],
-  [21, 'IQ3_S', QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + QK_K / 64],
-  [22, 'IQ2_S', QK_K, 2 + QK_K / 4 + QK_K / 16],
-  [23, 'IQ4_XS', QK_K, 2 + 2 + QK_K / 64 + QK_K / 2],
+  [16, 'IQ2_XXS', QK_K, HALF + (QK_K / 8) * 2],
+  [17, 'IQ2_XS', QK_K, HALF + (QK_K / 8) * 2 + QK_K / 32],
+  [18, 'IQ3_XXS', QK_K, HALF + 3 * (QK_K / 8)],
+  [19, 'IQ1_S', QK_K, HALF + QK_K / 8 + QK_K / 16],
+  [20, 'IQ4_NL', 32, HALF + 32 / 2],
+  [21, 'IQ3_S', QK_K, HALF + 13 * (QK_K / 32) + QK_K / 64],
+  [22, 'IQ2_S', QK_K, HALF + QK_K / 4 + QK_K / 16],
+  [23, 'IQ4_XS', QK_K, HALF + 2 + QK_K / 64 + QK_K / 2],
   [24, 'I8', 1, 1],
   [25, 'I16', 1, 2],
   [26, 'I32', 1, 4],
@@ -64,10 +71,13 @@ const ggmlTypes: [id: number, name: string, blockSize: number, typeSize: number]
   [29, 'IQ1_M', QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32],
   [30, 'BF16', 1, 2],
   // 31-33 (Q4_0_4_4, Q4_0_4_8, Q4_0_8_8) were removed from ggml.
-  [34, 'TQ1_0', QK_K, 2 + (QK_K - (4 * QK_K) / 64) / 5 + QK_K / 64],
-  [35, 'TQ2_0', QK_K, 2 + QK_K / 4],
-  // 36-38 (IQ4_NL_4_4, …) were removed from ggml.
-  [39, 'MXFP4', 32, 1 + 16],
+  [34, 'TQ1_0', QK_K, HALF + QK_K / 64 + (QK_K - (4 * QK_K) / 64) / 5],
+  [35, 'TQ2_0', QK_K, HALF + QK_K / 4],
+  // 36-38 (IQ4_NL_4_4, IQ4_NL_4_8, IQ4_NL_8_8) were removed from ggml.
+  [39, 'MXFP4', 32, 1 + 32 / 2],
+  [40, 'NVFP4', 64, 64 / 16 + 64 / 2],
+  [41, 'Q1_0', 128, HALF + 128 / 8],
+  [42, 'Q2_0', 64, HALF + 64 / 4],
 ];
 
 /** The ggml tensor types GGUF files use, by type id. */
@@ -255,7 +265,7 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
     entries.push([key, value]);
   }
 
-  const raw: { name: string; dims: number[]; type: GgmlType; rel: bigint }[] = [];
+  const raw: { name: string; dims: number[]; typeId: number; type: GgmlType | undefined; rel: bigint }[] = [];
   const names = new Set<string>();
   for (let i = 0, n = Number(tensorCount); i < n; i++) {
     const name = decodeStrict(c.bytes('tensor name'), `GGUF tensor name #${i}`, path);
@@ -274,26 +284,48 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
       dims.push(Number(ne));
     }
     const typeId = c.u32(`type of ${q(name)}`);
-    const type = GGML_TYPES.get(typeId);
-    if (type === undefined) throw modelError('ERR_MODEL_HEADER', `GGUF tensor ${q(name)} has unknown ggml type ${typeId}`, path);
-    raw.push({ name, dims, type, rel: c.u64(`offset of ${q(name)}`) });
+    raw.push({ name, dims, typeId, type: GGML_TYPES.get(typeId), rel: c.u64(`offset of ${q(name)}`) });
   }
 
   const dataOffset = Math.ceil(c.pos / alignment) * alignment;
-  const tensors: TensorInfo[] = raw.map(({ name, dims, type, rel }) => {
-    if ((dims[0] ?? 1) % type.blockSize !== 0) {
-      throw modelError('ERR_MODEL_HEADER', `GGUF tensor ${q(name)}: ne0 ${dims[0]} is not a multiple of ${type.name}'s block size ${type.blockSize}`, path);
-    }
+  const starts = raw.map(({ name, rel }) => {
     if (rel % BigInt(alignment) !== 0n) {
       throw modelError('ERR_MODEL_RANGE', `GGUF tensor ${q(name)}: offset ${rel} is not a multiple of the alignment ${alignment}`, path);
     }
-    const elements = dims.reduce((a, d) => a * BigInt(d), 1n);
-    const bytes = (elements / BigInt(type.blockSize)) * BigInt(type.typeSize);
     const start = BigInt(dataOffset) + rel;
-    if (start + bytes > BigInt(fileSize)) {
-      throw modelError('ERR_MODEL_RANGE', `GGUF tensor ${q(name)}: ${bytes} bytes at offset ${start} run past the end of the ${fileSize}-byte file`, path);
+    if (start > BigInt(fileSize)) {
+      throw modelError('ERR_MODEL_RANGE', `GGUF tensor ${q(name)}: offset ${start} is past the end of the ${fileSize}-byte file`, path);
     }
-    return { name, dtype: type.name, shape: dims, offset: Number(start), bytes: Number(bytes) };
+    return Number(start);
+  });
+  // For a type this table lacks, the header gives no length: the tensor reaches to the next tensor's start, or to
+  // the end of the file's data.
+  const sortedStarts = [...new Set(starts)].sort((a, b) => a - b);
+  const nextStart = (start: number) => sortedStarts.find((s) => s > start) ?? fileSize;
+  const tensors: TensorInfo[] = raw.map(({ name, dims, typeId, type, rel }, i) => {
+    const start = starts[i] as number;
+    const elements = dims.reduce((a, d) => a * BigInt(d), 1n);
+    if (type === undefined) {
+      const known = elements === 0n; // nothing times any size
+      return {
+        name,
+        dtype: `UNKNOWN_${typeId}`,
+        shape: dims,
+        offset: start,
+        bytes: known ? 0 : nextStart(start) - start,
+        unknownType: true,
+        typeId,
+        ...(known ? {} : { bytesInferred: true }),
+      };
+    }
+    if ((dims[0] ?? 1) % type.blockSize !== 0) {
+      throw modelError('ERR_MODEL_HEADER', `GGUF tensor ${q(name)}: ne0 ${dims[0]} is not a multiple of ${type.name}'s block size ${type.blockSize}`, path);
+    }
+    const bytes = (elements / BigInt(type.blockSize)) * BigInt(type.typeSize);
+    if (BigInt(start) + bytes > BigInt(fileSize)) {
+      throw modelError('ERR_MODEL_RANGE', `GGUF tensor ${q(name)}: ${bytes} bytes at offset ${BigInt(dataOffset) + rel} run past the end of the ${fileSize}-byte file`, path);
+    }
+    return { name, dtype: type.name, shape: dims, offset: start, bytes: Number(bytes) };
   });
   checkNoOverlap([...tensors].sort(byOffset), path);
   return { format: 'gguf', metadata: Object.fromEntries(entries), tensors, dataOffset };

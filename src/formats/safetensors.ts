@@ -23,7 +23,11 @@ import {
 /** The largest header accepted, as in the reference implementation (a bound on the memory that JSON takes). */
 export const SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024;
 
-/** Bits per element of every safetensors dtype, by the name the format writes (no prototype: 'toString' is no dtype). */
+/**
+ * Bits per element of every safetensors dtype, by the name the format writes (no prototype: 'toString' is no dtype).
+ * From the reference implementation's `Dtype::bitsize` (safetensors/src/tensor.rs, 2026-05): the sub-byte types
+ * (F4, F6_*) are packed, so a tensor's byte length is elements × bits / 8, which must come out whole.
+ */
 export const SAFETENSORS_DTYPE_BITS: Readonly<Record<string, number>> = Object.freeze(Object.assign(Object.create(null) as Record<string, number>, {
   BOOL: 8,
   F4: 4,
@@ -34,6 +38,8 @@ export const SAFETENSORS_DTYPE_BITS: Readonly<Record<string, number>> = Object.f
   F8_E5M2: 8,
   F8_E4M3: 8,
   F8_E8M0: 8,
+  F8_E4M3FNUZ: 8,
+  F8_E5M2FNUZ: 8,
   I16: 16,
   U16: 16,
   F16: 16,
@@ -46,6 +52,9 @@ export const SAFETENSORS_DTYPE_BITS: Readonly<Record<string, number>> = Object.f
   I64: 64,
   U64: 64,
 }));
+
+/** What an unknown dtype may look like: a short identifier (it ends up in messages, tables and dtype switches). */
+const DTYPE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,31}$/;
 
 /**
  * Where the header of a safetensors file ends (8 + N), checked against the file size before anything is allocated.
@@ -136,8 +145,9 @@ function checkTensor(name: string, entry: unknown, dataStart: number, dataSize: 
   if (!isObject(entry)) throw bad('entry is not an object');
   const { dtype, shape, data_offsets: offsets } = entry;
   if (typeof dtype !== 'string') throw bad('dtype is not a string');
+  if (!DTYPE_NAME.test(dtype)) throw bad(`dtype ${q(dtype)} is not a dtype name`);
+  // A dtype newer than this table: its byte range is still given, so the tensor stays loadable as raw bytes.
   const bits = SAFETENSORS_DTYPE_BITS[dtype];
-  if (bits === undefined) throw bad(`unknown dtype ${q(dtype)}`);
   if (!Array.isArray(shape)) throw bad('shape is not an array');
   const dims: number[] = [];
   let elements = 1n;
@@ -157,9 +167,13 @@ function checkTensor(name: string, entry: unknown, dataStart: number, dataSize: 
   if (e < b) throw range(`data_offsets [${b}, ${e}] end before they begin`);
   // Unsafe integers are already inexact, and necessarily past any real file's end.
   if (e > dataSize) throw range(`data_offsets [${b}, ${e}] run past the ${dataSize}-byte data area`);
+  if (bits === undefined) return { name, dtype, shape: dims, offset: dataStart + b, bytes: e - b, unknownType: true };
   const bitCount = elements * BigInt(bits);
-  if (bitCount % 8n !== 0n || bitCount / 8n !== BigInt(e - b)) {
-    throw range(`shape [${dims.join(', ')}] of ${dtype} needs ${Number(bitCount) / 8} bytes, data_offsets give ${e - b}`);
+  if (bitCount % 8n !== 0n) {
+    throw range(`shape [${dims.join(', ')}] of ${dtype} is ${bitCount} bits, not a whole number of bytes`);
+  }
+  if (bitCount / 8n !== BigInt(e - b)) {
+    throw range(`shape [${dims.join(', ')}] of ${dtype} needs ${bitCount / 8n} bytes, data_offsets give ${e - b}`);
   }
   return { name, dtype, shape: dims, offset: dataStart + b, bytes: e - b };
 }

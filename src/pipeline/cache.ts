@@ -1,8 +1,8 @@
 /**
  * The page cache as seen from one file: which pages are resident (mincore over a temporary mapping: mapping a file
- * reads nothing), how many bytes, and eviction (POSIX_FADV_DONTNEED, no root needed).
+ * reads nothing), how many bytes, and eviction (flush, then POSIX_FADV_DONTNEED, checked with mincore; no root needed).
  */
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fstatSync, openSync } from 'node:fs';
 import { DmaloadSystemError } from '../core/errors.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
 
@@ -15,28 +15,54 @@ export function pageCacheBytes(fd: number, size: number, offset = 0): number {
 }
 
 /**
- * Which pages of [0, size) are in the page cache: one byte per 4 KiB page, 1 = resident (mincore over a temporary
- * mapping: mapping a file reads nothing).
+ * Which pages of [offset, offset+size) are in the page cache: one byte per 4 KiB page from the page holding
+ * `offset`, 1 = resident (mincore over a temporary mapping: mapping a file reads nothing).
  */
-export function residentPages(fd: number, size: number): Uint8Array {
-  const pages = new Uint8Array(Math.ceil(size / PAGE_SIZE));
+export function residentPages(fd: number, size: number, offset = 0): Uint8Array {
+  const first = Math.floor(offset / PAGE_SIZE);
+  const pages = new Uint8Array(Math.ceil((offset + size) / PAGE_SIZE) - first);
   if (size === 0) return pages;
-  const r = native.residency(fd, 0, size, pages);
+  const r = native.residency(fd, offset, size, pages);
   if (r < 0) throw new DmaloadSystemError(r, 'mincore');
   return pages;
 }
 
-/** Drops the file's clean pages from the page cache (no root needed). */
-export function evict(fd: number, path?: string): void {
-  const r = native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
-  if (r < 0) throw new DmaloadSystemError(r, 'posix_fadvise', path);
+/**
+ * Drops the file's pages from the page cache (no root needed) and returns the bytes that stayed (mincore).
+ *
+ * POSIX_FADV_DONTNEED skips dirty pages and pages under writeback, so a file that was just written would stay
+ * largely cached ("cold" loads that are not cold): the pages are written back first (sync_file_range: wait for
+ * writeback in progress, write, wait again; fdatasync where that is refused), then dropped, then counted. Pages that
+ * still stay — mapped or locked by some process — are the caller's news to report.
+ */
+export function evict(fd: number, path?: string): number {
+  const size = fstatSync(fd).size;
+  const flush = (): void => {
+    const r = native.syncRange(fd, 0, 0, C.SYNC_FILE_RANGE_WAIT_BEFORE | C.SYNC_FILE_RANGE_WRITE | C.SYNC_FILE_RANGE_WAIT_AFTER);
+    // ESPIPE/EINVAL: a file (system) sync_file_range does not apply to; fdatasync covers any file.
+    if (r < 0) fdatasyncSync(fd);
+  };
+  const drop = (): void => {
+    const r = native.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
+    if (r < 0) throw new DmaloadSystemError(r, 'posix_fadvise', path);
+  };
+  flush();
+  drop();
+  let left = pageCacheBytes(fd, size);
+  if (left > 0) {
+    // A writer raced the first pass, or the file system wants a full data sync before pages count as clean.
+    fdatasyncSync(fd);
+    drop();
+    left = pageCacheBytes(fd, size);
+  }
+  return left;
 }
 
-/** evict() by path. */
-export function evictPath(path: string): void {
+/** evict() by path: the bytes that stayed cached. */
+export function evictPath(path: string): number {
   const fd = openSync(path, 'r');
   try {
-    evict(fd, path);
+    return evict(fd, path);
   } finally {
     closeSync(fd);
   }
@@ -52,9 +78,13 @@ export function pageCacheBytesOf(path: string, size: number): number {
   }
 }
 
-/** Evicts the pages that a load brought into the page cache, leaving what was cached before. */
-export function dropAdded(fd: number, before: Uint8Array, size: number): void {
-  const after = residentPages(fd, size);
+/**
+ * Evicts the pages of [offset, offset+size) that a read brought into the page cache, leaving what was cached
+ * before (`before`: {@link residentPages} of the same range, taken before the read).
+ */
+export function dropAdded(fd: number, before: Uint8Array, size: number, offset = 0): void {
+  const after = residentPages(fd, size, offset);
+  const base = Math.floor(offset / PAGE_SIZE) * PAGE_SIZE;
   for (let i = 0; i < after.length; ) {
     if (after[i] !== 1 || before[i] === 1) {
       i++;
@@ -62,7 +92,26 @@ export function dropAdded(fd: number, before: Uint8Array, size: number): void {
     }
     let j = i;
     while (j < after.length && after[j] === 1 && before[j] !== 1) j++;
-    native.fadvise(fd, i * PAGE_SIZE, (j - i) * PAGE_SIZE, C.POSIX_FADV_DONTNEED);
+    // Written back first: POSIX_FADV_DONTNEED skips a dirty page, and on ext4 a read can leave one (measured: the
+    // page holding the end of a file whose preallocated tail was cut off, read with RWF_DONTCACHE). For clean
+    // pages this costs a walk of the range and no I/O.
+    native.syncRange(fd, base + i * PAGE_SIZE, (j - i) * PAGE_SIZE, C.SYNC_FILE_RANGE_WAIT_BEFORE | C.SYNC_FILE_RANGE_WRITE | C.SYNC_FILE_RANGE_WAIT_AFTER);
+    native.fadvise(fd, base + i * PAGE_SIZE, (j - i) * PAGE_SIZE, C.POSIX_FADV_DONTNEED);
     i = j;
+  }
+}
+
+/**
+ * Runs `read` and then drops what its uncached reads (RWF_DONTCACHE) left behind that was not cached before: the
+ * kernel drops such pages only when it can at once (a page other readers hold, or the one holding the end of the
+ * file, can stay). Only when `rwFlags` asks for uncached I/O; else just runs `read`.
+ */
+export async function uncachedRead<T>(fd: number, rwFlags: number, size: number, offset: number, read: () => Promise<T>): Promise<T> {
+  if (!rwFlags || size === 0) return read();
+  const before = residentPages(fd, size, offset);
+  try {
+    return await read();
+  } finally {
+    dropAdded(fd, before, size, offset);
   }
 }

@@ -22,6 +22,8 @@ export interface Destination {
   directFd: number;
   direct: boolean;
   align: DioAlign;
+  /** pwritev2 flags for buffered writes on `fd`: RWF_DONTCACHE (io 'uncached', or 'auto' where allowed) or 0. */
+  rwFlags: number;
   /** Makes the written file the destination (atomic: link and rename; folder fsynced when `sync`). */
   commit(sync: boolean): Promise<void>;
   /** Closes the descriptors; a temporary file that was never committed disappears. Idempotent. */
@@ -101,6 +103,7 @@ export async function openDestination(path: string, opts: { atomic: boolean; io:
       directFd: direct?.fd ?? -1,
       direct: direct !== undefined,
       align: d.align,
+      rwFlags: d.rwFlags,
       async commit(sync: boolean) {
         if (opts.atomic) {
           if (unnamed) temp = await linkUnnamed(handle.fd, path);

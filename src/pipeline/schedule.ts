@@ -163,6 +163,9 @@ async function readSplit(
         padTo: isDirect ? src.align.offsetAlign : 1,
         bounce: isDirect && !alloc.directInto,
         populate,
+        // Uncached buffered reads where there is no O_DIRECT (io 'uncached', or 'auto' where the file system takes
+        // them); io 'auto''s copies of cached ranges stay plain (what they add is dropped afterwards).
+        rwFlags: isDirect || src.direct ? 0 : src.rwFlags,
         tuning: r.tuning,
         path: src.path,
         signal: r.group.signal,

@@ -5,16 +5,20 @@
  *
  * The rule for io, the same in load, loadRanges, loadModel, readInto, writeFrom, save, createWriter and copy:
  * - 'direct': O_DIRECT or nothing. A file system without direct I/O (tmpfs, /dev/shm) is ERR_DIRECT_IO_UNSUPPORTED.
- * - 'auto': O_DIRECT where the file system allows it, else buffered, with the reason in `fallbackReason`.
+ * - 'auto': O_DIRECT where the file system allows it, else uncached buffered I/O (RWF_DONTCACHE) where the file
+ *   system takes it, else buffered, with the reason in `fallbackReason`. Ragged edges that O_DIRECT cannot do are
+ *   uncached where the file system allows.
+ * - 'uncached': buffered I/O that leaves no page cache behind (RWF_DONTCACHE, Linux 6.14+: ext4 since 6.17, xfs
+ *   since 6.15), or ERR_UNCACHED_IO_UNSUPPORTED where the kernel or file system does not take it.
  * - 'buffered': the page cache only.
  */
 import { constants as FS, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
-import { native } from '../engine/binding.js';
+import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
+import { C, native } from '../engine/binding.js';
 
-export type IoMode = 'direct' | 'buffered' | 'auto';
+export type IoMode = 'direct' | 'buffered' | 'auto' | 'uncached';
 
 /** Direct-I/O alignment of a file's file system (statx STATX_DIOALIGN); zeros when direct I/O is not possible. */
 export interface DioAlign {
@@ -33,6 +37,11 @@ export interface OpenedFile {
   direct: boolean;
   /** The file system's direct-I/O alignment (zeros when `direct` is false). */
   align: DioAlign;
+  /**
+   * preadv2/pwritev2 flags for buffered I/O on `fd`: RWF_DONTCACHE where io is 'uncached' or 'auto' and the file
+   * system takes it (the page cache is left as found), else 0.
+   */
+  rwFlags: number;
   size: number;
   stat: Stats;
   /** Why there is no direct descriptor although io 'auto' would have used one; undefined otherwise. */
@@ -91,7 +100,7 @@ export async function openFile(file: string | FileHandle, access: 'read' | 'writ
     requireRegular(stat, path); // swapped for something else between stat() and open()
     const d = await attachDirect(fd, path, access, io);
     if (d.handle) owned.push(d.handle);
-    return { path, fd, directFd: d.handle?.fd ?? -1, direct: d.handle !== undefined, align: d.align, size: stat.size, stat, fallbackReason: d.reason, close: closeAll };
+    return { path, fd, directFd: d.handle?.fd ?? -1, direct: d.handle !== undefined, align: d.align, rwFlags: d.rwFlags, size: stat.size, stat, fallbackReason: d.reason, close: closeAll };
   } catch (e) {
     await closeAll();
     throw e;
@@ -99,13 +108,44 @@ export async function openFile(file: string | FileHandle, access: 'read' | 'writ
 }
 
 /**
+ * Whether the file open as `fd` takes RWF_DONTCACHE: 0 when it does, else the negative errno (EOPNOTSUPP where
+ * the kernel or the file system does not; EINVAL on kernels before 6.14, which do not know the flag).
+ */
+export function uncachedSupport(fd: number): number {
+  return native.uncachedProbe(fd);
+}
+
+/** The code of an {@link uncachedSupport} failure, named as the kernel documents it (Node calls 95 ENOTSUP). */
+export function uncachedErrorCode(r: number): string {
+  return r === -95 ? 'EOPNOTSUPP' : errnoCode(r);
+}
+
+/**
  * The O_DIRECT half of the policy, for a file that is already open as `fd`: a second descriptor of the same file
  * with O_DIRECT (reopened through /proc, so it is the same file whatever happened to its path), or the reason
- * there is none. Throws ERR_DIRECT_IO_UNSUPPORTED for io 'direct' where the file system has no direct I/O.
+ * there is none; and the flags for buffered I/O on `fd` (RWF_DONTCACHE for 'uncached', and for 'auto' where the
+ * file system takes it). Throws ERR_DIRECT_IO_UNSUPPORTED for io 'direct' where the file system has no direct I/O,
+ * and ERR_UNCACHED_IO_UNSUPPORTED for io 'uncached' where it has no uncached buffered I/O.
  */
-export async function attachDirect(fd: number, path: string, access: 'read' | 'write', io: IoMode): Promise<{ handle: FileHandle | undefined; align: DioAlign; reason: string | undefined }> {
+export async function attachDirect(
+  fd: number,
+  path: string,
+  access: 'read' | 'write',
+  io: IoMode,
+): Promise<{ handle: FileHandle | undefined; align: DioAlign; reason: string | undefined; rwFlags: number }> {
   const none = { memAlign: 0, offsetAlign: 0 };
-  if (io === 'buffered') return { handle: undefined, align: none, reason: undefined };
+  if (io === 'buffered') return { handle: undefined, align: none, reason: undefined, rwFlags: 0 };
+  if (io === 'uncached') {
+    const r = uncachedSupport(fd);
+    if (r < 0) {
+      throw new DmaloadError(
+        'ERR_UNCACHED_IO_UNSUPPORTED',
+        `The file system of '${path}' does not support uncached buffered I/O (preadv2 with RWF_DONTCACHE: ${uncachedErrorCode(r)}; it needs Linux 6.14+, ext4 6.17+, xfs 6.15+); use io 'auto' or 'buffered'`,
+        { path },
+      );
+    }
+    return { handle: undefined, align: none, reason: undefined, rwFlags: C.RWF_DONTCACHE };
+  }
   const align = dioAlign(fd);
   let reason: string | undefined;
   let handle: FileHandle | undefined;
@@ -122,7 +162,10 @@ export async function attachDirect(fd: number, path: string, access: 'read' | 'w
   if (!handle && io === 'direct') {
     throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O (${reason}); use io 'auto' or 'buffered'`, { path });
   }
-  return { handle, align: handle ? align : none, reason };
+  // 'auto': buffered I/O (ragged edges, or everything without O_DIRECT) is uncached where the file system allows.
+  const rwFlags = uncachedSupport(fd) === 0 ? C.RWF_DONTCACHE : 0;
+  if (!handle && rwFlags) reason += '; reading uncached instead (RWF_DONTCACHE: buffered, leaving no page cache)';
+  return { handle, align: handle ? align : none, reason, rwFlags };
 }
 
 /** Clears O_NONBLOCK on a regular file's descriptor. */

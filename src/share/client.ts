@@ -222,7 +222,7 @@ class Client implements ShareClient {
     const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
     const size = num(body.size);
     const stats: LoadStats = {
-      io: s.io === 'direct' || s.io === 'buffered' || s.io === 'mixed' ? s.io : 'buffered',
+      io: s.io === 'direct' || s.io === 'buffered' || s.io === 'mixed' || s.io === 'uncached' ? s.io : 'buffered',
       directBytes: num(s.directBytes),
       copiedBytes: num(s.copiedBytes),
       ioReason: typeof s.ioReason === 'string' ? s.ioReason : undefined,

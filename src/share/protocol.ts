@@ -13,6 +13,7 @@
  * @module
  */
 import { DmaloadError } from '../core/errors.js';
+import type { LoadStats } from '../core/buffer.js';
 
 export const MAGIC = Uint8Array.of(0x44, 0x4d, 0x4c, 0x44);
 export const VERSION = 1;
@@ -38,7 +39,7 @@ export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
 /** How the server filled a buffer (its own load's stats) and what this request cost it. */
 export interface ServedLoadStats {
-  io: 'direct' | 'buffered' | 'mixed';
+  io: LoadStats['io'];
   directBytes: number;
   copiedBytes: number;
   ioReason?: string;

@@ -5,7 +5,8 @@ import { dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { bench } from '../../tools/bench/index.js';
-import { planRows } from '../../tools/bench/bench.js';
+import { DEFAULT_TARGETS, label, planRows } from '../../tools/bench/bench.js';
+import { METHODS } from '../../tools/bench/methods.js';
 import { makeFile, tempDir } from '../helpers.js';
 import { cli } from '../cli/run.js';
 
@@ -37,12 +38,40 @@ describe('bench', () => {
     if (!existsSync('/dev/udmabuf')) assert.match(row('dmaload', 'udmabuf', 'direct').reason!, /udmabuf/);
   });
 
-  test('planRows: method × target × io, peers once', () => {
+  test('planRows: method × target × io, peers once; the default rows are few', () => {
     const rows = planRows(['read', 'dmaload', 'fio', 'node-readFile'], ['memory', 'memfd']);
     assert.equal(rows.filter((r) => r.method === 'fio').length, 1);
     assert.equal(rows.filter((r) => r.method === 'node-readFile').length, 1);
-    assert.equal(rows.filter((r) => r.method === 'dmaload').length, 6);
-    assert.equal(rows.filter((r) => r.method === 'read').length, 4);
+    assert.equal(rows.filter((r) => r.method === 'dmaload').length, 8);
+    assert.equal(rows.filter((r) => r.method === 'read').length, 6);
+    const dflt = planRows(METHODS, DEFAULT_TARGETS, false);
+    assert.ok(dflt.length <= 12, `${dflt.length} default rows`);
+    for (const want of ['fio', 'node-readFile', 'memory direct dmaload', 'memory uncached dmaload', 'memory auto dmaload reload']) {
+      assert.ok(dflt.some((r) => label(r) === want), want);
+    }
+  });
+
+  test('the default run answers first: summary at the top and the bottom, reload row verified, JSON summary', async () => {
+    const f = makeFile(dir, 'sum', 4 * MiB + 3);
+    const r = await cli('bench', f.path, '--rounds', '1', '--targets', 'memory');
+    assert.equal(r.code, 0, r.err);
+    const lines = r.out.split('\n');
+    assert.match(lines[1]!, /^dmaload's best: memory .* dmaload.*: \d+ MB\/s, CPU \d+ ms, page cache left 0\.0%$/);
+    assert.match(r.out, /^ {2}vs fio \(the device's limit, \d+ MB\/s\): [\d.]+× its speed$|^ {2}vs fio: not measured/m);
+    assert.match(r.out, /^ {2}vs Node's readFile \(\d+ MB\/s, CPU \d+ ms, page cache left 100\.0%\): [\d.]+× its speed, [\d.]+× its CPU$/m);
+    const top = lines.slice(0, lines.indexOf('')).slice(1);
+    const bottom = lines.slice(lines.length - 1 - top.length, lines.length - 1);
+    assert.deepEqual(bottom, top, 'the same summary at the bottom');
+    assert.match(r.out, /memory auto dmaload reload \(direct\) .* yes$/m);
+    assert.doesNotMatch(r.out, /memory direct read-write/, 'not in the default rows');
+    const j = await cli('bench', f.path, '--rounds', '1', '--targets', 'memory', '--methods', 'dmaload,dmaload-reload', '--json');
+    const rep = JSON.parse(j.out);
+    assert.equal(rep.summary.best.method, 'dmaload');
+    assert.equal(rep.summary.reload.memory, 'reused');
+    assert.equal(rep.summary.reload.verified, true);
+    assert.deepEqual(rep.summary.notCold, []);
+    assert.ok(rep.rows.every((x: { startCacheBytes: number }) => x.startCacheBytes === 0), 'every cold round started cold (mincore)');
+    assert.ok(rep.rows.some((x: { io: string; supported: boolean }) => x.io === 'uncached'), 'uncached row present (measured, or unsupported with the reason)');
   });
 
   test('CLI: --json, --md and --svg on a generated file; the file is removed afterwards', async () => {

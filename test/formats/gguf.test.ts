@@ -12,14 +12,52 @@ const dir = mkdtempSync(join(tmpdir(), 'dmaload-gguf-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 
-/** ggml's own block sizes and type sizes (ggml.c type_traits), written out independently of the parser. */
+/*
+ * ggml's block sizes and byte sizes, written from ggml's headers and not from src/formats/gguf.ts: the ids from
+ * include/ggml.h `enum ggml_type`, each block size from src/ggml.c `type_traits[].blck_size`, each byte size the
+ * `static_assert(sizeof(block_…) == …)` expression of src/ggml-common.h, copied as written (ggml d99724f, 2026-08).
+ */
+const QK_K = 256;
+const half = 2; // sizeof(ggml_half)
+const [QK1_0, QK2_0, QK4_0, QK4_1, QK5_0, QK5_1, QK8_0, QK8_1, QK4_NL, QK_MXFP4, QK_NVFP4, QK_NVFP4_SUB] = [128, 64, 32, 32, 32, 32, 32, 32, 32, 32, 64, 16];
+const K_SCALE_SIZE = 12;
+const IQ3S_N_SCALE = QK_K / 64;
 const GGML: Record<string, [id: number, blockSize: number, typeSize: number]> = {
-  F32: [0, 1, 4], F16: [1, 1, 2], Q4_0: [2, 32, 18], Q4_1: [3, 32, 20], Q5_0: [6, 32, 22], Q5_1: [7, 32, 24],
-  Q8_0: [8, 32, 34], Q8_1: [9, 32, 36], Q2_K: [10, 256, 84], Q3_K: [11, 256, 110], Q4_K: [12, 256, 144],
-  Q5_K: [13, 256, 176], Q6_K: [14, 256, 210], Q8_K: [15, 256, 292], IQ2_XXS: [16, 256, 66], IQ2_XS: [17, 256, 74],
-  IQ3_XXS: [18, 256, 98], IQ1_S: [19, 256, 50], IQ4_NL: [20, 32, 18], IQ3_S: [21, 256, 110], IQ2_S: [22, 256, 82],
-  IQ4_XS: [23, 256, 136], I8: [24, 1, 1], I16: [25, 1, 2], I32: [26, 1, 4], I64: [27, 1, 8], F64: [28, 1, 8],
-  IQ1_M: [29, 256, 56], BF16: [30, 1, 2], TQ1_0: [34, 256, 54], TQ2_0: [35, 256, 66], MXFP4: [39, 32, 17],
+  F32: [0, 1, 4], // sizeof(float)
+  F16: [1, 1, 2], // sizeof(ggml_fp16_t)
+  Q4_0: [2, QK4_0, half + QK4_0 / 2],
+  Q4_1: [3, QK4_1, 2 * half + QK4_1 / 2],
+  Q5_0: [6, QK5_0, half + 4 + QK5_0 / 2],
+  Q5_1: [7, QK5_1, 2 * half + 4 + QK5_1 / 2],
+  Q8_0: [8, QK8_0, half + QK8_0],
+  Q8_1: [9, QK8_1, 2 * half + QK8_1],
+  Q2_K: [10, QK_K, 2 * half + QK_K / 16 + QK_K / 4],
+  Q3_K: [11, QK_K, half + QK_K / 4 + QK_K / 8 + 12],
+  Q4_K: [12, QK_K, 2 * half + K_SCALE_SIZE + QK_K / 2],
+  Q5_K: [13, QK_K, 2 * half + K_SCALE_SIZE + QK_K / 2 + QK_K / 8],
+  Q6_K: [14, QK_K, half + QK_K / 16 + (3 * QK_K) / 4],
+  Q8_K: [15, QK_K, 4 + QK_K + (QK_K / 16) * 2], // sizeof(float) + QK_K + QK_K/16*sizeof(int16_t)
+  IQ2_XXS: [16, QK_K, half + (QK_K / 8) * 2],
+  IQ2_XS: [17, QK_K, half + (QK_K / 8) * 2 + QK_K / 32],
+  IQ3_XXS: [18, QK_K, half + 3 * (QK_K / 8)],
+  IQ1_S: [19, QK_K, half + QK_K / 8 + QK_K / 16],
+  IQ4_NL: [20, QK4_NL, half + QK4_NL / 2],
+  IQ3_S: [21, QK_K, half + 13 * (QK_K / 32) + IQ3S_N_SCALE],
+  IQ2_S: [22, QK_K, half + QK_K / 4 + QK_K / 16],
+  IQ4_XS: [23, QK_K, half + 2 + QK_K / 64 + QK_K / 2],
+  I8: [24, 1, 1],
+  I16: [25, 1, 2],
+  I32: [26, 1, 4],
+  I64: [27, 1, 8],
+  F64: [28, 1, 8],
+  IQ1_M: [29, QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32],
+  BF16: [30, 1, 2],
+  TQ1_0: [34, QK_K, half + QK_K / 64 + (QK_K - (4 * QK_K) / 64) / 5],
+  TQ2_0: [35, QK_K, half + QK_K / 4],
+  MXFP4: [39, QK_MXFP4, 1 + QK_MXFP4 / 2],
+  NVFP4: [40, QK_NVFP4, (QK_NVFP4 / QK_NVFP4_SUB) + QK_NVFP4 / 2],
+  Q1_0: [41, QK1_0, half + QK1_0 / 8],
+  Q2_0: [42, QK2_0, half + QK2_0 / 4],
 };
 
 test('the ggml type table: ids, names, block sizes and type sizes', () => {
@@ -27,6 +65,10 @@ test('the ggml type table: ids, names, block sizes and type sizes', () => {
   for (const [name, [id, blockSize, typeSize]] of Object.entries(GGML)) {
     assert.deepEqual(GGML_TYPES.get(id), { id, name, blockSize, typeSize }, name);
   }
+  // Spot values quoted in ggml's comments and elsewhere, as plain numbers.
+  assert.equal(GGML.Q8_1?.[2], 36);
+  assert.equal(GGML.Q4_K?.[2], 144);
+  assert.equal(GGML.IQ1_S?.[2], 50);
 });
 
 const s = (value: string | Uint8Array): GgufTypedValue => ({ type: 'STRING', value });
@@ -347,8 +389,9 @@ test('hardening: tensor ranges', () => {
   throwsCode(() => parseGguf(base(undefined, [t('w', 0, [2 ** 30, 2 ** 30])])), 'ERR_MODEL_RANGE');
   throwsCode(() => parseGguf(base(undefined, [t('w', 0, [16], 2)])), 'ERR_MODEL_HEADER'); // Q4_0 ne0 % 32
   throwsCode(() => parseGguf(base(undefined, [t('w', 0, [1, 1, 1, 1, 1])])), 'ERR_MODEL_HEADER'); // 5 dims
-  throwsCode(() => parseGguf(base(undefined, [t('w', 0, [4], 4)])), 'ERR_MODEL_HEADER'); // removed type id
-  throwsCode(() => parseGguf(base(undefined, [t('w', 0, [4], 1000)])), 'ERR_MODEL_HEADER');
+  // Unknown (and removed) type ids are tolerated, but their offsets are still checked.
+  throwsCode(() => parseGguf(base(undefined, [t('w', 4, [4], 1000)])), 'ERR_MODEL_RANGE'); // unaligned
+  throwsCode(() => parseGguf(base(undefined, [t('w', 512, [4], 1000)])), 'ERR_MODEL_RANGE'); // past the end
   // Zero-length tensors overlap nothing; adjacent tensors are fine.
   assert.equal(parseGguf(base(undefined, [t('a', 0), t('e', 0, [0]), t('b', 32)])).tensors.length, 3);
 });

@@ -40,7 +40,14 @@ test('a table of tensors with totals', async () => {
   assert.equal(r.status, 0);
   assert.equal(r.stderr, '');
   const lines = r.stdout.split('\n');
-  assert.equal(lines[0], 'format: safetensors');
+  // The summary comes first.
+  assert.deepEqual(lines.slice(0, 5), [
+    'format   safetensors',
+    'tensors  9',
+    'size     168 B (168 bytes)',
+    'dtypes   F16 1, F32 1, F64 1, I16 1, I32 1, I8 1, U16 1, U32 1, U8 1',
+    'shards   1',
+  ]);
   assert.ok(lines.includes('  test = "a"'));
   const head = lines.findIndex((l) => l.startsWith('name'));
   assert.match(lines[head] ?? '', /^name\s+dtype\s+shape\s+size\s+offset$/);

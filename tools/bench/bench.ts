@@ -27,7 +27,13 @@ export interface BenchOptions {
   file?: string | undefined;
   size?: number;
   targets?: TargetName[];
+  /**
+   * Methods to run, each in every io it has (the full matrix of these methods × targets). Without it, the default
+   * run: a few rows that answer first (dmaload's best ways, a plain read, Node's readFile, fio); see `all`.
+   */
   methods?: Method[];
+  /** Every method × target × io (the full matrix), when `methods` is not given. */
+  all?: boolean;
   rounds?: number;
   cache?: CacheState;
   /** Drop every cache before cold rows (root only): echo 1 > /proc/sys/vm/drop_caches. */
@@ -36,6 +42,8 @@ export interface BenchOptions {
   dir?: string | undefined;
   signal?: AbortSignal | undefined;
   onStatus?: ((msg: string) => void) | undefined;
+  /** Called after each measurement (row of a round): for a progress line per row. */
+  onRow?: ((p: { done: number; total: number; spec: RowSpec; round: number; measure: RowMeasure }) => void) | undefined;
 }
 
 export interface Stat3 {
@@ -59,8 +67,26 @@ export interface BenchRow extends RowSpec {
   /** Hash of the destination bytes equals the source's in every round; null where nothing is kept (fio). */
   verified: boolean | null;
   ioUsed?: string | undefined;
+  /** Where a dmaload row's memory came from: 'fresh' or 'reused' (a reload into existing memory). */
+  memory?: string | undefined;
+  /** Cold runs: the most bytes of the file still cached when a round of this row started (0 = really cold). */
+  startCacheBytes: number;
   min: Stat3;
   max: Stat3;
+}
+
+/** A ratio of one row's figure to its peer's in the same run. */
+export interface BenchSummary {
+  /** dmaload's fastest row on fresh memory. */
+  best: BenchRow | undefined;
+  /** fio's O_DIRECT read: the device's limit. */
+  fio: BenchRow | undefined;
+  /** Node's fs.promises.readFile. */
+  readFile: BenchRow | undefined;
+  /** dmaload's reload into memory that already exists (load with `into`). */
+  reload: BenchRow | undefined;
+  /** Rows whose cold rounds found pages of the file cached (eviction could not drop them). */
+  notCold: string[];
 }
 
 export interface BenchReport {
@@ -68,30 +94,55 @@ export interface BenchReport {
   size: number;
   cache: CacheState;
   rounds: number;
-  machine: { kernel: string; cpus: number; memory: number; fs: string };
+  machine: { kernel: string; cpus: number; memory: number; fs: string; node: string };
   rows: BenchRow[];
+  summary: BenchSummary;
 }
 
 export const DEFAULT_TARGETS: TargetName[] = ['memory', 'memfd', 'udmabuf', 'dma-heap'];
 
 const IOS: Record<Method, RowIo[]> = {
-  read: ['buffered', 'direct'],
+  read: ['buffered', 'direct', 'uncached'],
   'read-write': ['buffered', 'direct'],
   sendfile: ['buffered', 'direct'],
   splice: ['buffered', 'direct'],
   copy_file_range: ['buffered', 'direct'],
-  dmaload: ['direct', 'buffered', 'auto'],
+  dmaload: ['direct', 'buffered', 'uncached', 'auto'],
+  'dmaload-reload': ['auto'],
   'node-readFile': ['buffered'],
   fio: ['direct'],
 };
 
-/** The rows of a run: method × target × io, peers once. */
-export function planRows(methods: readonly Method[], tgts: readonly TargetName[]): RowSpec[] {
+/**
+ * The default run: the rows that answer whether dmaload beats its peers (about a minute here), beside the peers.
+ * `--all` (or a --methods list) gives the full matrix.
+ */
+export const DEFAULT_ROWS: readonly RowSpec[] = [
+  { method: 'read', target: 'memory', io: 'buffered' },
+  { method: 'read', target: 'memory', io: 'direct' },
+  { method: 'dmaload', target: 'memory', io: 'auto' },
+  { method: 'dmaload', target: 'memory', io: 'direct' },
+  { method: 'dmaload', target: 'memory', io: 'uncached' },
+  { method: 'dmaload-reload', target: 'memory', io: 'auto' },
+  { method: 'dmaload', target: 'memfd', io: 'auto' },
+  { method: 'dmaload', target: 'udmabuf', io: 'auto' },
+  { method: 'dmaload', target: 'dma-heap', io: 'auto' },
+];
+
+/**
+ * The rows of a run, peers (node-readFile, fio) once: with `all`, method × target × io; else the default rows of
+ * these methods and targets.
+ */
+export function planRows(methods: readonly Method[], tgts: readonly TargetName[], all = true): RowSpec[] {
   const rows: RowSpec[] = [];
-  for (const target of tgts) {
-    for (const method of methods) {
-      if (method === 'fio' || method === 'node-readFile') continue;
-      for (const io of IOS[method]) rows.push({ method, target, io });
+  if (!all) {
+    rows.push(...DEFAULT_ROWS.filter((r) => methods.includes(r.method) && tgts.includes(r.target)));
+  } else {
+    for (const target of tgts) {
+      for (const method of methods) {
+        if (method === 'fio' || method === 'node-readFile') continue;
+        for (const io of IOS[method]) rows.push({ method, target, io });
+      }
     }
   }
   // Peers read into their own memory: listed once, under 'memory'.
@@ -155,8 +206,9 @@ function runFio(path: string, size: number, signal?: AbortSignal): Promise<RowMe
 export async function setCache(path: string, size: number, state: CacheState, dropCaches = false): Promise<number> {
   const fh = await fsp.open(path, 'r');
   try {
-    evict(fh.fd, path);
-    if (state === 'cold' && dropCaches && pageCacheBytes(fh.fd, size) > 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
+    // evict() flushes dirty pages first, so a file just written is cold too; what stays (mapped pages) is reported.
+    const stayed = evict(fh.fd, path);
+    if (state === 'cold' && dropCaches && stayed > 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
     if (state !== 'cold') {
       // No readahead: 'half' must leave the other ranges cold.
       native.fadvise(fh.fd, 0, 0, C.POSIX_FADV_RANDOM);
@@ -240,25 +292,30 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
     const want = createHash('sha256').update(src.bytes).digest('hex');
     src.close();
 
-    const specs = planRows(methods, tgts);
+    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true);
     const measures: RowMeasure[][] = specs.map(() => []);
+    const startCache: number[] = specs.map(() => 0);
     const skip: Array<string | undefined> = specs.map((s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s));
+    const total = rounds * skip.filter((s) => s === undefined).length;
+    let done = 0;
     for (let r = 0; r < rounds; r++) {
       for (let i = 0; i < specs.length; i++) {
         o.signal?.throwIfAborted();
         const spec = specs[i]!;
         if (skip[i]) continue;
         const resident = await setCache(path, size, cache, o.dropCaches);
-        if (cache === 'cold' && resident > size * 0.01) status(`warning: ${formatBytes(resident)} of the file stayed in the page cache after eviction`);
+        if (cache === 'cold') startCache[i] = Math.max(startCache[i]!, resident);
+        if (cache === 'cold' && resident > 0) status(`warning: ${formatBytes(resident)} of the file stayed in the page cache after eviction`);
         status(`round ${r + 1}/${rounds}: ${label(spec)}`);
         const m = spec.method === 'fio' ? await runFio(path, size, o.signal) : await runChild(spec, path, size, o.signal);
         if (m.sha256 !== undefined && m.sha256 !== want) m.reason = 'destination bytes differ from the source';
         measures[i]!.push(m);
+        o.onRow?.({ done: ++done, total, spec, round: r + 1, measure: m });
         // A row that cannot run (EXDEV, EFAULT, no fio) is reported once, not retried every round.
         if (!m.supported) skip[i] = m.reason ?? 'unsupported';
       }
     }
-    const rows = specs.map((spec, i) => summarize(spec, measures[i]!, skip[i], size));
+    const rows = specs.map((spec, i) => ({ ...summarize(spec, measures[i]!, skip[i], size), startCacheBytes: startCache[i]! }));
     for (const row of rows) {
       const base = rows.find((b) => b.target === row.target && b.method === 'read' && b.io === 'buffered' && b.supported);
       row.pct = row.supported && base && base.mbps > 0 ? Math.round((100 * row.mbps) / base.mbps) : null;
@@ -268,8 +325,9 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       size,
       cache,
       rounds,
-      machine: { kernel: os.release(), cpus: os.availableParallelism(), memory: os.totalmem(), fs: fsOf(path) },
+      machine: { kernel: os.release(), cpus: os.availableParallelism(), memory: os.totalmem(), fs: fsOf(path), node: process.versions.node },
       rows,
+      summary: summaryOf(rows, cache),
     };
   } finally {
     if (tmp) rmSync(tmp, { recursive: true, force: true });
@@ -278,14 +336,28 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
 
 export function label(r: RowSpec): string {
   if (r.method === 'fio' || r.method === 'node-readFile') return r.method;
+  if (r.method === 'dmaload-reload') return `${r.target} ${r.io} dmaload reload`;
   return `${r.target} ${r.io} ${r.method}`;
+}
+
+/** The rows the summary compares: dmaload's fastest on fresh memory, the reload, and the peers. */
+export function summaryOf(rows: readonly BenchRow[], cache: CacheState): BenchSummary {
+  const ok = rows.filter((r) => r.supported);
+  const best = ok.filter((r) => r.method === 'dmaload').sort((a, b) => b.mbps - a.mbps)[0];
+  return {
+    best,
+    fio: ok.find((r) => r.method === 'fio'),
+    readFile: ok.find((r) => r.method === 'node-readFile'),
+    reload: ok.filter((r) => r.method === 'dmaload-reload').sort((a, b) => b.mbps - a.mbps)[0],
+    notCold: cache === 'cold' ? rows.filter((r) => r.startCacheBytes > 0).map(label) : [],
+  };
 }
 
 function summarize(spec: RowSpec, ms: RowMeasure[], skipReason: string | undefined, size: number): BenchRow {
   const ok = ms.filter((m) => m.supported);
   const zero = { ioMs: 0, mbps: 0, cpuMs: 0 };
   if (ok.length === 0 || ok.length < ms.length) {
-    return { ...spec, supported: false, reason: ms.find((m) => !m.supported)?.reason ?? skipReason, createMs: 0, ioMs: 0, closeMs: 0, mbps: 0, pct: null, cpuMs: 0, pageCacheBytes: 0, verified: null, min: zero, max: zero };
+    return { ...spec, supported: false, reason: ms.find((m) => !m.supported)?.reason ?? skipReason, createMs: 0, ioMs: 0, closeMs: 0, mbps: 0, pct: null, cpuMs: 0, pageCacheBytes: 0, verified: null, startCacheBytes: 0, min: zero, max: zero };
   }
   const mbps = (m: RowMeasure) => (m.ioMs > 0 ? size / 1e6 / (m.ioMs / 1000) : 0);
   const pick = (f: (m: RowMeasure) => number) => ({ min: Math.min(...ok.map(f)), max: Math.max(...ok.map(f)), med: median(ok.map(f)) });
@@ -306,6 +378,8 @@ function summarize(spec: RowSpec, ms: RowMeasure[], skipReason: string | undefin
     pageCacheBytes: Math.max(...ok.map((m) => m.pageCacheBytes)),
     verified: spec.method === 'fio' ? null : ok.every((m) => m.reason === undefined && m.sha256 !== undefined),
     ioUsed: ok[0]!.ioUsed,
+    memory: ok[0]!.memory,
+    startCacheBytes: 0,
     min: { ioMs: r2(io.min), mbps: Math.round(mb.min), cpuMs: r2(cpu.min) },
     max: { ioMs: r2(io.max), mbps: Math.round(mb.max), cpuMs: r2(cpu.max) },
   };

@@ -5,8 +5,9 @@
 import { closeSync, constants as FS, openSync, promises as fsp, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { load } from '../../src/api/load.js';
+import type { LoadedBuffer } from '../../src/core/buffer.js';
 import { dioAlign } from '../../src/pipeline/source.js';
-import { pageCacheBytes, pageCacheBytesOf } from '../../src/pipeline/cache.js';
+import { evictPath, pageCacheBytes, pageCacheBytesOf } from '../../src/pipeline/cache.js';
 import { errnoCode } from '../../src/core/errors.js';
 import { native, PAGE_SIZE } from '../../src/engine/binding.js';
 import type { Region } from '../../src/engine/binding.js';
@@ -15,9 +16,9 @@ import type { Allocation, TargetName } from '../../src/targets/index.js';
 import { anonymous, bytesOf, withBytes } from '../../src/engine/memory.js';
 import { MiB, roundUp } from '../../src/core/util.js';
 
-export const METHODS = ['read', 'read-write', 'sendfile', 'splice', 'copy_file_range', 'dmaload', 'node-readFile', 'fio'] as const;
+export const METHODS = ['read', 'read-write', 'sendfile', 'splice', 'copy_file_range', 'dmaload', 'dmaload-reload', 'node-readFile', 'fio'] as const;
 export type Method = (typeof METHODS)[number];
-export type RowIo = 'buffered' | 'direct' | 'auto';
+export type RowIo = 'buffered' | 'direct' | 'auto' | 'uncached';
 
 export interface RowSpec {
   method: Method;
@@ -37,6 +38,8 @@ export interface RowMeasure {
   sha256?: string;
   /** For dmaload rows: bytes by each path and the io it used. */
   ioUsed?: string;
+  /** For dmaload rows: where the memory came from (stats.memory), e.g. 'fresh', 'reused'. */
+  memory?: string;
 }
 
 /** Methods that write into a file descriptor, so they need a memfd-backed target. */
@@ -73,6 +76,7 @@ function regionHash(region: Region | undefined, size: number): string {
 /** Runs one row on `path` (of `size` bytes) and measures it. */
 export async function runRow(spec: RowSpec, path: string, size: number): Promise<RowMeasure> {
   if (spec.method === 'dmaload') return runDmaload(spec, path);
+  if (spec.method === 'dmaload-reload') return runReload(spec, path);
   if (spec.method === 'node-readFile') {
     const c0 = cpu();
     const t0 = now();
@@ -82,6 +86,7 @@ export async function runRow(spec: RowSpec, path: string, size: number): Promise
     return { supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs, pageCacheBytes: pageCacheBytesOf(path, size), sha256: hash(data) };
   }
   const direct = spec.io === 'direct';
+  if (spec.io === 'uncached' && spec.method !== 'read') throw new Error(`no uncached variant of ${spec.method}`);
   const fd = openSync(path, FS.O_RDONLY | (direct ? FS.O_DIRECT : 0));
   let alloc: Allocation | undefined;
   try {
@@ -130,7 +135,9 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
     case 'read': {
       // The classic: one read() of the whole file into the mapping (the kernel loops), as the seeds' mmap+read.
       // Never through a bounce buffer: read-direct into a VM_PFNMAP mapping must fail and say so.
-      const job = native.transfer({ fd, write: false, direct, target: region, segments: [0, 0, size], chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false });
+      // 'uncached': the same read() as preadv2 with RWF_DONTCACHE.
+      const rwFlags = spec.io === 'uncached' ? native.constants.RWF_DONTCACHE : 0;
+      const job = native.transfer({ fd, write: false, direct, target: region, segments: [0, 0, size], chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false, rwFlags });
       const r = await job.promise;
       if (r.errno) throw new Unsupported(`read failed with ${errnoCode(r.errno)}`);
       return;
@@ -172,7 +179,25 @@ async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
   const c0 = cpu();
   const b = await load(path, { target: spec.target, io: spec.io });
   const cpuIo = cpu() - c0;
-  const sha256 = hash(b.bytes);
+  return measured(b, cpuIo);
+}
+
+/**
+ * A reload: the file is loaded once (not measured), evicted again (flushed, dropped, checked), then loaded into the
+ * same memory (`into`), whose pages are already faulted in. Measured: the reload only.
+ */
+async function runReload(spec: RowSpec, path: string): Promise<RowMeasure> {
+  const first = await load(path, { target: spec.target, io: spec.io });
+  const stayed = evictPath(path);
+  if (stayed > 0) return { supported: false, reason: `${stayed} bytes of the file stayed in the page cache after eviction`, createMs: 0, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: stayed };
+  const c0 = cpu();
+  const b = await load(path, { io: spec.io, into: first });
+  const cpuIo = cpu() - c0;
+  return measured(b, cpuIo);
+}
+
+function measured(b: LoadedBuffer, cpuIo: number): RowMeasure {
+  const sha256 = regionHashOf(b);
   const c1 = cpu();
   const t2 = now();
   b.close();
@@ -186,5 +211,13 @@ async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
     pageCacheBytes: b.stats.pageCacheBytes,
     sha256,
     ioUsed: b.stats.io,
+    memory: b.stats.memory,
   };
+}
+
+/** Hash of a loaded buffer of any size, through its windows (Node 20's typed arrays stop at 4 GiB). */
+function regionHashOf(b: LoadedBuffer): string {
+  const h = createHash('sha256');
+  for (const w of b.windows()) h.update(w);
+  return h.digest('hex');
 }

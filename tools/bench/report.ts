@@ -24,7 +24,7 @@ function cells(r: BenchRow, i: number, size: number): string[] {
 }
 
 function header(rep: BenchReport): string {
-  return `${formatBytes(rep.size)} ${rep.cache} file, median of ${rep.rounds} round${rep.rounds === 1 ? '' : 's'} (min–max); ${rep.machine.kernel}, ${rep.machine.cpus} CPUs, ${formatBytes(rep.machine.memory)}, ${rep.machine.fs}`;
+  return `${formatBytes(rep.size)} ${rep.cache} file, median of ${rep.rounds} round${rep.rounds === 1 ? '' : 's'} (min–max); ${rep.machine.kernel}, ${rep.machine.cpus} CPUs, ${formatBytes(rep.machine.memory)}, ${rep.machine.fs}, Node ${rep.machine.node}`;
 }
 
 /**
@@ -51,6 +51,33 @@ function displayRows(rep: BenchReport): string[][] {
   return out;
 }
 
+const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
+const pctOf = (bytes: number, size: number) => `${((100 * bytes) / size).toFixed(1)}%`;
+
+/**
+ * The answer first: dmaload's fastest row on fresh memory against fio (the device's limit) and Node's readFile
+ * (speed, CPU, page cache left), and the reload into existing memory; ratios within this one run.
+ */
+export function summary(rep: BenchReport): string[] {
+  const { best, fio, readFile, reload, notCold } = rep.summary;
+  const out: string[] = [];
+  if (!best) return [`dmaload: no supported row in this run`];
+  const used = best.ioUsed && best.ioUsed !== best.io ? ` (${best.ioUsed})` : '';
+  out.push(`dmaload's best: ${label(best)}${used}: ${best.mbps} MB/s, CPU ${best.cpuMs.toFixed(0)} ms, page cache left ${pctOf(best.pageCacheBytes, rep.size)}`);
+  out.push(fio ? `  vs fio (the device's limit, ${fio.mbps} MB/s): ${x(best.mbps, fio.mbps)} its speed` : '  vs fio: not measured (fio missing or not in --methods)');
+  out.push(
+    readFile
+      ? `  vs Node's readFile (${readFile.mbps} MB/s, CPU ${readFile.cpuMs.toFixed(0)} ms, page cache left ${pctOf(readFile.pageCacheBytes, rep.size)}): ${x(best.mbps, readFile.mbps)} its speed, ${x(best.cpuMs, readFile.cpuMs)} its CPU`
+      : `  vs Node's readFile: not measured${rep.size > 2 ** 31 - 1 ? ' (readFile refuses files over 2 GiB)' : ''}`,
+  );
+  if (reload) {
+    const parts = [`${reload.mbps} MB/s`, fio ? `${x(reload.mbps, fio.mbps)} fio's speed` : undefined, `CPU ${reload.cpuMs.toFixed(0)} ms`, readFile ? `${x(reload.cpuMs, readFile.cpuMs)} readFile's CPU` : undefined];
+    out.push(`reload into memory already faulted in (${label(reload)}): ${parts.filter(Boolean).join(', ')}`);
+  }
+  if (notCold.length) out.push(`warning: cold rounds of ${notCold.join(', ')} started with pages of the file still cached (mapped or locked by a process)`);
+  return out;
+}
+
 /** A fixed-width table for a terminal. */
 export function table(rep: BenchReport): string {
   const rows = displayRows(rep);
@@ -59,13 +86,15 @@ export function table(rep: BenchReport): string {
     if (cs[9]!.startsWith('unsupported')) return `${cs[0]!.padStart(w[0]!)}  ${cs[1]!.padEnd(w[1]!)}  ${cs[9]}`;
     return cs.map((c, j) => (j === 1 ? c.padEnd(w[j]!) : c.padStart(w[j]!))).join('  ');
   };
-  return [header(rep), line(COLS), w.map((x) => '-'.repeat(x)).join('  '), ...rows.map(line)].join('\n') + '\n';
+  const sum = summary(rep);
+  return [header(rep), ...sum, '', line(COLS), w.map((x) => '-'.repeat(x)).join('  '), ...rows.map(line), '', ...sum].join('\n') + '\n';
 }
 
 /** A Markdown table. */
 export function markdown(rep: BenchReport): string {
   const rows = displayRows(rep);
-  return [`${header(rep)}\n`, `| ${COLS.join(' | ')} |`, `|${COLS.map((_, j) => (j === 1 ? ' --- ' : ' ---: ')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n') + '\n';
+  const sum = summary(rep).map((l) => `    ${l}`);
+  return [`${header(rep)}\n`, ...sum, '', `| ${COLS.join(' | ')} |`, `|${COLS.map((_, j) => (j === 1 ? ' --- ' : ' ---: ')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`), '', ...sum].join('\n') + '\n';
 }
 
 function esc(s: string): string {
