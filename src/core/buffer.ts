@@ -168,7 +168,7 @@ export class LoadedBuffer implements AsyncDisposable {
 
   /**
    * True for a buffer mapped read-only (one served by `dmaload serve`, from connect().load()): writing into `bytes`
-   * faults like a write to any read-only mapping, and readInto() refuses it with ERR_BUFFER_READ_ONLY.
+   * faults like a write to any read-only mapping, and readInto() and load({ into }) refuse it with ERR_BUFFER_READ_ONLY.
    */
   get readOnly(): boolean {
     return (this.#alloc ?? this.#closing)?.readOnly === true;
@@ -202,6 +202,9 @@ export class LoadedBuffer implements AsyncDisposable {
    */
   reserve(): { alloc: Allocation; room: number; release(): void; moveTo(path: string, size: number, parts: Part[], stats: LoadStats): LoadedBuffer } {
     const alloc = this.#live('the buffer for load({ into })');
+    if (alloc.readOnly) {
+      throw new DmaloadError('ERR_BUFFER_READ_ONLY', `The buffer of '${this.path}' is mapped read-only (served by dmaload serve); load into a buffer from load() or allocate()`, { path: this.path });
+    }
     if (this.#loading || this.#busy > 0) {
       throw new DmaloadError(
         'ERR_BUFFER_BUSY',

@@ -12,9 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { C, native } from '../../src/engine/binding.js';
-import { connect, loadModel, readInto, save, serve } from '../../src/index.js';
+import { connect, load, loadModel, readInto, save, serve } from '../../src/index.js';
 import type { LoadedBuffer, ShareServer } from '../../src/index.js';
-import { fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { evictFile, fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
 import { child, socketDir } from './util.js';
 import { cli } from '../cli/run.js';
 import { existsSync } from 'node:fs';
@@ -99,13 +99,20 @@ describe('serve/connect: byte-exact, shared, sealed', () => {
     assert.equal(await leaks(), undefined);
   });
 
-  test('a served buffer refuses readInto (ERR_BUFFER_READ_ONLY) and can be saved', async () => {
+  test('a served buffer refuses readInto and load({ into }) (ERR_BUFFER_READ_ONLY) and can be saved', async () => {
     const f = files.get(4097)!;
+    const aligned = makeFile(dir, 'aligned-64k', 64 * 1024);
     const server = await serve({ socket: sock() });
     const c = await connect(server.socket);
     try {
       const b = await c.load(f.path);
       await assert.rejects(readInto(b, f.path), { code: 'ERR_BUFFER_READ_ONLY', path: f.path });
+      // A file that fits exactly, read cold: without the check the bytes would be copied into the read-only mapping.
+      const a = await c.load(aligned.path);
+      evictFile(aligned.path);
+      await assert.rejects(load(aligned.path, { into: a }), { code: 'ERR_BUFFER_READ_ONLY', path: aligned.path });
+      assert.equal(hashOf(a), aligned.sha256);
+      a.close();
       const out = join(dir, 'saved-4097');
       await save(b, out);
       assert.equal(fileSha256(out), f.sha256);
