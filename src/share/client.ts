@@ -1,6 +1,7 @@
 /**
  * connect(): a client of `dmaload serve`. `load()` and `loadModel()` return the same LoadedBuffer and model objects as
- * the local calls, but their memory is the server's buffer mapped read-only from the fds it sent: zero-copy, one copy
+ * the local calls, but their memory is the server's buffer mapped from the fds it sent (never writable through them):
+ * zero-copy, one copy
  * of the file for every process on the machine.
  *
  * The client opens each file itself and sends that O_RDONLY fd with the request (which proves it may read it); the
@@ -52,8 +53,8 @@ export interface ShareClient extends AsyncDisposable {
   readonly closed: boolean;
   /**
    * The whole file at `path` as a LoadedBuffer mapped read-only from the server's buffer (`stats.served` says whether
-   * it was cached there). Its `bytes` must not be written: the mapping is read-only and a write faults, as with any
-   * read-only mapping. close() unmaps it and closes its fds; the server's copy stays cached.
+   * it was cached there). A memfd is mapped copy-on-write (a write into `bytes` stays private to this process); a
+   * dma-buf is mapped read-only (a write faults). close() unmaps it and closes its fds; the server's copy stays cached.
    * @throws DmaloadError ERR_SHARE_CLOSED (this client was closed), ERR_SHARE_SERVER_GONE (the connection was lost),
    *   the server's own codes (ERR_MEMORY_BUDGET, ERR_NOT_REGULAR_FILE, ERR_FILE_CHANGED, …) and the system errors of
    *   opening `path` here (ENOENT, EACCES, EISDIR).

@@ -83,7 +83,7 @@ function checkLayout(body: LoadReplyBody, fds: readonly number[], socket: string
 }
 
 /**
- * Maps the fds of a load reply read-only into one view and wraps them in a LoadedBuffer that owns them (close()
+ * Maps the fds of a load reply into one view (a memfd copy-on-write, dma-bufs read-only; see below) and wraps them in a LoadedBuffer that owns them (close()
  * unmaps and closes them). Takes ownership of `fds`: they are closed if this throws.
  */
 export function mapReceived(path: string, socket: string, body: LoadReplyBody, fds: number[], stats: LoadStats): LoadedBuffer {
@@ -103,7 +103,13 @@ export function mapReceived(path: string, socket: string, body: LoadReplyBody, f
     }
     const capacity = roundUp(body.size, PAGE_SIZE);
     if (capacity > 0 && fds.length === 1) {
-      const r = native.mmap(body.size, C.PROT_READ, C.MAP_SHARED, fds[0]!, 0, 0);
+      // A sealed memfd is mapped private and writable: reads share the server's pages (zero-copy, one copy in
+      // memory), and a stray write from JS lands in a private copy-on-write page instead of faulting the process
+      // (nothing can write the shared buffer: F_SEAL_WRITE). dma-bufs refuse private mappings, so they stay
+      // read-only and shared, and a write into them faults.
+      const prot = body.target === 'memfd' ? C.PROT_READ | C.PROT_WRITE : C.PROT_READ;
+      const flags = body.target === 'memfd' ? C.MAP_PRIVATE : C.MAP_SHARED;
+      const r = native.mmap(body.size, prot, flags, fds[0]!, 0, 0);
       if (typeof r === 'number') throw new DmaloadSystemError(r, 'mmap', path);
       region = r;
     } else if (capacity > 0) {

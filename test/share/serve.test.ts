@@ -66,13 +66,25 @@ describe('serve/connect: byte-exact, shared, sealed', () => {
           // Nobody can change it: write() and a writable shared mapping are refused by the kernel.
           assert.throws(() => writeSync(b1.fd, Uint8Array.of(1), 0, 1, 0), { code: 'EPERM' });
           assert.equal(native.mmap(4096, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, b1.fd, 0, 0), -1);
+          // A stray write into a client's bytes neither kills the process nor reaches anyone else: the memfd is
+          // mapped copy-on-write, so the write lands in a private page and the served bytes stay the file's.
+          if (size > 0) {
+            const first = b1.bytes[0]!;
+            b1.bytes[0] = first ^ 0xff;
+            assert.equal(b1.bytes[0], first ^ 0xff);
+            assert.equal(hashOf(b2), f.sha256);
+            const again = await c.load(f.path);
+            assert.equal(hashOf(again), f.sha256);
+            again.close();
+          }
         } finally {
           b1.close();
           b2.close();
         }
       }
       const st = server.status();
-      assert.deepEqual([st.loads, st.misses, st.hits, st.entries, st.errors], [sizes.length, sizes.length, sizes.length, sizes.length, 0]);
+      const written = sizes.filter((n) => n > 0).length; // each reloaded once after the stray write
+      assert.deepEqual([st.loads, st.misses, st.hits, st.entries, st.errors], [sizes.length, sizes.length, sizes.length + written, sizes.length, 0]);
     } finally {
       c.close();
       await server.close();
