@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_TARGETS, bench, label } from '../../tools/bench/bench.js';
 import type { BenchOptions, BenchReport, CacheState } from '../../tools/bench/bench.js';
 import { METHODS } from '../../tools/bench/methods.js';
-import type { Method } from '../../tools/bench/methods.js';
+import type { Method, RowIo } from '../../tools/bench/methods.js';
 import { markdown, svg, table } from '../../tools/bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../core/util.js';
@@ -25,6 +25,7 @@ Options:
   --targets LIST       comma-separated: ${DEFAULT_TARGETS.join(',')} (default: all; missing kernel features are reported)
   --methods LIST       comma-separated: ${METHODS.join(',')}; each in every io it has
                        (default: the default rows)
+  --io LIST            only rows of these ios: direct,buffered,uncached,auto (the peers stay)
   --rounds N           rounds, rows alternating (default 3); medians reported with min–max
   --cache LIST         cold (evicted before each row, default), warm (read first), half (every other 8 MiB
                        cached); several, e.g. cold,warm,half, give one table each
@@ -58,6 +59,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     options: {
       size: { type: 'string' },
       all: { type: 'boolean', default: false },
+      io: { type: 'string' },
       targets: { type: 'string' },
       methods: { type: 'string' },
       rounds: { type: 'string' },
@@ -82,6 +84,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     targets: list<TargetName>('targets', values.targets, DEFAULT_TARGETS, DEFAULT_TARGETS),
     ...(values.methods === undefined ? {} : { methods: list<Method>('methods', values.methods, METHODS, METHODS) }),
     all: values.all,
+    ...(values.io === undefined ? {} : { ios: list<RowIo>('io', values.io, ['direct', 'buffered', 'uncached', 'auto'], []) }),
     rounds,
     dropCaches: values['drop-caches'],
   };

@@ -34,6 +34,8 @@ export interface BenchOptions {
   methods?: Method[];
   /** Every method × target × io (the full matrix), when `methods` is not given. */
   all?: boolean;
+  /** Only rows of these ios (the peers, fio and node-readFile, stay). */
+  ios?: RowIo[];
   rounds?: number;
   cache?: CacheState;
   /** Drop every cache before cold rows (root only): echo 1 > /proc/sys/vm/drop_caches. */
@@ -292,7 +294,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
     const want = createHash('sha256').update(src.bytes).digest('hex');
     src.close();
 
-    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true);
+    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true).filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
     const measures: RowMeasure[][] = specs.map(() => []);
     const startCache: number[] = specs.map(() => 0);
     const skip: Array<string | undefined> = specs.map((s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s));
