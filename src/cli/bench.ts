@@ -135,20 +135,29 @@ function progressLine(p: Parameters<NonNullable<BenchOptions['onRow']>>[0], size
   return `${head}: ${mbps} MB/s, CPU ${m.cpuMs.toFixed(0)} ms, page cache ${((100 * m.pageCacheBytes) / size).toFixed(1)}%${m.reason ? ` (${m.reason})` : ''}`;
 }
 
-/** Throughput and CPU per GiB of each row at each size: flat lines are the goal. */
+/**
+ * Throughput and CPU per GiB of each row at each size: flat lines are the goal. With fio in the run, each cell also
+ * gives the row's speed against fio's at that size (the device drifts between sizes; the ratio does not), and the
+ * spread is taken over those ratios.
+ */
 function sweepTable(reports: BenchReport[]): string {
   const first = reports[0]!;
-  const lines = [`\nsweep: MB/s and CPU ms per GiB by size; spread = slowest against fastest size`, ['row', ...reports.map((r) => formatBytes(r.size)), 'spread'].join('\t')];
+  const hasFio = reports.every((r) => r.summary.fio);
+  const what = hasFio ? "speed against fio's in the same run" : 'MB/s';
+  const lines = [`\nsweep: MB/s (× fio's at that size), CPU ms per GiB; spread = the slowest size against the fastest, by ${what}`, ['row', ...reports.map((r) => formatBytes(r.size)), 'spread'].join('\t')];
   first.rows.forEach((row, i) => {
-    if (!row.supported) return;
-    const ok = reports.map((r) => r.rows[i]!).filter((x) => x.supported);
+    if (!row.supported || row.method === 'fio') return;
+    const speeds: number[] = [];
     const cells = reports.map((r) => {
       const x = r.rows[i]!;
-      return x.supported ? `${x.mbps} MB/s, ${((x.cpuMs * GiB) / r.size).toFixed(0)} ms/GiB` : '-';
+      if (!x.supported) return '-';
+      const vsFio = r.summary.fio ? x.mbps / r.summary.fio.mbps : undefined;
+      speeds.push(vsFio ?? x.mbps);
+      return `${x.mbps} MB/s${vsFio === undefined ? '' : ` (${vsFio.toFixed(2)}×)`}, ${((x.cpuMs * GiB) / r.size).toFixed(0)} ms/GiB`;
     });
-    const mb = ok.map((x) => x.mbps);
-    const spread = mb.length > 1 && Math.max(...mb) > 0 ? `-${(100 * (1 - Math.min(...mb) / Math.max(...mb))).toFixed(0)}%` : '-';
+    const spread = speeds.length > 1 && Math.max(...speeds) > 0 ? `-${(100 * (1 - Math.min(...speeds) / Math.max(...speeds))).toFixed(0)}%` : '-';
     lines.push([label(row), ...cells, spread].join('\t'));
   });
+  if (hasFio) lines.push(['fio', ...reports.map((r) => `${r.summary.fio!.mbps} MB/s`), ''].join('\t'));
   return lines.join('\n') + '\n';
 }
