@@ -1,5 +1,5 @@
 /** load(): a file into a target, every byte, by direct I/O where the file system allows. */
-import { fstatSync } from 'node:fs';
+import { fstatSync, promises as fsp } from 'node:fs';
 import { LoadedBuffer } from '../core/buffer.js';
 import type { LoadStats } from '../core/buffer.js';
 import { DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
@@ -7,6 +7,7 @@ import { cpuMsSince, formatBytes, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
 import * as engine from '../engine/engine.js';
 import { zero } from '../engine/memory.js';
+import { decideHugePages, measureIfWanted } from '../engine/first-touch.js';
 import type { Tuning } from '../engine/engine.js';
 import { dropAdded, pageCacheBytes, residentPages, uncachedRead } from '../pipeline/cache.js';
 import { place } from '../pipeline/plan.js';
@@ -51,7 +52,11 @@ export interface LoadOptions {
   keepCache?: boolean;
   /** dma-heap target: the heap's name under /dev/dma_heap. Default 'system'. */
   heap?: string;
-  /** Memory target: request transparent huge pages (env DMALOAD_HUGE_PAGES=1). Default false. */
+  /**
+   * Memory target: transparent huge pages for fresh memory (MADV_HUGEPAGE), or not. Default: as this machine's
+   * measurement says (the first touch of a GiB with and without them, measured once and cached; see
+   * `stats.memoryReason`); env DMALOAD_HUGE_PAGES=1 or 0 decides instead.
+   */
   hugePages?: boolean;
   /** Refuse files larger than this many bytes before allocating. Default: MemAvailable. */
   memoryBudget?: number;
@@ -115,6 +120,7 @@ interface Checked {
   onProgress: ((p: LoadProgress) => void) | undefined;
   signal: AbortSignal | undefined;
   into: LoadedBuffer | undefined;
+  hugePages: boolean | undefined;
 }
 
 function check(path: unknown, options: LoadOptions | undefined): Checked {
@@ -128,6 +134,7 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
   }
   return {
     into,
+    hugePages: o.hugePages === undefined ? undefined : boolOption('hugePages', o.hugePages, false),
     target: into ? into.target : targetOption(o.target),
     io: ioOption(o.io),
     tuning: tuning('read', o),
@@ -141,9 +148,15 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
 }
 
 async function loadInternal(path: string, options: LoadOptions, ranges: readonly FileRange[] | undefined): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
+  const o = check(path, options);
+  if (o.target === 'memory' && !o.into && !ranges) {
+    // Once per machine: the first touch of fresh memory with and without huge pages, measured before this load's
+    // clock starts (it is not this load's cost).
+    const st = await fsp.stat(path).catch(() => undefined);
+    if (st?.isFile()) await measureIfWanted(st.size, o.hugePages);
+  }
   const t0 = performance.now();
   const c0 = process.cpuUsage();
-  const o = check(path, options);
   o.signal?.throwIfAborted();
   // A load into a buffer reserves it first: a closed or busy buffer is refused before anything is opened.
   const reserved = o.into?.reserve();
@@ -161,7 +174,10 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     }
     o.signal?.throwIfAborted();
     const tAlloc = performance.now();
-    alloc = reserved ? reuse(reserved.alloc, plan.capacity) : targets[o.target].allocate({ size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: options as Record<string, unknown> });
+    // Fresh process memory: huge pages or not, as this machine's measurement says (or the option).
+    const huge = !reserved && o.target === 'memory' ? await decideHugePages(plan.capacity, o.hugePages) : undefined;
+    const targetOptions = huge ? { ...options, hugePages: huge.huge } : options;
+    alloc = reserved ? reuse(reserved.alloc, plan.capacity) : targets[o.target].allocate({ size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> });
     const allocMs = msSince(tAlloc);
     // io 'auto': ranges already in the page cache are copied from it, the rest read by direct I/O.
     const resident = o.io === 'auto' && src.direct && plan.bytesRead > 0 ? residentPages(src.fd, src.size) : undefined;
@@ -184,11 +200,11 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     if (reserved) {
       // The padding past the file that whole-block reads filled; what lies beyond keeps its bytes.
       if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
-      const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), stats(src, plan, r, o, t0, c0, 'reused'));
+      const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), stats(src, plan, r, o, t0, c0, 'reused', 'the into buffer\'s memory, already faulted in'));
       alloc = undefined;
       return { buffer, offsets: plan.offsets };
     }
-    const buffer = finish(src, alloc, plan, r, o, t0, c0);
+    const buffer = finish(src, alloc, plan, r, o, t0, c0, huge);
     alloc = undefined;
     return { buffer, offsets: plan.offsets };
   } finally {
@@ -243,12 +259,14 @@ function planLoad(src: OpenedFile, ranges: readonly FileRange[] | undefined, bud
 }
 
 /** Clears the padding, seals, exports the parts, and wraps it all in a LoadedBuffer with its stats. */
-function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage): LoadedBuffer {
+function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, huge: { huge: boolean; reason: string } | undefined): LoadedBuffer {
   const parts = alloc.finish(plan.size);
-  return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, stats(src, plan, r, o, t0, c0, 'fresh'));
+  const s = stats(src, plan, r, o, t0, c0, 'fresh', huge?.reason);
+  if (huge) s.hugePages = huge.huge;
+  return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, s);
 }
 
-function stats(src: OpenedFile, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, memory: 'fresh' | 'reused'): LoadStats {
+function stats(src: OpenedFile, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, memory: 'fresh' | 'reused', memoryReason?: string): LoadStats {
   const ms = msSince(t0);
   const eng = engine.engine();
   return {
@@ -270,5 +288,6 @@ function stats(src: OpenedFile, plan: Placement & { size: number }, r: ScheduleR
     chunkSize: o.tuning.chunk,
     queueDepth: o.tuning.depth,
     memory,
+    memoryReason,
   };
 }

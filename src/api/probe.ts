@@ -3,6 +3,8 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import os from 'node:os';
 import { engine } from '../engine/engine.js';
+import { cachedFirstTouch, describeFirstTouch, firstTouchCachePath, measureFirstTouch } from '../engine/first-touch.js';
+import type { FirstTouch } from '../engine/first-touch.js';
 import { dioAlign, requireRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
 
 export interface ProbeResult {
@@ -25,6 +27,11 @@ export interface ProbeResult {
   memlock: number | 'unlimited';
   cpus: number;
   memoryBytes: number;
+  /**
+   * Huge pages for fresh memory on this machine: the cached measurement of the first touch of a GiB with and without
+   * MADV_HUGEPAGE (`probe(path, { firstTouch: true })` measures it now), or undefined when not measured yet.
+   */
+  firstTouch?: { hugePages: boolean; summary: string; cache: string; measurement: FirstTouch } | undefined;
 }
 
 function readTrim(path: string): string | undefined {
@@ -41,8 +48,12 @@ function memlock(): number | 'unlimited' {
   return Number(m[1]);
 }
 
-/** Reports the kernel facts dmaload depends on; with `path`, also the direct-I/O alignment of its file system. */
-export async function probe(path?: string): Promise<ProbeResult> {
+/**
+ * Reports the kernel facts dmaload depends on; with `path`, also the direct-I/O alignment of its file system and
+ * whether it takes uncached I/O. `firstTouch: true` (re)measures the first-touch cost of fresh memory with and
+ * without huge pages (a few seconds; the result is cached for every later load).
+ */
+export async function probe(path?: string, options: { firstTouch?: boolean } = {}): Promise<ProbeResult> {
   const eng = engine();
   const thpRaw = readTrim('/sys/kernel/mm/transparent_hugepage/enabled') ?? '';
   const limit = readTrim('/sys/module/udmabuf/parameters/size_limit_mb');
@@ -68,6 +79,8 @@ export async function probe(path?: string): Promise<ProbeResult> {
     cpus: os.availableParallelism(),
     memoryBytes: os.totalmem(),
   };
+  const ft = options.firstTouch ? await measureFirstTouch() : cachedFirstTouch();
+  if (ft) result.firstTouch = { hugePages: ft.hugeWins, summary: describeFirstTouch(ft), cache: firstTouchCachePath(), measurement: ft };
   if (path !== undefined) {
     requireRegular(statSync(path), path);
     const fh = await open(path, 'r');

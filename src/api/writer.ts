@@ -96,7 +96,8 @@ export async function openWriter(path: string, options: WriterOptions = {}): Pro
   let staging: Region | undefined;
   let queue: IoQueue | undefined;
   try {
-    staging = anonymous(chunk * depth, false, path);
+    // Huge pages, as copy()'s ring: fewer, larger device requests from the staging slots (README, "Writes").
+    staging = anonymous(chunk * depth, true, path);
     queue = new IoQueue(dest.direct ? dest.directFd : dest.fd, { write: true, direct: dest.direct, depth, path, rwFlags: dest.direct ? 0 : dest.rwFlags });
   } catch (e) {
     if (staging) native.munmap(staging);
@@ -180,6 +181,18 @@ export class CaptureWriter implements Writer {
     await this.#guarded(() => this.#take(length, opts.copy ? undefined : { target: region, offset }, (off, n, dst) => withBytes(region, offset + off, n, (src) => dst.set(src))));
   }
 
+  /**
+   * @internal Queues `length` bytes of a region at the next file offset and resolves once they are queued (there is
+   * room for more), with `written`, which settles once the region's bytes are on their way no more: whole chunks
+   * at an aligned address are written in place (the region must stay unchanged until `written`), the rest copied.
+   * For copy(): its reads and these writes stay in flight across calls.
+   */
+  async queueRegion(region: Region, offset: number, length: number): Promise<{ written: Promise<void> }> {
+    const mine: Array<Promise<void>> = [];
+    await this.#guarded(() => this.#take(length, { target: region, offset }, (off, n, dst) => withBytes(region, offset + off, n, (src) => dst.set(src)), mine));
+    return { written: Promise.all(mine).then(() => {}) };
+  }
+
   async #guarded(fn: () => Promise<void>): Promise<void> {
     if (this.#state === 'failed' && this.#failure) throw this.#failure.error;
     if (this.#state !== 'open') throw this.#closedError();
@@ -197,21 +210,26 @@ export class CaptureWriter implements Writer {
     }
   }
 
-  /** Takes `length` bytes: whole chunks in place when `inPlace` memory is aligned, the rest through staging. */
-  async #take(length: number, inPlace: { target: TransferTarget; offset: number } | undefined, copyInto: (off: number, n: number, dst: Uint8Array) => void): Promise<void> {
+  /**
+   * Takes `length` bytes: whole chunks in place when `inPlace` memory is aligned, the rest through staging. With
+   * `pending`, the in-place writes are handed back there instead of waited for.
+   */
+  async #take(length: number, inPlace: { target: TransferTarget; offset: number } | undefined, copyInto: (off: number, n: number, dst: Uint8Array) => void, pending?: Array<Promise<void>>): Promise<void> {
     let off = 0;
     if (this.#dest.direct && inPlace && this.#fill === 0 && length >= this.#chunk && (native.address(inPlace.target) + BigInt(inPlace.offset)) % BigInt(this.#memAlign) === 0n) {
       const len = length - (length % this.#block);
       this.preallocate(this.#fileOff + len);
       // The caller may reuse the memory once write() resolves: wait for these writes, not just for room.
-      const mine: Array<Promise<void>> = [];
+      const mine: Array<Promise<void>> = pending ?? [];
       for (let at = 0; at < len; at += this.#chunk) {
         await this.#room();
         mine.push(this.#submit(inPlace.target, inPlace.offset + at, Math.min(this.#chunk, len - at)));
       }
       off = len;
-      await Promise.all(mine);
-      if (this.#failure) throw this.#failure.error;
+      if (!pending) {
+        await Promise.all(mine);
+        if (this.#failure) throw this.#failure.error;
+      }
     }
     while (off < length) {
       const n = Math.min(this.#chunk - this.#fill, length - off);

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_TARGETS, bench, label } from '../../tools/bench/bench.js';
 import type { BenchOptions, BenchReport, CacheState } from '../../tools/bench/bench.js';
 import { METHODS } from '../../tools/bench/methods.js';
-import type { Method } from '../../tools/bench/methods.js';
+import type { Method, RowIo } from '../../tools/bench/methods.js';
 import { markdown, svg, table } from '../../tools/bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../core/util.js';
@@ -25,6 +25,7 @@ Options:
   --targets LIST       comma-separated: ${DEFAULT_TARGETS.join(',')} (default: all; missing kernel features are reported)
   --methods LIST       comma-separated: ${METHODS.join(',')}; each in every io it has
                        (default: the default rows)
+  --io LIST            only rows of these ios: direct,buffered,uncached,auto (the peers stay)
   --rounds N           rounds, rows alternating (default 3); medians reported with min–max
   --cache LIST         cold (evicted before each row, default), warm (read first), half (every other 8 MiB
                        cached); several, e.g. cold,warm,half, give one table each
@@ -58,6 +59,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     options: {
       size: { type: 'string' },
       all: { type: 'boolean', default: false },
+      io: { type: 'string' },
       targets: { type: 'string' },
       methods: { type: 'string' },
       rounds: { type: 'string' },
@@ -82,6 +84,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     targets: list<TargetName>('targets', values.targets, DEFAULT_TARGETS, DEFAULT_TARGETS),
     ...(values.methods === undefined ? {} : { methods: list<Method>('methods', values.methods, METHODS, METHODS) }),
     all: values.all,
+    ...(values.io === undefined ? {} : { ios: list<RowIo>('io', values.io, ['direct', 'buffered', 'uncached', 'auto'], []) }),
     rounds,
     dropCaches: values['drop-caches'],
   };
@@ -132,20 +135,29 @@ function progressLine(p: Parameters<NonNullable<BenchOptions['onRow']>>[0], size
   return `${head}: ${mbps} MB/s, CPU ${m.cpuMs.toFixed(0)} ms, page cache ${((100 * m.pageCacheBytes) / size).toFixed(1)}%${m.reason ? ` (${m.reason})` : ''}`;
 }
 
-/** Throughput and CPU per GiB of each row at each size: flat lines are the goal. */
+/**
+ * Throughput and CPU per GiB of each row at each size: flat lines are the goal. With fio in the run, each cell also
+ * gives the row's speed against fio's at that size (the device drifts between sizes; the ratio does not), and the
+ * spread is taken over those ratios.
+ */
 function sweepTable(reports: BenchReport[]): string {
   const first = reports[0]!;
-  const lines = [`\nsweep: MB/s and CPU ms per GiB by size; spread = slowest against fastest size`, ['row', ...reports.map((r) => formatBytes(r.size)), 'spread'].join('\t')];
+  const hasFio = reports.every((r) => r.summary.fio);
+  const what = hasFio ? "speed against fio's in the same run" : 'MB/s';
+  const lines = [`\nsweep: MB/s (× fio's at that size), CPU ms per GiB; spread = the slowest size against the fastest, by ${what}`, ['row', ...reports.map((r) => formatBytes(r.size)), 'spread'].join('\t')];
   first.rows.forEach((row, i) => {
-    if (!row.supported) return;
-    const ok = reports.map((r) => r.rows[i]!).filter((x) => x.supported);
+    if (!row.supported || row.method === 'fio') return;
+    const speeds: number[] = [];
     const cells = reports.map((r) => {
       const x = r.rows[i]!;
-      return x.supported ? `${x.mbps} MB/s, ${((x.cpuMs * GiB) / r.size).toFixed(0)} ms/GiB` : '-';
+      if (!x.supported) return '-';
+      const vsFio = r.summary.fio ? x.mbps / r.summary.fio.mbps : undefined;
+      speeds.push(vsFio ?? x.mbps);
+      return `${x.mbps} MB/s${vsFio === undefined ? '' : ` (${vsFio.toFixed(2)}×)`}, ${((x.cpuMs * GiB) / r.size).toFixed(0)} ms/GiB`;
     });
-    const mb = ok.map((x) => x.mbps);
-    const spread = mb.length > 1 && Math.max(...mb) > 0 ? `-${(100 * (1 - Math.min(...mb) / Math.max(...mb))).toFixed(0)}%` : '-';
+    const spread = speeds.length > 1 && Math.max(...speeds) > 0 ? `-${(100 * (1 - Math.min(...speeds) / Math.max(...speeds))).toFixed(0)}%` : '-';
     lines.push([label(row), ...cells, spread].join('\t'));
   });
+  if (hasFio) lines.push(['fio', ...reports.map((r) => `${r.summary.fio!.mbps} MB/s`), ''].join('\t'));
   return lines.join('\n') + '\n';
 }

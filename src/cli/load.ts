@@ -111,6 +111,9 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       parts: s.parts.map((p, i) => ({ fd: (buf.parts[i] ?? buf.parts[0])?.fd ?? -1, ...p })),
       chunkSize: s.chunkSize,
       queueDepth: s.queueDepth,
+      memory: s.memory,
+      ...(s.hugePages === undefined ? {} : { hugePages: s.hugePages }),
+      ...(s.memoryReason === undefined ? {} : { memoryReason: s.memoryReason }),
     };
     if (values.hash) out.sha256 = await sha256(buf);
     if (values.json) {

@@ -5,24 +5,28 @@ import { formatBytes } from '../core/util.js';
 import { UsageError } from './io.js';
 import type { CliIO } from './io.js';
 
-export const PROBE_HELP = `Usage: dmaload probe [FILE] [--json]
+export const PROBE_HELP = `Usage: dmaload probe [FILE] [--first-touch] [--json]
 
 Show the kernel facts dmaload depends on: io_uring, direct-I/O alignment of FILE's file system and whether it takes
-uncached buffered I/O (RWF_DONTCACHE), transparent huge pages, /dev/udmabuf and its size limit, DMA heaps, the memlock limit.
+uncached buffered I/O (RWF_DONTCACHE), transparent huge pages, /dev/udmabuf and its size limit, DMA heaps, the
+memlock limit, and whether fresh memory gets huge pages.
+
+  --first-touch   measure now (and cache) what faulting in a GiB of fresh memory costs with and without
+                  huge pages; loads decide by it (a few seconds)
 `;
 
 export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    options: { json: { type: 'boolean', default: false }, 'first-touch': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
   });
   if (values.help) {
     io.stdout(PROBE_HELP);
     return 0;
   }
   if (positionals.length > 1) throw new UsageError('probe takes at most one FILE');
-  const p = await probe(positionals[0]);
+  const p = await probe(positionals[0], { firstTouch: values['first-touch'] });
   if (values.json) {
     io.stdout(JSON.stringify(p) + '\n');
     return 0;
@@ -37,6 +41,7 @@ export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
   }
   rows.push(
     ['transparent huge pages', p.thp],
+    ['huge pages for fresh memory', p.firstTouch ? `${p.firstTouch.hugePages ? 'yes' : 'no'}: ${p.firstTouch.summary}` : 'not measured yet (--first-touch measures; a load of 256 MiB or more does once)'],
     ['udmabuf', p.udmabuf.present ? `${p.udmabuf.device}, size_limit_mb ${p.udmabuf.sizeLimitMb ?? '?'}, list_limit ${p.udmabuf.listLimit ?? '?'}` : `absent (${p.udmabuf.device})`],
     ['DMA heaps', p.dmaHeaps.length ? p.dmaHeaps.join(', ') : 'none (/dev/dma_heap)'],
     ['memlock limit', p.memlock === 'unlimited' ? 'unlimited' : formatBytes(p.memlock)],

@@ -26,7 +26,8 @@ Options:
                             where buffers live (default memfd, sealed; dma-bufs cannot be sealed)
   --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
   --part-size SIZE          bytes per dma-buf
-  --io auto|direct|buffered how the server reads (default auto)
+  --io auto|direct|buffered|uncached
+                            how the server reads (default auto)
   -v, --verbose             log connections, loads, hits and evictions to stderr
   -h, --help                this text
 `;
@@ -69,7 +70,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
     if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096 (got '${values['part-size']}')`);
   }
   const target = choice<ShareTarget>('target', values.target, SHARE_TARGETS, 'memfd');
-  const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered'], 'auto');
+  const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered', 'uncached'], 'auto');
   const preload = [...(values.preload ?? []), ...positionals];
   const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
 

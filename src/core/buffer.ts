@@ -54,6 +54,10 @@ export interface LoadStats {
    * of the `into` buffer, already faulted in: the load cost I/O, not page faults).
    */
   memory?: 'fresh' | 'reused' | undefined;
+  /** Memory target, fresh memory: whether MADV_HUGEPAGE was asked for. */
+  hugePages?: boolean | undefined;
+  /** Why the memory is what it is: reused, or huge pages or not (the option, the environment, or the measurement). */
+  memoryReason?: string | undefined;
   /** Set when the buffer came from a `dmaload serve` server through connect(): see {@link ServedInfo}. */
   served?: ServedInfo | undefined;
 }

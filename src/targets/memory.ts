@@ -1,7 +1,8 @@
 /**
  * Target 'memory': anonymous process memory, 2 MiB-aligned. Transparent huge pages are requested with
  * `hugePages: true` (env DMALOAD_HUGE_PAGES=1): fewer faults, but on some machines (VMs whose host backs fresh
- * memory lazily) a huge-page fault costs more than the 512 small ones; the bench measures both.
+ * memory lazily) a huge-page fault costs more than the 512 small ones. load() passes the decision of this
+ * machine's measurement (engine/first-touch.ts) when the caller gives none.
  */
 import { invalidType } from '../core/errors.js';
 import { native } from '../engine/binding.js';

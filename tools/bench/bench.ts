@@ -34,6 +34,8 @@ export interface BenchOptions {
   methods?: Method[];
   /** Every method × target × io (the full matrix), when `methods` is not given. */
   all?: boolean;
+  /** Only rows of these ios (the peers, fio and node-readFile, stay). */
+  ios?: RowIo[];
   rounds?: number;
   cache?: CacheState;
   /** Drop every cache before cold rows (root only): echo 1 > /proc/sys/vm/drop_caches. */
@@ -267,6 +269,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
   let tmp: string | undefined;
   try {
     let size: number;
+    let want: string | undefined; // the source's SHA-256: from the generator, or read below
     if (path === undefined) {
       size = o.size ?? GiB;
       const dir = benchDir(o.dir);
@@ -277,7 +280,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       tmp = mkdtempSync(join(dir, 'dmaload-bench-'));
       path = join(tmp, 'data.bin');
       status(`writing a ${formatBytes(size)} seeded random file: ${path}`);
-      writeSeededFile(path, size, 0x5eed);
+      want = writeSeededFile(path, size, 0x5eed);
     } else {
       const st = statSync(path);
       requireRegular(st, path, 'stat');
@@ -287,12 +290,16 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
     if (size > memAvailable() * 0.8) {
       throw new DmaloadError('ERR_MEMORY_BUDGET', `${formatBytes(size)} does not fit in free memory (${formatBytes(memAvailable())} available); use a smaller --size`, { path });
     }
-    status('hashing the source (direct I/O, no page cache)');
-    const src = await load(path, { io: 'auto', signal: o.signal });
-    const want = createHash('sha256').update(src.bytes).digest('hex');
-    src.close();
+    if (want === undefined) {
+      status('hashing the source (direct I/O, no page cache)');
+      const src = await load(path, { io: 'auto', signal: o.signal });
+      const h = createHash('sha256');
+      for (const w of src.windows()) h.update(w); // any size: a hash takes at most 2 GiB at once
+      want = h.digest('hex');
+      src.close();
+    }
 
-    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true);
+    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true).filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
     const measures: RowMeasure[][] = specs.map(() => []);
     const startCache: number[] = specs.map(() => 0);
     const skip: Array<string | undefined> = specs.map((s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s));

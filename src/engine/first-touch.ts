@@ -1,0 +1,165 @@
+/**
+ * Huge pages for fresh memory, decided by measurement: what the first touch of a GiB of anonymous memory costs
+ * with and without MADV_HUGEPAGE, measured once per machine and cached (`$XDG_CACHE_HOME/dmaload/first-touch.json`,
+ * else `~/.cache/dmaload/`).
+ *
+ * Why not always huge pages: they make faulting in and pinning far cheaper on most machines, but a VM whose
+ * balloon reports free memory to its host (virtio-balloon free page reporting, e.g. Firecracker) hands every freed
+ * 2 MiB block back, so each fresh huge page is faulted in by the host as well: measured on the reference VM, 1.7–2.5 s
+ * of CPU per GiB with MADV_HUGEPAGE against 0.3–0.4 s without (small pages come from low-order free lists that stay
+ * backed). Only measuring tells the two kinds of machine apart.
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import { GiB, MiB, memAvailable } from '../core/util.js';
+import { native } from './binding.js';
+import { anonymous } from './memory.js';
+
+/** One measurement: wall and CPU milliseconds to fault in `bytes` of fresh anonymous memory (MADV_POPULATE_WRITE). */
+export interface TouchCost {
+  wallMs: number;
+  cpuMs: number;
+}
+
+export interface FirstTouch {
+  version: 1;
+  /** The machine it was measured on: kernel, THP settings, memory, CPUs (a change re-measures). */
+  key: string;
+  bytes: number;
+  /** Alternating rounds: small, huge, small, huge. */
+  small: TouchCost[];
+  huge: TouchCost[];
+  /** True when huge pages cost no more CPU to fault in than small ones (medians). */
+  hugeWins: boolean;
+  measuredAt: string;
+}
+
+/** Loads of at least this many bytes measure when nothing is cached yet (a smaller one would pay more than it saves). */
+export const MEASURE_FROM = 256 * MiB;
+
+function readTrim(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+/** The THP mode for anonymous memory: 'always', 'madvise', 'never' or 'unavailable'. */
+export function thpMode(): string {
+  return /\[(\w+)\]/.exec(readTrim('/sys/kernel/mm/transparent_hugepage/enabled'))?.[1] ?? 'unavailable';
+}
+
+function machineKey(): string {
+  const defrag = /\[([\w+]+)\]/.exec(readTrim('/sys/kernel/mm/transparent_hugepage/defrag'))?.[1] ?? '';
+  return `${os.release()} thp=${thpMode()} defrag=${defrag} mem=${os.totalmem()} cpus=${os.availableParallelism()}`;
+}
+
+/** Where the measurement is cached: $XDG_CACHE_HOME/dmaload/first-touch.json, else ~/.cache/dmaload/first-touch.json. */
+export function firstTouchCachePath(): string {
+  const base = process.env.XDG_CACHE_HOME || join(os.homedir(), '.cache');
+  return join(base, 'dmaload', 'first-touch.json');
+}
+
+/** This process's measurement, when the cache could not be written. */
+let measured: FirstTouch | undefined;
+
+/** The cached measurement for this machine, or undefined. */
+export function cachedFirstTouch(): FirstTouch | undefined {
+  if (measured?.key === machineKey()) return measured;
+  try {
+    const v = JSON.parse(readFileSync(firstTouchCachePath(), 'utf8')) as FirstTouch;
+    return v.version === 1 && v.key === machineKey() && Array.isArray(v.small) && Array.isArray(v.huge) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+async function touch(bytes: number, huge: boolean): Promise<TouchCost> {
+  const region = anonymous(bytes, huge);
+  try {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    const r = await native.populate(region, 0, bytes);
+    if (r < 0) throw new Error(`madvise(MADV_POPULATE_WRITE) failed (${r})`);
+    const c = process.cpuUsage(c0);
+    return { wallMs: Math.round((performance.now() - t0) * 100) / 100, cpuMs: Math.round((c.user + c.system) / 10) / 100 };
+  } finally {
+    native.munmap(region);
+  }
+}
+
+/**
+ * Measures the first touch of `bytes` (default 1 GiB) with and without MADV_HUGEPAGE, rounds alternating, and
+ * caches the result (best effort: an unwritable cache folder only means measuring again next time).
+ */
+export async function measureFirstTouch(bytes = GiB, rounds = 2): Promise<FirstTouch> {
+  const small: TouchCost[] = [];
+  const huge: TouchCost[] = [];
+  for (let r = 0; r < rounds; r++) {
+    small.push(await touch(bytes, false));
+    huge.push(await touch(bytes, true));
+  }
+  const ft: FirstTouch = {
+    version: 1,
+    key: machineKey(),
+    bytes,
+    small,
+    huge,
+    hugeWins: median(huge.map((h) => h.cpuMs)) <= median(small.map((s) => s.cpuMs)),
+    measuredAt: new Date().toISOString(),
+  };
+  measured = ft;
+  try {
+    const path = firstTouchCachePath();
+    mkdirSync(dirname(path), { recursive: true });
+    const tmp = `${path}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(ft, null, 2) + '\n');
+    renameSync(tmp, path);
+  } catch {
+    // Not cached: the next process measures again.
+  }
+  return ft;
+}
+
+/** A one-line account of a measurement. */
+export function describeFirstTouch(ft: FirstTouch): string {
+  const s = median(ft.small.map((x) => x.cpuMs));
+  const h = median(ft.huge.map((x) => x.cpuMs));
+  return `first touch of ${ft.bytes / GiB >= 1 ? `${ft.bytes / GiB} GiB` : `${ft.bytes / MiB} MiB`} costs ${h.toFixed(0)} ms of CPU with MADV_HUGEPAGE, ${s.toFixed(0)} ms without (measured ${ft.measuredAt.slice(0, 10)})`;
+}
+
+/**
+ * Measures now when a fresh load of `capacity` bytes will want the answer and none is known (see
+ * {@link decideHugePages}); load() calls it before its clock starts, so the measurement is not counted as the load's.
+ */
+export async function measureIfWanted(capacity: number, option: unknown): Promise<void> {
+  if (option !== undefined || process.env.DMALOAD_HUGE_PAGES === '1' || process.env.DMALOAD_HUGE_PAGES === '0') return;
+  if (capacity < MEASURE_FROM || memAvailable() < 4 * GiB || cachedFirstTouch()) return;
+  const mode = thpMode();
+  if (mode === 'never' || mode === 'unavailable') return;
+  await measureFirstTouch();
+}
+
+/**
+ * Whether fresh memory of `capacity` bytes gets MADV_HUGEPAGE, and why: the caller's option, else
+ * DMALOAD_HUGE_PAGES (1 or 0), else this machine's measurement (see {@link measureIfWanted}), else no.
+ */
+export async function decideHugePages(capacity: number, option: unknown): Promise<{ huge: boolean; reason: string }> {
+  if (typeof option === 'boolean') return { huge: option, reason: `hugePages: ${option}` };
+  const env = process.env.DMALOAD_HUGE_PAGES;
+  if (env === '1' || env === '0') return { huge: env === '1', reason: `DMALOAD_HUGE_PAGES=${env}` };
+  if (capacity < 2 * MiB) return { huge: false, reason: 'smaller than one huge page' };
+  const mode = thpMode();
+  if (mode === 'never' || mode === 'unavailable') return { huge: false, reason: `transparent huge pages are ${mode}` };
+  const ft = cachedFirstTouch();
+  if (!ft) return { huge: false, reason: `not measured on this machine yet (a load of ${MEASURE_FROM / MiB} MiB or more measures once; or dmaload probe --first-touch)` };
+  return { huge: ft.hugeWins, reason: `${ft.hugeWins ? 'huge pages' : 'small pages'}: ${describeFirstTouch(ft)}` };
+}

@@ -1,0 +1,92 @@
+/**
+ * Huge pages for fresh memory, decided by a measurement cached per machine. Oracles: the cache file on disk, and
+ * /proc/self/smaps (AnonHugePages of the buffer's own mapping) for what the kernel really gave.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { load } from '../src/index.js';
+import { native } from '../src/engine/binding.js';
+import { cachedFirstTouch, decideHugePages, firstTouchCachePath, measureFirstTouch, thpMode } from '../src/engine/first-touch.js';
+import { makeFile, sha256, tempDir } from './helpers.js';
+
+const MiB = 1024 * 1024;
+const { dir, cleanup } = tempDir();
+after(cleanup);
+const savedXdg = process.env.XDG_CACHE_HOME;
+// This file's measurements go to its own cache folder, never the machine's.
+process.env.XDG_CACHE_HOME = join(dir, 'xdg');
+after(() => {
+  if (savedXdg === undefined) delete process.env.XDG_CACHE_HOME;
+  else process.env.XDG_CACHE_HOME = savedXdg;
+});
+
+/** AnonHugePages (bytes) of the mapping that starts at `addr`, from /proc/self/smaps. */
+function anonHuge(addr: bigint): number {
+  const smaps = readFileSync('/proc/self/smaps', 'utf8').split('\n');
+  const start = addr.toString(16);
+  const i = smaps.findIndex((l) => l.startsWith(`${start}-`));
+  assert.ok(i >= 0, `mapping at 0x${start} in smaps`);
+  for (let j = i + 1; j < smaps.length && !/^[0-9a-f]+-[0-9a-f]+ /.test(smaps[j]!); j++) {
+    const m = /^AnonHugePages:\s+(\d+) kB/.exec(smaps[j]!);
+    if (m) return Number(m[1]) * 1024;
+  }
+  return 0;
+}
+
+describe('huge pages for fresh memory', () => {
+  test('the measurement is cached per machine and decides; the option and DMALOAD_HUGE_PAGES win over it', async (t) => {
+    assert.equal(cachedFirstTouch(), undefined, 'nothing cached in a new cache folder');
+    const mode = thpMode();
+    if (mode === 'never' || mode === 'unavailable') {
+      assert.deepEqual(await decideHugePages(64 * MiB, undefined), { huge: false, reason: `transparent huge pages are ${mode}` });
+      return t.skip(`transparent huge pages are ${mode}: nothing to measure`);
+    }
+    assert.match((await decideHugePages(64 * MiB, undefined)).reason, /not measured/);
+    const ft = await measureFirstTouch(16 * MiB, 1);
+    assert.equal(ft.small.length, 1);
+    assert.equal(ft.huge.length, 1);
+    assert.ok(ft.small[0]!.cpuMs >= 0 && ft.huge[0]!.wallMs > 0);
+    const onDisk = JSON.parse(readFileSync(firstTouchCachePath(), 'utf8'));
+    assert.equal(firstTouchCachePath(), join(dir, 'xdg', 'dmaload', 'first-touch.json'));
+    assert.deepEqual(onDisk, ft);
+    assert.equal(onDisk.hugeWins, ft.huge[0]!.cpuMs <= ft.small[0]!.cpuMs);
+    const d = await decideHugePages(64 * MiB, undefined);
+    assert.equal(d.huge, ft.hugeWins);
+    assert.match(d.reason, /first touch of 16 MiB costs \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/);
+    assert.deepEqual(await decideHugePages(64 * MiB, true), { huge: true, reason: 'hugePages: true' });
+    assert.deepEqual(await decideHugePages(MiB, undefined), { huge: false, reason: 'smaller than one huge page' });
+    process.env.DMALOAD_HUGE_PAGES = '0';
+    try {
+      assert.deepEqual(await decideHugePages(64 * MiB, undefined), { huge: false, reason: 'DMALOAD_HUGE_PAGES=0' });
+    } finally {
+      delete process.env.DMALOAD_HUGE_PAGES;
+    }
+  });
+
+  test('stats say which lever was used, and smaps agrees: huge pages when asked, none when not', async (t) => {
+    const mode = thpMode();
+    const f = makeFile(dir, 'f', 8 * MiB + 5);
+    for (const hugePages of [true, false]) {
+      const b = await load(f.path, { hugePages });
+      try {
+        assert.equal(sha256(b.bytes), f.sha256);
+        assert.equal(b.stats.memory, 'fresh');
+        assert.equal(b.stats.hugePages, hugePages);
+        assert.equal(b.stats.memoryReason, `hugePages: ${hugePages}`);
+        if (mode === 'never' || mode === 'unavailable') continue;
+        const huge = anonHuge(native.address(b.bytes.buffer as ArrayBuffer));
+        if (hugePages) assert.ok(huge > 0, 'AnonHugePages > 0 for MADV_HUGEPAGE memory');
+        else if (mode === 'madvise') assert.equal(huge, 0, 'no huge pages without MADV_HUGEPAGE (THP madvise)');
+      } finally {
+        b.close();
+      }
+    }
+    if (mode === 'never' || mode === 'unavailable') t.skip(`transparent huge pages are ${mode}: smaps check skipped`);
+    const b = await load(f.path);
+    assert.equal(typeof b.stats.hugePages, 'boolean');
+    assert.ok(b.stats.memoryReason && b.stats.memoryReason.length > 0);
+    b.close();
+  });
+});
