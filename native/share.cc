@@ -209,6 +209,15 @@ Napi::Value DupFdFn(const Napi::CallbackInfo& info) {
   return Ret(a.env, d < 0 ? Err() : d);
 }
 
+// closeFd(fd) -> 0 | -errno: closes an fd the addon made (memfd, dma-buf, socket, received). Node's fs.closeSync
+// warns in worker threads when it closes an fd that fs did not open there.
+Napi::Value CloseFdFn(const Napi::CallbackInfo& info) {
+  Args a(info, "closeFd");
+  int fd;
+  if (!a.Fd(a[0], "fd", fd)) return {};
+  return Ret(a.env, close(fd) < 0 ? Err() : 0);
+}
+
 // peerCred(fd) -> [pid, uid, gid] | -errno: who is on the other end of a Unix socket (SO_PEERCRED), for logs.
 Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   Args a(info, "peerCred");
@@ -423,6 +432,7 @@ void InitShare(Napi::Env env, Napi::Object exports) {
   exports.Set("recvMsg", Napi::Function::New(env, RecvMsg, "recvMsg"));
   exports.Set("fdFlags", Napi::Function::New(env, FdFlags, "fdFlags"));
   exports.Set("dupFd", Napi::Function::New(env, DupFdFn, "dupFd"));
+  exports.Set("closeFd", Napi::Function::New(env, CloseFdFn, "closeFd"));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("reactorOpen", Napi::Function::New(env, ReactorOpen, "reactorOpen"));
   exports.Set("reactorCtl", Napi::Function::New(env, ReactorCtl, "reactorCtl"));

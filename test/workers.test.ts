@@ -43,6 +43,8 @@ async function work(j: Job): Promise<string[]> {
 
 if (!isMainThread) {
   const j = workerData as Job;
+  // Node warns in a worker when fs closes an fd it did not open there (the addon's memfds): the library must not.
+  process.on('warning', (w) => parentPort!.postMessage({ errors: [`worker ${j.id}: warning: ${w.message}`] }));
   work(j).then(
     (errors) => parentPort!.postMessage({ errors }),
     (e: unknown) => parentPort!.postMessage({ errors: [`worker ${j.id}: ${(e as Error).stack}`] }),
@@ -64,10 +66,10 @@ if (!isMainThread) {
         (f, id) =>
           new Promise<string[]>((resolve, reject) => {
             const w = new Worker(fileURLToPath(import.meta.url), { workerData: { dir, path: f.path, sha256: f.sha256, size, rounds, id } satisfies Job });
-            let errors: string[] = [`worker ${id} sent nothing`];
-            w.on('message', (m: { errors: string[] }) => (errors = m.errors));
+            let errors: string[] | undefined; // every message's errors (warnings come as messages of their own)
+            w.on('message', (m: { errors: string[] }) => (errors = [...(errors ?? []), ...m.errors]));
             w.on('error', reject);
-            w.on('exit', (code) => (code === 0 ? resolve(errors) : reject(new Error(`worker ${id} exited with ${code}`))));
+            w.on('exit', (code) => (code === 0 ? resolve(errors ?? [`worker ${id} sent nothing`]) : reject(new Error(`worker ${id} exited with ${code}`))));
           }),
       ),
     );

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DmaloadError, setStrerror } from '../core/errors.js';
+import { DmaloadError, DmaloadSystemError, setStrerror } from '../core/errors.js';
 
 /**
  * An opaque handle to a mapping the addon made. The addon reference-counts it: its views and every job using it
@@ -134,6 +134,8 @@ export interface Native {
   fdFlags(fd: number): number;
   /** A close-on-exec duplicate that the caller owns. */
   dupFd(fd: number): number;
+  /** close(2): 0 or -errno. */
+  closeFd(fd: number): number;
   peerCred(fd: number): [pid: number, uid: number, gid: number] | number;
   /** A thread in epoll_wait that reports readiness of registered sockets (EPOLLONESHOT) to `callback`. */
   reactorOpen(callback: (events: number[]) => void): Reactor | number;
@@ -217,6 +219,16 @@ function loadAddon(): Native {
 }
 
 export const native: Native = loadAddon();
+
+/**
+ * Closes an fd the addon made (a memfd, a dma-buf, a socket, an fd received over one), like fs.closeSync but without
+ * the warning Node prints in worker threads for fds that fs did not open there.
+ * @throws DmaloadSystemError (EBADF, …)
+ */
+export function closeFd(fd: number): void {
+  const r = native.closeFd(fd);
+  if (r < 0) throw new DmaloadSystemError(r, 'close');
+}
 setStrerror(native.strerror);
 
 export const C = native.constants;

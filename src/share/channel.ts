@@ -9,9 +9,8 @@
  * server, a client waiting for a reply — as a net.Server or a pending request would.
  * @module
  */
-import { closeSync } from 'node:fs';
 import { DmaloadSystemError } from '../core/errors.js';
-import { native } from '../engine/binding.js';
+import { closeFd, native } from '../engine/binding.js';
 import type { Reactor } from '../engine/binding.js';
 import { MAX_FDS, MAX_MESSAGE } from './protocol.js';
 
@@ -153,7 +152,7 @@ export class Channel {
     try {
       this.#watch = new Watch(fd, (ev) => this.#onEvents(ev));
     } catch (e) {
-      closeSync(fd);
+      closeFd(fd);
       throw e;
     }
     this.#arm();
@@ -204,7 +203,7 @@ export class Channel {
     if (this.#closed) return;
     this.#closed = true;
     this.#watch.close();
-    closeSync(this.fd);
+    closeFd(this.fd);
     for (const m of this.#out.splice(0)) m.done(-EPIPE);
     this.#handlers.closed(reason);
   }
@@ -257,7 +256,7 @@ export class Channel {
 export function closeFds(fds: readonly number[]): void {
   for (const fd of fds) {
     try {
-      closeSync(fd);
+      closeFd(fd);
     } catch {
       /* already closed */
     }

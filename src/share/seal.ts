@@ -12,12 +12,12 @@
  * (a shorter one would fault on access) and that a memfd is sealed (so it stays that long and those bytes).
  * @module
  */
-import { closeSync, fstatSync } from 'node:fs';
+import { fstatSync } from 'node:fs';
 import { LoadedBuffer } from '../core/buffer.js';
 import type { LoadStats } from '../core/buffer.js';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { roundUp } from '../core/util.js';
-import { C, PAGE_SIZE, native } from '../engine/binding.js';
+import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import type { Allocation, Part } from '../targets/types.js';
 import { closeFds } from './channel.js';
@@ -143,7 +143,7 @@ export function mapReceived(path: string, socket: string, body: LoadReplyBody, f
       open = false;
       if (region) native.munmap(region);
       region = undefined;
-      for (const fd of fds) closeSync(fd);
+      for (const fd of fds) closeFd(fd);
     },
     ...(body.target === 'memfd' ? { fd: fds[0]! } : {}),
   };

@@ -17,7 +17,7 @@
  * get one and are disconnected. Nothing a client sends can make the server hold an fd or a mapping past its request.
  * @module
  */
-import { closeSync, constants as FS, fstatSync, lstatSync, promises as fsp, unlinkSync } from 'node:fs';
+import { constants as FS, fstatSync, lstatSync, promises as fsp, unlinkSync } from 'node:fs';
 import type { BigIntStats, Stats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -28,7 +28,7 @@ import { readInto } from '../api/rw.js';
 import type { LoadedBuffer } from '../core/buffer.js';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
 import { formatBytes, memAvailable, msSince, roundUp } from '../core/util.js';
-import { C, PAGE_SIZE, native } from '../engine/binding.js';
+import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
 import { clearNonblock, requireRegular } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { createMemfd } from '../targets/memfd.js';
@@ -282,14 +282,14 @@ class Server implements ShareServer {
     const fd = fds[0]!;
     const path = body.path;
     if (path !== undefined && (typeof path !== 'string' || path.length > MAX_NAME)) {
-      closeSync(fd);
+      closeFd(fd);
       return this.#replyError(conn, id, { code: 'ERR_SHARE_PROTOCOL', message: `"path" must be a string of at most ${MAX_NAME} characters` });
     }
     // Only for messages and logs: control characters could forge log lines, so they are not kept.
     const name = path ? path.replace(/[\x00-\x1f\x7f]/g, '?') : `fd ${fd}`;
     if (++conn.inflight >= MAX_INFLIGHT) conn.channel.pause();
     const task = this.#serveLoad(conn, id, fd, name, t0).finally(() => {
-      closeSync(fd);
+      closeFd(fd);
       this.#tasks.delete(task);
       if (--conn.inflight < MAX_INFLIGHT) conn.channel.resume();
     });
@@ -447,7 +447,7 @@ class Server implements ShareServer {
       const fdm = createMemfd(name, 0);
       const s = native.seals(fdm, SERVED_SEALS | C.F_SEAL_SEAL);
       if (s < 0) {
-        closeSync(fdm);
+        closeFd(fdm);
         throw new DmaloadSystemError(s, 'fcntl', name);
       }
       return { exported: { fds: [fdm], parts: [{ offset: 0, size: 0 }] }, stats };
@@ -482,7 +482,7 @@ class Server implements ShareServer {
       this.#closed = true;
       this.#abort.abort(shareError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down'));
       this.#watch.close();
-      closeSync(this.#listenFd);
+      closeFd(this.#listenFd);
       // Only our own socket file: another server may have replaced it since.
       try {
         const st = lstatSync(this.socket);
@@ -520,7 +520,7 @@ function listen(socket: string, mode: number): number {
     if (!st.isSocket()) throw new DmaloadSystemError(fd, 'bind', socket, 'the path exists and is not a socket; remove it or choose another path');
     const probe = native.unixConnect(socket);
     if (probe >= 0 || probe === -EAGAIN) {
-      if (probe >= 0) closeSync(probe);
+      if (probe >= 0) closeFd(probe);
       throw new DmaloadSystemError(fd, 'bind', socket, 'a server is already listening there');
     }
     unlinkSync(socket); // ECONNREFUSED: a socket left behind by a server that died
@@ -553,7 +553,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   try {
     server = new Server(socket, budget, target, fd, { io, heap: o.heap, partSize, log: o.log });
   } catch (e) {
-    closeSync(fd);
+    closeFd(fd);
     try {
       unlinkSync(socket);
     } catch {

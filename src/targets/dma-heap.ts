@@ -7,7 +7,7 @@
 import { closeSync, openSync, readdirSync } from 'node:fs';
 import { basename } from 'node:path';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
-import { C, native } from '../engine/binding.js';
+import { C, closeFd, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import { zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
@@ -85,7 +85,7 @@ export const dmaHeap: Target = {
         closed = true;
         if (region) native.munmap(region);
         region = undefined;
-        for (const fd of bufs.splice(0)) if (fd !== undefined) closeSync(fd);
+        for (const fd of bufs.splice(0)) if (fd !== undefined) closeFd(fd);
         closeSync(heapFd);
       },
     };

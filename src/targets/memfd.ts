@@ -3,10 +3,10 @@
  * shared region (direct I/O into shmem pages works: they are pinned like any user page), then trimmed to the
  * file's exact size and sealed against shrinking and growing.
  */
-import { closeSync, ftruncateSync } from 'node:fs';
+import { ftruncateSync } from 'node:fs';
 import { basename } from 'node:path';
 import { DmaloadSystemError } from '../core/errors.js';
-import { C, native } from '../engine/binding.js';
+import { C, closeFd, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import { populate } from '../engine/memory.js';
 import { layoutOf } from './types.js';
@@ -19,7 +19,7 @@ export function createMemfd(path: string, size: number): number {
   try {
     ftruncateSync(fd, size);
   } catch (e) {
-    closeSync(fd);
+    closeFd(fd);
     throw e;
   }
   return fd;
@@ -40,7 +40,7 @@ export const memfd: Target = {
     try {
       region = req.capacity > 0 ? mapShared(fd, req.capacity, req.path) : undefined;
     } catch (e) {
-      closeSync(fd);
+      closeFd(fd);
       throw e;
     }
     const layout = layoutOf(req.capacity, req.partSize);
@@ -62,7 +62,7 @@ export const memfd: Target = {
       close() {
         if (region) native.munmap(region);
         region = undefined;
-        if (fd >= 0) closeSync(fd);
+        if (fd >= 0) closeFd(fd);
         fd = -1;
       },
     };

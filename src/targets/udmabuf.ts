@@ -6,7 +6,7 @@
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
-import { C, native } from '../engine/binding.js';
+import { C, closeFd, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import { MiB } from '../core/util.js';
 import { createMemfd, mapShared } from './memfd.js';
@@ -57,10 +57,10 @@ export const udmabuf: Target = {
     let region: Region | undefined;
     const bufs: number[] = [];
     const free = () => {
-      for (const fd of bufs.splice(0)) if (fd !== undefined) closeSync(fd);
+      for (const fd of bufs.splice(0)) if (fd !== undefined) closeFd(fd);
       if (region) native.munmap(region);
       region = undefined;
-      if (memfd >= 0) closeSync(memfd);
+      if (memfd >= 0) closeFd(memfd);
       memfd = -1;
       closeSync(dev);
     };
