@@ -96,8 +96,9 @@ export async function openWriter(path: string, options: WriterOptions = {}): Pro
   let staging: Region | undefined;
   let queue: IoQueue | undefined;
   try {
-    // Huge pages, as copy()'s ring: fewer, larger device requests from the staging slots (README, "Writes").
-    staging = anonymous(chunk * depth, true, path);
+    // Huge pages, as copy()'s ring: fewer, larger device requests from the staging slots (README, "Copy and
+    // capture"); not for a file known to be small, whose one huge page would cost more to fault in than it saves.
+    staging = anonymous(chunk * depth, expected === undefined || expected >= 2 * MiB, path);
     queue = new IoQueue(dest.direct ? dest.directFd : dest.fd, { write: true, direct: dest.direct, depth, path, rwFlags: dest.direct ? 0 : dest.rwFlags });
   } catch (e) {
     if (staging) native.munmap(staging);

@@ -81,6 +81,8 @@ export interface BenchRow extends RowSpec {
 export interface BenchSummary {
   /** dmaload's fastest row on fresh memory. */
   best: BenchRow | undefined;
+  /** dmaload's row on fresh memory that cost the least CPU. */
+  leanest: BenchRow | undefined;
   /** fio's O_DIRECT read: the device's limit. */
   fio: BenchRow | undefined;
   /** Node's fs.promises.readFile. */
@@ -353,6 +355,7 @@ export function summaryOf(rows: readonly BenchRow[], cache: CacheState): BenchSu
   const best = ok.filter((r) => r.method === 'dmaload').sort((a, b) => b.mbps - a.mbps)[0];
   return {
     best,
+    leanest: ok.filter((r) => r.method === 'dmaload').sort((a, b) => a.cpuMs - b.cpuMs)[0],
     fio: ok.find((r) => r.method === 'fio'),
     readFile: ok.find((r) => r.method === 'node-readFile'),
     reload: ok.filter((r) => r.method === 'dmaload-reload').sort((a, b) => b.mbps - a.mbps)[0],

@@ -59,7 +59,7 @@ const pctOf = (bytes: number, size: number) => `${((100 * bytes) / size).toFixed
  * (speed, CPU, page cache left), and the reload into existing memory; ratios within this one run.
  */
 export function summary(rep: BenchReport): string[] {
-  const { best, fio, readFile, reload, notCold } = rep.summary;
+  const { best, leanest, fio, readFile, reload, notCold } = rep.summary;
   const out: string[] = [];
   if (!best) return [`dmaload: no supported row in this run`];
   const used = best.ioUsed && best.ioUsed !== best.io ? ` (${best.ioUsed})` : '';
@@ -70,6 +70,9 @@ export function summary(rep: BenchReport): string[] {
       ? `  vs Node's readFile (${readFile.mbps} MB/s, CPU ${readFile.cpuMs.toFixed(0)} ms, page cache left ${pctOf(readFile.pageCacheBytes, rep.size)}): ${x(best.mbps, readFile.mbps)} its speed, ${x(best.cpuMs, readFile.cpuMs)} its CPU`
       : `  vs Node's readFile: not measured${rep.size > 2 ** 31 - 1 ? ' (readFile refuses files over 2 GiB)' : ''}`,
   );
+  if (leanest && leanest !== best && leanest.cpuMs < best.cpuMs) {
+    out.push(`dmaload's least CPU on fresh memory: ${label(leanest)}: ${leanest.cpuMs.toFixed(0)} ms${readFile ? `, ${x(leanest.cpuMs, readFile.cpuMs)} readFile's` : ''}, ${leanest.mbps} MB/s`);
+  }
   if (reload) {
     const parts = [`${reload.mbps} MB/s`, fio ? `${x(reload.mbps, fio.mbps)} fio's speed` : undefined, `CPU ${reload.cpuMs.toFixed(0)} ms`, readFile ? `${x(reload.cpuMs, readFile.cpuMs)} readFile's CPU` : undefined];
     out.push(`reload into memory already faulted in (${label(reload)}): ${parts.filter(Boolean).join(', ')}`);
