@@ -114,5 +114,7 @@ test('io_uring_enter failing mid-load: the load rejects with its code once every
   if (needsDirect(t)) return;
   delete process.env.DMALOAD_ENGINE;
   const f = makeFile(dir, 'enter', 32 * MiB, 3);
-  for (const nth of [1, 2, 5]) await expectFault('enter', nth, EIO, 'EIO', () => load(f.path, { io: 'direct', chunkSize: MiB }));
+  // Queue depth 1: one request per io_uring_enter, so the load makes at least 32 calls and the 5th always comes (at
+  // depth 8 a fast device could finish in fewer, and the fault would never fire).
+  for (const nth of [1, 2, 5]) await expectFault('enter', nth, EIO, 'EIO', () => load(f.path, { io: 'direct', chunkSize: MiB, queueDepth: 1 }));
 });
