@@ -80,26 +80,26 @@ test('GGUF with unknown types loads: every tensor, unknown ones as raw bytes; on
   const path = join(dir, 'unknown-load.gguf');
   const file = writeGguf(path, SPECS);
   for (const target of ['memory', 'memfd'] as const) {
-      const leaks = leakCheck();
-      const model = await loadModel(path, { target });
-      try {
-        assert.equal(model.tensors.size, SPECS.length);
-        assertSlices(model, file); // every tensor, unknown ones over their inferred extent
-        for (const spec of SPECS) {
-          const t = model.tensors.get(spec.name)!;
-          // The bytes the writer put there are at the start of the tensor's bytes.
-          assert.deepEqual(t.bytes.subarray(0, spec.data.length), spec.data, spec.name);
-          if (spec.typeId !== undefined && ![40, 41, 42].includes(spec.typeId)) {
-            assert.throws(() => t.asTypedArray(), { code: 'ERR_MODEL_DTYPE_UNKNOWN', path });
-            assert.equal(JSON.parse(JSON.stringify(t)).unknownType, true);
-          }
+    const leaks = leakCheck();
+    const model = await loadModel(path, { target });
+    try {
+      assert.equal(model.tensors.size, SPECS.length);
+      assertSlices(model, file); // every tensor, unknown ones over their inferred extent
+      for (const spec of SPECS) {
+        const t = model.tensors.get(spec.name)!;
+        // The bytes the writer put there are at the start of the tensor's bytes.
+        assert.deepEqual(t.bytes.subarray(0, spec.data.length), spec.data, spec.name);
+        if (spec.typeId !== undefined && ![40, 41, 42].includes(spec.typeId)) {
+          assert.throws(() => t.asTypedArray(), { code: 'ERR_MODEL_DTYPE_UNKNOWN', path });
+          assert.equal(JSON.parse(JSON.stringify(t)).unknownType, true);
         }
-        assert.deepEqual(Array.from(model.tensors.get('tok_embd')!.asTypedArray() as Float32Array), [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert.equal(model.tensors.get('blk.0.q1')!.asTypedArray(), undefined); // known, but no typed array
-      } finally {
-        model.close();
       }
-      assert.equal(await leaks(), undefined);
+      assert.deepEqual(Array.from(model.tensors.get('tok_embd')!.asTypedArray() as Float32Array), [1, 2, 3, 4, 5, 6, 7, 8]);
+      assert.equal(model.tensors.get('blk.0.q1')!.asTypedArray(), undefined); // known, but no typed array
+    } finally {
+      model.close();
+    }
+    assert.equal(await leaks(), undefined);
   }
 });
 
@@ -114,16 +114,14 @@ test('safetensors with the new dtypes and an unknown one loads; bytes equal the 
     { name: 'future', dtype: 'F2_E1M0', shape: [16], data: seededBytes(4, 12) },
   ]);
   const leaks = leakCheck();
-  {
-    const model = await loadModel(path);
-    try {
-      assertSlices(model, file);
-      assert.deepEqual([...model.tensors.values()].map((t) => [t.name, t.byteLength]), [['f8', 15], ['e8', 4], ['f4', 5], ['f6', 6], ['fnuz', 2], ['future', 4]]);
-      for (const n of ['f8', 'e8', 'f4', 'f6', 'fnuz']) assert.equal(model.tensors.get(n)!.asTypedArray(), undefined, n);
-      assert.throws(() => model.tensors.get('future')!.asTypedArray(), { code: 'ERR_MODEL_DTYPE_UNKNOWN' });
-    } finally {
-      model.close();
-    }
+  const model = await loadModel(path);
+  try {
+    assertSlices(model, file);
+    assert.deepEqual([...model.tensors.values()].map((t) => [t.name, t.byteLength]), [['f8', 15], ['e8', 4], ['f4', 5], ['f6', 6], ['fnuz', 2], ['future', 4]]);
+    for (const n of ['f8', 'e8', 'f4', 'f6', 'fnuz']) assert.equal(model.tensors.get(n)!.asTypedArray(), undefined, n);
+    assert.throws(() => model.tensors.get('future')!.asTypedArray(), { code: 'ERR_MODEL_DTYPE_UNKNOWN' });
+  } finally {
+    model.close();
   }
   assert.equal(await leaks(), undefined);
   // Node's own read of the file agrees with the hand-written bytes (the writer is not the oracle of itself).
