@@ -7,7 +7,7 @@ import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { evict, evictPath, pageCacheBytesOf } from '../src/pipeline/cache.js';
-import { C, native } from '../src/engine/binding.js';
+import { C, native, type Region } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
 import { leakCheck, needsDirect, seededBytes, sha256, tempDir } from './helpers.js';
 
@@ -21,6 +21,21 @@ function dirtyFile(name: string, size: number): { path: string; sha256: string }
   const bytes = seededBytes(size, size + name.length);
   writeFileSync(path, bytes);
   return { path, sha256: sha256(bytes) };
+}
+
+/**
+ * Maps the whole file shared and touches every page, so that all of it is mapped into this process (fadvise cannot
+ * drop mapped pages). Returns the region; the caller unmaps it.
+ */
+function mapAndTouch(fd: number, size: number, prot: number): Region {
+  const m = native.mmap(size, prot, C.MAP_SHARED, fd, 0, 0);
+  if (typeof m === 'number') assert.fail(`mmap failed: ${m}`);
+  const v = new Uint8Array(native.view(m, 0, size));
+  let s = 0;
+  for (let i = 0; i < size; i += 4096) s += v[i]!;
+  native.unview(v.buffer as ArrayBuffer);
+  assert.ok(s >= 0);
+  return m;
 }
 
 describe('evict: cold means cold', () => {
@@ -37,21 +52,14 @@ describe('evict: cold means cold', () => {
     const size = 4 * MiB;
     const f = dirtyFile('mapped', size);
     const fd = openSync(f.path, 'r+');
-    const m = native.mmap(size, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0, 0);
-    assert.notEqual(typeof m, 'number');
+    const m = mapAndTouch(fd, size, C.PROT_READ | C.PROT_WRITE);
     try {
-      // Touch every page so that all of it is mapped into this process: fadvise cannot drop mapped pages.
-      const v = new Uint8Array(native.view(m as never, 0, size));
-      let s = 0;
-      for (let i = 0; i < size; i += 4096) s += v[i]!;
-      native.unview(v.buffer as ArrayBuffer);
-      assert.ok(s >= 0);
       const left = evict(fd, f.path);
       const seen = pageCacheBytesOf(f.path, size);
       assert.ok(seen > 0, 'precondition: mapped pages stay');
       assert.equal(left, seen, 'evict returns the bytes mincore still sees');
     } finally {
-      native.munmap(m as never);
+      native.munmap(m);
       closeSync(fd);
     }
   });
@@ -75,14 +83,8 @@ describe('evict: cold means cold', () => {
     const size = 4 * MiB;
     const f = dirtyFile('cli-mapped', size);
     const fd = openSync(f.path, 'r');
-    const m = native.mmap(size, C.PROT_READ, C.MAP_SHARED, fd, 0, 0);
-    assert.notEqual(typeof m, 'number');
+    const m = mapAndTouch(fd, size, C.PROT_READ);
     try {
-      const v = new Uint8Array(native.view(m as never, 0, size));
-      let s = 0;
-      for (let i = 0; i < size; i += 4096) s += v[i]!;
-      native.unview(v.buffer as ArrayBuffer);
-      assert.ok(s >= 0);
       const r = await cli('load', f.path, '--evict', '--json');
       assert.equal(r.code, 0, r.err);
       const j = JSON.parse(r.out);
@@ -91,7 +93,7 @@ describe('evict: cold means cold', () => {
       assert.ok(j.evictedResidentBytes > 0);
       assert.match(r.err, /warning: .* of '.*cli-mapped' stayed in the page cache after --evict/);
     } finally {
-      native.munmap(m as never);
+      native.munmap(m);
       closeSync(fd);
     }
   });

@@ -12,18 +12,11 @@ import { basename, dirname, join } from 'node:path';
 import { DmaloadSystemError } from '../core/errors.js';
 import { C, native } from '../engine/binding.js';
 import { attachDirect, requireRegular } from './source.js';
-import type { DioAlign, IoMode } from './source.js';
+import type { IoMode, OpenedFile } from './source.js';
 
-export interface Destination {
+/** The file being written: its descriptors, alignment and buffered-write flags as source.ts opens files. */
+export interface Destination extends Pick<OpenedFile, 'fd' | 'directFd' | 'direct' | 'align' | 'rwFlags'> {
   path: string;
-  /** Buffered descriptor of the file being written. */
-  fd: number;
-  /** The same file with O_DIRECT, or -1. */
-  directFd: number;
-  direct: boolean;
-  align: DioAlign;
-  /** pwritev2 flags for buffered writes on `fd`: RWF_DONTCACHE (io 'uncached', or 'auto' where allowed) or 0. */
-  rwFlags: number;
   /** Makes the written file the destination (atomic: link and rename; folder fsynced when `sync`). */
   commit(sync: boolean): Promise<void>;
   /** Closes the descriptors; a temporary file that was never committed disappears. Idempotent. */
