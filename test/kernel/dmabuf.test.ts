@@ -4,15 +4,15 @@
  * reported as skipped with the reason, never as passed.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { allocate, load, probe, readInto, save, writeFrom } from '../../src/index.js';
 import type { LoadedBuffer, TargetName } from '../../src/index.js';
 import { C, native } from '../../src/engine/binding.js';
 import { fdCount, makeFile, sha256, tempDir } from '../helpers.js';
+import { closeDrm, drm } from './vgem.js';
 
 const MiB = 1024 * 1024;
 const HAVE: Record<string, string | undefined> = {
@@ -48,25 +48,7 @@ function partsHash(b: LoadedBuffer): string {
   return hash.digest('hex');
 }
 
-let drmFd = -1;
-/** A DRM device to import into: vgem, loaded with modprobe when it is not there yet. */
-function drm(): number {
-  if (drmFd >= 0) return drmFd;
-  if (!existsSync('/dev/dri/card0')) {
-    try {
-      execFileSync('modprobe', ['vgem'], { stdio: 'ignore' });
-    } catch {
-      // reported below as a missing device
-    }
-  }
-  const card = existsSync('/dev/dri') ? readdirSync('/dev/dri').find((n) => n.startsWith('card')) : undefined;
-  assert.ok(card, 'no /dev/dri/card* after modprobe vgem');
-  drmFd = openSync(`/dev/dri/${card}`, 'r+');
-  return drmFd;
-}
-after(() => {
-  if (drmFd >= 0) closeSync(drmFd);
-});
+after(closeDrm);
 
 /** Every part must import into a real driver: DRM_IOCTL_PRIME_FD_TO_HANDLE succeeds. */
 function importAll(b: LoadedBuffer): void {

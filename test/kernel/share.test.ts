@@ -5,14 +5,14 @@
  * test is skipped with the reason.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { native } from '../../src/engine/binding.js';
 import { connect, serve } from '../../src/index.js';
 import type { LoadedBuffer } from '../../src/index.js';
 import { fdCount, makeFile, sha256, tempDir } from '../helpers.js';
+import { closeDrm, drm } from './vgem.js';
 import { child, socketDir } from '../share/util.js';
 
 const MiB = 1024 * 1024;
@@ -32,24 +32,7 @@ before(() => {
 
 const hashOf = (b: LoadedBuffer) => sha256(b.view(0, b.size));
 
-let drmFd = -1;
-function drm(): number {
-  if (drmFd >= 0) return drmFd;
-  if (!existsSync('/dev/dri/card0')) {
-    try {
-      execFileSync('modprobe', ['vgem'], { stdio: 'ignore' });
-    } catch {
-      // reported below
-    }
-  }
-  const card = existsSync('/dev/dri') ? readdirSync('/dev/dri').find((n) => n.startsWith('card')) : undefined;
-  assert.ok(card, 'no /dev/dri/card* after modprobe vgem');
-  drmFd = openSync(`/dev/dri/${card}`, 'r+');
-  return drmFd;
-}
-after(() => {
-  if (drmFd >= 0) closeSync(drmFd);
-});
+after(closeDrm);
 
 for (const [target, partSize] of [['udmabuf', undefined], ['dma-heap', undefined], ['dma-heap', 32 * MiB]] as const) {
   describe(`serve --target ${target}${partSize ? ` --part-size ${partSize / MiB}MiB` : ''}`, () => {
