@@ -8,7 +8,7 @@ import type { Method, RowIo } from '../../tools/bench/methods.js';
 import { markdown, svg, table } from '../../tools/bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../core/util.js';
-import { UsageError } from './io.js';
+import { UsageError, onInterrupt } from './io.js';
 import type { CliIO } from './io.js';
 
 export const BENCH_HELP = `Usage: dmaload bench [FILE] [options]
@@ -91,9 +91,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   const caches = list<CacheState>('cache', values.cache, ['cold', 'warm', 'half'], ['cold']);
   const sweep = values.sweep?.split(',').map((s) => size('sweep', s.trim()));
   if (sweep && common.file) throw new UsageError('--sweep generates its own files; give no FILE');
-  const ac = new AbortController();
-  const onSigint = () => ac.abort(new Error('interrupted'));
-  process.once('SIGINT', onSigint);
+  const interrupt = onInterrupt();
   const reports: BenchReport[] = [];
   try {
     for (const sz of sweep ?? [values.size === undefined ? GiB : size('size', values.size)]) {
@@ -103,7 +101,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
             ...common,
             size: sz,
             cache,
-            signal: ac.signal,
+            signal: interrupt.signal,
             onStatus: (m) => io.isTTY && io.stderr(`\r\x1b[K${m}`),
             // A line per measured row, kept on the terminal: the numbers arrive as the run goes.
             onRow: (p) => io.isTTY && io.stderr(`\r\x1b[K${progressLine(p, sz)}\n`),
@@ -112,7 +110,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
       }
     }
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
     if (io.isTTY) io.stderr('\r\x1b[K');
   }
   if (values.svg) {

@@ -4,7 +4,7 @@ import { copy } from '../api/copy.js';
 import { IO_MODES } from '../api/options.js';
 import type { IoMode } from '../pipeline/source.js';
 import { cpuMsSince, formatBytes } from '../core/util.js';
-import { UsageError, progressBar } from './io.js';
+import { UsageError, onInterrupt, progressBar } from './io.js';
 import type { CliIO } from './io.js';
 import { choice } from './load.js';
 
@@ -28,13 +28,11 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
   if (positionals.length !== 2) throw new UsageError('cp takes SRC and DST');
   const [src, dst] = positionals as [string, string];
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
-  const ac = new AbortController();
-  const onSigint = () => ac.abort();
-  process.once('SIGINT', onSigint);
+  const interrupt = onInterrupt();
   const bar = progressBar(io, 'cp');
   const c0 = process.cpuUsage();
   try {
-    const r = await copy(src, dst, { io: ioMode, signal: ac.signal, onProgress: (p) => bar.update(p.bytes, p.total) });
+    const r = await copy(src, dst, { io: ioMode, signal: interrupt.signal, onProgress: (p) => bar.update(p.bytes, p.total) });
     bar.done();
     const out = { src, dst, size: r.bytes, ms: r.ms, bytesPerSec: r.bytesPerSec, readIo: r.readIo, writeIo: r.io, cpuMs: cpuMsSince(c0) };
     if (values.json) io.stdout(JSON.stringify(out) + '\n');
@@ -42,6 +40,6 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
     return 0;
   } finally {
     bar.done();
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
   }
 }

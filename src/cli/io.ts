@@ -1,5 +1,6 @@
 /** What a CLI command writes to, so tests can call commands without a process. */
 import { createHash } from 'node:crypto';
+import { AbortError } from '../core/errors.js';
 import { formatBytes } from '../core/util.js';
 
 export interface CliIO {
@@ -49,4 +50,35 @@ export async function sha256(buffer: { windows(size: number): Iterable<Uint8Arra
     await new Promise((r) => setImmediate(r));
   }
   return h.digest('hex');
+}
+
+/** The signal that interrupted the running command: main() then exits 128 + its number. */
+let interruptedBy: NodeJS.Signals | undefined;
+
+/** Which signal interrupted the command (see {@link onInterrupt}), and forgets it. */
+export function takeInterrupt(): NodeJS.Signals | undefined {
+  const sig = interruptedBy;
+  interruptedBy = undefined;
+  return sig;
+}
+
+const INTERRUPTS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * An AbortSignal for a command's work that fires on SIGINT, SIGTERM or SIGHUP, so the command unwinds and removes
+ * what it made (the bench's data, a half-written file) instead of dying with it in place. A second signal while
+ * unwinding gets the default action: a user who presses Ctrl-C twice means it.
+ */
+export function onInterrupt(): { signal: AbortSignal; dispose(): void } {
+  const ac = new AbortController();
+  const dispose = () => {
+    for (const s of INTERRUPTS) process.off(s, handler);
+  };
+  function handler(sig: NodeJS.Signals) {
+    dispose();
+    interruptedBy = sig;
+    ac.abort(new AbortError(`interrupted (${sig})`));
+  }
+  for (const s of INTERRUPTS) process.on(s, handler);
+  return { signal: ac.signal, dispose };
 }

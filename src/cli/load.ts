@@ -7,7 +7,7 @@ import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
 import { formatBytes, parseSize } from '../core/util.js';
-import { UsageError, progressBar, sha256 } from './io.js';
+import { UsageError, onInterrupt, progressBar, sha256 } from './io.js';
 import type { CliIO } from './io.js';
 
 export const LOAD_HELP = `Usage: dmaload load FILE [options]
@@ -72,9 +72,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const stayed = values.evict ? evictPath(path) : undefined;
   if (stayed) io.stderr(`warning: ${formatBytes(stayed)} of '${path}' stayed in the page cache after --evict (pages mapped or locked by a process); the load is not fully cold\n`);
   const bar = progressBar(io, 'load');
-  const ac = new AbortController();
-  const onSigint = () => ac.abort();
-  process.once('SIGINT', onSigint);
+  const interrupt = onInterrupt();
   let buf;
   try {
     buf = await load(path, {
@@ -83,11 +81,11 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       ...(values.heap === undefined ? {} : { heap: values.heap }),
       ...(partSize === undefined ? {} : { partSize }),
       overlap,
-      signal: ac.signal,
+      signal: interrupt.signal,
       onProgress: (p) => bar.update(p.bytes, p.total),
     });
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
     bar.done();
   }
   try {

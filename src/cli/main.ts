@@ -1,7 +1,8 @@
 /** The dmaload CLI. Takes its argv as a parameter so tests can call it. */
 import { readFileSync } from 'node:fs';
 import { DmaloadError } from '../core/errors.js';
-import { UsageError, processIO } from './io.js';
+import os from 'node:os';
+import { UsageError, processIO, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
 import { benchCommand } from './bench.js';
 import { cpCommand } from './cp.js';
@@ -43,7 +44,10 @@ const commands: Record<string, Command> = {
   serve: serveCommand,
 };
 
-/** Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error. Never throws. */
+/**
+ * Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error, 128 + n after signal n (SIGINT,
+ * SIGTERM, SIGHUP) interrupted a command, which removed what it had made. Never throws.
+ */
 export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
@@ -59,10 +63,17 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     io.stderr(`dmaload: unknown command '${cmd}'\n\n${HELP}`);
     return 2;
   }
+  takeInterrupt();
   try {
     return await run(rest, io);
   } catch (e) {
     const err = e as Error & { code?: string };
+    const sig = takeInterrupt();
+    if (sig) {
+      // The shell's convention for a command a signal ended, after it cleaned up.
+      io.stderr(`dmaload ${cmd}: interrupted (${sig})\n`);
+      return 128 + os.constants.signals[sig];
+    }
     const usage = e instanceof UsageError || (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS'));
     if (process.env.DMALOAD_DEBUG === '1') io.stderr(`${err.stack}\n`);
     if (usage) {

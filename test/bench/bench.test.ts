@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -108,14 +109,34 @@ describe('bench', () => {
     assert.match(huge.err, /ERR_BENCH_NO_SPACE|ERR_MEMORY_BUDGET/);
   });
 
-  test('Ctrl-C mid-run: children killed, temporary file removed', async () => {
+  test('Ctrl-C mid-run: children killed, temporary file removed, exit 130', async () => {
     const child = spawn(process.execPath, [bin, 'bench', '--size', '64MiB', '--rounds', '20', '--targets', 'memory', '--methods', 'read,dmaload'], { env: { ...process.env, TMPDIR: dir }, stdio: 'ignore' });
     // Wait for the generated file, then interrupt.
     for (let i = 0; i < 200 && !readdirSync(dir).some((n) => n.startsWith('dmaload-bench-')); i++) await new Promise((r) => setTimeout(r, 25));
     await new Promise((r) => setTimeout(r, 300));
     child.kill('SIGINT');
     const code = await new Promise((r) => child.on('exit', (c) => r(c)));
-    assert.equal(code, 1, 'interrupted, not completed');
+    assert.equal(code, 130, 'interrupted (128 + SIGINT), not completed');
     assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith('dmaload-bench-')), []);
+  });
+
+  test('SIGTERM, SIGINT, SIGHUP while the data is written: exit 128 + the signal number, none of the data left', async () => {
+    for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+      // The bench writes its data under TMPDIR, or the working folder when TMPDIR is tmpfs: both are `d`.
+      const d = join(dir, `sig-${sig}`);
+      mkdirSync(d);
+      const child = spawn(process.execPath, [bin, 'bench', '--size', '256MiB', '--methods', 'dmaload', '--targets', 'memory', '--rounds', '1'], { cwd: d, env: { ...process.env, TMPDIR: d }, stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => void (stderr += b));
+      const exited = new Promise<{ code: number | null; signal: string | null }>((res) => child.on('exit', (code, signal) => res({ code, signal })));
+      const t0 = Date.now();
+      while (!readdirSync(d).some((n) => n.startsWith('dmaload-bench-')) && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(readdirSync(d).length > 0, `${sig}: the bench made no data folder in 30 s: ${stderr}`);
+      child.kill(sig);
+      const { code, signal } = await exited;
+      assert.deepEqual({ code, signal }, { code: 128 + os.constants.signals[sig], signal: null }, `${sig}: ${stderr}`);
+      assert.match(stderr, new RegExp(`interrupted \\(${sig}\\)`), sig);
+      assert.deepEqual(readdirSync(d), [], `${sig}: left behind`);
+    }
   });
 });

@@ -16,7 +16,7 @@ import { C, native } from '../../src/engine/binding.js';
 import { targets } from '../../src/targets/index.js';
 import type { TargetName } from '../../src/targets/index.js';
 import { GiB, MiB, formatBytes, memAvailable } from '../../src/core/util.js';
-import { writeSeededFile } from './data.js';
+import { writeSeededFileAsync } from './data.js';
 import { METHODS, staticUnsupported } from './methods.js';
 import type { Method, RowIo, RowMeasure, RowSpec } from './methods.js';
 
@@ -282,7 +282,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       tmp = mkdtempSync(join(dir, 'dmaload-bench-'));
       path = join(tmp, 'data.bin');
       status(`writing a ${formatBytes(size)} seeded random file: ${path}`);
-      want = writeSeededFile(path, size, 0x5eed);
+      want = await writeSeededFileAsync(path, size, 0x5eed, o.signal);
     } else {
       const st = statSync(path);
       requireRegular(st, path, 'stat');

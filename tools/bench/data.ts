@@ -1,6 +1,6 @@
 /** Seeded test data: the bench's generated files and the tests' files come from the same generator. */
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, promises as fsp, writeSync } from 'node:fs';
 
 /** Deterministic pseudo-random bytes (xorshift32): the same seed gives the same bytes on every machine. */
 export function seededBytes(size: number, seed: number): Uint8Array {
@@ -19,6 +19,8 @@ export function seededBytes(size: number, seed: number): Uint8Array {
   return out;
 }
 
+const PIECE = 16 * 1024 * 1024;
+
 /**
  * Writes `size` seeded bytes to `path` in 16 MiB pieces and fsyncs it (so its clean pages can be evicted);
  * returns the data's SHA-256.
@@ -26,16 +28,36 @@ export function seededBytes(size: number, seed: number): Uint8Array {
 export function writeSeededFile(path: string, size: number, seed = size): string {
   const fd = openSync(path, 'w');
   const h = createHash('sha256');
-  const piece = 16 * 1024 * 1024;
   try {
-    for (let off = 0, i = 0; off < size; off += piece, i++) {
-      const b = seededBytes(Math.min(piece, size - off), seed + i);
+    for (let off = 0, i = 0; off < size; off += PIECE, i++) {
+      const b = seededBytes(Math.min(PIECE, size - off), seed + i);
       h.update(b);
-      writeSync(fd, b);
+      for (let w = 0; w < b.length; ) w += writeSync(fd, b, w);
     }
     fsyncSync(fd);
   } finally {
     closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+/**
+ * {@link writeSeededFile} (the same bytes) without holding the event loop for gigabytes: each piece is written on
+ * libuv's pool, and `signal` stops it between pieces (the caller removes the partial file).
+ */
+export async function writeSeededFileAsync(path: string, size: number, seed = size, signal?: AbortSignal): Promise<string> {
+  const fh = await fsp.open(path, 'w');
+  const h = createHash('sha256');
+  try {
+    for (let off = 0, i = 0; off < size; off += PIECE, i++) {
+      signal?.throwIfAborted();
+      const b = seededBytes(Math.min(PIECE, size - off), seed + i);
+      h.update(b);
+      for (let w = 0; w < b.length; ) w += (await fh.write(b, w)).bytesWritten;
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
   return h.digest('hex');
 }
