@@ -44,17 +44,19 @@ describe('huge pages for fresh memory', () => {
       return t.skip(`transparent huge pages are ${mode}: nothing to measure`);
     }
     assert.match((await decideHugePages(64 * MiB, undefined)).reason, /not measured/);
-    const ft = await measureFirstTouch(16 * MiB, 1);
-    assert.equal(ft.small.length, 1);
-    assert.equal(ft.huge.length, 1);
-    assert.ok(ft.small[0]!.cpuMs >= 0 && ft.huge[0]!.wallMs > 0);
+    const ft = await measureFirstTouch(16 * MiB, 3);
+    assert.equal(ft.small.length, 3);
+    assert.equal(ft.huge.length, 3);
+    assert.ok(ft.small.every((x) => x.cpuMs >= 0) && ft.huge.every((x) => x.wallMs > 0));
     const onDisk = JSON.parse(readFileSync(firstTouchCachePath(), 'utf8'));
     assert.equal(firstTouchCachePath(), join(dir, 'xdg', 'dmaload', 'first-touch.json'));
     assert.deepEqual(onDisk, ft);
-    assert.equal(onDisk.hugeWins, ft.huge[0]!.cpuMs <= ft.small[0]!.cpuMs);
+    // Huge pages only when every huge round beat the small rounds' median (one cheap round must not decide).
+    const smallMedian = [...ft.small.map((x) => x.cpuMs)].sort((x, y) => x - y)[1]!;
+    assert.equal(onDisk.hugeWins, ft.huge.every((x) => x.cpuMs <= smallMedian));
     const d = await decideHugePages(64 * MiB, undefined);
     assert.equal(d.huge, ft.hugeWins);
-    assert.match(d.reason, /first touch of 16 MiB costs \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/);
+    assert.match(d.reason, /first touch of 16 MiB costs up to \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/);
     assert.deepEqual(await decideHugePages(64 * MiB, true), { huge: true, reason: 'hugePages: true' });
     assert.deepEqual(await decideHugePages(MiB, undefined), { huge: false, reason: 'smaller than one huge page' });
     process.env.DMALOAD_HUGE_PAGES = '0';
