@@ -1,4 +1,5 @@
-// mappings.cc — regions and views: mmap, view, munmap, madvise, mmapInto, populate, address, live mappings.
+// mappings.cc — regions and views: mmap, view, munmap, revokeViews, madvise, mmapInto, populate, address, live
+// mappings.
 // A Region handle is a type-tagged External; JS reaches the bytes only through views (external ArrayBuffers) that
 // each pin the region, so munmap can detach them and the OS mapping outlives every job still using it.
 #include "mappings.h"
@@ -321,6 +322,17 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   return Num(a.env, r->Close(a.env, true));
 }
 
+// revokeViews(region) -> undefined: detaches every reachable view of a live region and drops their pins, as munmap
+// does, but keeps the mapping: memory that changes hands (load({ into }), a pool) must not stay visible through
+// the old owner's views. A view the collector took but has not finalized keeps its pin, as in munmap.
+Napi::Value RevokeViews(const Napi::CallbackInfo& info) {
+  Args a(info, "revokeViews");
+  std::shared_ptr<Region> r;
+  if (!ReadRegion(a, a[0], "region", r)) return {};
+  ReleaseViews(*r, a.env, true);
+  return a.env.Undefined();
+}
+
 // madvise(region, offset, length, advice) -> 0 | -errno
 Napi::Value Madvise(const Napi::CallbackInfo& info) {
   Args a(info, "madvise");
@@ -413,6 +425,7 @@ void InitMappings(Napi::Env env, Napi::Object exports) {
   exports.Set("regionSize", Napi::Function::New(env, RegionSize, "regionSize"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
+  exports.Set("revokeViews", Napi::Function::New(env, RevokeViews, "revokeViews"));
   exports.Set("mmapInto", Napi::Function::New(env, MmapInto, "mmapInto"));
   exports.Set("populate", Napi::Function::New(env, Populate, "populate"));
   exports.Set("address", Napi::Function::New(env, Address, "address"));

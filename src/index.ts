@@ -5,6 +5,8 @@ export { load, loadRanges } from './api/load.js';
 export type { FileRange, LoadOptions, LoadProgress } from './api/load.js';
 export { LoadedBuffer } from './core/buffer.js';
 export type { LoadStats, PartStats } from './core/buffer.js';
+export { createPool } from './api/pool.js';
+export type { BufferPool, PoolOptions } from './api/pool.js';
 export { allocate } from './api/allocate.js';
 export type { AllocateOptions } from './api/allocate.js';
 export { readInto, writeFrom } from './api/rw.js';

@@ -32,9 +32,14 @@ describe('load into an existing buffer', () => {
       for (const f of [b, c, a]) {
         evictFile(f.path);
         const old = buf;
+        const oldView = old.bytes;
+        const oldWindow = old.view(4096, 4096);
         buf = await load(f.path, { into: old });
         assert.equal(old.closed, true, 'into is closed: its memory moved');
         assert.throws(() => old.bytes, { code: 'ERR_BUFFER_CLOSED' });
+        // As after close(): the old handle's views are empty, not a window on the next file's bytes.
+        assert.equal(oldView.byteLength, 0, 'the old bytes view is detached');
+        assert.equal(oldWindow.byteLength, 0, 'the old window is detached');
         assert.equal(buf.path, f.path);
         assert.equal(sha256(buf.bytes), f.sha256);
         assert.equal(address(buf), at, 'the same memory');

@@ -170,6 +170,11 @@ export class LoadedBuffer implements AsyncDisposable {
     return this.#alloc === undefined;
   }
 
+  /** @internal Bytes a load into this buffer may fill (its capacity; a memfd's, its size rounded to a page). */
+  get room(): number {
+    return this.#room;
+  }
+
   /**
    * True for a buffer mapped read-only (one served by `dmaload serve`, from connect().load()): writing into `bytes`
    * faults like a write to any read-only mapping, and readInto() and load({ into }) refuse it with ERR_BUFFER_READ_ONLY.
@@ -232,7 +237,9 @@ export class LoadedBuffer implements AsyncDisposable {
           this.#live('the buffer for load({ into })'); // closed during the load: ERR_BUFFER_CLOSED
         }
         const moved = new LoadedBuffer(path, size, this.target, alloc, parts, stats, this.#room);
-        // Ownership moves without freeing: this object is closed, the memory now belongs to `moved`.
+        // Ownership moves without freeing: this object is closed, the memory now belongs to `moved`. Its views
+        // become empty as close() makes them, rather than windows on what the memory holds next.
+        if (alloc.region) native.revokeViews(alloc.region);
         this.#alloc = undefined;
         this.#bytes = undefined;
         lease.release();

@@ -87,6 +87,8 @@ export interface Native {
   regionSize(region: Region): number;
   /** Detaches the views; the memory is unmapped once no job holds the region. */
   munmap(region: Region): number;
+  /** Detaches every view of a live region (they become empty) and keeps the mapping: memory changing hands. */
+  revokeViews(region: Region): void;
   madvise(region: Region, offset: number, length: number, advice: number): number;
   mmapInto(region: Region, offset: number, length: number, prot: number, flags: number, fd: number, fileOffset: number): number;
   populate(region: Region, offset: number, length: number): Promise<number>;
