@@ -116,21 +116,30 @@ async function rejectsWithin<T>(ms: number, fn: () => Promise<T>, check: (e: unk
  * was unmapped: with dma-heap's bounce buffers that is a memcpy into the unmapped view, a SIGSEGV.)
  */
 async function partlyCachedHeld(t: TestContext, target: TargetName, mode: 'eio' | 'abort'): Promise<void> {
-  evictFile(big.path);
-  cacheRange(big.path, 8 * MiB, BIG);
-  faultRanges(big.path, [{ offset: 0, length: 8 * MiB, delayMs: HOLD_MS }, ...(mode === 'eio' ? [{ offset: 40 * MiB, length: 24 * MiB }] : [])]);
-  const r = await inChild(
-    `let evicted = false;
-     const ac = new AbortController();
-     const b = await api.load(args.src, { target: args.target, io: 'auto', signal: ac.signal, onProgress: (p) => {
-       (result.events ??= []).push([Math.round(performance.now() - t0), p.bytes]);
-       if (args.mode === 'eio' && !evicted) { evicted = true; helpers.evictFile(args.src); }
-       if (args.mode === 'abort') ac.abort();
-       args.onProgress(p);
-     } });
-     b.close();`,
-    { src: big.path, target, mode, lingerUntil: HOLD_MS + 1500 },
-  );
+  let r: Awaited<ReturnType<typeof inChild>>;
+  for (let attempt = 1; ; attempt++) {
+    evictFile(big.path);
+    cacheRange(big.path, 8 * MiB, BIG);
+    // 'eio': the copy of the cached part meets bad blocks once the test evicts them at the first progress report.
+    // The bad range starts two copy requests in (64 MiB), so the copy is rarely past it by then.
+    faultRanges(big.path, [{ offset: 0, length: 8 * MiB, delayMs: HOLD_MS }, ...(mode === 'eio' ? [{ offset: 64 * MiB, length: 24 * MiB }] : [])]);
+    r = await inChild(
+      `let evicted = false;
+       const ac = new AbortController();
+       const b = await api.load(args.src, { target: args.target, io: 'auto', signal: ac.signal, onProgress: (p) => {
+         (result.events ??= []).push([Math.round(performance.now() - t0), p.bytes]);
+         if (args.mode === 'eio' && !evicted) { evicted = true; helpers.evictFile(args.src); }
+         if (args.mode === 'abort') ac.abort();
+         args.onProgress(p);
+       } });
+       b.close();`,
+      { src: big.path, target, mode, lingerUntil: HOLD_MS + 1500 },
+    );
+    // Rarely, the copy still wins that race and copies the bad range from the cache before the eviction: then the
+    // scenario did not happen (nothing failed), which proves nothing either way. Set it up again.
+    if (mode !== 'eio' || r.result.resolved !== true || attempt === 3) break;
+    t.diagnostic(`attempt ${attempt}: the copy finished before the eviction reached it (${JSON.stringify(r.result.events ?? [])}); again`);
+  }
   if (mode === 'eio') r.rejected(isEio(big.path));
   else r.rejected((e) => (assert.equal(e.name, 'AbortError', e.stack), true));
   const settled = Math.round(r.result.settled as number);
