@@ -26,7 +26,7 @@ import { load } from '../api/load.js';
 import { budgetOption, enumOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption } from '../api/options.js';
 import { readInto } from '../api/rw.js';
 import type { LoadedBuffer } from '../core/buffer.js';
-import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
+import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
 import { formatBytes, memAvailable, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
 import { clearNonblock, requireRegular } from '../pipeline/source.js';
@@ -41,6 +41,7 @@ import type { Exported, ShareTarget } from './seal.js';
 
 const S = native.shareConstants;
 const EAGAIN = 11;
+const ECONNREFUSED = 111;
 const EPIPE = 32;
 const ECONNABORTED = 103;
 /** Requests one connection may have in progress; past it, the server stops reading that connection until replies go out. */
@@ -523,7 +524,12 @@ function listen(socket: string, mode: number): number {
       if (probe >= 0) closeFd(probe);
       throw new DmaloadSystemError(fd, 'bind', socket, 'a server is already listening there');
     }
-    unlinkSync(socket); // ECONNREFUSED: a socket left behind by a server that died
+    // Only ECONNREFUSED says nobody listens. Any other failure (EACCES: another user's live server) proves nothing,
+    // and unlinking would hand that server's path, and its clients' file descriptors, to this one.
+    if (probe !== -ECONNREFUSED) {
+      throw new DmaloadSystemError(fd, 'bind', socket, `a socket is there and connecting to it failed (${errnoCode(probe)}), so it may be in use; remove it if you know it is stale`);
+    }
+    unlinkSync(socket); // a socket left behind by a server that died
   }
 }
 

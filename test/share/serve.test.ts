@@ -336,6 +336,17 @@ describe('serve/connect: errors', () => {
       closeSync(native.unixListen(path, 0o600, 1));
       const s3 = await serve({ socket: path });
       await s3.close();
+      // A live server whose socket the probe may not connect to (mode 0: EACCES for anyone but root) is not stale:
+      // only ECONNREFUSED says nobody listens. It keeps its socket, and the second serve() is refused.
+      const live = await serve({ socket: path, mode: 0 });
+      try {
+        const ino = statSync(path).ino;
+        // (a server started by mistake is closed, or it would keep this process alive)
+        await assert.rejects(serve({ socket: path }).then(async (s) => (await s.close(), s)), (e: Error & { code?: string }) => e.code === 'EADDRINUSE', 'refused');
+        assert.equal(statSync(path).ino, ino, 'the live server keeps its socket');
+      } finally {
+        await live.close();
+      }
       writeFileSync(path, 'not a socket');
       await assert.rejects(serve({ socket: path }), (e: Error & { code?: string }) => e.code === 'EADDRINUSE' && /not a socket/.test(e.message));
     } finally {
