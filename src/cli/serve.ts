@@ -6,7 +6,7 @@ import type { IoMode } from '../pipeline/source.js';
 import { serve } from '../share/server.js';
 import { SHARE_TARGETS } from '../share/seal.js';
 import type { ShareTarget } from '../share/seal.js';
-import { UsageError } from './io.js';
+import { UsageError, onInterrupt, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
 import { choice } from './load.js';
 
@@ -14,7 +14,8 @@ export const SERVE_HELP = `Usage: dmaload serve --socket PATH [options] [FILE...
 
 Listen on a Unix-domain socket and give every client that sends a file's fd the same sealed buffer of that file:
 loaded once (by direct I/O), mapped read-only by each client. Clients: connect() in the library, the Python client
-in clients/python, or anything that speaks docs/protocol.md. Runs until SIGINT or SIGTERM.
+in clients/python, or anything that speaks docs/protocol.md. Runs until SIGINT, SIGTERM or SIGHUP (exit 0; during
+--preload, exit 128 + the signal), removing its socket.
 
 Options:
   --socket PATH             the socket to create (required); a stale one nobody listens on is replaced
@@ -61,7 +62,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
   }
   let mode: number | undefined;
   if (values.mode !== undefined) {
-    if (!/^0?[0-7]{1,4}$/.test(values.mode)) throw new UsageError(`--mode must be an octal mode such as 0600 or 0660 (got '${values.mode}')`);
+    if (!/^0?[0-7]{1,3}$/.test(values.mode)) throw new UsageError(`--mode must be an octal permission mode such as 0600 or 0660 (got '${values.mode}')`);
     mode = parseInt(values.mode, 8);
   }
   let partSize: number | undefined;
@@ -74,28 +75,32 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
   const preload = [...(values.preload ?? []), ...positionals];
   const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
 
-  const server = await serve({
-    socket: values.socket,
-    target,
-    io: ioMode,
-    preload,
-    ...(budget === undefined ? {} : { budget }),
-    ...(mode === undefined ? {} : { mode }),
-    ...(values.heap === undefined ? {} : { heap: values.heap }),
-    ...(partSize === undefined ? {} : { partSize }),
-    ...(log ? { log } : {}),
-  });
+  // From here a signal stops the server cleanly (its socket removed), also while it preloads.
+  const interrupt = onInterrupt();
+  let server;
+  try {
+    server = await serve({
+      socket: values.socket,
+      target,
+      io: ioMode,
+      preload,
+      ...(budget === undefined ? {} : { budget }),
+      ...(mode === undefined ? {} : { mode }),
+      ...(values.heap === undefined ? {} : { heap: values.heap }),
+      ...(partSize === undefined ? {} : { partSize }),
+      ...(log ? { log } : {}),
+      signal: interrupt.signal,
+    });
+  } catch (e) {
+    interrupt.dispose();
+    throw e;
+  }
   const st = server.status();
   io.stderr(`dmaload serve: listening on ${server.socket} (pid ${process.pid}, target ${target}, budget ${formatBytes(server.budget)}, ${st.entries} files preloaded)\n`);
-  await new Promise<void>((resolve) => {
-    const stop = () => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      resolve();
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  // Serving until SIGINT, SIGTERM or SIGHUP: a stop the operator asked for, so exit 0.
+  const stopped = interrupt.signal;
+  if (!stopped.aborted) await new Promise((resolve) => stopped.addEventListener('abort', resolve, { once: true }));
+  takeInterrupt();
   const end = server.status();
   await server.close();
   io.stderr(`dmaload serve: stopped (${end.hits} hits, ${end.misses} misses, ${end.loads} loads, ${end.evictions} evictions, ${end.errors} errors)\n`);

@@ -23,7 +23,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { allocate } from '../api/allocate.js';
 import { load } from '../api/load.js';
-import { budgetOption, enumOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption } from '../api/options.js';
+import { budgetOption, enumOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
 import { readInto } from '../api/rw.js';
 import type { LoadedBuffer } from '../core/buffer.js';
 import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
@@ -68,6 +68,8 @@ export interface ServeOptions {
   preload?: readonly string[];
   /** Called with one line per event (connections, loads, hits, evictions, errors), for logs. */
   log?: (line: string) => void;
+  /** Stops the preloading: serve() closes the server (its socket removed) and rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** A running server. */
@@ -553,6 +555,8 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const preload = o.preload ?? [];
   if (!Array.isArray(preload)) throw invalidType('preload', 'an array of paths', preload);
   preload.forEach((p, i) => pathOption(`preload[${i}]`, p));
+  const signal = signalOption(o.signal);
+  signal?.throwIfAborted();
 
   const fd = listen(socket, mode);
   let server: Server;
@@ -567,11 +571,20 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
     }
     throw e;
   }
+  // close() stops a preload in flight: it aborts the server's reads.
+  const onAbort = () => void server.close();
+  signal?.addEventListener('abort', onAbort, { once: true });
   try {
-    for (const p of preload) await server.preload(p);
+    for (const p of preload) {
+      signal?.throwIfAborted();
+      await server.preload(p);
+    }
+    signal?.throwIfAborted();
   } catch (e) {
     await server.close();
-    throw e;
+    throw signal?.aborted ? signal.reason : e;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
   }
   return server;
 }

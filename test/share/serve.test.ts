@@ -506,9 +506,49 @@ describe('dmaload serve (CLI)', () => {
     }
   });
 
+  test('SIGHUP stops it like SIGTERM; a signal during --preload removes the socket and exits 128 + the signal', async () => {
+    const run = (socket: string, extra: string[], env: Record<string, string> = {}) => {
+      const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+      let err = '';
+      p.stderr.on('data', (d: Buffer) => (err += d));
+      const exited = new Promise<number | null>((r) => p.once('close', r));
+      return { p, exited, err: () => err };
+    };
+    const untilSocket = async (socket: string) => {
+      for (const t0 = Date.now(); !existsSync(socket) && Date.now() - t0 < 20_000; ) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(existsSync(socket), 'the socket appeared');
+    };
+    // Listening: SIGHUP (a closed terminal) stops it cleanly.
+    const s1 = sock();
+    const a = run(s1, []);
+    try {
+      await untilSocket(s1);
+      a.p.kill('SIGHUP');
+      assert.equal(await a.exited, 0, a.err());
+      assert.equal(existsSync(s1), false, 'socket removed');
+    } finally {
+      if (a.p.exitCode === null && a.p.signalCode === null) a.p.kill('SIGKILL');
+    }
+    // Preloading a file slowly (4 KiB requests, one at a time): SIGTERM stops the preload and removes the socket.
+    const f = makeFile(dir, 'slow-preload', 48 * MiB, 5);
+    evictFile(f.path);
+    const s2 = sock();
+    const b = run(s2, ['--preload', f.path], { DMALOAD_QUEUE_DEPTH: '1', DMALOAD_CHUNK_SIZE: '4096' });
+    try {
+      await untilSocket(s2);
+      b.p.kill('SIGTERM');
+      assert.equal(await b.exited, 128 + 15, b.err());
+      assert.match(b.err(), /interrupted \(SIGTERM\)/);
+      assert.equal(existsSync(s2), false, 'socket removed');
+    } finally {
+      if (b.p.exitCode === null && b.p.signalCode === null) b.p.kill('SIGKILL');
+    }
+  });
+
   test('usage errors exit 2', async () => {
     assert.equal((await cli('serve')).code, 2);
     assert.equal((await cli('serve', '--socket', sock(), '--mode', '999')).code, 2);
+    assert.equal((await cli('serve', '--socket', sock(), '--mode', '7777')).code, 2, 'setuid, setgid and sticky bits are not a socket mode');
     assert.equal((await cli('serve', '--socket', sock(), '--budget', 'lots')).code, 2);
     assert.equal((await cli('serve', '--socket', sock(), '--target', 'memory')).code, 2);
     const h = await cli('serve', '--help');
