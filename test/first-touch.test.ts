@@ -3,12 +3,12 @@
  * /proc/self/smaps (AnonHugePages of the buffer's own mapping) for what the kernel really gave.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { load } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
-import { cachedFirstTouch, decideHugePages, firstTouchCachePath, measureFirstTouch, thpMode } from '../src/engine/first-touch.js';
+import { balloonReports, cachedFirstTouch, decideHugePages, firstTouchCachePath, freePageReporting, measureFirstTouch, thpMode } from '../src/engine/first-touch.js';
 import { makeFile, sha256, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -43,7 +43,9 @@ describe('huge pages for fresh memory', () => {
       assert.deepEqual(await decideHugePages(64 * MiB, undefined), { huge: false, reason: `transparent huge pages are ${mode}` });
       return t.skip(`transparent huge pages are ${mode}: nothing to measure`);
     }
-    assert.match((await decideHugePages(64 * MiB, undefined)).reason, /not measured/);
+    // A VM whose balloon reports free pages to its host decides by that kernel fact, not by a measurement.
+    const reporting = freePageReporting();
+    assert.match((await decideHugePages(64 * MiB, undefined)).reason, reporting ? /free page reporting/ : /not measured/);
     const ft = await measureFirstTouch(16 * MiB, 3);
     assert.equal(ft.small.length, 3);
     assert.equal(ft.huge.length, 3);
@@ -55,8 +57,8 @@ describe('huge pages for fresh memory', () => {
     const smallMedian = [...ft.small.map((x) => x.cpuMs)].sort((x, y) => x - y)[1]!;
     assert.equal(onDisk.hugeWins, ft.huge.every((x) => x.cpuMs <= smallMedian));
     const d = await decideHugePages(64 * MiB, undefined);
-    assert.equal(d.huge, ft.hugeWins);
-    assert.match(d.reason, /first touch of 16 MiB costs up to \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/);
+    assert.equal(d.huge, ft.hugeWins && !reporting);
+    assert.match(d.reason, reporting ? /virtio-balloon free page reporting/ : /first touch of 16 MiB costs up to \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/);
     assert.deepEqual(await decideHugePages(64 * MiB, true), { huge: true, reason: 'hugePages: true' });
     assert.deepEqual(await decideHugePages(MiB, undefined), { huge: false, reason: 'smaller than one huge page' });
     process.env.DMALOAD_HUGE_PAGES = '0';
@@ -65,6 +67,21 @@ describe('huge pages for fresh memory', () => {
     } finally {
       delete process.env.DMALOAD_HUGE_PAGES;
     }
+  });
+
+  test('free page reporting: bit 5 of a virtio-balloon features string, read from sysfs', () => {
+    // sysfs prints one character per feature bit, bit 0 first; VIRTIO_BALLOON_F_REPORTING is bit 5 (virtio spec 5.5.3).
+    assert.equal(balloonReports('0110010100000000000000000000000010000000000000000000000000000000'), true);
+    assert.equal(balloonReports('0110000100000000000000000000000010000000000000000000000000000000'), false);
+    assert.equal(balloonReports(''), false);
+    const sys = join(dir, 'sys-balloon');
+    mkdirSync(join(sys, 'virtio3'), { recursive: true });
+    writeFileSync(join(sys, 'virtio3', 'features'), '0000010000000000000000000000000000000000000000000000000000000000\n');
+    writeFileSync(join(sys, 'bind'), '');
+    assert.equal(freePageReporting(sys), true);
+    writeFileSync(join(sys, 'virtio3', 'features'), '0000000000000000000000000000000000000000000000000000000000000000\n');
+    assert.equal(freePageReporting(sys), false);
+    assert.equal(freePageReporting(join(dir, 'no-such-driver')), false, 'no balloon driver: no reporting');
   });
 
   test('stats say which lever was used, and smaps agrees: huge pages when asked, none when not', async (t) => {

@@ -3,7 +3,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import os from 'node:os';
 import { engine } from '../engine/engine.js';
-import { cachedFirstTouch, describeFirstTouch, firstTouchCachePath, measureFirstTouch } from '../engine/first-touch.js';
+import { cachedFirstTouch, describeFirstTouch, firstTouchCachePath, freePageReporting, measureFirstTouch } from '../engine/first-touch.js';
 import type { FirstTouch } from '../engine/first-touch.js';
 import { dioAlign, requireRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
 
@@ -80,7 +80,12 @@ export async function probe(path?: string, options: { firstTouch?: boolean } = {
     memoryBytes: os.totalmem(),
   };
   const ft = options.firstTouch ? await measureFirstTouch() : cachedFirstTouch();
-  if (ft) result.firstTouch = { hugePages: ft.hugeWins, summary: describeFirstTouch(ft), cache: firstTouchCachePath(), measurement: ft };
+  if (ft) {
+    // On a VM that reports free pages to its host, loads use small pages whatever one measurement said.
+    const reporting = freePageReporting();
+    const summary = `${describeFirstTouch(ft)}${reporting ? '; loads use small pages anyway: this VM reports free pages to its host (virtio-balloon), which makes that cost depend on history' : ''}`;
+    result.firstTouch = { hugePages: ft.hugeWins && !reporting, summary, cache: firstTouchCachePath(), measurement: ft };
+  }
   if (path !== undefined) {
     requireRegular(statSync(path), path);
     const fh = await open(path, 'r');

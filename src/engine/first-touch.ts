@@ -10,7 +10,7 @@
  * backed, up to a point: 4 GiB of small pages took 3.5–7.7 s). Only measuring tells the two kinds of machine
  * apart.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { accessSync, constants as FS, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { GiB, MiB, memAvailable } from '../core/util.js';
@@ -58,6 +58,28 @@ function machineKey(): string {
   return `${os.release()} thp=${thpMode()} defrag=${defrag} mem=${os.totalmem()} cpus=${os.availableParallelism()}`;
 }
 
+/**
+ * Whether a virtio-balloon `features` string (one '0'/'1' per feature bit, bit 0 first, as sysfs prints it) has
+ * VIRTIO_BALLOON_F_REPORTING (bit 5): free page reporting, the guest handing freed memory back to its host.
+ */
+export function balloonReports(features: string): boolean {
+  return features.trim()[5] === '1';
+}
+
+/** Whether this machine is a VM whose balloon reports free pages to its host (see {@link balloonReports}). */
+export function freePageReporting(drivers = '/sys/bus/virtio/drivers/virtio_balloon'): boolean {
+  try {
+    return readdirSync(drivers).some((d) => d.startsWith('virtio') && balloonReports(readTrim(join(drivers, d, 'features'))));
+  } catch {
+    return false;
+  }
+}
+
+const REPORTING_REASON =
+  'small pages: this VM hands freed memory back to its host (virtio-balloon free page reporting), so what a fresh ' +
+  'huge page costs depends on how long ago memory was freed (measured 0.1 s per GiB seconds after a free, 1.5–2.6 s ' +
+  'after idle) and no one-time measurement can decide; hugePages: true or DMALOAD_HUGE_PAGES=1 to choose them';
+
 /** Where the measurement is cached: $XDG_CACHE_HOME/dmaload/first-touch.json, else ~/.cache/dmaload/first-touch.json. */
 export function firstTouchCachePath(): string {
   const base = process.env.XDG_CACHE_HOME || join(os.homedir(), '.cache');
@@ -66,6 +88,18 @@ export function firstTouchCachePath(): string {
 
 /** This process's measurement, when the cache could not be written. */
 let measured: FirstTouch | undefined;
+
+/** Whether the measurement's cache folder exists or can be made, and is writable. */
+function cacheWritable(): boolean {
+  const dir = dirname(firstTouchCachePath());
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, FS.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** The cached measurement for this machine, or undefined. */
 export function cachedFirstTouch(): FirstTouch | undefined {
@@ -160,7 +194,9 @@ export async function measureIfWanted(capacity: number, option: unknown): Promis
   if (option !== undefined || process.env.DMALOAD_HUGE_PAGES === '1' || process.env.DMALOAD_HUGE_PAGES === '0') return;
   if (capacity < MEASURE_FROM || memAvailable() < 6 * GiB || cachedFirstTouch()) return; // it holds 4 GiB a moment
   const mode = thpMode();
-  if (mode === 'never' || mode === 'unavailable') return;
+  if (mode === 'never' || mode === 'unavailable' || freePageReporting()) return;
+  // Measured once per machine, or once per process where the result cannot be kept: not worth seconds every run.
+  if (!cacheWritable()) return;
   await measureFirstTouch();
 }
 
@@ -175,7 +211,11 @@ export async function decideHugePages(capacity: number, option: unknown): Promis
   if (capacity < 2 * MiB) return { huge: false, reason: 'smaller than one huge page' };
   const mode = thpMode();
   if (mode === 'never' || mode === 'unavailable') return { huge: false, reason: `transparent huge pages are ${mode}` };
+  if (freePageReporting()) return { huge: false, reason: REPORTING_REASON };
   const ft = cachedFirstTouch();
-  if (!ft) return { huge: false, reason: `not measured on this machine yet (a load of ${MEASURE_FROM / MiB} MiB or more measures once; or dmaload probe --first-touch)` };
+  if (!ft) {
+    const where = cacheWritable() ? '' : `; ${dirname(firstTouchCachePath())} is not writable, so loads do not measure: set XDG_CACHE_HOME to a writable folder`;
+    return { huge: false, reason: `not measured on this machine yet (a load of ${MEASURE_FROM / MiB} MiB or more measures once; or dmaload probe --first-touch${where})` };
+  }
   return { huge: ft.hugeWins, reason: `${ft.hugeWins ? 'huge pages' : 'small pages'}: ${describeFirstTouch(ft)}` };
 }
