@@ -1,9 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { inspectCommand } from '../../src/cli/inspect.js';
 import { encodeGgufHeader } from '../gguf-writer.js';
 
@@ -84,4 +86,19 @@ test('errors reading the model are thrown to the caller', async () => {
   writeFileSync(p, 'this is not a model');
   await assert.rejects(run(p), { code: 'ERR_MODEL_FORMAT', path: p });
   await assert.rejects(run(join(dir, 'missing.gguf')), { code: 'ENOENT' });
+});
+
+test('a FIFO (or one named .json): exit 1 with ERR_NOT_REGULAR_FILE at once, not a hang', async () => {
+  // A process of its own, killed if it hangs: an open() blocked on a FIFO holds a libuv thread nothing can end.
+  for (const name of ['fifo.safetensors', 'fifo.json']) {
+    const fifo = join(dir, name);
+    execFileSync('mkfifo', [fifo]);
+    const r = await promisify(execFile)(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'inspect', fifo], { timeout: 10_000, killSignal: 'SIGKILL' }).then(
+      () => assert.fail('inspect of a FIFO succeeded'),
+      (e: { code: number | null; killed: boolean; stderr: string }) => e,
+    );
+    assert.equal(r.killed, false, `inspect ${name} still hung after 10 s`);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`^dmaload inspect: ERR_NOT_REGULAR_FILE: '${fifo}' is a FIFO`));
+  }
 });
