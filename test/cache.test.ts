@@ -97,4 +97,12 @@ describe('evict: cold means cold', () => {
       closeSync(fd);
     }
   });
+
+  test('evictPath and pageCacheBytesOf refuse what is not a regular file as load does: a folder, /dev/zero', () => {
+    // (A FIFO, which would block this thread, is the CLI test's: test/cli/main.test.ts.)
+    for (const f of [evictPath, (p: string) => pageCacheBytesOf(p, 4096)]) {
+      assert.throws(() => f(dir), { code: 'EISDIR', path: dir });
+      assert.throws(() => f('/dev/zero'), { code: 'ERR_NOT_REGULAR_FILE', path: '/dev/zero' });
+    }
+  });
 });

@@ -4,16 +4,19 @@
  *
  * Error codes: see ../formats/common.ts (ERR_MODEL_FORMAT, ERR_MODEL_TRUNCATED, ERR_MODEL_HEADER, ERR_MODEL_VERSION,
  * ERR_MODEL_RANGE, ERR_MODEL_DUPLICATE, ERR_MODEL_UTF8). Failed system calls (a missing shard, say) surface as
- * Node's own fs errors.
+ * Node's own fs errors; a file, index or shard that is not a regular file is refused before it is opened, as load()
+ * refuses it (ERR_NOT_REGULAR_FILE, EISDIR for a folder).
  * @module
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { constants as FS } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { asSystemError, invalidType, invalidValue } from '../core/errors.js';
 import { checkWellFormed, decodeStrict, findDuplicateKey, isObject, modelError, q, type MetadataValue, type ModelInfo, type ModelTensor, type ParsedModel } from '../formats/common.js';
 import { detect } from '../formats/detect.js';
 import { NeedMore, parseGgufPrefix } from '../formats/gguf.js';
 import { parseSafetensors, safetensorsHeaderEnd, SAFETENSORS_MAX_HEADER } from '../formats/safetensors.js';
+import { openRegular } from '../pipeline/source.js';
 
 /** The first read: enough for most safetensors headers and for the format check. */
 const FIRST_READ = 64 * 1024;
@@ -35,7 +38,8 @@ const GGUF_SPLIT = /^(.*)-(\d{5})-of-(\d{5})\.gguf$/;
  * bounded chunks, and no allocation exceeds the file size.
  * @throws TypeError ERR_INVALID_ARG_TYPE / ERR_INVALID_ARG_VALUE for a bad `path`
  * @throws DmaloadError ERR_MODEL_FORMAT, ERR_MODEL_TRUNCATED, ERR_MODEL_HEADER, ERR_MODEL_VERSION, ERR_MODEL_RANGE,
- *   ERR_MODEL_DUPLICATE, ERR_MODEL_UTF8 (see ./common.ts)
+ *   ERR_MODEL_DUPLICATE, ERR_MODEL_UTF8 (see ./common.ts); ERR_NOT_REGULAR_FILE for a FIFO, a device or a socket
+ * @throws DmaloadSystemError EISDIR for a folder
  */
 export async function inspect(path: string): Promise<ModelInfo> {
   if (typeof path !== 'string') throw invalidType('path', 'of type string', path);
@@ -168,7 +172,7 @@ async function inspectFile(file: string): Promise<ParsedModel> {
 }
 
 async function withFile<T>(file: string, fn: (fh: FileHandle, size: number) => Promise<T>): Promise<T> {
-  const fh = await open(file, 'r');
+  const fh = await openRegular(file, FS.O_RDONLY);
   try {
     return await fn(fh, (await fh.stat()).size);
   } finally {

@@ -6,6 +6,7 @@ import { coalesce, MODEL_COALESCE_GAP } from '../api/model.js';
 import type { MetadataValue, ModelInfo } from '../formats/index.js';
 import { formatBytes } from '../core/util.js';
 import { planRank, rankSpec, type RankSpec, type RankTensor } from '../pipeline/ranks.js';
+import { printable } from './io.js';
 
 export const INSPECT_HELP = `Usage: dmaload inspect FILE [--json] [--rank R --world-size N [--split tensors|rows]]
 
@@ -121,10 +122,10 @@ function summary(info: ModelInfo): string {
   let out = `format   ${info.format}\n`;
   out += `tensors  ${info.tensors.length}${unknown > 0 ? ` (${unknown} of a type this dmaload does not know: loaded as raw bytes)` : ''}\n`;
   out += `size     ${formatBytes(total)} (${total} bytes)\n`;
-  out += `dtypes   ${[...dtypes].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).map(([d, n]) => `${d} ${n}`).join(', ') || '-'}\n`;
+  out += `dtypes   ${[...dtypes].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).map(([d, n]) => `${printable(d)} ${n}`).join(', ') || '-'}\n`;
   out += `shards   ${shards.size}\n`;
   if (shards.size > 1) {
-    for (const [file, s] of shards) out += `  ${basename(file)}  ${s.tensors} tensors, ${formatBytes(s.bytes)}\n`;
+    for (const [file, s] of shards) out += `  ${printable(basename(file))}  ${s.tensors} tensors, ${formatBytes(s.bytes)}\n`;
   }
   return out;
 }
@@ -162,7 +163,7 @@ function table(info: ModelInfo): string {
   const meta = Object.entries(info.metadata);
   if (meta.length > 0) {
     out += `\nmetadata (${meta.length}):\n`;
-    for (const [k, v] of meta) out += `  ${k} = ${metaValue(v)}\n`;
+    for (const [k, v] of meta) out += `  ${printable(k)} = ${printable(metaValue(v))}\n`;
   }
   out += '\n' + columns(header, rows, new Set([3, 4]));
   const total = info.tensors.reduce((a, t) => a + t.bytes, 0);
@@ -172,8 +173,9 @@ function table(info: ModelInfo): string {
   return out;
 }
 
-/** Aligned columns; the numeric ones (`right`) line up on the right. */
-function columns(header: string[], rows: string[][], right: Set<number>): string {
+/** Aligned columns; the numeric ones (`right`) line up on the right. Cells (names from the file) are escaped. */
+function columns(header: string[], cells: string[][], right: Set<number>): string {
+  const rows = cells.map((r) => r.map((c) => printable(c)));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
   const line = (cells: string[]) =>
     cells.map((c, i) => (right.has(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join('  ').trimEnd() + '\n';

@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { DmaloadError } from '../core/errors.js';
 import os from 'node:os';
-import { UsageError, processIO, takeInterrupt } from './io.js';
+import { UsageError, printable, processIO, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
 import { benchCommand } from './bench.js';
 import { cpCommand } from './cp.js';
@@ -82,7 +82,8 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     }
     const code = err.code && !err.message.startsWith(err.code) ? `${err.code}: ` : '';
     const path = e instanceof DmaloadError && err.message.indexOf(e.path ?? '\0') < 0 && e.path ? ` (${e.path})` : '';
-    io.stderr(`dmaload ${cmd}: ${code}${err.message}${path}\n`);
+    // Messages quote names and paths from files (tensor names, an index's shard names): escaped for the terminal.
+    io.stderr(printable(`dmaload ${cmd}: ${code}${err.message}${path}\n`, '\n'));
     return 1;
   }
 }

@@ -2,9 +2,10 @@
  * The page cache as seen from one file: which pages are resident (mincore over a temporary mapping: mapping a file
  * reads nothing), how many bytes, and eviction (flush, then POSIX_FADV_DONTNEED, checked with mincore; no root needed).
  */
-import { closeSync, fdatasyncSync, fstatSync, openSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fstatSync } from 'node:fs';
 import { DmaloadSystemError } from '../core/errors.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
+import { openRegularSync } from './source.js';
 
 /** Bytes of the file resident in the page cache (mincore over a temporary mapping); 0 for an empty file. */
 export function pageCacheBytes(fd: number, size: number, offset = 0): number {
@@ -58,9 +59,12 @@ export function evict(fd: number, path?: string): number {
   return left;
 }
 
-/** evict() by path: the bytes that stayed cached. */
+/**
+ * evict() by path: the bytes that stayed cached. What is not a regular file is refused as load() refuses it
+ * (ERR_NOT_REGULAR_FILE, EISDIR), before open() could block on a FIFO.
+ */
 export function evictPath(path: string): number {
-  const fd = openSync(path, 'r');
+  const fd = openRegularSync(path);
   try {
     return evict(fd, path);
   } finally {
@@ -68,9 +72,9 @@ export function evictPath(path: string): number {
   }
 }
 
-/** pageCacheBytes() by path. */
+/** pageCacheBytes() by path; refuses what is not a regular file, as {@link evictPath} does. */
 export function pageCacheBytesOf(path: string, size: number): number {
-  const fd = openSync(path, 'r');
+  const fd = openRegularSync(path);
   try {
     return pageCacheBytes(fd, size);
   } finally {

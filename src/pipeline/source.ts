@@ -12,7 +12,7 @@
  *   since 6.15), or ERR_UNCACHED_IO_UNSUPPORTED where the kernel or file system does not take it.
  * - 'buffered': the page cache only.
  */
-import { constants as FS, promises as fsp } from 'node:fs';
+import { closeSync, constants as FS, fstatSync, openSync, promises as fsp, statSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
@@ -58,6 +58,43 @@ export function requireRegular(st: Stats, path: string, syscall = 'open'): void 
   throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${path}' is ${kind}; dmaload reads regular files only (their size is known and stable)`, { path });
 }
 
+/**
+ * Opens a path that must be a regular file (O_CREAT in `flags`: or not exist yet), refusing anything else with
+ * {@link requireRegular}'s errors before open() can block on it. Every open of a caller's path goes through here
+ * (openFile, inspect, eviction), so a FIFO, a folder or a device is refused the same way everywhere.
+ */
+export async function openRegular(path: string, flags: number, mode = 0o644): Promise<FileHandle> {
+  // stat() first: open() of a FIFO blocks until a writer appears (on a libuv thread nothing can end), and /dev/zero
+  // never ends.
+  const st = await fsp.stat(path).catch((e: NodeJS.ErrnoException) => (flags & FS.O_CREAT && e.code === 'ENOENT' ? undefined : Promise.reject(e)));
+  if (st) requireRegular(st, path);
+  // O_NONBLOCK only guards the open() against a FIFO swapped in after the stat; it is cleared at once, since
+  // io_uring would answer EAGAIN instead of waiting on a regular file opened with it.
+  const h = await fsp.open(path, flags | FS.O_NONBLOCK, mode);
+  try {
+    requireRegular(await h.stat(), path); // swapped for something else between stat() and open()
+    clearNonblock(h.fd, path);
+    return h;
+  } catch (e) {
+    await h.close().catch(() => {});
+    throw e;
+  }
+}
+
+/** {@link openRegular} for synchronous callers, read-only: the descriptor, which the caller closes. */
+export function openRegularSync(path: string): number {
+  requireRegular(statSync(path), path);
+  const fd = openSync(path, FS.O_RDONLY | FS.O_NONBLOCK);
+  try {
+    requireRegular(fstatSync(fd), path);
+    clearNonblock(fd, path);
+    return fd;
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+}
+
 export function dioAlign(fd: number): DioAlign {
   const r = native.statxDio(fd);
   if (typeof r === 'number') return { memAlign: 0, offsetAlign: 0 };
@@ -78,15 +115,8 @@ export async function openFile(file: string | FileHandle, access: 'read' | 'writ
     let fd: number;
     if (typeof file === 'string') {
       if (file === '') throw invalidType('file', 'a path or an open FileHandle', file);
-      // stat() first: open() of a FIFO blocks until a writer appears, and /dev/zero never ends.
-      const st = await fsp.stat(file).catch((e: NodeJS.ErrnoException) => (access === 'write' && e.code === 'ENOENT' ? undefined : Promise.reject(e)));
-      if (st) requireRegular(st, file);
-      const flags = access === 'write' ? FS.O_WRONLY | FS.O_CREAT : FS.O_RDONLY;
-      // O_NONBLOCK only guards the open() against a FIFO swapped in after the stat; it is cleared at once, since
-      // io_uring would answer EAGAIN instead of waiting on a regular file opened with it.
-      const h = await fsp.open(file, flags | FS.O_NONBLOCK, 0o644);
+      const h = await openRegular(file, access === 'write' ? FS.O_WRONLY | FS.O_CREAT : FS.O_RDONLY);
       owned.push(h);
-      clearNonblock(h.fd, file);
       path = file;
       fd = h.fd;
     } else if (file && typeof file === 'object' && typeof (file as FileHandle).fd === 'number') {
@@ -97,7 +127,7 @@ export async function openFile(file: string | FileHandle, access: 'read' | 'writ
       throw invalidType('file', 'a path or an open FileHandle', file);
     }
     const stat = await fsp.stat(`/proc/self/fd/${fd}`);
-    requireRegular(stat, path); // swapped for something else between stat() and open()
+    requireRegular(stat, path); // a caller's FileHandle can be anything
     const d = await attachDirect(fd, path, access, io);
     if (d.handle) owned.push(d.handle);
     return { path, fd, directFd: d.handle?.fd ?? -1, direct: d.handle !== undefined, align: d.align, rwFlags: d.rwFlags, size: stat.size, stat, fallbackReason: d.reason, close: closeAll };

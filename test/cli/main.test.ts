@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -46,6 +46,27 @@ describe('cli: load', () => {
     const d = await cli('load', '/dev/zero');
     assert.equal(d.code, 1);
     assert.match(d.err, /ERR_NOT_REGULAR_FILE.*\/dev\/zero/);
+  });
+
+  test('--evict on a FIFO, a folder, /dev/zero: the same error as without --evict, at once', async () => {
+    const fifo = join(dir, 'evict-fifo');
+    execFileSync('mkfifo', [fifo]);
+    const run = promisify(execFile);
+    for (const [p, code] of [[fifo, 'ERR_NOT_REGULAR_FILE'], [dir, 'EISDIR'], ['/dev/zero', 'ERR_NOT_REGULAR_FILE']] as const) {
+      const errs: string[] = [];
+      for (const flags of [[], ['--evict']]) {
+        // A process of its own, killed if it hangs: opening a FIFO blocks until a writer comes.
+        const e = await run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', p, ...flags], { timeout: 10_000, killSignal: 'SIGKILL' }).then(
+          () => assert.fail(`load ${p} ${flags.join(' ')} succeeded`),
+          (e: { code: number | null; killed: boolean; stderr: string }) => e,
+        );
+        assert.equal(e.killed, false, `load ${p} ${flags.join(' ')} still hung after 10 s`);
+        assert.equal(e.code, 1, e.stderr);
+        assert.match(e.stderr, new RegExp(`^dmaload load: ${code}: .*'${p}'`));
+        errs.push(e.stderr);
+      }
+      assert.equal(errs[1], errs[0], `${p}: --evict changes nothing about the error`);
+    }
   });
 
   test('usage errors exit 2: unknown option, bad target, bad io, missing FILE, unknown command', async () => {

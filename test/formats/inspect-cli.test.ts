@@ -1,11 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { inspectCommand } from '../../src/cli/inspect.js';
 import { encodeGgufHeader } from '../gguf-writer.js';
+import { cli } from '../cli/run.js';
+import { writeSafetensors } from './model-files.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const overall = resolve(repoRoot, 'test', 'fixtures', 'safetensors-samples', 'overall.safetensors');
@@ -84,4 +88,50 @@ test('errors reading the model are thrown to the caller', async () => {
   writeFileSync(p, 'this is not a model');
   await assert.rejects(run(p), { code: 'ERR_MODEL_FORMAT', path: p });
   await assert.rejects(run(join(dir, 'missing.gguf')), { code: 'ENOENT' });
+});
+
+test('a FIFO (or one named .json): exit 1 with ERR_NOT_REGULAR_FILE at once, not a hang', async () => {
+  // A process of its own, killed if it hangs: an open() blocked on a FIFO holds a libuv thread nothing can end.
+  for (const name of ['fifo.safetensors', 'fifo.json']) {
+    const fifo = join(dir, name);
+    execFileSync('mkfifo', [fifo]);
+    const r = await promisify(execFile)(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'inspect', fifo], { timeout: 10_000, killSignal: 'SIGKILL' }).then(
+      () => assert.fail('inspect of a FIFO succeeded'),
+      (e: { code: number | null; killed: boolean; stderr: string }) => e,
+    );
+    assert.equal(r.killed, false, `inspect ${name} still hung after 10 s`);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, new RegExp(`^dmaload inspect: ERR_NOT_REGULAR_FILE: '${fifo}' is a FIFO`));
+  }
+});
+
+test('control characters from the file are printed escaped, never raw (names, metadata, shard names, errors)', async () => {
+  // C0 (ESC, CR, BEL), DEL and C1 (CSI): a name like this would clear the screen or recolor the terminal.
+  const name = 'w\u001b[2J\r';
+  const data = new Uint8Array(16);
+  const shard = join(dir, 'ctl-\u009b1m.safetensors');
+  writeSafetensors(shard, [{ name, dtype: 'F32', shape: [4], data }, { name: 'odd\u0007', dtype: 'F32', shape: [4], data }], {
+    metadata: { 'k\u001b[31m': 'v\u009b2J\u007f', plain: 'p' },
+  });
+  writeSafetensors(join(dir, 'ctl-other.safetensors'), [{ name: 'o', dtype: 'F32', shape: [4], data }]);
+  const index = join(dir, 'ctl.safetensors.index.json');
+  writeFileSync(index, JSON.stringify({ weight_map: { [name]: basename(shard), 'odd\u0007': basename(shard), o: 'ctl-other.safetensors' } }));
+  const raw = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
+  const runs = [await cli('inspect', shard), await cli('inspect', index), await cli('inspect', index, '--rank', '0', '--world-size', '1')];
+  for (const r of runs) {
+    assert.equal(r.code, 0, r.err);
+    assert.doesNotMatch(r.out, raw);
+    assert.ok(r.out.includes('w\\x1b[2J\\x0d'), 'the name, escaped');
+    assert.ok(r.out.includes('odd\\x07'));
+  }
+  assert.ok(runs[0]!.out.includes('k\\x1b[31m = "v\\x9b2J\\x7f"'), 'the metadata key and value, escaped');
+  assert.ok(runs[1]!.out.includes('ctl-\\x9b1m.safetensors'), 'the shard name, escaped');
+  // --json stays JSON: the names round-trip.
+  assert.equal(JSON.parse((await cli('inspect', shard, '--json')).out).tensors[0].name, name);
+  // Errors name the file's strings too.
+  writeFileSync(index, JSON.stringify({ weight_map: { [name]: 'gone-\u009b2J.safetensors' } }));
+  const e = await cli('inspect', index);
+  assert.equal(e.code, 1);
+  assert.match(e.err, /ENOENT.*gone-\\x9b2J/);
+  assert.doesNotMatch(e.err, raw);
 });

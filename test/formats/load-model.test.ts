@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { DmaloadError } from '../../src/core/errors.js';
 import { assertSlices, raw, writeGguf, writeSafetensors, type Spec } from './model-files.js';
 import type { GgufTypedValue } from '../gguf-writer.js';
@@ -406,4 +408,57 @@ test('coalesce(): merges neighbours within the gap, keeps order', () => {
   assert.deepEqual(coalesce([t(0, 10), t(10, 5), t(100, 1)], 85), [{ offset: 0, length: 101 }]);
   assert.deepEqual(coalesce([t(0, 10), t(10 + MODEL_COALESCE_GAP + 1, 1)]), [{ offset: 0, length: 10 }, { offset: 10 + MODEL_COALESCE_GAP + 1, length: 1 }]);
   assert.deepEqual(coalesce([]), []);
+});
+
+describe('inspect and loadModel: what is not a regular file', { concurrency: true }, () => {
+  // open() of a FIFO blocks a libuv thread until a writer comes, and nothing (not even process.exit) ends it then:
+  // each call runs in a child process that is killed if it takes long, so a regression fails instead of hanging.
+  // (The call goes in the environment: \`node -e … inspect\` would start Node's debugger.)
+  const api = new URL('../../src/index.js', import.meta.url).href;
+  const child = `const [fn, p] = JSON.parse(process.env.DMALOAD_TEST_CALL);
+    const m = await import(${JSON.stringify(api)});
+    try { await m[fn](p); console.log(JSON.stringify({ ok: true })); }
+    catch (e) { console.log(JSON.stringify({ code: e.code, path: e.path })); }
+    process.exit(0);`;
+  async function outcome(fn: 'inspect' | 'loadModel', path: string): Promise<{ ok?: true; code?: string; path?: string }> {
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', child], {
+      env: { ...process.env, DMALOAD_TEST_CALL: JSON.stringify([fn, path]) },
+      timeout: 10_000,
+      killSignal: 'SIGKILL',
+    }).catch((e: { killed?: boolean; message: string }) =>
+      assert.fail(e.killed ? `${fn}('${path}') still hung after 10 s` : e.message),
+    );
+    return JSON.parse(stdout) as { code?: string; path?: string };
+  }
+
+  const sub = join(dir, 'special');
+  mkdirSync(join(sub, 'folder.safetensors'), { recursive: true });
+  mkdirSync(join(sub, 'folder.json'));
+  for (const f of ['fifo.safetensors', 'fifo.json', 'shard-fifo.safetensors', 'm-00002-of-00002.gguf']) execFileSync('mkfifo', [join(sub, f)]);
+  writeGguf(join(sub, 'm-00001-of-00002.gguf'), [{ name: 'a', dtype: 'F32', shape: [4], data: new Uint8Array(16) }], {
+    metadata: [['split.no', { type: 'UINT16', value: 0 }], ['split.count', { type: 'UINT16', value: 2 }]],
+  });
+  const index = (name: string, shard: string) => {
+    writeFileSync(join(sub, name), JSON.stringify({ weight_map: { x: shard } }));
+    return join(sub, name);
+  };
+
+  const cases: [string, 'inspect' | 'loadModel', string, string, string?][] = [
+    ['a FIFO', 'inspect', join(sub, 'fifo.safetensors'), 'ERR_NOT_REGULAR_FILE'],
+    ['a FIFO named .json (an index)', 'inspect', join(sub, 'fifo.json'), 'ERR_NOT_REGULAR_FILE'],
+    ['a FIFO, loadModel', 'loadModel', join(sub, 'fifo.safetensors'), 'ERR_NOT_REGULAR_FILE'],
+    ['an index naming a FIFO shard', 'inspect', index('fifo-shard.index.json', 'shard-fifo.safetensors'), 'ERR_NOT_REGULAR_FILE', join(sub, 'shard-fifo.safetensors')],
+    ['an index naming a FIFO shard, loadModel', 'loadModel', index('fifo-shard.index.json', 'shard-fifo.safetensors'), 'ERR_NOT_REGULAR_FILE', join(sub, 'shard-fifo.safetensors')],
+    ['a GGUF split whose second file is a FIFO', 'inspect', join(sub, 'm-00001-of-00002.gguf'), 'ERR_NOT_REGULAR_FILE', join(sub, 'm-00002-of-00002.gguf')],
+    ['/dev/zero', 'inspect', '/dev/zero', 'ERR_NOT_REGULAR_FILE'],
+    ['/dev/zero, loadModel', 'loadModel', '/dev/zero', 'ERR_NOT_REGULAR_FILE'],
+    ['a folder', 'inspect', join(sub, 'folder.safetensors'), 'EISDIR'],
+    ['a folder named .json', 'inspect', join(sub, 'folder.json'), 'EISDIR'],
+    ['an index naming a folder', 'inspect', index('folder-shard.index.json', 'folder.safetensors'), 'EISDIR', join(sub, 'folder.safetensors')],
+  ];
+  for (const [what, fn, path, code, at] of cases) {
+    test(`${what}: ${code}, at once`, async () => {
+      assert.deepEqual(await outcome(fn, path), { code, path: at ?? path });
+    });
+  }
 });
