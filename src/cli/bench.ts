@@ -1,5 +1,6 @@
 /** `dmaload bench [FILE]`: the seeds' method matrix on this machine. */
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_TARGETS, bench, label } from '../../tools/bench/bench.js';
 import type { BenchOptions, BenchReport, CacheState } from '../../tools/bench/bench.js';
@@ -91,6 +92,10 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   const caches = list<CacheState>('cache', values.cache, ['cold', 'warm', 'half'], ['cold']);
   const sweep = values.sweep?.split(',').map((s) => size('sweep', s.trim()));
   if (sweep && common.file) throw new UsageError('--sweep generates its own files; give no FILE');
+  if (values.svg !== undefined) {
+    const folder = dirname(resolve(values.svg));
+    if (!statSync(folder, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--svg ${values.svg}: the folder ${folder} does not exist`);
+  }
   const interrupt = onInterrupt();
   const reports: BenchReport[] = [];
   try {
@@ -113,15 +118,16 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     interrupt.dispose();
     if (io.isTTY) io.stderr('\r\x1b[K');
   }
+  // The results first: a chart that cannot be written must not cost a run of minutes.
+  if (values.json) io.stdout(JSON.stringify(reports.length > 1 ? { reports } : reports[0]) + '\n');
+  else if (values.md) io.stdout(reports.map(markdown).join('\n'));
+  else io.stdout(reports.map(table).join('\n'));
+  if (sweep && !values.json) io.stdout(sweepTable(reports.filter((r) => r.cache === caches[0])));
   if (values.svg) {
     // One chart per table: OUT.svg, or OUT-SIZE-CACHE.svg when there are several.
     const base = values.svg.replace(/\.svg$/i, '');
     for (const r of reports) writeFileSync(reports.length === 1 ? values.svg : `${base}-${r.size}-${r.cache}.svg`, svg(r));
   }
-  if (values.json) io.stdout(JSON.stringify(reports.length > 1 ? { reports } : reports[0]) + '\n');
-  else if (values.md) io.stdout(reports.map(markdown).join('\n'));
-  else io.stdout(reports.map(table).join('\n'));
-  if (sweep && !values.json) io.stdout(sweepTable(reports.filter((r) => r.cache === caches[0])));
   return 0;
 }
 

@@ -103,6 +103,10 @@ describe('bench', () => {
     assert.match(e.err, /ERR_BENCH_FILE_TOO_SMALL/);
     assert.match((await cli('bench', join(dir, 'missing'))).err, /ENOENT/);
     assert.equal((await cli('bench', '--size', 'big')).code, 2);
+    // A chart into a missing folder is refused before the run, not after it.
+    const nosvg = await cli('bench', '--size', '1MiB', '--svg', join(dir, 'no-such-folder', 'x.svg'));
+    assert.equal(nosvg.code, 2, nosvg.err);
+    assert.match(nosvg.err, /no-such-folder/);
     assert.equal((await cli('bench', '--rounds', '0')).code, 2);
     const huge = await cli('bench', '--size', '100TiB', '--methods', 'dmaload');
     assert.equal(huge.code, 1);
