@@ -227,6 +227,8 @@ describe('load: bad input', () => {
     await assert.rejects(load(f.path, { chunkSize: 1000 }), { code: 'ERR_OUT_OF_RANGE', message: /chunkSize/ });
     await assert.rejects(load(f.path, { queueDepth: 0 }), { code: 'ERR_OUT_OF_RANGE', message: /queueDepth/ });
     await assert.rejects(load(f.path, { hugePages: 'yes' as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /hugePages/ });
+    await assert.rejects(load(f.path, { memoryBudget: -1 }), { code: 'ERR_OUT_OF_RANGE', message: /memoryBudget/ });
+    await assert.rejects(load(f.path, { memoryBudget: '8GiB' as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /memoryBudget/ });
     await assert.rejects(load(''), { code: 'ERR_INVALID_ARG_TYPE' });
     process.env.DMALOAD_QUEUE_DEPTH = 'many';
     try {

@@ -130,9 +130,11 @@ export function pathOption(name: string, value: unknown): string {
 }
 
 /** A memory budget in bytes; default MemAvailable. */
-export function budgetOption(value: unknown): number {
+export function budgetOption(value: unknown, name = 'memoryBudget'): number {
   if (value === undefined) return memAvailable();
-  if (typeof value !== 'number' || !(value >= 0)) throw invalidValue('memoryBudget', value, 'must be a non-negative number of bytes');
+  // The codes every other byte count gives: the wrong type, or a number out of range.
+  if (typeof value !== 'number') throw invalidType(name, 'a number of bytes', value);
+  if (!(value >= 0)) throw outOfRange(name, 'a number >= 0', value);
   return value;
 }
 

@@ -545,7 +545,7 @@ function listen(socket: string, mode: number): number {
 export async function serve(options: ServeOptions): Promise<ShareServer> {
   const o = optionsObject(options);
   const socket = resolve(pathOption('socket', o.socket));
-  const budget = o.budget === undefined ? Math.floor(memAvailable() / 2) : budgetOption(o.budget);
+  const budget = o.budget === undefined ? Math.floor(memAvailable() / 2) : budgetOption(o.budget, 'budget');
   const mode = modeOption(o.mode) ?? 0o600;
   const target = enumOption<ShareTarget>('target', o.target, SHARE_TARGETS, 'memfd');
   const io = ioOption(o.io);

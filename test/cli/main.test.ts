@@ -26,6 +26,10 @@ describe('cli: load', () => {
       assert.equal(j.target, target);
       assert.equal(j.io, 'direct');
       for (const k of ['ms', 'cpuMs', 'pageCacheBytes']) assert.equal(typeof j[k], 'number', k);
+      // How the bytes came: all read directly here (cold), none copied from the page cache.
+      assert.equal(j.directBytes, 3 * 1024 * 1024 + 17);
+      assert.equal(j.copiedBytes, 0);
+      assert.equal(j.bytesRead, 3 * 1024 * 1024 + 17);
     }
   });
 

@@ -355,7 +355,8 @@ describe('serve/connect: errors', () => {
     }
     await assert.rejects(serve({ socket: '' }), { code: 'ERR_INVALID_ARG_TYPE' });
     await assert.rejects(serve({ socket: sock(), target: 'memory' as never }), { code: 'ERR_INVALID_ARG_VALUE' });
-    await assert.rejects(serve({ socket: sock(), budget: -1 }), { code: 'ERR_INVALID_ARG_VALUE' });
+    await assert.rejects(serve({ socket: sock(), budget: -1 }), { code: 'ERR_OUT_OF_RANGE', message: /"budget"/ });
+    await assert.rejects(serve({ socket: sock(), budget: '1GiB' as never }), { code: 'ERR_INVALID_ARG_TYPE' });
     await assert.rejects(serve({ socket: sock(), mode: 0o10000 }), { code: 'ERR_INVALID_ARG_TYPE' });
   });
 });
