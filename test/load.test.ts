@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, closeSync, existsSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { load } from '../src/index.js';
+import { copy, load } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { evict } from '../src/pipeline/cache.js';
 import { C, native } from '../src/engine/binding.js';
@@ -218,6 +218,20 @@ describe('load: bad input', () => {
 
   test('/dev/zero: ERR_NOT_REGULAR_FILE', async () => {
     await assert.rejects(load('/dev/zero'), { code: 'ERR_NOT_REGULAR_FILE', path: '/dev/zero' });
+  });
+
+  test('procfs and sysfs pseudo-files (regular by stat, their size not their content): ERR_NOT_REGULAR_FILE, no empty copy', async () => {
+    // /proc/self/status stats as a 0-byte regular file and reads as a page of text: a load gave 0 bytes, a copy an
+    // empty file. sysfs files stat as 4096 bytes and read shorter.
+    const leaks = leakCheck();
+    for (const p of ['/proc/self/status', '/sys/kernel/mm/transparent_hugepage/enabled']) {
+      if (!existsSync(p)) continue;
+      await assert.rejects(load(p), { code: 'ERR_NOT_REGULAR_FILE', path: p, message: /pseudo-file/ });
+      const dst = join(dir, 'pseudo-copy');
+      await assert.rejects(copy(p, dst), { code: 'ERR_NOT_REGULAR_FILE', path: p });
+      assert.equal(existsSync(dst), false, 'no destination file');
+    }
+    assert.equal(await leaks(), undefined);
   });
 
   test('unknown target and io values, bad tuning: argument errors naming the option', async () => {

@@ -12,7 +12,7 @@
  *   since 6.15), or ERR_UNCACHED_IO_UNSUPPORTED where the kernel or file system does not take it.
  * - 'buffered': the page cache only.
  */
-import { closeSync, constants as FS, fstatSync, openSync, promises as fsp, statSync } from 'node:fs';
+import { closeSync, constants as FS, fstatSync, openSync, promises as fsp, statSync, statfsSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
@@ -59,6 +59,27 @@ export function requireRegular(st: Stats, path: string, syscall = 'open'): void 
 }
 
 /**
+ * Kernel pseudo-file systems (statfs f_type): their files stat as regular but their size is not their content's
+ * (procfs says 0, sysfs 4096), so a load would give 0 bytes or fail as a changed file.
+ */
+const PSEUDO_FS = new Map<number, string>([
+  [0x9fa0, 'procfs'],
+  [0x62656572, 'sysfs'],
+  [0x64626720, 'debugfs'],
+  [0x74726163, 'tracefs'],
+  [0x73636673, 'securityfs'],
+  [0x63677270, 'cgroup2'],
+  [0x27e0eb, 'cgroup'],
+  [0x62656570, 'configfs'],
+  [0xde5e81e4, 'efivarfs'],
+]);
+
+function requireRealFs(type: number, path: string): void {
+  const fs = PSEUDO_FS.get(type);
+  if (fs) throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${path}' is a ${fs} pseudo-file: its size is not its content's, so dmaload cannot read it; read it with cat or fs.readFile`, { path });
+}
+
+/**
  * Opens a path that must be a regular file (O_CREAT in `flags`: or not exist yet), refusing anything else with
  * {@link requireRegular}'s errors before open() can block on it. Every open of a caller's path goes through here
  * (openFile, inspect, eviction), so a FIFO, a folder or a device is refused the same way everywhere.
@@ -67,7 +88,10 @@ export async function openRegular(path: string, flags: number, mode = 0o644): Pr
   // stat() first: open() of a FIFO blocks until a writer appears (on a libuv thread nothing can end), and /dev/zero
   // never ends.
   const st = await fsp.stat(path).catch((e: NodeJS.ErrnoException) => (flags & FS.O_CREAT && e.code === 'ENOENT' ? undefined : Promise.reject(e)));
-  if (st) requireRegular(st, path);
+  if (st) {
+    requireRegular(st, path);
+    requireRealFs((await fsp.statfs(path)).type, path);
+  }
   // O_NONBLOCK only guards the open() against a FIFO swapped in after the stat; it is cleared at once, since
   // io_uring would answer EAGAIN instead of waiting on a regular file opened with it.
   const h = await fsp.open(path, flags | FS.O_NONBLOCK, mode);
@@ -84,6 +108,7 @@ export async function openRegular(path: string, flags: number, mode = 0o644): Pr
 /** {@link openRegular} for synchronous callers, read-only: the descriptor, which the caller closes. */
 export function openRegularSync(path: string): number {
   requireRegular(statSync(path), path);
+  requireRealFs(statfsSync(path).type, path);
   const fd = openSync(path, FS.O_RDONLY | FS.O_NONBLOCK);
   try {
     requireRegular(fstatSync(fd), path);
