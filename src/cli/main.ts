@@ -1,7 +1,7 @@
 /** The dmaload CLI. Takes its argv as a parameter so tests can call it. */
 import { readFileSync } from 'node:fs';
-import { DmaloadError } from '../core/errors.js';
 import os from 'node:os';
+import { DmaloadError } from '../core/errors.js';
 import { UsageError, printable, processIO, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
 import { benchCommand } from './bench.js';
