@@ -1,11 +1,10 @@
 /** probe(): what this kernel and machine offer dmaload, each fact measured by trying, never assumed. */
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { constants as FS, existsSync, readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import { engine } from '../engine/engine.js';
 import { cachedFirstTouch, describeFirstTouch, firstTouchCachePath, freePageReporting, measureFirstTouch } from '../engine/first-touch.js';
 import type { FirstTouch } from '../engine/first-touch.js';
-import { dioAlign, requireRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
+import { dioAlign, openRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
 
 export interface ProbeResult {
   kernel: string;
@@ -87,8 +86,7 @@ export async function probe(path?: string, options: { firstTouch?: boolean } = {
     result.firstTouch = { hugePages: ft.hugeWins && !reporting, summary, cache: firstTouchCachePath(), measurement: ft };
   }
   if (path !== undefined) {
-    requireRegular(statSync(path), path);
-    const fh = await open(path, 'r');
+    const fh = await openRegular(path, FS.O_RDONLY);
     try {
       const a = dioAlign(fh.fd);
       const u = uncachedSupport(fh.fd);

@@ -8,7 +8,7 @@
  * server answers with fds of a buffer sealed against every change (memfd), or dma-bufs (udmabuf, dma-heap).
  * @module
  */
-import { constants as FS, promises as fsp } from 'node:fs';
+import { constants as FS } from 'node:fs';
 import { resolve } from 'node:path';
 import { modelFromFiles } from '../api/model.js';
 import type { LoadModelOptions, LoadedModel } from '../api/model.js';
@@ -18,7 +18,7 @@ import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, outOfRange
 import { cpuMsSince, msSince } from '../core/util.js';
 import { native } from '../engine/binding.js';
 import { engine } from '../engine/engine.js';
-import { clearNonblock, requireRegular } from '../pipeline/source.js';
+import { openRegular } from '../pipeline/source.js';
 import { Channel, closeFds, keepAlive } from './channel.js';
 import type { CloseReason, Incoming } from './channel.js';
 import { MessageType, decode, encode } from './protocol.js';
@@ -198,14 +198,10 @@ class Client implements ShareClient {
     const signal = signalOption(optionsObject(options).signal);
     if (this.#state !== 'open') throw this.#unusable(path);
     const file = resolve(path);
-    // stat() first: open() of a FIFO would block until a writer came.
-    const st = await fsp.stat(file).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
-    requireRegular(st, path);
-    const h = await fsp.open(file, FS.O_RDONLY | FS.O_NONBLOCK).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
+    // Refused before open() could block on a FIFO, as every local call refuses it.
+    const h = await openRegular(path, FS.O_RDONLY).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
     let r: { message: Message; fds: number[] };
     try {
-      clearNonblock(h.fd, path);
-      requireRegular(await h.stat(), path);
       r = await this.#request(MessageType.LoadRequest, { path: file }, [h.fd], path, signal);
     } finally {
       await h.close();

@@ -17,7 +17,7 @@
  * get one and are disconnected. Nothing a client sends can make the server hold an fd or a mapping past its request.
  * @module
  */
-import { constants as FS, fstatSync, lstatSync, promises as fsp, unlinkSync } from 'node:fs';
+import { constants as FS, fstatSync, lstatSync, unlinkSync } from 'node:fs';
 import type { BigIntStats, Stats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -29,7 +29,7 @@ import type { LoadedBuffer } from '../core/buffer.js';
 import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
 import { formatBytes, memAvailable, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
-import { clearNonblock, requireRegular } from '../pipeline/source.js';
+import { openRegular, requireRegular } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { createMemfd } from '../targets/memfd.js';
 import { Channel, Watch, closeFds, keepAlive } from './channel.js';
@@ -467,11 +467,8 @@ class Server implements ShareServer {
   }
 
   async preload(path: string): Promise<void> {
-    const st = await fsp.stat(path);
-    requireRegular(st, path);
-    const h = await fsp.open(path, FS.O_RDONLY | FS.O_NONBLOCK);
+    const h = await openRegular(path, FS.O_RDONLY);
     try {
-      clearNonblock(h.fd, path);
       const { entry, cached } = await this.#acquire(h.fd, path);
       this.#unpin(entry);
       this.#log(`preloaded ${path} (${formatBytes(entry.size)}${cached ? ', already cached' : ''})`);
