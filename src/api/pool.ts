@@ -95,10 +95,8 @@ class Pool implements BufferPool {
     if (!(buffer instanceof LoadedBuffer)) throw invalidType('buffer', 'a LoadedBuffer (from load() or allocate())', buffer);
     if (buffer.closed) throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot release the buffer loaded from '${buffer.path}' to a pool: it was closed`, { path: buffer.path });
     if (this.#closed) return buffer.close();
-    const { path, size, parts, stats } = { path: buffer.path, size: buffer.size, parts: [...buffer.parts], stats: buffer.stats };
-    // reserve() refuses a closed, busy or read-only buffer; moveTo() closes `buffer` and revokes its views.
-    const idle = buffer.reserve().moveTo(path, size, parts, stats);
-    this.#keep(idle);
+    // reserve() refuses a busy or read-only buffer; moveTo() closes `buffer` and revokes its views.
+    this.#keep(buffer.reserve().moveTo(buffer.path, buffer.size, [...buffer.parts], buffer.stats));
   }
 
   close(): void {
