@@ -12,11 +12,10 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { writeSeededFile, seededBytes } from './data.js';
+import { benchDiskDir, writeSeededFile, seededBytes } from './data.js';
 import { evictPath, pageCacheBytesOf } from '../../src/pipeline/cache.js';
 import { DEFAULTS } from '../../src/api/options.js';
 import { createWriter } from '../../src/api/writer.js';
@@ -42,15 +41,7 @@ async function fio(args: string[]): Promise<FioJob[]> {
   return (JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: FioJob[] }).jobs;
 }
 
-/** A folder on a disk: the system temp folder unless it is tmpfs (no direct I/O there), else .cache under the project. */
-function benchDir(): string {
-  const forced = process.env.DMALOAD_BENCH_DIR;
-  if (forced) return forced;
-  const tmpfs = 0x01021994;
-  return statfsSync(tmpdir()).type === tmpfs ? join(resolve(dirname(bin), '..'), '.cache') : tmpdir();
-}
-
-const dir = mkdtempSync(join(benchDir(), 'dmaload-bench-cp-'));
+const dir = mkdtempSync(join(benchDiskDir(), 'dmaload-bench-cp-'));
 try {
   if (statfsSync(dir).bavail * statfsSync(dir).bsize < 3 * size + GiB) throw new Error(`not enough space in ${dir}`);
   const src = join(dir, 'src.bin');

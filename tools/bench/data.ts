@@ -1,6 +1,9 @@
 /** Seeded test data: the bench's generated files and the tests' files come from the same generator. */
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, promises as fsp, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, promises as fsp, statfsSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /** Deterministic pseudo-random bytes (xorshift32): the same seed gives the same bytes on every machine. */
 export function seededBytes(size: number, seed: number): Uint8Array {
@@ -60,4 +63,15 @@ export async function writeSeededFileAsync(path: string, size: number, seed = si
     await fh.close();
   }
   return h.digest('hex');
+}
+
+/**
+ * A folder on a disk for the benchmark scripts' data: DMALOAD_BENCH_DIR, else the system temp folder unless it is
+ * tmpfs (no direct I/O there), else .cache under the project.
+ */
+export function benchDiskDir(): string {
+  const forced = process.env.DMALOAD_BENCH_DIR;
+  if (forced) return forced;
+  const tmpfs = 0x01021994;
+  return statfsSync(tmpdir()).type === tmpfs ? join(resolve(dirname(fileURLToPath(import.meta.url)), '../../..'), '.cache') : tmpdir();
 }

@@ -6,10 +6,8 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { writeSeededFile } from './data.js';
+import { join } from 'node:path';
+import { benchDiskDir, writeSeededFile } from './data.js';
 import { evictPath } from '../../src/pipeline/cache.js';
 import { GiB, parseSize } from '../../src/core/util.js';
 import { createPool, load } from '../../src/index.js';
@@ -17,16 +15,13 @@ import type { LoadedBuffer } from '../../src/index.js';
 
 const size = parseSize(process.argv[2] ?? '1GiB') ?? GiB;
 const rounds = Number(process.argv[3] ?? 5);
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-// A disk folder: direct I/O does not work on tmpfs.
-const base = statfsSync(tmpdir()).type === 0x01021994 ? join(root, '.cache') : tmpdir();
-const dir = mkdtempSync(join(base, 'dmaload-bench-pool-'));
+const dir = mkdtempSync(join(benchDiskDir(), 'dmaload-bench-pool-'));
 try {
   if (statfsSync(dir).bavail * statfsSync(dir).bsize < 2 * size + GiB) throw new Error(`not enough space in ${dir}`);
   const files = ['a', 'b'].map((n, i) => {
