@@ -2,7 +2,7 @@
 import { constants as FS, existsSync, readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import { engine } from '../engine/engine.js';
-import { cachedFirstTouch, describeFirstTouch, firstTouchCachePath, freePageReporting, measureFirstTouch } from '../engine/first-touch.js';
+import { cachedFirstTouch, firstTouchCachePath, measureFirstTouch, measuredDecision } from '../engine/first-touch.js';
 import type { FirstTouch } from '../engine/first-touch.js';
 import { dioAlign, openRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
 
@@ -80,10 +80,9 @@ export async function probe(path?: string, options: { firstTouch?: boolean } = {
   };
   const ft = options.firstTouch ? await measureFirstTouch() : cachedFirstTouch();
   if (ft) {
-    // On a VM that reports free pages to its host, loads use small pages whatever one measurement said.
-    const reporting = freePageReporting();
-    const summary = `${describeFirstTouch(ft)}${reporting ? '; loads use small pages anyway: this VM reports free pages to its host (virtio-balloon), which makes that cost depend on history' : ''}`;
-    result.firstTouch = { hugePages: ft.hugeWins && !reporting, summary, cache: firstTouchCachePath(), measurement: ft };
+    // What loads decide from it: the same rule as load() (free page reporting overrides the measurement).
+    const d = measuredDecision(ft);
+    result.firstTouch = { hugePages: d.huge, summary: d.reason, cache: firstTouchCachePath(), measurement: ft };
   }
   if (path !== undefined) {
     const fh = await openRegular(path, FS.O_RDONLY);

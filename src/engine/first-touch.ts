@@ -211,11 +211,18 @@ export async function decideHugePages(capacity: number, option: unknown): Promis
   if (capacity < 2 * MiB) return { huge: false, reason: 'smaller than one huge page' };
   const mode = thpMode();
   if (mode === 'never' || mode === 'unavailable') return { huge: false, reason: `transparent huge pages are ${mode}` };
-  if (freePageReporting()) return { huge: false, reason: REPORTING_REASON };
   const ft = cachedFirstTouch();
-  if (!ft) {
-    const where = cacheWritable() ? '' : `; ${dirname(firstTouchCachePath())} is not writable, so loads do not measure: set XDG_CACHE_HOME to a writable folder`;
-    return { huge: false, reason: `not measured on this machine yet (a load of ${MEASURE_FROM / MiB} MiB or more measures once; or dmaload probe --first-touch${where})` };
-  }
+  if (ft) return measuredDecision(ft);
+  if (freePageReporting()) return { huge: false, reason: REPORTING_REASON };
+  const where = cacheWritable() ? '' : `; ${dirname(firstTouchCachePath())} is not writable, so loads do not measure: set XDG_CACHE_HOME to a writable folder`;
+  return { huge: false, reason: `not measured on this machine yet (a load of ${MEASURE_FROM / MiB} MiB or more measures once; or dmaload probe --first-touch${where})` };
+}
+
+/**
+ * What a measurement decides for loads on this machine: huge pages when they won every round, except on a VM with
+ * free page reporting, where small pages whatever it said (see REPORTING_REASON).
+ */
+export function measuredDecision(ft: FirstTouch): { huge: boolean; reason: string } {
+  if (freePageReporting()) return { huge: false, reason: `${REPORTING_REASON} (${describeFirstTouch(ft)})` };
   return { huge: ft.hugeWins, reason: `${ft.hugeWins ? 'huge pages' : 'small pages'}: ${describeFirstTouch(ft)}` };
 }
