@@ -357,6 +357,11 @@ describe('serve/connect: errors', () => {
     await assert.rejects(serve({ socket: sock(), target: 'memory' as never }), { code: 'ERR_INVALID_ARG_VALUE' });
     await assert.rejects(serve({ socket: sock(), budget: -1 }), { code: 'ERR_OUT_OF_RANGE', message: /"budget"/ });
     await assert.rejects(serve({ socket: sock(), budget: '1GiB' as never }), { code: 'ERR_INVALID_ARG_TYPE' });
+    await assert.rejects(serve({ socket: sock(), signal: 'stop' as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /signal/ });
+    // Aborted before it starts: no socket is created.
+    const early = sock();
+    await assert.rejects(serve({ socket: early, signal: AbortSignal.abort() }), { name: 'AbortError' });
+    assert.equal(existsSync(early), false);
     await assert.rejects(serve({ socket: sock(), mode: 0o10000 }), { code: 'ERR_INVALID_ARG_TYPE' });
   });
 });
