@@ -1,12 +1,14 @@
 /**
- * The Python client (clients/python/dmaload_client.py, standard library only) against a real server: its SHA-256 of a
- * served file, hashed from its own read-only mappings, must equal the file's; it sees the same sealed memfd as a Node
- * client; the server's coded errors reach it. Skipped, with the reason, where python3 (3.9+) is missing.
+ * The Python client (clients/python, package dmaload_client, standard library only) against a real server: its SHA-256
+ * of a served file, hashed from its own read-only mappings, must equal the file's; it sees the same sealed memfd as a
+ * Node client; the server's coded errors reach it. It runs from the source folder (PYTHONPATH), not installed, with
+ * the interpreter DMALOAD_PYTHON names (default python3). Skipped, with the reason, where that is missing or older
+ * than 3.9.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { fstatSync } from 'node:fs';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { C } from '../../src/engine/binding.js';
 import { connect, serve } from '../../src/index.js';
@@ -14,7 +16,10 @@ import { makeFile, repoRoot, tempDir } from '../helpers.js';
 import { socketDir } from './util.js';
 
 const MiB = 1024 * 1024;
-const CLIENT = join(repoRoot, 'clients', 'python', 'dmaload_client.py');
+const PYTHON = process.env.DMALOAD_PYTHON || 'python3';
+const CLIENT_DIR = join(repoRoot, 'clients', 'python');
+/** The interpreter's environment: the client importable from its source folder. */
+const pyEnv = { ...process.env, PYTHONPATH: [CLIENT_DIR, process.env.PYTHONPATH].filter(Boolean).join(delimiter) };
 const { dir, cleanup } = tempDir('dmaload-share-py-');
 after(cleanup);
 const sockets = socketDir();
@@ -22,16 +27,16 @@ after(sockets.cleanup);
 
 /** Why the Python tests cannot run here, or undefined. */
 const missing = (() => {
-  const r = spawnSync('python3', ['-c', 'import sys, socket; assert sys.version_info >= (3, 9) and hasattr(socket, "recv_fds"); print(sys.version.split()[0])'], { encoding: 'utf8' });
-  if (r.error) return `python3 is not installed (${(r.error as NodeJS.ErrnoException).code}); apt-get install python3`;
-  if (r.status !== 0) return `python3 is older than 3.9 (no socket.recv_fds): ${r.stderr.trim().split('\n').at(-1)}`;
+  const r = spawnSync(PYTHON, ['-c', 'import sys, socket; assert sys.version_info >= (3, 9) and hasattr(socket, "recv_fds"); print(sys.version.split()[0])'], { encoding: 'utf8' });
+  if (r.error) return `${PYTHON} is not installed (${(r.error as NodeJS.ErrnoException).code}); apt-get install python3, or set DMALOAD_PYTHON`;
+  if (r.status !== 0) return `${PYTHON} is older than 3.9 (no socket.recv_fds): ${r.stderr.trim().split('\n').at(-1)}`;
   return undefined;
 })();
 
-/** Runs the Python client; python3 runs asynchronously so that the in-process server can answer it. */
+/** Runs `python -m dmaload_client ARGS`, asynchronously so that the in-process server can answer it. */
 function py(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn('python3', [CLIENT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(PYTHON, ['-m', 'dmaload_client', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: pyEnv });
     let out = '';
     let err = '';
     p.stdout.on('data', (d: Buffer) => (out += d));

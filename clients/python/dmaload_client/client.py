@@ -1,21 +1,4 @@
-#!/usr/bin/env python3
-"""A client of `dmaload serve`, in the Python standard library only (3.9+: socket.send_fds, socket.recv_fds).
-
-The server loads a file once into a sealed memfd (or dma-bufs) and hands every client fds of that one buffer; this
-client maps them read-only, zero-copy. The wire protocol is docs/protocol.md.
-
-    from dmaload_client import Client
-
-    with Client("/run/dmaload.sock") as client:
-        with client.load("model.safetensors") as buf:
-            view = buf.view()          # a read-only memoryview of the whole file (single-part buffers)
-            header_len = int.from_bytes(view[:8], "little")
-            del view                   # release views before the buffer closes
-
-Command line: python3 dmaload_client.py SOCKET FILE... [--sha256]   (one JSON line per file)
-              python3 dmaload_client.py SOCKET --status
-"""
-import argparse
+"""The connection to a `dmaload serve` server and the buffers it hands out (docs/protocol.md)."""
 import fcntl
 import hashlib
 import json
@@ -24,7 +7,8 @@ import os
 import socket
 import stat
 import struct
-import sys
+
+from .errors import DmaloadError
 
 MAGIC = b"DMLD"
 VERSION = 1
@@ -40,17 +24,6 @@ ERROR = 15
 
 PAGE = mmap.PAGESIZE
 SERVED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-
-
-class DmaloadError(Exception):
-    """A failed request. `code` is stable: the server's own (ERR_...) or an errno name (ENOENT)."""
-
-    def __init__(self, code, message, errno_=None, syscall=None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.errno = errno_
-        self.syscall = syscall
 
 
 def _close_all(fds):
@@ -223,35 +196,3 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Load files through a dmaload serve server (one JSON line per file).")
-    p.add_argument("socket")
-    p.add_argument("files", nargs="*")
-    p.add_argument("--sha256", action="store_true", help="hash each file's bytes from the shared mapping")
-    p.add_argument("--status", action="store_true", help="print the server's counters")
-    a = p.parse_args(argv)
-    try:
-        with Client(a.socket) as c:
-            if a.status:
-                print(json.dumps(c.status()))
-            for f in a.files:
-                with c.load(f) as buf:
-                    out = {"path": f, "size": buf.size, "target": buf.target, "cached": buf.cached, "parts": len(buf.parts), "ino": os.fstat(buf.fd).st_ino}
-                    if buf.target == "memfd":
-                        out["seals"] = fcntl.fcntl(buf.fd, fcntl.F_GET_SEALS)
-                    if a.sha256:
-                        out["sha256"] = buf.sha256()
-                    print(json.dumps(out), flush=True)
-    except DmaloadError as e:
-        print(f"dmaload_client: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"dmaload_client: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

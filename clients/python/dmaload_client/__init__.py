@@ -1,0 +1,20 @@
+"""A client of `dmaload serve`, in the Python standard library only (3.9+: socket.send_fds, socket.recv_fds).
+
+The server loads a file once into a sealed memfd (or dma-bufs) and hands every client fds of that one buffer; this
+client maps them read-only, zero-copy. The wire protocol is docs/protocol.md in the dmaload repository.
+
+    from dmaload_client import Client
+
+    with Client("/run/dmaload.sock") as client:
+        with client.load("model.safetensors") as buf:
+            view = buf.view()          # a read-only memoryview of the whole file
+            header_len = int.from_bytes(view[:8], "little")
+
+Command line: python3 -m dmaload_client SOCKET FILE... [--sha256]   (one JSON line per file)
+              python3 -m dmaload_client SOCKET --status
+"""
+from .client import Buffer, Client
+from .errors import DmaloadError
+
+__version__ = "0.3.0"
+__all__ = ["Buffer", "Client", "DmaloadError", "__version__"]
