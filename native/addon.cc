@@ -22,6 +22,7 @@ void InitDmabuf(Napi::Env env, Napi::Object exports);
 void InitCopyLoops(Napi::Env env, Napi::Object exports);
 void InitProbe(Napi::Env env, Napi::Object exports);
 void InitShare(Napi::Env env, Napi::Object exports);
+void InitFdOps(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -100,6 +101,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitCopyLoops(env, exports);
   InitProbe(env, exports);
   InitShare(env, exports);
+  InitFdOps(env, exports);
   exports.Set("setFault", Napi::Function::New(env, SetFaultFn, "setFault"));
   exports.Set("live", Napi::Function::New(env, LiveFn, "live"));
   exports.Set("constants", Constants(env));

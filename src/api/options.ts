@@ -152,3 +152,11 @@ export function modeOption(value: unknown): number | undefined {
   if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > 0o7777) throw invalidType('mode', 'a file mode such as 0o644', value);
   return value as number;
 }
+
+/** A whole number in [min, max] (a count, a uid, milliseconds): ERR_INVALID_ARG_TYPE when not a number. */
+export function integerOption(name: string, value: unknown, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number') throw invalidType(name, 'a number', value);
+  if (!Number.isSafeInteger(value) || value < min || value > max) throw outOfRange(name, `an integer from ${min} to ${max}`, value);
+  return value;
+}

@@ -3,6 +3,8 @@ import { createHash } from 'node:crypto';
 import { AbortError } from '../core/errors.js';
 import { formatBytes } from '../core/util.js';
 
+export { printable } from '../core/util.js';
+
 export interface CliIO {
   stdout(s: string): void;
   stderr(s: string): void;
@@ -15,15 +17,6 @@ export const processIO: CliIO = {
   stderr: (s) => void process.stderr.write(s),
   isTTY: Boolean(process.stderr.isTTY),
 };
-
-/**
- * `s` with its control characters (C0, DEL, C1) written as `\xHH`, for printing strings that come from a file (a
- * tensor name, a metadata key): raw, ESC or CSI sequences would clear the screen or recolor the terminal. `keep` lists
- * the ones to leave as they are (the line breaks of a message).
- */
-export function printable(s: string, keep = ''): string {
-  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => (keep.includes(c) ? c : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
-}
 
 /** A usage error: exit status 2. */
 export class UsageError extends Error {

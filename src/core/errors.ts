@@ -50,18 +50,25 @@ export class AbortError extends Error {
   }
 }
 
+/** The errno's name ('ENOENT'): libuv's, else the C library's (libuv lacks some, such as ETOOMANYREFS). */
 export function errnoCode(errno: number): string {
+  const e = Math.abs(errno);
+  let name: string | undefined;
   try {
-    return getSystemErrorName(-Math.abs(errno));
+    name = getSystemErrorName(-e);
   } catch {
-    return `Unknown system error ${errno}`;
+    /* not a number libuv maps */
   }
+  if (name === undefined || name.startsWith('Unknown system error')) name = errnoName?.(e) ?? name;
+  return name ?? `Unknown system error ${e}`;
 }
 
 let strerror: ((e: number) => string) | undefined;
+let errnoName: ((e: number) => string | undefined) | undefined;
 /** Installed by the native binding once it loads, so errors read like the C library's. */
-export function setStrerror(fn: (e: number) => string): void {
+export function setStrerror(fn: (e: number) => string, names?: (e: number) => string | undefined): void {
   strerror = fn;
+  errnoName = names;
 }
 function errnoText(errno: number): string {
   const s = strerror?.(errno);

@@ -49,3 +49,18 @@ export function cpuMsSince(c0: NodeJS.CpuUsage): number {
   const d = process.cpuUsage(c0);
   return Math.round((d.user + d.system) / 10) / 100;
 }
+
+/**
+ * `s` with the characters that can forge or disguise text written as escapes, for printing strings that come from a
+ * file or a client (a tensor name, a path in a log line): C0, DEL and C1 controls as `\xHH` (raw, ESC or CSI sequences
+ * would clear the screen or recolor the terminal), and the line and paragraph separators and bidirectional controls
+ * (U+061C, U+200E-F, U+2028-E, U+2066-9) as `\u{HHHH}` (they break a log line or reorder what it shows). `keep` lists
+ * the ones to leave as they are (the line breaks of a message).
+ */
+export function printable(s: string, keep = ''): string {
+  return s.replace(/[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g, (c) => {
+    if (keep.includes(c)) return c;
+    const n = c.charCodeAt(0);
+    return n <= 0xff ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u{${n.toString(16)}}`;
+  });
+}

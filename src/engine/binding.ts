@@ -61,6 +61,22 @@ export interface Reactor {
   readonly __dmaloadReactor: unique symbol;
 }
 
+/** What fdInspect() reports of a file: statx fields (BigInts where they may pass 2^53) and the fd's F_GETFL flags. */
+export interface FdInspection {
+  flags: number;
+  mode: number;
+  uid: number;
+  size: bigint;
+  ino: bigint;
+  devMajor: number;
+  devMinor: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  /** STATX_MNT_ID_UNIQUE where the kernel has it (6.8+; never reused), else STATX_MNT_ID; null when neither. */
+  mntId: bigint | null;
+  mntUnique: boolean;
+}
+
 /** Exact counts of what the addon holds: tests assert they return to baseline after every failure and abort. */
 export interface LiveCounts {
   mappings: number;
@@ -144,6 +160,25 @@ export interface Native {
   reactorCtl(reactor: Reactor, op: 1 | 2 | 3, fd: number, id: number, events: number): number;
   reactorRef(reactor: Reactor, ref: boolean): void;
   reactorClose(reactor: Reactor): void;
+  /**
+   * statx + F_GETFL of `fd` on a native thread of its own (through a duplicate: `fd` stays the caller's), so a file
+   * system that never answers blocks that thread, not the JS thread. Returns 0 or -errno (the call never started).
+   */
+  fdInspect(fd: number, callback: (r: FdInspection | number) => void): number;
+  /** Takes `fd` and closes it on a native thread of its own (close() may wait for a FUSE daemon's FLUSH). */
+  fdClose(fd: number, callback: (rc: number) => void): number;
+  /** A new open file description of the same file (open of /proc/self/fd/N), close-on-exec. */
+  reopenFd(fd: number, flags: number): number;
+  inotifyInit(): number;
+  inotifyWatch(ifd: number, fd: number, mask: number): number;
+  inotifyUnwatch(ifd: number, wd: number): number;
+  /** Every pending event as [wd, mask, wd, mask, …], or -errno. */
+  inotifyRead(ifd: number): number[] | number;
+  /** Bytes a Unix socket's peer has not read yet (SIOCOUTQ). */
+  socketOutq(fd: number): number;
+  /** The C library's name of an errno ('ETOOMANYREFS'); undefined for an unknown number. */
+  errnoName(errno: number): string | undefined;
+  fdConstants: Record<'IN_OPEN' | 'IN_CLOSE_WRITE' | 'IN_CLOSE_NOWRITE' | 'IN_DELETE_SELF' | 'IN_IGNORED' | 'IN_Q_OVERFLOW' | 'O_RDONLY' | 'O_RDWR', number>;
   shareConstants: Record<
     'EPOLLIN' | 'EPOLLOUT' | 'EPOLLERR' | 'EPOLLHUP' | 'EPOLLRDHUP' | 'MSG_TRUNC' | 'MSG_CTRUNC' | 'O_PATH' | 'O_ACCMODE' | 'O_NONBLOCK' | 'F_SEAL_FUTURE_WRITE' | 'MAX_FDS',
     number
@@ -231,7 +266,7 @@ export function closeFd(fd: number): void {
   const r = native.closeFd(fd);
   if (r < 0) throw new DmaloadSystemError(r, 'close');
 }
-setStrerror(native.strerror);
+setStrerror(native.strerror, native.errnoName);
 
 export const C = native.constants;
 export const PAGE_SIZE = C.PAGE_SIZE;

@@ -12,11 +12,12 @@ import { constants as FS } from 'node:fs';
 import { resolve } from 'node:path';
 import { modelFromFiles } from '../api/model.js';
 import type { LoadModelOptions, LoadedModel } from '../api/model.js';
-import { optionsObject, pathOption, signalOption } from '../api/options.js';
+import { integerOption, optionsObject, pathOption, signalOption } from '../api/options.js';
 import type { LoadStats, LoadedBuffer } from '../core/buffer.js';
 import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, outOfRange } from '../core/errors.js';
+import { printable } from '../core/util.js';
 import { cpuMsSince, msSince } from '../core/util.js';
-import { native } from '../engine/binding.js';
+import { C, closeFd, native } from '../engine/binding.js';
 import { engine } from '../engine/engine.js';
 import { openRegular } from '../pipeline/source.js';
 import { Channel, closeFds, keepAlive } from './channel.js';
@@ -25,11 +26,16 @@ import { MessageType, decode, encode } from './protocol.js';
 import type { ErrorBody, LoadReplyBody, Message, ServerStatus } from './protocol.js';
 import { mapReceived } from './seal.js';
 
-const EAGAIN = 11;
+const EAGAIN = C.EAGAIN;
 
 export interface ConnectOptions {
   /** Milliseconds to keep trying while the server's queue of new connections is full. Default 5000. */
   timeout?: number;
+  /**
+   * A uid trusted to run the server besides root and this process's own: no fd is sent to a server run by anyone
+   * else (ERR_SHARE_UNTRUSTED_SERVER), since whoever listens on the socket gets them.
+   */
+  serverUid?: number;
 }
 
 export interface ShareLoadOptions {
@@ -74,20 +80,30 @@ export interface ShareClient extends AsyncDisposable {
 interface Pending {
   resolve(m: { message: Message; fds: number[] }): void;
   reject(e: unknown): void;
+  /** A LoadReply whose LoadReplyMore messages are still coming: what came so far. */
+  partial?: { message: Message; fds: number[]; next: number; more: number };
 }
 
 class Client implements ShareClient {
   readonly socket: string;
-  readonly #channel: Channel;
+  readonly #serverUid: number | undefined;
+  #channel: Channel;
   readonly #pending = new Map<number, Pending>();
   #nextId = 1;
   #state: 'open' | 'closed' | 'gone' = 'open';
   #gone = '';
+  /** The server closed the connection because it was idle: the next request connects again. */
+  #idleClosed = false;
   #release: (() => void) | undefined;
 
-  constructor(socket: string, fd: number) {
+  constructor(socket: string, fd: number, serverUid: number | undefined) {
     this.socket = socket;
-    this.#channel = new Channel(fd, { message: (m) => this.#onMessage(m), closed: (r) => this.#onClosed(r) });
+    this.#serverUid = serverUid;
+    this.#channel = this.#open(fd);
+  }
+
+  #open(fd: number): Channel {
+    return new Channel(fd, { message: (m) => this.#onMessage(m), closed: (r) => this.#onClosed(r) });
   }
 
   get closed(): boolean {
@@ -122,30 +138,74 @@ class Client implements ShareClient {
     this.#failAll(() => this.#unusable());
   }
 
+  /** A server that breaks the protocol cannot be trusted with the rest of the conversation. */
+  #broken(why: string): void {
+    this.#gone = `it sent a malformed message: ${why}`;
+    this.#state = 'gone';
+    this.#channel.close();
+  }
+
   #onMessage(m: Incoming): void {
     let message: Message;
     try {
       message = decode(m.bytes, m.length);
     } catch (e) {
       closeFds(m.fds);
-      // A server that breaks the protocol cannot be trusted with the rest of the conversation.
-      this.#gone = `it sent a malformed message: ${(e as Error).message}`;
+      return this.#broken((e as Error).message);
+    }
+    if (message.id === 0 && message.type === MessageType.Error) {
+      // About the connection itself: refused (limits) or about to be closed (idle, replies left unread).
+      closeFds(m.fds);
+      const b = message.body as Partial<ErrorBody>;
+      const code = typeof b.code === 'string' ? printable(b.code) : 'ERR_SHARE_REPLY';
+      this.#gone = `${code}: ${typeof b.message === 'string' ? printable(b.message) : 'no reason given'}`;
+      this.#idleClosed = code === 'ERR_SHARE_IDLE' && this.#pending.size === 0;
       this.#state = 'gone';
       this.#channel.close();
       return;
     }
     const p = this.#pending.get(message.id);
     if (!p) return closeFds(m.fds); // an aborted request's late reply
+    const fail = (why: string) => {
+      this.#pending.delete(message.id);
+      this.#idle();
+      closeFds(m.fds);
+      if (p.partial) closeFds(p.partial.fds);
+      p.reject(new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' sent a malformed reply: ${why}`, { path: this.socket }));
+    };
+    if (m.fdsTruncated) return fail('more fds than a message may carry');
+    if (p.partial) {
+      const q = p.partial;
+      if (message.type !== MessageType.LoadReplyMore || message.body.index !== q.next) return fail(`expected part message ${q.next} of ${q.more}`);
+      q.fds.push(...m.fds);
+      if (q.next++ < q.more) return;
+      this.#pending.delete(message.id);
+      this.#idle();
+      return p.resolve({ message: q.message, fds: q.fds });
+    }
+    if (message.type === MessageType.LoadReplyMore) return fail('a LoadReplyMore without its LoadReply');
+    const more = message.type === MessageType.LoadReply ? message.body.more : undefined;
+    if (more !== undefined && more !== 0) {
+      if (!Number.isSafeInteger(more) || (more as number) < 0 || (more as number) > 1 << 16) return fail('"more" is not a count of messages');
+      p.partial = { message, fds: [...m.fds], next: 1, more: more as number };
+      return;
+    }
     this.#pending.delete(message.id);
     this.#idle();
-    if (m.fdsTruncated) {
-      closeFds(m.fds);
-      return p.reject(new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' sent more fds than a reply may carry`, { path: this.socket }));
-    }
     p.resolve({ message, fds: m.fds });
   }
 
   #request(type: MessageType, body: object, fds: number[], path: string | undefined, signal: AbortSignal | undefined): Promise<{ message: Message; fds: number[] }> {
+    if (this.#state === 'gone' && this.#idleClosed) {
+      // The server closed an idle connection: connect again, checking the server as connect() did.
+      try {
+        this.#channel = this.#open(connectFd(this.socket, this.#serverUid));
+        this.#state = 'open';
+        this.#idleClosed = false;
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
     if (this.#state !== 'open') return Promise.reject(this.#unusable(path));
     if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
     const id = this.#nextId;
@@ -153,7 +213,9 @@ class Client implements ShareClient {
     const bytes = encode(type, id, body);
     return new Promise((resolve, reject) => {
       const onAbort = () => {
-        if (this.#pending.delete(id)) {
+        const p = this.#pending.get(id);
+        if (p && this.#pending.delete(id)) {
+          if (p.partial) closeFds(p.partial.fds);
           this.#idle();
           reject(new AbortError(undefined, { cause: signal!.reason }));
         }
@@ -277,19 +339,46 @@ class Client implements ShareClient {
 }
 
 /**
+ * Checks who listens on a connected socket (SO_PEERCRED, the server's credentials when it called listen()) before a
+ * single fd is sent: root, this process's own user, or `serverUid`. Returns `fd`, or closes it and throws.
+ */
+function checkServer(fd: number, socket: string, serverUid: number | undefined): number {
+  const cred = native.peerCred(fd);
+  const uid = typeof cred === 'number' ? undefined : cred[1];
+  const me = process.geteuid?.() ?? 0;
+  if (uid === 0 || uid === me || (uid !== undefined && uid === serverUid)) return fd;
+  closeFd(fd);
+  if (typeof cred === 'number') throw new DmaloadSystemError(cred, 'getsockopt', socket, 'SO_PEERCRED: who runs the server cannot be checked');
+  throw new DmaloadError(
+    'ERR_SHARE_UNTRUSTED_SERVER',
+    `the server at '${socket}' runs as uid ${uid}, neither root nor this user (uid ${me}): it would receive the fds of the files this process loads. Use a server run by root or by you (sockets belong in a folder only its owner can write, such as /run/dmaload/), or pass { serverUid: ${uid} } to connect() if you trust that user`,
+    { path: socket },
+  );
+}
+
+/** One connection attempt, checked (no waiting on a full backlog): for reconnecting after an idle close. */
+function connectFd(socket: string, serverUid: number | undefined): number {
+  const fd = native.unixConnect(socket);
+  if (fd < 0) throw new DmaloadSystemError(fd, 'connect', socket);
+  return checkServer(fd, socket, serverUid);
+}
+
+/**
  * Connects to a `dmaload serve` server listening at `socket`.
  * @throws DmaloadSystemError ENOENT or ECONNREFUSED (no server there), EACCES (the socket's mode keeps this user
- *   out), EAGAIN (its queue of new connections stayed full for `timeout` ms)
+ *   out), EAGAIN (its queue of new connections stayed full for `timeout` ms); DmaloadError ERR_SHARE_UNTRUSTED_SERVER
+ *   (the server runs as another user than root, this one or `serverUid`)
  */
 export async function connect(socket: string, options: ConnectOptions = {}): Promise<ShareClient> {
   const path = resolve(pathOption('socket', socket));
   const o = optionsObject(options);
   const timeout = o.timeout ?? 5000;
   if (typeof timeout !== 'number' || !(timeout >= 0)) throw outOfRange('timeout', 'a number of milliseconds >= 0', timeout);
+  const serverUid = integerOption('serverUid', o.serverUid, 0, 2 ** 32 - 1);
   const deadline = performance.now() + timeout;
   for (;;) {
     const fd = native.unixConnect(path);
-    if (fd >= 0) return new Client(path, fd);
+    if (fd >= 0) return new Client(path, checkServer(fd, path, serverUid), serverUid);
     if (fd === -EAGAIN && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 10));
       continue;

@@ -20,19 +20,30 @@ export const VERSION = 1;
 export const HEADER_SIZE = 16;
 /** The longest message either side sends or accepts (header included); longer ones are refused, never read in part. */
 export const MAX_MESSAGE = 64 * 1024;
-/** The most fds a message may carry: a load request has one, a reply one per part. */
+/**
+ * The most fds a message may carry: a load request has one, a reply one per part; a buffer of more parts is sent as a
+ * LoadReply and LoadReplyMore messages (see {@link MessageType}).
+ */
 export const MAX_FDS = 64;
 
 export const MessageType = {
   /** Client → server: load the file whose fd (O_RDONLY or O_RDWR, a regular file) is attached. Body `{ path? }`. */
   LoadRequest: 1,
-  /** Server → client: the buffer. Body {@link LoadReplyBody}; one fd per part. */
+  /**
+   * Server → client: the buffer. Body {@link LoadReplyBody}; one fd per part, at most MAX_FDS of them: when there are
+   * more parts, `more` LoadReplyMore messages with the same id follow at once, carrying the rest in part order.
+   */
   LoadReply: 2,
   /** Client → server: the server's counters. Body `{}`, no fds. */
   StatusRequest: 3,
   /** Server → client: body {@link ServerStatus}. */
   StatusReply: 4,
-  /** Server → client: a request failed. Body {@link ErrorBody}, no fds. */
+  /** Server → client: the next up to MAX_FDS fds of a LoadReply (same id). Body `{ index }`, 1 to `more`. */
+  LoadReplyMore: 5,
+  /**
+   * Server → client: a request failed. Body {@link ErrorBody}, no fds. Id 0: the connection is refused or being
+   * closed (too many connections, idle, replies left unread); the server hangs up after it.
+   */
   Error: 15,
 } as const;
 export type MessageType = (typeof MessageType)[keyof typeof MessageType];
@@ -60,6 +71,8 @@ export interface LoadReplyBody {
   /** Whether the buffer was already in the server's cache. */
   cached: boolean;
   stats: ServedLoadStats;
+  /** LoadReplyMore messages that follow with the rest of the fds (absent or 0: this message has them all). */
+  more?: number;
 }
 
 /** What `dmaload serve` reports about itself (StatusReply; {@link ShareServer.status}). */
@@ -67,10 +80,14 @@ export interface ServerStatus {
   pid: number;
   version: number;
   target: 'memfd' | 'udmabuf' | 'dma-heap';
-  /** Bytes the cache may hold. */
+  /** Bytes the server's buffers may hold, cached or held by clients. */
   budget: number;
-  /** Bytes held by the cache now (loads in progress included). */
+  /** Bytes any one user's loads may hold (the server's own user is not limited). */
+  perUserBudget: number;
+  /** Bytes held now: every buffer the server made that the cache or any client still holds, and loads in progress. */
   used: number;
+  /** Bytes of the cached buffers (part of `used`). */
+  cachedBytes: number;
   /** Files in the cache. */
   entries: number;
   hits: number;
@@ -83,6 +100,8 @@ export interface ServerStatus {
   errors: number;
   /** Clients connected now. */
   connections: number;
+  /** Connections the server closed: refused at accept (limits), idle, or with replies left unread. */
+  dropped: number;
 }
 
 export interface ErrorBody {

@@ -1,59 +1,75 @@
 /**
- * serve(): a local daemon that loads a file once and hands any number of processes fds of the same sealed buffer.
+ * serve(): a local daemon that loads a file once and hands any number of processes fds of the same sealed buffer —
+ * safely among users who distrust each other (docs/serve.md has the security model).
  *
  * - Clients send the O_RDONLY fd of a file they opened themselves: having it proves they may read the file, and the
- *   server never opens a client's path. The server reads through its own open file description of that fd
- *   (/proc/self/fd/N, so O_DIRECT never changes the client's), and where its user may not open that inode, through
- *   the client's fd itself, buffered.
- * - The cache key is (st_dev, st_ino, size, mtime in ns) of an fstat of the received fd: a changed file is a new key
- *   and is loaded afresh. The cache is an LRU under a byte budget; evicting drops only the server's own fds, so a
- *   client that holds a buffer keeps its pages alive.
- * - memfd buffers are sealed against writes and resizing before the first fd leaves (seal.ts). The server keeps fds,
- *   never mappings.
- * - The socket is created with mode 0600 unless asked otherwise (only the server's user can connect).
+ *   server never opens a client's path. The cache (cache.ts) pins what it loaded and matches requests by an identity
+ *   no client can forge; its budget counts every buffer until nobody holds it (ledger.ts).
+ * - A received fd is never touched on the JS thread: FUSE is refused from procfs alone, statx and close run on native
+ *   threads with a time bound (fds.ts).
+ * - Connections are limited in all and per user; one that sends nothing past the idle timeout, or leaves replies
+ *   unread past the reply timeout, is closed and what its replies held is released.
+ * - Every reply is the client's own read-only file description of the memfd (sealed against every change before the
+ *   first fd leaves, seal.ts), sent in messages of at most MAX_FDS fds.
+ * - The socket is bound in a private folder and linked into place, created with mode 0600 unless asked otherwise.
  *
  * Every request gets a reply or its connection is closed: malformed messages, missing or extra fds, fds of FIFOs,
- * directories, devices or O_PATH/O_WRONLY opens each get a coded error reply; peers that do not speak the protocol
- * get one and are disconnected. Nothing a client sends can make the server hold an fd or a mapping past its request.
+ * directories, devices, FUSE or O_PATH/O_WRONLY opens each get a coded error reply.
  * @module
  */
-import { constants as FS, fstatSync, lstatSync, unlinkSync } from 'node:fs';
-import type { BigIntStats, Stats } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
-import { resolve } from 'node:path';
-import { allocate } from '../api/allocate.js';
-import { load } from '../api/load.js';
-import { budgetOption, enumOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
-import { readInto } from '../api/rw.js';
-import type { LoadedBuffer } from '../core/buffer.js';
+import { constants as FS, linkSync, lstatSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import type { Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { budgetOption, enumOption, integerOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
 import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
-import { formatBytes, memAvailable, msSince, roundUp } from '../core/util.js';
-import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
-import { openRegular, requireRegular } from '../pipeline/source.js';
+import { formatBytes, memAvailable, msSince, printable } from '../core/util.js';
+import { C, closeFd, native } from '../engine/binding.js';
+import type { FdInspection } from '../engine/binding.js';
+import { openRegular } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
-import { createMemfd } from '../targets/memfd.js';
-import { Channel, Watch, closeFds, keepAlive } from './channel.js';
+import { Cache, versionOf } from './cache.js';
+import type { Acquired } from './cache.js';
+import { Channel, Watch, keepAlive } from './channel.js';
 import type { Incoming } from './channel.js';
+import { FdGuard } from './fds.js';
+import type { Sender } from './fds.js';
+import { Ledger } from './ledger.js';
 import { MAX_FDS, MessageType, ProtocolError, VERSION, decode, encode } from './protocol.js';
-import type { ErrorBody, LoadReplyBody, ServedLoadStats, ServerStatus } from './protocol.js';
-import { SERVED_SEALS, SHARE_TARGETS, exportBuffer } from './seal.js';
-import type { Exported, ShareTarget } from './seal.js';
+import type { ErrorBody, LoadReplyBody, ServerStatus } from './protocol.js';
+import { SHARE_TARGETS } from './seal.js';
+import type { ShareTarget } from './seal.js';
 
 const S = native.shareConstants;
-const EAGAIN = 11;
-const ECONNREFUSED = 111;
-const EPIPE = 32;
-const ECONNABORTED = 103;
+const E = C;
 /** Requests one connection may have in progress; past it, the server stops reading that connection until replies go out. */
 export const MAX_INFLIGHT = 16;
+/** Replies a client may leave unread before the server stops reading its requests. */
+export const MAX_UNREAD = 32;
+/** Calls on a user's fds stuck past their time bound (a file system that does not answer) before that user is cut off. */
+export const MAX_STUCK = 4;
+/** Milliseconds a statx or close of a received fd may take before the request fails. */
+const FD_TIMEOUT = 2000;
 /** Longest display name a request may give for its file (it is only used in messages and logs). */
 const MAX_NAME = 4096;
 
 export interface ServeOptions {
   /** Path of the Unix-domain socket to create (SOCK_SEQPACKET). A stale socket nobody listens on is replaced. */
   socket: string;
-  /** Bytes the cache may hold; the least recently used files are dropped to make room. Default: half of MemAvailable at start. */
+  /**
+   * Bytes the server's buffers may hold, cached or held by clients (a buffer counts until its last holder lets go).
+   * Least recently used files nobody holds are dropped to make room. Default: half of MemAvailable at start.
+   */
   budget?: number;
+  /** Bytes the loads of any one user may hold. The server's own user is not limited. Default: half the budget. */
+  perUserBudget?: number;
+  /** Connections open at once, in all. Default 256. */
+  maxConnections?: number;
+  /** Connections open at once per user (uid). Default 32. */
+  perUserConnections?: number;
+  /** Milliseconds a connection may stay idle (nothing sent, nothing in progress) before it is closed. Default 600000. */
+  idleTimeout?: number;
+  /** Milliseconds a client may leave replies unread before its connection is closed. Default 10000. */
+  replyTimeout?: number;
   /** The socket file's permissions. Default 0o600: only the server's user can connect. */
   mode?: number;
   /** Where buffers live: 'memfd' (default; sealed), 'udmabuf' or 'dma-heap' (dma-bufs, one per part; not sealable). */
@@ -86,31 +102,6 @@ export interface ShareServer extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-interface Entry {
-  key: string;
-  size: number;
-  /** Bytes of memory charged to the budget. */
-  charge: number;
-  fds: number[];
-  parts: Array<{ offset: number; size: number }>;
-  stats: Omit<ServedLoadStats, 'bytesRead' | 'serverMs'> & { bytesRead: number };
-  /** Replies carrying this entry's fds not yet taken by the kernel: an evicted entry closes its fds after the last. */
-  pins: number;
-  closed: boolean;
-}
-
-interface Acquired {
-  entry: Entry;
-  cached: boolean;
-  /** Bytes read from storage for this request (0 on a hit, or when joining another request's load). */
-  bytesRead: number;
-}
-
-/** (st_dev, st_ino, size, mtime in ns): the file as it is now. */
-function keyOf(st: BigIntStats): string {
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
-}
-
 /** Shapes any error as the reply's body, with `internal` (the server's /proc path) replaced by the client's name. */
 function errorBody(e: unknown, internal: string | undefined, name: string): ErrorBody {
   const err = e as { code?: unknown; message?: unknown; errno?: unknown; syscall?: unknown };
@@ -121,79 +112,122 @@ function errorBody(e: unknown, internal: string | undefined, name: string): Erro
   return body;
 }
 
-function shareError(code: string, message: string): DmaloadError {
-  return new DmaloadError(code, message);
+/** A received fd that is not a readable regular file proves nothing: coded errors, as a local load gives. */
+function requireReadableFile(st: FdInspection, name: string): void {
+  if (st.flags & S.O_PATH || (st.flags & S.O_ACCMODE) === FS.O_WRONLY) {
+    throw new DmaloadError('ERR_SHARE_FD_ACCESS', `the fd sent for '${name}' is not open for reading (O_PATH or O_WRONLY), so it proves nothing; open the file O_RDONLY and send that`, { path: name });
+  }
+  const type = st.mode & FS.S_IFMT;
+  if (type === FS.S_IFREG) return;
+  if (type === FS.S_IFDIR) throw new DmaloadSystemError(21 /* EISDIR */, 'fstat', name);
+  throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file; dmaload reads regular files only (their size is known and stable)`, { path: name });
 }
 
-interface ServerOpts {
-  io: IoMode;
-  heap: string | undefined;
-  partSize: number | undefined;
-  log: ((line: string) => void) | undefined;
+interface Limits {
+  maxConnections: number;
+  perUserConnections: number;
+  idleTimeout: number;
+  replyTimeout: number;
 }
 
 interface Conn {
   channel: Channel;
-  inflight: number;
+  from: Sender;
   peer: string;
+  inflight: number;
+  lastActive: number;
+  /** Replies sent since the client was last seen to have read everything. */
+  sent: number;
+  /** Since when the client has left bytes unread (SIOCOUTQ > 0). */
+  unreadSince: number | undefined;
+  /** Reading its requests is stopped until it reads its replies. */
+  heldUnread: boolean;
 }
 
 class Server implements ShareServer {
   readonly socket: string;
   readonly budget: number;
   readonly target: ShareTarget;
-  readonly #o: ServerOpts;
+  readonly #limits: Limits;
+  readonly #perUserBudget: number;
+  readonly #log: (line: string) => void;
   readonly #listenFd: number;
   readonly #watch: Watch;
   readonly #ident: { dev: number; ino: number };
+  readonly #guard: FdGuard;
+  readonly #ledger: Ledger;
+  readonly #cache: Cache;
   readonly #conns = new Set<Conn>();
-  /** Loaded files in LRU order (a hit moves its entry to the end). */
-  readonly #cache = new Map<string, Entry>();
-  readonly #loading = new Map<string, Promise<Entry>>();
+  readonly #perUid = new Map<number, number>();
   readonly #tasks = new Set<Promise<unknown>>();
-  /** Charged bytes of entries whose fds are open (cached, or evicted while a reply still carries them). */
-  #used = 0;
-  /** Charged bytes of loads in progress. */
-  #reserved = 0;
-  #count = { hits: 0, misses: 0, loads: 0, evictions: 0, errors: 0 };
+  readonly #timer: NodeJS.Timeout;
+  readonly #own: Sender = { uid: process.getuid?.() ?? 0, pid: process.pid };
+  #count = { errors: 0, dropped: 0 };
   #closed = false;
   #closing: Promise<void> | undefined;
   /** Aborts loads in progress when the server closes, so that shutting down never waits for a long read. */
   readonly #abort = new AbortController();
   #release: () => void;
 
-  constructor(socket: string, budget: number, target: ShareTarget, listenFd: number, o: ServerOpts) {
+  constructor(socket: string, budget: number, perUserBudget: number, target: ShareTarget, listenFd: number, limits: Limits, o: { io: IoMode; heap: string | undefined; partSize: number | undefined; log: ((line: string) => void) | undefined }) {
     this.socket = socket;
     this.budget = budget;
     this.target = target;
-    this.#o = o;
+    this.#limits = limits;
+    this.#perUserBudget = perUserBudget;
+    const log = o.log;
+    this.#log = log ? (line) => log(printable(line)) : () => {};
     this.#listenFd = listenFd;
     const st = lstatSync(socket);
     this.#ident = { dev: st.dev, ino: st.ino };
+    this.#guard = new FdGuard({ timeoutMs: FD_TIMEOUT, log: this.#log });
     this.#release = keepAlive();
+    let ledger: Ledger | undefined;
     try {
+      this.#ledger = ledger = new Ledger(this.#log);
+      this.#cache = new Cache(
+        {
+          budget,
+          perUserBudget,
+          ownUid: this.#own.uid,
+          target,
+          io: o.io,
+          heap: o.heap,
+          partSize: o.partSize,
+          signal: this.#abort.signal,
+          log: this.#log,
+          releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
+          inspect: (fd) => this.#guard.inspect(fd, 'the file', this.#own),
+        },
+        this.#ledger,
+      );
       this.#watch = new Watch(listenFd, () => this.#accept());
       this.#watch.arm(S.EPOLLIN);
     } catch (e) {
+      ledger?.close();
       this.#release();
       throw e;
     }
-  }
-
-  #log(line: string): void {
-    this.#o.log?.(line);
+    const tick = Math.max(10, Math.min(1000, Math.floor(Math.min(limits.idleTimeout, limits.replyTimeout) / 4)));
+    this.#timer = setInterval(() => this.#housekeeping(), tick);
+    this.#timer.unref();
   }
 
   status(): ServerStatus {
+    this.#ledger.drain();
     return {
       pid: process.pid,
       version: VERSION,
       target: this.target,
       budget: this.budget,
-      used: this.#used + this.#reserved,
+      perUserBudget: this.#perUserBudget,
+      used: this.#cache.used,
+      cachedBytes: this.#cache.cachedBytes,
       entries: this.#cache.size,
-      ...this.#count,
+      ...this.#cache.count,
+      errors: this.#count.errors,
       connections: this.#conns.size,
+      dropped: this.#count.dropped,
     };
   }
 
@@ -208,24 +242,52 @@ class Server implements ShareServer {
     }
   }
 
+  /** Why a new connection from `uid` is refused, if it is. */
+  #refusal(uid: number): { code: string; message: string } | undefined {
+    const l = this.#limits;
+    if (this.#conns.size >= l.maxConnections) return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `the server has ${this.#conns.size} connections, its limit (--max-connections); try again later` };
+    if ((this.#perUid.get(uid) ?? 0) >= l.perUserConnections) {
+      return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `uid ${uid} has ${l.perUserConnections} connections open, the most one user may (--per-user-connections); close some` };
+    }
+    if (this.#guard.stuck(uid) >= MAX_STUCK) return { code: 'ERR_SHARE_FD_TIMEOUT', message: `the file systems of fds uid ${uid} sent do not answer; the server takes no more requests from this user until they do` };
+    return undefined;
+  }
+
   #acceptSome(): void {
     for (let i = 0; i < 64; i++) {
       const fd = native.unixAccept(this.#listenFd);
-      if (fd === -EAGAIN) break;
-      if (fd === -ECONNABORTED) continue;
+      if (fd === -E.EAGAIN) break;
       if (fd < 0) {
+        if (fd === -103 /* ECONNABORTED */) continue;
         // Out of fds or memory: accepting again at once would spin; give the server a moment to free some.
         this.#log(`accept: ${new DmaloadSystemError(fd, 'accept', this.socket).message}`);
         setTimeout(() => !this.#closed && this.#watch.arm(S.EPOLLIN), 100).unref();
         return;
       }
       const cred = native.peerCred(fd);
-      const conn: Conn = { channel: undefined as unknown as Channel, inflight: 0, peer: typeof cred === 'number' ? `fd ${fd}` : `pid ${cred[0]} uid ${cred[1]}` };
+      if (typeof cred === 'number') {
+        closeFd(fd);
+        continue;
+      }
+      const [pid, uid] = cred;
+      const refused = this.#refusal(uid);
+      if (refused) {
+        // Told why (id 0: about the connection), then hung up; anything it sent is dropped unread with the socket.
+        native.sendMsg(fd, encode(MessageType.Error, 0, refused), []);
+        closeFd(fd);
+        this.#count.dropped++;
+        this.#log(`pid ${pid} uid ${uid}: refused: ${refused.message}`);
+        continue;
+      }
+      const conn: Conn = { channel: undefined as unknown as Channel, from: { uid, pid }, peer: `pid ${pid} uid ${uid}`, inflight: 0, lastActive: performance.now(), sent: 0, unreadSince: undefined, heldUnread: false };
       try {
         conn.channel = new Channel(fd, {
           message: (m) => this.#onMessage(conn, m),
           closed: () => {
             this.#conns.delete(conn);
+            const n = (this.#perUid.get(uid) ?? 1) - 1;
+            if (n > 0) this.#perUid.set(uid, n);
+            else this.#perUid.delete(uid);
             this.#log(`${conn.peer}: disconnected`);
           },
         });
@@ -234,9 +296,53 @@ class Server implements ShareServer {
         continue;
       }
       this.#conns.add(conn);
+      this.#perUid.set(uid, (this.#perUid.get(uid) ?? 0) + 1);
       this.#log(`${conn.peer}: connected`);
     }
     this.#watch.arm(S.EPOLLIN);
+  }
+
+  /** Closes a connection the server gives up on, telling the client why (best effort: its queue may be full). */
+  #drop(conn: Conn, code: string, why: string): void {
+    if (conn.channel.closed) return;
+    this.#count.dropped++;
+    this.#log(`${conn.peer}: closing the connection: ${why}`);
+    native.sendMsg(conn.channel.fd, encode(MessageType.Error, 0, { code, message: why }), []);
+    conn.channel.close();
+  }
+
+  /** Idle connections, unread replies and users whose file systems hang, checked a few times per timeout. */
+  #housekeeping(): void {
+    const now = performance.now();
+    const l = this.#limits;
+    for (const conn of [...this.#conns]) {
+      const q = native.socketOutq(conn.channel.fd);
+      if (q > 0 || conn.channel.queued > 0) {
+        conn.unreadSince ??= now;
+        if (now - conn.unreadSince > l.replyTimeout) {
+          this.#drop(conn, 'ERR_SHARE_REPLY_TIMEOUT', `its replies stayed unread for ${l.replyTimeout} ms (--reply-timeout)`);
+          continue;
+        }
+      } else {
+        conn.unreadSince = undefined;
+        conn.sent = 0;
+        if (conn.heldUnread) {
+          conn.heldUnread = false;
+          this.#hold(conn);
+        }
+        if (conn.inflight === 0 && now - conn.lastActive > l.idleTimeout) {
+          this.#drop(conn, 'ERR_SHARE_IDLE', `it sent nothing for ${l.idleTimeout} ms (--idle-timeout)`);
+          continue;
+        }
+      }
+      if (this.#guard.stuck(conn.from.uid) >= MAX_STUCK) this.#drop(conn, 'ERR_SHARE_FD_TIMEOUT', `the file systems of fds uid ${conn.from.uid} sent do not answer`);
+    }
+  }
+
+  /** Reading stops while a connection has too much in progress or leaves its replies unread. */
+  #hold(conn: Conn): void {
+    if (conn.inflight >= MAX_INFLIGHT || conn.heldUnread) conn.channel.pause();
+    else conn.channel.resume();
   }
 
   #replyError(conn: Conn, id: number, body: ErrorBody): void {
@@ -247,18 +353,19 @@ class Server implements ShareServer {
 
   #onMessage(conn: Conn, m: Incoming): void {
     const t0 = performance.now();
+    conn.lastActive = t0;
     let msg;
     try {
       msg = decode(m.bytes, m.length);
     } catch (e) {
-      closeFds(m.fds);
+      this.#guard.release(m.fds, conn.from);
       const pe = e as ProtocolError;
       this.#replyError(conn, pe.id, { code: pe.code, message: pe.message });
       if (pe.fatal) conn.channel.close();
       return;
     }
     if (m.fdsTruncated) {
-      closeFds(m.fds);
+      this.#guard.release(m.fds, conn.from);
       return this.#replyError(conn, msg.id, { code: 'ERR_SHARE_FDS', message: `a message may carry at most ${MAX_FDS} fds` });
     }
     switch (msg.type) {
@@ -266,12 +373,12 @@ class Server implements ShareServer {
         return this.#onLoad(conn, msg.id, msg.body, m.fds, t0);
       case MessageType.StatusRequest:
         if (m.fds.length > 0) {
-          closeFds(m.fds);
+          this.#guard.release(m.fds, conn.from);
           return this.#replyError(conn, msg.id, { code: 'ERR_SHARE_FDS', message: 'a status request carries no fds' });
         }
         return conn.channel.send(encode(MessageType.StatusReply, msg.id, this.status()), []);
       default:
-        closeFds(m.fds);
+        this.#guard.release(m.fds, conn.from);
         return this.#replyError(conn, msg.id, { code: 'ERR_SHARE_PROTOCOL', message: `unknown request type ${msg.type}` });
     }
   }
@@ -279,22 +386,25 @@ class Server implements ShareServer {
   #onLoad(conn: Conn, id: number, body: Record<string, unknown>, fds: number[], t0: number): void {
     if (fds.length === 0) return this.#replyError(conn, id, { code: 'ERR_SHARE_NO_FD', message: "a load request must carry the file's fd (SCM_RIGHTS); open the file O_RDONLY and attach it" });
     if (fds.length > 1) {
-      closeFds(fds);
+      this.#guard.release(fds, conn.from);
       return this.#replyError(conn, id, { code: 'ERR_SHARE_FDS', message: `a load request carries exactly one fd (got ${fds.length})` });
     }
     const fd = fds[0]!;
     const path = body.path;
     if (path !== undefined && (typeof path !== 'string' || path.length > MAX_NAME)) {
-      closeFd(fd);
+      this.#guard.release(fds, conn.from);
       return this.#replyError(conn, id, { code: 'ERR_SHARE_PROTOCOL', message: `"path" must be a string of at most ${MAX_NAME} characters` });
     }
-    // Only for messages and logs: control characters could forge log lines, so they are not kept.
-    const name = path ? path.replace(/[\x00-\x1f\x7f]/g, '?') : `fd ${fd}`;
-    if (++conn.inflight >= MAX_INFLIGHT) conn.channel.pause();
+    // Only for messages and logs, escaped: control and bidi characters could forge or disguise log lines.
+    const name = path ? printable(path) : `fd ${fd}`;
+    conn.inflight++;
+    this.#hold(conn);
     const task = this.#serveLoad(conn, id, fd, name, t0).finally(() => {
-      closeFd(fd);
+      this.#guard.release([fd], conn.from, name);
       this.#tasks.delete(task);
-      if (--conn.inflight < MAX_INFLIGHT) conn.channel.resume();
+      conn.inflight--;
+      conn.lastActive = performance.now();
+      this.#hold(conn);
     });
     this.#tasks.add(task);
   }
@@ -303,175 +413,63 @@ class Server implements ShareServer {
   async #serveLoad(conn: Conn, id: number, fd: number, name: string, t0: number): Promise<void> {
     let got: Acquired;
     try {
-      got = await this.#acquire(fd, name);
+      if (this.#closed) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
+      const st = await this.#guard.inspect(fd, name, conn.from);
+      requireReadableFile(st, name);
+      got = await this.#cache.acquire(fd, versionOf(st), name, conn.from.uid);
     } catch (e) {
       if (!conn.channel.closed) this.#replyError(conn, id, errorBody(e, `/proc/self/fd/${fd}`, name));
       return;
     }
-    const { entry, cached, bytesRead } = got;
+    this.#sendReply(conn, id, got, name, t0);
+  }
+
+  /** Sends a LoadReply (and LoadReplyMore messages past MAX_FDS fds); closes the reply's fds once each is sent. */
+  #sendReply(conn: Conn, id: number, got: Acquired, name: string, t0: number): void {
+    const { entry, fds, cached, bytesRead } = got;
+    const chunks: number[][] = [];
+    for (let i = 0; i < fds.length; i += MAX_FDS) chunks.push(fds.slice(i, i + MAX_FDS));
+    const reply: LoadReplyBody = { size: entry.size, target: this.target, parts: entry.parts, cached, stats: { ...entry.stats, bytesRead, serverMs: msSince(t0) }, ...(chunks.length > 1 ? { more: chunks.length - 1 } : {}) };
+    let messages: Uint8Array[];
     try {
-      const reply: LoadReplyBody = { size: entry.size, target: this.target, parts: entry.parts, cached, stats: { ...entry.stats, bytesRead, serverMs: msSince(t0) } };
-      this.#log(`${conn.peer}: ${name}: ${cached ? 'hit' : bytesRead > 0 ? 'loaded' : 'joined a load'} (${formatBytes(entry.size)}, ${reply.stats.serverMs} ms)`);
-      conn.channel.send(encode(MessageType.LoadReply, id, reply), entry.fds, (errno) => {
-        this.#unpin(entry);
-        if (errno < 0 && errno !== -EPIPE && !conn.channel.closed) this.#replyError(conn, id, errorBody(new DmaloadSystemError(errno, 'sendmsg', name), undefined, name));
-      });
+      messages = chunks.map((_, i) => (i === 0 ? encode(MessageType.LoadReply, id, reply) : encode(MessageType.LoadReplyMore, id, { index: i })));
     } catch (e) {
-      this.#unpin(entry);
+      for (const f of fds) closeFd(f);
       if (!conn.channel.closed) this.#replyError(conn, id, errorBody(e, undefined, name));
+      return;
     }
-  }
-
-  /** The entry for the file behind `fd`, pinned for one reply: from the cache, a load in progress, or a new load. */
-  async #acquire(fd: number, name: string): Promise<Acquired> {
-    if (this.#closed) throw shareError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
-    const flags = native.fdFlags(fd);
-    if (flags < 0) throw new DmaloadSystemError(flags, 'fcntl', name);
-    if (flags & S.O_PATH || (flags & S.O_ACCMODE) === FS.O_WRONLY) {
-      throw shareError('ERR_SHARE_FD_ACCESS', `the fd sent for '${name}' is not open for reading (O_PATH or O_WRONLY), so it proves nothing; open the file O_RDONLY and send that`);
-    }
-    const st = fstatSync(fd, { bigint: true });
-    requireRegular(st as unknown as Stats, name, 'fstat');
-    const key = keyOf(st);
-    // An entry evicted and closed between its load and our turn is simply looked up again.
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const hit = this.#cache.get(key);
-      if (hit) {
-        this.#cache.delete(key);
-        this.#cache.set(key, hit); // most recently used
-        this.#count.hits++;
-        hit.pins++;
-        return { entry: hit, cached: true, bytesRead: 0 };
-      }
-      let p = this.#loading.get(key);
-      const mine = p === undefined;
-      if (!p) {
-        this.#count.misses++;
-        p = this.#load(key, fd, st, name);
-        const q = p;
-        this.#loading.set(key, q);
-        void q.then(
-          () => this.#loading.delete(key),
-          () => this.#loading.delete(key),
-        );
-      } else {
-        this.#count.hits++;
-      }
-      const entry = await p;
-      if (!entry.closed) {
-        entry.pins++;
-        return { entry, cached: false, bytesRead: mine ? entry.stats.bytesRead : 0 };
-      }
-    }
-    throw shareError('ERR_MEMORY_BUDGET', `'${name}' was evicted again before it could be sent: the server's budget (${formatBytes(this.budget)}) is too small for what its clients ask for at once`);
-  }
-
-  #unpin(e: Entry): void {
-    if (--e.pins === 0 && this.#cache.get(e.key) !== e) this.#closeEntry(e);
-  }
-
-  #closeEntry(e: Entry): void {
-    if (e.closed) return;
-    e.closed = true;
-    closeFds(e.fds);
-    this.#used -= e.charge;
-  }
-
-  #evict(e: Entry): void {
-    this.#cache.delete(e.key);
-    this.#count.evictions++;
-    this.#log(`evicted ${e.key} (${formatBytes(e.size)})`);
-    if (e.pins === 0) this.#closeEntry(e);
-  }
-
-  /** Evicts least recently used entries until `charge` more bytes fit; ERR_MEMORY_BUDGET when they cannot. */
-  #makeRoom(charge: number, name: string): void {
-    if (charge > this.budget) {
-      throw shareError('ERR_MEMORY_BUDGET', `'${name}' needs ${formatBytes(charge)} but the server's budget is ${formatBytes(this.budget)}; start the server with a larger budget (--budget)`);
-    }
-    while (this.#used + this.#reserved + charge > this.budget) {
-      const lru = this.#cache.values().next().value as Entry | undefined;
-      if (!lru) {
-        throw shareError('ERR_MEMORY_BUDGET', `'${name}' needs ${formatBytes(charge)} and the server's budget of ${formatBytes(this.budget)} is held by loads in progress and replies being sent; try again`);
-      }
-      this.#evict(lru);
-    }
-  }
-
-  async #load(key: string, fd: number, st: BigIntStats, name: string): Promise<Entry> {
-    const size = Number(st.size);
-    const charge = roundUp(size, PAGE_SIZE);
-    this.#makeRoom(charge, name);
-    this.#reserved += charge;
-    const t0 = performance.now();
-    try {
-      const { exported, stats } = await this.#read(fd, size, name);
-      const loadMs = msSince(t0);
-      try {
-        const now = keyOf(fstatSync(fd, { bigint: true }));
-        if (now !== key) throw shareError('ERR_FILE_CHANGED', `'${name}' changed while the server read it (size or modification time); try again once nothing writes to it`);
-        if (this.#closed) throw shareError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
-      } catch (e) {
-        closeFds(exported.fds);
-        throw e;
-      }
-      this.#count.loads++;
-      const entry: Entry = { key, size, charge, fds: exported.fds, parts: exported.parts, stats: { ...stats, loadMs }, pins: 0, closed: false };
-      this.#used += charge;
-      this.#cache.set(key, entry);
-      return entry;
-    } finally {
-      this.#reserved -= charge;
-    }
-  }
-
-  /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
-  async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Entry['stats'], 'loadMs'> }> {
-    const opts = { target: this.target, io: this.#o.io, signal: this.#abort.signal, ...(this.#o.heap ? { heap: this.#o.heap } : {}), ...(this.#o.partSize ? { partSize: this.#o.partSize } : {}) };
-    let buf: LoadedBuffer;
-    try {
-      // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.
-      buf = await load(`/proc/self/fd/${fd}`, opts);
-    } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code !== 'EACCES' && code !== 'EPERM') throw e;
-      // This server's user may not open the inode, but the client's fd may read it: read through that, buffered.
-      this.#log(`${name}: reading through the client's fd (the server may not open it itself)`);
-      return this.#readThroughFd(fd, size, name);
-    }
-    const s = buf.stats;
-    const stats = { io: s.io, directBytes: s.directBytes, copiedBytes: s.copiedBytes, ...(s.ioReason ? { ioReason: s.ioReason } : {}), engine: s.engine, bytesRead: s.bytesRead };
-    return { exported: exportBuffer(buf, this.target), stats };
-  }
-
-  async #readThroughFd(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Entry['stats'], 'loadMs'> }> {
-    const stats = { io: 'buffered' as const, directBytes: 0, copiedBytes: size, ioReason: "the server's user may not open the file; read through the client's fd", engine: 'threads' as const, bytesRead: size };
-    if (size === 0 && this.target === 'memfd') {
-      const fdm = createMemfd(name, 0);
-      const s = native.seals(fdm, SERVED_SEALS | C.F_SEAL_SEAL);
-      if (s < 0) {
-        closeFd(fdm);
-        throw new DmaloadSystemError(s, 'fcntl', name);
-      }
-      return { exported: { fds: [fdm], parts: [{ offset: 0, size: 0 }] }, stats };
-    }
-    const buf = await allocate(Math.max(size, 1), { target: this.target, ...(this.#o.heap ? { heap: this.#o.heap } : {}), ...(this.#o.partSize ? { partSize: this.#o.partSize } : {}) });
-    try {
-      const n = await readInto(buf, { fd } as unknown as FileHandle, { io: 'buffered', signal: this.#abort.signal });
-      if (n !== size) throw shareError('ERR_FILE_CHANGED', `'${name}' changed size while the server read it (${size} bytes expected, ${n} read)`);
-    } catch (e) {
-      buf.close();
-      throw e;
-    }
-    return { exported: exportBuffer(buf, this.target), stats };
+    this.#log(`${conn.peer}: ${name}: ${cached ? 'hit' : bytesRead > 0 ? 'loaded' : 'joined a load'} (${formatBytes(entry.size)}, ${reply.stats.serverMs} ms)`);
+    let left = messages.length;
+    let failed = 0;
+    messages.forEach((bytes, i) => {
+      conn.channel.send(bytes, chunks[i]!, (errno) => {
+        // The kernel holds its own references to what it took: ours go now, whatever happened.
+        for (const f of chunks[i]!) closeFd(f);
+        if (errno < 0 && failed === 0) failed = errno;
+        if (--left > 0) return;
+        // Once per reply, after its last message.
+        conn.sent++;
+        if (failed < 0 && failed !== -32 /* EPIPE */ && !conn.channel.closed) {
+          const e = new DmaloadSystemError(failed, 'sendmsg', name, failed === -109 ? "the server's user has too many fds in flight to clients that do not read them" : undefined);
+          // Half a reply has gone out: the conversation cannot continue.
+          if (messages.length > 1) this.#drop(conn, e.code, e.message);
+          else this.#replyError(conn, id, errorBody(e, undefined, name));
+        }
+        if (conn.sent >= MAX_UNREAD && !conn.heldUnread && native.socketOutq(conn.channel.fd) > 0) {
+          conn.heldUnread = true;
+          this.#hold(conn);
+        }
+      });
+    });
   }
 
   async preload(path: string): Promise<void> {
     const h = await openRegular(path, FS.O_RDONLY);
     try {
-      const { entry, cached } = await this.#acquire(h.fd, path);
-      this.#unpin(entry);
-      this.#log(`preloaded ${path} (${formatBytes(entry.size)}${cached ? ', already cached' : ''})`);
+      const st = await this.#guard.inspect(h.fd, path, this.#own);
+      const got = await this.#cache.acquire(h.fd, versionOf(st), path, this.#own.uid);
+      for (const f of got.fds) closeFd(f);
+      this.#log(`preloaded ${path} (${formatBytes(got.entry.size)}${got.cached ? ', already cached' : ''})`);
     } finally {
       await h.close();
     }
@@ -480,7 +478,8 @@ class Server implements ShareServer {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
-      this.#abort.abort(shareError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down'));
+      clearInterval(this.#timer);
+      this.#abort.abort(new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down'));
       this.#watch.close();
       closeFd(this.#listenFd);
       // Only our own socket file: another server may have replaced it since.
@@ -492,7 +491,10 @@ class Server implements ShareServer {
       }
       for (const c of [...this.#conns]) c.channel.close();
       await Promise.allSettled([...this.#tasks]);
-      for (const e of [...this.#cache.values()]) this.#evict(e);
+      this.#cache.clear();
+      this.#ledger.close();
+      // Closes of received fds in progress: waited for briefly, never for a file system that does not answer.
+      await this.#guard.drain(FD_TIMEOUT);
       this.#release();
     })();
     return this.#closing;
@@ -503,32 +505,56 @@ class Server implements ShareServer {
   }
 }
 
-/** Creates the listening socket; a stale socket file (nobody accepts on it) is replaced, anything else refused. */
+/** Whether a server listens at `socket` now: connecting succeeds or its backlog is full. */
+function probeSocket(socket: string): number {
+  const probe = native.unixConnect(socket);
+  if (probe >= 0) closeFd(probe);
+  return probe >= 0 ? 0 : probe;
+}
+
+/**
+ * Creates the listening socket: bound in a private folder (so that setting its mode cannot be redirected by a
+ * symlink someone swaps in), then hard-linked into place, which fails if anything is there. A stale socket file
+ * (connecting is refused: nobody listens) is replaced; anything else is refused.
+ */
 function listen(socket: string, mode: number): number {
-  for (let attempt = 0; ; attempt++) {
-    const fd = native.unixListen(socket, mode, 128);
-    if (fd >= 0) return fd;
-    if (fd !== -98 /* EADDRINUSE */ || attempt > 0) {
-      throw new DmaloadSystemError(fd, 'bind', socket, fd === -36 ? 'a Unix socket path holds at most 107 bytes' : undefined);
-    }
-    let st: Stats;
+  const dir = mkdtempSync(join(dirname(socket), '.dmaload-'));
+  try {
+    const tmp = join(dir, 's');
+    const fd = native.unixListen(tmp, mode, 128);
+    if (fd < 0) throw new DmaloadSystemError(fd, 'bind', socket, fd === -36 ? 'a Unix socket path holds at most 107 bytes (the server binds in a folder beside it first: choose a shorter path)' : undefined);
     try {
-      st = lstatSync(socket);
-    } catch {
-      continue; // gone meanwhile
+      for (let attempt = 0; ; attempt++) {
+        try {
+          linkSync(tmp, socket);
+          return fd;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw e;
+        }
+        let st: Stats;
+        try {
+          st = lstatSync(socket);
+        } catch {
+          continue; // gone meanwhile
+        }
+        if (!st.isSocket()) throw new DmaloadSystemError(-98, 'bind', socket, 'the path exists and is not a socket; remove it or choose another path');
+        const probe = probeSocket(socket);
+        if (probe === 0 || probe === -E.EAGAIN) throw new DmaloadSystemError(-98, 'bind', socket, 'a server is already listening there');
+        // Only ECONNREFUSED says nobody listens. Any other failure (EACCES: another user's live server) proves nothing,
+        // and unlinking would hand that server's path, and its clients' file descriptors, to this one.
+        if (probe !== -111 /* ECONNREFUSED */) {
+          throw new DmaloadSystemError(-98, 'bind', socket, `a socket is there and connecting to it failed (${errnoCode(probe)}), so it may be in use; remove it if you know it is stale`);
+        }
+        unlinkSync(socket); // a socket left behind by a server that died
+      }
+    } catch (e) {
+      closeFd(fd);
+      const err = e as NodeJS.ErrnoException;
+      if (e instanceof DmaloadSystemError || typeof err.errno !== 'number') throw e;
+      throw new DmaloadSystemError(err.errno, 'link', socket);
     }
-    if (!st.isSocket()) throw new DmaloadSystemError(fd, 'bind', socket, 'the path exists and is not a socket; remove it or choose another path');
-    const probe = native.unixConnect(socket);
-    if (probe >= 0 || probe === -EAGAIN) {
-      if (probe >= 0) closeFd(probe);
-      throw new DmaloadSystemError(fd, 'bind', socket, 'a server is already listening there');
-    }
-    // Only ECONNREFUSED says nobody listens. Any other failure (EACCES: another user's live server) proves nothing,
-    // and unlinking would hand that server's path, and its clients' file descriptors, to this one.
-    if (probe !== -ECONNREFUSED) {
-      throw new DmaloadSystemError(fd, 'bind', socket, `a socket is there and connecting to it failed (${errnoCode(probe)}), so it may be in use; remove it if you know it is stale`);
-    }
-    unlinkSync(socket); // a socket left behind by a server that died
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -537,12 +563,19 @@ function listen(socket: string, mode: number): number {
  *
  * Clients (connect(), the Python client in clients/python, anything speaking docs/protocol.md) get fds of one sealed
  * buffer per file, however many they are. Error codes: the socket's system errors (EADDRINUSE when a server already
- * listens there), load()'s codes for preload files, ERR_INVALID_ARG_* for bad options.
+ * listens there), load()'s codes for preload files, ERR_INVALID_ARG_* / ERR_OUT_OF_RANGE for bad options.
  */
 export async function serve(options: ServeOptions): Promise<ShareServer> {
   const o = optionsObject(options);
   const socket = resolve(pathOption('socket', o.socket));
   const budget = o.budget === undefined ? Math.floor(memAvailable() / 2) : budgetOption(o.budget, 'budget');
+  const perUserBudget = o.perUserBudget === undefined ? Math.floor(budget / 2) : budgetOption(o.perUserBudget, 'perUserBudget');
+  const limits: Limits = {
+    maxConnections: integerOption('maxConnections', o.maxConnections, 1, 65536) ?? 256,
+    perUserConnections: integerOption('perUserConnections', o.perUserConnections, 1, 65536) ?? 32,
+    idleTimeout: integerOption('idleTimeout', o.idleTimeout, 1, 2 ** 31 - 1) ?? 600_000,
+    replyTimeout: integerOption('replyTimeout', o.replyTimeout, 1, 2 ** 31 - 1) ?? 10_000,
+  };
   const mode = modeOption(o.mode) ?? 0o600;
   const target = enumOption<ShareTarget>('target', o.target, SHARE_TARGETS, 'memfd');
   const io = ioOption(o.io);
@@ -558,7 +591,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const fd = listen(socket, mode);
   let server: Server;
   try {
-    server = new Server(socket, budget, target, fd, { io, heap: o.heap, partSize, log: o.log });
+    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, log: o.log });
   } catch (e) {
     closeFd(fd);
     try {

@@ -96,8 +96,8 @@ async function expectError(code: string, bytes: Uint8Array, fds: number[] = [], 
 async function flat(): Promise<void> {
   const problem = await settle(() => {
     if (server.status().connections !== 1) return `connections ${server.status().connections}`;
-    // Each file the cache gained holds one fd (its memfd), and nothing else may stay.
-    const want = baseline.fds + server.status().entries - baseline.entries;
+    // Each file the cache gained holds two fds (its memfd, and the client's file it pins), and nothing else may stay.
+    const want = baseline.fds + 2 * (server.status().entries - baseline.entries);
     if (fdCount() !== want) return `fds ${want} -> ${fdCount()}`;
     const l = native.live();
     for (const k of ['mappings', 'jobs', 'threads', 'queues', 'fds'] as const) if (l[k] !== baseline.live[k]) return `live ${k} ${baseline.live[k]} -> ${l[k]}`;

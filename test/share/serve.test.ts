@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, fstatSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, fstatSync, openSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -63,9 +63,16 @@ describe('serve/connect: byte-exact, shared, sealed', () => {
           assert.deepEqual([b1.stats.served?.cached, b2.stats.served?.cached], [false, true]);
           assert.deepEqual([b1.stats.bytesRead, b2.stats.bytesRead], [size, 0]);
           assert.equal(b1.stats.served?.socket, server.socket);
-          // Nobody can change it: write() and a writable shared mapping are refused by the kernel.
-          assert.throws(() => writeSync(b1.fd, Uint8Array.of(1), 0, 1, 0), { code: 'EPERM' });
-          assert.equal(native.mmap(4096, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, b1.fd, 0, 0), -1);
+          // Each reply is the client's own read-only file description; opened for writing, the seal refuses writes.
+          assert.throws(() => writeSync(b1.fd, Uint8Array.of(1), 0, 1, 0), { code: 'EBADF' });
+          const rw = openSync(`/proc/self/fd/${b1.fd}`, 'r+');
+          try {
+            assert.throws(() => writeSync(rw, Uint8Array.of(1), 0, 1, 0), { code: 'EPERM' });
+            assert.equal(native.mmap(4096, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, rw, 0, 0), -1, 'F_SEAL_WRITE: EPERM');
+          } finally {
+            closeSync(rw);
+          }
+          assert.equal(native.mmap(4096, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, b1.fd, 0, 0), -13, 'a read-only description: EACCES');
           // A stray write into a client's bytes neither kills the process nor reaches anyone else: the memfd is
           // mapped copy-on-write, so the write lands in a private page and the served bytes stay the file's.
           if (size > 0) {
@@ -183,7 +190,7 @@ describe('serve: the cache', () => {
     assert.equal(await leaks(), undefined);
   });
 
-  test('LRU under the budget: the oldest file is dropped, a client holding it keeps its pages; too big is ERR_MEMORY_BUDGET', async () => {
+  test('LRU under the budget: the oldest file nobody holds is dropped, a held one stays shared; too big is ERR_MEMORY_BUDGET', async () => {
     const leaks = leakCheck();
     const [a, b, d] = ['lru-a', 'lru-b', 'lru-c'].map((n, i) => makeFile(dir, n, 4 * MiB, 100 + i));
     const big = makeFile(dir, 'lru-big', 11 * MiB);
@@ -192,13 +199,14 @@ describe('serve: the cache', () => {
     try {
       const held = await c.load(a!.path);
       (await c.load(b!.path)).close();
-      (await c.load(d!.path)).close(); // 12 MiB > 10: a goes
+      (await c.load(d!.path)).close(); // 12 MiB > 10: b goes (dropping a, which a client holds, would free nothing)
       let st = server.status();
       assert.deepEqual([st.entries, st.evictions], [2, 1]);
       assert.ok(st.used <= 10 * MiB);
-      assert.equal(hashOf(held), a!.sha256, 'a client’s buffer survives the server dropping its copy');
+      assert.equal(hashOf(held), a!.sha256);
       const again = await c.load(a!.path);
-      assert.equal(again.stats.served?.cached, false);
+      assert.equal(again.stats.served?.cached, true, 'the held file is still the one shared copy');
+      assert.equal(fstatSync(again.fd).ino, fstatSync(held.fd).ino);
       assert.equal(hashOf(again), a!.sha256);
       again.close();
       held.close();
@@ -463,7 +471,9 @@ describe('serve: a server that may not open the file reads through the client’
         p.stderr.on('data', () => /listening/.test(err) && resolve());
         void closed.then(() => reject(new Error(`server exited ${p.exitCode}: ${err}`)));
       });
-      const c = await connect(socket);
+      // A server run by another user gets no fd unless the client names that user (SO_PEERCRED).
+      await assert.rejects(connect(socket), (e: Error & { code?: string }) => e.code === 'ERR_SHARE_UNTRUSTED_SERVER' && /uid 65534/.test(e.message) && /serverUid/.test(e.message));
+      const c = await connect(socket, { serverUid: 65534 });
       const b = await c.load(f.path);
       assert.equal(hashOf(b), f.sha256);
       assert.equal(b.stats.io, 'buffered');

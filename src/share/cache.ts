@@ -1,0 +1,316 @@
+/**
+ * The share server's cache: one loaded buffer per file version, an identity no client can forge, and a budget that
+ * counts what the server's buffers really hold.
+ *
+ * Identity. A client's fd proves it may read a file; which file it is must not rest on what the file's owner can set
+ * (size, mtime) or what the kernel reuses (an inode number once its file is gone, a device number once its file
+ * system is unmounted). An entry therefore keeps a duplicate of the fd it was loaded from for its whole life: that
+ * inode, and the super block holding its device number, cannot go away and be reused while the entry exists. A request
+ * hits only if its fd is on the same mount (STATX_MNT_ID_UNIQUE), device and inode — so the very inode the entry pins
+ * — with the same size, mtime and ctime (ctime is set by the kernel on every change, never by a user). A version that
+ * differs replaces the entry.
+ *
+ * Budget. Bytes are charged through the {@link Ledger} from the moment a load starts until nobody holds the buffer,
+ * cached or not; per user too (the server's own user is not limited). Room is made by dropping least recently used
+ * entries that nobody else holds (dropping one that is held frees nothing).
+ * @module
+ */
+import { load } from '../api/load.js';
+import { allocate } from '../api/allocate.js';
+import { readInto } from '../api/rw.js';
+import type { LoadedBuffer } from '../core/buffer.js';
+import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
+import { formatBytes, msSince, roundUp } from '../core/util.js';
+import type { FdInspection } from '../engine/binding.js';
+import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
+import type { IoMode } from '../pipeline/source.js';
+import { createMemfd } from '../targets/memfd.js';
+import type { FileHandle } from 'node:fs/promises';
+import type { Holding, Ledger } from './ledger.js';
+import type { ServedLoadStats } from './protocol.js';
+import { SERVED_SEALS, exportBuffer } from './seal.js';
+import type { Exported, ShareTarget } from './seal.js';
+
+type Stats = Omit<ServedLoadStats, 'bytesRead' | 'serverMs'> & { bytesRead: number };
+
+/** What identifies a file version: the inode (pinned while an entry exists) and what changes with its contents. */
+export interface FileVersion {
+  /** mount:device:inode. */
+  inode: string;
+  size: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+export function versionOf(st: FdInspection): FileVersion {
+  return { inode: `${st.mntId ?? '?'}:${st.devMajor}:${st.devMinor}:${st.ino}`, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+}
+
+function sameVersion(a: FileVersion, b: FileVersion): boolean {
+  return a.inode === b.inode && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
+}
+
+export interface Entry {
+  version: FileVersion;
+  size: number;
+  /** The buffer's own fds (the server's): one memfd, or one dma-buf per part. */
+  fds: number[];
+  parts: Array<{ offset: number; size: number }>;
+  stats: Stats;
+  /** A duplicate of the fd the file was loaded from: pins its inode and file system while the entry lives. */
+  source: number;
+  holding: Holding;
+  closed: boolean;
+}
+
+/** An entry and the fds of one reply (the client's own file descriptions: a reopen of the memfd, or dma-buf dups). */
+export interface Acquired {
+  entry: Entry;
+  fds: number[];
+  cached: boolean;
+  /** Bytes read from storage for this request (0 on a hit, or when joining another request's load). */
+  bytesRead: number;
+}
+
+export interface CacheOptions {
+  budget: number;
+  perUserBudget: number;
+  /** The server's own uid: not limited per user (preloads, and clients run by the operator). */
+  ownUid: number;
+  target: ShareTarget;
+  io: IoMode;
+  heap: string | undefined;
+  partSize: number | undefined;
+  signal: AbortSignal;
+  log: (line: string) => void;
+  /** Hands a duplicate of a client's fd back for closing off the JS thread (its file system may hang). */
+  releaseSource: (fd: number) => void;
+  /** Re-inspects a client's fd off the JS thread (after a load: did the file change meanwhile?). */
+  inspect: (fd: number) => Promise<FdInspection>;
+}
+
+function budgetError(message: string): DmaloadError {
+  return new DmaloadError('ERR_MEMORY_BUDGET', message);
+}
+
+export class Cache {
+  readonly #o: CacheOptions;
+  readonly #ledger: Ledger;
+  /** Cached entries by inode, least recently used first. */
+  readonly #entries = new Map<string, Entry>();
+  readonly #loading = new Map<string, Promise<Entry>>();
+  /** Bytes of loads in progress, in all and per uid. */
+  #reserved = 0;
+  readonly #reservedBy = new Map<number, number>();
+  readonly count = { hits: 0, misses: 0, loads: 0, evictions: 0 };
+
+  constructor(o: CacheOptions, ledger: Ledger) {
+    this.#o = o;
+    this.#ledger = ledger;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Bytes charged: every live buffer (cached or held by clients) and loads in progress. */
+  get used(): number {
+    return this.#ledger.used + this.#reserved;
+  }
+
+  /** Bytes of the cached entries. */
+  get cachedBytes(): number {
+    let n = 0;
+    for (const e of this.#entries.values()) n += e.holding.bytes;
+    return n;
+  }
+
+  usedBy(uid: number): number {
+    return this.#ledger.usedBy(uid) + (this.#reservedBy.get(uid) ?? 0);
+  }
+
+  /**
+   * The buffer for the file version `v` behind `fd`, with one reply's fds: from the cache, a load in progress, or a
+   * new load charged to `uid`.
+   */
+  async acquire(fd: number, v: FileVersion, name: string, uid: number): Promise<Acquired> {
+    const key = `${v.inode}:${v.size}:${v.mtimeNs}:${v.ctimeNs}`;
+    // An entry dropped between its load and our turn is simply looked up again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const hit = this.#entries.get(v.inode);
+      if (hit && sameVersion(hit.version, v)) {
+        this.#entries.delete(v.inode);
+        this.#entries.set(v.inode, hit); // most recently used
+        this.count.hits++;
+        return { entry: hit, fds: replyFds(hit, this.#o.target, name), cached: true, bytesRead: 0 };
+      }
+      if (hit) {
+        // The file changed since it was loaded (its size, mtime or ctime): that buffer is stale for everyone.
+        this.#o.log(`${name}: changed since it was cached; loading it again`);
+        this.#drop(hit);
+      }
+      let p = this.#loading.get(key);
+      const mine = p === undefined;
+      if (!p) {
+        this.count.misses++;
+        const q = this.#load(fd, v, name, uid);
+        p = q;
+        this.#loading.set(key, q);
+        void q.then(
+          () => this.#loading.delete(key),
+          () => this.#loading.delete(key),
+        );
+      } else {
+        this.count.hits++;
+      }
+      const entry = await p;
+      // Checked and used in one synchronous step: nothing can close the entry's fds between the two.
+      if (!entry.closed) return { entry, fds: replyFds(entry, this.#o.target, name), cached: false, bytesRead: mine ? entry.stats.bytesRead : 0 };
+    }
+    throw budgetError(`'${name}' was evicted again before it could be sent: the server's budget (${formatBytes(this.#o.budget)}) is too small for what its clients ask for at once`);
+  }
+
+  /** Drops an entry from the cache and closes the server's fds of it; its charge lasts while clients hold it. */
+  #drop(e: Entry): void {
+    if (this.#entries.get(e.version.inode) === e) this.#entries.delete(e.version.inode);
+    if (e.closed) return;
+    e.closed = true;
+    for (const fd of e.fds) closeFd(fd);
+    this.#o.releaseSource(e.source);
+    this.#ledger.dropped(e.holding);
+  }
+
+  #evict(e: Entry, why: string): void {
+    this.count.evictions++;
+    this.#o.log(`evicted ${e.version.inode} (${formatBytes(e.size)}): ${why}`);
+    this.#drop(e);
+  }
+
+  /** Evicts least recently used entries nobody else holds until `charge` more bytes fit, for everyone and for `uid`. */
+  #makeRoom(charge: number, uid: number, name: string): void {
+    const { budget, perUserBudget } = this.#o;
+    if (charge > budget) throw budgetError(`'${name}' needs ${formatBytes(charge)} but the server's budget is ${formatBytes(budget)}; start the server with a larger budget (--budget)`);
+    const limited = uid !== this.#o.ownUid;
+    if (limited && charge > perUserBudget) {
+      throw budgetError(`'${name}' needs ${formatBytes(charge)} but the server allows each user ${formatBytes(perUserBudget)}; its operator can raise that (--per-user-budget)`);
+    }
+    this.#ledger.drain();
+    const over = () => this.used + charge > budget || (limited && this.usedBy(uid) + charge > perUserBudget);
+    // First what only the cache holds (dropping it frees its memory now), this user's own first when it is the
+    // user's limit that is in the way; never what a client still holds, which would free nothing.
+    for (const mineOnly of [true, false]) {
+      for (const e of [...this.#entries.values()]) {
+        if (!over()) return;
+        if (e.holding.others !== 0 || (mineOnly && e.holding.uid !== uid)) continue;
+        this.#evict(e, 'least recently used, to make room');
+      }
+    }
+    if (!over()) return;
+    if (limited && this.usedBy(uid) + charge > perUserBudget) {
+      throw budgetError(`'${name}' needs ${formatBytes(charge)} and this user's buffers already hold ${formatBytes(this.usedBy(uid))} of the ${formatBytes(perUserBudget)} each user may use; close buffers you no longer need (they count until every process holding them lets go)`);
+    }
+    throw budgetError(`'${name}' needs ${formatBytes(charge)} and ${formatBytes(this.used)} of the server's budget of ${formatBytes(budget)} is held by buffers clients still hold and by loads in progress; try again once some are closed`);
+  }
+
+  #reserve(uid: number, n: number): void {
+    this.#reserved += n;
+    const m = (this.#reservedBy.get(uid) ?? 0) + n;
+    if (m === 0) this.#reservedBy.delete(uid);
+    else this.#reservedBy.set(uid, m);
+  }
+
+  async #load(fd: number, v: FileVersion, name: string, uid: number): Promise<Entry> {
+    const charge = roundUp(v.size, PAGE_SIZE);
+    this.#makeRoom(charge, uid, name);
+    this.#reserve(uid, charge);
+    const t0 = performance.now();
+    let exported: Exported | undefined;
+    let source = -1;
+    try {
+      const r = await this.#read(fd, v.size, name);
+      exported = r.exported;
+      const loadMs = msSince(t0);
+      const now = versionOf(await this.#o.inspect(fd));
+      if (!sameVersion(now, v)) throw new DmaloadError('ERR_FILE_CHANGED', `'${name}' changed while the server read it (size, modification or change time); try again once nothing writes to it`, { path: name });
+      if (this.#o.signal.aborted) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
+      source = native.dupFd(fd);
+      if (source < 0) throw new DmaloadSystemError(source, 'fcntl', name);
+      this.count.loads++;
+      this.#reserve(uid, -charge);
+      const holding = this.#ledger.charge(charge, uid, exported.fds[0]!, this.#o.target === 'memfd');
+      const entry: Entry = { version: v, size: v.size, fds: exported.fds, parts: exported.parts, stats: { ...r.stats, loadMs }, source, holding, closed: false };
+      this.#entries.set(v.inode, entry);
+      return entry;
+    } catch (e) {
+      this.#reserve(uid, -charge);
+      if (exported) for (const f of exported.fds) closeFd(f);
+      throw e;
+    }
+  }
+
+  /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
+  async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
+    const o = this.#o;
+    const shape = { target: o.target, ...(o.heap ? { heap: o.heap } : {}), ...(o.partSize ? { partSize: o.partSize } : {}) };
+    let buf: LoadedBuffer;
+    try {
+      // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.
+      buf = await load(`/proc/self/fd/${fd}`, { ...shape, io: o.io, signal: o.signal });
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code !== 'EACCES' && code !== 'EPERM') throw e;
+      // This server's user may not open the inode, but the client's fd may read it: read through that, buffered.
+      o.log(`${name}: reading through the client's fd (the server may not open it itself)`);
+      return this.#readThroughFd(fd, size, name, shape);
+    }
+    const s = buf.stats;
+    const stats = { io: s.io, directBytes: s.directBytes, copiedBytes: s.copiedBytes, ...(s.ioReason ? { ioReason: s.ioReason } : {}), engine: s.engine, bytesRead: s.bytesRead };
+    return { exported: exportBuffer(buf, o.target), stats };
+  }
+
+  async #readThroughFd(fd: number, size: number, name: string, shape: { target: ShareTarget }): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
+    const stats = { io: 'buffered' as const, directBytes: 0, copiedBytes: size, ioReason: "the server's user may not open the file; read through the client's fd", engine: 'threads' as const, bytesRead: size };
+    if (size === 0 && shape.target === 'memfd') {
+      const fdm = createMemfd(name, 0);
+      const s = native.seals(fdm, SERVED_SEALS | C.F_SEAL_SEAL);
+      if (s < 0) {
+        closeFd(fdm);
+        throw new DmaloadSystemError(s, 'fcntl', name);
+      }
+      return { exported: { fds: [fdm], parts: [{ offset: 0, size: 0 }] }, stats };
+    }
+    const buf = await allocate(Math.max(size, 1), shape);
+    try {
+      const n = await readInto(buf, { fd } as unknown as FileHandle, { io: 'buffered', signal: this.#o.signal });
+      if (n !== size) throw new DmaloadError('ERR_FILE_CHANGED', `'${name}' changed size while the server read it (${size} bytes expected, ${n} read)`, { path: name });
+    } catch (e) {
+      buf.close();
+      throw e;
+    }
+    return { exported: exportBuffer(buf, shape.target), stats };
+  }
+
+  /** Drops every entry (the server is closing); clients keep what they mapped. */
+  clear(): void {
+    for (const e of [...this.#entries.values()]) this.#evict(e, 'the server is closing');
+  }
+}
+
+/**
+ * The fds one reply carries, the client's own: a fresh read-only open file description of the memfd (so that no
+ * client's lseek or fcntl shows in another's), or duplicates of the dma-bufs (which cannot be reopened).
+ */
+function replyFds(e: Entry, target: ShareTarget, name: string): number[] {
+  const out: number[] = [];
+  try {
+    for (const fd of e.fds) {
+      const r = target === 'memfd' ? native.reopenFd(fd, native.fdConstants.O_RDONLY) : native.dupFd(fd);
+      if (r < 0) throw new DmaloadSystemError(r, target === 'memfd' ? 'open' : 'fcntl', name);
+      out.push(r);
+    }
+    return out;
+  } catch (err) {
+    for (const fd of out) closeFd(fd);
+    throw err;
+  }
+}
