@@ -1,50 +1,30 @@
 /**
  * The Python client (clients/python, package dmaload_client, standard library only) against a real server: its SHA-256
  * of a served file, hashed from its own read-only mappings, must equal the file's; it sees the same sealed memfd as a
- * Node client; the server's coded errors reach it. It runs from the source folder (PYTHONPATH), not installed, with
- * the interpreter DMALOAD_PYTHON names (default python3). Skipped, with the reason, where that is missing or older
- * than 3.9.
+ * Node client; the server's coded errors reach it. Then its own tests against fake servers (clients/python/tests/
+ * test_client.py): the server's uid checked before any fd leaves, malformed replies refused with every fd closed,
+ * buffers of more than 64 parts, idle closes. It runs from the source folder (PYTHONPATH), not installed, with the
+ * interpreter DMALOAD_PYTHON names (default python3). Skipped, with the reason, where that is missing or older than
+ * 3.9.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import { fstatSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { C } from '../../src/engine/binding.js';
 import { connect, serve } from '../../src/index.js';
-import { makeFile, repoRoot, tempDir } from '../helpers.js';
+import { makeFile, tempDir } from '../helpers.js';
+import { pythonMissing as missing, pythonTests, runPython } from './python.js';
 import { socketDir } from './util.js';
 
 const MiB = 1024 * 1024;
-const PYTHON = process.env.DMALOAD_PYTHON || 'python3';
-const CLIENT_DIR = join(repoRoot, 'clients', 'python');
-/** The interpreter's environment: the client importable from its source folder. */
-const pyEnv = { ...process.env, PYTHONPATH: [CLIENT_DIR, process.env.PYTHONPATH].filter(Boolean).join(delimiter) };
 const { dir, cleanup } = tempDir('dmaload-share-py-');
 after(cleanup);
 const sockets = socketDir();
 after(sockets.cleanup);
 
-/** Why the Python tests cannot run here, or undefined. */
-const missing = (() => {
-  const r = spawnSync(PYTHON, ['-c', 'import sys, socket; assert sys.version_info >= (3, 9) and hasattr(socket, "recv_fds"); print(sys.version.split()[0])'], { encoding: 'utf8' });
-  if (r.error) return `${PYTHON} is not installed (${(r.error as NodeJS.ErrnoException).code}); apt-get install python3, or set DMALOAD_PYTHON`;
-  if (r.status !== 0) return `${PYTHON} is older than 3.9 (no socket.recv_fds): ${r.stderr.trim().split('\n').at(-1)}`;
-  return undefined;
-})();
-
-/** Runs `python -m dmaload_client ARGS`, asynchronously so that the in-process server can answer it. */
-function py(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(PYTHON, ['-m', 'dmaload_client', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: pyEnv });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d));
-    p.stderr.on('data', (d: Buffer) => (err += d));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, out, err }));
-  });
-}
+/** Runs `python -m dmaload_client ARGS`. */
+const py = (args: string[]) => runPython(['-m', 'dmaload_client', ...args]);
 
 describe('Python client', () => {
   test('its SHA-256 of served files equals the files’; it maps the same sealed memfd a Node client does', async (t) => {
@@ -91,5 +71,10 @@ describe('Python client', () => {
     } finally {
       await server.close();
     }
+  });
+
+  test('its own tests against fake servers (clients/python/tests/test_client.py)', async (t) => {
+    if (missing) return t.skip(missing);
+    await pythonTests(t, ['test_client']);
   });
 });

@@ -16,9 +16,10 @@ def main(argv=None):
     p.add_argument("files", nargs="*")
     p.add_argument("--sha256", action="store_true", help="hash each file's bytes from the shared mapping")
     p.add_argument("--status", action="store_true", help="print the server's counters")
+    p.add_argument("--server-uid", type=int, metavar="UID", help="also trust a server run by this user (root's and your own are trusted)")
     a = p.parse_args(argv)
     try:
-        with Client(a.socket) as c:
+        with Client(a.socket, server_uid=a.server_uid) as c:
             if a.status:
                 print(json.dumps(c.status()))
             for f in a.files:

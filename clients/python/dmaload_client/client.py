@@ -1,13 +1,20 @@
-"""The connection to a `dmaload serve` server and the buffers it hands out (docs/protocol.md)."""
+"""The connection to a `dmaload serve` server and the buffers it hands out (docs/protocol.md).
+
+The server is trusted with what this process reads as the file's bytes, so the client checks who it is (SO_PEERCRED)
+before sending anything, and treats every reply as untrusted input: any malformed reply becomes ERR_SHARE_REPLY with
+every fd that came with it closed.
+"""
 import fcntl
 import hashlib
 import json
-import mmap
 import os
+import re
+import select
 import socket
 import stat
 import struct
 
+from . import _mapping
 from .errors import DmaloadError
 
 MAGIC = b"DMLD"
@@ -20,10 +27,13 @@ LOAD_REQUEST = 1
 LOAD_REPLY = 2
 STATUS_REQUEST = 3
 STATUS_REPLY = 4
+LOAD_REPLY_MORE = 5  # the next up-to-64 fds of a LoadReply whose buffer has more parts than one message carries
 ERROR = 15
 
-PAGE = mmap.PAGESIZE
+TARGETS = ("memfd", "udmabuf", "dma-heap")
+PAGE = _mapping.PAGE
 SERVED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+_UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 
 
 def _close_all(fds):
@@ -34,43 +44,106 @@ def _close_all(fds):
             pass
 
 
-class Buffer:
-    """A served file: one read-only shared mapping per part, in file order. Close it (or use `with`) when done."""
+def _printable(s, limit=1000):
+    """A string from the server, safe to print: control characters escaped, length bounded."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s[:limit])
 
-    def __init__(self, path, body, fds):
+
+def _error_fields(body):
+    """(code, message) of an Error reply; a code that does not look like one becomes ERR_SHARE_REPLY."""
+    code, message = body.get("code"), body.get("message")
+    if not isinstance(code, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]{1,63}", code):
+        code = "ERR_SHARE_REPLY"
+    return code, _printable(message) if isinstance(message, str) else "request failed"
+
+
+def _readable(sock):
+    p = select.poll()
+    p.register(sock, select.POLLIN)
+    return bool(p.poll(0))
+
+
+def _is_int(x):
+    return type(x) is int  # not bool, not float
+
+
+def _is_count(x):
+    return _is_int(x) and x >= 0
+
+
+class Buffer:
+    """A served file, mapped read-only and shared (zero-copy): one contiguous view of all its parts, in file order.
+
+    Close it (or use `with`) when done: that closes the fds at once; the mapping itself goes when the last view taken
+    from it (view(), chunks(), arrays or tensors over them) is gone, so no view can outlive its memory."""
+
+    def __init__(self, path, body, fds, socket_path=""):
         self.path = path
-        self.maps = []
         self.fds = list(fds)
+        self._owner = None
+        self._view = None
         try:
-            self.size = body["size"]
-            self.target = body["target"]
-            self.cached = bool(body.get("cached"))
-            self.stats = body.get("stats", {})
-            parts = body["parts"]
-            if not isinstance(self.size, int) or self.size < 0 or len(parts) != len(fds) or not fds:
-                raise DmaloadError("ERR_SHARE_REPLY", f"{len(fds)} fds for {len(parts)} parts")
-            self.parts = []
-            end = 0
-            for part, fd in zip(parts, fds):
-                offset, size = part["offset"], part["size"]
-                if offset != end or offset % PAGE or size < 0:
-                    raise DmaloadError("ERR_SHARE_REPLY", f"part at {offset} does not follow {end}")
-                if os.fstat(fd).st_size < size:
-                    raise DmaloadError("ERR_SHARE_REPLY", "a part's fd is shorter than the reply says")
-                if self.target == "memfd" and fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SERVED_SEALS != SERVED_SEALS:
-                    raise DmaloadError("ERR_SHARE_REPLY", "the memfd is not sealed against writes and resizing")
-                m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) if size else None
-                self.maps.append(m)
-                self.parts.append((offset, size))
-                end = offset + (size + PAGE - 1) // PAGE * PAGE
-            if parts[-1]["offset"] + parts[-1]["size"] != self.size:
-                raise DmaloadError("ERR_SHARE_REPLY", "parts do not add up to the size")
-        except (KeyError, TypeError) as e:
+            self._check(body, socket_path)
+            self._map()
+        except DmaloadError:
             self.close()
-            raise DmaloadError("ERR_SHARE_REPLY", f"malformed load reply: {e!r}") from None
+            raise
+        except Exception as e:
+            self.close()
+            raise DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{socket_path}' sent a malformed load reply: {e!r}") from e
         except BaseException:
             self.close()
             raise
+
+    def _check(self, body, socket_path):
+        """The reply's layout against its fds, as the Node client's checkLayout() and mapReceived() check it."""
+
+        def bad(what):
+            return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{socket_path}' sent a malformed load reply: {what}")
+
+        if not isinstance(body, dict):
+            raise bad("the body is not an object")
+        size, target, parts = body.get("size"), body.get("target"), body.get("parts")
+        if not _is_count(size):
+            raise bad(f"size {size!r} is not a byte count")
+        if not isinstance(target, str) or target not in TARGETS:
+            raise bad(f"unknown target {target!r}")
+        if not isinstance(parts, list) or len(parts) != len(self.fds) or not self.fds:
+            raise bad(f"{len(self.fds)} fds for {len(parts) if isinstance(parts, list) else 'no'} parts")
+        if target == "memfd" and len(self.fds) != 1:
+            raise bad("a memfd reply must carry exactly one fd")
+        cached, stats = body.get("cached", False), body.get("stats", {})
+        if not isinstance(cached, bool) or not isinstance(stats, dict):
+            raise bad("cached is not a boolean or stats not an object")
+        layout = []
+        end = 0
+        for i, p in enumerate(parts):
+            if not isinstance(p, dict) or not _is_count(p.get("offset")) or not _is_count(p.get("size")):
+                raise bad(f"part {i} is not {{offset, size}}")
+            if p["offset"] != end or p["offset"] % PAGE:
+                raise bad(f"part {i} starts at {p['offset']}, not at {end} on a page boundary")
+            layout.append((p["offset"], p["size"]))
+            end = p["offset"] + _mapping.round_up(p["size"])
+        if layout[-1][0] + layout[-1][1] != size:
+            raise bad(f"parts cover {layout[-1][0] + layout[-1][1]} bytes, not {size}")
+        for i, (fd, (_, psize)) in enumerate(zip(self.fds, layout)):
+            st = os.fstat(fd)
+            if st.st_size < psize:
+                raise bad(f"part {i}'s fd has {st.st_size} bytes for {psize}")
+            if target == "memfd" and fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SERVED_SEALS != SERVED_SEALS:
+                raise bad("the memfd is not sealed against writes and resizing")
+        self.size, self.target, self.cached, self.stats, self.parts = size, target, cached, stats, layout
+
+    def _map(self):
+        if self.size == 0:
+            return
+        try:
+            if len(self.fds) == 1:
+                self._owner, self._view = _mapping.map_single(self.fds[0], self.size)
+            else:
+                self._owner, self._view = _mapping.map_parts(self.fds, self.parts)
+        except OSError as e:
+            raise DmaloadError(_mapping.errno_name(e), f"cannot map '{self.path}' as served: {e}", -(e.errno or 0), "mmap") from e
 
     @property
     def fd(self):
@@ -78,16 +151,19 @@ class Buffer:
         return self.fds[0]
 
     def view(self):
-        """A read-only memoryview of the whole buffer; only for single-part buffers (see chunks() otherwise)."""
-        if len(self.maps) != 1:
-            raise ValueError("a buffer of several dma-bufs has no single view; use chunks()")
-        return memoryview(self.maps[0]) if self.maps[0] is not None else memoryview(b"")
+        """A read-only memoryview of the whole buffer, all parts side by side. It keeps the mapping alive."""
+        if self._view is None:
+            if self.fds or self.size == 0:
+                return memoryview(b"")
+            raise DmaloadError("ERR_BUFFER_CLOSED", f"the buffer of '{self.path}' was closed")
+        return self._view[:]
 
     def chunks(self):
-        """Read-only memoryviews of every part, in file order."""
-        for m in self.maps:
-            if m is not None:
-                yield memoryview(m)
+        """Read-only memoryviews of every part's bytes, in file order."""
+        whole = self.view()
+        for offset, size in self.parts:
+            if size:
+                yield whole[offset : offset + size]
 
     def sha256(self):
         h = hashlib.sha256()
@@ -97,11 +173,11 @@ class Buffer:
         return h.hexdigest()
 
     def close(self):
-        """Unmaps and closes the fds. Views taken from this buffer must be released first."""
-        for m in self.maps:
-            if m is not None:
-                m.close()
-        self.maps = []
+        """Closes the fds; unmaps now, or when the last view still using the mapping is gone."""
+        self._view = None
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            _mapping.close_owner(owner)
         _close_all(self.fds)
         self.fds = []
 
@@ -113,22 +189,76 @@ class Buffer:
 
 
 class Client:
-    """One connection to a `dmaload serve` server. Requests are answered in order; not thread-safe."""
+    """One connection to a `dmaload serve` server. Requests are answered in order; not thread-safe.
 
-    def __init__(self, path, timeout=None):
+    `server_uid`: a further user id allowed to run the server, besides root and this process's own. The bytes a
+    server hands out are what this process takes for the file's, and it receives the fd of every file loaded, so a
+    server run by another user is refused (ERR_SHARE_UNTRUSTED_SERVER) before anything is sent, unless named here.
+
+    A connection the server closed for being idle (ERR_SHARE_IDLE) is opened again, and checked again, by the next
+    request, as the Node client does."""
+
+    def __init__(self, path, timeout=None, server_uid=None):
+        if server_uid is not None and not _is_count(server_uid):
+            raise TypeError(f"server_uid must be a user id (an int), not {server_uid!r}")
         self.path = path
+        self.timeout = timeout
+        self.trusted_uid = server_uid
         self._id = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except BaseException:
-            self.sock.close()
-            raise
+        self.sock = None
+        self._state = "closed"
+        self._gone = ""
+        self._connect()
 
-    def _request(self, type_, body, fds=()):
-        if self.sock is None:
-            raise DmaloadError("ERR_SHARE_CLOSED", "the client was closed")
+    def _connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            euid = os.geteuid()
+            if uid not in (0, euid, self.trusted_uid):
+                raise DmaloadError(
+                    "ERR_SHARE_UNTRUSTED_SERVER",
+                    f"the dmaload server at '{self.path}' runs as uid {uid} (pid {pid}), neither root nor this user (uid "
+                    f"{euid}): it would receive the fds of the files this process loads and could hand back any bytes as "
+                    f"theirs. Use a server run by root or by you (its socket in a folder only its owner can write, such as "
+                    f"/run/dmaload/), or, if you trust that user, pass server_uid={uid} to Client() (--server-uid {uid} "
+                    f"on the command line)",
+                )
+        except BaseException:
+            sock.close()
+            raise
+        self.sock, self.server_pid, self.server_uid = sock, pid, uid
+        self._state = "open"
+
+    def _hang_up(self, state, why):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self._state, self._gone = state, why
+
+    def _unusable(self):
+        if self._state == "closed":
+            return DmaloadError("ERR_SHARE_CLOSED", f"this dmaload client ({self.path}) was closed")
+        return DmaloadError("ERR_SHARE_SERVER_GONE", f"the dmaload server at '{self.path}' went away ({self._gone}); connect again once it runs")
+
+    def _ready(self):
+        """Before a request: reads what the server sent unasked (leftovers of a reply refused earlier, or its notice
+        before hanging up) and connects again after an idle close."""
+        while self._state == "open" and _readable(self.sock):
+            try:
+                self._read(None)
+            except DmaloadError as e:
+                if e.code != "ERR_SHARE_IDLE":
+                    raise
+        if self._state == "idle":
+            self._connect()
+        if self._state != "open":
+            raise self._unusable()
+
+    def _send(self, type_, body, fds=()):
+        self._ready()
         self._id = self._id % 0xFFFFFFFF + 1
         data = json.dumps(body).encode()
         msg = HEADER.pack(MAGIC, VERSION, type_, self._id, len(data)) + data
@@ -136,29 +266,85 @@ class Client:
             socket.send_fds(self.sock, [msg], list(fds))
         else:
             self.sock.send(msg)
-        while True:
-            raw, rfds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE + 1, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
-            if not raw and not rfds:
-                raise DmaloadError("ERR_SHARE_SERVER_GONE", f"the server at {self.path} closed the connection")
+        return self._id
+
+    def _read(self, rid):
+        """One message; (type, body, fds) when it answers request `rid` (the caller then owns the fds), else None
+        (a message for another id: dropped with its fds). Raises an Error reply as DmaloadError."""
+        raw, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE + 1, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        if not raw and not fds:
+            self._hang_up("gone", "it closed the connection")
+            raise self._unusable()
+        try:
             try:
-                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(raw) < HEADER.size:
-                    raise ValueError("truncated message")
-                magic, version, rtype, rid, length = HEADER.unpack_from(raw)
+                if flags & socket.MSG_TRUNC or len(raw) < HEADER.size:
+                    raise ValueError(f"a message of {len(raw)} bytes")
+                magic, version, rtype, mid, length = HEADER.unpack_from(raw)
                 if magic != MAGIC or version != VERSION or HEADER.size + length != len(raw):
                     raise ValueError("bad header")
-                rbody = json.loads(raw[HEADER.size:].decode("utf-8"))
-                if not isinstance(rbody, dict):
-                    raise ValueError("body is not an object")
-            except ValueError as e:
-                _close_all(rfds)
-                raise DmaloadError("ERR_SHARE_REPLY", f"malformed message from the server: {e}") from None
-            if rid != self._id:  # not ours (this client waits for each reply, so this does not happen)
-                _close_all(rfds)
-                continue
+                body = json.loads(raw[HEADER.size :].decode("utf-8"))
+                if not isinstance(body, dict):
+                    raise ValueError("the body is not a JSON object")
+            except Exception as e:  # RecursionError from deep JSON included; KeyboardInterrupt is not swallowed
+                # A server that breaks the protocol cannot be trusted with the rest of the conversation.
+                self._hang_up("gone", f"it sent a malformed message: {e!r:.200}")
+                raise DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{self.path}' sent a malformed message: {e!r:.200}") from None
+            if rtype == ERROR and mid == 0:  # about the connection itself: refused, or closed (idle, replies unread)
+                code, message = _error_fields(body)
+                self._hang_up("idle" if code == "ERR_SHARE_IDLE" else "gone", f"{code}: {message}")
+                raise DmaloadError(code, f"the dmaload server at '{self.path}' closed the connection: {message}")
+            if mid != rid:
+                _close_all(fds)
+                return None
+            if flags & socket.MSG_CTRUNC:
+                raise self._bad("more fds than a message may carry")
             if rtype == ERROR:
-                _close_all(rfds)
-                raise DmaloadError(str(rbody.get("code")), str(rbody.get("message")), rbody.get("errno"), rbody.get("syscall"))
-            return rtype, rbody, rfds
+                code, message = _error_fields(body)
+                errno_, syscall = body.get("errno"), body.get("syscall")
+                raise DmaloadError(code, f"dmaload server at '{self.path}': {message}", errno_ if _is_int(errno_) else None, _printable(syscall) if isinstance(syscall, str) else None)
+            return rtype, body, fds
+        except BaseException:
+            _close_all(fds)
+            raise
+
+    def _receive(self, rid):
+        """The next message answering request `rid`: (type, body, fds); the caller owns the fds."""
+        while True:
+            if self._state != "open":
+                raise self._unusable()
+            got = self._read(rid)
+            if got is not None:
+                return got
+
+    def _receive_load(self, rid):
+        """A LoadReply and the LoadReplyMore messages that follow it: (body, all fds, in part order)."""
+        fds = []
+        try:
+            rtype, body, got = self._receive(rid)
+            fds.extend(got)
+            if rtype != LOAD_REPLY:
+                raise self._bad(f"answered a load with message type {rtype}")
+            parts, more = body.get("parts"), body.get("more", 0)
+            if not isinstance(parts, list) or not _is_count(more):
+                raise self._bad("parts is not a list or more not a count")
+            if more > len(parts) - len(fds):  # each further message carries at least one fd
+                raise self._bad(f"{more} more messages for {len(parts) - len(fds)} more parts")
+            for index in range(1, more + 1):
+                rtype, mbody, got = self._receive(rid)
+                fds.extend(got)
+                if rtype != LOAD_REPLY_MORE or not _is_int(mbody.get("index")) or mbody["index"] != index:
+                    raise self._bad(f"expected LoadReplyMore {index} of {more}, got type {rtype} {json.dumps(mbody)[:100]}")
+                if not got or len(fds) > len(parts):
+                    raise self._bad(f"LoadReplyMore {index} carries {len(got)} fds ({len(fds)} so far for {len(parts)} parts)")
+            if len(fds) != len(parts):
+                raise self._bad(f"{len(fds)} fds for {len(parts)} parts")
+            return body, fds
+        except BaseException:
+            _close_all(fds)
+            raise
+
+    def _bad(self, what):
+        return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{self.path}' sent a malformed reply: {what}")
 
     def load(self, path):
         """The whole file at `path`, shared: a Buffer over the server's sealed buffer. The client opens the file itself."""
@@ -170,26 +356,30 @@ class Client:
             os.set_blocking(fd, True)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise DmaloadError("ERR_NOT_REGULAR_FILE", f"'{path}' is not a regular file")
-            rtype, body, fds = self._request(LOAD_REQUEST, {"path": os.path.abspath(path)}, [fd])
+            rid = self._send(LOAD_REQUEST, {"path": os.path.abspath(path)}, [fd])
         finally:
             os.close(fd)
-        if rtype != LOAD_REPLY:
-            _close_all(fds)
-            raise DmaloadError("ERR_SHARE_REPLY", f"answered a load with message type {rtype}")
-        return Buffer(path, body, fds)
+        body, fds = self._receive_load(rid)
+        return Buffer(path, body, fds, self.path)
+
+    def load_safetensors(self, path, framework="numpy", tensors=None, raw=False):
+        """The tensors of a .safetensors file (or of the shards a .safetensors.index.json names) as read-only,
+        zero-copy views of the served buffers: {name: array}. See dmaload_client.safetensors.load."""
+        from . import safetensors
+
+        return safetensors.load(self, path, framework=framework, tensors=tensors, raw=raw)
 
     def status(self):
         """The server's counters (a dict)."""
-        rtype, body, fds = self._request(STATUS_REQUEST, {})
+        rtype, body, fds = self._receive(self._send(STATUS_REQUEST, {}))
         _close_all(fds)
         if rtype != STATUS_REPLY:
             raise DmaloadError("ERR_SHARE_REPLY", f"answered a status request with message type {rtype}")
         return body
 
     def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        """Closes the connection. Buffers and tensors already loaded stay valid."""
+        self._hang_up("closed", "")
 
     def __enter__(self):
         return self

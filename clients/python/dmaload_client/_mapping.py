@@ -1,0 +1,96 @@
+"""Read-only shared mappings of received fds, as one contiguous view whose memory lives as long as any view of it.
+
+One part (a memfd, or a single dma-buf): an mmap.mmap. Several dma-bufs: one reserved range with each part mapped
+over its slice (MAP_FIXED, through ctypes, since the mmap module cannot place a mapping), so that a tensor straddling
+two parts is still one contiguous view, as in the Node client. Either way nothing unmaps memory that a view still
+uses: an mmap.mmap refuses to close while exported, and the ctypes region is unmapped by its finalizer, which runs
+only when the last view of it is gone.
+"""
+import ctypes
+import errno
+import mmap
+import os
+
+PAGE = mmap.PAGESIZE
+_MAP_FIXED = 0x10  # Linux, every architecture
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_libc = None
+
+
+def round_up(n):
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+def _calls():
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mmap_, munmap = libc.mmap, libc.munmap
+        mmap_.restype = ctypes.c_void_p
+        mmap_.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        munmap.restype = ctypes.c_int
+        munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _libc = (mmap_, munmap)
+    return _libc
+
+
+def _mmap_failed(what):
+    e = ctypes.get_errno()
+    return OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _unmap_region(region):
+    try:
+        _calls()[1](ctypes.addressof(region), ctypes.sizeof(region))
+    except Exception:  # interpreter shutdown: the process is going anyway
+        pass
+
+
+def _readonly_bytes(obj):
+    """A read-only memoryview of `obj` with format 'B' (ctypes exports '<B', which memoryview cannot index)."""
+    view = memoryview(obj)
+    if view.format != "B":
+        view = view.cast("B")
+    return view.toreadonly()
+
+
+def map_single(fd, size):
+    """(owner, view): an mmap.mmap of the first `size` bytes of `fd`, shared and read-only, and a view of it."""
+    m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    return m, _readonly_bytes(m)
+
+
+def map_parts(fds, parts):
+    """(owner, view): each (offset, size) part's fd mapped shared and read-only at its offset of one reserved range.
+    The range is unmapped once the last view of it is gone."""
+    capacity = round_up(parts[-1][0] + parts[-1][1])
+    mmap_, munmap = _calls()
+    # PROT_NONE: only a reservation, filled part by part below
+    addr = mmap_(None, capacity, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if addr is None or addr == _MAP_FAILED:
+        raise _mmap_failed(f"mmap of a {capacity}-byte range")
+    try:
+        for fd, (offset, size) in zip(fds, parts):
+            if size:
+                r = mmap_(addr + offset, round_up(size), mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, 0)
+                if r is None or r == _MAP_FAILED:
+                    raise _mmap_failed(f"mmap of the part at {offset}")
+        region_type = type("_Region", (ctypes.c_ubyte * capacity,), {"__del__": _unmap_region})
+        region = region_type.from_address(addr)
+    except BaseException:
+        munmap(addr, capacity)
+        raise
+    return region, _readonly_bytes(region)
+
+
+def close_owner(owner):
+    """Unmaps now when no view is left; otherwise the mapping goes with the last view (never before it)."""
+    if isinstance(owner, mmap.mmap):
+        try:
+            owner.close()
+        except BufferError:  # views are alive: the mmap closes when they are gone
+            pass
+
+
+def errno_name(e):
+    return errno.errorcode.get(e.errno or 0, "ERR_SHARE_REPLY")
