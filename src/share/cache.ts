@@ -26,6 +26,7 @@ import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
 import type { IoMode } from '../pipeline/source.js';
 import { createMemfd } from '../targets/memfd.js';
 import type { FileHandle } from 'node:fs/promises';
+import type { Sender } from './fds.js';
 import type { Holding, Ledger } from './ledger.js';
 import type { ServedLoadStats } from './protocol.js';
 import { SERVED_SEALS, exportBuffer } from './seal.js';
@@ -86,7 +87,7 @@ export interface CacheOptions {
   /** Hands a duplicate of a client's fd back for closing off the JS thread (its file system may hang). */
   releaseSource: (fd: number) => void;
   /** Re-inspects a client's fd off the JS thread (after a load: did the file change meanwhile?). */
-  inspect: (fd: number) => Promise<FdInspection>;
+  inspect: (fd: number, name: string, from: Sender) => Promise<FdInspection>;
 }
 
 function budgetError(message: string): DmaloadError {
@@ -131,9 +132,10 @@ export class Cache {
 
   /**
    * The buffer for the file version `v` behind `fd`, with one reply's fds: from the cache, a load in progress, or a
-   * new load charged to `uid`.
+   * new load charged to the sender's uid.
    */
-  async acquire(fd: number, v: FileVersion, name: string, uid: number): Promise<Acquired> {
+  async acquire(fd: number, v: FileVersion, name: string, from: Sender): Promise<Acquired> {
+    const uid = from.uid;
     const key = `${v.inode}:${v.size}:${v.mtimeNs}:${v.ctimeNs}`;
     // An entry dropped between its load and our turn is simply looked up again.
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -153,7 +155,7 @@ export class Cache {
       const mine = p === undefined;
       if (!p) {
         this.count.misses++;
-        const q = this.#load(fd, v, name, uid);
+        const q = this.#load(fd, v, name, from);
         p = q;
         this.#loading.set(key, q);
         void q.then(
@@ -219,7 +221,8 @@ export class Cache {
     else this.#reservedBy.set(uid, m);
   }
 
-  async #load(fd: number, v: FileVersion, name: string, uid: number): Promise<Entry> {
+  async #load(fd: number, v: FileVersion, name: string, from: Sender): Promise<Entry> {
+    const uid = from.uid;
     const charge = roundUp(v.size, PAGE_SIZE);
     this.#makeRoom(charge, uid, name);
     this.#reserve(uid, charge);
@@ -230,7 +233,7 @@ export class Cache {
       const r = await this.#read(fd, v.size, name);
       exported = r.exported;
       const loadMs = msSince(t0);
-      const now = versionOf(await this.#o.inspect(fd));
+      const now = versionOf(await this.#o.inspect(fd, name, from));
       if (!sameVersion(now, v)) throw new DmaloadError('ERR_FILE_CHANGED', `'${name}' changed while the server read it (size, modification or change time); try again once nothing writes to it`, { path: name });
       if (this.#o.signal.aborted) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
       source = native.dupFd(fd);

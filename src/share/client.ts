@@ -195,18 +195,22 @@ class Client implements ShareClient {
     p.resolve({ message, fds: m.fds });
   }
 
-  #request(type: MessageType, body: object, fds: number[], path: string | undefined, signal: AbortSignal | undefined): Promise<{ message: Message; fds: number[] }> {
+  /** Throws unless requests can be sent; connects again (checking the server as connect() did) after an idle close. */
+  #ready(path?: string): void {
     if (this.#state === 'gone' && this.#idleClosed) {
-      // The server closed an idle connection: connect again, checking the server as connect() did.
-      try {
-        this.#channel = this.#open(connectFd(this.socket, this.#serverUid));
-        this.#state = 'open';
-        this.#idleClosed = false;
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      this.#channel = this.#open(connectFd(this.socket, this.#serverUid));
+      this.#state = 'open';
+      this.#idleClosed = false;
     }
-    if (this.#state !== 'open') return Promise.reject(this.#unusable(path));
+    if (this.#state !== 'open') throw this.#unusable(path);
+  }
+
+  #request(type: MessageType, body: object, fds: number[], path: string | undefined, signal: AbortSignal | undefined): Promise<{ message: Message; fds: number[] }> {
+    try {
+      this.#ready(path);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     if (signal?.aborted) return Promise.reject(new AbortError(undefined, { cause: signal.reason }));
     const id = this.#nextId;
     this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1;
@@ -258,7 +262,7 @@ class Client implements ShareClient {
     const c0 = process.cpuUsage();
     pathOption('path', path);
     const signal = signalOption(optionsObject(options).signal);
-    if (this.#state !== 'open') throw this.#unusable(path);
+    this.#ready(path);
     const file = resolve(path);
     // Refused before open() could block on a FIFO, as every local call refuses it.
     const h = await openRegular(path, FS.O_RDONLY).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
@@ -314,7 +318,7 @@ class Client implements ShareClient {
     pathOption('path', path);
     const o = optionsObject(options);
     const signal = signalOption(o.signal);
-    if (this.#state !== 'open') throw this.#unusable(path);
+    this.#ready(path);
     return modelFromFiles(path, o.tensors, (file) => this.load(file, signal ? { signal } : {}));
   }
 

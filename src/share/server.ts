@@ -197,7 +197,7 @@ class Server implements ShareServer {
           signal: this.#abort.signal,
           log: this.#log,
           releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
-          inspect: (fd) => this.#guard.inspect(fd, 'the file', this.#own),
+          inspect: (fd, name, from) => this.#guard.inspect(fd, name, from),
         },
         this.#ledger,
       );
@@ -416,7 +416,7 @@ class Server implements ShareServer {
       if (this.#closed) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
       const st = await this.#guard.inspect(fd, name, conn.from);
       requireReadableFile(st, name);
-      got = await this.#cache.acquire(fd, versionOf(st), name, conn.from.uid);
+      got = await this.#cache.acquire(fd, versionOf(st), name, conn.from);
     } catch (e) {
       if (!conn.channel.closed) this.#replyError(conn, id, errorBody(e, `/proc/self/fd/${fd}`, name));
       return;
@@ -467,7 +467,7 @@ class Server implements ShareServer {
     const h = await openRegular(path, FS.O_RDONLY);
     try {
       const st = await this.#guard.inspect(h.fd, path, this.#own);
-      const got = await this.#cache.acquire(h.fd, versionOf(st), path, this.#own.uid);
+      const got = await this.#cache.acquire(h.fd, versionOf(st), path, this.#own);
       for (const f of got.fds) closeFd(f);
       this.#log(`preloaded ${path} (${formatBytes(got.entry.size)}${got.cached ? ', already cached' : ''})`);
     } finally {
