@@ -19,8 +19,15 @@ in clients/python, or anything that speaks docs/protocol.md. Runs until SIGINT, 
 
 Options:
   --socket PATH             the socket to create (required); a stale one nobody listens on is replaced
-  --budget SIZE             bytes the cache may hold, least recently used files dropped first (default: half of
-                            MemAvailable); clients keep what they hold
+  --budget SIZE             bytes the server's buffers may hold, cached or held by clients (a buffer counts until
+                            its last holder lets go; default: half of MemAvailable); least recently used files
+                            nobody holds are dropped first
+  --per-user-budget SIZE    bytes the loads of one user may hold (default: half the budget; the server's own user
+                            is not limited)
+  --max-connections N       connections at once, in all (default 256)
+  --per-user-connections N  connections at once per user (default 32)
+  --idle-timeout TIME       close a connection that sends nothing for TIME (default 10m; clients reconnect)
+  --reply-timeout TIME      close a connection that leaves replies unread for TIME (default 10s)
   --preload FILE            load FILE before accepting requests (repeatable; FILE arguments are preloaded too)
   --mode MODE               the socket's permissions in octal (default 0600: only this user can connect)
   --target memfd|udmabuf|dma-heap
@@ -40,6 +47,11 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
     options: {
       socket: { type: 'string' },
       budget: { type: 'string' },
+      'per-user-budget': { type: 'string' },
+      'max-connections': { type: 'string' },
+      'per-user-connections': { type: 'string' },
+      'idle-timeout': { type: 'string' },
+      'reply-timeout': { type: 'string' },
       preload: { type: 'string', multiple: true },
       mode: { type: 'string' },
       target: { type: 'string' },
@@ -60,6 +72,34 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
     budget = parseSize(values.budget);
     if (budget === undefined) throw new UsageError(`--budget must be a size such as 8GiB (got '${values.budget}')`);
   }
+  const size = (flag: string): number | undefined => {
+    const v = values[flag as 'budget'];
+    if (v === undefined) return undefined;
+    const n = parseSize(v);
+    if (n === undefined) throw new UsageError(`--${flag} must be a size such as 8GiB (got '${v}')`);
+    return n;
+  };
+  const count = (flag: string): number | undefined => {
+    const v = values[flag as 'budget'];
+    if (v === undefined) return undefined;
+    if (!/^[1-9][0-9]{0,4}$/.test(v)) throw new UsageError(`--${flag} must be a whole number from 1 to 65536 (got '${v}')`);
+    return Number(v);
+  };
+  const duration = (flag: string): number | undefined => {
+    const v = values[flag as 'budget'];
+    if (v === undefined) return undefined;
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v);
+    const ms = m ? Math.round(Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms']) : NaN;
+    if (!(ms >= 1 && ms <= 2 ** 31 - 1)) throw new UsageError(`--${flag} must be a time such as 30s, 500ms or 10m (got '${v}')`);
+    return ms;
+  };
+  const limits = {
+    perUserBudget: size('per-user-budget'),
+    maxConnections: count('max-connections'),
+    perUserConnections: count('per-user-connections'),
+    idleTimeout: duration('idle-timeout'),
+    replyTimeout: duration('reply-timeout'),
+  };
   let mode: number | undefined;
   if (values.mode !== undefined) {
     if (!/^0?[0-7]{1,3}$/.test(values.mode)) throw new UsageError(`--mode must be an octal permission mode such as 0600 or 0660 (got '${values.mode}')`);
@@ -85,6 +125,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       io: ioMode,
       preload,
       ...(budget === undefined ? {} : { budget }),
+      ...Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
       ...(mode === undefined ? {} : { mode }),
       ...(values.heap === undefined ? {} : { heap: values.heap }),
       ...(partSize === undefined ? {} : { partSize }),
