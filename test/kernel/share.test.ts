@@ -70,3 +70,29 @@ for (const [target, partSize] of [['udmabuf', undefined], ['dma-heap', undefined
     });
   });
 }
+
+describe('serve: a reply of more parts than one message may carry fds', () => {
+  test('200 udmabuf parts arrive in messages of at most 64 fds, byte-exact, in this process and another', async (t) => {
+    if (HAVE.udmabuf) return t.skip(HAVE.udmabuf);
+    const f = makeFile(dir, 'k-200-parts', 200 * 4096 - 5);
+    const fds = fdCount();
+    const server = await serve({ socket: join(sockets.dir, 'parts.sock'), target: 'udmabuf', partSize: 4096 });
+    const c = await connect(server.socket);
+    try {
+      const b = await c.load(f.path);
+      try {
+        assert.equal(b.parts.length, 200);
+        assert.equal(hashOf(b), f.sha256);
+      } finally {
+        b.close();
+      }
+      const r = await child(['load', server.socket, f.path], { timeoutMs: 120_000 });
+      assert.equal(r.code, 0, r.err);
+      assert.equal((JSON.parse(r.out) as { sha256: string }).sha256, f.sha256);
+    } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(fdCount(), fds, 'every fd closed');
+  });
+});
