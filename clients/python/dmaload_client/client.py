@@ -363,11 +363,17 @@ class Client:
         return Buffer(path, body, fds, self.path)
 
     def load_safetensors(self, path, framework="numpy", tensors=None, raw=False):
-        """The tensors of a .safetensors file (or of the shards a .safetensors.index.json names) as read-only,
-        zero-copy views of the served buffers: {name: array}. See dmaload_client.safetensors.load."""
-        from . import safetensors
+        """{name: array} of the tensors of a .safetensors file, or of a *.safetensors.index.json (only the shards holding
+        a selected tensor are loaded), as read-only, zero-copy views of the served buffers.
 
-        return safetensors.load(self, path, framework=framework, tensors=tensors, raw=raw)
+        framework: "numpy" (arrays with writeable=False), "torch" (tensors that must not be written: torch has no
+        read-only tensors; a write faults the process) or "bytes" (memoryviews, as raw=True gives). tensors: None for
+        all, a list of names, or a predicate of the name. Nothing is copied: each file's mapping stays until the last
+        view of it is gone. Raises DmaloadError ERR_INVALID_MODEL, ERR_TENSOR_NOT_FOUND, ERR_UNSUPPORTED_DTYPE (e.g.
+        BF16 or F8 for numpy), ERR_FRAMEWORK_MISSING, and load()'s codes."""
+        from . import _safetensors
+
+        return _safetensors.load(self, path, framework=framework, tensors=tensors, raw=raw)
 
     def status(self):
         """The server's counters (a dict)."""
