@@ -1,7 +1,8 @@
 """A client of `dmaload serve`, in the Python standard library only (3.9+: socket.send_fds, socket.recv_fds).
 
 The server loads a file once into a sealed memfd (or dma-bufs) and hands every client fds of that one buffer; this
-client maps them read-only, zero-copy. The wire protocol is docs/protocol.md in the dmaload repository.
+client maps them read-only, zero-copy, and checks who runs the server (SO_PEERCRED) before sending it anything.
+The wire protocol is docs/protocol.md in the dmaload repository; clients/python/README.md is the user guide.
 
     from dmaload_client import Client
 
@@ -9,6 +10,7 @@ client maps them read-only, zero-copy. The wire protocol is docs/protocol.md in 
         with client.load("model.safetensors") as buf:
             view = buf.view()          # a read-only memoryview of the whole file
             header_len = int.from_bytes(view[:8], "little")
+        weights = client.load_safetensors("model.safetensors", framework="torch")  # zero-copy, read-only
 
 Command line: python3 -m dmaload_client SOCKET FILE... [--sha256]   (one JSON line per file)
               python3 -m dmaload_client SOCKET --status

@@ -50,7 +50,10 @@ def _readonly_bytes(obj):
     """A read-only memoryview of `obj` with format 'B' (ctypes exports '<B', which memoryview cannot index)."""
     view = memoryview(obj)
     if view.format != "B":
-        view = view.cast("B")
+        try:
+            view = view.cast("B")
+        except (TypeError, ValueError):  # an older memoryview that cannot cast from '<B': slicing and buffers still work
+            pass
     return view.toreadonly()
 
 
