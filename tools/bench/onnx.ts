@@ -1,23 +1,29 @@
 /**
- * `npm run bench:onnx -- [SIZE] [ROUNDS] [--no-prepack] [--modes a,b,…]`: an ONNX Runtime (onnxruntime-node, a
- * devDependency) session over a generated Gemm model whose float32 weight (SIZE, default 256MiB) is the external
- * initializer in model.onnx_data, made ready in several ways, cold (the data file evicted before each), each round
- * in a fresh process, the ways alternating. Reports the time to a ready session, the first run, the CPU, the page
- * cache left (bytes of model.onnx_data resident) and the anonymous memory the process grew by, medians (min–max), and
- * checks that every way computes the path session's output bit for bit.
+ * `npm run bench:onnx -- [SIZE] [ROUNDS] [--no-prepack] [--malloc-huge] [--modes a,b,…]`: an ONNX Runtime
+ * (onnxruntime-node, a devDependency) session over a generated Gemm model whose float32 weight (SIZE, default 256MiB)
+ * is the external initializer in model.onnx_data, made ready in several ways, cold (the data file evicted before
+ * each), ROUNDS rounds (default 5), each way in a fresh process, the ways alternating. Reports the time to a ready
+ * session, the first run, the CPU, the page cache left (bytes of model.onnx_data resident), the anonymous memory the
+ * process grew by and its peak, medians (min–max), and checks that every way computes the path session's output bit
+ * for bit. docs/onnxruntime.md has the figures.
  *
  * Ways (--modes, default all):
  *   path        InferenceSession.create('…/model.onnx'): ORT maps model.onnx_data (page cache)
+ *   path-evict  path, then the data file evicted (evictPath: POSIX_FADV_DONTNEED) before the session counts as ready;
+ *               pages ORT still maps stay
  *   buffer      load(data) then create(onnxBytes, { externalData: [{ path, data: buf.bytes }] }), buffer closed at ready
  *   reused      the same into memory already faulted in: load(data, { into }) with `into` allocated and touched
  *               before the clock starts (what a pool gives a process that swaps models)
  *   huge        buffer with load(data, { hugePages: true })
  *   memfd       buffer with load(data, { target: 'memfd' })
- *   shm         copy(data, '/dev/shm/…/model.onnx_data') (direct reads, tmpfs writes) then create() from that path:
+ *   shm         copy(data, '/dev/shm/…/model.onnx_data') (direct reads through a 32 MiB ring, tmpfs writes), then create()
+ *               from that path (model.onnx copied beside it):
  *               ORT maps the tmpfs file and copies nothing; the folder is removed at ready
  *   readfile    fs.readFile(data) then create(onnxBytes, { externalData }) (no dmaload, for comparison)
  * --no-prepack  sets ORT's session.disable_prepacking = 1 (Gemm then uses the weight as it is instead of packing a copy
  *               at create(), so a mapped file is read during the first run instead).
+ * --malloc-huge  runs the children with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc's malloc asks for transparent huge
+ *               pages (MADV_HUGEPAGE) for its large blocks, which are where ORT puts its copies and its packed weights.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -32,7 +38,7 @@ import { allocate, copy, load } from '../../src/index.js';
 import type { LoadedBuffer } from '../../src/index.js';
 import { encodeModel, seededFloats, writeGemmModel } from '../../test/onnx-writer.js';
 
-const MODES = ['path', 'buffer', 'reused', 'huge', 'memfd', 'shm', 'readfile'] as const;
+const MODES = ['path', 'path-evict', 'buffer', 'reused', 'huge', 'memfd', 'shm', 'readfile'] as const;
 type Mode = (typeof MODES)[number];
 
 interface ChildArgs {
@@ -53,11 +59,12 @@ interface Row {
   cacheReady: number; // bytes of model.onnx_data in the page cache at ready
   cacheRun: number; // … after the first run
   anonMiB: number; // RssAnon growth, start to ready
+  peakMiB: number; // VmHWM at ready − VmRSS at the start: the most memory the process held on the way to ready
   outSha: string;
   note: string;
 }
 
-const rssAnonMiB = (): number => Number(/RssAnon:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) / 1024;
+const statusMiB = (field: string): number => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync('/proc/self/status', 'utf8'))![1]) / 1024;
 
 async function child(a: ChildArgs): Promise<Row> {
   const { default: ort } = await import('onnxruntime-node');
@@ -88,17 +95,20 @@ async function child(a: ChildArgs): Promise<Row> {
   const left = evictPath(dataPath);
   let note = left ? `${left} B stayed cached after eviction` : '';
 
-  const anon0 = rssAnonMiB();
+  const anon0 = statusMiB('RssAnon');
+  const rss0 = statusMiB('VmRSS');
   const c0 = process.cpuUsage();
   const t0 = performance.now();
   let session: Awaited<ReturnType<typeof ort.InferenceSession.create>>;
   let prepMs = 0;
   const withData = (data: Uint8Array) => ort.InferenceSession.create(onnx, { ...opts, externalData: [{ path: 'model.onnx_data', data }] });
-  if (a.mode === 'path') {
+  if (a.mode === 'path' || a.mode === 'path-evict') {
     session = await ort.InferenceSession.create(onnxPath, opts);
+    if (a.mode === 'path-evict') evictPath(dataPath);
   } else if (a.mode === 'shm') {
     copyFileSync(onnxPath, join(shm!, 'model.onnx'));
-    const r = await copy(dataPath, join(shm!, 'model.onnx_data'));
+    // A 32 MiB ring (4 slots of 8 MiB) instead of copy()'s default 256 MiB: less fresh memory to fault in.
+    const r = await copy(dataPath, join(shm!, 'model.onnx_data'), { partSize: 16 * MiB, parts: 2 });
     prepMs = performance.now() - t0;
     note += `copy read ${r.readIo ?? '?'}, wrote ${r.io}`;
     session = await ort.InferenceSession.create(join(shm!, 'model.onnx'), opts);
@@ -117,7 +127,8 @@ async function child(a: ChildArgs): Promise<Row> {
   }
   const readyMs = performance.now() - t0;
   const c = process.cpuUsage(c0);
-  const anonMiB = rssAnonMiB() - anon0;
+  const anonMiB = statusMiB('RssAnon') - anon0;
+  const peakMiB = statusMiB('VmHWM') - rss0;
   const cacheReady = pageCacheBytesOf(dataPath, size);
   const t1 = performance.now();
   const y = (await session.run({ X })).Y!.data as Float32Array;
@@ -125,7 +136,7 @@ async function child(a: ChildArgs): Promise<Row> {
   const cacheRun = pageCacheBytesOf(dataPath, size);
   await session.release();
   const outSha = createHash('sha256').update(new Uint8Array(y.buffer, y.byteOffset, y.byteLength)).digest('hex');
-  return { mode: a.mode, prepMs, readyMs, runMs, cpuMs: (c.user + c.system) / 1000, cacheReady, cacheRun, anonMiB, outSha, note };
+  return { mode: a.mode, prepMs, readyMs, runMs, cpuMs: (c.user + c.system) / 1000, cacheReady, cacheRun, anonMiB, peakMiB, outSha, note };
 }
 
 const median = (xs: number[]) => {
@@ -146,10 +157,12 @@ async function main(): Promise<void> {
   const size = parseSize(pos[0] ?? '256MiB') ?? 256 * MiB;
   const rounds = Number(pos[1] ?? 5);
   const prepack = !flags.includes('--no-prepack');
+  const mallocHuge = flags.includes('--malloc-huge');
   const mi = argv.indexOf('--modes');
   const modes = (mi >= 0 ? argv[mi + 1]!.split(',') : [...MODES]) as Mode[];
-  if (modes.some((m) => !MODES.includes(m)) || !(rounds >= 1)) {
-    console.error(`usage: onnx.js [SIZE] [ROUNDS] [--no-prepack] [--modes ${MODES.join(',')}]`);
+  const known = ['--no-prepack', '--malloc-huge', '--modes'];
+  if (modes.some((m) => !MODES.includes(m)) || !(rounds >= 1) || flags.some((f) => !known.includes(f))) {
+    console.error(`usage: onnx.js [SIZE] [ROUNDS] [--no-prepack] [--malloc-huge] [--modes ${MODES.join(',')}]`);
     process.exit(2);
   }
   if (modes.includes('shm') && !existsSync('/dev/shm')) throw new Error('mode shm needs /dev/shm');
@@ -163,7 +176,8 @@ async function main(): Promise<void> {
     for (let r = 0; r < rounds; r++) {
       for (const mode of modes) {
         const args: ChildArgs = { mode, dir, M: m.M, K, N, prepack };
-        const p = spawnSync(process.execPath, [self, '--child', JSON.stringify(args)], { encoding: 'utf8' });
+        const env = mallocHuge ? { ...process.env, GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' } : process.env;
+        const p = spawnSync(process.execPath, [self, '--child', JSON.stringify(args)], { encoding: 'utf8', env });
         if (p.status !== 0) throw new Error(`${mode}: child failed (${p.status ?? p.signal})\n${p.stderr}`);
         rows.get(mode)!.push(JSON.parse(p.stdout.trim().split('\n').pop()!) as Row);
       }
@@ -172,16 +186,16 @@ async function main(): Promise<void> {
     console.log(
       `ONNX Runtime (onnxruntime-node ${(await import('onnxruntime-node')).default.env.versions.node}), ` +
         `Gemm with a ${(m.weightBytes / MiB).toFixed(0)} MiB float32 external weight, cold, ${rounds} rounds, ways alternating, each in a fresh process; ` +
-        `prepacking ${prepack ? 'on (ORT default)' : 'off'}; ms, medians (min–max)`,
+        `prepacking ${prepack ? 'on (ORT default)' : 'off'}${mallocHuge ? ', GLIBC_TUNABLES=glibc.malloc.hugetlb=1' : ''}; ms, medians (min–max)`,
     );
-    console.log('way       ready               of which load/copy   first run        ready+run        CPU to ready      page cache at ready / after run   RssAnon +MiB at ready   output');
+    console.log('way        ready               of which load/copy   first run        ready+run         CPU to ready      page cache at ready / after run   RssAnon +MiB at ready   peak RSS +MiB   output');
     for (const [mode, rs] of rows) {
       const pc = (f: (x: Row) => number) => `${(median(rs.map(f)) / MiB).toFixed(0)} MiB`;
       const same = rs.every((x) => x.outSha === ref) ? 'same bits as path' : 'DIFFERS';
       console.log(
-        `${mode.padEnd(9)} ${stat(rs.map((x) => x.readyMs)).padEnd(19)} ${(mode === 'path' ? '—' : stat(rs.map((x) => x.prepMs))).padEnd(20)} ${stat(rs.map((x) => x.runMs)).padEnd(16)} ` +
-          `${stat(rs.map((x) => x.readyMs + x.runMs)).padEnd(16)} ${stat(rs.map((x) => x.cpuMs)).padEnd(17)} ${`${pc((x) => x.cacheReady)} / ${pc((x) => x.cacheRun)}`.padEnd(33)} ` +
-          `${stat(rs.map((x) => x.anonMiB)).padEnd(23)} ${same}${rs[0]!.note ? `  (${rs[0]!.note})` : ''}`,
+        `${mode.padEnd(10)} ${stat(rs.map((x) => x.readyMs)).padEnd(19)} ${(mode.startsWith('path') ? '—' : stat(rs.map((x) => x.prepMs))).padEnd(20)} ${stat(rs.map((x) => x.runMs)).padEnd(16)} ` +
+          `${stat(rs.map((x) => x.readyMs + x.runMs)).padEnd(17)} ${stat(rs.map((x) => x.cpuMs)).padEnd(17)} ${`${pc((x) => x.cacheReady)} / ${pc((x) => x.cacheRun)}`.padEnd(33)} ` +
+          `${stat(rs.map((x) => x.anonMiB)).padEnd(23)} ${stat(rs.map((x) => x.peakMiB)).padEnd(15)} ${same}${rs[0]!.note ? `  (${rs[0]!.note})` : ''}`,
       );
     }
     if ([...rows.values()].some((rs) => rs.some((x) => x.outSha !== ref))) process.exitCode = 1;
