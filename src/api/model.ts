@@ -504,15 +504,16 @@ function progressAggregator(plans: readonly FilePlan[], onProgress: (p: LoadProg
 
 /**
  * @internal A model whose files are loaded whole by `loadFile` (the share client maps each one from a `dmaload serve`
- * server), every tensor a view at its file offset. `tensors` selects as in loadModel(): an unknown name is
+ * server), every tensor a view at its file offset. `tensors` and `partition` select as in loadModel(): an unknown name is
  * ERR_MODEL_TENSOR_NOT_FOUND before anything is loaded; only files holding a selected tensor are loaded. A failure
  * closes what was loaded; a buffer shorter than a tensor's end (the file changed since its header was read) is
  * ERR_FILE_CHANGED.
  */
-export async function modelFromFiles(path: string, wanted: LoadModelOptions['tensors'], loadFile: (file: string) => Promise<LoadedBuffer>): Promise<LoadedModel> {
+export async function modelFromFiles(path: string, wanted: LoadModelOptions['tensors'], loadFile: (file: string) => Promise<LoadedBuffer>, partition?: RankSpec): Promise<LoadedModel> {
   const t0 = performance.now();
   const info = await inspect(path);
-  const selected = select(info.tensors, wanted, path);
+  // The same plan as loadModel()'s: this rank's tensors and row slices, each a view into its whole shared file.
+  const selected: RankTensor[] = partition ? planRank(info.format, select(info.tensors, wanted, path), partition) : select(info.tensors, wanted, path);
   const files = [...new Set(selected.filter((t) => t.bytes > 0).map((t) => t.file))];
   const results = await Promise.allSettled(files.map(loadFile));
   const buffers = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));

@@ -11,6 +11,7 @@
 import { constants as FS } from 'node:fs';
 import { resolve } from 'node:path';
 import { modelFromFiles } from '../api/model.js';
+import { rankSpec } from '../pipeline/ranks.js';
 import type { LoadModelOptions, LoadedModel } from '../api/model.js';
 import { integerOption, optionsObject, pathOption, signalOption } from '../api/options.js';
 import type { LoadStats, LoadedBuffer } from '../core/buffer.js';
@@ -49,6 +50,12 @@ export interface ShareLoadModelOptions extends ShareLoadOptions {
    * of them is shared whole: the server caches files, not ranges.
    */
   tensors?: LoadModelOptions['tensors'];
+  /** This process's rank, as in loadModel(): its share of the tensors (whole, or row slices with `split: 'rows'`). */
+  rank?: number;
+  /** How many ranks share the model; required with `rank`. */
+  worldSize?: number;
+  /** 'tensors' (default) or 'rows', as in loadModel(). Every file holding part of the rank's share is shared whole. */
+  split?: LoadModelOptions['split'];
 }
 
 /** A connection to a `dmaload serve` server. */
@@ -319,7 +326,8 @@ class Client implements ShareClient {
     const o = optionsObject(options);
     const signal = signalOption(o.signal);
     this.#ready(path);
-    return modelFromFiles(path, o.tensors, (file) => this.load(file, signal ? { signal } : {}));
+    const partition = rankSpec({ rank: o.rank, worldSize: o.worldSize, split: o.split });
+    return modelFromFiles(path, o.tensors, (file) => this.load(file, signal ? { signal } : {}), partition);
   }
 
   async status(options: ShareLoadOptions = {}): Promise<ServerStatus> {

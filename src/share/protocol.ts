@@ -41,6 +41,13 @@ export const MessageType = {
   /** Server → client: the next up to MAX_FDS fds of a LoadReply (same id). Body `{ index }`, 1 to `more`. */
   LoadReplyMore: 5,
   /**
+   * Client → server: plan one rank's share of a safetensors model. Body {@link PlanRequestBody}; one fd per file
+   * (O_RDONLY), in `files` order.
+   */
+  PlanRequest: 6,
+  /** Server → client: body `{ bytes }`, one fd: a sealed memfd of `bytes` bytes of JSON `{ format, tensors }`. */
+  PlanReply: 7,
+  /**
    * Server → client: a request failed. Body {@link ErrorBody}, no fds. Id 0: the connection is refused or being
    * closed (too many connections, idle, replies left unread); the server hangs up after it.
    */
@@ -73,6 +80,18 @@ export interface LoadReplyBody {
   stats: ServedLoadStats;
   /** LoadReplyMore messages that follow with the rest of the fds (absent or 0: this message has them all). */
   more?: number;
+}
+
+/** A PlanRequest: what loadModel(path, { rank, worldSize, split, tensors }) takes, for the files attached. */
+export interface PlanRequestBody {
+  /** Display names of the attached files, one per fd (a model's .safetensors file, or each shard of its index). */
+  files: string[];
+  rank: number;
+  worldSize: number;
+  split?: 'tensors' | 'rows';
+  /** A selection of tensor names (default: all). */
+  tensors?: string[];
+  path?: string;
 }
 
 /** What `dmaload serve` reports about itself (StatusReply; {@link ShareServer.status}). */

@@ -34,6 +34,8 @@ import type { Incoming } from './channel.js';
 import { FdGuard } from './fds.js';
 import type { Sender } from './fds.js';
 import { Ledger } from './ledger.js';
+import { plan, planMemfd, planRequest, tensorsOf } from './plan.js';
+import type { ModelTensor } from '../formats/common.js';
 import { MAX_FDS, MessageType, ProtocolError, VERSION, decode, encode } from './protocol.js';
 import type { ErrorBody, LoadReplyBody, ServerStatus } from './protocol.js';
 import { SHARE_TARGETS } from './seal.js';
@@ -371,6 +373,8 @@ class Server implements ShareServer {
     switch (msg.type) {
       case MessageType.LoadRequest:
         return this.#onLoad(conn, msg.id, msg.body, m.fds, t0);
+      case MessageType.PlanRequest:
+        return this.#onPlan(conn, msg.id, msg.body, m.fds);
       case MessageType.StatusRequest:
         if (m.fds.length > 0) {
           this.#guard.release(m.fds, conn.from);
@@ -407,6 +411,43 @@ class Server implements ShareServer {
       this.#hold(conn);
     });
     this.#tasks.add(task);
+  }
+
+  /** A PlanRequest: like a load, one task per request, its fds released when it ends. */
+  #onPlan(conn: Conn, id: number, body: Record<string, unknown>, fds: number[]): void {
+    const name = typeof body.path === 'string' ? printable(body.path.slice(0, MAX_NAME)) : 'a model';
+    conn.inflight++;
+    this.#hold(conn);
+    const task = this.#servePlan(conn, id, body, fds, name).finally(() => {
+      this.#guard.release(fds, conn.from, name);
+      this.#tasks.delete(task);
+      conn.inflight--;
+      conn.lastActive = performance.now();
+      this.#hold(conn);
+    });
+    this.#tasks.add(task);
+  }
+
+  /** Reads the headers through the client's fds (checked as a load's are), plans the rank, sends the plan's memfd. */
+  async #servePlan(conn: Conn, id: number, body: Record<string, unknown>, fds: number[], name: string): Promise<void> {
+    let out: { fd: number; bytes: number };
+    try {
+      if (this.#closed) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
+      const req = planRequest(body, fds.length);
+      const all: ModelTensor[] = [];
+      for (const [i, fd] of fds.entries()) {
+        const file = printable(req.files[i]!);
+        const st = await this.#guard.inspect(fd, file, conn.from);
+        requireReadableFile(st, file);
+        all.push(...(await tensorsOf(fd, Number(st.size), file, i)));
+      }
+      out = planMemfd(plan(all, req, name), name);
+    } catch (e) {
+      if (!conn.channel.closed) this.#replyError(conn, id, errorBody(e, undefined, name));
+      return;
+    }
+    this.#log(`${conn.peer}: ${name}: planned rank ${String(body.rank)} of ${String(body.worldSize)}`);
+    conn.channel.send(encode(MessageType.PlanReply, id, { bytes: out.bytes }), [out.fd], () => closeFd(out.fd));
   }
 
   /** Answers one load request; never rejects (every failure becomes an error reply). */

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, fstatSync, openSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, fstatSync, openSync, readFileSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +15,9 @@ import { C, native } from '../../src/engine/binding.js';
 import { connect, load, loadModel, readInto, save, serve } from '../../src/index.js';
 import type { LoadedBuffer, ShareServer } from '../../src/index.js';
 import { evictFile, fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
-import { child, socketDir } from './util.js';
+import { child, connectRaw, frame, recvRaw, socketDir } from './util.js';
+import type { RawReply } from './util.js';
+import { MessageType } from '../../src/share/protocol.js';
 import { cli } from '../cli/run.js';
 import { existsSync } from 'node:fs';
 
@@ -433,6 +435,57 @@ describe('serve: loadModel through the server', () => {
       some.close();
       await assert.rejects(c.loadModel(index, { tensors: ['nope'] }), { code: 'ERR_MODEL_TENSOR_NOT_FOUND' });
     } finally {
+      c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('ranks: connect().loadModel and a raw PlanRequest give exactly what a local loadModel gives, at world sizes 1-5', async () => {
+    const leaks = leakCheck();
+    const mdir = join(dir, 'ranked');
+    mkdirSync(mdir);
+    const w = (n: string, dtype: string, shape: number[], size: number, seed: number) => [n, { dtype, shape, data: seededBytes(size, seed) }] as const;
+    writeSafetensors(join(mdir, 'r-1.safetensors'), Object.fromEntries([w('emb', 'BF16', [37, 64], 37 * 128, 1), w('norm', 'F32', [64], 256, 2)]));
+    writeSafetensors(join(mdir, 'r-2.safetensors'), Object.fromEntries([w('proj', 'F16', [130, 8], 130 * 16, 3), w('ids', 'I64', [5], 40, 4), w('odd', 'U8', [3, 3, 3], 27, 5)]));
+    const index = join(mdir, 'r.safetensors.index.json');
+    writeFileSync(index, JSON.stringify({ weight_map: { emb: 'r-1.safetensors', norm: 'r-1.safetensors', proj: 'r-2.safetensors', ids: 'r-2.safetensors', odd: 'r-2.safetensors' } }));
+    const files = ['r-1.safetensors', 'r-2.safetensors'];
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    const raw = connectRaw(server.socket);
+    try {
+      for (const split of ['tensors', 'rows'] as const) {
+        for (let worldSize = 1; worldSize <= 5; worldSize++) {
+          for (let rank = 0; rank < worldSize; rank++) {
+            const local = await loadModel(index, { rank, worldSize, split });
+            const served = await c.loadModel(index, { rank, worldSize, split });
+            const want = [...local.tensors.values()].map((t) => [t.name, t.shape, sha256(t.bytes)]);
+            assert.deepEqual([...served.tensors.values()].map((t) => [t.name, t.shape, sha256(t.bytes)]), want, `${split} ${rank}/${worldSize}`);
+            // The plan the server sends other clients: the same tensors, shapes and bytes (read from the files here).
+            const fds = files.map((f) => openSync(join(mdir, f), 'r'));
+            native.sendMsg(raw, frame(MessageType.PlanRequest, 7, { files, rank, worldSize, split, path: index }), fds);
+            fds.forEach((fd) => closeSync(fd));
+            const r = (await recvRaw(raw)) as RawReply;
+            assert.equal(r.type, MessageType.PlanReply, JSON.stringify(r.body));
+            assert.equal(r.fds.length, 1);
+            const plan = JSON.parse(readFileSync(`/proc/self/fd/${r.fds[0]}`, 'utf8')) as { tensors: Array<{ name: string; shape: number[]; file: number; offset: number; bytes: number }> };
+            assert.equal(fstatSync(r.fds[0]!).size, r.body.bytes);
+            closeSync(r.fds[0]!);
+            const got = plan.tensors.map((t) => [t.name, t.shape, sha256(readFileSync(join(mdir, files[t.file]!)).subarray(t.offset, t.offset + t.bytes))]);
+            assert.deepEqual(got, want, `plan ${split} ${rank}/${worldSize}`);
+            local.close();
+            served.close();
+          }
+        }
+      }
+      const fd = openSync(join(mdir, files[0]!), 'r');
+      native.sendMsg(raw, frame(MessageType.PlanRequest, 8, { files: [files[0]], rank: 3, worldSize: 2 }), [fd]);
+      closeSync(fd);
+      const bad = (await recvRaw(raw)) as RawReply;
+      assert.deepEqual([bad.type, bad.body.code], [MessageType.Error, 'ERR_OUT_OF_RANGE']);
+    } finally {
+      closeSync(raw);
       c.close();
       await server.close();
     }
