@@ -115,13 +115,14 @@ export class FdGuard {
         this.#o.log(`uid ${from.uid}: ${what} of '${name}' has not returned after ${this.#o.timeoutMs} ms (its file system does not answer)`);
         reject(new DmaloadError('ERR_SHARE_FD_TIMEOUT', `the file system of '${name}' did not answer ${what} within ${this.#o.timeoutMs} ms; the server does not wait for it`, { path: name }));
       }, this.#o.timeoutMs);
-      timer.unref();
+      // Referenced: the native call's callback does not keep the process alive by itself (a call that never returns
+      // must not), so this timer does, until the call returns or its time is up.
       this.#started();
       let rc: number;
       try {
         rc = start((r) => {
           clearTimeout(timer);
-          if (late) {
+            if (late) {
             const n = this.stuck(from.uid) - 1;
             if (n > 0) this.#stuck.set(from.uid, n);
             else this.#stuck.delete(from.uid);
