@@ -206,6 +206,7 @@ void Job::Run() {
     if (!e) {
       bounceMem = mmap(nullptr, bounceLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
       if (bounceMem == MAP_FAILED) e = errno;
+      else madvise(bounceMem, bounceLen, MADV_DONTFORK);  // reads land here while JS may spawn: keep it out of children
     }
     if (e) Fail(e, "mmap");
     else
