@@ -184,7 +184,7 @@ def _import(module, extra):
         raise DmaloadError("ERR_FRAMEWORK_MISSING", f"{module} cannot be imported ({e}): pip install {module} (or dmaload-client[{extra}])") from e
 
 
-def _load_file(client, path, maker, tensors, expect=None):
+def _load_file(client, path, maker, tensors, expect=None, populate=True):
     """The selected tensors of one file, through the server."""
     buf = client.load(path)
     try:
@@ -200,18 +200,27 @@ def _load_file(client, path, maker, tensors, expect=None):
         chosen = [infos[n] for n in names]
         for t in chosen:
             maker.check(t, path)
-        with warnings.catch_warnings():
-            # torch warns that it does not support non-writable tensors: these must not be written (documented).
-            warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
-            return {t.name: maker.make(whole, t) for t in chosen}
+        out = _make_all(maker, whole, chosen)
+        if populate:
+            buf.populate([(t.start, t.end) for t in chosen])
+        return out
     finally:
         buf.close()  # the fds; the mapping stays while any view of it does
 
 
-def _load_index(client, path, maker, tensors):
+def _make_all(maker, whole, infos):
+    with warnings.catch_warnings():
+        # torch warns that it does not support non-writable tensors: these must not be written (documented).
+        warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+        return {t.name: maker.make(whole, t) for t in infos}
+
+
+def _read_index(path):
+    """The weight_map {tensor name: shard file name} of a *.safetensors.index.json, shard names checked to stay in the
+    index's folder (as Node's inspect() checks them)."""
     try:
         with open(path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"))
+            index = json.loads(f.read().decode("utf-8"), object_pairs_hook=_no_duplicates)
     except OSError:
         raise
     except Exception as e:
@@ -219,6 +228,15 @@ def _load_index(client, path, maker, tensors):
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
         raise _invalid(path, 'the index has no "weight_map" of tensor name -> shard file')
+    for name, shard in weight_map.items():
+        rel = os.path.normpath(shard)
+        if os.path.isabs(shard) or rel in (".", "..") or rel.startswith(".." + os.sep):
+            raise _invalid(path, f"the index maps {name!r:.100} to {shard!r:.200}, not a file beside the index")
+    return weight_map
+
+
+def _load_index(client, path, maker, tensors, populate=True):
+    weight_map = _read_index(path)
     names = _select(weight_map, tensors, path)
     shards = {}
     for n in names:
@@ -226,12 +244,266 @@ def _load_index(client, path, maker, tensors):
     base = os.path.dirname(path)
     out = {}
     for shard, wanted in shards.items():
-        got = _load_file(client, os.path.join(base, shard), maker, None, expect=wanted)
+        got = _load_file(client, os.path.join(base, shard), maker, None, expect=wanted, populate=populate)
         out.update(got)
     return {n: out[n] for n in names}
 
 
-def load(client, path, framework="numpy", tensors=None, raw=False):
+# --- per-rank loads: the server plans, the client makes views --------------------------------------------------------
+
+SPLITS = ("tensors", "rows")
+
+
+def rank_spec(rank, world_size, split):
+    """(rank, world_size, split) checked as Node's rankSpec() checks them; None when none is given."""
+    if rank is None and world_size is None and split is None:
+        return None
+    if rank is None or world_size is None:
+        missing = "rank" if rank is None else "world_size"
+        raise DmaloadError("ERR_INVALID_ARG_VALUE", f"{missing} is required when rank, world_size or split is given: pass both rank and world_size")
+    for name, v in (("world_size", world_size), ("rank", rank)):
+        if type(v) is not int:
+            raise DmaloadError("ERR_INVALID_ARG_TYPE", f"{name} must be an int, not {v!r:.50}")
+    if world_size < 1:
+        raise DmaloadError("ERR_OUT_OF_RANGE", f"world_size must be >= 1, not {world_size}")
+    if not 0 <= rank < world_size:
+        raise DmaloadError("ERR_OUT_OF_RANGE", f"rank must be >= 0 and < world_size ({world_size}), not {rank}")
+    if split is None:
+        split = "tensors"
+    if split not in SPLITS:
+        raise DmaloadError("ERR_INVALID_ARG_VALUE", f"split must be 'tensors' or 'rows', not {split!r:.50}")
+    return rank, world_size, split
+
+
+def _header_names(fd, path):
+    """The tensor names of the safetensors file open at `fd`, read from its header (for a selection by predicate, and
+    to refuse an unknown name before asking the server)."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 8, 0)
+    if len(head) < 8:
+        raise _invalid(path, f"{size} bytes is shorter than the 8-byte header length")
+    n = int.from_bytes(head, "little")
+    if n > size - 8 or n > MAX_HEADER:
+        raise _invalid(path, f"its header length {n} runs past the file's {size} bytes" if n > size - 8 else f"its header of {n} bytes is over the limit of {MAX_HEADER}")
+    raw, at = [], 8
+    while at < 8 + n:
+        chunk = os.pread(fd, 8 + n - at, at)
+        if not chunk:
+            raise _invalid(path, "it ended inside its header")
+        raw.append(chunk)
+        at += len(chunk)
+    try:
+        header = json.loads(b"".join(raw).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except Exception as e:
+        raise _invalid(path, f"its header is not UTF-8 JSON ({e!r:.200})") from None
+    if not isinstance(header, dict):
+        raise _invalid(path, "its header is not a JSON object")
+    return {k: None for k in header if k != "__metadata__"}
+
+
+class PlanTensor(TensorInfo):
+    """One tensor of a rank's plan: this rank's bytes [start, end) of file number `file`, with its row slice."""
+
+    __slots__ = ("file", "rows", "replicated")
+
+    def as_dict(self, files):
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "file": files[self.file], "offset": self.start, "bytes": self.end - self.start}
+        if self.rows is not None:
+            d["rows"] = dict(self.rows, shape=list(self.rows["shape"]))
+        if self.replicated:
+            d["replicated"] = True
+        return d
+
+
+def _check_plan(plan, nfiles, split, selected, bad):
+    """The plan's tensors as PlanTensors, after checking its form (each field's type, files in range, offsets, rows
+    inside the whole tensor, no name twice, only names selected). What the files' headers say is checked later."""
+    if plan.get("format") != "safetensors":
+        raise bad(f"format {plan.get('format')!r:.50}, not 'safetensors'")
+    entries = plan.get("tensors")
+    if not isinstance(entries, list):
+        raise bad("no list of tensors")
+    out, seen = [], set()
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise bad(f"tensor {i} is not an object")
+        name, dtype, shape, file, offset, nbytes = (e.get(k) for k in ("name", "dtype", "shape", "file", "offset", "bytes"))
+        if not isinstance(name, str) or not isinstance(dtype, str):
+            raise bad(f"tensor {i} has no name or dtype")
+        where = f"tensor '{name:.200}'"
+        if name in seen:
+            raise bad(f"{where} appears twice")
+        seen.add(name)
+        if selected is not None and name not in selected:
+            raise bad(f"{where} was not asked for")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise bad(f"{where} has shape {shape!r:.100}")
+        if type(file) is not int or not 0 <= file < nfiles:
+            raise bad(f"{where} is in file {file!r:.50} of {nfiles}")
+        if not _is_count(offset) or not _is_count(nbytes):
+            raise bad(f"{where} has offset {offset!r:.50} and bytes {nbytes!r:.50}")
+        t = PlanTensor(name, dtype, tuple(shape), offset, offset + nbytes)
+        t.file, t.rows, t.replicated = file, None, False
+        known = DTYPES.get(dtype)
+        if known is not None and nbytes != t.numel * known[0]:
+            raise bad(f"{where} has {nbytes} bytes for shape {shape} of {dtype}")
+        rows, replicated = e.get("rows"), e.get("replicated", False)
+        if replicated not in (True, False):
+            raise bad(f"{where} has replicated {replicated!r:.50}")
+        if rows is not None:
+            if split != "rows" or replicated:
+                raise bad(f"{where} is a row slice in a plan split by {split}" if split != "rows" else f"{where} is both a row slice and replicated")
+            if not isinstance(rows, dict) or rows.get("dim") != 0 or type(rows.get("dim")) is not int:
+                raise bad(f"{where} has rows {rows!r:.100}, not a slice of dimension 0")
+            start, end, whole, roff, rbytes = (rows.get(k) for k in ("start", "end", "shape", "offset", "bytes"))
+            if not all(_is_count(x) for x in (start, end, roff, rbytes)) or not isinstance(whole, list) or len(whole) != 2 or not all(_is_count(d) for d in whole):
+                raise bad(f"{where} has rows {rows!r:.200}")
+            if not start <= end <= whole[0] or whole[0] == 0 or rbytes % whole[0]:
+                raise bad(f"{where} has rows {start}..{end} of {whole[0]} rows of {rbytes} bytes")
+            row = rbytes // whole[0]
+            if list(shape) != [end - start, whole[1]] or offset != roff + start * row or nbytes != (end - start) * row:
+                raise bad(f"{where}: shape {shape}, offset {offset} and {nbytes} bytes are not rows {start}..{end} of {whole} at {roff}")
+            t.rows = {"dim": 0, "start": start, "end": end, "shape": tuple(whole), "offset": roff, "bytes": rbytes}
+        elif split == "rows" and not replicated:
+            raise bad(f"{where} is neither a row slice nor replicated")
+        elif split != "rows" and replicated:
+            raise bad(f"{where} is replicated in a plan split by {split}")
+        t.replicated = bool(replicated)
+        out.append(t)
+    if split == "rows" and selected is not None and len(out) != len(selected):
+        missing = next(n for n in selected if n not in seen)
+        raise bad(f"it leaves out tensor '{missing:.200}' (split 'rows' gives every rank every tensor)")
+    return out
+
+
+def _check_against_header(tensors, infos, bad):
+    """Each planned tensor is the header's tensor of that name, whole or a row slice of it, in the file's bytes."""
+    for t in tensors:
+        h = infos.get(t.name)
+        where = f"tensor '{t.name:.200}'"
+        if h is None:
+            raise bad(f"the file has no {where}")
+        if h.dtype != t.dtype:
+            raise bad(f"{where} is {h.dtype} in the file, {t.dtype} in the plan")
+        whole = (h.shape, h.start, h.end - h.start)
+        if t.rows is not None:
+            if (t.rows["shape"], t.rows["offset"], t.rows["bytes"]) != whole:
+                raise bad(f"{where} is {list(h.shape)} at {h.start} in the file, {list(t.rows['shape'])} at {t.rows['offset']} in the plan")
+        elif (t.shape, t.start, t.end - t.start) != whole:
+            raise bad(f"{where} is {list(h.shape)} at {h.start} ({h.end - h.start} bytes) in the file, {list(t.shape)} at {t.start} ({t.end - t.start} bytes) in the plan")
+
+
+class _Files:
+    """The files of a plan request, open read-only: one .safetensors file, or an index's shards."""
+
+    def __init__(self, path, tensors):
+        self.path, self.paths, self.names, self.fds = path, [], [], []
+        self.selected = None  # the selected names (None: all)
+        try:
+            if path.endswith(".json"):
+                weight_map = _read_index(path)
+                if tensors is not None:
+                    self.selected = _select(weight_map, tensors, path)
+                    if len(set(self.selected)) == len(weight_map):
+                        self.selected = None
+                chosen = None if self.selected is None else set(self.selected)
+                # Node's order (inspect()): shards by first mention in the weight_map, which a split by tensors
+                # follows; only those holding a selected tensor.
+                shards = list(dict.fromkeys(v for n, v in weight_map.items() if chosen is None or n in chosen))
+                base = os.path.dirname(path)
+                for shard in shards:
+                    self._open(os.path.join(base, shard), shard)
+            else:
+                self._open(path, os.path.abspath(path))
+                if tensors is not None:
+                    names = _header_names(self.fds[0], path)
+                    self.selected = _select(names, tensors, path)
+                    if len(set(self.selected)) == len(names):
+                        self.selected = None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path, name):
+        from .client import open_regular
+
+        self.fds.append(open_regular(path))
+        self.paths.append(path)
+        self.names.append(name)
+
+    def close(self):
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def _plan(client, files, spec):
+    """The server's plan for `files` (open), as checked PlanTensors."""
+    rank, world_size, split = spec
+    body = {"path": os.path.abspath(files.path), "files": files.names, "rank": rank, "worldSize": world_size, "split": split}
+    if files.selected is not None:
+        body["tensors"] = list(dict.fromkeys(files.selected))
+    plan = client._plan(body, files.fds)
+
+    def bad(what):
+        return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{client.path}' sent a malformed plan for '{files.path}': {what}")
+
+    return _check_plan(plan, len(files.fds), split, None if files.selected is None else set(files.selected), bad)
+
+
+def plan(client, path, rank, world_size, split=None, tensors=None):
+    """Client.plan_safetensors()."""
+    path = os.fspath(path)
+    spec = rank_spec(rank, world_size, split)
+    if spec is None:
+        raise DmaloadError("ERR_INVALID_ARG_VALUE", "rank and world_size are required")
+    files = _Files(path, tensors)
+    try:
+        if files.selected == []:
+            return []
+        return [t.as_dict(files.paths) for t in _plan(client, files, spec)]
+    finally:
+        files.close()
+
+
+def _load_ranked(client, path, maker, tensors, spec, populate):
+    files = _Files(path, tensors)
+    buffers = []
+    try:
+        if files.selected == []:
+            return {}
+        planned = _plan(client, files, spec)
+        for t in planned:
+            maker.check(t, files.paths[t.file])
+        by_file = {}
+        for t in planned:
+            by_file.setdefault(t.file, []).append(t)
+        views = {}
+        for i, group in by_file.items():
+            fpath = files.paths[i]
+            if all(t.end == t.start for t in group):  # nothing of this file's bytes is this rank's: no load
+                views.update(_make_all(maker, memoryview(b""), [TensorInfo(t.name, t.dtype, t.shape, 0, 0) for t in group]))
+                continue
+            # The very inode the plan was made from: the fd sent with the plan request.
+            buf = client._load_fd(files.fds[i], fpath)
+            buffers.append(buf)
+            whole = buf.view()
+
+            def bad(what, fpath=fpath):
+                return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{client.path}' sent a plan that disagrees with '{fpath}' (or the file changed since): {what}")
+
+            _check_against_header(group, parse_header(whole, fpath), bad)
+            views.update(_make_all(maker, whole, group))
+            if populate:
+                buf.populate([(t.start, t.end) for t in group])
+        return {t.name: views[t.name] for t in planned}
+    finally:
+        for b in buffers:
+            b.close()  # the fds; each mapping stays while any view of it does
+        files.close()
+
+
+def load(client, path, framework="numpy", tensors=None, raw=False, rank=None, world_size=None, split=None, populate=True):
     """{name: read-only view} of the tensors of `path`, a .safetensors file or a *.safetensors.index.json whose shards
     are loaded (only those holding a selected tensor), each through `client`'s server.
 
@@ -239,9 +511,14 @@ def load(client, path, framework="numpy", tensors=None, raw=False):
     read-only tensors, and a write faults) or "bytes" (memoryviews; also raw=True). tensors: None (all), a list of
     names (ERR_TENSOR_NOT_FOUND for one that is missing) or a predicate of the name. Every view shares the served
     pages: nothing is copied, and the mapping stays until the last view is gone.
+    rank, world_size, split: this rank's share, as the server plans it (PlanRequest); the client only makes views.
+    populate: make the views' bytes resident now (madvise MADV_POPULATE_READ).
     Errors: ERR_INVALID_MODEL, ERR_TENSOR_NOT_FOUND, ERR_UNSUPPORTED_DTYPE, ERR_FRAMEWORK_MISSING, and load()'s."""
     path = os.fspath(path)
     maker = _Maker(framework, raw)
+    spec = rank_spec(rank, world_size, split)
+    if spec is not None:
+        return _load_ranked(client, path, maker, tensors, spec, populate)
     if path.endswith(".json"):
-        return _load_index(client, path, maker, tensors)
-    return _load_file(client, path, maker, tensors)
+        return _load_index(client, path, maker, tensors, populate)
+    return _load_file(client, path, maker, tensors, populate=populate)

@@ -22,12 +22,15 @@ VERSION = 1
 HEADER = struct.Struct("<4sHHII")  # magic, version, type, id, body length
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 64
+MAX_PLAN = 1 << 30  # bytes of plan JSON this client accepts (a plan is ~200 bytes a tensor)
 
 LOAD_REQUEST = 1
 LOAD_REPLY = 2
 STATUS_REQUEST = 3
 STATUS_REPLY = 4
 LOAD_REPLY_MORE = 5  # the next up-to-64 fds of a LoadReply whose buffer has more parts than one message carries
+PLAN_REQUEST = 6  # one rank's share of a safetensors model: the server computes it from the files' headers
+PLAN_REPLY = 7  # {"bytes": n} and one sealed memfd holding the plan's n bytes of JSON
 ERROR = 15
 
 TARGETS = ("memfd", "udmabuf", "dma-heap")
@@ -69,6 +72,23 @@ def _is_int(x):
 
 def _is_count(x):
     return _is_int(x) and x >= 0
+
+
+def open_regular(path):
+    """An O_RDONLY fd of the regular file at `path` (ERR_NOT_REGULAR_FILE / EISDIR otherwise), opened so that a FIFO
+    swapped in for it cannot block the open."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # before open(): a FIFO would block it
+        raise DmaloadError("EISDIR" if stat.S_ISDIR(st.st_mode) else "ERR_NOT_REGULAR_FILE", f"'{path}' is not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.set_blocking(fd, True)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DmaloadError("ERR_NOT_REGULAR_FILE", f"'{path}' is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Buffer:
@@ -164,6 +184,24 @@ class Buffer:
         for offset, size in self.parts:
             if size:
                 yield whole[offset : offset + size]
+
+    def populate(self, ranges=None):
+        """Makes the bytes of `ranges` ([start, end) offsets; None: the whole buffer) resident in this process's
+        mapping in one madvise(MADV_POPULATE_READ) call per run of touching ranges, rather than a page fault per page
+        when they are first read. Returns the bytes populated, or None where the kernel cannot (before Linux 5.14, or
+        a mapping it refuses)."""
+        if self._owner is None:
+            if self.size == 0:
+                return 0
+            raise DmaloadError("ERR_BUFFER_CLOSED", f"the buffer of '{self.path}' was closed")
+        if ranges is None:
+            ranges = [(0, self.size)]
+        try:
+            return _mapping.populate(self._owner, ranges, self.size)
+        except OSError as e:
+            if self.target != "memfd":  # dma-buf mappings: populating is only an optimization
+                return None
+            raise DmaloadError(_mapping.errno_name(e), f"cannot make the pages of '{self.path}' resident: {e}", -(e.errno or 0), "madvise") from e
 
     def sha256(self):
         h = hashlib.sha256()
@@ -348,32 +386,98 @@ class Client:
 
     def load(self, path):
         """The whole file at `path`, shared: a Buffer over the server's sealed buffer. The client opens the file itself."""
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):  # before open(): a FIFO would block it
-            raise DmaloadError("EISDIR" if stat.S_ISDIR(st.st_mode) else "ERR_NOT_REGULAR_FILE", f"'{path}' is not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_regular(path)
         try:
-            os.set_blocking(fd, True)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise DmaloadError("ERR_NOT_REGULAR_FILE", f"'{path}' is not a regular file")
             rid = self._send(LOAD_REQUEST, {"path": os.path.abspath(path)}, [fd])
         finally:
             os.close(fd)
+        return self._load_reply(rid, path)
+
+    def _load_fd(self, fd, path):
+        """load() of a file this process has open (the very inode a plan was made from); the caller keeps `fd`."""
+        return self._load_reply(self._send(LOAD_REQUEST, {"path": os.path.abspath(path)}, [fd]), path)
+
+    def _load_reply(self, rid, path):
         body, fds = self._receive_load(rid)
         return Buffer(path, body, fds, self.path)
 
-    def load_safetensors(self, path, framework="numpy", tensors=None, raw=False):
+    def _plan(self, body, fds):
+        """Sends a PlanRequest (`body`, one fd per file, which the caller keeps) and returns the plan the PlanReply's
+        memfd holds, parsed (a dict; its contents are checked by the caller)."""
+        data = json.dumps(body).encode()
+        if HEADER.size + len(data) > MAX_MESSAGE:
+            raise DmaloadError(
+                "ERR_SHARE_MESSAGE_TOO_LARGE",
+                f"the plan request for '{body.get('path')}' is {HEADER.size + len(data)} bytes, over the protocol's {MAX_MESSAGE}: "
+                f"select fewer tensors by name (tensors=None selects all without naming them)",
+            )
+        if len(fds) > MAX_FDS:
+            raise DmaloadError("ERR_SHARE_FDS", f"'{body.get('path')}' has {len(fds)} files, more than a plan request may carry ({MAX_FDS}): select tensors from fewer shards")
+        rtype, reply, got = self._receive(self._send(PLAN_REQUEST, body, fds))
+        try:
+            if rtype != PLAN_REPLY:
+                raise self._bad(f"answered a plan request with message type {rtype}")
+            if len(got) != 1:
+                raise self._bad(f"a plan reply with {len(got)} fds, not 1")
+            n = reply.get("bytes")
+            if not _is_count(n) or n > MAX_PLAN:
+                raise self._bad(f"a plan of {n!r:.50} bytes")
+            fd = got[0]
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < n:
+                raise self._bad(f"the plan's fd holds {st.st_size} bytes, not {n}")
+            if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SERVED_SEALS != SERVED_SEALS:
+                raise self._bad("the plan's memfd is not sealed against writes and resizing")
+            chunks, at = [], 0
+            while at < n:
+                chunk = os.pread(fd, min(n - at, 1 << 24), at)
+                if not chunk:
+                    raise self._bad(f"the plan's memfd ended at {at} of {n} bytes")
+                chunks.append(chunk)
+                at += len(chunk)
+            try:
+                plan = json.loads(b"".join(chunks).decode("utf-8"))
+            except Exception as e:  # RecursionError from deep JSON included
+                raise self._bad(f"the plan is not UTF-8 JSON ({e!r:.200})") from None
+            if not isinstance(plan, dict):
+                raise self._bad("the plan is not a JSON object")
+            return plan
+        except OSError as e:
+            raise self._bad(f"the plan's fd cannot be read ({e})") from None
+        finally:
+            _close_all(got)
+
+    def load_safetensors(self, path, framework="numpy", tensors=None, raw=False, rank=None, world_size=None, split=None, populate=True):
         """{name: array} of the tensors of a .safetensors file, or of a *.safetensors.index.json (only the shards holding
         a selected tensor are loaded), as read-only, zero-copy views of the served buffers.
 
         framework: "numpy" (arrays with writeable=False), "torch" (tensors that must not be written: torch has no
         read-only tensors; a write faults the process) or "bytes" (memoryviews, as raw=True gives). tensors: None for
         all, a list of names, or a predicate of the name. Nothing is copied: each file's mapping stays until the last
-        view of it is gone. Raises DmaloadError ERR_INVALID_MODEL, ERR_TENSOR_NOT_FOUND, ERR_UNSUPPORTED_DTYPE (e.g.
-        BF16 or F8 for numpy), ERR_FRAMEWORK_MISSING, and load()'s codes."""
+        view of it is gone.
+
+        rank, world_size, split: this process's share of the model, as the server plans it (Node's loadModel() with
+        { rank, worldSize, split } gives the same tensors): split "tensors" (the default) gives each rank whole
+        tensors, balanced by bytes; "rows" gives each rank rows [r*R//N, (r+1)*R//N) of every 2-D tensor (dimension 0)
+        and every other tensor whole. The views are then of this rank's bytes only, in file order.
+
+        populate: make the bytes of the returned views resident now, in one madvise(MADV_POPULATE_READ) per run of
+        tensors (Linux 5.14+), rather than a page fault per page when they are first read.
+
+        Raises DmaloadError ERR_INVALID_MODEL, ERR_TENSOR_NOT_FOUND, ERR_UNSUPPORTED_DTYPE (e.g. BF16 or F8 for numpy),
+        ERR_FRAMEWORK_MISSING, ERR_OUT_OF_RANGE and ERR_INVALID_ARG_* (rank options), and load()'s codes."""
         from . import _safetensors
 
-        return _safetensors.load(self, path, framework=framework, tensors=tensors, raw=raw)
+        return _safetensors.load(self, path, framework=framework, tensors=tensors, raw=raw, rank=rank, world_size=world_size, split=split, populate=populate)
+
+    def plan_safetensors(self, path, rank, world_size, split=None, tensors=None):
+        """The server's plan of rank `rank`'s share (see load_safetensors), without loading anything: a list, in file
+        order, of {"name", "dtype", "shape" (this rank's), "file" (its path), "offset" (in that file), "bytes", and
+        "rows": {"dim", "start", "end", "shape" (the whole tensor's), "offset", "bytes"} for a row slice or
+        "replicated": True for a tensor every rank holds whole (split "rows")}."""
+        from . import _safetensors
+
+        return _safetensors.plan(self, path, rank=rank, world_size=world_size, split=split, tensors=tensors)
 
     def status(self):
         """The server's counters (a dict)."""

@@ -1,7 +1,8 @@
 """Client.load_safetensors() against a real `dmaload serve` (DMALOAD_SOCKET; test/share/python-tensors.test.ts starts
 one): the tensors equal the safetensors library's own bit for bit (numpy and torch, every dtype each has; whole files,
-selections, an index of two shards), they are read-only views of the served memfd (no byte copied: the client's RSS
-does not grow until they are read, their data lies in the memfd's mapping), the mapping lives exactly as long as
+selections, an index of two shards), they are read-only views of the served memfd (no byte copied: with populate=False
+the client's RSS does not grow until they are read, with populate=True it grows at once by the shared pages and not by
+private memory; their data lies in the memfd's mapping), the mapping lives exactly as long as
 they do, and bad files, unknown names and dtypes numpy lacks fail with their codes. numpy, torch and safetensors are
 optional: the tests that need one skip, saying so, where it is missing."""
 import ctypes
@@ -356,14 +357,19 @@ class ZeroCopy(Base):
             for i in range(5):
                 cls.hashes[f"t{i}"] = hashlib.sha256(f.read(chunk)).hexdigest()
 
-    def check(self, framework, addr, as_bytes):
+    def check(self, framework, addr, as_bytes, populate=False):
         with Client(SOCKET) as c:  # the server holds it now: what follows measures this process alone
             c.load(self.file).close()
         gc.collect()
-        fds, maps, before = open_fds(), memfd_mappings(), rss()
-        got = self.client.load_safetensors(self.file, framework=framework)
+        fds, maps, before, anon = open_fds(), memfd_mappings(), rss(), status_kib("RssAnon")
+        got = self.client.load_safetensors(self.file, framework=framework, populate=populate)
         taken = rss() - before
-        self.assertLess(taken, self.SIZE * 0.05, f"{framework}: taking the tensors made {taken} bytes resident (of {self.SIZE})")
+        if populate:  # resident at once, one madvise(MADV_POPULATE_READ): the served pages, not a copy
+            self.assertGreater(taken, self.SIZE * 0.99, f"{framework}: populate=True made only {taken} bytes resident (of {self.SIZE})")
+            copied = status_kib("RssAnon") - anon
+            self.assertLess(copied, self.SIZE * 0.05, f"{framework}: {copied} bytes of private memory for {self.SIZE} of tensors")
+        else:
+            self.assertLess(taken, self.SIZE * 0.05, f"{framework}: taking the tensors made {taken} bytes resident (of {self.SIZE})")
         self.assertEqual(len({mapping_of(addr(t)) for t in got.values()}), 1, "one mapping for them all")
         self.assertTrue(mapping_of(addr(got["t0"])).startswith("/memfd:"))
         for name in got:  # reading them maps the served pages: the measurement sees memory, were it copied
@@ -391,6 +397,22 @@ class ZeroCopy(Base):
 
     def test_raw_memoryviews_share_the_served_pages(self):
         self.check("bytes", buffer_addr, lambda v: v)
+
+    @needs_torch
+    def test_populate_makes_them_resident_at_once_without_a_copy(self):
+        self.check("torch", lambda t: t.data_ptr(), lambda t: t.numpy().data, populate=True)
+
+    def test_populate_without_numpy_or_torch(self):
+        self.check("bytes", buffer_addr, lambda v: v, populate=True)
+
+
+def status_kib(field):
+    """A field of /proc/self/status in bytes (RssAnon: this process's private memory; RssShmem: mapped memfd pages)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/self/status")
 
 
 class _PyBuffer(ctypes.Structure):
