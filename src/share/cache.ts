@@ -135,7 +135,6 @@ export class Cache {
    * new load charged to the sender's uid.
    */
   async acquire(fd: number, v: FileVersion, name: string, from: Sender): Promise<Acquired> {
-    const uid = from.uid;
     const key = `${v.inode}:${v.size}:${v.mtimeNs}:${v.ctimeNs}`;
     // An entry dropped between its load and our turn is simply looked up again.
     for (let attempt = 0; attempt < 3; attempt++) {

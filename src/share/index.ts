@@ -1,5 +1,6 @@
 /** Load once, share everywhere: `dmaload serve` (serve()) and its clients (connect()); the wire protocol is docs/protocol.md. */
-export { serve, MAX_INFLIGHT } from './server.js';
+export { serve } from './server.js';
+export { MAX_INFLIGHT } from './connections.js';
 export type { ServeOptions, ShareServer } from './server.js';
 export { connect } from './client.js';
 export type { ConnectOptions, ShareClient, ShareLoadOptions, ShareLoadModelOptions } from './client.js';

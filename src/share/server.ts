@@ -17,19 +17,21 @@
  * directories, devices, FUSE or O_PATH/O_WRONLY opens each get a coded error reply.
  * @module
  */
-import { constants as FS, linkSync, lstatSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
-import type { Stats } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { constants as FS, lstatSync, unlinkSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { budgetOption, enumOption, integerOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
-import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
+import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
 import { formatBytes, memAvailable, msSince, printable } from '../core/util.js';
-import { C, closeFd, native } from '../engine/binding.js';
+import { closeFd, native } from '../engine/binding.js';
 import type { FdInspection } from '../engine/binding.js';
 import { openRegular } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { Cache, versionOf } from './cache.js';
 import type { Acquired } from './cache.js';
-import { Channel, Watch, keepAlive } from './channel.js';
+import { keepAlive } from './channel.js';
+import { Connections } from './connections.js';
+import type { Conn, Limits } from './connections.js';
+import { listen } from './socket.js';
 import type { Incoming } from './channel.js';
 import { FdGuard } from './fds.js';
 import type { Sender } from './fds.js';
@@ -42,13 +44,6 @@ import { SHARE_TARGETS } from './seal.js';
 import type { ShareTarget } from './seal.js';
 
 const S = native.shareConstants;
-const E = C;
-/** Requests one connection may have in progress; past it, the server stops reading that connection until replies go out. */
-export const MAX_INFLIGHT = 16;
-/** Replies a client may leave unread before the server stops reading its requests. */
-export const MAX_UNREAD = 32;
-/** Calls on a user's fds stuck past their time bound (a file system that does not answer) before that user is cut off. */
-export const MAX_STUCK = 4;
 /** Milliseconds a statx or close of a received fd may take before the request fails. */
 const FD_TIMEOUT = 2000;
 /** Longest display name a request may give for its file (it is only used in messages and logs). */
@@ -125,46 +120,21 @@ function requireReadableFile(st: FdInspection, name: string): void {
   throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file; dmaload reads regular files only (their size is known and stable)`, { path: name });
 }
 
-interface Limits {
-  maxConnections: number;
-  perUserConnections: number;
-  idleTimeout: number;
-  replyTimeout: number;
-}
-
-interface Conn {
-  channel: Channel;
-  from: Sender;
-  peer: string;
-  inflight: number;
-  lastActive: number;
-  /** Replies sent since the client was last seen to have read everything. */
-  sent: number;
-  /** Since when the client has left bytes unread (SIOCOUTQ > 0). */
-  unreadSince: number | undefined;
-  /** Reading its requests is stopped until it reads its replies. */
-  heldUnread: boolean;
-}
-
 class Server implements ShareServer {
   readonly socket: string;
   readonly budget: number;
   readonly target: ShareTarget;
-  readonly #limits: Limits;
   readonly #perUserBudget: number;
   readonly #log: (line: string) => void;
   readonly #listenFd: number;
-  readonly #watch: Watch;
   readonly #ident: { dev: number; ino: number };
   readonly #guard: FdGuard;
   readonly #ledger: Ledger;
   readonly #cache: Cache;
-  readonly #conns = new Set<Conn>();
-  readonly #perUid = new Map<number, number>();
+  readonly #conns: Connections;
   readonly #tasks = new Set<Promise<unknown>>();
-  readonly #timer: NodeJS.Timeout;
   readonly #own: Sender = { uid: process.getuid?.() ?? 0, pid: process.pid };
-  #count = { errors: 0, dropped: 0 };
+  #count = { errors: 0 };
   #closed = false;
   #closing: Promise<void> | undefined;
   /** Aborts loads in progress when the server closes, so that shutting down never waits for a long read. */
@@ -175,7 +145,6 @@ class Server implements ShareServer {
     this.socket = socket;
     this.budget = budget;
     this.target = target;
-    this.#limits = limits;
     this.#perUserBudget = perUserBudget;
     const log = o.log;
     this.#log = log ? (line) => log(printable(line)) : () => {};
@@ -203,16 +172,12 @@ class Server implements ShareServer {
         },
         this.#ledger,
       );
-      this.#watch = new Watch(listenFd, () => this.#accept());
-      this.#watch.arm(S.EPOLLIN);
+      this.#conns = new Connections(socket, listenFd, limits, this.#guard, this.#log, (conn, m) => this.#onMessage(conn, m));
     } catch (e) {
       ledger?.close();
       this.#release();
       throw e;
     }
-    const tick = Math.max(10, Math.min(1000, Math.floor(Math.min(limits.idleTimeout, limits.replyTimeout) / 4)));
-    this.#timer = setInterval(() => this.#housekeeping(), tick);
-    this.#timer.unref();
   }
 
   status(): ServerStatus {
@@ -229,122 +194,8 @@ class Server implements ShareServer {
       ...this.#cache.count,
       errors: this.#count.errors,
       connections: this.#conns.size,
-      dropped: this.#count.dropped,
+      dropped: this.#conns.dropped,
     };
-  }
-
-  #accept(): void {
-    if (this.#closed) return;
-    try {
-      this.#acceptSome();
-    } catch (e) {
-      // Never expected (epoll_ctl out of memory): keep serving the connections there are, try again shortly.
-      this.#log(`accept: ${(e as Error).message}`);
-      setTimeout(() => !this.#closed && this.#watch.arm(S.EPOLLIN), 100).unref();
-    }
-  }
-
-  /** Why a new connection from `uid` is refused, if it is. */
-  #refusal(uid: number): { code: string; message: string } | undefined {
-    const l = this.#limits;
-    if (this.#conns.size >= l.maxConnections) return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `the server has ${this.#conns.size} connections, its limit (--max-connections); try again later` };
-    if ((this.#perUid.get(uid) ?? 0) >= l.perUserConnections) {
-      return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `uid ${uid} has ${l.perUserConnections} connections open, the most one user may (--per-user-connections); close some` };
-    }
-    if (this.#guard.stuck(uid) >= MAX_STUCK) return { code: 'ERR_SHARE_FD_TIMEOUT', message: `the file systems of fds uid ${uid} sent do not answer; the server takes no more requests from this user until they do` };
-    return undefined;
-  }
-
-  #acceptSome(): void {
-    for (let i = 0; i < 64; i++) {
-      const fd = native.unixAccept(this.#listenFd);
-      if (fd === -E.EAGAIN) break;
-      if (fd < 0) {
-        if (fd === -103 /* ECONNABORTED */) continue;
-        // Out of fds or memory: accepting again at once would spin; give the server a moment to free some.
-        this.#log(`accept: ${new DmaloadSystemError(fd, 'accept', this.socket).message}`);
-        setTimeout(() => !this.#closed && this.#watch.arm(S.EPOLLIN), 100).unref();
-        return;
-      }
-      const cred = native.peerCred(fd);
-      if (typeof cred === 'number') {
-        closeFd(fd);
-        continue;
-      }
-      const [pid, uid] = cred;
-      const refused = this.#refusal(uid);
-      if (refused) {
-        // Told why (id 0: about the connection), then hung up; anything it sent is dropped unread with the socket.
-        native.sendMsg(fd, encode(MessageType.Error, 0, refused), []);
-        closeFd(fd);
-        this.#count.dropped++;
-        this.#log(`pid ${pid} uid ${uid}: refused: ${refused.message}`);
-        continue;
-      }
-      const conn: Conn = { channel: undefined as unknown as Channel, from: { uid, pid }, peer: `pid ${pid} uid ${uid}`, inflight: 0, lastActive: performance.now(), sent: 0, unreadSince: undefined, heldUnread: false };
-      try {
-        conn.channel = new Channel(fd, {
-          message: (m) => this.#onMessage(conn, m),
-          closed: () => {
-            this.#conns.delete(conn);
-            const n = (this.#perUid.get(uid) ?? 1) - 1;
-            if (n > 0) this.#perUid.set(uid, n);
-            else this.#perUid.delete(uid);
-            this.#log(`${conn.peer}: disconnected`);
-          },
-        });
-      } catch (e) {
-        this.#log(`accept: ${(e as Error).message}`);
-        continue;
-      }
-      this.#conns.add(conn);
-      this.#perUid.set(uid, (this.#perUid.get(uid) ?? 0) + 1);
-      this.#log(`${conn.peer}: connected`);
-    }
-    this.#watch.arm(S.EPOLLIN);
-  }
-
-  /** Closes a connection the server gives up on, telling the client why (best effort: its queue may be full). */
-  #drop(conn: Conn, code: string, why: string): void {
-    if (conn.channel.closed) return;
-    this.#count.dropped++;
-    this.#log(`${conn.peer}: closing the connection: ${why}`);
-    native.sendMsg(conn.channel.fd, encode(MessageType.Error, 0, { code, message: why }), []);
-    conn.channel.close();
-  }
-
-  /** Idle connections, unread replies and users whose file systems hang, checked a few times per timeout. */
-  #housekeeping(): void {
-    const now = performance.now();
-    const l = this.#limits;
-    for (const conn of [...this.#conns]) {
-      const q = native.socketOutq(conn.channel.fd);
-      if (q > 0 || conn.channel.queued > 0) {
-        conn.unreadSince ??= now;
-        if (now - conn.unreadSince > l.replyTimeout) {
-          this.#drop(conn, 'ERR_SHARE_REPLY_TIMEOUT', `its replies stayed unread for ${l.replyTimeout} ms (--reply-timeout)`);
-          continue;
-        }
-      } else {
-        conn.unreadSince = undefined;
-        conn.sent = 0;
-        if (conn.heldUnread) {
-          conn.heldUnread = false;
-          this.#hold(conn);
-        }
-        if (conn.inflight === 0 && now - conn.lastActive > l.idleTimeout) {
-          this.#drop(conn, 'ERR_SHARE_IDLE', `it sent nothing for ${l.idleTimeout} ms (--idle-timeout)`);
-          continue;
-        }
-      }
-      if (this.#guard.stuck(conn.from.uid) >= MAX_STUCK) this.#drop(conn, 'ERR_SHARE_FD_TIMEOUT', `the file systems of fds uid ${conn.from.uid} sent do not answer`);
-    }
-  }
-
-  /** Reading stops while a connection has too much in progress or leaves its replies unread. */
-  #hold(conn: Conn): void {
-    if (conn.inflight >= MAX_INFLIGHT || conn.heldUnread) conn.channel.pause();
-    else conn.channel.resume();
   }
 
   #replyError(conn: Conn, id: number, body: ErrorBody): void {
@@ -402,13 +253,13 @@ class Server implements ShareServer {
     // Only for messages and logs, escaped: control and bidi characters could forge or disguise log lines.
     const name = path ? printable(path) : `fd ${fd}`;
     conn.inflight++;
-    this.#hold(conn);
+    this.#conns.hold(conn);
     const task = this.#serveLoad(conn, id, fd, name, t0).finally(() => {
       this.#guard.release([fd], conn.from, name);
       this.#tasks.delete(task);
       conn.inflight--;
       conn.lastActive = performance.now();
-      this.#hold(conn);
+      this.#conns.hold(conn);
     });
     this.#tasks.add(task);
   }
@@ -417,13 +268,13 @@ class Server implements ShareServer {
   #onPlan(conn: Conn, id: number, body: Record<string, unknown>, fds: number[]): void {
     const name = typeof body.path === 'string' ? printable(body.path.slice(0, MAX_NAME)) : 'a model';
     conn.inflight++;
-    this.#hold(conn);
+    this.#conns.hold(conn);
     const task = this.#servePlan(conn, id, body, fds, name).finally(() => {
       this.#guard.release(fds, conn.from, name);
       this.#tasks.delete(task);
       conn.inflight--;
       conn.lastActive = performance.now();
-      this.#hold(conn);
+      this.#conns.hold(conn);
     });
     this.#tasks.add(task);
   }
@@ -489,16 +340,12 @@ class Server implements ShareServer {
         if (errno < 0 && failed === 0) failed = errno;
         if (--left > 0) return;
         // Once per reply, after its last message.
-        conn.sent++;
+        this.#conns.replied(conn);
         if (failed < 0 && failed !== -32 /* EPIPE */ && !conn.channel.closed) {
           const e = new DmaloadSystemError(failed, 'sendmsg', name, failed === -109 ? "the server's user has too many fds in flight to clients that do not read them" : undefined);
           // Half a reply has gone out: the conversation cannot continue.
-          if (messages.length > 1) this.#drop(conn, e.code, e.message);
+          if (messages.length > 1) this.#conns.drop(conn, e.code, e.message);
           else this.#replyError(conn, id, errorBody(e, undefined, name));
-        }
-        if (conn.sent >= MAX_UNREAD && !conn.heldUnread && native.socketOutq(conn.channel.fd) > 0) {
-          conn.heldUnread = true;
-          this.#hold(conn);
         }
       });
     });
@@ -519,9 +366,8 @@ class Server implements ShareServer {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
-      clearInterval(this.#timer);
       this.#abort.abort(new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down'));
-      this.#watch.close();
+      this.#conns.close();
       closeFd(this.#listenFd);
       // Only our own socket file: another server may have replaced it since.
       try {
@@ -530,7 +376,6 @@ class Server implements ShareServer {
       } catch {
         /* already gone */
       }
-      for (const c of [...this.#conns]) c.channel.close();
       await Promise.allSettled([...this.#tasks]);
       this.#cache.clear();
       this.#ledger.close();
@@ -543,59 +388,6 @@ class Server implements ShareServer {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
-  }
-}
-
-/** Whether a server listens at `socket` now: connecting succeeds or its backlog is full. */
-function probeSocket(socket: string): number {
-  const probe = native.unixConnect(socket);
-  if (probe >= 0) closeFd(probe);
-  return probe >= 0 ? 0 : probe;
-}
-
-/**
- * Creates the listening socket: bound in a private folder (so that setting its mode cannot be redirected by a
- * symlink someone swaps in), then hard-linked into place, which fails if anything is there. A stale socket file
- * (connecting is refused: nobody listens) is replaced; anything else is refused.
- */
-function listen(socket: string, mode: number): number {
-  const dir = mkdtempSync(join(dirname(socket), '.dmaload-'));
-  try {
-    const tmp = join(dir, 's');
-    const fd = native.unixListen(tmp, mode, 128);
-    if (fd < 0) throw new DmaloadSystemError(fd, 'bind', socket, fd === -36 ? 'a Unix socket path holds at most 107 bytes (the server binds in a folder beside it first: choose a shorter path)' : undefined);
-    try {
-      for (let attempt = 0; ; attempt++) {
-        try {
-          linkSync(tmp, socket);
-          return fd;
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw e;
-        }
-        let st: Stats;
-        try {
-          st = lstatSync(socket);
-        } catch {
-          continue; // gone meanwhile
-        }
-        if (!st.isSocket()) throw new DmaloadSystemError(-98, 'bind', socket, 'the path exists and is not a socket; remove it or choose another path');
-        const probe = probeSocket(socket);
-        if (probe === 0 || probe === -E.EAGAIN) throw new DmaloadSystemError(-98, 'bind', socket, 'a server is already listening there');
-        // Only ECONNREFUSED says nobody listens. Any other failure (EACCES: another user's live server) proves nothing,
-        // and unlinking would hand that server's path, and its clients' file descriptors, to this one.
-        if (probe !== -111 /* ECONNREFUSED */) {
-          throw new DmaloadSystemError(-98, 'bind', socket, `a socket is there and connecting to it failed (${errnoCode(probe)}), so it may be in use; remove it if you know it is stale`);
-        }
-        unlinkSync(socket); // a socket left behind by a server that died
-      }
-    } catch (e) {
-      closeFd(fd);
-      const err = e as NodeJS.ErrnoException;
-      if (e instanceof DmaloadSystemError || typeof err.errno !== 'number') throw e;
-      throw new DmaloadSystemError(err.errno, 'link', socket);
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
