@@ -64,11 +64,13 @@ Napi::Object Constants(Napi::Env env) {
   set("MAP_ANONYMOUS", MAP_ANONYMOUS);
   set("MAP_NORESERVE", MAP_NORESERVE);
   set("MAP_POPULATE", MAP_POPULATE);
+  set("MAP_HUGETLB", MAP_HUGETLB);
   set("MADV_HUGEPAGE", MADV_HUGEPAGE);
   set("MADV_POPULATE_WRITE", MADV_POPULATE_WRITE);
   set("MADV_DONTNEED", MADV_DONTNEED);
   set("MFD_CLOEXEC", MFD_CLOEXEC);
   set("MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  set("MFD_HUGETLB", MFD_HUGETLB);
   set("F_SEAL_SEAL", F_SEAL_SEAL);
   set("F_SEAL_SHRINK", F_SEAL_SHRINK);
   set("F_SEAL_GROW", F_SEAL_GROW);
@@ -88,6 +90,17 @@ Napi::Object Constants(Napi::Env env) {
   set("SYNC_FILE_RANGE_WAIT_AFTER", SYNC_FILE_RANGE_WAIT_AFTER);
   set("EAGAIN", EAGAIN);
   set("ECANCELED", ECANCELED);
+  // The errnos policy code tests for, from the C library's headers rather than literals in TypeScript.
+  set("ENOENT", ENOENT);
+  set("EACCES", EACCES);
+  set("EISDIR", EISDIR);
+  set("EPIPE", EPIPE);
+  set("ENAMETOOLONG", ENAMETOOLONG);
+  set("EADDRINUSE", EADDRINUSE);
+  set("ECONNABORTED", ECONNABORTED);
+  set("ECONNRESET", ECONNRESET);
+  set("ECONNREFUSED", ECONNREFUSED);
+  set("ETOOMANYREFS", ETOOMANYREFS);
   return c;
 }
 

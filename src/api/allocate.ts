@@ -4,10 +4,11 @@ import type { LoadStats } from '../core/buffer.js';
 import * as engine from '../engine/engine.js';
 import { outOfRange } from '../core/errors.js';
 import { PAGE_SIZE } from '../engine/binding.js';
-import { targets } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
 import { roundUp } from '../core/util.js';
-import { optionsObject, partSizeOption, targetOption } from './options.js';
+import { hugePagesOption, optionsObject, partSizeOption, targetOption } from './options.js';
+import type { HugePages } from './options.js';
+import { allocateFresh, hugetlbRequest } from './pages.js';
 
 export interface AllocateOptions {
   /** Default 'memory'. */
@@ -16,6 +17,12 @@ export interface AllocateOptions {
   partSize?: number;
   /** dma-heap target: the heap's name. Default 'system'. */
   heap?: string;
+  /**
+   * As load()'s: `true` / `false` (memory target: MADV_HUGEPAGE or not; default false, or DMALOAD_HUGE_PAGES=1),
+   * `'hugetlb'` (memory, memfd, udmabuf: pages from the hugetlb pool, the buffer rounded up to whole huge pages,
+   * ERR_HUGETLB_POOL when the pool is short) or `'hugetlb-or-small'` (small pages then). Env DMALOAD_HUGE_PAGES.
+   */
+  hugePages?: HugePages;
 }
 
 /** An empty buffer of `size` bytes in the chosen target, page-aligned, for readInto and writeFrom. */
@@ -24,9 +31,11 @@ export async function allocate(size: number, options: AllocateOptions = {}): Pro
   optionsObject(options);
   const targetName = targetOption(options.target);
   const partSize = partSizeOption(options.partSize);
+  const want = hugetlbRequest(hugePagesOption(options.hugePages), targetName);
   const t0 = performance.now();
   const capacity = roundUp(size, PAGE_SIZE);
-  const alloc = targets[targetName].allocate({ size, capacity, partSize, path: '<allocate>', options: options as Record<string, unknown> });
+  const fresh = allocateFresh(targetName, { size, capacity, partSize, path: '<allocate>', options: options as Record<string, unknown> }, want);
+  const alloc = fresh.alloc;
   try {
     for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);
     const parts = alloc.finish(size);
@@ -47,6 +56,8 @@ export async function allocate(size: number, options: AllocateOptions = {}): Pro
       bytesRead: 0,
       chunkSize: 0,
       queueDepth: 0,
+      ...(fresh.reason === undefined ? {} : { memoryReason: fresh.reason }),
+      ...(fresh.hugetlb ? { hugetlb: fresh.hugetlb } : {}),
     };
     return new LoadedBuffer('<allocate>', size, targetName, alloc, parts, stats);
   } catch (e) {

@@ -18,7 +18,10 @@ import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { targets } from '../targets/index.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
-import { boolOption, budgetOption, functionOption, ioOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning } from './options.js';
+import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning } from './options.js';
+import type { HugePages } from './options.js';
+import { allocateFresh, hugetlbRequest } from './pages.js';
+import type { FreshAllocation, HugetlbRequest } from './pages.js';
 
 export interface LoadProgress {
   bytes: number;
@@ -53,11 +56,18 @@ export interface LoadOptions {
   /** dma-heap target: the heap's name under /dev/dma_heap. Default 'system'. */
   heap?: string;
   /**
-   * Memory target: transparent huge pages for fresh memory (MADV_HUGEPAGE), or not. Default: as this machine's
-   * measurement says (the first touch of a GiB with and without them, measured once and cached; see
-   * `stats.memoryReason`); env DMALOAD_HUGE_PAGES=1 or 0 decides instead.
+   * Which pages fresh memory gets (env DMALOAD_HUGE_PAGES=1, 0, hugetlb or hugetlb-or-small decides when not given):
+   * - `true` / `false`, memory target: transparent huge pages (MADV_HUGEPAGE), or not. Default: as this machine's
+   *   measurement says (the first touch of a GiB with and without them, measured once and cached; see
+   *   `stats.memoryReason`).
+   * - `'hugetlb'`, targets memory, memfd and udmabuf: pages from the hugetlb pool the administrator reserved
+   *   (`sysctl vm.nr_hugepages=N`; MAP_HUGETLB / MFD_HUGETLB). The memory is the file's size rounded up to whole huge
+   *   pages (`size` and the views stay the file's). A pool without enough available pages is ERR_HUGETLB_POOL
+   *   before anything is read, nothing allocated; the message says how many pages are needed and free.
+   * - `'hugetlb-or-small'`: the same, but small pages when the pool is short (`stats.memoryReason` says so).
+   * Never hugetlb unless asked for. Ignored with `into` (the buffer keeps its memory).
    */
-  hugePages?: boolean;
+  hugePages?: HugePages;
   /** Refuse files larger than this many bytes before allocating. Default: MemAvailable. */
   memoryBudget?: number;
   /** Called as bytes arrive, at most ~60 times a second, and once at the end. */
@@ -120,7 +130,9 @@ interface Checked {
   onProgress: ((p: LoadProgress) => void) | undefined;
   signal: AbortSignal | undefined;
   into: LoadedBuffer | undefined;
-  hugePages: boolean | undefined;
+  hugePages: HugePages | undefined;
+  /** Fresh memory from the hugetlb pool: asked for by the option or DMALOAD_HUGE_PAGES. */
+  hugetlb: HugetlbRequest | undefined;
 }
 
 function check(path: unknown, options: LoadOptions | undefined): Checked {
@@ -132,10 +144,13 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
     if (o.target !== undefined && o.target !== into.target) throw invalidValue('target', o.target, `must be the into buffer's own target ('${into.target}') or left out`);
     if (o.partSize !== undefined) throw invalidValue('partSize', o.partSize, 'cannot be given with into: the buffer keeps its parts');
   }
+  const target = into ? into.target : targetOption(o.target);
+  const hugePages = hugePagesOption(o.hugePages);
   return {
     into,
-    hugePages: o.hugePages === undefined ? undefined : boolOption('hugePages', o.hugePages, false),
-    target: into ? into.target : targetOption(o.target),
+    hugePages,
+    hugetlb: into ? undefined : hugetlbRequest(hugePages, target),
+    target,
     io: ioOption(o.io),
     tuning: tuning('read', o),
     partSize: partSizeOption(o.partSize),
@@ -149,7 +164,7 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
 
 async function loadInternal(path: string, options: LoadOptions, ranges: readonly FileRange[] | undefined): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
   const o = check(path, options);
-  if (o.target === 'memory' && !o.into && !ranges) {
+  if (o.target === 'memory' && !o.into && !ranges && !o.hugetlb) {
     // Once per machine: the first touch of fresh memory with and without huge pages, measured before this load's
     // clock starts (it is not this load's cost).
     const st = await fsp.stat(path).catch(() => undefined);
@@ -174,10 +189,17 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     }
     o.signal?.throwIfAborted();
     const tAlloc = performance.now();
-    // Fresh process memory: huge pages or not, as this machine's measurement says (or the option).
-    const huge = !reserved && o.target === 'memory' ? await decideHugePages(plan.capacity, o.hugePages) : undefined;
+    // Fresh process memory: huge pages or not, as this machine's measurement says (or the option); hugetlb pages
+    // only where the caller asked for them.
+    const huge = !reserved && o.target === 'memory' && !o.hugetlb ? await decideHugePages(plan.capacity, o.hugePages) : undefined;
     const targetOptions = huge ? { ...options, hugePages: huge.huge } : options;
-    alloc = reserved ? reuse(reserved.alloc, plan.capacity) : targets[o.target].allocate({ size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> });
+    let fresh: FreshAllocation | undefined;
+    if (reserved) {
+      alloc = reuse(reserved.alloc, plan.capacity);
+    } else {
+      fresh = allocateFresh(o.target, { size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> }, o.hugetlb);
+      alloc = fresh.alloc;
+    }
     const allocMs = msSince(tAlloc);
     // io 'auto': ranges already in the page cache are copied from it, the rest read by direct I/O.
     const resident = o.io === 'auto' && src.direct && plan.bytesRead > 0 ? residentPages(src.fd, src.size) : undefined;
@@ -204,7 +226,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       alloc = undefined;
       return { buffer, offsets: plan.offsets };
     }
-    const buffer = finish(src, alloc, plan, r, o, t0, c0, huge);
+    const buffer = finish(src, alloc, plan, r, o, t0, c0, huge, fresh);
     alloc = undefined;
     return { buffer, offsets: plan.offsets };
   } finally {
@@ -259,10 +281,13 @@ function planLoad(src: OpenedFile, ranges: readonly FileRange[] | undefined, bud
 }
 
 /** Clears the padding, seals, exports the parts, and wraps it all in a LoadedBuffer with its stats. */
-function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, huge: { huge: boolean; reason: string } | undefined): LoadedBuffer {
+function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, huge: { huge: boolean; reason: string } | undefined, fresh: FreshAllocation | undefined): LoadedBuffer {
   const parts = alloc.finish(plan.size);
-  const s = stats(src, plan, r, o, t0, c0, 'fresh', huge?.reason);
+  const s = stats(src, plan, r, o, t0, c0, 'fresh', fresh?.reason ?? huge?.reason);
   if (huge) s.hugePages = huge.huge;
+  // hugetlb asked for: the pool's pages, or small ones where 'hugetlb-or-small' fell back.
+  else if (fresh?.reason !== undefined && o.target === 'memory' && !fresh.hugetlb) s.hugePages = false;
+  if (fresh?.hugetlb) s.hugetlb = fresh.hugetlb;
   return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, s);
 }
 

@@ -101,6 +101,31 @@ export function enumOption<T extends string>(name: string, value: unknown, allow
 export const ioOption = (v: unknown): IoMode => enumOption('io', v, IO_MODES, 'auto');
 export const targetOption = (v: unknown): TargetName => enumOption('target', v, TARGET_NAMES, 'memory');
 
+/**
+ * What `hugePages` takes: true / false (transparent huge pages for the memory target, MADV_HUGEPAGE, or not),
+ * 'hugetlb' (pages from the reserved hugetlb pool: memory, memfd and udmabuf targets; ERR_HUGETLB_POOL when it is
+ * short) or 'hugetlb-or-small' (the same, but small pages when the pool is short).
+ */
+export type HugePages = boolean | 'hugetlb' | 'hugetlb-or-small';
+export const HUGETLB_MODES = ['hugetlb', 'hugetlb-or-small'] as const;
+const HUGE_PAGES_EXPECTED = "true, false, 'hugetlb' or 'hugetlb-or-small'";
+
+/** The `hugePages` option, checked; undefined when not given. */
+export function hugePagesOption(value: unknown): HugePages | undefined {
+  if (value === undefined || typeof value === 'boolean') return value;
+  if (typeof value === 'string' && (HUGETLB_MODES as readonly string[]).includes(value)) return value as HugePages;
+  throw invalidType('hugePages', HUGE_PAGES_EXPECTED, value);
+}
+
+/** DMALOAD_HUGE_PAGES: 1 (true), 0 (false), hugetlb, hugetlb-or-small; undefined when unset or empty. */
+export function hugePagesEnv(): HugePages | undefined {
+  const e = process.env.DMALOAD_HUGE_PAGES;
+  if (e === undefined || e === '') return undefined;
+  if (e === '1' || e === '0') return e === '1';
+  if ((HUGETLB_MODES as readonly string[]).includes(e)) return e as HugePages;
+  throw invalidValue('DMALOAD_HUGE_PAGES', e, 'must be 1, 0, hugetlb or hugetlb-or-small');
+}
+
 export function boolOption(name: string, value: unknown, dflt: boolean): boolean {
   if (value === undefined) return dflt;
   if (typeof value !== 'boolean') throw invalidType(name, 'a boolean', value);

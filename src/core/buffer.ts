@@ -54,8 +54,13 @@ export interface LoadStats {
    * of the `into` buffer, already faulted in: the load cost I/O, not page faults).
    */
   memory?: 'fresh' | 'reused' | undefined;
-  /** Memory target, fresh memory: whether MADV_HUGEPAGE was asked for. */
+  /** Memory target, fresh memory: whether MADV_HUGEPAGE was asked for (unset for hugetlb pages). */
   hugePages?: boolean | undefined;
+  /**
+   * Fresh memory from the hugetlb pool (`hugePages: 'hugetlb'`): the page size and how many pages the buffer took
+   * (its size rounded up to whole pages). Unset for any other memory, a 'hugetlb-or-small' fallback included.
+   */
+  hugetlb?: { pageSize: number; pages: number } | undefined;
   /** Why the memory is what it is: reused, or huge pages or not (the option, the environment, or the measurement). */
   memoryReason?: string | undefined;
   /** Set when the buffer came from a `dmaload serve` server through connect(): see {@link ServedInfo}. */

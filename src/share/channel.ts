@@ -10,14 +10,12 @@
  * @module
  */
 import { DmaloadSystemError } from '../core/errors.js';
-import { closeFd, native } from '../engine/binding.js';
+import { C, closeFd, native } from '../engine/binding.js';
 import type { Reactor } from '../engine/binding.js';
 import { MAX_FDS, MAX_MESSAGE } from './protocol.js';
 
 const S = native.shareConstants;
-const EAGAIN = 11;
-const EPIPE = 32;
-const ECONNRESET = 104;
+const { EAGAIN, EPIPE, ECONNRESET } = C;
 
 let reactor: Reactor | undefined;
 const handlers = new Map<number, (events: number) => void>();

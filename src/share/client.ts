@@ -396,7 +396,7 @@ export async function connect(socket: string, options: ConnectOptions = {}): Pro
       continue;
     }
     const hint =
-      fd === -2 || fd === -111 ? 'is `dmaload serve` running there?' : fd === -13 ? "the socket's mode keeps this user out (dmaload serve --mode)" : fd === -EAGAIN ? `the server accepted no new connection for ${timeout} ms` : undefined;
+      fd === -C.ENOENT || fd === -C.ECONNREFUSED ? 'is `dmaload serve` running there?' : fd === -C.EACCES ? "the socket's mode keeps this user out (dmaload serve --mode)" : fd === -EAGAIN ? `the server accepted no new connection for ${timeout} ms` : undefined;
     throw new DmaloadSystemError(fd, 'connect', path, hint);
   }
 }

@@ -101,7 +101,7 @@ export class Connections {
       const fd = native.unixAccept(this.#listenFd);
       if (fd === -C.EAGAIN) break;
       if (fd < 0) {
-        if (fd === -103 /* ECONNABORTED */) continue;
+        if (fd === -C.ECONNABORTED) continue;
         // Out of fds or memory: accepting again at once would spin; give the server a moment to free some.
         this.#log(`accept: ${new DmaloadSystemError(fd, 'accept', this.#socket).message}`);
         setTimeout(() => !this.#closed && this.#watch.arm(S.EPOLLIN), 100).unref();

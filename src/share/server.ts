@@ -22,7 +22,7 @@ import { resolve } from 'node:path';
 import { budgetOption, enumOption, integerOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
 import { formatBytes, memAvailable, msSince, printable } from '../core/util.js';
-import { closeFd, native } from '../engine/binding.js';
+import { C, closeFd, native } from '../engine/binding.js';
 import type { FdInspection } from '../engine/binding.js';
 import { openRegular } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
@@ -116,7 +116,7 @@ function requireReadableFile(st: FdInspection, name: string): void {
   }
   const type = st.mode & FS.S_IFMT;
   if (type === FS.S_IFREG) return;
-  if (type === FS.S_IFDIR) throw new DmaloadSystemError(21 /* EISDIR */, 'fstat', name);
+  if (type === FS.S_IFDIR) throw new DmaloadSystemError(C.EISDIR, 'fstat', name);
   throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file; dmaload reads regular files only (their size is known and stable)`, { path: name });
 }
 
@@ -341,8 +341,8 @@ class Server implements ShareServer {
         if (--left > 0) return;
         // Once per reply, after its last message.
         this.#conns.replied(conn);
-        if (failed < 0 && failed !== -32 /* EPIPE */ && !conn.channel.closed) {
-          const e = new DmaloadSystemError(failed, 'sendmsg', name, failed === -109 ? "the server's user has too many fds in flight to clients that do not read them" : undefined);
+        if (failed < 0 && failed !== -C.EPIPE && !conn.channel.closed) {
+          const e = new DmaloadSystemError(failed, 'sendmsg', name, failed === -C.ETOOMANYREFS ? "the server's user has too many fds in flight to clients that do not read them" : undefined);
           // Half a reply has gone out: the conversation cannot continue.
           if (messages.length > 1) this.#conns.drop(conn, e.code, e.message);
           else this.#replyError(conn, id, errorBody(e, undefined, name));

@@ -2,10 +2,12 @@
  * Target 'memory': anonymous process memory, 2 MiB-aligned. Transparent huge pages are requested with
  * `hugePages: true` (env DMALOAD_HUGE_PAGES=1): fewer faults, but on some machines (VMs whose host backs fresh
  * memory lazily) a huge-page fault costs more than the 512 small ones. load() passes the decision of this
- * machine's measurement (engine/first-touch.ts) when the caller gives none.
+ * machine's measurement (engine/first-touch.ts) when the caller gives none. With `req.hugetlb` the memory comes from
+ * the hugetlb pool instead (MAP_HUGETLB, whole huge pages, reserved at mmap).
  */
-import { invalidType } from '../core/errors.js';
+import { roundUp } from '../core/util.js';
 import { native } from '../engine/binding.js';
+import { hugetlbAnonymous } from '../engine/hugetlb.js';
 import { anonymous, populate, zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
@@ -13,9 +15,10 @@ import type { Allocation, AllocateRequest, Target } from './types.js';
 export const memory: Target = {
   name: 'memory',
   allocate(req: AllocateRequest): Allocation {
-    const huge = req.options.hugePages ?? process.env.DMALOAD_HUGE_PAGES === '1';
-    if (typeof huge !== 'boolean') throw invalidType('hugePages', 'a boolean', huge);
-    let region = req.capacity > 0 ? anonymous(req.capacity, huge, req.path) : undefined;
+    // load() and allocate() checked the option; a boolean asks for MADV_HUGEPAGE (THP) or not.
+    const huge = typeof req.options.hugePages === 'boolean' ? req.options.hugePages : process.env.DMALOAD_HUGE_PAGES === '1';
+    let region =
+      req.capacity === 0 ? undefined : req.hugetlb ? hugetlbAnonymous(roundUp(req.capacity, req.hugetlb), req.hugetlb, req.path) : anonymous(req.capacity, huge, req.path);
     const layout = layoutOf(req.capacity, req.partSize);
     return {
       region,

@@ -28,6 +28,12 @@ export interface AllocateRequest {
   path: string;
   /** The caller's options, for target-specific ones (e.g. `heap`), which the target validates. */
   options: Record<string, unknown>;
+  /**
+   * Take the memory from the hugetlb pool of huge pages of this many bytes (`hugePages: 'hugetlb'`; memory, memfd
+   * and udmabuf only): the mapping spans whole huge pages (`capacity` rounded up; the layout still covers
+   * [0, capacity)), and a pool too small for it is ERR_HUGETLB_POOL before anything stays allocated.
+   */
+  hugetlb?: number | undefined;
 }
 
 export interface Allocation {

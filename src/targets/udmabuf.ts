@@ -2,13 +2,15 @@
  * Target 'udmabuf': the maintainers' answer. A memfd filled by direct I/O through its own region (the udmabuf's
  * region is VM_PFNMAP, so I/O never goes there), sealed against shrinking and growing, then wrapped part by part
  * with UDMABUF_CREATE. One udmabuf holds at most size_limit_mb (module parameter, 64 by default): a larger file
- * becomes a set of parts. The CPU view stays one contiguous region.
+ * becomes a set of parts. The CPU view stays one contiguous region. With `req.hugetlb` the memfd is a hugetlbfs one
+ * (MFD_HUGETLB, pages from the pool, whole huge pages).
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { C, closeFd, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
-import { MiB } from '../core/util.js';
+import { MiB, roundUp } from '../core/util.js';
+import { checkPool } from '../engine/hugetlb.js';
 import { createMemfd, mapShared } from './memfd.js';
 import { populate, zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
@@ -65,11 +67,16 @@ export const udmabuf: Target = {
       closeSync(dev);
     };
     try {
-      memfd = createMemfd(req.path, req.capacity);
+      // hugetlb: a hugetlbfs memfd (udmabuf takes those as well as shmem ones) of whole huge pages; the dma-bufs
+      // cover [0, capacity) of it as without.
+      const hugetlb = req.hugetlb;
+      const length = hugetlb ? roundUp(req.capacity, hugetlb) : req.capacity;
+      if (hugetlb) checkPool(length, hugetlb, req.path);
+      memfd = createMemfd(req.path, length, hugetlb);
       // udmabuf requires F_SEAL_SHRINK (and refuses F_SEAL_WRITE); the size is final from here on.
       const s = native.seals(memfd, C.F_SEAL_SHRINK | C.F_SEAL_GROW);
       if (s < 0) throw new DmaloadSystemError(s, 'fcntl', req.path);
-      region = mapShared(memfd, req.capacity, req.path);
+      region = mapShared(memfd, length, req.path, hugetlb);
     } catch (e) {
       free();
       throw e;
