@@ -202,7 +202,9 @@ export class Cache {
     for (const mineOnly of [true, false]) {
       for (const e of [...this.#entries.values()]) {
         if (!over()) return;
-        if (e.holding.others !== 0 || (mineOnly && e.holding.uid !== uid)) continue;
+        // others -1: unknown since an inotify overflow; dropping it frees its memory if nobody holds it, which the kernel
+        // then confirms (a buffer that is held stays charged either way).
+        if (e.holding.others > 0 || (mineOnly && e.holding.uid !== uid)) continue;
         this.#evict(e, 'least recently used, to make room');
       }
     }

@@ -141,7 +141,8 @@ export class Ledger {
   /**
    * Events were lost (a client opening and closing a buffer fast enough to fill the queue). Which buffers still
    * exist is read back from the kernel (the watches listed in /proc/self/fdinfo of the inotify fd); how many
-   * descriptions others hold is not known any more, so those buffers are no longer preferred for eviction.
+   * descriptions others hold is not known any more (-1): the cache may drop such a buffer, and the kernel's
+   * IN_IGNORED then says whether that freed it.
    */
   #overflowed(): void {
     this.#log('inotify queue overflowed: rereading which buffers are still held');
