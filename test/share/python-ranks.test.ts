@@ -5,7 +5,8 @@
  * loadModel(path, { rank, worldSize, split, tensors }) itself and hands Python the names, order, shapes, row slices
  * and SHA-256 of the bytes (DMALOAD_RANKS_EXPECT); Python checks them and the same slices of
  * safetensors.torch.load_file. The models are written by test_ranks.py --generate (torch and safetensors); without
- * them the test skips saying so, and fails where DMALOAD_PYTHON_REQUIRED is set (CI).
+ * them the test skips saying so, and fails where DMALOAD_PYTHON_REQUIRED is set (CI). Malformed plan replies are
+ * tested against fake servers (test_ranks.FakePlans, standard library only).
  */
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -82,9 +83,14 @@ describe('Python client: per-rank load_safetensors', () => {
     writeFileSync(expect, JSON.stringify(await nodeRanks(dir, configs)));
     const server = await serve({ socket: join(sockets.dir, 'pyr.sock') });
     try {
-      await pythonTests(t, ['test_ranks'], { DMALOAD_SOCKET: server.socket, DMALOAD_RANKS: dir, DMALOAD_RANKS_EXPECT: expect });
+      await pythonTests(t, ['test_ranks.Ranks'], { DMALOAD_SOCKET: server.socket, DMALOAD_RANKS: dir, DMALOAD_RANKS_EXPECT: expect });
     } finally {
       await server.close();
     }
+  });
+
+  test('malformed plan replies are refused with every fd closed (test_ranks.py, fake servers)', async (t) => {
+    if (missing) return t.skip(missing);
+    await pythonTests(t, ['test_ranks.FakePlans']);
   });
 });

@@ -11,6 +11,8 @@ The wire protocol is docs/protocol.md in the dmaload repository; clients/python/
             view = buf.view()          # a read-only memoryview of the whole file
             header_len = int.from_bytes(view[:8], "little")
         weights = client.load_safetensors("model.safetensors", framework="torch")  # zero-copy, read-only
+        shard = client.load_safetensors("model.safetensors", framework="torch",   # one rank's share, as the
+                                        rank=1, world_size=4, split="rows")      # server plans it
 
 Command line: python3 -m dmaload_client SOCKET FILE... [--sha256]   (one JSON line per file)
               python3 -m dmaload_client SOCKET --status
@@ -18,5 +20,5 @@ Command line: python3 -m dmaload_client SOCKET FILE... [--sha256]   (one JSON li
 from .client import Buffer, Client
 from .errors import DmaloadError
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["Buffer", "Client", "DmaloadError", "__version__"]

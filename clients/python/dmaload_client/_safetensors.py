@@ -443,7 +443,15 @@ def _plan(client, files, spec):
     body = {"path": os.path.abspath(files.path), "files": files.names, "rank": rank, "worldSize": world_size, "split": split}
     if files.selected is not None:
         body["tensors"] = list(dict.fromkeys(files.selected))
-    plan = client._plan(body, files.fds)
+    try:
+        plan = client._plan(body, files.fds)
+    except DmaloadError as e:
+        # The server's model codes (Node's) as this client's, so that a caller handles one code whatever the path.
+        if e.code == "ERR_MODEL_TENSOR_NOT_FOUND":
+            raise DmaloadError("ERR_TENSOR_NOT_FOUND", e.message) from e
+        if e.code.startswith("ERR_MODEL_"):
+            raise DmaloadError("ERR_INVALID_MODEL", f"{e.message} ({e.code})") from e
+        raise
 
     def bad(what):
         return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{client.path}' sent a malformed plan for '{files.path}': {what}")
