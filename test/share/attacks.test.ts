@@ -22,10 +22,28 @@ const MiB = 1024 * 1024;
 const NOBODY = 65534;
 const { dir, cleanup } = tempDir('dmaload-attack-');
 after(cleanup);
-// Sockets in a folder every user can reach (the servers here are 0666: the attacker must be able to connect).
-const sockDir = mkdtempSync(join(tmpdir(), 'dmaload-atk-'));
-chmodSync(sockDir, 0o711);
-after(() => rmSync(sockDir, { recursive: true, force: true }));
+/**
+ * A folder the attacker (uid 65534) can reach, for sockets, its own files and mount points: the temp folder may be
+ * private (CI's tmpfs run makes one 0700). /tmp first: on most machines the root file system, where a freed inode
+ * number is reused at once (the inode-reuse attack needs the secret and the attacker's files on one file system).
+ */
+const shared = (() => {
+  for (const base of ['/tmp', tmpdir(), '/dev/shm']) {
+    let d: string;
+    try {
+      d = mkdtempSync(join(base, 'dmaload-atk-'));
+    } catch {
+      continue;
+    }
+    chmodSync(d, 0o711);
+    const probe = process.getuid?.() === 0 ? spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(d)}, 1)`], { uid: NOBODY, gid: NOBODY }) : { status: 0 };
+    if (probe.status === 0) return d;
+    rmSync(d, { recursive: true, force: true });
+  }
+  return mkdtempSync(join(tmpdir(), 'dmaload-atk-'));
+})();
+after(() => rmSync(shared, { recursive: true, force: true }));
+const sockDir = shared;
 let n = 0;
 const sock = () => join(sockDir, `a${n++}.sock`);
 
@@ -107,10 +125,9 @@ describe('serve: another user cannot read a file it may not open', () => {
   test('inode reuse: the secret is deleted, the attacker gets its inode number, forges size and mtime: it gets its own bytes', async (t) => {
     const why = attackerMissing();
     if (why) return t.skip(why);
-    chmodSync(dir, 0o711);
-    const sec = join(dir, 'sec');
+    const sec = join(shared, 'sec');
     mkdirSync(sec, { mode: 0o711 });
-    const atk = join(dir, 'atk');
+    const atk = join(shared, 'atk');
     mkdirSync(atk, { mode: 0o755 });
     chownSync(atk, NOBODY, NOBODY);
     const secret = makeFile(sec, 'secret', MiB + 5);
@@ -139,7 +156,7 @@ describe('serve: another user cannot read a file it may not open', () => {
     const why = attackerMissing();
     if (why) return t.skip(why);
     if (spawnSync('unshare', ['-Urm', 'true'], { uid: NOBODY, gid: NOBODY }).status !== 0) return t.skip('unprivileged user namespaces are not allowed here');
-    const mnt = mkdtempSync(join(tmpdir(), 'dmaload-sectmp-'));
+    const mnt = mkdtempSync(join(shared, 'sectmp-'));
     try {
       execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0711', 'dmaload-secret', mnt]);
     } catch (e) {
@@ -162,7 +179,7 @@ describe('serve: another user cannot read a file it may not open', () => {
         c.close();
         execFileSync('umount', ['-l', mnt]);
         // In its own namespaces: a fresh tmpfs over the same folder, one file made like the secret, sent to the server.
-        const inner = mkdtempSync(join(tmpdir(), 'dmaload-atkns-'));
+        const inner = mkdtempSync(join(shared, 'atkns-'));
         chmodSync(inner, 0o777);
         const script = [
           `mount -t tmpfs x ${inner}`,
@@ -218,7 +235,7 @@ describe('serve: nothing blocks on a client’s file system', () => {
   for (const mode of ['hang-flush', 'eio-flush'] as const) {
     test(`a FUSE fd whose daemon ${mode === 'hang-flush' ? 'never answers FLUSH' : 'answers FLUSH with EIO'}: refused, the server answers within 1 s and lives on`, async (t) => {
       if (process.getuid?.() !== 0) return t.skip('needs root (FUSE mounts, and the attacker runs as uid 65534)');
-      const fs = await startFuse(mode, 256 * 1024);
+      const fs = await startFuse(mode, 256 * 1024, { base: shared });
       if (typeof fs === 'string') return t.skip(fs);
       const socket = sock();
       const server = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--mode', '0666', '-v'], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -269,7 +286,7 @@ describe('serve: budgets that hold', () => {
   test('version churn of a sparse file: every held version counts; the user’s budget stops it and others still load', async (t) => {
     const why = attackerMissing();
     if (why) return t.skip(why);
-    const own = mkdtempSync(join(tmpdir(), 'dmaload-churn-'));
+    const own = mkdtempSync(join(shared, 'churn-'));
     chmodSync(own, 0o777);
     const sparse = join(own, 'sparse');
     closeSync(openSync(sparse, 'w'));
@@ -305,8 +322,7 @@ describe('serve: budgets that hold', () => {
   test('a client that never reads its replies is cut off after the reply timeout, and does not hold others back', async (t) => {
     const why = attackerMissing();
     if (why) return t.skip(why);
-    const f = makeFile(dir, 'noread', 16 * MiB);
-    chmodSync(dir, 0o711);
+    const f = makeFile(shared, 'noread', 16 * MiB);
     chmodSync(f.path, 0o644);
     await withServer({ budget: 64 * MiB, perUserBudget: 32 * MiB, replyTimeout: 500 }, async (server) => {
       const a = attacker(['noread', server.socket, f.path, '400']);

@@ -111,10 +111,10 @@ function unmount(dir: string): void {
  * it cannot run here: not root, no /dev/fuse, no python3, or mount(2) refused. Rejects if the daemon fails otherwise
  * or is not ready within `timeoutMs`: that is a bug in the harness, not a reason to skip.
  */
-export async function startFuse(mode: FuseMode, size: number, opts: { timeoutMs?: number } = {}): Promise<FuseFs | string> {
+export async function startFuse(mode: FuseMode, size: number, opts: { timeoutMs?: number; base?: string } = {}): Promise<FuseFs | string> {
   if (process.getuid?.() !== 0) return 'mounting a FUSE file system without fusermount needs root';
   if (!existsSync('/dev/fuse')) return '/dev/fuse is missing (modprobe fuse)';
-  const dir = mkdtempSync(join(tmpdir(), 'dmaload-fuse-'));
+  const dir = mkdtempSync(join(opts.base ?? tmpdir(), 'dmaload-fuse-'));
   const p: ChildProcessByStdio<null, Readable, Readable> = spawn('python3', [DAEMON, dir, mode, String(size)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   p.stderr.on('data', (d: Buffer) => (err += d));
