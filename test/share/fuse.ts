@@ -114,7 +114,8 @@ function unmount(dir: string): void {
 export async function startFuse(mode: FuseMode, size: number, opts: { timeoutMs?: number; base?: string } = {}): Promise<FuseFs | string> {
   if (process.getuid?.() !== 0) return 'mounting a FUSE file system without fusermount needs root';
   if (!existsSync('/dev/fuse')) return '/dev/fuse is missing (modprobe fuse)';
-  const dir = mkdtempSync(join(opts.base ?? tmpdir(), 'dmaload-fuse-'));
+  // /tmp by default: other users must reach the mount (allow_other), and TMPDIR may be private (0700).
+  const dir = mkdtempSync(join(opts.base ?? (existsSync('/tmp') ? '/tmp' : tmpdir()), 'dmaload-fuse-'));
   const p: ChildProcessByStdio<null, Readable, Readable> = spawn('python3', [DAEMON, dir, mode, String(size)], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   p.stderr.on('data', (d: Buffer) => (err += d));

@@ -83,7 +83,8 @@ class ServerUid(TempFile, unittest.TestCase):
         self.python = nobody_python()
         if self.python is None:
             self.skipTest("no Python interpreter that uid 65534 may run")
-        self.dir = tempfile.mkdtemp(prefix="dmaload-nobody-")
+        # In /tmp: TMPDIR may be a private folder (0700) that uid 65534 cannot reach.
+        self.dir = tempfile.mkdtemp(prefix="dmaload-nobody-", dir="/tmp" if os.path.isdir("/tmp") else None)
         os.chown(self.dir, NOBODY, NOBODY)
         self.sock = os.path.join(self.dir, "s.sock")
         self.proc = subprocess.Popen(
