@@ -4,7 +4,11 @@
 // each pin the region, so munmap can detach them and the OS mapping outlives every job still using it.
 #include "mappings.h"
 
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
+
+#include <algorithm>
 
 #include <map>
 
@@ -190,8 +194,19 @@ bool CheckRange(const Args& a, const Region& r, uint64_t off, uint64_t len) {
   return a.RangeError("offset + length", "<= the region's size " + std::to_string(r.len) + " (got " + std::to_string(off) + " + " + std::to_string(len) + ")");
 }
 
+// The huge page size of a hugetlbfs file (a memfd made with MFD_HUGETLB), or 0 for any other file: the kernel
+// maps and unmaps such a file in whole huge pages only, so a region over it must span whole ones.
+size_t HugetlbPageOf(int fd) {
+  struct statfs sfs;
+  if (fstatfs(fd, &sfs) < 0 || sfs.f_type != HUGETLBFS_MAGIC) return 0;
+  return sfs.f_bsize > 0 ? static_cast<size_t>(sfs.f_bsize) : 0;
+}
+
 // mmap(length, prot, flags, fd, offset, align) -> Region | -errno. align > page size is honoured for anonymous
-// mappings by over-reserving and trimming (2 MiB for huge pages).
+// mappings by over-reserving and trimming (2 MiB for huge pages). MAP_HUGETLB: align must be the huge page size;
+// the kernel aligns such a mapping itself, and the region spans whole huge pages (over-reserving would take pool
+// pages the caller never asked for, and a hugetlb mapping cannot be trimmed inside a huge page). A hugetlbfs file
+// is mapped in whole huge pages likewise.
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Args a(info, "mmap");
   uint64_t len, off, align;
@@ -201,11 +216,15 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
     return {};
   if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) return a.RangeError("flags", "without MAP_FIXED (use mmapInto)"), Napi::Value();
   if (align & (align - 1)) return a.RangeError("align", "0 or a power of two"), Napi::Value();
+  bool hugetlb = (flags & MAP_HUGETLB) != 0;
+  if (hugetlb && (fd >= 0 || align < PageSize())) return a.RangeError("align", "the huge page size with MAP_HUGETLB (anonymous only)"), Napi::Value();
   if (int e = FaultHit(kFaultMmap)) return Num(a.env, -e);
   size_t ps = PageSize();
-  size_t mlen = (len + ps - 1) & ~(ps - 1);
+  size_t unit = hugetlb ? align : fd >= 0 ? std::max(ps, HugetlbPageOf(fd)) : ps;
+  if (unit & (unit - 1)) unit = ps;
+  size_t mlen = (len + unit - 1) & ~(unit - 1);
   uint8_t* addr;
-  if (fd < 0 && align > ps) {
+  if (fd < 0 && align > ps && !hugetlb) {
     size_t reserve = mlen + align;
     void* base = mmap(nullptr, reserve, prot, flags, -1, 0);
     if (base == MAP_FAILED) return Num(a.env, static_cast<double>(Err()));
@@ -216,7 +235,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
     if (tail) munmap(reinterpret_cast<void*>(al + mlen), tail);
     addr = reinterpret_cast<uint8_t*>(al);
   } else {
-    void* m = mmap(nullptr, len, prot, flags, fd, static_cast<off_t>(off));
+    void* m = mmap(nullptr, mlen, prot, flags, fd, static_cast<off_t>(off));
     if (m == MAP_FAILED) return Num(a.env, static_cast<double>(Err()));
     addr = static_cast<uint8_t*>(m);
   }

@@ -4,6 +4,8 @@ import os from 'node:os';
 import { engine } from '../engine/engine.js';
 import { cachedFirstTouch, firstTouchCachePath, measureFirstTouch, measuredDecision } from '../engine/first-touch.js';
 import type { FirstTouch } from '../engine/first-touch.js';
+import { hugetlbPools } from '../engine/hugetlb.js';
+import type { HugetlbPool } from '../engine/hugetlb.js';
 import { dioAlign, openRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
 
 export interface ProbeResult {
@@ -20,6 +22,12 @@ export interface ProbeResult {
   };
   /** Transparent huge pages mode for anonymous memory (the bracketed word of /sys/kernel/mm/transparent_hugepage/enabled). */
   thp: string;
+  /**
+   * The hugetlb pools, one per huge page size (/sys/kernel/mm/hugepages/hugepages-*kB/): page size in bytes, total,
+   * free, reserved (promised to mappings, not available), surplus, overcommit limit, what a new mapping can get
+   * (`available`), and which is the default size (`hugePages: 'hugetlb'` uses it). Empty without CONFIG_HUGETLBFS.
+   */
+  hugetlb: HugetlbPool[];
   udmabuf: { present: boolean; device: string; sizeLimitMb?: number | undefined; listLimit?: number | undefined };
   dmaHeaps: string[];
   /** RLIMIT_MEMLOCK soft limit in bytes, or 'unlimited'. */
@@ -67,6 +75,7 @@ export async function probe(path?: string, options: { firstTouch?: boolean } = {
     kernel: os.release(),
     ioUring: { usable: eng.engine === 'uring', reason: eng.reason },
     thp: /\[(\w+)\]/.exec(thpRaw)?.[1] ?? 'unavailable',
+    hugetlb: hugetlbPools(),
     udmabuf: {
       present: existsSync('/dev/udmabuf'),
       device: '/dev/udmabuf',

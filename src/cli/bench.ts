@@ -18,7 +18,8 @@ Measure ways of moving a file into a buffer, side by side, each row in a fresh p
 dmaload's best row against fio (the device's limit) and Node's readFile (speed, CPU, page cache left), at the
 top and at the bottom of the table. The default run has a few rows (about a minute for 1 GiB); --all runs every
 method × target × io. Without FILE, a seeded random file of --size bytes is written to a temporary folder on a
-disk (not tmpfs) and removed afterwards.
+disk (not tmpfs) and removed afterwards. Where the hugetlb pool (sysctl vm.nr_hugepages=N) has enough free pages
+for the file, rows with memory from it are added (hugePages 'hugetlb': a fresh load and a reload into it).
 
 Options:
   --size SIZE          size of the generated file (default 1GiB; e.g. 256MiB)

@@ -20,6 +20,11 @@ Options:
   --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
   --part-size SIZE          split into parts (e.g. 32MiB), each allocated while the previous one is read
   --overlap on|off          allocation overlapped with I/O (default on); off runs them one after the other
+  --huge-pages on|off|hugetlb|hugetlb-or-small
+                            which pages fresh memory gets: on/off, memory target: transparent huge pages
+                            or not (default: as this machine's measurement says); hugetlb: pages from the
+                            reserved pool (sysctl vm.nr_hugepages=N; memory, memfd, udmabuf), an error when
+                            it is short; hugetlb-or-small: small pages then
   --io auto|direct|buffered|uncached
                             how to read (default auto: direct where the file system allows; uncached:
                             buffered reads that leave no page cache, RWF_DONTCACHE)
@@ -28,7 +33,8 @@ Options:
                             a warning says how much stayed)
   --json                    one JSON object on stdout
   -h, --help                this text
-Environment: DMALOAD_CHUNK_SIZE (bytes per request), DMALOAD_QUEUE_DEPTH (requests in flight)
+Environment: DMALOAD_CHUNK_SIZE (bytes per request), DMALOAD_QUEUE_DEPTH (requests in flight),
+DMALOAD_HUGE_PAGES (1, 0, hugetlb or hugetlb-or-small: as --huge-pages on, off, …)
 `;
 
 export function choice<T extends string>(flag: string, v: string | undefined, allowed: readonly T[], dflt: T): T {
@@ -49,6 +55,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       heap: { type: 'string' },
       'part-size': { type: 'string' },
       overlap: { type: 'string' },
+      'huge-pages': { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -68,6 +75,8 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
     if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096, e.g. 32MiB (got '${values['part-size']}')`);
   }
   const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
+  const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
+  const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
   const stayed = values.evict ? evictPath(path) : undefined;
   if (stayed) io.stderr(`warning: ${formatBytes(stayed)} of '${path}' stayed in the page cache after --evict (pages mapped or locked by a process); the load is not fully cold\n`);
@@ -80,6 +89,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       io: ioMode,
       ...(values.heap === undefined ? {} : { heap: values.heap }),
       ...(partSize === undefined ? {} : { partSize }),
+      ...(hugePages === undefined ? {} : { hugePages }),
       overlap,
       signal: interrupt.signal,
       onProgress: (p) => bar.update(p.bytes, p.total),
@@ -115,6 +125,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       queueDepth: s.queueDepth,
       memory: s.memory,
       ...(s.hugePages === undefined ? {} : { hugePages: s.hugePages }),
+      ...(s.hugetlb === undefined ? {} : { hugetlb: s.hugetlb }),
       ...(s.memoryReason === undefined ? {} : { memoryReason: s.memoryReason }),
     };
     if (values.hash) out.sha256 = await sha256(buf);
@@ -125,7 +136,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       io.stdout(
         `${path}: ${formatBytes(buf.size)} into ${target} in ${s.ms.toFixed(0)} ms (${(s.bytesPerSec / 1e6).toFixed(0)} MB/s), ` +
           `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${formatBytes(s.pageCacheBytes)} (${pct}%), io ${s.io}` +
-          `${s.ioReason ? ` (${s.ioReason})` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}\n`,
+          `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}\n`,
       );
     }
   } finally {

@@ -8,8 +8,9 @@ import type { CliIO } from './io.js';
 export const PROBE_HELP = `Usage: dmaload probe [FILE] [--first-touch] [--json]
 
 Show the kernel facts dmaload depends on: io_uring, direct-I/O alignment of FILE's file system and whether it takes
-uncached buffered I/O (RWF_DONTCACHE), transparent huge pages, /dev/udmabuf and its size limit, DMA heaps, the
-memlock limit, and whether fresh memory gets huge pages.
+uncached buffered I/O (RWF_DONTCACHE), transparent huge pages, the hugetlb pools (per page size: total, free,
+reserved, surplus), /dev/udmabuf and its size limit, DMA heaps, the memlock limit, and whether fresh memory gets
+huge pages.
 
   --first-touch   measure now (and cache) what faulting in a GiB of fresh memory costs with and without
                   huge pages; loads decide by it (a few seconds)
@@ -41,6 +42,10 @@ export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
   }
   rows.push(
     ['transparent huge pages', p.thp],
+    ...p.hugetlb.map((h): [string, string] => [
+      `hugetlb pool ${formatBytes(h.pageSize)}${h.default ? ' (default)' : ''}`,
+      `${h.total} pages, ${h.free} free, ${h.reserved} reserved, ${h.surplus} surplus${h.overcommit ? `, overcommit ${h.overcommit}` : ''}: ${h.available} available (${formatBytes(h.available * h.pageSize)})`,
+    ]),
     ['huge pages for fresh memory', p.firstTouch ? `${p.firstTouch.hugePages ? 'yes' : 'no'}: ${p.firstTouch.summary}` : 'not measured yet (--first-touch measures; a load of 256 MiB or more does once)'],
     ['udmabuf', p.udmabuf.present ? `${p.udmabuf.device}, size_limit_mb ${p.udmabuf.sizeLimitMb ?? '?'}, list_limit ${p.udmabuf.listLimit ?? '?'}` : `absent (${p.udmabuf.device})`],
     ['DMA heaps', p.dmaHeaps.length ? p.dmaHeaps.join(', ') : 'none (/dev/dma_heap)'],

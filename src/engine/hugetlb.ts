@@ -102,7 +102,7 @@ export class HugetlbPoolError extends DmaloadError {
   }
 }
 
-const FALLBACK_HINT = "or pass hugePages: 'hugetlb-or-small' (DMALOAD_HUGE_PAGES=hugetlb-or-small) to fall back to small pages";
+const FALLBACK_HINT = "or ask for hugePages: 'hugetlb-or-small' (--huge-pages hugetlb-or-small, DMALOAD_HUGE_PAGES=hugetlb-or-small) to fall back to small pages";
 
 function who(path: string): string {
   return path === '<allocate>' ? 'allocate()' : `'${path}'`;

@@ -16,6 +16,7 @@ import { C, native } from '../../src/engine/binding.js';
 import { targets } from '../../src/targets/index.js';
 import type { TargetName } from '../../src/targets/index.js';
 import { GiB, MiB, formatBytes, memAvailable } from '../../src/core/util.js';
+import { defaultPool } from '../../src/engine/hugetlb.js';
 import { writeSeededFileAsync } from './data.js';
 import { METHODS, staticUnsupported } from './methods.js';
 import type { Method, RowIo, RowMeasure, RowSpec } from './methods.js';
@@ -134,18 +135,32 @@ export const DEFAULT_ROWS: readonly RowSpec[] = [
 ];
 
 /**
- * The rows of a run, peers (node-readFile, fio) once: with `all`, method × target × io; else the default rows of
- * these methods and targets.
+ * Rows with memory from the hugetlb pool, added where the pool holds enough free pages for the file (see
+ * {@link hugetlbRows}): a fresh load and a reload into it, memory target; with `all`, a fresh load into each
+ * target that takes hugetlb pages.
  */
-export function planRows(methods: readonly Method[], tgts: readonly TargetName[], all = true): RowSpec[] {
+export const HUGETLB_ROWS: readonly RowSpec[] = [
+  { method: 'dmaload', target: 'memory', io: 'direct', hugePages: 'hugetlb' },
+  { method: 'dmaload-reload', target: 'memory', io: 'auto', hugePages: 'hugetlb' },
+];
+const HUGETLB_TARGETS: readonly TargetName[] = ['memory', 'memfd', 'udmabuf'];
+
+/**
+ * The rows of a run, peers (node-readFile, fio) once: with `all`, method × target × io; else the default rows of
+ * these methods and targets. `hugetlb`: the hugetlb rows too (the pool holds enough pages).
+ */
+export function planRows(methods: readonly Method[], tgts: readonly TargetName[], all = true, hugetlb = false): RowSpec[] {
   const rows: RowSpec[] = [];
   if (!all) {
     rows.push(...DEFAULT_ROWS.filter((r) => methods.includes(r.method) && tgts.includes(r.target)));
+    if (hugetlb) rows.push(...HUGETLB_ROWS.filter((r) => methods.includes(r.method) && tgts.includes(r.target)));
   } else {
     for (const target of tgts) {
       for (const method of methods) {
         if (method === 'fio' || method === 'node-readFile') continue;
         for (const io of IOS[method]) rows.push({ method, target, io });
+        if (hugetlb && method === 'dmaload' && HUGETLB_TARGETS.includes(target)) rows.push({ method, target, io: 'direct', hugePages: 'hugetlb' });
+        if (hugetlb && method === 'dmaload-reload' && target === 'memory') rows.push({ method, target, io: 'auto', hugePages: 'hugetlb' });
       }
     }
   }
@@ -301,7 +316,9 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       src.close();
     }
 
-    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true).filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
+    const huge = hugetlbRows(size);
+    if (huge.reason) status(huge.reason);
+    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true, huge.ok).filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
     const measures: RowMeasure[][] = specs.map(() => []);
     const startCache: number[] = specs.map(() => 0);
     const skip: Array<string | undefined> = specs.map((s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s));
@@ -345,8 +362,22 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
 
 export function label(r: RowSpec): string {
   if (r.method === 'fio' || r.method === 'node-readFile') return r.method;
-  if (r.method === 'dmaload-reload') return `${r.target} ${r.io} dmaload reload`;
-  return `${r.target} ${r.io} ${r.method}`;
+  const pages = r.hugePages ? ` ${r.hugePages}` : '';
+  if (r.method === 'dmaload-reload') return `${r.target} ${r.io} dmaload reload${pages}`;
+  return `${r.target} ${r.io} ${r.method}${pages}`;
+}
+
+/**
+ * Whether the hugetlb pool can hold a buffer of `size` bytes (the rows hold one buffer at a time); where a pool is
+ * reserved but too small, why (a status line that says how to grow it). No rows are added unless it can.
+ */
+export function hugetlbRows(size: number): { ok: boolean; reason?: string } {
+  const pool = defaultPool();
+  if (!pool) return { ok: false };
+  const need = Math.ceil(size / pool.pageSize) + 1;
+  if (pool.available >= need) return { ok: true };
+  if (pool.total === 0) return { ok: false }; // no pool reserved: nothing to say on every run
+  return { ok: false, reason: `no hugetlb rows: the hugetlb pool has ${pool.available} of the ${need} pages of ${formatBytes(pool.pageSize)} a row takes (as root: sysctl vm.nr_hugepages=${pool.total + need - pool.available})` };
 }
 
 /** The rows the summary compares: dmaload's fastest on fresh memory, the reload, and the peers. */

@@ -24,6 +24,8 @@ export interface RowSpec {
   method: Method;
   target: TargetName;
   io: RowIo;
+  /** dmaload rows: memory from the hugetlb pool (`hugePages: 'hugetlb'`); only where the pool holds enough pages. */
+  hugePages?: 'hugetlb';
 }
 
 /** What one child measured for one row. */
@@ -177,7 +179,7 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
 
 async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
   const c0 = cpu();
-  const b = await load(path, { target: spec.target, io: spec.io });
+  const b = await load(path, { target: spec.target, io: spec.io, ...(spec.hugePages ? { hugePages: spec.hugePages } : {}) });
   const cpuIo = cpu() - c0;
   return measured(b, cpuIo);
 }
@@ -187,7 +189,7 @@ async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
  * same memory (`into`), whose pages are already faulted in. Measured: the reload only.
  */
 async function runReload(spec: RowSpec, path: string): Promise<RowMeasure> {
-  const first = await load(path, { target: spec.target, io: spec.io });
+  const first = await load(path, { target: spec.target, io: spec.io, ...(spec.hugePages ? { hugePages: spec.hugePages } : {}) });
   const stayed = evictPath(path);
   if (stayed > 0) return { supported: false, reason: `${stayed} bytes of the file stayed in the page cache after eviction`, createMs: 0, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: stayed };
   const c0 = cpu();
