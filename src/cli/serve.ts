@@ -36,6 +36,9 @@ Options:
   --part-size SIZE          bytes per dma-buf
   --io auto|direct|buffered|uncached
                             how the server reads (default auto)
+  --huge-pages hugetlb|hugetlb-or-small|on|off
+                            pages of the server's buffers: hugetlb takes them from the reserved pool (sysctl
+                            vm.nr_hugepages), cheap to fill; clients map those shared and read-only
   -v, --verbose             log connections, loads, hits and evictions to stderr
   -h, --help                this text
 `;
@@ -58,6 +61,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       heap: { type: 'string' },
       'part-size': { type: 'string' },
       io: { type: 'string' },
+      'huge-pages': { type: 'string' },
       verbose: { type: 'boolean', short: 'v', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -112,6 +116,8 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
   }
   const target = choice<ShareTarget>('target', values.target, SHARE_TARGETS, 'memfd');
   const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered', 'uncached'], 'auto');
+  const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
+  const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   const preload = [...(values.preload ?? []), ...positionals];
   const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
 
@@ -125,6 +131,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       io: ioMode,
       preload,
       ...(budget === undefined ? {} : { budget }),
+      ...(hugePages === undefined ? {} : { hugePages }),
       ...Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
       ...(mode === undefined ? {} : { mode }),
       ...(values.heap === undefined ? {} : { heap: values.heap }),

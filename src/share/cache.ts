@@ -24,6 +24,7 @@ import { formatBytes, msSince, roundUp } from '../core/util.js';
 import type { FdInspection } from '../engine/binding.js';
 import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
 import type { IoMode } from '../pipeline/source.js';
+import type { HugePages } from '../api/options.js';
 import { createMemfd } from '../targets/memfd.js';
 import type { FileHandle } from 'node:fs/promises';
 import type { Sender } from './fds.js';
@@ -82,6 +83,7 @@ export interface CacheOptions {
   io: IoMode;
   heap: string | undefined;
   partSize: number | undefined;
+  hugePages: HugePages | undefined;
   signal: AbortSignal;
   log: (line: string) => void;
   /** Hands a duplicate of a client's fd back for closing off the JS thread (its file system may hang). */
@@ -255,7 +257,7 @@ export class Cache {
   /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
   async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
     const o = this.#o;
-    const shape = { target: o.target, ...(o.heap ? { heap: o.heap } : {}), ...(o.partSize ? { partSize: o.partSize } : {}) };
+    const shape = { target: o.target, ...(o.heap ? { heap: o.heap } : {}), ...(o.partSize ? { partSize: o.partSize } : {}), ...(o.hugePages !== undefined ? { hugePages: o.hugePages } : {}) };
     let buf: LoadedBuffer;
     try {
       // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.

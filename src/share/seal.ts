@@ -107,8 +107,11 @@ export function mapReceived(path: string, socket: string, body: LoadReplyBody, f
       // memory), and a stray write from JS lands in a private copy-on-write page instead of faulting the process
       // (nothing can write the shared buffer: F_SEAL_WRITE). dma-bufs refuse private mappings, so they stay
       // read-only and shared, and a write into them faults.
-      const prot = body.target === 'memfd' ? C.PROT_READ | C.PROT_WRITE : C.PROT_READ;
-      const flags = body.target === 'memfd' ? C.MAP_PRIVATE : C.MAP_SHARED;
+      // A hugetlb memfd (its block size is the huge page's) is mapped shared and read-only too: a private mapping of
+      // one reserves pool pages for copy-on-write in every client.
+      const cow = body.target === 'memfd' && fstatSync(fds[0]!).blksize <= PAGE_SIZE;
+      const prot = cow ? C.PROT_READ | C.PROT_WRITE : C.PROT_READ;
+      const flags = cow ? C.MAP_PRIVATE : C.MAP_SHARED;
       const r = native.mmap(body.size, prot, flags, fds[0]!, 0, 0);
       if (typeof r === 'number') throw new DmaloadSystemError(r, 'mmap', path);
       region = r;

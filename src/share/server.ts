@@ -19,13 +19,14 @@
  */
 import { constants as FS, lstatSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { budgetOption, enumOption, integerOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
+import { budgetOption, enumOption, hugePagesOption, integerOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
 import { formatBytes, memAvailable, msSince, printable } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
 import type { FdInspection } from '../engine/binding.js';
 import { openRegular } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
+import type { HugePages } from '../api/options.js';
 import { Cache, versionOf } from './cache.js';
 import type { Acquired } from './cache.js';
 import { keepAlive } from './channel.js';
@@ -77,6 +78,11 @@ export interface ServeOptions {
   partSize?: number;
   /** How the server reads files: load()'s io option. Default 'auto'. */
   io?: IoMode;
+  /**
+   * Pages of the server's buffers, as load()'s option: 'hugetlb' (or 'hugetlb-or-small') takes them from the reserved
+   * hugetlb pool, cheap to fault in and to read into; clients then map them shared and read-only. Default: load()'s.
+   */
+  hugePages?: HugePages;
   /** Files to load before serve() resolves (the operator's own paths: the server opens these itself). */
   preload?: readonly string[];
   /** Called with one line per event (connections, loads, hits, evictions, errors), for logs. */
@@ -141,7 +147,7 @@ class Server implements ShareServer {
   readonly #abort = new AbortController();
   #release: () => void;
 
-  constructor(socket: string, budget: number, perUserBudget: number, target: ShareTarget, listenFd: number, limits: Limits, o: { io: IoMode; heap: string | undefined; partSize: number | undefined; log: ((line: string) => void) | undefined }) {
+  constructor(socket: string, budget: number, perUserBudget: number, target: ShareTarget, listenFd: number, limits: Limits, o: { io: IoMode; heap: string | undefined; partSize: number | undefined; hugePages: HugePages | undefined; log: ((line: string) => void) | undefined }) {
     this.socket = socket;
     this.budget = budget;
     this.target = target;
@@ -165,6 +171,7 @@ class Server implements ShareServer {
           io: o.io,
           heap: o.heap,
           partSize: o.partSize,
+          hugePages: o.hugePages,
           signal: this.#abort.signal,
           log: this.#log,
           releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
@@ -413,6 +420,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const target = enumOption<ShareTarget>('target', o.target, SHARE_TARGETS, 'memfd');
   const io = ioOption(o.io);
   const partSize = partSizeOption(o.partSize);
+  const hugePages = hugePagesOption(o.hugePages);
   if (o.heap !== undefined && (typeof o.heap !== 'string' || o.heap === '' || o.heap.includes('/'))) throw invalidType('heap', 'a heap name such as "system"', o.heap);
   if (o.log !== undefined && typeof o.log !== 'function') throw invalidType('log', 'a function', o.log);
   const preload = o.preload ?? [];
@@ -424,7 +432,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const fd = listen(socket, mode);
   let server: Server;
   try {
-    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, log: o.log });
+    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, log: o.log });
   } catch (e) {
     closeFd(fd);
     try {

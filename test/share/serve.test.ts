@@ -625,3 +625,38 @@ describe('dmaload serve (CLI)', () => {
     assert.match(h.out, /--socket PATH/);
   });
 });
+
+describe('serve --huge-pages hugetlb', () => {
+  test('buffers from the hugetlb pool: byte-exact for two clients, the pool charged once, all of it back after close', async (t) => {
+    const NR = '/proc/sys/vm/nr_hugepages';
+    const meminfo = () => readFileSync('/proc/meminfo', 'utf8');
+    if (process.getuid?.() !== 0 || !existsSync(NR) || !/^Hugepagesize:\s+2048 kB/m.test(meminfo())) return t.skip('needs root and a 2 MiB hugetlb pool to reserve');
+    const free = () => Number(/^HugePages_Free:\s+(\d+)/m.exec(meminfo())![1]) - Number(/^HugePages_Rsvd:\s+(\d+)/m.exec(meminfo())![1]);
+    const saved = readFileSync(NR, 'utf8');
+    writeFileSync(NR, `${Number(saved) + 16}\n`);
+    const leaks = leakCheck();
+    const f = makeFile(dir, 'hugetlb-served', 8 * MiB + 4097);
+    try {
+      if (free() < 5) return t.skip(`the kernel found only ${free()} huge pages for the pool`);
+      const server = await serve({ socket: sock(), hugePages: 'hugetlb' });
+      const [c1, c2] = await Promise.all([connect(server.socket), connect(server.socket)]);
+      try {
+        const before = free();
+        const b1 = await c1.load(f.path);
+        const b2 = await c2.load(f.path);
+        assert.equal(hashOf(b1), f.sha256);
+        assert.equal(hashOf(b2), f.sha256);
+        assert.equal(before - free(), 5, 'five 2 MiB pages, once: clients map the buffer shared, reserving nothing');
+        b1.close();
+        b2.close();
+      } finally {
+        c1.close();
+        c2.close();
+        await server.close();
+      }
+      assert.equal(await leaks(), undefined);
+    } finally {
+      writeFileSync(NR, saved);
+    }
+  });
+});
