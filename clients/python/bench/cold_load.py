@@ -27,6 +27,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+SERVE_ARGS = []  # extra options for `dmaload serve` (--serve-arg)
 sys.path.insert(0, os.path.dirname(HERE))
 
 MiB = 1024 * 1024
@@ -117,7 +118,7 @@ def touch(tensors):
 class Server:
     def __init__(self, socket_path):
         self.socket = socket_path
-        self.p = subprocess.Popen(["node", os.path.join(REPO, "bin", "dmaload.js"), "serve", "--socket", socket_path], stderr=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(["node", os.path.join(REPO, "bin", "dmaload.js"), "serve", "--socket", socket_path, *SERVE_ARGS], stderr=subprocess.PIPE, text=True)
         line = self.p.stderr.readline()
         if "listening" not in line:
             self.stop()
@@ -168,7 +169,9 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="where the model goes (default: the system temp folder); it should do direct I/O")
     p.add_argument("--keep", action="store_true", help="keep the generated model")
+    p.add_argument("--serve-arg", action="append", default=[], help="an option for `dmaload serve` (repeatable), e.g. --serve-arg=--huge-pages --serve-arg=hugetlb")
     a = p.parse_args()
+    SERVE_ARGS.extend(a.serve_arg)
     work = tempfile.mkdtemp(prefix="dmaload-cold-", dir=a.dir)
     path = os.path.join(work, "model.safetensors")
     sock = os.path.join(tempfile.mkdtemp(prefix="dmaload-cold-sock-"), "s.sock")
