@@ -25,7 +25,7 @@ Options:
   --per-user-budget SIZE    bytes the loads of one user may hold (default: half the budget; the server's own user
                             is not limited)
   --max-connections N       connections at once, in all (default 256)
-  --per-user-connections N  connections at once per user (default 32)
+  --per-user-connections N  connections at once per user (default 32; the server's own user is not limited)
   --idle-timeout TIME       close a connection that sends nothing for TIME (default 10m; clients reconnect)
   --reply-timeout TIME      close a connection that leaves replies unread for TIME (default 10s)
   --preload FILE            load FILE before accepting requests (repeatable; FILE arguments are preloaded too)

@@ -52,6 +52,7 @@ export class Connections {
   readonly #watch: Watch;
   readonly #timer: NodeJS.Timeout;
   readonly #socket: string;
+  readonly #ownUid = process.getuid?.() ?? 0;
   #closed = false;
   /** Connections refused at accept or closed by the server. */
   dropped = 0;
@@ -89,7 +90,8 @@ export class Connections {
   #refusal(uid: number): { code: string; message: string } | undefined {
     const l = this.#limits;
     if (this.#conns.size >= l.maxConnections) return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `the server has ${this.#conns.size} connections, its limit (--max-connections); try again later` };
-    if ((this.#perUid.get(uid) ?? 0) >= l.perUserConnections) {
+    // The server's own user is not limited per user (its operator; as with the per-user budget).
+    if (uid !== this.#ownUid && (this.#perUid.get(uid) ?? 0) >= l.perUserConnections) {
       return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `uid ${uid} has ${l.perUserConnections} connections open, the most one user may (--per-user-connections); close some` };
     }
     if (this.#guard.stuck(uid) >= MAX_STUCK) return { code: 'ERR_SHARE_FD_TIMEOUT', message: `the file systems of fds uid ${uid} sent do not answer; the server takes no more requests from this user until they do` };

@@ -62,7 +62,7 @@ export interface ServeOptions {
   perUserBudget?: number;
   /** Connections open at once, in all. Default 256. */
   maxConnections?: number;
-  /** Connections open at once per user (uid). Default 32. */
+  /** Connections open at once per user (uid); the server's own user is not limited. Default 32. */
   perUserConnections?: number;
   /** Milliseconds a connection may stay idle (nothing sent, nothing in progress) before it is closed. Default 600000. */
   idleTimeout?: number;
