@@ -59,8 +59,15 @@ def _readonly_bytes(obj):
 
 def map_single(fd, size):
     """(owner, view): an mmap.mmap of the first `size` bytes of `fd`, shared and read-only, and a view of it."""
-    m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    return m, _readonly_bytes(m)
+    # A hugetlb memfd (`dmaload serve --huge-pages hugetlb`; its block size is the huge page's) is mapped in whole
+    # huge pages: the kernel refuses to unmap part of one, and mmap.close() would leave the mapping behind.
+    st = os.fstat(fd)
+    length = size
+    if st.st_blksize > mmap.PAGESIZE:
+        length = min(st.st_size, -(-size // st.st_blksize) * st.st_blksize)
+    m = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    view = _readonly_bytes(m)
+    return m, view if length == size else view[:size]
 
 
 def map_parts(fds, parts):
