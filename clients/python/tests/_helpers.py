@@ -1,6 +1,7 @@
 """Test helpers: a fake server that sends whatever replies a test scripts (with fds attached), memfds to send, and a
 census of this process's fds and memfd mappings to prove that the client leaked nothing."""
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import socket
 import struct
 import tempfile
 import threading
+import unittest
 
 HEADER = struct.Struct("<4sHHII")
 SERVED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -181,3 +183,20 @@ class LeakCheck:
         self.test.assertEqual(leaked, {}, "fds left open")
         self.test.assertEqual(fake_mappings(), [], "memfds left mapped")
         return False
+
+
+def optional(name):
+    """The module, or None when it is not installed (numpy, torch and safetensors are optional)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+np = optional("numpy")
+torch = optional("torch")
+st_numpy = optional("safetensors.numpy") if np else None
+st_torch = optional("safetensors.torch") if torch else None
+WHERE = "set DMALOAD_PYTHON to an interpreter that has it (pip install numpy torch safetensors)"
+needs_numpy = unittest.skipUnless(np is not None and st_numpy is not None, f"numpy and safetensors are not both installed: {WHERE}")
+needs_torch = unittest.skipUnless(torch is not None and st_torch is not None, f"torch and safetensors are not both installed: {WHERE}")

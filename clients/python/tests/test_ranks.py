@@ -13,7 +13,6 @@ Against fake servers (no dmaload server needed): a malformed plan reply (fds, se
 disagrees with the file's header or names a tensor not asked for) is ERR_SHARE_REPLY with every fd closed.
 """
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import sys
 import tempfile
 import unittest
 
-from _helpers import FakeServer, LeakCheck, Msg, memfd
+from _helpers import WHERE, FakeServer, LeakCheck, Msg, memfd, needs_torch, np, st_torch, torch
 
 from dmaload_client import Client, DmaloadError
 
@@ -32,19 +31,6 @@ EXPECT = os.environ.get("DMALOAD_RANKS_EXPECT")
 PLAN_REPLY, LOAD_REPLY, ERROR = 7, 2, 15
 MiB = 1024 * 1024
 
-
-def optional(name):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-torch = optional("torch")
-np = optional("numpy")
-st_torch = optional("safetensors.torch") if torch else None
-WHERE = "set DMALOAD_PYTHON to an interpreter that has it (pip install numpy torch safetensors)"
-needs_torch = unittest.skipUnless(torch is not None and st_torch is not None, f"torch and safetensors are not both installed: {WHERE}")
 
 SINGLE = "ranks.safetensors"
 INDEX = os.path.join("shards", "model.safetensors.index.json")

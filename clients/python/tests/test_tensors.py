@@ -8,7 +8,6 @@ optional: the tests that need one skip, saying so, where it is missing."""
 import ctypes
 import gc
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -16,29 +15,13 @@ import struct
 import tempfile
 import unittest
 
-from _helpers import open_fds
+from _helpers import needs_numpy, needs_torch, np, open_fds, st_numpy, st_torch, torch
 
 from dmaload_client import Client, DmaloadError
 
 SOCKET = os.environ.get("DMALOAD_SOCKET")
 MiB = 1024 * 1024
 
-
-def optional(name):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-np = optional("numpy")
-torch = optional("torch")
-st_numpy = optional("safetensors.numpy") if np else None
-st_torch = optional("safetensors.torch") if torch else None
-
-WHERE = "set DMALOAD_PYTHON to an interpreter that has it (pip install numpy torch safetensors)"
-needs_numpy = unittest.skipUnless(np is not None and st_numpy is not None, f"numpy and safetensors are not both installed: {WHERE}")
-needs_torch = unittest.skipUnless(torch is not None and st_torch is not None, f"torch and safetensors are not both installed: {WHERE}")
 
 
 def write_safetensors(path, tensors, metadata=None, header_patch=None):
