@@ -259,10 +259,18 @@ class Server implements ShareServer {
     }
     // Only for messages and logs, escaped: control and bidi characters could forge or disguise log lines.
     const name = path ? printable(path) : `fd ${fd}`;
+    this.#inFlight(conn, [fd], name, () => this.#serveLoad(conn, id, fd, name, t0));
+  }
+
+  /**
+   * Runs one request's work as a task the server's close() waits for, counted against the connection's requests in
+   * progress; the request's received fds are released when it ends, however it ends.
+   */
+  #inFlight(conn: Conn, fds: number[], name: string, work: () => Promise<void>): void {
     conn.inflight++;
     this.#conns.hold(conn);
-    const task = this.#serveLoad(conn, id, fd, name, t0).finally(() => {
-      this.#guard.release([fd], conn.from, name);
+    const task = work().finally(() => {
+      this.#guard.release(fds, conn.from, name);
       this.#tasks.delete(task);
       conn.inflight--;
       conn.lastActive = performance.now();
@@ -274,16 +282,7 @@ class Server implements ShareServer {
   /** A PlanRequest: like a load, one task per request, its fds released when it ends. */
   #onPlan(conn: Conn, id: number, body: Record<string, unknown>, fds: number[]): void {
     const name = typeof body.path === 'string' ? printable(body.path.slice(0, MAX_NAME)) : 'a model';
-    conn.inflight++;
-    this.#conns.hold(conn);
-    const task = this.#servePlan(conn, id, body, fds, name).finally(() => {
-      this.#guard.release(fds, conn.from, name);
-      this.#tasks.delete(task);
-      conn.inflight--;
-      conn.lastActive = performance.now();
-      this.#conns.hold(conn);
-    });
-    this.#tasks.add(task);
+    this.#inFlight(conn, fds, name, () => this.#servePlan(conn, id, body, fds, name));
   }
 
   /** Reads the headers through the client's fds (checked as a load's are), plans the rank, sends the plan's memfd. */
