@@ -224,3 +224,15 @@ export function fileSha256Streamed(path: string): string {
   }
   return h.digest('hex');
 }
+
+/** The VmFlags of the mapping that starts at `addr` in /proc/self/smaps (the kernel's own word on a mapping). */
+export function vmFlags(addr: bigint): string[] {
+  const smaps = readFileSync('/proc/self/smaps', 'utf8').split('\n');
+  const i = smaps.findIndex((l) => l.startsWith(`${addr.toString(16)}-`));
+  if (i < 0) throw new Error(`no mapping at 0x${addr.toString(16)} in /proc/self/smaps`);
+  for (let j = i + 1; j < smaps.length && !/^[0-9a-f]+-[0-9a-f]+ /.test(smaps[j]!); j++) {
+    const m = /^VmFlags:\s+(.*)$/.exec(smaps[j]!);
+    if (m) return m[1]!.trim().split(/\s+/);
+  }
+  return [];
+}

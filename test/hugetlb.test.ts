@@ -19,7 +19,7 @@ import { native } from '../src/engine/binding.js';
 import { hugetlbRows, label, planRows } from '../tools/bench/bench.js';
 import type { RowSpec } from '../tools/bench/methods.js';
 import { cli } from './cli/run.js';
-import { evictFile, leakCheck, makeFile, sha256, tempDir, testBase } from './helpers.js';
+import { evictFile, leakCheck, makeFile, sha256, tempDir, testBase, vmFlags } from './helpers.js';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -52,18 +52,6 @@ function hashOf(b: LoadedBuffer): string {
   const h = createHash('sha256');
   for (const w of b.windows(256 * MiB)) h.update(w);
   return h.digest('hex');
-}
-
-/** The VmFlags of the mapping that starts at `addr` in /proc/self/smaps. */
-function vmFlags(addr: bigint): string[] {
-  const smaps = readFileSync('/proc/self/smaps', 'utf8').split('\n');
-  const i = smaps.findIndex((l) => l.startsWith(`${addr.toString(16)}-`));
-  assert.ok(i >= 0, `mapping at 0x${addr.toString(16)} in smaps`);
-  for (let j = i + 1; j < smaps.length && !/^[0-9a-f]+-[0-9a-f]+ /.test(smaps[j]!); j++) {
-    const m = /^VmFlags:\s+(.*)$/.exec(smaps[j]!);
-    if (m) return m[1]!.trim().split(/\s+/);
-  }
-  return [];
 }
 
 let saved: number | undefined;
