@@ -12,7 +12,9 @@
         "native/copyloops.cc",
         "native/probe.cc",
         "native/share.cc",
-        "native/fdops.cc"
+        "native/fdops.cc",
+        "native/hash.cc",
+        "native/sha256.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS", "_GNU_SOURCE"],

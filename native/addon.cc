@@ -23,6 +23,7 @@ void InitCopyLoops(Napi::Env env, Napi::Object exports);
 void InitProbe(Napi::Env env, Napi::Object exports);
 void InitShare(Napi::Env env, Napi::Object exports);
 void InitFdOps(Napi::Env env, Napi::Object exports);
+void InitHash(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -115,6 +116,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitProbe(env, exports);
   InitShare(env, exports);
   InitFdOps(env, exports);
+  InitHash(env, exports);
   exports.Set("setFault", Napi::Function::New(env, SetFaultFn, "setFault"));
   exports.Set("live", Napi::Function::New(env, LiveFn, "live"));
   exports.Set("constants", Constants(env));

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "hash.h"
 #include "mappings.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -35,6 +36,7 @@ class Job : public Owned, public std::enable_shared_from_this<Job> {
   std::vector<Segment> segs;
   Target target;
   bool wantProgress = false;
+  std::shared_ptr<Hasher> hasher;  // reads: each completed request's bytes go to it (verification while loading)
 
   // State shared by the job's threads.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
@@ -155,6 +157,8 @@ class JobSource {
     if (j_.bounce && !j_.write && o->got) memcpy(dst_[s], o->mem, std::min(o->got, o->need));
     if (o->err) j_.Fail(o->err, o->call());
     else if (o->eof) j_.shortRead = true;
+    else if (j_.hasher && !o->abandoned && j_.target.lease.region()->TryPin())
+      HasherPush(*j_.hasher, o->fileOff, dst_[s], o->need, Lease(j_.target.lease.region()));
   }
 
  private:
@@ -320,7 +324,13 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
     j->total += s.len;
     j->segs.push_back(s);
   }
+  // Hasher before the target, for the same reason as the segments.
+  Napi::Value hv = o.Get("hash");
+  if (!hv.IsUndefined() && !ReadHasher(a, hv, "opts.hash", j->hasher)) return {};
+  if (j->hasher && j->write) return a.TypeError("opts.hash", "undefined for a write (only reads are verified)", "ERR_INVALID_ARG_VALUE"), Napi::Value();
   if (!ReadTarget(a, o.Get("target"), "opts.target", j->target)) return {};
+  // The hash runs behind the job and pins what it has not hashed yet: only a region can be pinned from its thread.
+  if (j->hasher && !j->target.lease) return a.TypeError("opts.target", "a Region when opts.hash is given"), Napi::Value();
   if (prevEnd > j->target.size) {
     for (const Segment& s : j->segs) {
       uint64_t padded = j->Padded(s.len);

@@ -15,11 +15,13 @@ import type { FileRange, Placement } from '../pipeline/plan.js';
 import { JobGroup, schedule } from '../pipeline/schedule.js';
 import type { ScheduleResult } from '../pipeline/schedule.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
+import { HashStream, expectedFor, gaps, hashRanges, mismatch } from '../pipeline/verify.js';
+import type { Expected } from '../pipeline/verify.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { targets } from '../targets/index.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
-import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning } from './options.js';
-import type { HugePages } from './options.js';
+import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning, verifyOption } from './options.js';
+import type { HugePages, VerifyOption } from './options.js';
 import { allocateFresh, hugetlbRequest } from './pages.js';
 import type { FreshAllocation, HugetlbRequest } from './pages.js';
 
@@ -84,6 +86,20 @@ export interface LoadOptions {
    * cannot be given (the buffer keeps its parts).
    */
   into?: LoadedBuffer;
+  /**
+   * Check the file's SHA-256 while it is read: the hash runs on a native thread over the bytes in file order as the
+   * reads complete, overlapped with them, never as a second pass. A mismatch is ERR_CHECKSUM_MISMATCH (naming the
+   * file, `expected` and `actual`); nothing is returned and nothing stays allocated.
+   * - `'auto'` (default): a path that resolves into a Hugging Face hub cache blob named by its SHA-256
+   *   (`models--ORG--NAME/blobs/<64 hex>`, what `snapshots/<rev>/<file>` links to) is checked against that name;
+   *   anything else (a git-SHA-1 blob name included) is not checked.
+   * - `{ sha256: '<64 hex digits>' }`: checked against that.
+   * - `false`: nothing is checked.
+   * loadRanges (and loadModel) read the bytes no range covers too, only to hash them (`stats.verified.extraBytes`):
+   * always with a given hash, with 'auto' only when they are at most an eighth of the file. `stats.verified` says
+   * what was checked.
+   */
+  verify?: VerifyOption;
 }
 
 /**
@@ -133,6 +149,7 @@ interface Checked {
   hugePages: HugePages | undefined;
   /** Fresh memory from the hugetlb pool: asked for by the option or DMALOAD_HUGE_PAGES. */
   hugetlb: HugetlbRequest | undefined;
+  verify: VerifyOption;
 }
 
 function check(path: unknown, options: LoadOptions | undefined): Checked {
@@ -159,6 +176,7 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
     budget: budgetOption(o.memoryBudget),
     onProgress: functionOption('onProgress', o.onProgress),
     signal: signalOption(o.signal),
+    verify: verifyOption(o.verify),
   };
 }
 
@@ -177,9 +195,11 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
   const reserved = o.into?.reserve();
   let src: OpenedFile | undefined;
   let alloc: Allocation | undefined;
+  let hash: HashStream | undefined;
   try {
     src = await openFile(path, 'read', o.io);
     const plan = planLoad(src, ranges, reserved ? Infinity : o.budget);
+    const check = await verification(src, plan.segments, o.verify);
     if (reserved && plan.capacity > reserved.room) {
       throw new DmaloadError(
         'ERR_BUFFER_TOO_SMALL',
@@ -204,6 +224,10 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     // io 'auto': ranges already in the page cache are copied from it, the rest read by direct I/O.
     const resident = o.io === 'auto' && src.direct && plan.bytesRead > 0 ? residentPages(src.fd, src.size) : undefined;
     if (resident?.includes(1)) native.fadvise(src.fd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead of what is not cached
+    if (check) hash = new HashStream(src.size, path);
+    const group = new JobGroup(o.signal);
+    // Bytes no range covers, read only to be hashed, alongside the load (a failure of either stops the other).
+    const extra = check && check.gaps.length > 0 ? group.add(hashRanges(src, check.gaps, hash!, { tuning: o.tuning, signal: group.signal })) : undefined;
     const r = await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () => schedule({
       src: src!,
       alloc: alloc!,
@@ -211,29 +235,57 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       tuning: o.tuning,
       overlap: o.overlap,
       resident,
-      group: new JobGroup(o.signal),
+      group,
+      hash,
       onProgress: o.onProgress && ((bytes) => o.onProgress!({ bytes, total: plan.bytesRead })),
     }));
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
     const now = fstatSync(src.fd).size;
     if (r.short || r.read !== plan.bytesRead || now !== src.size) fileChanged(path, 'load', src.size, now);
+    let verified: LoadStats['verified'];
+    if (check && hash) {
+      const extraBytes = (await extra) ?? 0;
+      const h = await hash.finish();
+      hash = undefined;
+      if (h.digest !== check.expected.sha256) throw mismatch(path, check.expected, h.digest ?? `(only ${h.hashed} of ${src.size} bytes hashed)`);
+      verified = { algorithm: 'sha256', sha256: h.digest, source: check.expected.source, hashMs: Math.round(h.busyMs * 100) / 100, extraBytes, impl: native.sha256Impl };
+    }
     if (resident && r.copiedBytes > 0 && !o.keepCache) dropAdded(src.fd, resident, src.size);
     if (reserved) {
       // The padding past the file that whole-block reads filled; what lies beyond keeps its bytes.
       if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
-      const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), stats(src, plan, r, o, t0, c0, 'reused', 'the into buffer\'s memory, already faulted in'));
+      const s = stats(src, plan, r, o, t0, c0, 'reused', 'the into buffer\'s memory, already faulted in');
+      if (verified) s.verified = verified;
+      const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), s);
       alloc = undefined;
       return { buffer, offsets: plan.offsets };
     }
     const buffer = finish(src, alloc, plan, r, o, t0, c0, huge, fresh);
+    if (verified) buffer.stats.verified = verified;
     alloc = undefined;
     return { buffer, offsets: plan.offsets };
   } finally {
+    // A load that failed before its hash ended: stop the hash thread (it pins the pages it has not hashed yet).
+    if (hash) await hash.cancel();
     if (reserved) reserved.release();
     else alloc?.close();
     await src?.close();
   }
+}
+
+/**
+ * What this load checks: the expected hash and the file's bytes that the load itself does not read (loadRanges), or
+ * undefined. With verify 'auto' a load that would have to read more than an eighth of the file again only to hash
+ * it checks nothing; a hash the caller gave is always checked.
+ */
+async function verification(src: OpenedFile, segments: readonly number[], verify: VerifyOption): Promise<{ expected: Expected; gaps: Array<{ offset: number; length: number }> } | undefined> {
+  const expected = await expectedFor(src.path, verify);
+  if (!expected) return undefined;
+  const missing = gaps(segments, src.size);
+  const extra = missing.reduce((n, g) => n + g.length, 0);
+  if (verify === 'auto' && extra > src.size / 8) return undefined;
+  return { expected, gaps: missing };
 }
 
 /** The into buffer's parts holding a file of `size` bytes: each part's share of it (parts past the end dropped). */

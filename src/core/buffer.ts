@@ -65,6 +65,23 @@ export interface LoadStats {
   memoryReason?: string | undefined;
   /** Set when the buffer came from a `dmaload serve` server through connect(): see {@link ServedInfo}. */
   served?: ServedInfo | undefined;
+  /** Set when the file's SHA-256 was checked while it was read (the `verify` option): see {@link VerifiedStats}. */
+  verified?: VerifiedStats | undefined;
+}
+
+/** What was verified: the file's SHA-256, computed while it was read and equal to the expected one. */
+export interface VerifiedStats {
+  algorithm: 'sha256';
+  /** The file's SHA-256 (64 lowercase hex digits). */
+  sha256: string;
+  /** 'option': the caller's `verify: { sha256 }`; 'hub-cache': the name of the Hugging Face cache blob the path resolves to. */
+  source: 'option' | 'hub-cache';
+  /** CPU time the hash thread spent (ms), overlapped with the reads. */
+  hashMs: number;
+  /** Bytes read only to hash them (loadRanges/loadModel: what no wanted range covers, the header included); 0 for load(). */
+  extraBytes: number;
+  /** 'sha-ni' (the x86 SHA extensions) or 'portable'. */
+  impl: 'sha-ni' | 'portable';
 }
 
 /** How a served buffer (connect().load()) was obtained. */

@@ -35,6 +35,21 @@ export interface TransferOptions {
   populate: boolean;
   /** preadv2/pwritev2 flags: 0 (default) or RWF_DONTCACHE (uncached buffered I/O). */
   rwFlags?: number;
+  /** Reads into a region: each completed request's bytes go to this hasher (verification while loading). */
+  hash?: Hasher;
+}
+
+/** A running SHA-256 of one file (hashOpen()); opaque. */
+export interface Hasher {
+  readonly __hasher: unique symbol;
+}
+
+/** How a hasher ended: `digest` (64 hex digits) only when every byte from 0 to the total was hashed. */
+export interface HashResult {
+  hashed: number;
+  digest: string | undefined;
+  cancelled: boolean;
+  busyMs: number;
 }
 
 export interface TransferResult {
@@ -130,6 +145,14 @@ export interface Native {
   /** 0 when the file takes RWF_DONTCACHE, else -errno (EOPNOTSUPP). Reads nothing. */
   uncachedProbe(fd: number): number;
   transfer(opts: TransferOptions, onProgress?: (bytes: number) => void): { promise: Promise<TransferResult>; cancel(): void };
+  hashOpen(total: number, onHashed?: (hashed: number) => void): { hasher: Hasher; promise: Promise<HashResult> } | number;
+  hashFeed(h: Hasher, region: Region, bufOffset: number, fileOffset: number, length: number): void;
+  hashEnd(h: Hasher): void;
+  hashCancel(h: Hasher): void;
+  /** SHA-256 of bytes in memory on the JS thread, by the process's implementation or the one named (null: the CPU lacks it). */
+  sha256(bytes: ArrayBufferView | ArrayBuffer, impl?: 'sha-ni' | 'portable'): string | null;
+  /** What verification hashes with here: the x86 SHA extensions or portable code. */
+  readonly sha256Impl: 'sha-ni' | 'portable';
   queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads'; rwFlags?: number }): Queue | number;
   queueSubmit(queue: Queue, target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<QueueResult>;
   queueCancel(queue: Queue): void;

@@ -8,6 +8,7 @@ import type { PartStats } from '../core/buffer.js';
 import { msSince } from '../core/util.js';
 import * as engine from '../engine/engine.js';
 import type { Tuning } from '../engine/engine.js';
+import type { Hasher } from '../engine/binding.js';
 import type { Allocation } from '../targets/types.js';
 import { COPY_MIN_RUN, clip, splitByResidency, unionMs } from './plan.js';
 import type { OpenedFile } from './source.js';
@@ -64,6 +65,8 @@ export interface ScheduleRequest {
   /** io 'auto': the file's resident pages (1 byte per page), or undefined to read everything one way. */
   resident: Uint8Array | undefined;
   group: JobGroup;
+  /** Verification: every read's bytes go to this hash as they arrive. */
+  hash?: { hasher: Hasher } | undefined;
   onProgress: ((bytes: number) => void) | undefined;
 }
 
@@ -166,6 +169,7 @@ async function readSplit(
         // Uncached buffered reads where there is no O_DIRECT (io 'uncached', or 'auto' where the file system takes
         // them); io 'auto''s copies of cached ranges stay plain (what they add is dropped afterwards).
         rwFlags: isDirect || src.direct ? 0 : src.rwFlags,
+        hash: r.hash?.hasher,
         tuning: r.tuning,
         path: src.path,
         signal: r.group.signal,

@@ -1,0 +1,213 @@
+/**
+ * Verification while reading: a SHA-256 of the file computed on a native thread from the bytes as reads complete
+ * (in file order, overlapped with the reads still in flight), never as a second pass over the file. Also where the
+ * expected hash comes from when the caller gives none: a Hugging Face hub cache names every large file's blob by its
+ * SHA-256 (`models--ORG--NAME/blobs/<sha256>`, with `snapshots/<rev>/<file>` a symlink to it).
+ */
+import { promises as fsp } from 'node:fs';
+import { basename, dirname } from 'node:path';
+export type { VerifiedStats } from '../core/buffer.js';
+import { AbortError, DmaloadError, DmaloadSystemError } from '../core/errors.js';
+import { native } from '../engine/binding.js';
+import type { HashResult, Hasher, Region } from '../engine/binding.js';
+import * as engine from '../engine/engine.js';
+import type { Tuning } from '../engine/engine.js';
+import { anonymous } from '../engine/memory.js';
+import type { OpenedFile } from './source.js';
+
+/** What a load checks its file against: a SHA-256 and where that came from. */
+export interface Expected {
+  sha256: string;
+  source: 'option' | 'hub-cache';
+}
+
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/**
+ * The SHA-256 a hub-cache path promises: `path` resolves (through its symlinks) to `…/(models|datasets|spaces)--*
+ * /blobs/<64 hex>`. A blob named by a git SHA-1 (40 hex digits: small files the hub stores in git) promises nothing.
+ */
+export async function hubCacheSha256(path: string): Promise<string | undefined> {
+  const real = await fsp.realpath(path).catch(() => undefined);
+  if (!real) return undefined;
+  const name = basename(real);
+  const blobs = dirname(real);
+  if (!SHA256_HEX.test(name) || basename(blobs) !== 'blobs' || !/^(models|datasets|spaces)--./.test(basename(dirname(blobs)))) return undefined;
+  return name;
+}
+
+/** The error for a file whose hash is not the expected one. */
+export function mismatch(path: string, expected: Expected, actual: string): DmaloadError {
+  const from = expected.source === 'hub-cache' ? 'its Hugging Face cache blob name' : 'the verify option';
+  const what = expected.source === 'hub-cache' ? 'delete the blob and download it again' : 'the file is corrupt or not the one expected; fetch it again';
+  const e = new DmaloadError('ERR_CHECKSUM_MISMATCH', `'${path}' has SHA-256 ${actual} but ${from} says ${expected.sha256}: ${what}`, { path });
+  Object.assign(e, { expected: expected.sha256, actual });
+  return e;
+}
+
+/**
+ * One file's running hash. Reads hand it their bytes through `hasher` (transfer's `hash` option) or feed();
+ * `finish()` says no more will come and resolves with the result; `cancel()` stops it. One of the two must be
+ * called: until then a native thread waits.
+ */
+export class HashStream {
+  readonly hasher: Hasher;
+  readonly total: number;
+  #hashed = 0;
+  #waiters: Array<{ at: number; resolve(): void }> = [];
+  #promise: Promise<HashResult>;
+  #ended = false;
+
+  constructor(total: number, path: string) {
+    this.total = total;
+    const h = native.hashOpen(total, (n) => {
+      this.#hashed = n;
+      this.#wake();
+    });
+    if (typeof h === 'number') throw new DmaloadSystemError(h, 'pthread_create', path);
+    this.hasher = h.hasher;
+    this.#promise = h.promise.then((r) => {
+      this.#hashed = r.hashed;
+      this.#ended = true;
+      this.#wake();
+      return r;
+    });
+  }
+
+  /** Bytes hashed so far, from the file's start. */
+  get hashed(): number {
+    return this.#hashed;
+  }
+
+  feed(region: Region, bufOffset: number, fileOffset: number, length: number): void {
+    native.hashFeed(this.hasher, region, bufOffset, fileOffset, length);
+  }
+
+  /**
+   * Resolves once the first `bytes` of the file are hashed (or the stream ended, however far it got); rejects with
+   * an AbortError when `signal` aborts first (the bytes before may never come: another read failed).
+   */
+  async waitFor(bytes: number, signal?: AbortSignal): Promise<void> {
+    if (this.#hashed >= bytes || this.#ended) return;
+    signal?.throwIfAborted();
+    let onAbort: (() => void) | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#waiters.push({ at: bytes, resolve });
+        onAbort = () => reject(new AbortError(undefined, { cause: signal?.reason }));
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
+    } finally {
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  #wake(): void {
+    this.#waiters = this.#waiters.filter((w) => {
+      if (this.#hashed < w.at && !this.#ended) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  /** No more bytes will come: resolves with the digest (undefined unless every byte of the file was hashed). */
+  finish(): Promise<HashResult> {
+    native.hashEnd(this.hasher);
+    return this.#promise;
+  }
+
+  /** Stops now; resolves once the hash thread has ended (it pins no memory any more). */
+  cancel(): Promise<HashResult> {
+    native.hashCancel(this.hasher);
+    return this.#promise;
+  }
+}
+
+/**
+ * Hashes file ranges that no load reads (or a whole file, for `dmaload verify`): reads them into a small ring of
+ * private memory by the engine, the hash following the reads, and a slot read again only once hashed. Memory is the
+ * ring's, whatever the sizes. Resolves with the bytes read.
+ */
+export async function hashRanges(src: OpenedFile, ranges: ReadonlyArray<{ offset: number; length: number }>, hs: HashStream, o: { tuning: Tuning; signal?: AbortSignal | undefined; onProgress?: ((bytes: number) => void) | undefined }): Promise<number> {
+  const slot = Math.max(o.tuning.chunk, 8 << 20) * 4;
+  const slots = 2;
+  const total = ranges.reduce((n, r) => n + r.length, 0);
+  if (total === 0) return 0;
+  const block = src.direct ? src.align.offsetAlign : 1;
+  const ring = anonymous(Math.min(slot, Math.ceil(total / block) * block + block) * slots, true, src.path);
+  const slotLen = native.regionSize(ring) / slots;
+  let done = 0;
+  const jobs: Array<Promise<unknown> | undefined> = [];
+  const slotEnd: number[] = [];
+  try {
+    let k = 0;
+    for (const r of ranges) {
+      for (let off = r.offset; off < r.offset + r.length; ) {
+        // Direct reads start on a block: start earlier and let the hash skip what it already has.
+        const start = src.direct ? Math.floor(off / block) * block : off;
+        const len = Math.min(slotLen - block, r.offset + r.length - start);
+        const s = k++ % slots;
+        await jobs[s];
+        // The slot is free again once what was read into it is hashed.
+        await hs.waitFor(Math.min(slotEnd[s] ?? 0, hs.total), o.signal);
+        slotEnd[s] = start + len;
+        o.signal?.throwIfAborted();
+        const job = engine.run({
+          fd: src.direct ? src.directFd : src.fd,
+          write: false,
+          direct: src.direct,
+          target: ring,
+          segments: [start, s * slotLen, len],
+          padTo: src.direct ? block : 1,
+          bounce: false,
+          populate: false,
+          rwFlags: src.direct ? 0 : src.rwFlags,
+          tuning: o.tuning,
+          path: src.path,
+          signal: o.signal,
+          hash: hs.hasher,
+        }).then((res) => {
+          if (res.short) throw new DmaloadError('ERR_FILE_CHANGED', `'${src.path}' became shorter while it was verified; verify it again`, { path: src.path });
+          done += len;
+          o.onProgress?.(done);
+        });
+        job.catch(() => {});
+        jobs[s] = job;
+        off = start + len;
+      }
+    }
+    await Promise.all(jobs);
+    return done;
+  } catch (e) {
+    if (o.signal?.aborted && !(e instanceof AbortError)) throw new AbortError(undefined, { cause: o.signal.reason });
+    throw e;
+  } finally {
+    await Promise.allSettled(jobs);
+    // The hasher pins the ring's pages it has not hashed yet: unmapping is deferred until then, never unsafe.
+    native.munmap(ring);
+  }
+}
+
+/** The hash a read checks `path` against, or undefined: the caller's, or (verify 'auto') the hub-cache blob's name. */
+export async function expectedFor(path: string, verify: 'auto' | false | { sha256: string }): Promise<Expected | undefined> {
+  if (verify === false) return undefined;
+  if (verify !== 'auto') return { sha256: verify.sha256, source: 'option' };
+  const h = await hubCacheSha256(path);
+  return h ? { sha256: h, source: 'hub-cache' } : undefined;
+}
+
+/** The parts of [0, size) that no segment ([fileOffset, bufOffset, length, …]) reads. */
+export function gaps(segments: readonly number[], size: number): Array<{ offset: number; length: number }> {
+  const spans: Array<[number, number]> = [];
+  for (let i = 0; i < segments.length; i += 3) spans.push([segments[i]!, segments[i]! + segments[i + 2]!]);
+  spans.sort((a, b) => a[0] - b[0]);
+  const out: Array<{ offset: number; length: number }> = [];
+  let at = 0;
+  for (const [s, e] of spans) {
+    if (s > at) out.push({ offset: at, length: Math.min(s, size) - at });
+    at = Math.max(at, e);
+    if (at >= size) break;
+  }
+  if (at < size) out.push({ offset: at, length: size - at });
+  return out.filter((g) => g.length > 0);
+}
