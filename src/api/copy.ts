@@ -13,7 +13,10 @@ import { anonymous } from '../engine/memory.js';
 import { dropAdded, residentPages } from '../pipeline/cache.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
-import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionsObject, pathOption, signalOption, tuning } from './options.js';
+import { HashStream, expectedFor, settle } from '../pipeline/verify.js';
+import type { VerifiedStats } from '../core/buffer.js';
+import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
+import type { VerifyOption } from './options.js';
 import { openWriter } from './writer.js';
 import type { WriterResult } from './writer.js';
 
@@ -42,10 +45,18 @@ export interface CopyOptions {
   mode?: number;
   onProgress?: (p: { bytes: number; total: number }) => void;
   signal?: AbortSignal;
+  /**
+   * Check the source's SHA-256 while it is copied, as load()'s option: 'auto' (default: a hub-cache blob's name),
+   * true (also compute and report it with nothing to compare), false, or `{ sha256 }`. A mismatch is
+   * ERR_CHECKSUM_MISMATCH and no destination appears (the one there stays as it was).
+   */
+  verify?: VerifyOption;
 }
 
 export interface CopyResult extends WriterResult {
   readIo: 'direct' | 'buffered' | 'uncached';
+  /** What was verified, when something was. */
+  verified?: VerifiedStats | undefined;
 }
 
 /** Copies `src` to `dst`; refuses the same file (ERR_SAME_FILE) and a folder as destination. */
@@ -61,9 +72,12 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
   const mode = modeOption(o.mode);
   const onProgress = functionOption<NonNullable<CopyOptions['onProgress']>>('onProgress', o.onProgress);
   const signal = signalOption(o.signal);
+  const verify = verifyOption(o.verify);
   signal?.throwIfAborted();
   const source = await openFile(src, 'read', io);
+  let hs: HashStream | undefined;
   try {
+    const expected = await expectedFor(src, verify);
     const d = statSync(dst, { throwIfNoEntry: false });
     if (d && d.ino === source.stat.ino && d.dev === source.stat.dev) throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });
     if (d?.isDirectory()) throw new DmaloadError('ERR_IS_DIRECTORY', `'${dst}' is a directory; give the destination file's full path`, { path: dst });
@@ -88,6 +102,8 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
       // Uncached reads (no O_DIRECT): what they leave in the page cache is dropped at the end.
       const before = !source.direct && source.rwFlags ? residentPages(source.fd, size) : undefined;
       const reads: Array<Promise<number>> = [];
+      if (expected) hs = new HashStream(size, src);
+      const hash = hs;
       const slotFree: Array<Promise<void>> = Array.from({ length: nSlots }, () => Promise.resolve());
       const lengthOf = (i: number) => Math.min(chunk, size - i * chunk);
       // Reads run ahead of the loop's awaits: mark them handled now, the loop (or the finally) sees their errors.
@@ -106,14 +122,23 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
           const len = lengthOf(i);
           const got = await reads[i]!;
           if (got < len) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
+          // The hash follows the reads on its own thread; a slot is read into again once written and hashed.
+          hash?.feed(ring, (i % nSlots) * chunk, i * chunk, len);
           const { written } = await writer.queueRegion(ring, (i % nSlots) * chunk, len);
-          slotFree[i % nSlots] = written;
+          slotFree[i % nSlots] = hash ? Promise.all([written, hash.waitFor(i * chunk + len, signal)]).then(() => {}) : written;
           if (i + nSlots < nChunks) read(i + nSlots);
           done += len;
           onProgress?.({ bytes: done, total: size });
         }
         if (fstatSync(source.fd).size !== size) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
-        return { ...(await writer.close()), readIo: source.direct ? 'direct' : source.rwFlags ? 'uncached' : 'buffered' };
+        // Checked before the destination is put in place: a corrupt source never replaces it.
+        let verified: VerifiedStats | undefined;
+        if (hash && expected) {
+          const h = await settle(hash, src, expected);
+          hs = undefined;
+          verified = { algorithm: 'sha256', sha256: h.sha256, source: expected.source, hashMs: h.hashMs, extraBytes: 0, impl: native.sha256Impl };
+        }
+        return { ...(await writer.close()), readIo: source.direct ? 'direct' : source.rwFlags ? 'uncached' : 'buffered', ...(verified ? { verified } : {}) };
       } catch (e) {
         q.cancel();
         await writer.abort(e);
@@ -128,6 +153,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
       native.munmap(ring);
     }
   } finally {
+    if (hs) await hs.cancel();
     await source.close();
   }
 }

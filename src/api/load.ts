@@ -15,7 +15,7 @@ import type { FileRange, Placement } from '../pipeline/plan.js';
 import { JobGroup, schedule } from '../pipeline/schedule.js';
 import type { ScheduleResult } from '../pipeline/schedule.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
-import { HashStream, expectedFor, gaps, hashRanges, mismatch } from '../pipeline/verify.js';
+import { HashStream, expectedFor, gaps, hashRanges, settle } from '../pipeline/verify.js';
 import type { Expected } from '../pipeline/verify.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { targets } from '../targets/index.js';
@@ -94,6 +94,7 @@ export interface LoadOptions {
    *   (`models--ORG--NAME/blobs/<64 hex>`, what `snapshots/<rev>/<file>` links to) is checked against that name;
    *   anything else (a git-SHA-1 blob name included) is not checked.
    * - `{ sha256: '<64 hex digits>' }`: checked against that.
+   * - `true`: as 'auto', and otherwise the SHA-256 is computed and reported in `stats.verified` (source 'computed').
    * - `false`: nothing is checked.
    * loadRanges (and loadModel) read the bytes no range covers too, only to hash them (`stats.verified.extraBytes`):
    * always with a given hash, with 'auto' only when they are at most an eighth of the file. `stats.verified` says
@@ -246,10 +247,9 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     let verified: LoadStats['verified'];
     if (check && hash) {
       const extraBytes = (await extra) ?? 0;
-      const h = await hash.finish();
+      const h = await settle(hash, path, check.expected);
       hash = undefined;
-      if (h.digest !== check.expected.sha256) throw mismatch(path, check.expected, h.digest ?? `(only ${h.hashed} of ${src.size} bytes hashed)`);
-      verified = { algorithm: 'sha256', sha256: h.digest, source: check.expected.source, hashMs: Math.round(h.busyMs * 100) / 100, extraBytes, impl: native.sha256Impl };
+      verified = { algorithm: 'sha256', sha256: h.sha256, source: check.expected.source, hashMs: h.hashMs, extraBytes, impl: native.sha256Impl };
     }
     if (resident && r.copiedBytes > 0 && !o.keepCache) dropAdded(src.fd, resident, src.size);
     if (reserved) {
@@ -284,7 +284,7 @@ async function verification(src: OpenedFile, segments: readonly number[], verify
   if (!expected) return undefined;
   const missing = gaps(segments, src.size);
   const extra = missing.reduce((n, g) => n + g.length, 0);
-  if (verify === 'auto' && extra > src.size / 8) return undefined;
+  if (verify === 'auto' && extra > src.size / 8) return undefined; // 'auto' never multiplies a partial load's reads
   return { expected, gaps: missing };
 }
 

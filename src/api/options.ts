@@ -188,19 +188,20 @@ export function integerOption(name: string, value: unknown, min: number, max: nu
 
 /**
  * What `verify` takes: 'auto' (the default: a path that resolves into a Hugging Face hub cache blob named by its
- * SHA-256 is checked against that name), false (check nothing), or `{ sha256: '<64 hex digits>' }`.
+ * SHA-256 is checked against that name), true (as 'auto', and the SHA-256 is computed and reported even with
+ * nothing to check it against), false (check nothing), or `{ sha256: '<64 hex digits>' }`.
  */
-export type VerifyOption = 'auto' | false | { sha256: string };
+export type VerifyOption = 'auto' | boolean | { sha256: string };
 
 /** The `verify` option, checked; a hash in upper case is taken as the same hash. */
 export function verifyOption(value: unknown): VerifyOption {
   if (value === undefined || value === 'auto') return 'auto';
-  if (value === false) return false;
+  if (typeof value === 'boolean') return value;
   if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
     const h = (value as { sha256?: unknown }).sha256;
     if (typeof h !== 'string') throw invalidType('verify.sha256', 'a string of 64 hex digits', h);
     if (!/^[0-9a-fA-F]{64}$/.test(h)) throw invalidValue('verify.sha256', h, 'must be a SHA-256: 64 hex digits');
     return { sha256: h.toLowerCase() };
   }
-  throw invalidType('verify', "'auto', false or { sha256: '<64 hex digits>' }", value);
+  throw invalidType('verify', "'auto', true, false or { sha256: '<64 hex digits>' }", value);
 }

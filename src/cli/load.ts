@@ -8,6 +8,7 @@ import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
 import { formatBytes, parseSize } from '../core/util.js';
 import { UsageError, onInterrupt, progressBar, sha256 } from './io.js';
+import { verifyFlag } from './verify.js';
 import type { CliIO } from './io.js';
 
 export const LOAD_HELP = `Usage: dmaload load FILE [options]
@@ -28,7 +29,12 @@ Options:
   --io auto|direct|buffered|uncached
                             how to read (default auto: direct where the file system allows; uncached:
                             buffered reads that leave no page cache, RWF_DONTCACHE)
-  --hash sha256             hash the loaded bytes (from the buffer, after loading)
+  --verify auto|on|off|sha256:HEX
+                            check the file's SHA-256 while it loads (a native thread hashes the bytes as
+                            reads complete): auto (default) checks a Hugging Face hub-cache blob against
+                            its name; on also computes and prints it otherwise; sha256:HEX checks that.
+                            A mismatch is ERR_CHECKSUM_MISMATCH and exit status 1
+  --hash sha256             print the loaded bytes' SHA-256 (as --verify on)
   --evict                   drop FILE from the page cache first (flushed, then dropped, checked with mincore;
                             a warning says how much stayed)
   --json                    one JSON object on stdout
@@ -51,6 +57,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       target: { type: 'string' },
       io: { type: 'string' },
       hash: { type: 'string' },
+      verify: { type: 'string' },
       evict: { type: 'boolean', default: false },
       heap: { type: 'string' },
       'part-size': { type: 'string' },
@@ -75,6 +82,8 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
     if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096, e.g. 32MiB (got '${values['part-size']}')`);
   }
   const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
+  let verify = verifyFlag(values.verify);
+  if (values.hash && verify === 'auto') verify = true;
   const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
@@ -91,6 +100,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       ...(partSize === undefined ? {} : { partSize }),
       ...(hugePages === undefined ? {} : { hugePages }),
       overlap,
+      verify,
       signal: interrupt.signal,
       onProgress: (p) => bar.update(p.bytes, p.total),
     });
@@ -127,8 +137,10 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       ...(s.hugePages === undefined ? {} : { hugePages: s.hugePages }),
       ...(s.hugetlb === undefined ? {} : { hugetlb: s.hugetlb }),
       ...(s.memoryReason === undefined ? {} : { memoryReason: s.memoryReason }),
+      ...(s.verified === undefined ? {} : { verified: s.verified }),
     };
-    if (values.hash) out.sha256 = await sha256(buf);
+    if (s.verified) out.sha256 = s.verified.sha256;
+    else if (values.hash) out.sha256 = await sha256(buf);
     if (values.json) {
       io.stdout(JSON.stringify(out) + '\n');
     } else {
@@ -136,7 +148,8 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       io.stdout(
         `${path}: ${formatBytes(buf.size)} into ${target} in ${s.ms.toFixed(0)} ms (${(s.bytesPerSec / 1e6).toFixed(0)} MB/s), ` +
           `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${formatBytes(s.pageCacheBytes)} (${pct}%), io ${s.io}` +
-          `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}\n`,
+          `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}` +
+          `${s.verified && s.verified.source !== 'computed' ? ` (verified against ${s.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})` : ''}\n`,
       );
     }
   } finally {

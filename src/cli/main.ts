@@ -10,6 +10,7 @@ import { inspectCommand } from './inspect.js';
 import { loadCommand } from './load.js';
 import { probeCommand } from './probe.js';
 import { serveCommand } from './serve.js';
+import { verifyCommand } from './verify.js';
 
 export const HELP = `Usage: dmaload <command> [options]
 
@@ -20,6 +21,7 @@ Commands:
   inspect FILE  list a model file's tensors (safetensors, GGUF) from its header
   bench [FILE]  measure every way of loading a file, side by side (makes its own file when given none)
   serve         load files once and share their sealed buffers with local processes (Unix socket)
+  verify FILE.. check files' SHA-256 at the device's speed (against --sha256 or their hub-cache blob names)
 
 Options:
   -h, --help     this help
@@ -42,6 +44,7 @@ const commands: Record<string, Command> = {
   inspect: inspectCommand,
   cp: cpCommand,
   serve: serveCommand,
+  verify: verifyCommand,
 };
 
 /**

@@ -74,8 +74,11 @@ export interface VerifiedStats {
   algorithm: 'sha256';
   /** The file's SHA-256 (64 lowercase hex digits). */
   sha256: string;
-  /** 'option': the caller's `verify: { sha256 }`; 'hub-cache': the name of the Hugging Face cache blob the path resolves to. */
-  source: 'option' | 'hub-cache';
+  /**
+   * What it was checked against: 'option' (the caller's `verify: { sha256 }`), 'hub-cache' (the name of the Hugging
+   * Face cache blob the path resolves to), or 'computed' (`verify: true` with nothing to check against: only computed).
+   */
+  source: 'option' | 'hub-cache' | 'computed';
   /** CPU time the hash thread spent (ms), overlapped with the reads. */
   hashMs: number;
   /** Bytes read only to hash them (loadRanges/loadModel: what no wanted range covers, the header included); 0 for load(). */

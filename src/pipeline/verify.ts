@@ -15,10 +15,10 @@ import type { Tuning } from '../engine/engine.js';
 import { anonymous } from '../engine/memory.js';
 import type { OpenedFile } from './source.js';
 
-/** What a load checks its file against: a SHA-256 and where that came from. */
+/** What a read checks its file against: a SHA-256 and where that came from ('computed': nothing, only report it). */
 export interface Expected {
-  sha256: string;
-  source: 'option' | 'hub-cache';
+  sha256: string | undefined;
+  source: 'option' | 'hub-cache' | 'computed';
 }
 
 export const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -37,7 +37,7 @@ export async function hubCacheSha256(path: string): Promise<string | undefined> 
 }
 
 /** The error for a file whose hash is not the expected one. */
-export function mismatch(path: string, expected: Expected, actual: string): DmaloadError {
+export function mismatch(path: string, expected: Expected & { sha256: string }, actual: string): DmaloadError {
   const from = expected.source === 'hub-cache' ? 'its Hugging Face cache blob name' : 'the verify option';
   const what = expected.source === 'hub-cache' ? 'delete the blob and download it again' : 'the file is corrupt or not the one expected; fetch it again';
   const e = new DmaloadError('ERR_CHECKSUM_MISMATCH', `'${path}' has SHA-256 ${actual} but ${from} says ${expected.sha256}: ${what}`, { path });
@@ -188,12 +188,27 @@ export async function hashRanges(src: OpenedFile, ranges: ReadonlyArray<{ offset
   }
 }
 
-/** The hash a read checks `path` against, or undefined: the caller's, or (verify 'auto') the hub-cache blob's name. */
-export async function expectedFor(path: string, verify: 'auto' | false | { sha256: string }): Promise<Expected | undefined> {
+/**
+ * What a read checks `path` against, or undefined (hash nothing): the caller's hash, else (verify 'auto' or true)
+ * the hub-cache blob's name, else (verify true) nothing to compare, only a hash to report.
+ */
+export async function expectedFor(path: string, verify: 'auto' | boolean | { sha256: string }): Promise<Expected | undefined> {
   if (verify === false) return undefined;
-  if (verify !== 'auto') return { sha256: verify.sha256, source: 'option' };
+  if (typeof verify === 'object') return { sha256: verify.sha256, source: 'option' };
   const h = await hubCacheSha256(path);
-  return h ? { sha256: h, source: 'hub-cache' } : undefined;
+  if (h) return { sha256: h, source: 'hub-cache' };
+  return verify === true ? { sha256: undefined, source: 'computed' } : undefined;
+}
+
+/**
+ * Ends a hash and checks it: ERR_CHECKSUM_MISMATCH when it differs from the expected one, ERR_FILE_CHANGED when not
+ * every byte reached it (the file shrank). Returns the digest.
+ */
+export async function settle(hs: HashStream, path: string, expected: Expected): Promise<{ sha256: string; hashMs: number }> {
+  const h = await hs.finish();
+  if (h.digest === undefined) throw new DmaloadError('ERR_FILE_CHANGED', `'${path}': only ${h.hashed} of ${hs.total} bytes could be hashed (the file changed while it was read); read it again`, { path });
+  if (expected.sha256 !== undefined && h.digest !== expected.sha256) throw mismatch(path, { ...expected, sha256: expected.sha256 }, h.digest);
+  return { sha256: h.digest, hashMs: Math.round(h.busyMs * 100) / 100 };
 }
 
 /** The parts of [0, size) that no segment ([fileOffset, bufOffset, length, …]) reads. */

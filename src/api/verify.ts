@@ -1,0 +1,102 @@
+/**
+ * verifyFile(): a file's SHA-256 at the device's speed — direct I/O into a small ring of private memory, the hash
+ * on a native thread following the reads — checked against the expected one (the caller's, or a Hugging Face hub
+ * cache blob's name). No page cache is left behind and memory use is the ring's, whatever the file's size.
+ */
+import { fstatSync } from 'node:fs';
+import { DmaloadError } from '../core/errors.js';
+import { cpuMsSince, msSince } from '../core/util.js';
+import { native } from '../engine/binding.js';
+import { pageCacheBytes, uncachedRead } from '../pipeline/cache.js';
+import { fileChanged, openFile } from '../pipeline/source.js';
+import type { IoMode } from '../pipeline/source.js';
+import { HashStream, expectedFor, hashRanges, mismatch } from '../pipeline/verify.js';
+import { functionOption, ioOption, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
+
+export interface VerifyFileOptions {
+  /** The SHA-256 the file must have (64 hex digits). Default: the hub-cache blob name the path resolves to, if any. */
+  sha256?: string;
+  /** As load()'s: 'auto' (default) reads by direct I/O where the file system allows. */
+  io?: IoMode;
+  chunkSize?: number;
+  queueDepth?: number;
+  onProgress?: (p: { bytes: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+export interface VerifyFileResult {
+  path: string;
+  size: number;
+  /** The file's SHA-256. */
+  sha256: string;
+  /** What it was compared with, or undefined when nothing was expected (then `ok` is undefined too). */
+  expected: string | undefined;
+  /** 'option' (the sha256 option), 'hub-cache' (the blob's name), or 'computed' (nothing to compare with). */
+  source: 'option' | 'hub-cache' | 'computed';
+  /** true: the hashes match; false: they differ; undefined: nothing was expected. */
+  ok: boolean | undefined;
+  /** The reads: 'direct', or 'uncached'/'buffered' where the file system has no direct I/O. */
+  io: 'direct' | 'uncached' | 'buffered';
+  ms: number;
+  cpuMs: number;
+  bytesPerSec: number;
+  /** Bytes of the file in the page cache afterwards. */
+  pageCacheBytes: number;
+  impl: 'sha-ni' | 'portable';
+}
+
+/**
+ * Hashes the file at `path` and compares the hash with the expected one. A mismatch is not thrown: `ok` is false
+ * (the CLI's `dmaload verify` exits 1); use load()'s `verify` option to refuse a corrupt file while loading it.
+ * @throws system errors (ENOENT, …), ERR_NOT_REGULAR_FILE, ERR_FILE_CHANGED, AbortError, ERR_INVALID_ARG_*
+ */
+export async function verifyFile(path: string, options: VerifyFileOptions = {}): Promise<VerifyFileResult> {
+  pathOption('path', path);
+  const o = optionsObject(options);
+  const given = o.sha256 === undefined ? undefined : verifyOption({ sha256: o.sha256 });
+  const io = ioOption(o.io);
+  const tune = tuning('read', o);
+  const onProgress = functionOption<NonNullable<VerifyFileOptions['onProgress']>>('onProgress', o.onProgress);
+  const signal = signalOption(o.signal);
+  signal?.throwIfAborted();
+  const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  const src = await openFile(path, 'read', io);
+  let hs: HashStream | undefined;
+  try {
+    const expected = (await expectedFor(path, given ?? true))!;
+    hs = new HashStream(src.size, path);
+    const stream = hs;
+    await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () =>
+      hashRanges(src, [{ offset: 0, length: src.size }], stream, { tuning: tune, signal, onProgress: onProgress && ((bytes) => onProgress({ bytes, total: src.size })) }),
+    );
+    const now = fstatSync(src.fd).size;
+    if (now !== src.size) fileChanged(path, 'verify', src.size, now);
+    const h = await hs.finish();
+    hs = undefined;
+    if (h.digest === undefined) throw new DmaloadError('ERR_FILE_CHANGED', `'${path}': only ${h.hashed} of ${src.size} bytes could be hashed (the file changed while it was read); verify it again`, { path });
+    const ms = msSince(t0);
+    return {
+      path,
+      size: src.size,
+      sha256: h.digest,
+      expected: expected.sha256,
+      source: expected.source,
+      ok: expected.sha256 === undefined ? undefined : expected.sha256 === h.digest,
+      io: src.direct ? 'direct' : src.rwFlags ? 'uncached' : 'buffered',
+      ms,
+      cpuMs: cpuMsSince(c0),
+      bytesPerSec: ms > 0 ? Math.round(src.size / (ms / 1000)) : 0,
+      pageCacheBytes: pageCacheBytes(src.fd, src.size),
+      impl: native.sha256Impl,
+    };
+  } finally {
+    if (hs) await hs.cancel();
+    await src.close();
+  }
+}
+
+/** The error verifyFile()'s callers throw for a result that is not ok (the CLI prints it; tests match it). */
+export function verifyError(r: VerifyFileResult): DmaloadError | undefined {
+  return r.ok === false ? mismatch(r.path, { sha256: r.expected!, source: r.source }, r.sha256) : undefined;
+}
