@@ -24,6 +24,8 @@ for the file, rows with memory from it are added (hugePages 'hugetlb': a fresh l
 Options:
   --size SIZE          size of the generated file (default 1GiB; e.g. 256MiB)
   --all                every method × target × io (the full matrix)
+  --verify             add rows with SHA-256 verification: a load checking it while reading (+verify) and
+                       'dmaload verify' alone (verifyFile), to compare with the same load without it and fio
   --targets LIST       comma-separated: ${DEFAULT_TARGETS.join(',')} (default: all; missing kernel features are reported)
   --methods LIST       comma-separated: ${METHODS.join(',')}; each in every io it has
                        (default: the default rows)
@@ -61,6 +63,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     options: {
       size: { type: 'string' },
       all: { type: 'boolean', default: false },
+      verify: { type: 'boolean', default: false },
       io: { type: 'string' },
       targets: { type: 'string' },
       methods: { type: 'string' },
@@ -86,6 +89,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     targets: list<TargetName>('targets', values.targets, DEFAULT_TARGETS, DEFAULT_TARGETS),
     ...(values.methods === undefined ? {} : { methods: list<Method>('methods', values.methods, METHODS, METHODS) }),
     all: values.all,
+    verify: values.verify,
     ...(values.io === undefined ? {} : { ios: list<RowIo>('io', values.io, ['direct', 'buffered', 'uncached', 'auto'], []) }),
     rounds,
     dropCaches: values['drop-caches'],

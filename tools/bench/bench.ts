@@ -35,6 +35,8 @@ export interface BenchOptions {
   methods?: Method[];
   /** Every method × target × io (the full matrix), when `methods` is not given. */
   all?: boolean;
+  /** Add the verification rows: a load checking its SHA-256 while reading, and verifyFile() (see VERIFY_ROWS). */
+  verify?: boolean;
   /** Only rows of these ios (the peers, fio and node-readFile, stay). */
   ios?: RowIo[];
   rounds?: number;
@@ -144,6 +146,12 @@ export const HUGETLB_ROWS: readonly RowSpec[] = [
   { method: 'dmaload-reload', target: 'memory', io: 'auto', hugePages: 'hugetlb' },
 ];
 const HUGETLB_TARGETS: readonly TargetName[] = ['memory', 'memfd', 'udmabuf'];
+
+/** Rows with verification (bench --verify): a load that checks its SHA-256 while reading, and verifyFile() alone. */
+export const VERIFY_ROWS: readonly RowSpec[] = [
+  { method: 'dmaload', target: 'memory', io: 'direct', verify: 'load' },
+  { method: 'dmaload', target: 'memory', io: 'direct', verify: 'file' },
+];
 
 /**
  * The rows of a run, peers (node-readFile, fio) once: with `all`, method × target × io; else the default rows of
@@ -318,7 +326,9 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
 
     const huge = hugetlbRows(size);
     if (huge.reason) status(huge.reason);
-    const specs = planRows(methods, tgts, o.methods !== undefined || o.all === true, huge.ok).filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
+    const planned = planRows(methods, tgts, o.methods !== undefined || o.all === true, huge.ok);
+    if (o.verify) planned.push(...VERIFY_ROWS.filter((r) => methods.includes(r.method) && tgts.includes(r.target)));
+    const specs = planned.filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
     const measures: RowMeasure[][] = specs.map(() => []);
     const startCache: number[] = specs.map(() => 0);
     const skip: Array<string | undefined> = specs.map((s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s));
@@ -362,7 +372,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
 
 export function label(r: RowSpec): string {
   if (r.method === 'fio' || r.method === 'node-readFile') return r.method;
-  const pages = r.hugePages ? ` ${r.hugePages}` : '';
+  const pages = (r.hugePages ? ` ${r.hugePages}` : '') + (r.verify === 'load' ? ' +verify' : r.verify === 'file' ? ' verifyFile' : '');
   if (r.method === 'dmaload-reload') return `${r.target} ${r.io} dmaload reload${pages}`;
   return `${r.target} ${r.io} ${r.method}${pages}`;
 }

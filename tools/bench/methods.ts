@@ -5,6 +5,7 @@
 import { closeSync, constants as FS, openSync, promises as fsp, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { load } from '../../src/api/load.js';
+import { verifyFile } from '../../src/api/verify.js';
 import type { LoadedBuffer } from '../../src/core/buffer.js';
 import { dioAlign } from '../../src/pipeline/source.js';
 import { evictPath, pageCacheBytes, pageCacheBytesOf } from '../../src/pipeline/cache.js';
@@ -26,6 +27,11 @@ export interface RowSpec {
   io: RowIo;
   /** dmaload rows: memory from the hugetlb pool (`hugePages: 'hugetlb'`); only where the pool holds enough pages. */
   hugePages?: 'hugetlb';
+  /**
+   * dmaload rows: 'load', the load checks its SHA-256 while reading (`verify: true`); 'file', verifyFile() hashes
+   * the file at the device's speed into a small ring, no buffer kept (`dmaload verify`).
+   */
+  verify?: 'load' | 'file';
 }
 
 /** What one child measured for one row. */
@@ -179,7 +185,12 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
 
 async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
   const c0 = cpu();
-  const b = await load(path, { target: spec.target, io: spec.io, ...(spec.hugePages ? { hugePages: spec.hugePages } : {}) });
+  if (spec.verify === 'file') {
+    const t0 = now();
+    const r = await verifyFile(path, { io: spec.io });
+    return { supported: true, createMs: 0, ioMs: now() - t0, closeMs: 0, cpuMs: cpu() - c0, pageCacheBytes: r.pageCacheBytes, sha256: r.sha256, ioUsed: r.io };
+  }
+  const b = await load(path, { target: spec.target, io: spec.io, verify: spec.verify === 'load', ...(spec.hugePages ? { hugePages: spec.hugePages } : {}) });
   const cpuIo = cpu() - c0;
   return measured(b, cpuIo);
 }
