@@ -270,7 +270,16 @@ export class Cache {
       return this.#readThroughFd(fd, size, name, shape);
     }
     const s = buf.stats;
-    const stats = { io: s.io, directBytes: s.directBytes, copiedBytes: s.copiedBytes, ...(s.ioReason ? { ioReason: s.ioReason } : {}), engine: s.engine, bytesRead: s.bytesRead };
+    const v = s.verified;
+    const stats = {
+      io: s.io,
+      directBytes: s.directBytes,
+      copiedBytes: s.copiedBytes,
+      ...(s.ioReason ? { ioReason: s.ioReason } : {}),
+      engine: s.engine,
+      bytesRead: s.bytesRead,
+      ...(v ? { verified: { sha256: v.sha256, source: v.source, impl: v.impl } } : {}),
+    };
     return { exported: exportBuffer(buf, o.target), stats };
   }
 

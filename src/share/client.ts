@@ -310,6 +310,11 @@ class Client implements ShareClient {
       queueDepth: 0,
       served: { socket: this.socket, cached: body.cached === true, serverMs: num(s.serverMs) },
     };
+    // What the server checked when it loaded the file (a hub-cache blob against its name), as the server says.
+    const v = s.verified;
+    if (v && typeof v.sha256 === 'string' && /^[0-9a-f]{64}$/.test(v.sha256) && (v.source === 'option' || v.source === 'hub-cache' || v.source === 'computed')) {
+      stats.verified = { algorithm: 'sha256', sha256: v.sha256, source: v.source, hashMs: 0, extraBytes: 0, impl: v.impl === 'portable' ? 'portable' : 'sha-ni' };
+    }
     const tMap = performance.now();
     const buf = mapReceived(path, this.socket, body, r.fds, stats);
     // Filled in once mapped, so that they describe this call.

@@ -68,6 +68,8 @@ export interface ServedLoadStats {
   bytesRead: number;
   /** The server's time for this request, from receiving it to sending the reply, ms. */
   serverMs: number;
+  /** The file's SHA-256, checked while the server loaded it (a hub-cache blob's name: load()'s verify 'auto'). */
+  verified?: { sha256: string; source: 'option' | 'hub-cache' | 'computed'; impl: 'sha-ni' | 'portable' };
 }
 
 export interface LoadReplyBody {

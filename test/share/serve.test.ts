@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, fstatSync, openSync, readFileSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, fstatSync, openSync, readFileSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -675,5 +675,37 @@ describe('serve --huge-pages hugetlb', () => {
     } finally {
       writeFileSync(NR, saved);
     }
+  });
+});
+
+describe('serve: verification of hub-cache blobs', () => {
+  test('a blob named by its SHA-256 is checked as the server loads it; a corrupt one is ERR_CHECKSUM_MISMATCH to the client', async () => {
+    const root = join(dir, 'hub', 'models--org--served');
+    mkdirSync(join(root, 'blobs'), { recursive: true });
+    mkdirSync(join(root, 'snapshots', 'main'), { recursive: true });
+    const put = (name: string, bytes: Uint8Array, blobName = sha256(bytes)) => {
+      writeFileSync(join(root, 'blobs', blobName), bytes);
+      symlinkSync(`../../blobs/${blobName}`, join(root, 'snapshots', 'main', name));
+      return join(root, 'snapshots', 'main', name);
+    };
+    const good = seededBytes(3 * MiB + 11, 71);
+    const bad = seededBytes(MiB + 3, 72);
+    const okPath = put('good.bin', good);
+    const badPath = put('bad.bin', bad, sha256(seededBytes(MiB + 3, 73)));
+    const leaks = leakCheck();
+    const server = await serve({ socket: sock() });
+    const c = await connect(server.socket);
+    try {
+      const b = await c.load(okPath);
+      assert.deepEqual([b.stats.verified?.sha256, b.stats.verified?.source], [sha256(good), 'hub-cache']);
+      assert.equal(hashOf(b), sha256(good));
+      b.close();
+      await assert.rejects(c.load(badPath), (e: Error & { code?: string }) => e.code === 'ERR_CHECKSUM_MISMATCH' && e.message.includes(sha256(bad)));
+      assert.equal(server.status().entries, 1, 'the corrupt file is not cached');
+    } finally {
+      await c.close();
+      await server.close();
+    }
+    assert.equal(await leaks(), undefined);
   });
 });
