@@ -18,10 +18,11 @@ import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { targets } from '../targets/index.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
-import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning } from './options.js';
+import type { NumaNode } from '../engine/numa.js';
+import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, numaNodeOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning } from './options.js';
 import type { HugePages } from './options.js';
-import { allocateFresh, hugetlbRequest } from './pages.js';
-import type { FreshAllocation, HugetlbRequest } from './pages.js';
+import { allocateFresh, hugetlbRequest, numaRequest } from './pages.js';
+import type { FreshAllocation, HugetlbRequest, NumaRequest } from './pages.js';
 
 export interface LoadProgress {
   bytes: number;
@@ -68,6 +69,16 @@ export interface LoadOptions {
    * Never hugetlb unless asked for. Ignored with `into` (the buffer keeps its memory).
    */
   hugePages?: HugePages;
+  /**
+   * The NUMA node the memory comes from (targets memory, memfd and udmabuf; env DMALOAD_NUMA_NODE): the mapping is
+   * bound to it (mbind MPOL_BIND) before any page is faulted in, so every page lands there; `'interleave'` spreads
+   * the pages round-robin over every node with memory (MPOL_INTERLEAVE). A node without memory, or one this machine
+   * lacks, is ERR_OUT_OF_RANGE naming the nodes there are (`probe().numa`); the dma-heap target (the heap allocates)
+   * and `into` (the buffer keeps its memory) are ERR_INVALID_ARG_VALUE. With hugetlb pages, the node's own pool must
+   * hold them (ERR_HUGETLB_POOL). On a kernel without NUMA, 0 and 'interleave' bind nothing (all memory is node 0).
+   * `stats.numa` says what was done. Default: the kernel's own policy (usually the node of the faulting CPU).
+   */
+  numaNode?: NumaNode;
   /** Refuse files larger than this many bytes before allocating. Default: MemAvailable. */
   memoryBudget?: number;
   /** Called as bytes arrive, at most ~60 times a second, and once at the end. */
@@ -133,6 +144,8 @@ interface Checked {
   hugePages: HugePages | undefined;
   /** Fresh memory from the hugetlb pool: asked for by the option or DMALOAD_HUGE_PAGES. */
   hugetlb: HugetlbRequest | undefined;
+  /** NUMA placement of fresh memory: asked for by the option or DMALOAD_NUMA_NODE. */
+  numa: NumaRequest | undefined;
 }
 
 function check(path: unknown, options: LoadOptions | undefined): Checked {
@@ -150,6 +163,7 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
     into,
     hugePages,
     hugetlb: into ? undefined : hugetlbRequest(hugePages, target),
+    numa: numaRequest(numaNodeOption(o.numaNode), target, into !== undefined),
     target,
     io: ioOption(o.io),
     tuning: tuning('read', o),
@@ -197,7 +211,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     if (reserved) {
       alloc = reuse(reserved.alloc, plan.capacity);
     } else {
-      fresh = allocateFresh(o.target, { size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> }, o.hugetlb);
+      fresh = allocateFresh(o.target, { size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> }, o.hugetlb, o.numa);
       alloc = fresh.alloc;
     }
     const allocMs = msSince(tAlloc);
@@ -288,6 +302,7 @@ function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: nu
   // hugetlb asked for: the pool's pages, or small ones where 'hugetlb-or-small' fell back.
   else if (fresh?.reason !== undefined && o.target === 'memory' && !fresh.hugetlb) s.hugePages = false;
   if (fresh?.hugetlb) s.hugetlb = fresh.hugetlb;
+  if (fresh?.numa) s.numa = fresh.numa;
   return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, s);
 }
 
