@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
-import { allocate, load, probe } from '../src/index.js';
+import { allocate, createPool, load, probe } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { C, native } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
@@ -89,6 +89,27 @@ describe('numaNode: a node with memory', () => {
     } finally {
       b.close();
     }
+  });
+
+  test('a pool reuses only memory placed as asked, and the reload keeps saying where it is', async () => {
+    const leaks = leakCheck();
+    const pool = createPool();
+    try {
+      const a = await pool.load(file.path, { target: 'memfd', numaNode: FIRST });
+      pool.release(a);
+      const b = await pool.load(file.path, { target: 'memfd', numaNode: FIRST });
+      assert.equal(b.stats.memory, 'reused');
+      assert.equal(b.stats.numa?.node, FIRST);
+      assert.equal(sha256(b.bytes), file.sha256);
+      if (NUMA) assert.deepEqual(nodesOf(b), new Set([FIRST]));
+      pool.release(b);
+      const c = await pool.load(file.path, { target: 'memfd', numaNode: 'interleave' });
+      assert.equal(c.stats.memory, 'fresh', 'memory bound to one node is not interleaved memory');
+      c.close();
+    } finally {
+      pool.close();
+    }
+    assert.equal(await leaks(), undefined);
   });
 
   test('DMALOAD_NUMA_NODE is the default; the option wins over it', async (t) => {

@@ -236,7 +236,10 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     if (reserved) {
       // The padding past the file that whole-block reads filled; what lies beyond keeps its bytes.
       if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
-      const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), stats(src, plan, r, o, t0, c0, 'reused', 'the into buffer\'s memory, already faulted in'));
+      const s = stats(src, plan, r, o, t0, c0, 'reused', 'the into buffer\'s memory, already faulted in');
+      // The memory keeps its NUMA placement, and the stats keep saying what it is (a pool matches on it).
+      if (o.into!.stats.numa) s.numa = o.into!.stats.numa;
+      const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), s);
       alloc = undefined;
       return { buffer, offsets: plan.offsets };
     }
