@@ -2,6 +2,7 @@
 // (setFault, live). Nothing else lives here.
 #include <fcntl.h>
 #include <linux/dma-buf.h>
+#include <linux/mempolicy.h>
 #include <sys/mman.h>
 
 #include "args.h"
@@ -67,6 +68,12 @@ Napi::Object Constants(Napi::Env env) {
   set("MAP_POPULATE", MAP_POPULATE);
   set("MAP_HUGETLB", MAP_HUGETLB);
   set("MADV_HUGEPAGE", MADV_HUGEPAGE);
+  set("MPOL_DEFAULT", MPOL_DEFAULT);
+  set("MPOL_PREFERRED", MPOL_PREFERRED);
+  set("MPOL_BIND", MPOL_BIND);
+  set("MPOL_INTERLEAVE", MPOL_INTERLEAVE);
+  set("MPOL_MF_STRICT", MPOL_MF_STRICT);
+  set("MPOL_MF_MOVE", MPOL_MF_MOVE);
   set("MADV_POPULATE_WRITE", MADV_POPULATE_WRITE);
   set("MADV_DONTNEED", MADV_DONTNEED);
   set("MFD_CLOEXEC", MFD_CLOEXEC);
@@ -93,6 +100,8 @@ Napi::Object Constants(Napi::Env env) {
   set("ECANCELED", ECANCELED);
   // The errnos policy code tests for, from the C library's headers rather than literals in TypeScript.
   set("ENOENT", ENOENT);
+  set("ENOSYS", ENOSYS);
+  set("EINVAL", EINVAL);
   set("EACCES", EACCES);
   set("EISDIR", EISDIR);
   set("EPIPE", EPIPE);

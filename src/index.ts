@@ -27,6 +27,7 @@ export { AbortError, DmaloadError, DmaloadSystemError } from './core/errors.js';
 export { HugetlbPoolError } from './engine/hugetlb.js';
 export type { HugetlbPool } from './engine/hugetlb.js';
 export type { HugePages } from './api/options.js';
+export type { NumaNode, NumaNodeInfo } from './engine/numa.js';
 export type { IoMode } from './pipeline/source.js';
 export type { Part, TargetName } from './targets/index.js';
 export { inspect } from './api/inspect.js';

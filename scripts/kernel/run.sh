@@ -17,6 +17,7 @@ CACHE=${DMALOAD_KERNEL_CACHE:-$REPO/.cache/kernel}
 TIMEOUT=${DMALOAD_KERNEL_TIMEOUT:-1800}          # seconds, whole qemu run
 MEM=${DMALOAD_KERNEL_MEM:-4G}
 SMP=${DMALOAD_KERNEL_SMP:-2}
+NUMA_NODES=${DMALOAD_KERNEL_NUMA_NODES:-2}       # guest NUMA nodes sharing MEM and the CPUs evenly (1: no -numa)
 DISK_SIZE=${DMALOAD_KERNEL_DISK_SIZE:-2G}
 FAULT_DISK_SIZE=${DMALOAD_KERNEL_FAULT_DISK_SIZE:-1G}   # second disk, under device-mapper (0: none)
 ACCEL=${DMALOAD_KERNEL_ACCEL:-auto}               # auto | kvm | tcg
@@ -284,6 +285,7 @@ g "/dev/udmabuf: $( [ -c /dev/udmabuf ] && echo present || echo MISSING )," \
   "dma heaps: $(ls /dev/dma_heap 2>/dev/null | tr '\n' ' ')," \
   "dri: $(ls /dev/dri 2>/dev/null | tr '\n' ' ')," \
   "modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+g "NUMA nodes with memory: $(cat /sys/devices/system/node/has_memory 2>/dev/null || echo 'none (no CONFIG_NUMA)')"
 g "/data: $(df -m /data | tail -n 1 | awk '{print $2 " MiB ext4, " $4 " MiB free"}'), TMPDIR=/data/tmp"
 
 export TMPDIR=/data/tmp DMALOAD_KERNEL_GUEST=1
@@ -331,6 +333,27 @@ case $ACCEL in
   auto) if kvm_works; then ACCEL_ARGS=(-accel kvm -cpu host); else ACCEL_ARGS=(-accel tcg -cpu max); fi ;;
   *) die "DMALOAD_KERNEL_ACCEL must be auto, kvm or tcg" ;;
 esac
+
+# NUMA (test/kernel/numa.test.ts): NUMA_NODES nodes, each a RAM backend of an equal share of MEM with a share of the
+# CPUs (a node may get none when there are more nodes than CPUs), so mbind and move_pages meet real nodes.
+NUMA_ARGS=()
+if [[ ! $NUMA_NODES =~ ^[1-9][0-9]*$ ]]; then die "DMALOAD_KERNEL_NUMA_NODES must be a whole number >= 1"; fi
+if ((NUMA_NODES > 1)); then
+  case $MEM in
+    *[Gg]) MEM_MB=$(( ${MEM%[Gg]} * 1024 )) ;;
+    *[Mm]) MEM_MB=${MEM%[Mm]} ;;
+    *[0-9]) MEM_MB=$MEM ;;
+    *) die "DMALOAD_KERNEL_MEM must be a number of MiB, or end in M or G, with DMALOAD_KERNEL_NUMA_NODES > 1" ;;
+  esac
+  [[ $MEM_MB =~ ^[0-9]+$ ]] || die "DMALOAD_KERNEL_MEM must be whole MiB or GiB"
+  for ((i = 0; i < NUMA_NODES; i++)); do
+    size=$(( MEM_MB / NUMA_NODES )); ((i == NUMA_NODES - 1)) && size=$(( MEM_MB - size * (NUMA_NODES - 1) ))
+    lo=$(( i * SMP / NUMA_NODES )); hi=$(( (i + 1) * SMP / NUMA_NODES - 1 )); cpus=
+    ((hi >= lo)) && cpus=",cpus=$lo-$hi"
+    NUMA_ARGS+=(-object "memory-backend-ram,id=numa$i,size=${size}M" -numa "node,nodeid=$i,memdev=numa$i$cpus")
+  done
+  MEM=${MEM_MB}M
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # 5. Per-run layer: the project, the command and its env. Appended to the base archive (the kernel unpacks
@@ -407,7 +430,7 @@ if [[ $FAULT_DISK_SIZE != 0 ]]; then
   FAULT_DRIVE=(-drive "file=$FAULT_DISK,format=raw,if=virtio,cache=unsafe")
 fi
 T2=$(now_ms)
-say "kernel $KVER, ${ACCEL_ARGS[1]}; initramfs $(( $(du -k "$INITRD" | cut -f1) / 1024 )) MiB; project layer and disk in $((T2 - T1)) ms; host setup $((T2 - T0)) ms"
+say "kernel $KVER, ${ACCEL_ARGS[1]}, $MEM in $NUMA_NODES NUMA node(s); initramfs $(( $(du -k "$INITRD" | cut -f1) / 1024 )) MiB; project layer and disk in $((T2 - T1)) ms; host setup $((T2 - T0)) ms"
 
 # ---------------------------------------------------------------------------------------------------------------
 # 6. Boot. Serial console → our stdout, live; \r and the firmware's terminal escapes (reset, no-autowrap, clear)
@@ -416,7 +439,7 @@ LOG=$WORK/guest.log
 BOOT_RETRIES=${DMALOAD_KERNEL_BOOT_RETRIES:-1}
 boot() {
   set +e
-  timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${ACCEL_ARGS[@]}" -m "$MEM" -smp "$SMP" \
+  timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${ACCEL_ARGS[@]}" -m "$MEM" -smp "$SMP" "${NUMA_ARGS[@]}" \
     -nographic -no-reboot -nic none \
     -kernel "$VMLINUZ" -initrd "$INITRD" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \

@@ -6,9 +6,10 @@ import { outOfRange } from '../core/errors.js';
 import { PAGE_SIZE } from '../engine/binding.js';
 import type { TargetName } from '../targets/index.js';
 import { roundUp } from '../core/util.js';
-import { hugePagesOption, optionsObject, partSizeOption, targetOption } from './options.js';
+import type { NumaNode } from '../engine/numa.js';
+import { hugePagesOption, numaNodeOption, optionsObject, partSizeOption, targetOption } from './options.js';
 import type { HugePages } from './options.js';
-import { allocateFresh, hugetlbRequest } from './pages.js';
+import { allocateFresh, hugetlbRequest, numaRequest } from './pages.js';
 
 export interface AllocateOptions {
   /** Default 'memory'. */
@@ -23,6 +24,11 @@ export interface AllocateOptions {
    * ERR_HUGETLB_POOL when the pool is short) or `'hugetlb-or-small'` (small pages then). Env DMALOAD_HUGE_PAGES.
    */
   hugePages?: HugePages;
+  /**
+   * As load()'s: the NUMA node the memory comes from (memory, memfd, udmabuf), bound before the buffer is faulted
+   * in, or 'interleave' over every node with memory. Env DMALOAD_NUMA_NODE. `stats.numa` says what was done.
+   */
+  numaNode?: NumaNode;
 }
 
 /** An empty buffer of `size` bytes in the chosen target, page-aligned, for readInto and writeFrom. */
@@ -32,9 +38,10 @@ export async function allocate(size: number, options: AllocateOptions = {}): Pro
   const targetName = targetOption(options.target);
   const partSize = partSizeOption(options.partSize);
   const want = hugetlbRequest(hugePagesOption(options.hugePages), targetName);
+  const numa = numaRequest(numaNodeOption(options.numaNode), targetName, false);
   const t0 = performance.now();
   const capacity = roundUp(size, PAGE_SIZE);
-  const fresh = allocateFresh(targetName, { size, capacity, partSize, path: '<allocate>', options: options as Record<string, unknown> }, want);
+  const fresh = allocateFresh(targetName, { size, capacity, partSize, path: '<allocate>', options: options as Record<string, unknown> }, want, numa);
   const alloc = fresh.alloc;
   try {
     for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);
@@ -58,6 +65,7 @@ export async function allocate(size: number, options: AllocateOptions = {}): Pro
       queueDepth: 0,
       ...(fresh.reason === undefined ? {} : { memoryReason: fresh.reason }),
       ...(fresh.hugetlb ? { hugetlb: fresh.hugetlb } : {}),
+      ...(fresh.numa ? { numa: fresh.numa } : {}),
     };
     return new LoadedBuffer('<allocate>', size, targetName, alloc, parts, stats);
   } catch (e) {

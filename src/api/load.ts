@@ -20,10 +20,11 @@ import type { Expected } from '../pipeline/verify.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import { targets } from '../targets/index.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
-import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning, verifyOption } from './options.js';
+import type { NumaNode } from '../engine/numa.js';
+import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, numaNodeOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning, verifyOption } from './options.js';
 import type { HugePages, VerifyOption } from './options.js';
-import { allocateFresh, hugetlbRequest } from './pages.js';
-import type { FreshAllocation, HugetlbRequest } from './pages.js';
+import { allocateFresh, hugetlbRequest, numaRequest } from './pages.js';
+import type { FreshAllocation, HugetlbRequest, NumaRequest } from './pages.js';
 
 export interface LoadProgress {
   bytes: number;
@@ -70,6 +71,16 @@ export interface LoadOptions {
    * Never hugetlb unless asked for. Ignored with `into` (the buffer keeps its memory).
    */
   hugePages?: HugePages;
+  /**
+   * The NUMA node the memory comes from (targets memory, memfd and udmabuf; env DMALOAD_NUMA_NODE): the mapping is
+   * bound to it (mbind MPOL_BIND) before any page is faulted in, so every page lands there; `'interleave'` spreads
+   * the pages round-robin over every node with memory (MPOL_INTERLEAVE). A node without memory, or one this machine
+   * lacks, is ERR_OUT_OF_RANGE naming the nodes there are (`probe().numa`); the dma-heap target (the heap allocates)
+   * and `into` (the buffer keeps its memory) are ERR_INVALID_ARG_VALUE. With hugetlb pages, the node's own pool must
+   * hold them (ERR_HUGETLB_POOL). On a kernel without NUMA, 0 and 'interleave' bind nothing (all memory is node 0).
+   * `stats.numa` says what was done. Default: the kernel's own policy (usually the node of the faulting CPU).
+   */
+  numaNode?: NumaNode;
   /** Refuse files larger than this many bytes before allocating. Default: MemAvailable. */
   memoryBudget?: number;
   /** Called as bytes arrive, at most ~60 times a second, and once at the end. */
@@ -151,6 +162,8 @@ interface Checked {
   /** Fresh memory from the hugetlb pool: asked for by the option or DMALOAD_HUGE_PAGES. */
   hugetlb: HugetlbRequest | undefined;
   verify: VerifyOption;
+  /** NUMA placement of fresh memory: asked for by the option or DMALOAD_NUMA_NODE. */
+  numa: NumaRequest | undefined;
 }
 
 function check(path: unknown, options: LoadOptions | undefined): Checked {
@@ -168,6 +181,7 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
     into,
     hugePages,
     hugetlb: into ? undefined : hugetlbRequest(hugePages, target),
+    numa: numaRequest(numaNodeOption(o.numaNode), target, into !== undefined),
     target,
     io: ioOption(o.io),
     tuning: tuning('read', o),
@@ -218,7 +232,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     if (reserved) {
       alloc = reuse(reserved.alloc, plan.capacity);
     } else {
-      fresh = allocateFresh(o.target, { size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> }, o.hugetlb);
+      fresh = allocateFresh(o.target, { size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> }, o.hugetlb, o.numa);
       alloc = fresh.alloc;
     }
     const allocMs = msSince(tAlloc);
@@ -257,6 +271,8 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
       const s = stats(src, plan, r, o, t0, c0, 'reused', 'the into buffer\'s memory, already faulted in');
       if (verified) s.verified = verified;
+      // The memory keeps its NUMA placement, and the stats keep saying what it is (a pool matches on it).
+      if (o.into!.stats.numa) s.numa = o.into!.stats.numa;
       const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), s);
       alloc = undefined;
       return { buffer, offsets: plan.offsets };
@@ -340,6 +356,7 @@ function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: nu
   // hugetlb asked for: the pool's pages, or small ones where 'hugetlb-or-small' fell back.
   else if (fresh?.reason !== undefined && o.target === 'memory' && !fresh.hugetlb) s.hugePages = false;
   if (fresh?.hugetlb) s.hugetlb = fresh.hugetlb;
+  if (fresh?.numa) s.numa = fresh.numa;
   return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, s);
 }
 

@@ -15,6 +15,7 @@ import { invalidType, invalidValue, outOfRange } from '../core/errors.js';
 import { GiB, MiB, memAvailable, parseSize } from '../core/util.js';
 import { PAGE_SIZE } from '../engine/binding.js';
 import type { Tuning } from '../engine/engine.js';
+import type { NumaNode } from '../engine/numa.js';
 import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
@@ -124,6 +125,32 @@ export function hugePagesEnv(): HugePages | undefined {
   if (e === '1' || e === '0') return e === '1';
   if ((HUGETLB_MODES as readonly string[]).includes(e)) return e as HugePages;
   throw invalidValue('DMALOAD_HUGE_PAGES', e, 'must be 1, 0, hugetlb or hugetlb-or-small');
+}
+
+/** What `numaNode` takes: a node number (an integer >= 0), or 'interleave'. */
+const NUMA_EXPECTED = "a node number (an integer >= 0) or 'interleave'";
+/** The highest node number Linux can have (MAX_NUMNODES = 1 << CONFIG_NODES_SHIFT, at most 1024). */
+export const MAX_NUMA_NODE = 1023;
+
+/**
+ * The `numaNode` option, checked for its form (whether the node exists is pages.ts's question); undefined when not
+ * given. Not a number or a string: ERR_INVALID_ARG_TYPE; a string but 'interleave', or a number that is no node
+ * number (-1, 1.5): ERR_INVALID_ARG_VALUE.
+ */
+export function numaNodeOption(value: unknown, name = 'numaNode'): NumaNode | undefined {
+  if (value === undefined || value === 'interleave') return value;
+  if (typeof value !== 'number' && typeof value !== 'string') throw invalidType(name, NUMA_EXPECTED, value);
+  if (typeof value === 'string' || !Number.isSafeInteger(value) || value < 0 || value > MAX_NUMA_NODE) {
+    throw invalidValue(name, value, `must be ${NUMA_EXPECTED.replace('>= 0', `from 0 to ${MAX_NUMA_NODE}`)}`);
+  }
+  return value;
+}
+
+/** DMALOAD_NUMA_NODE: a node number or 'interleave'; undefined when unset or empty. */
+export function numaNodeEnv(): NumaNode | undefined {
+  const e = process.env.DMALOAD_NUMA_NODE;
+  if (e === undefined || e === '') return undefined;
+  return numaNodeOption(/^\d+$/.test(e) ? Number(e) : e, 'DMALOAD_NUMA_NODE');
 }
 
 export function boolOption(name: string, value: unknown, dflt: boolean): boolean {

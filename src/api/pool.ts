@@ -10,7 +10,8 @@ import { roundUp } from '../core/util.js';
 import { PAGE_SIZE } from '../engine/binding.js';
 import { load } from './load.js';
 import type { LoadOptions } from './load.js';
-import { byteCountOption, optionsObject, pathOption, targetOption } from './options.js';
+import type { NumaNode } from '../engine/numa.js';
+import { byteCountOption, numaNodeOption, optionsObject, pathOption, targetOption } from './options.js';
 
 /** Options of {@link createPool}. */
 export interface PoolOptions {
@@ -76,10 +77,13 @@ class Pool implements BufferPool {
         // load() below reports the path's error with its code
       }
       this.#open();
-      const pick = size === undefined ? undefined : this.#take(target, roundUp(Math.max(size, 1), PAGE_SIZE));
+      // numaNode: only memory placed as asked is reused (the load into it keeps its placement, so it goes unsaid).
+      const numa = numaNodeOption(o.numaNode);
+      const pick = size === undefined ? undefined : this.#take(target, roundUp(Math.max(size, 1), PAGE_SIZE), numa);
       if (pick) {
         try {
-          return await load(path, { ...o, into: pick });
+          const { numaNode: _placed, ...rest } = o;
+          return await load(path, { ...rest, into: pick });
         } catch (e) {
           // A failed load leaves `into` open and the pool's; its bytes no longer matter.
           if (!pick.closed) this.#keep(pick);
@@ -113,10 +117,11 @@ class Pool implements BufferPool {
   }
 
   /** The smallest idle buffer of `target` with room for `need` bytes and at most twice that, taken out of the pool. */
-  #take(target: string, need: number): LoadedBuffer | undefined {
+  #take(target: string, need: number, numa: NumaNode | undefined): LoadedBuffer | undefined {
     let best = -1;
     for (const [i, b] of this.#idle.entries()) {
       if (b.target !== target || b.room < need || b.room > 2 * need) continue;
+      if (numa !== undefined && b.stats.numa?.node !== numa) continue;
       if (best < 0 || b.room < this.#idle[best]!.room) best = i;
     }
     return best < 0 ? undefined : this.#idle.splice(best, 1)[0];

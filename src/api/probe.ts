@@ -6,6 +6,8 @@ import { cachedFirstTouch, firstTouchCachePath, measureFirstTouch, measuredDecis
 import type { FirstTouch } from '../engine/first-touch.js';
 import { hugetlbPools } from '../engine/hugetlb.js';
 import type { HugetlbPool } from '../engine/hugetlb.js';
+import { memoryNodes, numaNodes } from '../engine/numa.js';
+import type { NumaNodeInfo } from '../engine/numa.js';
 import { dioAlign, openRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
 
 export interface ProbeResult {
@@ -28,6 +30,11 @@ export interface ProbeResult {
    * (`available`), and which is the default size (`hugePages: 'hugetlb'` uses it). Empty without CONFIG_HUGETLBFS.
    */
   hugetlb: HugetlbPool[];
+  /**
+   * NUMA nodes with memory (/sys/devices/system/node: has_memory, nodeN/meminfo), what `numaNode` can name, with
+   * their total and free bytes; `available: false` on a kernel without NUMA (one node 0, nothing to bind).
+   */
+  numa: { available: boolean; nodes: NumaNodeInfo[] };
   udmabuf: { present: boolean; device: string; sizeLimitMb?: number | undefined; listLimit?: number | undefined };
   dmaHeaps: string[];
   /** RLIMIT_MEMLOCK soft limit in bytes, or 'unlimited'. */
@@ -76,6 +83,7 @@ export async function probe(path?: string, options: { firstTouch?: boolean } = {
     ioUring: { usable: eng.engine === 'uring', reason: eng.reason },
     thp: /\[(\w+)\]/.exec(thpRaw)?.[1] ?? 'unavailable',
     hugetlb: hugetlbPools(),
+    numa: { available: memoryNodes() !== undefined, nodes: numaNodes() },
     udmabuf: {
       present: existsSync('/dev/udmabuf'),
       device: '/dev/udmabuf',

@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { evictPath } from '../pipeline/cache.js';
 import { load } from '../api/load.js';
 import { IO_MODES } from '../api/options.js';
+import type { NumaNode } from '../engine/numa.js';
 import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
@@ -26,6 +27,8 @@ Options:
                             or not (default: as this machine's measurement says); hugetlb: pages from the
                             reserved pool (sysctl vm.nr_hugepages=N; memory, memfd, udmabuf), an error when
                             it is short; hugetlb-or-small: small pages then
+  --numa-node N|interleave  the NUMA node the memory comes from (memory, memfd, udmabuf), bound before it is
+                            faulted in; interleave: spread over every node with memory (probe lists them)
   --io auto|direct|buffered|uncached
                             how to read (default auto: direct where the file system allows; uncached:
                             buffered reads that leave no page cache, RWF_DONTCACHE)
@@ -40,13 +43,22 @@ Options:
   --json                    one JSON object on stdout
   -h, --help                this text
 Environment: DMALOAD_CHUNK_SIZE (bytes per request), DMALOAD_QUEUE_DEPTH (requests in flight),
-DMALOAD_HUGE_PAGES (1, 0, hugetlb or hugetlb-or-small: as --huge-pages on, off, …)
+DMALOAD_HUGE_PAGES (1, 0, hugetlb or hugetlb-or-small: as --huge-pages on, off, …),
+DMALOAD_NUMA_NODE (N or interleave: as --numa-node)
 `;
 
 export function choice<T extends string>(flag: string, v: string | undefined, allowed: readonly T[], dflt: T): T {
   if (v === undefined) return dflt;
   if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`--${flag} must be one of ${allowed.join(', ')} (got '${v}')`);
   return v as T;
+}
+
+/** --numa-node: a node number or 'interleave' (whether the node exists, load() says: ERR_OUT_OF_RANGE). */
+export function numaNodeFlag(v: string | undefined): NumaNode | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'interleave') return v;
+  if (!/^\d+$/.test(v)) throw new UsageError(`--numa-node must be a node number or interleave (got '${v}')`);
+  return Number(v);
 }
 
 export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
@@ -63,6 +75,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       'part-size': { type: 'string' },
       overlap: { type: 'string' },
       'huge-pages': { type: 'string' },
+      'numa-node': { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -86,6 +99,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   if (values.hash && verify === 'auto') verify = true;
   const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
+  const numaNode = numaNodeFlag(values['numa-node']);
   // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
   const stayed = values.evict ? evictPath(path) : undefined;
   if (stayed) io.stderr(`warning: ${formatBytes(stayed)} of '${path}' stayed in the page cache after --evict (pages mapped or locked by a process); the load is not fully cold\n`);
@@ -99,6 +113,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       ...(values.heap === undefined ? {} : { heap: values.heap }),
       ...(partSize === undefined ? {} : { partSize }),
       ...(hugePages === undefined ? {} : { hugePages }),
+      ...(numaNode === undefined ? {} : { numaNode }),
       overlap,
       verify,
       signal: interrupt.signal,
@@ -138,6 +153,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       ...(s.hugetlb === undefined ? {} : { hugetlb: s.hugetlb }),
       ...(s.memoryReason === undefined ? {} : { memoryReason: s.memoryReason }),
       ...(s.verified === undefined ? {} : { verified: s.verified }),
+      ...(s.numa === undefined ? {} : { numa: s.numa }),
     };
     if (s.verified) out.sha256 = s.verified.sha256;
     else if (values.hash) out.sha256 = await sha256(buf);
@@ -148,7 +164,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       io.stdout(
         `${path}: ${formatBytes(buf.size)} into ${target} in ${s.ms.toFixed(0)} ms (${(s.bytesPerSec / 1e6).toFixed(0)} MB/s), ` +
           `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${formatBytes(s.pageCacheBytes)} (${pct}%), io ${s.io}` +
-          `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}` +
+          `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${s.numa ? `, ${s.numa.reason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}` +
           `${s.verified && s.verified.source !== 'computed' ? ` (verified against ${s.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})` : ''}\n`,
       );
     }

@@ -46,6 +46,7 @@ export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
       `hugetlb pool ${formatBytes(h.pageSize)}${h.default ? ' (default)' : ''}`,
       `${h.total} pages, ${h.free} free, ${h.reserved} reserved, ${h.surplus} surplus${h.overcommit ? `, overcommit ${h.overcommit}` : ''}: ${h.available} available (${formatBytes(h.available * h.pageSize)})`,
     ]),
+    ['NUMA nodes', p.numa.available ? p.numa.nodes.map((n) => `${n.node}: ${formatBytes(n.freeBytes)} free of ${formatBytes(n.totalBytes)}`).join('; ') : 'none (a kernel without NUMA: all memory is node 0)'],
     ['huge pages for fresh memory', p.firstTouch ? `${p.firstTouch.hugePages ? 'yes' : 'no'}: ${p.firstTouch.summary}` : 'not measured yet (--first-touch measures; a load of 256 MiB or more does once)'],
     ['udmabuf', p.udmabuf.present ? `${p.udmabuf.device}, size_limit_mb ${p.udmabuf.sizeLimitMb ?? '?'}, list_limit ${p.udmabuf.listLimit ?? '?'}` : `absent (${p.udmabuf.device})`],
     ['DMA heaps', p.dmaHeaps.length ? p.dmaHeaps.join(', ') : 'none (/dev/dma_heap)'],

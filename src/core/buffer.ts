@@ -61,6 +61,12 @@ export interface LoadStats {
    * (its size rounded up to whole pages). Unset for any other memory, a 'hugetlb-or-small' fallback included.
    */
   hugetlb?: { pageSize: number; pages: number } | undefined;
+  /**
+   * NUMA placement, when asked for (`numaNode`, DMALOAD_NUMA_NODE): the node or 'interleave' as asked, the nodes the
+   * memory was bound to before its pages were faulted in (empty: nothing was bound, on a kernel without NUMA), and
+   * what was done.
+   */
+  numa?: { node: number | 'interleave'; nodes: number[]; reason: string } | undefined;
   /** Why the memory is what it is: reused, or huge pages or not (the option, the environment, or the measurement). */
   memoryReason?: string | undefined;
   /** Set when the buffer came from a `dmaload serve` server through connect(): see {@link ServedInfo}. */

@@ -121,6 +121,18 @@ export interface Native {
   /** Detaches every view of a live region (they become empty) and keeps the mapping: memory changing hands. */
   revokeViews(region: Region): void;
   madvise(region: Region, offset: number, length: number, advice: number): number;
+  /**
+   * mbind(2) on [offset, offset+length) of a region: MPOL_DEFAULT (nodes []), MPOL_PREFERRED, MPOL_BIND or
+   * MPOL_INTERLEAVE over `nodes`; flags 0, MPOL_MF_STRICT, MPOL_MF_MOVE. Pages faulted in afterwards follow it (a
+   * shared memfd mapping sets the file's shared policy). 0 or -errno.
+   */
+  mbind(region: Region, offset: number, length: number, mode: number, nodes: number[], flags: number): number;
+  /**
+   * Diagnostic: the NUMA node of each small page [offset, offset+length) touches, from move_pages(2) in query mode
+   * (nothing moves): the node, or -errno for that page (-ENOENT not faulted in). -errno for the call itself
+   * (-ENOSYS: a kernel without NUMA).
+   */
+  numaPageNodes(target: TransferTarget, offset: number, length: number): Int32Array | number;
   mmapInto(region: Region, offset: number, length: number, prot: number, flags: number, fd: number, fileOffset: number): number;
   populate(region: Region, offset: number, length: number): Promise<number>;
   address(target: TransferTarget): bigint;
@@ -208,7 +220,8 @@ export interface Native {
   >;
   constants: Record<
     | 'PAGE_SIZE' | 'PROT_READ' | 'PROT_WRITE' | 'MAP_SHARED' | 'MAP_PRIVATE' | 'MAP_ANONYMOUS' | 'MAP_NORESERVE'
-    | 'MAP_POPULATE' | 'MAP_HUGETLB' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING' | 'MFD_HUGETLB'
+    | 'MAP_POPULATE' | 'MAP_HUGETLB' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MPOL_DEFAULT' | 'MPOL_PREFERRED' | 'MPOL_BIND' | 'MPOL_INTERLEAVE'
+    | 'MPOL_MF_STRICT' | 'MPOL_MF_MOVE' | 'ENOSYS' | 'EINVAL' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING' | 'MFD_HUGETLB'
     | 'F_SEAL_SEAL' | 'F_SEAL_SHRINK' | 'F_SEAL_GROW' | 'F_SEAL_WRITE' | 'POSIX_FADV_DONTNEED' | 'POSIX_FADV_SEQUENTIAL' | 'POSIX_FADV_RANDOM'
     | 'DMA_BUF_SYNC_READ' | 'DMA_BUF_SYNC_WRITE' | 'DMA_BUF_SYNC_RW' | 'DMA_BUF_SYNC_START' | 'DMA_BUF_SYNC_END' | 'O_TMPFILE'
     | 'RWF_DONTCACHE' | 'EAGAIN' | 'ECANCELED' | 'ENOENT' | 'EACCES' | 'EISDIR' | 'EPIPE' | 'ENAMETOOLONG' | 'EADDRINUSE'
