@@ -173,3 +173,22 @@ describe('dma-buf bad input', () => {
     if (!HAVE['dma-heap']) assert.ok(p.dmaHeaps.includes('system'));
   });
 });
+
+describe('verify on dma-buf targets', () => {
+  for (const target of TARGETS) {
+    test(`${target}: the SHA-256 computed while loading equals the file's, over parts; a wrong one is ERR_CHECKSUM_MISMATCH with no fd left`, async (t) => {
+      if (HAVE[target]) return t.skip(HAVE[target]!);
+      const f = files.get(200 * MiB + 123)!;
+      const b = await load(f.path, { target, partSize: 64 * MiB, verify: { sha256: f.sha256 } });
+      try {
+        assert.equal(b.stats.verified?.sha256, f.sha256);
+        assert.equal(partsHash(b), f.sha256);
+      } finally {
+        b.close();
+      }
+      const fds = fdCount();
+      await assert.rejects(load(f.path, { target, partSize: 64 * MiB, verify: { sha256: '0'.repeat(64) } }), { code: 'ERR_CHECKSUM_MISMATCH' });
+      assert.equal(fdCount(), fds);
+    });
+  }
+});
