@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync, fstatSync, readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { HugetlbPoolError, allocate, load, probe, readInto } from '../src/index.js';
+import { HugetlbPoolError, allocate, createPool, load, probe, readInto } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
 import { hugetlbRows, label, planRows } from '../tools/bench/bench.js';
@@ -197,6 +197,36 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
     } finally {
       b.close();
     }
+  });
+
+  test("createPool: a load asking for hugetlb pages reuses only a hugetlb buffer, and it stays one", async (t) => {
+    if (short) return t.skip(short);
+    const a = files.get(64 * MiB + 4097)!;
+    const leaks = leakCheck();
+    const p = createPool();
+    try {
+      // A small-page buffer of the right size waits in the pool: a hugetlb load must not take it.
+      p.release(await load(a.path, { io }));
+      const h = await p.load(a.path, { io, hugePages: 'hugetlb' });
+      assert.equal(h.stats.memory, 'fresh');
+      assert.ok(h.stats.hugetlb, 'fresh hugetlb memory');
+      assert.ok(vmFlags(native.address(h.bytes.buffer as ArrayBuffer)).includes('ht'), 'the mapping is hugetlb (VmFlags ht)');
+      p.release(h);
+      const free = pool().free;
+      const again = await p.load(a.path, { io, hugePages: 'hugetlb' });
+      try {
+        assert.equal(again.stats.memory, 'reused');
+        assert.deepEqual(again.stats.hugetlb, h.stats.hugetlb, 'the reused buffer still says its pages are the pool\'s');
+        assert.ok(vmFlags(native.address(again.bytes.buffer as ArrayBuffer)).includes('ht'));
+        assert.equal(sha256(again.bytes), a.sha256);
+        assert.equal(pool().free, free, 'no new pool pages');
+      } finally {
+        again.close();
+      }
+    } finally {
+      p.close();
+    }
+    assert.equal(await leaks(), undefined);
   });
 
   test('DMALOAD_HUGE_PAGES=hugetlb and the CLI --huge-pages hugetlb ask for the same', async (t) => {

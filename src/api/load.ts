@@ -273,6 +273,8 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
       if (verified) s.verified = verified;
       // The memory keeps its NUMA placement, and the stats keep saying what it is (a pool matches on it).
       if (o.into!.stats.numa) s.numa = o.into!.stats.numa;
+      // So are its pages: still the hugetlb pool's (a pool matches on it too).
+      if (o.into!.stats.hugetlb) s.hugetlb = o.into!.stats.hugetlb;
       const buffer = reserved.moveTo(src.path, plan.size, reuseParts(o.into!.parts, plan.size), s);
       alloc = undefined;
       return { buffer, offsets: plan.offsets };

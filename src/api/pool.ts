@@ -11,7 +11,7 @@ import { PAGE_SIZE } from '../engine/binding.js';
 import { load } from './load.js';
 import type { LoadOptions } from './load.js';
 import type { NumaNode } from '../engine/numa.js';
-import { byteCountOption, numaNodeOption, optionsObject, pathOption, targetOption } from './options.js';
+import { byteCountOption, hugePagesEnv, hugePagesOption, numaNodeOption, optionsObject, pathOption, targetOption } from './options.js';
 
 /** Options of {@link createPool}. */
 export interface PoolOptions {
@@ -79,7 +79,9 @@ class Pool implements BufferPool {
       this.#open();
       // numaNode: only memory placed as asked is reused (the load into it keeps its placement, so it goes unsaid).
       const numa = numaNodeOption(o.numaNode);
-      const pick = size === undefined ? undefined : this.#take(target, roundUp(Math.max(size, 1), PAGE_SIZE), numa);
+      // hugePages 'hugetlb': only memory from the pool is reused (a load into small pages would break the promise).
+      const hugetlb = (hugePagesOption(o.hugePages) ?? hugePagesEnv()) === 'hugetlb';
+      const pick = size === undefined ? undefined : this.#take(target, roundUp(Math.max(size, 1), PAGE_SIZE), numa, hugetlb);
       if (pick) {
         try {
           const { numaNode: _placed, ...rest } = o;
@@ -117,11 +119,12 @@ class Pool implements BufferPool {
   }
 
   /** The smallest idle buffer of `target` with room for `need` bytes and at most twice that, taken out of the pool. */
-  #take(target: string, need: number, numa: NumaNode | undefined): LoadedBuffer | undefined {
+  #take(target: string, need: number, numa: NumaNode | undefined, hugetlb: boolean): LoadedBuffer | undefined {
     let best = -1;
     for (const [i, b] of this.#idle.entries()) {
       if (b.target !== target || b.room < need || b.room > 2 * need) continue;
       if (numa !== undefined && b.stats.numa?.node !== numa) continue;
+      if (hugetlb && !b.stats.hugetlb) continue;
       if (best < 0 || b.room < this.#idle[best]!.room) best = i;
     }
     return best < 0 ? undefined : this.#idle.splice(best, 1)[0];
