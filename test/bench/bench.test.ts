@@ -39,6 +39,19 @@ describe('bench', () => {
     if (!existsSync('/dev/udmabuf')) assert.match(row('dmaload', 'udmabuf', 'direct').reason!, /udmabuf/);
   });
 
+  test('--verify: a load verified while reading and verifyFile, both hashing the source right; neither is the summary\'s best', async () => {
+    const f = makeFile(dir, 'v', 6 * MiB + 3);
+    const rep = await bench({ file: f.path, rounds: 1, targets: ['memory'], methods: ['dmaload'], verify: true });
+    const rows = rep.rows.filter((r) => r.verify !== undefined);
+    assert.deepEqual(rows.map((r) => label(r)).sort(), ['memory direct dmaload +verify', 'memory direct dmaload verifyFile']);
+    for (const r of rows) assert.deepEqual([r.supported, r.verified], [true, true], label(r));
+    assert.equal(rep.summary.best?.verify, undefined);
+    const r = await cli('bench', f.path, '--verify', '--rounds', '1', '--targets', 'memory', '--methods', 'dmaload');
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /dmaload \+verify/);
+    assert.match(r.out, /dmaload verifyFile/);
+  });
+
   test('planRows: method × target × io, peers once; the default rows are few', () => {
     const rows = planRows(['read', 'dmaload', 'fio', 'node-readFile'], ['memory', 'memfd']);
     assert.equal(rows.filter((r) => r.method === 'fio').length, 1);
