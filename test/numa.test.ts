@@ -9,11 +9,12 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
-import { allocate, createPool, load, probe } from '../src/index.js';
+import { allocate, connect, createPool, load, probe, serve } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { C, native } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
 import { leakCheck, makeFile, sha256, tempDir } from './helpers.js';
+import { socketDir } from './share/util.js';
 
 const MiB = 1024 * 1024;
 const NODE_DIR = '/sys/devices/system/node';
@@ -209,5 +210,35 @@ describe('numaNode: refused', () => {
     } finally {
       native.munmap(r);
     }
+  });
+});
+
+describe('numaNode: serve', () => {
+  test(`serve({ numaNode: ${FIRST} }): a served buffer's pages are on node ${FIRST}; a node the machine lacks is refused at start`, async () => {
+    const sockets = socketDir();
+    const leaks = leakCheck();
+    try {
+      await assert.rejects(serve({ socket: `${sockets.dir}/bad.sock`, numaNode: MISSING }), { code: 'ERR_OUT_OF_RANGE' });
+      const server = await serve({ socket: `${sockets.dir}/ok.sock`, numaNode: FIRST });
+      const c = await connect(server.socket);
+      try {
+        const b = await c.load(file.path);
+        try {
+          assert.equal(sha256(b.bytes), file.sha256);
+          // The client's read-only mapping of the server's memfd: the same pages, wherever they are.
+          if (NUMA) assert.deepEqual(nodesOf(b), new Set([FIRST]));
+        } finally {
+          b.close();
+        }
+      } finally {
+        await c.close();
+        await server.close();
+      }
+      const r = await cli('serve', '--socket', `${sockets.dir}/cli.sock`, '--numa-node', 'x');
+      assert.equal(r.code, 2);
+    } finally {
+      sockets.cleanup();
+    }
+    assert.equal(await leaks(), undefined);
   });
 });

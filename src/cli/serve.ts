@@ -8,7 +8,7 @@ import { SHARE_TARGETS } from '../share/seal.js';
 import type { ShareTarget } from '../share/seal.js';
 import { UsageError, onInterrupt, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
-import { choice } from './load.js';
+import { choice, numaNodeFlag } from './load.js';
 
 export const SERVE_HELP = `Usage: dmaload serve --socket PATH [options] [FILE...]
 
@@ -39,6 +39,8 @@ Options:
   --huge-pages hugetlb|hugetlb-or-small|on|off
                             pages of the server's buffers: hugetlb takes them from the reserved pool (sysctl
                             vm.nr_hugepages), cheap to fill; clients map those shared and read-only
+  --numa-node N|interleave  NUMA placement of the server's buffers: every page on node N, or spread over all
+                            (default DMALOAD_NUMA_NODE, else the kernel's)
   -v, --verbose             log connections, loads, hits and evictions to stderr
   -h, --help                this text
 `;
@@ -62,6 +64,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       'part-size': { type: 'string' },
       io: { type: 'string' },
       'huge-pages': { type: 'string' },
+      'numa-node': { type: 'string' },
       verbose: { type: 'boolean', short: 'v', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -118,6 +121,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
   const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered', 'uncached'], 'auto');
   const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
+  const numaNode = numaNodeFlag(values['numa-node']);
   const preload = [...(values.preload ?? []), ...positionals];
   const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
 
@@ -132,6 +136,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       preload,
       ...(budget === undefined ? {} : { budget }),
       ...(hugePages === undefined ? {} : { hugePages }),
+      ...(numaNode === undefined ? {} : { numaNode }),
       ...Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
       ...(mode === undefined ? {} : { mode }),
       ...(values.heap === undefined ? {} : { heap: values.heap }),

@@ -16,6 +16,7 @@
  * @module
  */
 import { load } from '../api/load.js';
+import type { NumaNode } from '../engine/numa.js';
 import { allocate } from '../api/allocate.js';
 import { readInto } from '../api/rw.js';
 import type { LoadedBuffer } from '../core/buffer.js';
@@ -84,6 +85,7 @@ export interface CacheOptions {
   heap: string | undefined;
   partSize: number | undefined;
   hugePages: HugePages | undefined;
+  numaNode: NumaNode | undefined;
   signal: AbortSignal;
   log: (line: string) => void;
   /** Hands a duplicate of a client's fd back for closing off the JS thread (its file system may hang). */
@@ -257,7 +259,7 @@ export class Cache {
   /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
   async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
     const o = this.#o;
-    const shape = { target: o.target, ...(o.heap ? { heap: o.heap } : {}), ...(o.partSize ? { partSize: o.partSize } : {}), ...(o.hugePages !== undefined ? { hugePages: o.hugePages } : {}) };
+    const shape = { target: o.target, ...(o.heap ? { heap: o.heap } : {}), ...(o.partSize ? { partSize: o.partSize } : {}), ...(o.hugePages !== undefined ? { hugePages: o.hugePages } : {}), ...(o.numaNode !== undefined ? { numaNode: o.numaNode } : {}) };
     let buf: LoadedBuffer;
     try {
       // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.

@@ -19,7 +19,9 @@
  */
 import { constants as FS, lstatSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { budgetOption, enumOption, hugePagesOption, integerOption, ioOption, modeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
+import { budgetOption, enumOption, hugePagesOption, integerOption, ioOption, modeOption, numaNodeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
+import type { NumaNode } from '../engine/numa.js';
+import { numaRequest } from '../api/pages.js';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
 import { formatBytes, memAvailable, msSince, printable } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
@@ -83,6 +85,11 @@ export interface ServeOptions {
    * hugetlb pool, cheap to fault in and to read into; clients then map them shared and read-only. Default: load()'s.
    */
   hugePages?: HugePages;
+  /**
+   * NUMA placement of the server's buffers, as load()'s option: a node number (every page on that node, e.g. the one
+   * the consuming device or CPUs sit on) or 'interleave'. Default: DMALOAD_NUMA_NODE, else the kernel's policy.
+   */
+  numaNode?: NumaNode;
   /** Files to load before serve() resolves (the operator's own paths: the server opens these itself). */
   preload?: readonly string[];
   /** Called with one line per event (connections, loads, hits, evictions, errors), for logs. */
@@ -147,7 +154,7 @@ class Server implements ShareServer {
   readonly #abort = new AbortController();
   #release: () => void;
 
-  constructor(socket: string, budget: number, perUserBudget: number, target: ShareTarget, listenFd: number, limits: Limits, o: { io: IoMode; heap: string | undefined; partSize: number | undefined; hugePages: HugePages | undefined; log: ((line: string) => void) | undefined }) {
+  constructor(socket: string, budget: number, perUserBudget: number, target: ShareTarget, listenFd: number, limits: Limits, o: { io: IoMode; heap: string | undefined; partSize: number | undefined; hugePages: HugePages | undefined; numaNode: NumaNode | undefined; log: ((line: string) => void) | undefined }) {
     this.socket = socket;
     this.budget = budget;
     this.target = target;
@@ -172,6 +179,7 @@ class Server implements ShareServer {
           heap: o.heap,
           partSize: o.partSize,
           hugePages: o.hugePages,
+          numaNode: o.numaNode,
           signal: this.#abort.signal,
           log: this.#log,
           releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
@@ -420,6 +428,9 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const io = ioOption(o.io);
   const partSize = partSizeOption(o.partSize);
   const hugePages = hugePagesOption(o.hugePages);
+  const numaNode = numaNodeOption(o.numaNode);
+  // A node the machine lacks, or the dma-heap target, is refused now rather than in every load.
+  numaRequest(numaNode, target, false);
   if (o.heap !== undefined && (typeof o.heap !== 'string' || o.heap === '' || o.heap.includes('/'))) throw invalidType('heap', 'a heap name such as "system"', o.heap);
   if (o.log !== undefined && typeof o.log !== 'function') throw invalidType('log', 'a function', o.log);
   const preload = o.preload ?? [];
@@ -431,7 +442,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const fd = listen(socket, mode);
   let server: Server;
   try {
-    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, log: o.log });
+    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, numaNode, log: o.log });
   } catch (e) {
     closeFd(fd);
     try {
