@@ -15,7 +15,7 @@ export { copy } from './api/copy.js';
 export { verifyFile } from './api/verify.js';
 export type { VerifyFileOptions, VerifyFileResult } from './api/verify.js';
 export type { VerifyOption } from './api/options.js';
-export type { VerifiedStats } from './core/buffer.js';
+export type { VerifiedStats } from './pipeline/verify.js';
 export type { CopyOptions, CopyResult } from './api/copy.js';
 export { save } from './api/save.js';
 export type { SaveOptions, SaveSource } from './api/save.js';

@@ -14,7 +14,7 @@ import { dropAdded, residentPages } from '../pipeline/cache.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { HashStream, expectedFor, settle } from '../pipeline/verify.js';
-import type { VerifiedStats } from '../core/buffer.js';
+import type { VerifiedStats } from '../pipeline/verify.js';
 import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
 import type { VerifyOption } from './options.js';
 import { openWriter } from './writer.js';

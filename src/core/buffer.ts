@@ -1,4 +1,5 @@
 /** LoadedBuffer: what load() returns — the bytes, their fds, what it cost — and the one way to free them. */
+import type { VerifiedStats } from '../pipeline/verify.js';
 import { PAGE_SIZE, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import { bytesOf } from '../engine/memory.js';
@@ -75,23 +76,6 @@ export interface LoadStats {
   verified?: VerifiedStats | undefined;
 }
 
-/** What was verified: the file's SHA-256, computed while it was read and equal to the expected one. */
-export interface VerifiedStats {
-  algorithm: 'sha256';
-  /** The file's SHA-256 (64 lowercase hex digits). */
-  sha256: string;
-  /**
-   * What it was checked against: 'option' (the caller's `verify: { sha256 }`), 'hub-cache' (the name of the Hugging
-   * Face cache blob the path resolves to), or 'computed' (`verify: true` with nothing to check against: only computed).
-   */
-  source: 'option' | 'hub-cache' | 'computed';
-  /** CPU time the hash thread spent (ms), overlapped with the reads. */
-  hashMs: number;
-  /** Bytes read only to hash them (loadRanges/loadModel: what no wanted range covers, the header included); 0 for load(). */
-  extraBytes: number;
-  /** 'sha-ni' (the x86 SHA extensions) or 'portable'. */
-  impl: 'sha-ni' | 'portable';
-}
 
 /** How a served buffer (connect().load()) was obtained. */
 export interface ServedInfo {

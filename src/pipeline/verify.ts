@@ -6,7 +6,6 @@
  */
 import { promises as fsp } from 'node:fs';
 import { basename, dirname } from 'node:path';
-export type { VerifiedStats } from '../core/buffer.js';
 import { AbortError, DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { native } from '../engine/binding.js';
 import type { HashResult, Hasher, Region } from '../engine/binding.js';
@@ -19,6 +18,24 @@ import type { OpenedFile } from './source.js';
 export interface Expected {
   sha256: string | undefined;
   source: 'option' | 'hub-cache' | 'computed';
+}
+
+/** What was verified: the file's SHA-256, computed while it was read and equal to the expected one. */
+export interface VerifiedStats {
+  algorithm: 'sha256';
+  /** The file's SHA-256 (64 lowercase hex digits). */
+  sha256: string;
+  /**
+   * What it was checked against: 'option' (the caller's `verify: { sha256 }`), 'hub-cache' (the name of the Hugging
+   * Face cache blob the path resolves to), or 'computed' (`verify: true` with nothing to check against: only computed).
+   */
+  source: 'option' | 'hub-cache' | 'computed';
+  /** CPU time the hash thread spent (ms), overlapped with the reads. */
+  hashMs: number;
+  /** Bytes read only to hash them (loadRanges/loadModel: what no wanted range covers, the header included); 0 for load(). */
+  extraBytes: number;
+  /** 'sha-ni' (the x86 SHA extensions) or 'portable'. */
+  impl: 'sha-ni' | 'portable';
 }
 
 export const SHA256_HEX = /^[0-9a-f]{64}$/;
