@@ -14,7 +14,8 @@
         "native/share.cc",
         "native/fdops.cc",
         "native/hash.cc",
-        "native/sha256.cc"
+        "native/sha256.cc",
+        "native/numa.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS", "_GNU_SOURCE"],

@@ -25,6 +25,7 @@ void InitProbe(Napi::Env env, Napi::Object exports);
 void InitShare(Napi::Env env, Napi::Object exports);
 void InitFdOps(Napi::Env env, Napi::Object exports);
 void InitHash(Napi::Env env, Napi::Object exports);
+void InitNuma(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -126,6 +127,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitShare(env, exports);
   InitFdOps(env, exports);
   InitHash(env, exports);
+  InitNuma(env, exports);
   exports.Set("setFault", Napi::Function::New(env, SetFaultFn, "setFault"));
   exports.Set("live", Napi::Function::New(env, LiveFn, "live"));
   exports.Set("constants", Constants(env));

@@ -78,6 +78,10 @@ bool ReadTarget(const Args& a, Napi::Value v, const std::string& what, Target& o
 // Pins the live region containing [p, p+n), if any.
 Lease LeaseContaining(const uint8_t* p, uint64_t n);
 size_t LiveRegions();
+// [off, off+len) lies within `size` bytes (no overflow).
+bool InRange(uint64_t off, uint64_t len, uint64_t size);
+// InRange for a region, else a RangeError naming the region's size (false, exception pending).
+bool CheckRange(const Args& a, const Region& r, uint64_t off, uint64_t len);
 
 void InitMappings(Napi::Env env, Napi::Object exports);
 
