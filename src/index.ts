@@ -3,8 +3,8 @@
 /** dmaload: load huge files into memory that CPUs and devices share, by direct I/O, without the page cache. */
 export { load, loadRanges } from './api/load.js';
 export type { FileRange, LoadOptions, LoadProgress } from './api/load.js';
-export { LoadedBuffer } from './core/buffer.js';
-export type { LoadStats, PartStats } from './core/buffer.js';
+export { LoadedBuffer } from './api/buffer.js';
+export type { LoadStats, PartStats } from './api/buffer.js';
 export { createPool } from './api/pool.js';
 export type { BufferPool, PoolOptions } from './api/pool.js';
 export { allocate } from './api/allocate.js';
@@ -34,4 +34,4 @@ export { planRank } from './pipeline/ranks.js';
 export type { RankOptions, RankSpec, RankSplit, RankTensor, RowSlice } from './pipeline/ranks.js';
 export { serve, connect } from './share/index.js';
 export type { ServeOptions, ShareServer, ConnectOptions, ShareClient, ShareLoadOptions, ShareLoadModelOptions, ServerStatus, ShareTarget } from './share/index.js';
-export type { ServedInfo } from './core/buffer.js';
+export type { ServedInfo } from './api/buffer.js';

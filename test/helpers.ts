@@ -6,11 +6,11 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { writeSeededFile } from '../tools/bench/data.js';
+import { writeSeededFile } from '../src/bench/data.js';
 import { evictPath } from '../src/pipeline/cache.js';
 import { dioAlign } from '../src/pipeline/source.js';
 import { native } from '../src/engine/binding.js';
-import { seededBytes } from '../tools/bench/data.js';
+import { seededBytes } from '../src/bench/data.js';
 export { seededBytes };
 
 /** The repository's root (tests run from dist/test/). */

@@ -16,8 +16,8 @@ import { after, before, describe, test } from 'node:test';
 import { HugetlbPoolError, allocate, load, probe, readInto } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
-import { hugetlbRows, label, planRows } from '../tools/bench/bench.js';
-import type { RowSpec } from '../tools/bench/methods.js';
+import { hugetlbRows, label, planRows } from '../src/bench/bench.js';
+import type { RowSpec } from '../src/bench/methods.js';
 import { cli } from './cli/run.js';
 import { evictFile, leakCheck, makeFile, sha256, tempDir, testBase, vmFlags } from './helpers.js';
 

@@ -1,5 +1,5 @@
 /** save(): buffers to a file, crash-safe by default (an unnamed file, fsync, link and rename, fsync of the folder). */
-import { LoadedBuffer } from '../core/buffer.js';
+import { LoadedBuffer } from './buffer.js';
 import { AbortError, invalidType } from '../core/errors.js';
 import { openWriter } from './writer.js';
 import type { WriterOptions, WriterResult } from './writer.js';

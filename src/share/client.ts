@@ -14,7 +14,7 @@ import { modelFromFiles } from '../api/model.js';
 import { rankSpec } from '../pipeline/ranks.js';
 import type { LoadModelOptions, LoadedModel } from '../api/model.js';
 import { integerOption, optionsObject, pathOption, signalOption } from '../api/options.js';
-import type { LoadStats, LoadedBuffer } from '../core/buffer.js';
+import type { LoadStats, LoadedBuffer } from '../api/buffer.js';
 import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, outOfRange } from '../core/errors.js';
 import { printable } from '../core/util.js';
 import { cpuMsSince, msSince } from '../core/util.js';

@@ -13,7 +13,7 @@
  * @module
  */
 import { DmaloadError } from '../core/errors.js';
-import type { LoadStats } from '../core/buffer.js';
+import type { LoadStats } from '../api/buffer.js';
 
 export const MAGIC = Uint8Array.of(0x44, 0x4d, 0x4c, 0x44);
 export const VERSION = 1;

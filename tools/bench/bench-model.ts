@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
-import { seededBytes } from './data.js';
+import { seededBytes } from '../../src/bench/data.js';
 import { evictPath } from '../../src/pipeline/cache.js';
 import { loadModel } from '../../src/api/model.js';
 import { DEFAULTS } from '../../src/api/options.js';

@@ -23,11 +23,11 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { load } from '../../src/api/load.js';
-import type { LoadedBuffer } from '../../src/core/buffer.js';
+import type { LoadedBuffer } from '../../src/api/buffer.js';
 import { GiB, formatBytes, parseSize } from '../../src/core/util.js';
 import { evictPath, pageCacheBytesOf } from '../../src/pipeline/cache.js';
 import { connect } from '../../src/share/client.js';
-import { writeSeededFile } from './data.js';
+import { writeSeededFile } from '../../src/bench/data.js';
 
 const here = fileURLToPath(import.meta.url);
 const root = resolve(dirname(here), '../../..');
