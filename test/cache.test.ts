@@ -33,7 +33,7 @@ function mapAndTouch(fd: number, size: number, prot: number): Region {
   const v = new Uint8Array(native.view(m, 0, size));
   let s = 0;
   for (let i = 0; i < size; i += 4096) s += v[i]!;
-  native.unview(v.buffer as ArrayBuffer);
+  native.unview(v.buffer);
   assert.ok(s >= 0);
   return m;
 }

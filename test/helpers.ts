@@ -63,7 +63,7 @@ export function needsDirect(t: { skip(msg: string): void }): boolean {
 }
 
 /** A fresh folder under {@link testBase}, removed by `cleanup()`. */
-export function tempDir(prefix = 'dmaload-test-'): { dir: string; cleanup(): void } {
+export function tempDir(prefix = 'dmaload-test-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(testBase.dir, prefix));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }

@@ -408,6 +408,7 @@ describe('serve: replies', () => {
       const line = lines.find((l) => l.includes('a\\x9b31mb'));
       assert.ok(line, lines.join('\n'));
       assert.match(line, /a\\x9b31mb\\u\{2028\}c\\u\{202e\}d\\x1b\[2J/);
+      // eslint-disable-next-line no-control-regex -- the control characters the log must not hold
       assert.ok(!/[\u0080-\u009f\u2028\u202e\x1b]/.test(lines.join('\n')));
     });
   });

@@ -149,7 +149,7 @@ async function main(): Promise<void> {
   });
   if (values.child) return child(values.child, values.verify === true);
   const shards = Number(values.shards);
-  const shardSize = parseSize(values['shard-size']!);
+  const shardSize = parseSize(values['shard-size']);
   const rounds = Number(values.rounds);
   const format = values.format;
   if (format !== 'safetensors' && format !== 'gguf') throw new Error('--format is safetensors or gguf');
