@@ -73,6 +73,11 @@ export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
+/** The address of a buffer's memory (to tell whether two buffers share it). */
+export function bufferAddress(b: LoadedBuffer): bigint {
+  return native.address(b.bytes.buffer as ArrayBuffer);
+}
+
 /** SHA-256 of a buffer of any size, hashed through windows of `window` bytes (Node 20 cannot view 4 GiB at once). */
 export function bufferSha256(b: LoadedBuffer, window = 256 * 1024 * 1024): string {
   const h = createHash('sha256');
