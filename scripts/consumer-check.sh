@@ -62,7 +62,7 @@ VERSION=$(tar -xOzf "$TARBALL" package/package.json | "$NODE" -p 'JSON.parse(req
 step "tarball contents"
 tar -tzf "$TARBALL" | sort >"$WORK/files"
 for f in package/package.json package/README.md package/bin/dmaload.js package/dist/src/index.js \
-  package/dist/src/index.d.ts package/dist/src/cli/main.js package/dist/tools/bench/bench.js \
+  package/dist/src/index.d.ts package/dist/src/cli/main.js package/dist/src/bench/bench.js \
   package/prebuilds/linux-x64/dmaload.glibc.node package/native/addon.cc package/binding.gyp \
   package/scripts/install.mjs package/scripts/prebuilt.mjs; do
   grep -qxF "$f" "$WORK/files" || fail "the tarball lacks $f"

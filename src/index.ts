@@ -3,8 +3,8 @@
 /** dmaload: load huge files into memory that CPUs and devices share, by direct I/O, without the page cache. */
 export { load, loadRanges } from './api/load.js';
 export type { FileRange, LoadOptions, LoadProgress } from './api/load.js';
-export { LoadedBuffer } from './core/buffer.js';
-export type { LoadStats, PartStats } from './core/buffer.js';
+export { LoadedBuffer } from './api/buffer.js';
+export type { LoadStats, PartStats } from './api/buffer.js';
 export { createPool } from './api/pool.js';
 export type { BufferPool, PoolOptions } from './api/pool.js';
 export { allocate } from './api/allocate.js';
@@ -23,7 +23,8 @@ export { createWriter } from './api/writer.js';
 export type { Writer, WriterOptions, WriterResult } from './api/writer.js';
 export { probe } from './api/probe.js';
 export type { ProbeResult } from './api/probe.js';
-export { AbortError, DmaloadError, DmaloadSystemError } from './core/errors.js';
+export { AbortError, DmaloadError, DmaloadSystemError, ERROR_CODES } from './core/errors.js';
+export type { ErrorCode } from './core/errors.js';
 export { HugetlbPoolError } from './engine/hugetlb.js';
 export type { HugetlbPool } from './engine/hugetlb.js';
 export type { HugePages } from './api/options.js';
@@ -39,4 +40,4 @@ export { planRank } from './pipeline/ranks.js';
 export type { RankOptions, RankSpec, RankSplit, RankTensor, RowSlice } from './pipeline/ranks.js';
 export { serve, connect } from './share/index.js';
 export type { ServeOptions, ShareServer, ConnectOptions, ShareClient, ShareLoadOptions, ShareLoadModelOptions, ServerStatus, ShareTarget } from './share/index.js';
-export type { ServedInfo } from './core/buffer.js';
+export type { ServedInfo } from './api/buffer.js';

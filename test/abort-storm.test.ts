@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { AbortError, load } from '../src/index.js';
 import type { IoMode, TargetName } from '../src/index.js';
-import { setCache } from '../tools/bench/bench.js';
+import { setCache } from '../src/bench/bench.js';
 import { leakCheck, makeFile, needsDirect, sha256, tempDir } from './helpers.js';
 
 const MiB = 2 ** 20;

@@ -3,7 +3,7 @@ import { after, test } from 'node:test';
 import { load } from '../src/index.js';
 import { pageCacheBytesOf } from '../src/pipeline/cache.js';
 import { splitByResidency } from '../src/pipeline/plan.js';
-import { setCache } from '../tools/bench/bench.js';
+import { setCache } from '../src/bench/bench.js';
 import { evictFile, leakCheck, makeFile, sha256, tempDir, warmFile } from './helpers.js';
 
 const { dir, cleanup } = tempDir();

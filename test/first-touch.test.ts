@@ -49,7 +49,8 @@ describe('huge pages for fresh memory', () => {
     const ft = await measureFirstTouch(16 * MiB, 3);
     assert.equal(ft.small.length, 3);
     assert.equal(ft.huge.length, 3);
-    assert.ok(ft.small.every((x) => x.cpuMs >= 0) && ft.huge.every((x) => x.wallMs > 0));
+    // Faulting in 16 MiB of fresh pages always costs CPU and time.
+    assert.ok(ft.small.every((x) => x.cpuMs > 0 && x.wallMs > 0) && ft.huge.every((x) => x.cpuMs > 0 && x.wallMs > 0), JSON.stringify(ft));
     const onDisk = JSON.parse(readFileSync(firstTouchCachePath(), 'utf8'));
     assert.equal(firstTouchCachePath(), join(dir, 'xdg', 'dmaload', 'first-touch.json'));
     assert.deepEqual(onDisk, ft);

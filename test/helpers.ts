@@ -6,11 +6,12 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { writeSeededFile } from '../tools/bench/data.js';
+import { writeSeededFile } from '../src/bench/data.js';
 import { evictPath } from '../src/pipeline/cache.js';
 import { dioAlign } from '../src/pipeline/source.js';
-import { native } from '../src/engine/binding.js';
-import { seededBytes } from '../tools/bench/data.js';
+import { C, native } from '../src/engine/binding.js';
+import type { LoadedBuffer } from '../src/api/buffer.js';
+import { seededBytes } from '../src/bench/data.js';
 export { seededBytes };
 
 /** The repository's root (tests run from dist/test/). */
@@ -63,13 +64,45 @@ export function needsDirect(t: { skip(msg: string): void }): boolean {
 }
 
 /** A fresh folder under {@link testBase}, removed by `cleanup()`. */
-export function tempDir(prefix = 'dmaload-test-'): { dir: string; cleanup(): void } {
+export function tempDir(prefix = 'dmaload-test-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(testBase.dir, prefix));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** The address of a buffer's memory (to tell whether two buffers share it). */
+export function bufferAddress(b: LoadedBuffer): bigint {
+  return native.address(b.bytes.buffer as ArrayBuffer);
+}
+
+/** SHA-256 of a buffer of any size, hashed through windows of `window` bytes (Node 20 cannot view 4 GiB at once). */
+export function bufferSha256(b: LoadedBuffer, window = 256 * 1024 * 1024): string {
+  const h = createHash('sha256');
+  for (const w of b.windows(window)) h.update(w);
+  return h.digest('hex');
+}
+
+/** SHA-256 of every part (dma-buf targets) read back through an mmap of its own dma-buf fd, inside DMA_BUF_IOCTL_SYNC. */
+export function partsSha256(b: LoadedBuffer): string {
+  const hash = createHash('sha256');
+  for (const p of b.parts) {
+    const len = Math.ceil(p.size / 4096) * 4096;
+    const region = native.mmap(len, C.PROT_READ, C.MAP_SHARED, p.fd, 0, 0);
+    if (typeof region === 'number') throw new Error(`mmap of dma-buf fd ${p.fd} failed with errno ${-region}`);
+    try {
+      const start = native.dmaBufSync(p.fd, C.DMA_BUF_SYNC_START | C.DMA_BUF_SYNC_READ);
+      if (start !== 0) throw new Error(`DMA_BUF_IOCTL_SYNC start on fd ${p.fd} failed with ${start}`);
+      hash.update(new Uint8Array(native.view(region, 0, p.size)));
+      const end = native.dmaBufSync(p.fd, C.DMA_BUF_SYNC_END | C.DMA_BUF_SYNC_READ);
+      if (end !== 0) throw new Error(`DMA_BUF_IOCTL_SYNC end on fd ${p.fd} failed with ${end}`);
+    } finally {
+      native.munmap(region);
+    }
+  }
+  return hash.digest('hex');
 }
 
 /** Writes `size` seeded bytes to `dir/name`; returns the path and the data's hash. */

@@ -10,16 +10,14 @@
  * DMALOAD_SKIP_BIG=1.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { existsSync, fstatSync, readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { HugetlbPoolError, allocate, createPool, load, probe, readInto } from '../src/index.js';
-import type { LoadedBuffer } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
-import { hugetlbRows, label, planRows } from '../tools/bench/bench.js';
-import type { RowSpec } from '../tools/bench/methods.js';
+import { hugetlbRows, label, planRows } from '../src/bench/bench.js';
+import type { RowSpec } from '../src/bench/methods.js';
 import { cli } from './cli/run.js';
-import { evictFile, leakCheck, makeFile, sha256, tempDir, testBase, vmFlags } from './helpers.js';
+import { bufferSha256, evictFile, leakCheck, makeFile, sha256, tempDir, testBase, vmFlags } from './helpers.js';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -46,13 +44,6 @@ const { dir, cleanup } = tempDir('dmaload-hugetlb-');
 after(cleanup);
 
 const io = testBase.direct ? 'direct' : 'buffered';
-
-/** Hash through windows (any size). */
-function hashOf(b: LoadedBuffer): string {
-  const h = createHash('sha256');
-  for (const w of b.windows(256 * MiB)) h.update(w);
-  return h.digest('hex');
-}
 
 let saved: number | undefined;
 /** Sets vm.nr_hugepages so that at least `pages` are available; false (the reason given to skip) when the kernel finds fewer. */
@@ -332,7 +323,7 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
         evictFile(f.path);
         const b = await load(f.path, { target, io, hugePages: 'hugetlb-or-small' });
         try {
-          assert.equal(hashOf(b), f.sha256);
+          assert.equal(bufferSha256(b), f.sha256);
           assert.equal(b.stats.hugetlb, undefined);
           assert.match(b.stats.memoryReason ?? '', new RegExp(`hugePages: 'hugetlb-or-small': small pages: the hugetlb pool has ${need - 4} of the ${need} huge pages`));
           if (target === 'memory') assert.equal(b.stats.hugePages, false);
@@ -375,7 +366,7 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
         const b = await load(f.path, { target, io, hugePages: 'hugetlb' });
         try {
           assert.equal(b.size, size);
-          assert.equal(hashOf(b), f.sha256);
+          assert.equal(bufferSha256(b), f.sha256);
           assert.equal(b.stats.hugetlb?.pages, Math.ceil(size / pool().size));
         } finally {
           b.close();

@@ -69,7 +69,7 @@ test('an ORT session from a dmaload buffer: output bit-identical to the path ses
   // A float64 dot product in JS for a sample of outputs, from the loaded weights (so a session that read nothing, or
   // the wrong bytes, cannot pass by agreeing with the other).
   const W = new Float32Array(buf.bytes.buffer, buf.bytes.byteOffset, m.K * m.N);
-  const x = X.data as Float32Array;
+  const x = X.data;
   const expect = (i: number, j: number): { y: number; scale: number } => {
     let y = m.bias[j]!;
     let scale = Math.abs(y);

@@ -5,15 +5,12 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { allocate, createPool, load } from '../src/index.js';
-import type { LoadedBuffer } from '../src/index.js';
-import { native } from '../src/engine/binding.js';
-import { evictFile, leakCheck, makeFile, needsDirect, sha256, tempDir } from './helpers.js';
+import { bufferAddress as address, evictFile, leakCheck, makeFile, needsDirect, sha256, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir();
 after(cleanup);
 
-const address = (b: LoadedBuffer) => native.address(b.bytes.buffer as ArrayBuffer);
 
 describe('buffer pool', () => {
   for (const target of ['memory', 'memfd'] as const) {

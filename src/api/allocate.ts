@@ -1,6 +1,6 @@
 /** allocate(): an empty buffer of any target, for readInto and writeFrom. */
-import { LoadedBuffer } from '../core/buffer.js';
-import type { LoadStats } from '../core/buffer.js';
+import { LoadedBuffer } from './buffer.js';
+import type { LoadStats } from './buffer.js';
 import * as engine from '../engine/engine.js';
 import { outOfRange } from '../core/errors.js';
 import { PAGE_SIZE } from '../engine/binding.js';

@@ -72,6 +72,7 @@ async function inspectGgufSplits(file: string, first: ParsedModel, prefix: strin
     if (part.format !== 'gguf') throw modelError('ERR_MODEL_FORMAT', `GGUF split ${i + 1} of ${count} is not a GGUF file`, path);
     const { 'split.no': no, 'split.count': n } = part.metadata;
     if ((no !== undefined && no !== i) || (n !== undefined && n !== count)) {
+      // eslint-disable-next-line @typescript-eslint/no-base-to-string -- whatever the file holds, shown as it is
       throw modelError('ERR_MODEL_HEADER', `GGUF split metadata (split.no ${String(no)}, split.count ${String(n)}) disagrees with the name`, path);
     }
     for (const t of part.tensors) {
@@ -82,6 +83,7 @@ async function inspectGgufSplits(file: string, first: ParsedModel, prefix: strin
   });
   const total = first.metadata['split.tensors.count'];
   if (total !== undefined && total !== tensors.length) {
+    // eslint-disable-next-line @typescript-eslint/no-base-to-string -- whatever the file holds, shown as it is
     throw modelError('ERR_MODEL_HEADER', `GGUF splits hold ${tensors.length} tensors, split.tensors.count says ${String(total)}`, file);
   }
   return { format: 'gguf', metadata: first.metadata, tensors };
@@ -209,7 +211,7 @@ async function fill(fh: FileHandle, buf: Buffer, from: number, file: string): Pr
  * once the calls under way have settled (so every file handle is closed by then).
  */
 async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
+  const out = new Array<R>(items.length);
   let next = 0;
   let stop = false;
   const worker = async () => {

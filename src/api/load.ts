@@ -1,7 +1,7 @@
 /** load(): a file into a target, every byte, by direct I/O where the file system allows. */
 import { fstatSync, promises as fsp } from 'node:fs';
-import { LoadedBuffer } from '../core/buffer.js';
-import type { LoadStats } from '../core/buffer.js';
+import { LoadedBuffer } from './buffer.js';
+import type { LoadStats } from './buffer.js';
 import { DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
 import { cpuMsSince, formatBytes, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';

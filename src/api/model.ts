@@ -10,7 +10,7 @@
  * not have) and `ERR_MEMORY_BUDGET` (the files together need more than the budget). A rejection frees everything.
  * @module
  */
-import { LoadedBuffer, type LoadStats } from '../core/buffer.js';
+import { LoadedBuffer, type LoadStats } from './buffer.js';
 import { AbortError, DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
 import { loadRanges, type FileRange, type LoadOptions, type LoadProgress } from './load.js';
 import { PAGE_SIZE } from '../engine/binding.js';

@@ -4,7 +4,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
-import { LoadedBuffer } from '../core/buffer.js';
+import { LoadedBuffer } from './buffer.js';
 import { DmaloadError, invalidType, invalidValue } from '../core/errors.js';
 import { roundUp } from '../core/util.js';
 import { PAGE_SIZE } from '../engine/binding.js';

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import type { FileHandle } from 'node:fs/promises';
-import { LoadedBuffer } from '../core/buffer.js';
+import { LoadedBuffer } from './buffer.js';
 import { DmaloadError, asSystemError, invalidType, outOfRange } from '../core/errors.js';
 import { native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';

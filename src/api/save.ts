@@ -1,5 +1,5 @@
 /** save(): buffers to a file, crash-safe by default (an unnamed file, fsync, link and rename, fsync of the folder). */
-import { LoadedBuffer } from '../core/buffer.js';
+import { LoadedBuffer } from './buffer.js';
 import { AbortError, invalidType } from '../core/errors.js';
 import { openWriter } from './writer.js';
 import type { WriterOptions, WriterResult } from './writer.js';
@@ -17,7 +17,8 @@ export interface SaveOptions extends Omit<WriterOptions, 'atomic'> {
  * and MB/s.
  */
 export async function save(source: SaveSource, path: string, options: SaveOptions = {}): Promise<WriterResult> {
-  const list = Array.isArray(source) ? source : [source];
+  // Array.isArray() narrows a ReadonlyArray to any[]: name the element type again.
+  const list: readonly (LoadedBuffer | Uint8Array)[] = Array.isArray(source) ? (source as readonly (LoadedBuffer | Uint8Array)[]) : [source as LoadedBuffer | Uint8Array];
   for (const [i, s] of list.entries()) {
     if (!(s instanceof LoadedBuffer) && !(s instanceof Uint8Array)) throw invalidType(Array.isArray(source) ? `source[${i}]` : 'source', 'a LoadedBuffer or a Uint8Array', s);
   }

@@ -2,11 +2,11 @@
 import { statSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_TARGETS, bench, label } from '../../tools/bench/bench.js';
-import type { BenchOptions, BenchReport, CacheState } from '../../tools/bench/bench.js';
-import { METHODS } from '../../tools/bench/methods.js';
-import type { Method, RowIo } from '../../tools/bench/methods.js';
-import { markdown, svg, table } from '../../tools/bench/report.js';
+import { DEFAULT_TARGETS, bench, label } from '../bench/bench.js';
+import type { BenchOptions, BenchReport, CacheState } from '../bench/bench.js';
+import { METHODS } from '../bench/methods.js';
+import type { Method, RowIo } from '../bench/methods.js';
+import { markdown, svg, table } from '../bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../core/util.js';
 import { UsageError, onInterrupt } from './io.js';

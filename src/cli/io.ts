@@ -1,6 +1,7 @@
 /** What a CLI command writes to, so tests can call commands without a process. */
 import { createHash } from 'node:crypto';
 import { AbortError } from '../core/errors.js';
+import type { ErrorCode } from '../core/errors.js';
 import { formatBytes } from '../core/util.js';
 
 export { printable } from '../core/util.js';
@@ -20,7 +21,7 @@ export const processIO: CliIO = {
 
 /** A usage error: exit status 2. */
 export class UsageError extends Error {
-  readonly code = 'ERR_USAGE';
+  readonly code = 'ERR_USAGE' satisfies ErrorCode;
 }
 
 /** A one-line progress bar on a terminal, redrawn in place; silent elsewhere. */

@@ -10,11 +10,101 @@
  */
 import { getSystemErrorName } from 'node:util';
 
-/** The library's own error: `code` starts with `ERR_`; `path` names the file when there is one. */
+/**
+ * Every `ERR_…` code dmaload throws, in one list: the type {@link ErrorCode} is made from it, so a misspelt code is a
+ * compile error, and a test keeps docs/api.md's table and the codes used in src/ and native/ equal to it. A code never
+ * changes meaning; one that goes away stays listed until a major version.
+ */
+export const ERROR_CODES = [
+  // Files and I/O
+  'ERR_NOT_REGULAR_FILE',
+  'ERR_IS_DIRECTORY',
+  'ERR_FILE_CHANGED',
+  'ERR_CHECKSUM_MISMATCH',
+  'ERR_FILE_CLOSED',
+  'ERR_SAME_FILE',
+  'ERR_DIRECT_IO_ALIGNMENT',
+  'ERR_DIRECT_IO_UNSUPPORTED',
+  'ERR_UNCACHED_IO_UNSUPPORTED',
+  // Memory, buffers and the objects that hold them
+  'ERR_MEMORY_BUDGET',
+  'ERR_HUGETLB_POOL',
+  'ERR_BUFFER_CLOSED',
+  'ERR_BUFFER_BUSY',
+  'ERR_BUFFER_READ_ONLY',
+  'ERR_BUFFER_TOO_LARGE',
+  'ERR_BUFFER_TOO_SMALL',
+  'ERR_POOL_CLOSED',
+  'ERR_WRITER_CLOSED',
+  'ERR_WRITER_BUSY',
+  // Devices and the addon
+  'ERR_NO_UDMABUF',
+  'ERR_UDMABUF_SIZE_LIMIT',
+  'ERR_NO_HEAP',
+  'ERR_EMPTY_DMABUF',
+  'ERR_NO_ADDON',
+  // Model files (the parsers and loadModel)
+  'ERR_MODEL_FORMAT',
+  'ERR_MODEL_TRUNCATED',
+  'ERR_MODEL_HEADER',
+  'ERR_MODEL_VERSION',
+  'ERR_MODEL_RANGE',
+  'ERR_MODEL_DUPLICATE',
+  'ERR_MODEL_UTF8',
+  'ERR_MODEL_DTYPE_UNKNOWN',
+  'ERR_MODEL_TENSOR_NOT_FOUND',
+  // dmaload serve: the client's own, then the server's replies (docs/protocol.md)
+  'ERR_SHARE_CLOSED',
+  'ERR_SHARE_SERVER_GONE',
+  'ERR_SHARE_REPLY',
+  'ERR_SHARE_UNTRUSTED_SERVER',
+  'ERR_SHARE_PROTOCOL',
+  'ERR_SHARE_VERSION',
+  'ERR_SHARE_MESSAGE_TOO_LARGE',
+  'ERR_SHARE_NO_FD',
+  'ERR_SHARE_FDS',
+  'ERR_SHARE_FD_ACCESS',
+  'ERR_SHARE_FD_TIMEOUT',
+  'ERR_SHARE_FS_UNSUPPORTED',
+  'ERR_SHARE_FS_UNKNOWN',
+  'ERR_SHARE_SERVER_CLOSING',
+  'ERR_SHARE_TOO_MANY_CONNECTIONS',
+  'ERR_SHARE_IDLE',
+  'ERR_SHARE_REPLY_TIMEOUT',
+  'ERR_SHARE_INTERNAL',
+  // The bench and the CLI
+  'ERR_BENCH_NO_SPACE',
+  'ERR_BENCH_FILE_TOO_SMALL',
+  'ERR_USAGE',
+  // Arguments: Node's own codes, on TypeError / RangeError (invalidType, invalidValue, outOfRange below)
+  'ERR_INVALID_ARG_TYPE',
+  'ERR_INVALID_ARG_VALUE',
+  'ERR_OUT_OF_RANGE',
+  // The addon's own invariants. TypeScript checks every argument first, so one of these means a bug in dmaload
+  // (or a call into the binding around the library): a closed region or queue, a detached ArrayBuffer, a failed
+  // Node-API call, a thread that could not start.
+  'ERR_REGION_CLOSED',
+  'ERR_BUFFER_DETACHED',
+  'ERR_QUEUE_CLOSED',
+  'ERR_REACTOR_CLOSED',
+  'ERR_NAPI',
+  'ERR_DMALOAD_NATIVE',
+] as const;
+
+/** One of {@link ERROR_CODES}. */
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+const codeSet: ReadonlySet<string> = new Set(ERROR_CODES);
+/** Whether `code` is one of dmaload's codes (a code from outside, such as a server's reply, may not be). */
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && codeSet.has(code);
+}
+
+/** The library's own error: `code` is one of {@link ERROR_CODES}; `path` names the file when there is one. */
 export class DmaloadError extends Error {
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly path: string | undefined;
-  constructor(code: string, message: string, opts: { path?: string; cause?: unknown } = {}) {
+  constructor(code: ErrorCode, message: string, opts: { path?: string; cause?: unknown } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'DmaloadError';
     this.code = code;

@@ -58,6 +58,7 @@ export function cpuMsSince(c0: NodeJS.CpuUsage): number {
  * the ones to leave as they are (the line breaks of a message).
  */
 export function printable(s: string, keep = ''): string {
+  // eslint-disable-next-line no-control-regex -- control characters are exactly what this escapes
   return s.replace(/[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g, (c) => {
     if (keep.includes(c)) return c;
     const n = c.charCodeAt(0);

@@ -303,7 +303,7 @@ export function closeFd(fd: number): void {
   const r = native.closeFd(fd);
   if (r < 0) throw new DmaloadSystemError(r, 'close');
 }
-setStrerror(native.strerror, native.errnoName);
+setStrerror((e) => native.strerror(e), (e) => native.errnoName(e));
 
 export const C = native.constants;
 export const PAGE_SIZE = C.PAGE_SIZE;

@@ -16,6 +16,7 @@
  * @module
  */
 import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
+import type { ErrorCode } from '../core/errors.js';
 
 /** A metadata value: safetensors strings, GGUF values (64-bit integers beyond 2^53 as bigint), index JSON. */
 export type MetadataValue =
@@ -85,7 +86,7 @@ export interface ParseOptions {
   path?: string;
 }
 
-export function modelError(code: string, text: string, path: string | undefined): DmaloadError {
+export function modelError(code: ErrorCode, text: string, path: string | undefined): DmaloadError {
   return new DmaloadError(code, path === undefined ? text : `${text} in '${path}'`, path === undefined ? {} : { path });
 }
 

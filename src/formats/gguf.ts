@@ -147,6 +147,7 @@ class Cursor {
     if (end > this.fileSize) {
       throw modelError('ERR_MODEL_TRUNCATED', `GGUF ${what} at offset ${at} runs past the end of the ${this.fileSize}-byte file`, this.path);
     }
+    // eslint-disable-next-line @typescript-eslint/only-throw-error -- a request for more bytes, caught by the reader; not an error, no stack to capture
     if (end > this.buf.length) throw new NeedMore(end);
     this.pos = end;
     return at;
@@ -209,7 +210,7 @@ class Cursor {
         if (this.elementBudget < 0) {
           throw modelError('ERR_MODEL_HEADER', `GGUF metadata arrays hold more than ${GGUF_MAX_ARRAY_ELEMENTS} elements`, this.path);
         }
-        const out: MetadataValue[] = new Array(n);
+        const out = new Array<MetadataValue>(n);
         for (let i = 0; i < n; i++) out[i] = this.value(elType, what, depth + 1);
         return out;
       }
@@ -258,6 +259,7 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
     const value = c.value(type, `value of ${q(key)}`, 0);
     if (key === 'general.alignment') {
       if (type !== GGUF_VALUE_TYPES.UINT32 || value === 0 || ((value as number) & ((value as number) - 1)) !== 0) {
+        // eslint-disable-next-line @typescript-eslint/no-base-to-string -- whatever the file holds, shown as it is
         throw modelError('ERR_MODEL_HEADER', `GGUF general.alignment must be a uint32 power of two, not ${String(value)}`, path);
       }
       alignment = value as number;

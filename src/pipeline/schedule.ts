@@ -4,7 +4,6 @@
  * both at once. Every job belongs to one {@link JobGroup}: the first failure stops the others, and the schedule
  * settles only once every job it started has ended — memory and fds are never freed under a running job.
  */
-import type { PartStats } from '../core/buffer.js';
 import { msSince } from '../core/util.js';
 import * as engine from '../engine/engine.js';
 import type { Tuning } from '../engine/engine.js';
@@ -68,6 +67,14 @@ export interface ScheduleRequest {
   /** Verification: every read's bytes go to this hash as they arrive. */
   hash?: { hasher: Hasher } | undefined;
   onProgress: ((bytes: number) => void) | undefined;
+}
+
+/** One part's share of a load: where it is, and its allocation and I/O wall times. */
+export interface PartStats {
+  offset: number;
+  size: number;
+  allocMs: number;
+  ioMs: number;
 }
 
 export interface ScheduleResult {

@@ -144,8 +144,8 @@ export async function openFile(file: string | FileHandle, access: 'read' | 'writ
       owned.push(h);
       path = file;
       fd = h.fd;
-    } else if (file && typeof file === 'object' && typeof (file as FileHandle).fd === 'number') {
-      fd = (file as FileHandle).fd;
+    } else if (file && typeof file === 'object' && typeof file.fd === 'number') {
+      fd = file.fd;
       path = `fd ${fd}`;
       if (fd < 0) throw new DmaloadError('ERR_FILE_CLOSED', 'The file handle is closed; open the file again', {});
     } else {

@@ -19,7 +19,7 @@ import { load } from '../api/load.js';
 import type { NumaNode } from '../engine/numa.js';
 import { allocate } from '../api/allocate.js';
 import { readInto } from '../api/rw.js';
-import type { LoadedBuffer } from '../core/buffer.js';
+import type { LoadedBuffer } from '../api/buffer.js';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { formatBytes, msSince, roundUp } from '../core/util.js';
 import type { FdInspection } from '../engine/binding.js';

@@ -14,8 +14,8 @@ import { modelFromFiles } from '../api/model.js';
 import { rankSpec } from '../pipeline/ranks.js';
 import type { LoadModelOptions, LoadedModel } from '../api/model.js';
 import { integerOption, optionsObject, pathOption, signalOption } from '../api/options.js';
-import type { LoadStats, LoadedBuffer } from '../core/buffer.js';
-import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, outOfRange } from '../core/errors.js';
+import type { LoadStats, LoadedBuffer } from '../api/buffer.js';
+import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, isErrorCode, outOfRange } from '../core/errors.js';
 import { printable } from '../core/util.js';
 import { cpuMsSince, msSince } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
@@ -260,8 +260,13 @@ class Client implements ShareClient {
     if (typeof b.errno === 'number' && b.errno !== 0 && typeof b.syscall === 'string') {
       return new DmaloadSystemError(b.errno, b.syscall, path, `on the dmaload server at '${this.socket}'`);
     }
-    const code = typeof b.code === 'string' && /^[A-Z][A-Z0-9_]{1,63}$/.test(b.code) ? b.code : 'ERR_SHARE_REPLY';
-    return new DmaloadError(code, `dmaload server at '${this.socket}': ${typeof b.message === 'string' ? b.message : 'request failed'}`, { path });
+    // A code this library does not know (a newer server's, or a peer that is no dmaload server) is not passed on as
+    // if it were one: it becomes ERR_SHARE_REPLY, with the server's code in the message.
+    const code = b.code;
+    const known = isErrorCode(code);
+    const theirs = !known && typeof code === 'string' && /^[A-Z][A-Z0-9_]{1,63}$/.test(code) ? ` (server code ${code})` : '';
+    const message = `dmaload server at '${this.socket}': ${typeof b.message === 'string' ? b.message : 'request failed'}${theirs}`;
+    return new DmaloadError(known ? code : 'ERR_SHARE_REPLY', message, { path });
   }
 
   async load(path: string, options: ShareLoadOptions = {}): Promise<LoadedBuffer> {

@@ -5,6 +5,7 @@
  * @module
  */
 import { DmaloadSystemError } from '../core/errors.js';
+import type { ErrorCode } from '../core/errors.js';
 import { C, closeFd, native } from '../engine/binding.js';
 import { Channel, Watch } from './channel.js';
 import type { Incoming } from './channel.js';
@@ -87,7 +88,7 @@ export class Connections {
   }
 
   /** Why a new connection from `uid` is refused, if it is. */
-  #refusal(uid: number): { code: string; message: string } | undefined {
+  #refusal(uid: number): { code: ErrorCode; message: string } | undefined {
     const l = this.#limits;
     if (this.#conns.size >= l.maxConnections) return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `the server has ${this.#conns.size} connections, its limit (--max-connections); try again later` };
     // The server's own user is not limited per user (its operator; as with the per-user budget).

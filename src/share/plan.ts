@@ -40,7 +40,7 @@ export function planRequest(body: Record<string, unknown>, fds: number): PlanReq
   if (!spec) throw invalidType('rank', 'a number (with worldSize)', undefined);
   const tensors = body.tensors;
   if (tensors !== undefined && (!Array.isArray(tensors) || !tensors.every((t) => typeof t === 'string'))) throw invalidType('tensors', 'an array of tensor names', tensors);
-  return { files: files as string[], ...spec, tensors: tensors as string[] | undefined };
+  return { files: files as string[], ...spec, tensors };
 }
 
 function readAt(fd: number, position: number, length: number, name: string): Promise<Uint8Array> {

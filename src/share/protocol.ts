@@ -13,7 +13,8 @@
  * @module
  */
 import { DmaloadError } from '../core/errors.js';
-import type { LoadStats } from '../core/buffer.js';
+import type { ErrorCode } from '../core/errors.js';
+import type { LoadStats } from '../api/buffer.js';
 
 export const MAGIC = Uint8Array.of(0x44, 0x4d, 0x4c, 0x44);
 export const VERSION = 1;
@@ -163,7 +164,7 @@ export function encode(type: MessageType, id: number, body: object): Uint8Array 
 /** Why a message was refused: the code to answer with, and whether the peer speaks another protocol entirely. */
 export class ProtocolError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: ErrorCode,
     message: string,
     /** The request id when the header was readable (0 otherwise). */
     readonly id: number,

@@ -13,8 +13,8 @@
  * @module
  */
 import { fstatSync } from 'node:fs';
-import { LoadedBuffer } from '../core/buffer.js';
-import type { LoadStats } from '../core/buffer.js';
+import { LoadedBuffer } from '../api/buffer.js';
+import type { LoadStats } from '../api/buffer.js';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';

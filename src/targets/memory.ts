@@ -27,7 +27,7 @@ export const memory: Target = {
       populateInJob: layout.length === 1,
       allocPart: (k) => populate(region!, layout[k]!.offset, layout[k]!.length, req.path),
       finish(size) {
-        if (region && size < req.capacity) zero(region!, size, req.capacity - size);
+        if (region && size < req.capacity) zero(region, size, req.capacity - size);
         return [{ fd: -1, offset: 0, size }];
       },
       close() {

@@ -5,9 +5,9 @@ import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { bench } from '../../tools/bench/index.js';
-import { DEFAULT_TARGETS, label, planRows } from '../../tools/bench/bench.js';
-import { METHODS } from '../../tools/bench/methods.js';
+import { bench } from '../../src/bench/index.js';
+import { DEFAULT_TARGETS, label, planRows } from '../../src/bench/bench.js';
+import { METHODS } from '../../src/bench/methods.js';
 import { makeFile, tempDir } from '../helpers.js';
 import { cli } from '../cli/run.js';
 

@@ -79,8 +79,8 @@ test('--json prints the inspect object, 64-bit integers as strings', async () =>
     tensors: [{ name: 'w', dtype: 'F32', shape: [2, 3], offset: header.length, bytes: 24, file: p }],
   });
   const t = await run(p);
-  assert.match(t.stdout, /  big = 9223372036854775808\n/);
-  assert.match(t.stdout, /  vocab = \["t0", "t1", "t2", "t3", … 10 items\]\n/);
+  assert.match(t.stdout, / {2}big = 9223372036854775808\n/);
+  assert.match(t.stdout, / {2}vocab = \["t0", "t1", "t2", "t3", … 10 items\]\n/);
 });
 
 test('errors reading the model are thrown to the caller', async () => {
@@ -116,6 +116,7 @@ test('control characters from the file are printed escaped, never raw (names, me
   writeSafetensors(join(dir, 'ctl-other.safetensors'), [{ name: 'o', dtype: 'F32', shape: [4], data }]);
   const index = join(dir, 'ctl.safetensors.index.json');
   writeFileSync(index, JSON.stringify({ weight_map: { [name]: basename(shard), 'odd\u0007': basename(shard), o: 'ctl-other.safetensors' } }));
+  // eslint-disable-next-line no-control-regex -- the control characters the output must not hold
   const raw = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/;
   const runs = [await cli('inspect', shard), await cli('inspect', index), await cli('inspect', index, '--rank', '0', '--world-size', '1')];
   for (const r of runs) {

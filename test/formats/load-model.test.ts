@@ -102,7 +102,7 @@ describe('loadModel: whole models', () => {
         assert.equal(model.stats.perFile[0]?.stats.io, io);
         assert.equal(model.buffers.length, 1);
         assert.equal(model.buffers[0]?.target, target);
-        if (target === 'memfd') assert.ok(model.buffers[0]!.fd >= 0);
+        if (target === 'memfd') assert.ok(model.buffers[0].fd >= 0);
         assert.equal(model.tensors.get('w.f32')?.buffer, model.buffers[0]);
         model.close();
         assert.equal(model.closed, true);

@@ -36,7 +36,9 @@ test('GGUF tensors of unknown types inspect: type number, offset, size inferred 
   const byName = new Map(info.tensors.map((t) => [t.name, t]));
 
   // Offsets, names and shapes from an independent parser.
-  const hf = (await import('@huggingface/gguf' as string)) as HfGguf;
+  // A name in a variable: typed by the interface above, not by the package's own declarations.
+  const moduleName = '@huggingface/gguf';
+  const hf = (await import(moduleName)) as HfGguf;
   const theirs = await hf.gguf(path, { allowLocalFile: true });
   const starts = theirs.tensorInfos.map((t) => Number(theirs.tensorDataOffset + t.offset));
   assert.deepEqual(

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { inspect, loadModel, type LoadedModel } from '../../src/index.js';
 import { inspectCommand } from '../../src/cli/inspect.js';
 import { assertSlices, writeGguf, writeSafetensors, type Spec } from './model-files.js';
-import { leakCheck, seededBytes, tempDir } from '../helpers.js';
+import { leakCheck, seededBytes, sha256, tempDir } from '../helpers.js';
 
 const { dir, cleanup } = tempDir('dmaload-ranks-');
 after(cleanup);
@@ -26,7 +25,6 @@ async function cli(...argv: string[]): Promise<{ status: number; stdout: string;
   return { status, stdout, stderr };
 }
 
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 test("split 'tensors': every tensor on exactly one rank, balanced by bytes, each rank reading about its own bytes", async () => {
   const path = join(dir, 'uneven.safetensors');
@@ -99,13 +97,13 @@ test("split 'rows': each rank holds a row slice of every 2-D tensor; the slices 
         for (const whole of info.tensors) {
           const spec = specs.find((s) => s.name === whole.name)!;
           const oracle = file.subarray(whole.offset, whole.offset + whole.bytes);
-          assert.equal(sha(oracle), sha(spec.data), `${whole.name}: the file holds what was written`);
+          assert.equal(sha256(oracle), sha256(spec.data), `${whole.name}: the file holds what was written`);
           const parts = models.map((m) => m.tensors.get(whole.name)!);
           const splittable = whole.shape.length === 2 && !whole.unknownType && Number.isInteger(whole.bytes / whole.shape[rowDim]!);
           if (!splittable) {
             for (const p of parts) {
               assert.equal(p.replicated, true, whole.name);
-              assert.equal(sha(p.bytes), sha(oracle), `${whole.name}: whole on every rank`);
+              assert.equal(sha256(p.bytes), sha256(oracle), `${whole.name}: whole on every rank`);
             }
             continue;
           }
@@ -123,7 +121,7 @@ test("split 'rows': each rank holds a row slice of every 2-D tensor; the slices 
           }
           assert.equal(next, rows, `${whole.name}: the slices cover every row`);
           const joined = Buffer.concat(parts.map((p) => p.bytes));
-          assert.equal(sha(joined), sha(oracle), `${whole.name}: slices in rank order are the tensor`);
+          assert.equal(sha256(joined), sha256(oracle), `${whole.name}: slices in rank order are the tensor`);
         }
         for (const m of models) assertSlices(m, file);
       } finally {
@@ -209,7 +207,7 @@ test('dmaload inspect --rank R --world-size N --json prints the plan loadModel f
           const range = plan.files[0]!.ranges.find((g) => g.offset <= t.offset && t.offset + t.bytes <= g.offset + g.length);
           assert.ok(range, `${t.name} is inside a planned range`);
         }
-        assert.equal(sha(Buffer.concat(plan.tensors.map((t) => file.subarray(t.offset, t.offset + t.bytes)))), sha(Buffer.concat([...model.tensors.values()].map((t) => t.bytes))));
+        assert.equal(sha256(Buffer.concat(plan.tensors.map((t) => file.subarray(t.offset, t.offset + t.bytes)))), sha256(Buffer.concat([...model.tensors.values()].map((t) => t.bytes))));
       } finally {
         model.close();
       }

@@ -6,13 +6,11 @@
  * with the reason.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { allocate, load } from '../../src/index.js';
-import type { LoadedBuffer } from '../../src/index.js';
-import { C, native } from '../../src/engine/binding.js';
-import { fdCount, makeFile, sha256, tempDir } from '../helpers.js';
+import { native } from '../../src/engine/binding.js';
+import { fdCount, makeFile, partsSha256, sha256, tempDir } from '../helpers.js';
 import { closeDrm, drm } from './vgem.js';
 
 const MiB = 1024 * 1024;
@@ -54,24 +52,6 @@ after(() => {
   if (saved !== undefined) writeFileSync(NR, `${saved}\n`);
 });
 
-/** Hash of every part read back through an mmap of its own dma-buf fd, inside DMA_BUF_IOCTL_SYNC. */
-function partsHash(b: LoadedBuffer): string {
-  const hash = createHash('sha256');
-  for (const p of b.parts) {
-    const len = Math.ceil(p.size / 4096) * 4096;
-    const region = native.mmap(len, C.PROT_READ, C.MAP_SHARED, p.fd, 0, 0);
-    if (typeof region === 'number') throw new Error(`mmap of dma-buf fd ${p.fd} failed with errno ${-region}`);
-    try {
-      assert.equal(native.dmaBufSync(p.fd, C.DMA_BUF_SYNC_START | C.DMA_BUF_SYNC_READ), 0);
-      hash.update(new Uint8Array(native.view(region, 0, p.size)));
-      assert.equal(native.dmaBufSync(p.fd, C.DMA_BUF_SYNC_END | C.DMA_BUF_SYNC_READ), 0);
-    } finally {
-      native.munmap(region);
-    }
-  }
-  return hash.digest('hex');
-}
-
 describe('udmabuf over a hugetlb memfd', { skip: SKIP }, () => {
   for (const io of ['direct', 'buffered'] as const) {
     test(`${io}: byte-exact at ${SIZES.join(', ')} through the CPU view and each dma-buf, imported by vgem, pool pages given back`, async (t) => {
@@ -88,7 +68,7 @@ describe('udmabuf over a hugetlb memfd', { skip: SKIP }, () => {
           assert.deepEqual(b.stats.hugetlb, { pageSize: pool().size, pages });
           assert.equal(pool().free, free0 - pages, 'the udmabuf pins pool pages');
           assert.equal(sha256(b.bytes), f.sha256, `CPU view, ${size}`);
-          assert.equal(partsHash(b), f.sha256, `dma-buf mmaps, ${size}`);
+          assert.equal(partsSha256(b), f.sha256, `dma-buf mmaps, ${size}`);
           assert.equal(b.parts.length, Math.ceil(size / (64 * MiB)), 'parts of size_limit_mb');
           for (const p of b.parts) {
             const h = native.drmPrimeImport(drm(), p.fd);
@@ -138,7 +118,7 @@ describe('udmabuf over a hugetlb memfd', { skip: SKIP }, () => {
       assert.deepEqual(pool(), p1);
       const b = await load(big.path, { target: 'udmabuf', hugePages: 'hugetlb-or-small' });
       try {
-        assert.equal(partsHash(b), big.sha256);
+        assert.equal(partsSha256(b), big.sha256);
         assert.equal(b.stats.hugetlb, undefined);
         assert.match(b.stats.memoryReason ?? '', /small pages: the hugetlb pool has/);
       } finally {

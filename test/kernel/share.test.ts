@@ -10,8 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { native } from '../../src/engine/binding.js';
 import { connect, serve } from '../../src/index.js';
-import type { LoadedBuffer } from '../../src/index.js';
-import { fdCount, makeFile, sha256, tempDir } from '../helpers.js';
+import { bufferSha256 as hashOf, fdCount, makeFile, tempDir } from '../helpers.js';
 import { closeDrm, drm } from './vgem.js';
 import { child, socketDir } from '../share/util.js';
 
@@ -30,7 +29,6 @@ before(() => {
   if (!HAVE.udmabuf || !HAVE['dma-heap']) for (const s of SIZES) files.set(s, makeFile(dir, `k-${s}`, s));
 });
 
-const hashOf = (b: LoadedBuffer) => sha256(b.view(0, b.size));
 
 after(closeDrm);
 

@@ -17,14 +17,13 @@ import { join } from 'node:path';
 import { C, native } from '../../src/engine/binding.js';
 import { MessageType } from '../../src/share/protocol.js';
 import { connectRaw, frame, recvRaw } from './util.js';
-import type { RawReply } from './util.js';
 
 const [cmd, socket, ...rest] = process.argv.slice(2);
 
 /** The reply to one load request with `fd` attached: its bytes hashed from a mapping of the fd that came back. */
 async function ask(s: number, fd: number, id: number): Promise<{ cached?: boolean; sha256?: string; code?: string }> {
   native.sendMsg(s, frame(MessageType.LoadRequest, id, { path: 'attacker' }), [fd]);
-  const r = (await recvRaw(s, 20_000)) as RawReply | 'eof';
+  const r = await recvRaw(s, 20_000);
   if (r === 'eof') return { code: 'eof' };
   if (r.type === MessageType.Error) return { code: String(r.body.code) };
   const size = Number(r.body.size);
@@ -88,7 +87,7 @@ async function main(): Promise<unknown> {
         const fd = openSync(file, FS.O_RDONLY);
         native.sendMsg(c, frame(MessageType.LoadRequest, i + 1, { path: 'churn' }), [fd]);
         closeSync(fd);
-        const r = (await recvRaw(c, 20_000)) as RawReply | 'eof';
+        const r = await recvRaw(c, 20_000);
         if (r === 'eof') {
           codes.push('eof');
           break;

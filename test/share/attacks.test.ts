@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { native } from '../../src/engine/binding.js';
 import { connect, serve } from '../../src/index.js';
-import type { LoadedBuffer, ServeOptions, ShareServer } from '../../src/index.js';
+import type { ServeOptions, ShareServer } from '../../src/index.js';
 import { MessageType } from '../../src/share/protocol.js';
-import { fileSha256, leakCheck, makeFile, repoRoot, sha256, tempDir } from '../helpers.js';
+import { bufferSha256 as hashOf, fileSha256, leakCheck, makeFile, repoRoot, sha256, tempDir } from '../helpers.js';
 import { startFuse } from './fuse.js';
 import { connectRaw, frame, recvRaw } from './util.js';
 
@@ -47,7 +47,6 @@ const sockDir = shared;
 let n = 0;
 const sock = () => join(sockDir, `a${n++}.sock`);
 
-const hashOf = (b: LoadedBuffer) => sha256(b.bytes);
 
 /** Why the attacker cannot run here, or undefined: it needs root to become uid 65534, who must read this checkout. */
 function attackerMissing(): string | undefined {
@@ -408,6 +407,7 @@ describe('serve: replies', () => {
       const line = lines.find((l) => l.includes('a\\x9b31mb'));
       assert.ok(line, lines.join('\n'));
       assert.match(line, /a\\x9b31mb\\u\{2028\}c\\u\{202e\}d\\x1b\[2J/);
+      // eslint-disable-next-line no-control-regex -- the control characters the log must not hold
       assert.ok(!/[\u0080-\u009f\u2028\u202e\x1b]/.test(lines.join('\n')));
     });
   });

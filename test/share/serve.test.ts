@@ -13,13 +13,14 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { C, native } from '../../src/engine/binding.js';
 import { connect, load, loadModel, readInto, save, serve } from '../../src/index.js';
-import type { LoadedBuffer, ShareServer } from '../../src/index.js';
-import { evictFile, fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import type { ShareServer } from '../../src/index.js';
+import { bufferSha256 as hashOf, evictFile, fileSha256, leakCheck, makeFile, mappings, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
 import { child, connectRaw, frame, recvRaw, socketDir } from './util.js';
 import type { RawReply } from './util.js';
 import { MessageType } from '../../src/share/protocol.js';
 import { pythonMissing, runPython } from './python.js';
 import { cli } from '../cli/run.js';
+import { writeSafetensors as writeSpecs } from '../formats/model-files.js';
 import { existsSync } from 'node:fs';
 
 const MiB = 1024 * 1024;
@@ -29,12 +30,6 @@ const sockets = socketDir();
 after(sockets.cleanup);
 let sockN = 0;
 const sock = () => join(sockets.dir, `s${sockN++}.sock`);
-
-const hashOf = (b: LoadedBuffer) => {
-  const h = [] as Uint8Array[];
-  for (const w of b.windows(64 * MiB)) h.push(w);
-  return sha256(h.length === 1 ? h[0]! : Buffer.concat(h));
-};
 
 describe('serve/connect: byte-exact, shared, sealed', () => {
   const sizes = [0, 1, 4097, 8 * MiB + 13];
@@ -378,19 +373,9 @@ describe('serve/connect: errors', () => {
 });
 
 describe('serve: loadModel through the server', () => {
-  /** A safetensors file written by hand; returns each tensor's bytes. */
+  /** A safetensors file written by hand (the model tests' writer), its tensors in the object's order. */
   function writeSafetensors(path: string, tensors: Record<string, { dtype: string; shape: number[]; data: Uint8Array }>): void {
-    const header: Record<string, unknown> = {};
-    let at = 0;
-    for (const [name, t] of Object.entries(tensors)) {
-      header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [at, at + t.data.length] };
-      at += t.data.length;
-    }
-    let json = JSON.stringify(header);
-    while ((8 + json.length) % 8 !== 0) json += ' ';
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(json.length));
-    writeFileSync(path, Buffer.concat([len, Buffer.from(json), ...Object.values(tensors).map((t) => t.data)]));
+    writeSpecs(path, Object.entries(tensors).map(([name, t]) => ({ name, ...t })));
   }
 
   test('tensors are the same bytes as a local loadModel; a selection loads only the shards it needs', async () => {

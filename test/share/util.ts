@@ -97,7 +97,7 @@ export function child(args: string[], opts: { timeoutMs?: number; uid?: number; 
  * A folder for sockets, in the system temp folder: a Unix socket's path holds at most 107 bytes, and the tests' data
  * folder (which must do direct I/O) can be deep inside a checkout. `cleanup()` removes it.
  */
-export function socketDir(): { dir: string; cleanup(): void } {
+export function socketDir(): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'dmaload-sock-'));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }

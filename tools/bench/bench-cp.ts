@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { benchDiskDir, writeSeededFile, seededBytes } from './data.js';
+import { benchDiskDir, writeSeededFile, seededBytes } from '../../src/bench/data.js';
 import { evictPath, pageCacheBytesOf } from '../../src/pipeline/cache.js';
 import { DEFAULTS } from '../../src/api/options.js';
 import { createWriter } from '../../src/api/writer.js';

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
-import { seededBytes } from './data.js';
+import { seededBytes } from '../../src/bench/data.js';
 import { evictPath } from '../../src/pipeline/cache.js';
 import { loadModel } from '../../src/api/model.js';
 import { DEFAULTS } from '../../src/api/options.js';
@@ -149,7 +149,7 @@ async function main(): Promise<void> {
   });
   if (values.child) return child(values.child, values.verify === true);
   const shards = Number(values.shards);
-  const shardSize = parseSize(values['shard-size']!);
+  const shardSize = parseSize(values['shard-size']);
   const rounds = Number(values.rounds);
   const format = values.format;
   if (format !== 'safetensors' && format !== 'gguf') throw new Error('--format is safetensors or gguf');

@@ -31,7 +31,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'nod
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { benchDiskDir } from './data.js';
+import { benchDiskDir } from '../../src/bench/data.js';
 import { evictPath, pageCacheBytesOf } from '../../src/pipeline/cache.js';
 import { MiB, parseSize } from '../../src/core/util.js';
 import { allocate, copy, load } from '../../src/index.js';

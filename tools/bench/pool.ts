@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
-import { benchDiskDir, writeSeededFile } from './data.js';
+import { benchDiskDir, writeSeededFile } from '../../src/bench/data.js';
 import { evictPath } from '../../src/pipeline/cache.js';
 import { GiB, parseSize } from '../../src/core/util.js';
 import { createPool, load } from '../../src/index.js';

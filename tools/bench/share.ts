@@ -23,11 +23,11 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { load } from '../../src/api/load.js';
-import type { LoadedBuffer } from '../../src/core/buffer.js';
+import type { LoadedBuffer } from '../../src/api/buffer.js';
 import { GiB, formatBytes, parseSize } from '../../src/core/util.js';
 import { evictPath, pageCacheBytesOf } from '../../src/pipeline/cache.js';
 import { connect } from '../../src/share/client.js';
-import { writeSeededFile } from './data.js';
+import { writeSeededFile } from '../../src/bench/data.js';
 
 const here = fileURLToPath(import.meta.url);
 const root = resolve(dirname(here), '../../..');
@@ -117,7 +117,7 @@ interface Report {
 function startChild(args: string[]): { p: ChildProcess; line: Promise<Record<string, unknown>> } {
   const p = spawn(process.execPath, [here, '--child', ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
   const line = new Promise<Record<string, unknown>>((res, rej) => {
-    createInterface({ input: p.stdout! }).once('line', (l) => res(JSON.parse(l) as Record<string, unknown>));
+    createInterface({ input: p.stdout }).once('line', (l) => res(JSON.parse(l) as Record<string, unknown>));
     p.once('exit', (code) => rej(new Error(`a bench child exited with ${code} before reporting`)));
   });
   return { p, line };
@@ -131,7 +131,7 @@ async function phase(kind: 'local' | 'served', file: string, sha: string, size: 
     await new Promise<void>((res, rej) => {
       let err = '';
       server!.stderr!.on('data', (d: Buffer) => {
-        err += d;
+        err += d.toString();
         if (/listening/.test(err)) res();
       });
       server!.once('exit', (code) => rej(new Error(`dmaload serve exited with ${code}: ${err}`)));
@@ -160,7 +160,7 @@ async function phase(kind: 'local' | 'served', file: string, sha: string, size: 
     await Promise.all(kids.map((k) => new Promise((r) => (k.p.exitCode !== null ? r(null) : k.p.once('exit', r)))));
     if (server) {
       server.kill('SIGTERM');
-      await new Promise((r) => (server!.exitCode !== null ? r(null) : server!.once('exit', r)));
+      await new Promise((r) => (server.exitCode !== null ? r(null) : server.once('exit', r)));
     }
   }
 }

@@ -1,5 +1,5 @@
 /** The bench's outputs: a terminal table shaped like the seeds' table, Markdown, and an SVG chart. */
-import { formatBytes } from '../../src/core/util.js';
+import { formatBytes } from '../core/util.js';
 import { label } from './bench.js';
 import type { BenchReport, BenchRow } from './bench.js';
 

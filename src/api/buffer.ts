@@ -1,19 +1,18 @@
-/** LoadedBuffer: what load() returns — the bytes, their fds, what it cost — and the one way to free them. */
+/**
+ * LoadedBuffer: what load() returns — the bytes, their fds, what it cost — and the one way to free them. It lives in
+ * the API layer because it owns a target's allocation and makes views through the engine, both below it.
+ */
 import type { VerifiedStats } from '../pipeline/verify.js';
 import { PAGE_SIZE, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import { bytesOf } from '../engine/memory.js';
-import { DmaloadError, outOfRange } from './errors.js';
-import { formatBytes, roundUp } from './util.js';
+import { DmaloadError, outOfRange } from '../core/errors.js';
+import { formatBytes, roundUp } from '../core/util.js';
+import type { PartStats } from '../pipeline/schedule.js';
 import type { Allocation, Part, TargetName } from '../targets/types.js';
 
-/** One part's share of a load: where it is, and its allocation and I/O wall times. */
-export interface PartStats {
-  offset: number;
-  size: number;
-  allocMs: number;
-  ioMs: number;
-}
+// PartStats is the schedule's own record (the pipeline writes it, below this layer); LoadStats hands it on.
+export type { PartStats };
 
 /** How a load went. */
 export interface LoadStats {

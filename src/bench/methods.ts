@@ -4,18 +4,18 @@
  */
 import { closeSync, constants as FS, openSync, promises as fsp, readSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { load } from '../../src/api/load.js';
-import { verifyFile } from '../../src/api/verify.js';
-import type { LoadedBuffer } from '../../src/core/buffer.js';
-import { dioAlign } from '../../src/pipeline/source.js';
-import { evictPath, pageCacheBytes, pageCacheBytesOf } from '../../src/pipeline/cache.js';
-import { errnoCode } from '../../src/core/errors.js';
-import { native, PAGE_SIZE } from '../../src/engine/binding.js';
-import type { Region } from '../../src/engine/binding.js';
-import { targets } from '../../src/targets/index.js';
-import type { Allocation, TargetName } from '../../src/targets/index.js';
-import { anonymous, bytesOf, withBytes } from '../../src/engine/memory.js';
-import { MiB, roundUp } from '../../src/core/util.js';
+import { load } from '../api/load.js';
+import { verifyFile } from '../api/verify.js';
+import type { LoadedBuffer } from '../api/buffer.js';
+import { dioAlign } from '../pipeline/source.js';
+import { evictPath, pageCacheBytes, pageCacheBytesOf } from '../pipeline/cache.js';
+import { errnoCode } from '../core/errors.js';
+import { native, PAGE_SIZE } from '../engine/binding.js';
+import type { Region } from '../engine/binding.js';
+import { targets } from '../targets/index.js';
+import type { Allocation, TargetName } from '../targets/index.js';
+import { anonymous, bytesOf, withBytes } from '../engine/memory.js';
+import { MiB, roundUp } from '../core/util.js';
 
 export const METHODS = ['read', 'read-write', 'sendfile', 'splice', 'copy_file_range', 'dmaload', 'dmaload-reload', 'node-readFile', 'fio'] as const;
 export type Method = (typeof METHODS)[number];
