@@ -57,11 +57,11 @@ describe('numaNode: a node with memory', () => {
         if (NUMA) {
           assert.deepEqual(nodesOf(b), new Set([FIRST]));
           assert.deepEqual(b.stats.numa?.nodes, [FIRST]);
-          assert.match(b.stats.numa!.reason, /MPOL_BIND/);
+          assert.match(b.stats.numa.reason, /MPOL_BIND/);
         } else {
           // A kernel without NUMA: nothing to bind, and the stats say so.
           assert.deepEqual(b.stats.numa?.nodes, []);
-          assert.match(b.stats.numa!.reason, /no NUMA/);
+          assert.match(b.stats.numa.reason, /no NUMA/);
         }
         assert.equal(b.stats.numa?.node, FIRST);
       } finally {
@@ -231,7 +231,7 @@ describe('numaNode: serve', () => {
           b.close();
         }
       } finally {
-        await c.close();
+        c.close();
         await server.close();
       }
       const r = await cli('serve', '--socket', `${sockets.dir}/cli.sock`, '--numa-node', 'x');

@@ -18,7 +18,6 @@ import { fileChanged, openFile } from '../pipeline/source.js';
 import { HashStream, expectedFor, gaps, hashRanges, settle } from '../pipeline/verify.js';
 import type { Expected } from '../pipeline/verify.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
-import { targets } from '../targets/index.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
 import type { NumaNode } from '../engine/numa.js';
 import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, numaNodeOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning, verifyOption } from './options.js';
@@ -136,7 +135,7 @@ export type { FileRange } from '../pipeline/plan.js';
 export async function loadRanges(path: string, ranges: readonly FileRange[], options: LoadOptions = {}): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
   if (!Array.isArray(ranges)) throw invalidType('ranges', 'an array of { offset, length }', ranges);
   let end = 0;
-  for (const [i, r] of ranges.entries()) {
+  for (const [i, r] of (ranges as readonly FileRange[]).entries()) {
     if (r === null || typeof r !== 'object') throw invalidType(`ranges[${i}]`, 'an object { offset, length }', r);
     if (!Number.isSafeInteger(r.offset) || r.offset < end) throw outOfRange(`ranges[${i}].offset`, `an integer >= ${end} (ranges sorted, not overlapping)`, r.offset);
     if (!Number.isSafeInteger(r.length) || r.length < 1) throw outOfRange(`ranges[${i}].length`, 'an integer >= 1', r.length);

@@ -285,15 +285,15 @@ class Model implements LoadedModel {
 
 /** Closes every buffer even if one throws; rethrows the first error. */
 function closeAll(buffers: readonly LoadedBuffer[]): void {
-  let first: unknown;
+  let first: { error: unknown } | undefined;
   for (const b of buffers) {
     try {
       b.close();
     } catch (e) {
-      first ??= e;
+      first ??= { error: e };
     }
   }
-  if (first !== undefined) throw first;
+  if (first) throw first.error;
 }
 
 /** Sorted, non-overlapping ranges of `tensors` (sorted by offset, non-empty), neighbours within `gap` merged. */
@@ -401,7 +401,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const onAbort = () => ac.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
   const progress = onProgress && progressAggregator(plans, onProgress);
-  const loaded: ({ buffer: LoadedBuffer; offsets: number[] } | undefined)[] = new Array(plans.length);
+  const loaded: ({ buffer: LoadedBuffer; offsets: number[] } | undefined)[] = plans.map(() => undefined);
   let failure: { error: unknown } | undefined;
   try {
     let next = 0;

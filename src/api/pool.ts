@@ -84,7 +84,9 @@ class Pool implements BufferPool {
       const pick = size === undefined ? undefined : this.#take(target, roundUp(Math.max(size, 1), PAGE_SIZE), numa, hugetlb);
       if (pick) {
         try {
-          const { numaNode: _placed, ...rest } = o;
+          // The buffer keeps its placement (numaNode cannot be given with into).
+          const rest = { ...o };
+          delete rest.numaNode;
           return await load(path, { ...rest, into: pick });
         } catch (e) {
           // A failed load leaves `into` open and the pool's; its bytes no longer matter.

@@ -193,13 +193,13 @@ export async function hashRanges(src: OpenedFile, ranges: ReadonlyArray<{ offset
         off = start + len;
       }
     }
-    await Promise.all(jobs);
+    await Promise.all(jobs.filter((j) => j !== undefined));
     return done;
   } catch (e) {
     if (o.signal?.aborted && !(e instanceof AbortError)) throw new AbortError(undefined, { cause: o.signal.reason });
     throw e;
   } finally {
-    await Promise.allSettled(jobs);
+    await Promise.allSettled(jobs.filter((j) => j !== undefined));
     // The hasher pins the ring's pages it has not hashed yet: unmapping is deferred until then, never unsafe.
     native.munmap(ring);
   }

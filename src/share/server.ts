@@ -433,9 +433,9 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   numaRequest(numaNode, target, false);
   if (o.heap !== undefined && (typeof o.heap !== 'string' || o.heap === '' || o.heap.includes('/'))) throw invalidType('heap', 'a heap name such as "system"', o.heap);
   if (o.log !== undefined && typeof o.log !== 'function') throw invalidType('log', 'a function', o.log);
-  const preload = o.preload ?? [];
-  if (!Array.isArray(preload)) throw invalidType('preload', 'an array of paths', preload);
-  preload.forEach((p, i) => pathOption(`preload[${i}]`, p));
+  const given: unknown = o.preload ?? [];
+  if (!Array.isArray(given)) throw invalidType('preload', 'an array of paths', given);
+  const preload = (given as unknown[]).map((p, i) => pathOption(`preload[${i}]`, p));
   const signal = signalOption(o.signal);
   signal?.throwIfAborted();
 

@@ -688,7 +688,7 @@ describe('serve: verification of hub-cache blobs', () => {
       await assert.rejects(c.load(badPath), (e: Error & { code?: string }) => e.code === 'ERR_CHECKSUM_MISMATCH' && e.message.includes(sha256(bad)));
       assert.equal(server.status().entries, 1, 'the corrupt file is not cached');
     } finally {
-      await c.close();
+      c.close();
       await server.close();
     }
     assert.equal(await leaks(), undefined);
