@@ -139,7 +139,7 @@ export function mappings(): { live: number; memfds: number } {
 
 /**
  * Asserts (by resolving with a message) that fds, mappings and the addon's jobs, threads and queues are back to
- * where they were. Jobs, threads, queues and fds must be back at once; a mapping may wait a few turns of the event
+ * where they were. Jobs, queues and fds must be back at once; a thread or a mapping may wait a few turns of the event
  * loop for the finalizer of a view the garbage collector took (the addon keeps such memory mapped until Node says
  * the last buffer over it is gone), and no longer.
  */
@@ -163,7 +163,9 @@ export function leakCheck(): () => Promise<string | undefined> {
   };
   return async () => {
     const first = check();
-    if (first === undefined || !/mappings/.test(first)) return first;
+    // A detached native thread (the share server's fd closes and inspections) delivers its result to JS and then
+    // returns: for a moment after the result it still counts. It is not a leak if it is gone a few turns later.
+    if (first === undefined || !/mappings|live threads/.test(first)) return first;
     for (let i = 0; i < 20; i++) {
       // The views are garbage once the test dropped them, but their finalizers run only after a collection, which
       // may not come by itself within the wait: ask for one.
