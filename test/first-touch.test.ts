@@ -2,6 +2,7 @@
  * Huge pages for fresh memory, decided by a measurement cached per machine. Oracles: the cache file on disk, and
  * /proc/self/smaps (AnonHugePages of the buffer's own mapping) for what the kernel really gave.
  */
+import { thpSetting } from '../src/api/options.js';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -60,11 +61,11 @@ describe('huge pages for fresh memory', () => {
     const d = await decideHugePages(64 * MiB, undefined);
     assert.equal(d.huge, ft.hugeWins && !reporting);
     assert.match(d.reason, reporting ? /virtio-balloon free page reporting/ : /first touch of 16 MiB costs up to \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/);
-    assert.deepEqual(await decideHugePages(64 * MiB, true), { huge: true, reason: 'hugePages: true' });
+    assert.deepEqual(await decideHugePages(64 * MiB, thpSetting(true)), { huge: true, reason: 'hugePages: true' });
     assert.deepEqual(await decideHugePages(MiB, undefined), { huge: false, reason: 'smaller than one huge page' });
     process.env.DMALOAD_HUGE_PAGES = '0';
     try {
-      assert.deepEqual(await decideHugePages(64 * MiB, undefined), { huge: false, reason: 'DMALOAD_HUGE_PAGES=0' });
+      assert.deepEqual(await decideHugePages(64 * MiB, thpSetting(undefined)), { huge: false, reason: 'DMALOAD_HUGE_PAGES=0' });
     } finally {
       delete process.env.DMALOAD_HUGE_PAGES;
     }

@@ -1,6 +1,6 @@
 /** Test helpers: seeded data files, hashes, a temp folder that does direct I/O, and leak checks. */
 import { createHash } from 'node:crypto';
-import { closeSync, constants as FS, fsyncSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants as FS, fsyncSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -128,6 +128,19 @@ export function fdCount(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
+/** This process's open fds and what each one is (readlink of /proc/self/fd/N), to name what a leak left open. */
+export function openFds(): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      out.set(fd, readlinkSync(`/proc/self/fd/${fd}`));
+    } catch {
+      // closed meanwhile (the readdir's own fd among them)
+    }
+  }
+  return out;
+}
+
 /**
  * Mappings that dmaload made: the addon's exact count of live mmaps, and the memfd mappings the kernel lists in
  * /proc/self/maps (V8 maps and unmaps its own heap all the time, so a raw line count would be noise).
@@ -149,13 +162,18 @@ export function leakCheck(): () => Promise<string | undefined> {
   // falls is that, not a leak (a leak only ever adds mappings).
   collectGarbage();
   const fds0 = fdCount();
+  const open0 = openFds();
   const m0 = mappings();
   const l0 = native.live();
   const check = (): string | undefined => {
     const fds = fdCount();
     const m = mappings();
     const l = native.live();
-    if (fds !== fds0) return `fd count ${fds0} -> ${fds}`;
+    if (fds !== fds0) {
+      const now = openFds();
+      const added = [...now].filter(([fd, what]) => open0.get(fd) !== what).map(([fd, what]) => `${fd} ${what}`);
+      return `fd count ${fds0} -> ${fds}${added.length ? ` (new: ${added.join(', ')})` : ''}`;
+    }
     for (const k of ['jobs', 'threads', 'queues', 'fds'] as const) if (l[k] !== l0[k]) return `live ${k} ${l0[k]} -> ${l[k]}`;
     if (m.memfds > m0.memfds) return `memfd mappings ${m0.memfds} -> ${m.memfds}`;
     if (l.mappings > l0.mappings) return `live mappings ${l0.mappings} -> ${l.mappings}`;

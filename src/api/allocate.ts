@@ -7,7 +7,7 @@ import { PAGE_SIZE } from '../engine/binding.js';
 import type { TargetName } from '../targets/index.js';
 import { roundUp } from '../core/util.js';
 import type { NumaNode } from '../engine/numa.js';
-import { hugePagesOption, numaNodeOption, optionsObject, partSizeOption, targetOption } from './options.js';
+import { hugePagesOption, numaNodeOption, optionNames, optionsObject, partSizeOption, targetOption, thpSetting } from './options.js';
 import type { HugePages } from './options.js';
 import { allocateFresh, hugetlbRequest, numaRequest } from './pages.js';
 
@@ -31,17 +31,21 @@ export interface AllocateOptions {
   numaNode?: NumaNode;
 }
 
+const ALLOCATE_OPTIONS = optionNames<AllocateOptions>()(['target', 'partSize', 'heap', 'hugePages', 'numaNode']);
+
 /** An empty buffer of `size` bytes in the chosen target, page-aligned, for readInto and writeFrom. */
 export async function allocate(size: number, options: AllocateOptions = {}): Promise<LoadedBuffer> {
   if (!Number.isSafeInteger(size) || size < 1) throw outOfRange('size', 'an integer >= 1', size);
-  optionsObject(options);
+  optionsObject(options, ALLOCATE_OPTIONS, 'allocate()');
   const targetName = targetOption(options.target);
   const partSize = partSizeOption(options.partSize);
   const want = hugetlbRequest(hugePagesOption(options.hugePages), targetName);
   const numa = numaRequest(numaNodeOption(options.numaNode), targetName, false);
   const t0 = performance.now();
   const capacity = roundUp(size, PAGE_SIZE);
-  const fresh = allocateFresh(targetName, { size, capacity, partSize, path: '<allocate>', options: options as Record<string, unknown> }, want, numa);
+  // The memory target's transparent huge pages: the option, else DMALOAD_HUGE_PAGES=1 or 0 (resolved here, once).
+  const thp = thpSetting(hugePagesOption(options.hugePages));
+  const fresh = allocateFresh(targetName, { size, capacity, partSize, path: '<allocate>', options: { ...options, ...(thp ? { hugePages: thp.huge } : {}) } }, want, numa);
   const alloc = fresh.alloc;
   try {
     for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);

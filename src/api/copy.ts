@@ -15,7 +15,7 @@ import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { HashStream, expectedFor, settle } from '../pipeline/verify.js';
 import type { VerifiedStats } from '../pipeline/verify.js';
-import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
+import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionNames, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
 import type { VerifyOption } from './options.js';
 import { openWriter } from './writer.js';
 import type { WriterResult } from './writer.js';
@@ -59,11 +59,13 @@ export interface CopyResult extends WriterResult {
   verified?: VerifiedStats | undefined;
 }
 
+const COPY_OPTIONS = optionNames<CopyOptions>()(['io', 'partSize', 'parts', 'chunkSize', 'queueDepth', 'slotSize', 'slots', 'mode', 'onProgress', 'signal', 'verify']);
+
 /** Copies `src` to `dst`; refuses the same file (ERR_SAME_FILE) and a folder as destination. */
 export async function copy(src: string, dst: string, options: CopyOptions = {}): Promise<CopyResult> {
   pathOption('src', src);
   pathOption('dst', dst);
-  const o = optionsObject(options) as CopyOptions & Record<string, unknown>;
+  const o = optionsObject(options, COPY_OPTIONS, 'copy()') as CopyOptions & Record<string, unknown>;
   const io = ioOption(o.io);
   // Measured (README, npm run bench:cp): this disk wants a lot in flight when reads and writes mix.
   const partSize = knob('partSize', aliased(o, 'partSize', 'slotSize'), DEFAULTS.copy.partSize, o.partSize === undefined && o.slotSize !== undefined ? 'slotSize' : 'partSize');

@@ -20,7 +20,7 @@ import type { Expected } from '../pipeline/verify.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
 import type { NumaNode } from '../engine/numa.js';
-import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, numaNodeOption, optionsObject, partSizeOption, pathOption, signalOption, targetOption, tuning, verifyOption } from './options.js';
+import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, numaNodeOption, optionNames, optionsObject, thpSetting, partSizeOption, pathOption, signalOption, targetOption, tuning, verifyOption } from './options.js';
 import type { HugePages, VerifyOption } from './options.js';
 import { allocateFresh, hugetlbRequest, numaRequest } from './pages.js';
 import type { FreshAllocation, HugetlbRequest, NumaRequest } from './pages.js';
@@ -113,6 +113,9 @@ export interface LoadOptions {
   verify?: VerifyOption;
 }
 
+/** load()'s and loadRanges()'s option names (an unknown one is ERR_INVALID_ARG_VALUE). */
+export const LOAD_OPTIONS = optionNames<LoadOptions>()(['target', 'io', 'chunkSize', 'queueDepth', 'partSize', 'overlap', 'keepCache', 'heap', 'hugePages', 'numaNode', 'memoryBudget', 'onProgress', 'signal', 'into', 'verify']);
+
 /**
  * Loads the whole file at `path` into a new buffer of the chosen target and resolves once every byte is there.
  *
@@ -165,9 +168,9 @@ interface Checked {
   numa: NumaRequest | undefined;
 }
 
-function check(path: unknown, options: LoadOptions | undefined): Checked {
+function check(path: unknown, options: LoadOptions | undefined, call: string): Checked {
   pathOption('path', path);
-  const o = optionsObject(options);
+  const o = optionsObject(options, LOAD_OPTIONS, call);
   const into = o.into;
   if (into !== undefined) {
     if (!(into instanceof LoadedBuffer)) throw invalidType('into', 'a LoadedBuffer (from load() or allocate())', into);
@@ -195,12 +198,12 @@ function check(path: unknown, options: LoadOptions | undefined): Checked {
 }
 
 async function loadInternal(path: string, options: LoadOptions, ranges: readonly FileRange[] | undefined): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
-  const o = check(path, options);
+  const o = check(path, options, ranges ? 'loadRanges()' : 'load()');
   if (o.target === 'memory' && !o.into && !ranges && !o.hugetlb) {
     // Once per machine: the first touch of fresh memory with and without huge pages, measured before this load's
     // clock starts (it is not this load's cost).
     const st = await fsp.stat(path).catch(() => undefined);
-    if (st?.isFile()) await measureIfWanted(st.size, o.hugePages);
+    if (st?.isFile()) await measureIfWanted(st.size, o.hugePages !== undefined || thpSetting(undefined) !== undefined);
   }
   const t0 = performance.now();
   const c0 = process.cpuUsage();
@@ -225,7 +228,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     const tAlloc = performance.now();
     // Fresh process memory: huge pages or not, as this machine's measurement says (or the option); hugetlb pages
     // only where the caller asked for them.
-    const huge = !reserved && o.target === 'memory' && !o.hugetlb ? await decideHugePages(plan.capacity, o.hugePages) : undefined;
+    const huge = !reserved && o.target === 'memory' && !o.hugetlb ? await decideHugePages(plan.capacity, thpSetting(o.hugePages)) : undefined;
     const targetOptions = huge ? { ...options, hugePages: huge.huge } : options;
     let fresh: FreshAllocation | undefined;
     if (reserved) {

@@ -11,10 +11,11 @@
  * @module
  */
 import { LoadedBuffer, type LoadStats } from './buffer.js';
-import { AbortError, DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
+import { AbortError, DmaloadError, invalidType, outOfRange } from '../core/errors.js';
 import { loadRanges, type FileRange, type LoadOptions, type LoadProgress } from './load.js';
 import { PAGE_SIZE } from '../engine/binding.js';
-import { formatBytes, memAvailable, msSince, roundUp } from '../core/util.js';
+import { formatBytes, msSince, roundUp } from '../core/util.js';
+import { budgetOption, byteCountOption, functionOption, optionNames, optionsObject, signalOption } from './options.js';
 import { q, type MetadataValue, type ModelFormat, type ModelTensor } from '../formats/common.js';
 import { inspect } from './inspect.js';
 import { planRank, rankSpec, type RankSpec, type RankSplit, type RankTensor, type RowSlice } from '../pipeline/ranks.js';
@@ -366,20 +367,24 @@ function plan(selected: readonly ModelTensor[], gap: number): FilePlan[] {
  * Aborting rejects with an AbortError; any failure frees what was loaded (the other files' loads are stopped).
  * @throws DmaloadError ERR_MODEL_TENSOR_NOT_FOUND, ERR_MEMORY_BUDGET, inspect()'s ERR_MODEL_* and load()'s codes
  */
+/** loadModel()'s option names: load()'s and its own (an unknown one is ERR_INVALID_ARG_VALUE). */
+export const LOAD_MODEL_OPTIONS = optionNames<LoadModelOptions>()([
+  'target', 'io', 'chunkSize', 'queueDepth', 'partSize', 'overlap', 'keepCache', 'heap', 'hugePages', 'numaNode', 'memoryBudget', 'onProgress', 'signal', 'into', 'verify',
+  'tensors', 'coalesceGap', 'rank', 'worldSize', 'split',
+]);
+
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
   const t0 = performance.now();
-  if (options === null || typeof options !== 'object') throw invalidType('options', 'an object', options);
-  const { tensors: wanted, signal, onProgress, coalesceGap = MODEL_COALESCE_GAP, rank, worldSize, split, ...loadOptions } = options;
+  const { tensors: wanted, signal: givenSignal, onProgress: givenProgress, coalesceGap: givenGap, rank, worldSize, split, ...loadOptions } = optionsObject(options, LOAD_MODEL_OPTIONS, 'loadModel()');
   const partition = rankSpec({ rank, worldSize, split });
-  if (typeof coalesceGap !== 'number') throw invalidType('coalesceGap', 'a number', coalesceGap);
-  if (!Number.isSafeInteger(coalesceGap) || coalesceGap < 0) throw outOfRange('coalesceGap', 'an integer >= 0', coalesceGap);
+  const coalesceGap = byteCountOption('coalesceGap', givenGap) ?? MODEL_COALESCE_GAP;
   if (wanted !== undefined && typeof wanted !== 'function' && !Array.isArray(wanted)) {
     throw invalidType('tensors', 'an array of tensor names or a function (name) => boolean', wanted);
   }
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidType('signal', 'an AbortSignal', signal);
-  if (onProgress !== undefined && typeof onProgress !== 'function') throw invalidType('onProgress', 'a function', onProgress);
-  const budget = options.memoryBudget ?? memAvailable();
-  if (typeof budget !== 'number' || !(budget >= 0)) throw invalidValue('memoryBudget', budget, 'must be a non-negative number of bytes');
+  const signal = signalOption(givenSignal);
+  const onProgress = functionOption<(p: LoadProgress) => void>('onProgress', givenProgress);
+  // The files together, checked as load() checks its own (the loads below check it again per file).
+  const budget = budgetOption(loadOptions.memoryBudget);
   signal?.throwIfAborted();
 
   const info = await inspect(path);

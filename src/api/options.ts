@@ -118,6 +118,18 @@ export function hugePagesOption(value: unknown): HugePages | undefined {
   throw invalidType('hugePages', HUGE_PAGES_EXPECTED, value);
 }
 
+/**
+ * Transparent huge pages or not, as decided by the caller: the `hugePages` option when a boolean, else
+ * DMALOAD_HUGE_PAGES=1 or 0 (with the reason stats give); undefined when neither decides (then the machine's
+ * measurement does).
+ */
+export function thpSetting(value: HugePages | undefined): { huge: boolean; reason: string } | undefined {
+  if (typeof value === 'boolean') return { huge: value, reason: `hugePages: ${value}` };
+  if (value !== undefined) return undefined;
+  const env = hugePagesEnv();
+  return typeof env === 'boolean' ? { huge: env, reason: `DMALOAD_HUGE_PAGES=${env ? 1 : 0}` } : undefined;
+}
+
 /** DMALOAD_HUGE_PAGES: 1 (true), 0 (false), hugetlb, hugetlb-or-small; undefined when unset or empty. */
 export function hugePagesEnv(): HugePages | undefined {
   const e = process.env.DMALOAD_HUGE_PAGES;
@@ -169,10 +181,57 @@ export function functionOption<F>(name: string, value: unknown): F | undefined {
   return value as F | undefined;
 }
 
-export function optionsObject<T extends object>(value: T | undefined): T {
+/**
+ * A call's options object: `{}` when not given, ERR_INVALID_ARG_TYPE when not an object. With `names` (the call's
+ * option names, from {@link optionNames}), a key that is not one of them is ERR_INVALID_ARG_VALUE naming it and the
+ * nearest valid name: a misspelt option is an error, never silently ignored.
+ */
+export function optionsObject<T extends object>(value: T | undefined, names?: OptionNames, call?: string): T {
   if (value === undefined) return {} as T;
-  if (value === null || typeof value !== 'object') throw invalidType('options', 'an object', value);
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw invalidType('options', 'an object', value);
+  if (names) {
+    for (const key of Object.keys(value)) {
+      if (names.includes(key)) continue;
+      const near = nearest(key, names);
+      const hint = near ? `; did you mean '${near}'?` : '';
+      throw invalidValue(key, (value as Record<string, unknown>)[key], `is not an option of ${call ?? 'this call'}${hint} (its options: ${names.join(', ')})`);
+    }
+  }
   return value;
+}
+
+/** A call's option names; see {@link optionNames}. */
+export type OptionNames = readonly string[];
+
+/**
+ * The option names of an options interface `T`, checked both ways when it compiles: a name that `T` lacks, or a key
+ * of `T` missing from the list, is a type error. `optionNames<LoadOptions>()(['target', …])`.
+ */
+export function optionNames<T>() {
+  return <const K extends readonly (keyof T & string)[]>(names: K & ([Exclude<keyof T, K[number]>] extends [never] ? unknown : { missing: Exclude<keyof T, K[number]> })): OptionNames => names;
+}
+
+/** The name in `names` closest to `key` (edit distance at most 3, or differing only in case), if any. */
+function nearest(key: string, names: OptionNames): string | undefined {
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const n of names) {
+    const [a, b] = [key.toLowerCase(), n.toLowerCase()];
+    // The same letters in another case, or a name cut short or run on ('maxIdle', 'targets'), or a few typos.
+    const d = a === b ? 0 : a.length >= 3 && (b.startsWith(a) || a.startsWith(b)) ? 1 : editDistance(a, b);
+    if (d < bestD) [best, bestD] = [n, d];
+  }
+  return bestD <= Math.min(3, Math.max(1, Math.floor(key.length / 2))) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
 }
 
 export function pathOption(name: string, value: unknown): string {
@@ -201,8 +260,9 @@ export function byteCountOption(name: string, value: unknown): number | undefine
 /** A file mode such as 0o644. */
 export function modeOption(value: unknown): number | undefined {
   if (value === undefined) return undefined;
-  if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > 0o7777) throw invalidType('mode', 'a file mode such as 0o644', value);
-  return value as number;
+  if (typeof value !== 'number') throw invalidType('mode', 'a file mode such as 0o644', value);
+  if (!Number.isInteger(value) || value < 0 || value > 0o7777) throw outOfRange('mode', 'a file mode from 0 to 0o7777, such as 0o644', value);
+  return value;
 }
 
 /** A whole number in [min, max] (a count, a uid, milliseconds): ERR_INVALID_ARG_TYPE when not a number. */

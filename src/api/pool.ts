@@ -8,10 +8,12 @@ import { LoadedBuffer } from './buffer.js';
 import { DmaloadError, invalidType, invalidValue } from '../core/errors.js';
 import { roundUp } from '../core/util.js';
 import { PAGE_SIZE } from '../engine/binding.js';
-import { load } from './load.js';
+import { LOAD_OPTIONS, load } from './load.js';
 import type { LoadOptions } from './load.js';
 import type { NumaNode } from '../engine/numa.js';
-import { byteCountOption, hugePagesEnv, hugePagesOption, numaNodeOption, optionsObject, pathOption, targetOption } from './options.js';
+import { byteCountOption, hugePagesEnv, hugePagesOption, numaNodeOption, optionNames, optionsObject, pathOption, targetOption } from './options.js';
+
+const POOL_OPTIONS = optionNames<PoolOptions>()(['maxIdleBytes']);
 
 /** Options of {@link createPool}. */
 export interface PoolOptions {
@@ -64,7 +66,7 @@ class Pool implements BufferPool {
 
   async load(path: string, options: Omit<LoadOptions, 'into'> = {}): Promise<LoadedBuffer> {
     pathOption('path', path);
-    const o = optionsObject(options) as LoadOptions;
+    const o = optionsObject(options, LOAD_OPTIONS, 'pool.load()') as LoadOptions;
     if (o.into !== undefined) throw invalidValue('into', '<LoadedBuffer>', 'is chosen by the pool; use load() to give one');
     const target = targetOption(o.target);
     this.#open();
@@ -150,7 +152,6 @@ class Pool implements BufferPool {
  * memory, already faulted in. `pool.close()` frees what is idle.
  */
 export function createPool(options: PoolOptions = {}): BufferPool {
-  const o = optionsObject(options);
-  for (const k of Object.keys(o)) if (k !== 'maxIdleBytes') throw invalidValue(k, (o as Record<string, unknown>)[k], 'is not an option of createPool()');
+  const o = optionsObject(options, POOL_OPTIONS, 'createPool()');
   return new Pool(byteCountOption('maxIdleBytes', o.maxIdleBytes) ?? Math.floor(os.totalmem() / 2));
 }

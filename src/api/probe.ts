@@ -9,6 +9,7 @@ import type { HugetlbPool } from '../engine/hugetlb.js';
 import { memoryNodes, numaNodes } from '../engine/numa.js';
 import type { NumaNodeInfo } from '../engine/numa.js';
 import { dioAlign, openRegular, uncachedErrorCode, uncachedSupport } from '../pipeline/source.js';
+import { boolOption, optionNames, optionsObject, pathOption } from './options.js';
 
 export interface ProbeResult {
   kernel: string;
@@ -67,7 +68,11 @@ function memlock(): number | 'unlimited' {
  * whether it takes uncached I/O. `firstTouch: true` (re)measures the first-touch cost of fresh memory with and
  * without huge pages (a few seconds; the result is cached for every later load).
  */
+const PROBE_OPTIONS = optionNames<{ firstTouch?: boolean }>()(['firstTouch']);
+
 export async function probe(path?: string, options: { firstTouch?: boolean } = {}): Promise<ProbeResult> {
+  optionsObject(options, PROBE_OPTIONS, 'probe()');
+  if (path !== undefined) pathOption('path', path);
   const eng = engine();
   const thpRaw = readTrim('/sys/kernel/mm/transparent_hugepage/enabled') ?? '';
   const limit = readTrim('/sys/module/udmabuf/parameters/size_limit_mb');
@@ -95,7 +100,7 @@ export async function probe(path?: string, options: { firstTouch?: boolean } = {
     cpus: os.availableParallelism(),
     memoryBytes: os.totalmem(),
   };
-  const ft = options.firstTouch ? await measureFirstTouch() : cachedFirstTouch();
+  const ft = boolOption('firstTouch', options.firstTouch, false) ? await measureFirstTouch() : cachedFirstTouch();
   if (ft) {
     // What loads decide from it: the same rule as load() (free page reporting overrides the measurement).
     const d = measuredDecision(ft);

@@ -15,7 +15,7 @@ import { withBytesAsync } from '../engine/memory.js';
 import { uncachedRead } from '../pipeline/cache.js';
 import { openFile } from '../pipeline/source.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
-import { boolOption, ioOption, optionsObject, signalOption, tuning } from './options.js';
+import { boolOption, ioOption, optionNames, optionsObject, signalOption, tuning } from './options.js';
 
 export interface RwOptions {
   /** Offset in the file. Default 0. A number or a bigint. */
@@ -58,9 +58,11 @@ interface Checked {
 }
 
 /** The validations, in BigInt so that no sum can overflow or round. */
+const RW_OPTIONS = optionNames<RwOptions>()(['fileOffset', 'bufOffset', 'length', 'io', 'fsync', 'signal']);
+
 function validate(buffer: LoadedBuffer, o: RwOptions, write: boolean): Checked {
   if (!(buffer instanceof LoadedBuffer)) throw invalidType('buffer', 'a LoadedBuffer (from load() or allocate())', buffer);
-  optionsObject(o);
+  optionsObject(o, RW_OPTIONS, write ? 'writeFrom()' : 'readInto()');
   const io = ioOption(o.io);
   const fsync = boolOption('fsync', o.fsync, false);
   const signal = signalOption(o.signal);

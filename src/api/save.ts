@@ -3,6 +3,7 @@ import { LoadedBuffer } from './buffer.js';
 import { AbortError, invalidType } from '../core/errors.js';
 import { openWriter } from './writer.js';
 import type { WriterOptions, WriterResult } from './writer.js';
+import { optionNames, optionsObject } from './options.js';
 
 export type SaveSource = LoadedBuffer | Uint8Array | ReadonlyArray<LoadedBuffer | Uint8Array>;
 
@@ -16,7 +17,10 @@ export interface SaveOptions extends Omit<WriterOptions, 'atomic'> {
  * On any error or abort the temporary file is removed and the destination is untouched. Resolves with bytes, ms
  * and MB/s.
  */
+const SAVE_OPTIONS = optionNames<SaveOptions>()(['io', 'queueDepth', 'chunkSize', 'bufferSize', 'atomic', 'fsync', 'expectedSize', 'mode', 'signal']);
+
 export async function save(source: SaveSource, path: string, options: SaveOptions = {}): Promise<WriterResult> {
+  optionsObject(options, SAVE_OPTIONS, 'save()');
   // Array.isArray() narrows a ReadonlyArray to any[]: name the element type again.
   const list: readonly (LoadedBuffer | Uint8Array)[] = Array.isArray(source) ? (source as readonly (LoadedBuffer | Uint8Array)[]) : [source as LoadedBuffer | Uint8Array];
   for (const [i, s] of list.entries()) {

@@ -11,7 +11,7 @@ import { pageCacheBytes, uncachedRead } from '../pipeline/cache.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { HashStream, expectedFor, hashRanges, mismatch } from '../pipeline/verify.js';
-import { functionOption, ioOption, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
+import { functionOption, ioOption, optionNames, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
 
 export interface VerifyFileOptions {
   /** The SHA-256 the file must have (64 hex digits). Default: the hub-cache blob name the path resolves to, if any. */
@@ -45,6 +45,8 @@ export interface VerifyFileResult {
   impl: 'sha-ni' | 'portable';
 }
 
+const VERIFY_FILE_OPTIONS = optionNames<VerifyFileOptions>()(['sha256', 'io', 'chunkSize', 'queueDepth', 'onProgress', 'signal']);
+
 /**
  * Hashes the file at `path` and compares the hash with the expected one. A mismatch is not thrown: `ok` is false
  * (the CLI's `dmaload verify` exits 1); use load()'s `verify` option to refuse a corrupt file while loading it.
@@ -52,7 +54,7 @@ export interface VerifyFileResult {
  */
 export async function verifyFile(path: string, options: VerifyFileOptions = {}): Promise<VerifyFileResult> {
   pathOption('path', path);
-  const o = optionsObject(options);
+  const o = optionsObject(options, VERIFY_FILE_OPTIONS, 'verifyFile()');
   const given = o.sha256 === undefined ? undefined : verifyOption({ sha256: o.sha256 });
   const io = ioOption(o.io);
   const tune = tuning('read', o);

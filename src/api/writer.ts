@@ -18,7 +18,7 @@ import { anonymous, withBytes, zero } from '../engine/memory.js';
 import { openDestination } from '../pipeline/destination.js';
 import type { Destination } from '../pipeline/destination.js';
 import type { IoMode } from '../pipeline/source.js';
-import { aliased, boolOption, byteCountOption, ioOption, knob, DEFAULTS, modeOption, optionsObject, pathOption, signalOption } from './options.js';
+import { aliased, boolOption, byteCountOption, DEFAULTS, ioOption, knob, modeOption, optionNames, optionsObject, pathOption, signalOption } from './options.js';
 
 export interface WriterOptions {
   /**
@@ -76,8 +76,11 @@ const PREALLOC_STEP = 256 * MiB;
 
 /** Creates `path` (or replaces it at close(), atomic) and returns a writer for it. */
 export async function createWriter(path: string, options: WriterOptions = {}): Promise<Writer> {
-  return openWriter(path, options);
+  return openWriter(path, optionsObject(options, WRITER_OPTIONS, 'createWriter()'));
 }
+
+/** createWriter()'s option names; save() takes the same but expectedSize (it knows the size). */
+export const WRITER_OPTIONS = optionNames<WriterOptions>()(['io', 'queueDepth', 'chunkSize', 'bufferSize', 'atomic', 'fsync', 'expectedSize', 'mode', 'signal']);
 
 /** @internal The writer with the methods save() and copy() use to write from regions. */
 export async function openWriter(path: string, options: WriterOptions = {}): Promise<CaptureWriter> {

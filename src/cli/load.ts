@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { evictPath } from '../pipeline/cache.js';
 import { load } from '../api/load.js';
-import { IO_MODES } from '../api/options.js';
+import { IO_MODES, KNOBS } from '../api/options.js';
 import type { NumaNode } from '../engine/numa.js';
 import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
@@ -47,6 +47,15 @@ DMALOAD_HUGE_PAGES (1, 0, hugetlb or hugetlb-or-small: as --huge-pages on, off, 
 DMALOAD_NUMA_NODE (N or interleave: as --numa-node)
 `;
 
+/** --part-size: a size that the partSize option takes (KNOBS.partSize: whole pages), else a usage error. */
+export function partSizeFlag(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = parseSize(v);
+  const k = KNOBS.partSize;
+  if (n === undefined || n < k.min || n % k.multipleOf !== 0) throw new UsageError(`--part-size must be a size that is a multiple of ${k.multipleOf}, e.g. 32MiB (got '${v}')`);
+  return n;
+}
+
 export function choice<T extends string>(flag: string, v: string | undefined, allowed: readonly T[], dflt: T): T {
   if (v === undefined) return dflt;
   if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`--${flag} must be one of ${allowed.join(', ')} (got '${v}')`);
@@ -89,11 +98,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const target = choice<TargetName>('target', values.target, TARGET_NAMES, 'memory');
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   if (values.hash !== undefined && values.hash !== 'sha256') throw new UsageError(`--hash supports sha256 only (got '${values.hash}')`);
-  let partSize: number | undefined;
-  if (values['part-size'] !== undefined) {
-    partSize = parseSize(values['part-size']);
-    if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096, e.g. 32MiB (got '${values['part-size']}')`);
-  }
+  const partSize = partSizeFlag(values['part-size']);
   const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
   let verify = verifyFlag(values.verify);
   if (values.hash && verify === 'auto') verify = true;

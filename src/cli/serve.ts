@@ -8,7 +8,8 @@ import { SHARE_TARGETS } from '../share/seal.js';
 import type { ShareTarget } from '../share/seal.js';
 import { UsageError, onInterrupt, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
-import { choice, numaNodeFlag } from './load.js';
+import { choice, numaNodeFlag, partSizeFlag } from './load.js';
+import { IO_MODES } from '../api/options.js';
 
 export const SERVE_HELP = `Usage: dmaload serve --socket PATH [options] [FILE...]
 
@@ -112,13 +113,9 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
     if (!/^0?[0-7]{1,3}$/.test(values.mode)) throw new UsageError(`--mode must be an octal permission mode such as 0600 or 0660 (got '${values.mode}')`);
     mode = parseInt(values.mode, 8);
   }
-  let partSize: number | undefined;
-  if (values['part-size'] !== undefined) {
-    partSize = parseSize(values['part-size']);
-    if (partSize === undefined || partSize < 4096 || partSize % 4096 !== 0) throw new UsageError(`--part-size must be a size that is a multiple of 4096 (got '${values['part-size']}')`);
-  }
+  const partSize = partSizeFlag(values['part-size']);
   const target = choice<ShareTarget>('target', values.target, SHARE_TARGETS, 'memfd');
-  const ioMode = choice<IoMode>('io', values.io, ['auto', 'direct', 'buffered', 'uncached'], 'auto');
+  const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   const numaNode = numaNodeFlag(values['numa-node']);

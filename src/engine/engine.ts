@@ -4,7 +4,7 @@
  * thread; reports progress; stops within one request on abort. Two shapes: run() for one job of many segments,
  * and {@link IoQueue} for a stream of requests on one file (the writer, copy).
  */
-import { AbortError, DmaloadSystemError, errnoCode } from '../core/errors.js';
+import { AbortError, DmaloadSystemError, errnoCode, invalidValue } from '../core/errors.js';
 import { native } from './binding.js';
 import type { Queue, TransferOptions, TransferResult, TransferTarget } from './binding.js';
 
@@ -23,6 +23,8 @@ let probed: { engine: EngineName; reason: string | undefined } | undefined;
 export function engine(): { engine: EngineName; reason: string | undefined } {
   const forced = process.env.DMALOAD_ENGINE;
   if (forced === 'threads') return { engine: 'threads', reason: 'DMALOAD_ENGINE=threads' };
+  // A misspelt value must not silently mean the default: say which ones there are.
+  if (forced !== undefined && forced !== '' && forced !== 'uring') throw invalidValue('DMALOAD_ENGINE', forced, "must be 'threads' or 'uring' (or unset: io_uring where the kernel allows it)");
   if (!probed) {
     const r = native.uringProbe();
     probed = r === 0 ? { engine: 'uring', reason: undefined } : { engine: 'threads', reason: `io_uring_setup failed with ${errnoCode(r)}` };

@@ -190,8 +190,8 @@ export function describeFirstTouch(ft: FirstTouch): string {
  * Measures now when a fresh load of `capacity` bytes will want the answer and none is known (see
  * {@link decideHugePages}); load() calls it before its clock starts, so the measurement is not counted as the load's.
  */
-export async function measureIfWanted(capacity: number, option: unknown): Promise<void> {
-  if (option !== undefined || process.env.DMALOAD_HUGE_PAGES === '1' || process.env.DMALOAD_HUGE_PAGES === '0') return;
+export async function measureIfWanted(capacity: number, decided: boolean): Promise<void> {
+  if (decided) return;
   if (capacity < MEASURE_FROM || memAvailable() < 6 * GiB || cachedFirstTouch()) return; // it holds 4 GiB a moment
   const mode = thpMode();
   if (mode === 'never' || mode === 'unavailable' || freePageReporting()) return;
@@ -201,13 +201,12 @@ export async function measureIfWanted(capacity: number, option: unknown): Promis
 }
 
 /**
- * Whether fresh memory of `capacity` bytes gets MADV_HUGEPAGE, and why: the caller's option, else
- * DMALOAD_HUGE_PAGES (1 or 0), else this machine's measurement (see {@link measureIfWanted}), else no.
+ * Whether fresh memory of `capacity` bytes gets MADV_HUGEPAGE, and why: what the caller decided (the option, or
+ * DMALOAD_HUGE_PAGES 1 or 0, resolved by the API), else this machine's measurement (see {@link measureIfWanted}),
+ * else no.
  */
-export async function decideHugePages(capacity: number, option: unknown): Promise<{ huge: boolean; reason: string }> {
-  if (typeof option === 'boolean') return { huge: option, reason: `hugePages: ${option}` };
-  const env = process.env.DMALOAD_HUGE_PAGES;
-  if (env === '1' || env === '0') return { huge: env === '1', reason: `DMALOAD_HUGE_PAGES=${env}` };
+export async function decideHugePages(capacity: number, given: { huge: boolean; reason: string } | undefined): Promise<{ huge: boolean; reason: string }> {
+  if (given) return given;
   if (capacity < 2 * MiB) return { huge: false, reason: 'smaller than one huge page' };
   const mode = thpMode();
   if (mode === 'never' || mode === 'unavailable') return { huge: false, reason: `transparent huge pages are ${mode}` };

@@ -13,9 +13,9 @@ import { resolve } from 'node:path';
 import { modelFromFiles } from '../api/model.js';
 import { rankSpec } from '../pipeline/ranks.js';
 import type { LoadModelOptions, LoadedModel } from '../api/model.js';
-import { integerOption, optionsObject, pathOption, signalOption } from '../api/options.js';
+import { integerOption, optionNames, optionsObject, pathOption, signalOption } from '../api/options.js';
 import type { LoadStats, LoadedBuffer } from '../api/buffer.js';
-import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, isErrorCode, outOfRange } from '../core/errors.js';
+import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, isErrorCode } from '../core/errors.js';
 import { printable } from '../core/util.js';
 import { cpuMsSince, msSince } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
@@ -38,6 +38,10 @@ export interface ConnectOptions {
    */
   serverUid?: number;
 }
+
+const CONNECT_OPTIONS = optionNames<ConnectOptions>()(['timeout', 'serverUid']);
+const SHARE_LOAD_OPTIONS = optionNames<ShareLoadOptions>()(['signal']);
+const SHARE_LOAD_MODEL_OPTIONS = optionNames<ShareLoadModelOptions>()(['signal', 'tensors', 'rank', 'worldSize', 'split']);
 
 export interface ShareLoadOptions {
   /** Aborting rejects with an AbortError at once; a reply that arrives later is dropped (its fds closed). */
@@ -273,7 +277,7 @@ class Client implements ShareClient {
     const t0 = performance.now();
     const c0 = process.cpuUsage();
     pathOption('path', path);
-    const signal = signalOption(optionsObject(options).signal);
+    const signal = signalOption(optionsObject(options, SHARE_LOAD_OPTIONS, 'client.load()').signal);
     this.#ready(path);
     const file = resolve(path);
     // Refused before open() could block on a FIFO, as every local call refuses it.
@@ -333,7 +337,7 @@ class Client implements ShareClient {
 
   async loadModel(path: string, options: ShareLoadModelOptions = {}): Promise<LoadedModel> {
     pathOption('path', path);
-    const o = optionsObject(options);
+    const o = optionsObject(options, SHARE_LOAD_MODEL_OPTIONS, 'client.loadModel()');
     const signal = signalOption(o.signal);
     this.#ready(path);
     const partition = rankSpec({ rank: o.rank, worldSize: o.worldSize, split: o.split });
@@ -341,7 +345,7 @@ class Client implements ShareClient {
   }
 
   async status(options: ShareLoadOptions = {}): Promise<ServerStatus> {
-    const signal = signalOption(optionsObject(options).signal);
+    const signal = signalOption(optionsObject(options, SHARE_LOAD_OPTIONS, 'client.status()').signal);
     const r = await this.#request(MessageType.StatusRequest, {}, [], undefined, signal);
     closeFds(r.fds);
     if (r.message.type === MessageType.Error) throw this.#serverError(r.message.body, this.socket);
@@ -393,9 +397,8 @@ function connectFd(socket: string, serverUid: number | undefined): number {
  */
 export async function connect(socket: string, options: ConnectOptions = {}): Promise<ShareClient> {
   const path = resolve(pathOption('socket', socket));
-  const o = optionsObject(options);
-  const timeout = o.timeout ?? 5000;
-  if (typeof timeout !== 'number' || !(timeout >= 0)) throw outOfRange('timeout', 'a number of milliseconds >= 0', timeout);
+  const o = optionsObject(options, CONNECT_OPTIONS, 'connect()');
+  const timeout = integerOption('timeout', o.timeout, 0, 2 ** 31 - 1) ?? 5000;
   const serverUid = integerOption('serverUid', o.serverUid, 0, 2 ** 32 - 1);
   const deadline = performance.now() + timeout;
   for (;;) {

@@ -19,7 +19,7 @@
  */
 import { constants as FS, lstatSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { budgetOption, enumOption, hugePagesOption, integerOption, ioOption, modeOption, numaNodeOption, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
+import { budgetOption, enumOption, hugePagesOption, integerOption, ioOption, modeOption, numaNodeOption, optionNames, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
 import type { NumaNode } from '../engine/numa.js';
 import { numaRequest } from '../api/pages.js';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
@@ -412,8 +412,13 @@ class Server implements ShareServer {
  * buffer per file, however many they are. Error codes: the socket's system errors (EADDRINUSE when a server already
  * listens there), load()'s codes for preload files, ERR_INVALID_ARG_* / ERR_OUT_OF_RANGE for bad options.
  */
+const SERVE_OPTIONS = optionNames<ServeOptions>()([
+  'socket', 'budget', 'perUserBudget', 'maxConnections', 'perUserConnections', 'idleTimeout', 'replyTimeout', 'mode', 'target', 'heap', 'partSize', 'io',
+  'hugePages', 'numaNode', 'preload', 'log', 'signal',
+]);
+
 export async function serve(options: ServeOptions): Promise<ShareServer> {
-  const o = optionsObject(options);
+  const o = optionsObject(options, SERVE_OPTIONS, 'serve()');
   const socket = resolve(pathOption('socket', o.socket));
   const budget = o.budget === undefined ? Math.floor(memAvailable() / 2) : budgetOption(o.budget, 'budget');
   const perUserBudget = o.perUserBudget === undefined ? Math.floor(budget / 2) : budgetOption(o.perUserBudget, 'perUserBudget');

@@ -15,8 +15,8 @@ import type { Allocation, AllocateRequest, Target } from './types.js';
 export const memory: Target = {
   name: 'memory',
   allocate(req: AllocateRequest): Allocation {
-    // load() and allocate() checked the option; a boolean asks for MADV_HUGEPAGE (THP) or not.
-    const huge = typeof req.options.hugePages === 'boolean' ? req.options.hugePages : process.env.DMALOAD_HUGE_PAGES === '1';
+    // load() and allocate() resolved the option (or DMALOAD_HUGE_PAGES): a boolean asks for MADV_HUGEPAGE or not.
+    const huge = req.options.hugePages === true;
     let region =
       req.capacity === 0 ? undefined : req.hugetlb ? hugetlbAnonymous(roundUp(req.capacity, req.hugetlb), req.hugetlb, req.path) : anonymous(req.capacity, huge, req.path);
     const layout = layoutOf(req.capacity, req.partSize);

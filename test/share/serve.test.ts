@@ -368,7 +368,7 @@ describe('serve/connect: errors', () => {
     const early = sock();
     await assert.rejects(serve({ socket: early, signal: AbortSignal.abort() }), { name: 'AbortError' });
     assert.equal(existsSync(early), false);
-    await assert.rejects(serve({ socket: sock(), mode: 0o10000 }), { code: 'ERR_INVALID_ARG_TYPE' });
+    await assert.rejects(serve({ socket: sock(), mode: 0o10000 }), { code: 'ERR_OUT_OF_RANGE' });
   });
 });
 
