@@ -103,6 +103,35 @@ describe('one option policy, every call', async () => {
     });
   }
 
+  test("serve: each of its limits and page options, wrong type and out of range", async () => {
+    const socket = () => join(sockets.dir, `l-${Math.random().toString(36).slice(2)}.sock`);
+    const leaks = leakCheck();
+    const cases: Array<[Record<string, unknown>, { name: string; code: string }]> = [
+      [{ perUserBudget: '1GiB' }, TYPE],
+      [{ perUserBudget: -1 }, RANGE],
+      [{ maxConnections: 1.5 }, RANGE],
+      [{ perUserConnections: 0 }, RANGE],
+      [{ perUserConnections: 'many' }, TYPE],
+      [{ idleTimeout: 0 }, RANGE],
+      [{ replyTimeout: 2 ** 31 }, RANGE],
+      [{ hugePages: 'hugetlbs' }, TYPE],
+      [{ numaNode: -1 }, VALUE],
+      [{ target: 'memory' }, VALUE],
+      [{ io: 'fast' }, VALUE],
+      [{ preload: 'model.bin' }, TYPE],
+      [{ budget: -5 }, RANGE],
+    ];
+    for (const [o, want] of cases) {
+      const key = Object.keys(o)[0]!;
+      await assert.rejects(serve({ socket: socket(), ...o }), (e: Error & { code?: string }) => {
+        assert.deepEqual([e.name, e.code], [want.name, want.code], `${JSON.stringify(o)}: ${e.message}`);
+        assert.match(e.message, new RegExp(key), JSON.stringify(o));
+        return true;
+      });
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
   test('environment variables: a value that is not one of the allowed ones is an error naming them', async () => {
     const cases: Array<[string, string, RegExp]> = [
       ['DMALOAD_HUGE_PAGES', 'yes', /hugetlb-or-small/],
