@@ -5,6 +5,8 @@
       "sources": [
         "native/addon.cc",
         "native/args.cc",
+        "native/faults.cc",
+        "native/live.cc",
         "native/mappings.cc",
         "native/engine.cc",
         "native/queue.cc",

@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 
 #include "args.h"
+#include "faults.h"
+#include "live.h"
 #include "mappings.h"
 
 #ifndef MADV_POPULATE_WRITE

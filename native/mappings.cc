@@ -15,6 +15,8 @@
 #include <map>
 #include <vector>
 
+#include "faults.h"
+
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "args.h"
+#include "live.h"
 
 namespace dmaload {
 
