@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 
 #include "args.h"
+#include "faults.h"
+#include "live.h"
 #include "mappings.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -17,12 +19,14 @@
 
 namespace dmaload {
 
+void InitRegionOps(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
 void InitQueue(Napi::Env env, Napi::Object exports);
 void InitDmabuf(Napi::Env env, Napi::Object exports);
 void InitCopyLoops(Napi::Env env, Napi::Object exports);
 void InitProbe(Napi::Env env, Napi::Object exports);
 void InitShare(Napi::Env env, Napi::Object exports);
+void InitReactor(Napi::Env env, Napi::Object exports);
 void InitFdOps(Napi::Env env, Napi::Object exports);
 void InitHash(Napi::Env env, Napi::Object exports);
 void InitNuma(Napi::Env env, Napi::Object exports);
@@ -119,12 +123,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FaultFromEnv();
   InitEnvData(env);
   InitMappings(env, exports);
+  InitRegionOps(env, exports);
   InitEngine(env, exports);
   InitQueue(env, exports);
   InitDmabuf(env, exports);
   InitCopyLoops(env, exports);
   InitProbe(env, exports);
   InitShare(env, exports);
+  InitReactor(env, exports);
   InitFdOps(env, exports);
   InitHash(env, exports);
   InitNuma(env, exports);

@@ -1,17 +1,13 @@
-// args.cc — argument checking, JS error helpers, fault injection, live counters, thread creation and per-env
-// teardown (see args.h for why each exists).
+// args.cc — argument checking, JS error helpers, clocks and the view limit (see args.h for why each exists).
 #include "args.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
+#include <cstdio>
 #include <cstring>
-#include <mutex>
-#include <system_error>
-#include <vector>
+#include <thread>
 
 namespace dmaload {
 
@@ -110,107 +106,6 @@ bool Args::Obj(Napi::Value v, const std::string& what, Napi::Object& out) const 
   out = v.As<Napi::Object>();
   return true;
 }
-
-// ---- Fault injection (test-only).
-std::atomic<int> g_faultOp{kFaultNone};
-static std::atomic<int64_t> g_faultLeft{0};
-static std::atomic<int> g_faultErrno{0};
-
-int FaultSlow(int op) {
-  if (g_faultLeft.fetch_sub(1, std::memory_order_acq_rel) != 1) return 0;
-  int e = g_faultErrno.load();
-  int expected = op;
-  g_faultOp.compare_exchange_strong(expected, kFaultNone);
-  return e;
-}
-
-void SetFault(int op, int64_t nth, int err) {
-  g_faultOp.store(kFaultNone);
-  if (nth <= 0 || op == kFaultNone) return;
-  g_faultErrno.store(err);
-  g_faultLeft.store(nth);
-  g_faultOp.store(op);
-}
-
-int FaultOpByName(const std::string& n) {
-  if (n == "read") return kFaultRead;
-  if (n == "write") return kFaultWrite;
-  if (n == "enter") return kFaultEnter;
-  if (n == "mmap") return kFaultMmap;
-  if (n == "ioctl") return kFaultIoctl;
-  if (n == "thread") return kFaultThread;
-  return kFaultNone;
-}
-
-void FaultFromEnv() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    const char* s = getenv("DMALOAD_FAULT");
-    if (!s || !*s) return;
-    std::string v(s);
-    size_t a = v.find(':'), b = v.rfind(':');
-    if (a == std::string::npos || b == a) return;
-    int op = FaultOpByName(v.substr(0, a));
-    long long nth = atoll(v.substr(a + 1, b - a - 1).c_str());
-    int err = atoi(v.substr(b + 1).c_str());
-    if (op != kFaultNone && nth > 0 && err > 0) SetFault(op, nth, err);
-  });
-}
-
-// ---- Live counters, dup'd fds, threads.
-Live g_live;
-
-int DupFd(int fd) {
-  int d = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  if (d < 0) return -errno;
-  g_live.fds++;
-  return d;
-}
-
-void CloseDup(int& fd) {
-  if (fd < 0) return;
-  close(fd);
-  fd = -1;
-  g_live.fds--;
-}
-
-int Spawn(std::thread& out, std::function<void()> body) {
-  if (int e = FaultHit(kFaultThread)) return e;
-  g_live.threads++;
-  try {
-    out = std::thread([b = std::move(body)] {
-      b();
-      g_live.threads--;
-    });
-    return 0;
-  } catch (const std::system_error& e) {
-    g_live.threads--;
-    return e.code().value() > 0 ? e.code().value() : EAGAIN;
-  } catch (...) {
-    g_live.threads--;
-    return EAGAIN;
-  }
-}
-
-// ---- Per-env state.
-static void EnvCleanup(void* arg) {
-  auto* d = static_cast<EnvData*>(arg);
-  d->tearingDown = true;
-  // Teardown may remove entries: work on a copy.
-  std::vector<std::shared_ptr<Owned>> all(d->owned.begin(), d->owned.end());
-  for (auto& o : all) o->Teardown();
-  d->owned.clear();
-}
-
-void InitEnvData(Napi::Env env) {
-  auto* d = new EnvData();
-  d->env = env;
-  // Registered after Node-API's own hook for this env, so it runs before references and finalizers are torn down.
-  napi_add_env_cleanup_hook(env, EnvCleanup, d);
-  env.SetInstanceData<EnvData>(d);  // deleted by Node-API at env teardown, after the hook
-}
-
-EnvData* GetEnvData(Napi::Env env) { return env.GetInstanceData<EnvData>(); }
 
 uint64_t MaxView(Napi::Env env) {
   static std::atomic<uint64_t> cached{0};

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "args.h"
+#include "faults.h"
 
 namespace dmaload {
 

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "args.h"
+#include "faults.h"
+#include "live.h"
 #include "uring.h"
 
 namespace dmaload {

@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "args.h"
+#include "live.h"
 
 #ifndef STATX_MNT_ID
 #define STATX_MNT_ID 0x00001000U

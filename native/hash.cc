@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 
+#include "live.h"
 #include "sha256.h"
 
 namespace dmaload {

@@ -3,6 +3,7 @@
 // is never reused while a native thread may still read or write there. Also the Target that jobs and queues use.
 #pragma once
 #include "args.h"
+#include "live.h"
 
 #include <memory>
 #include <mutex>

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "engine.h"
+#include "live.h"
 #include "mappings.h"
 
 namespace dmaload {

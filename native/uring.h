@@ -15,6 +15,7 @@
 #include <ctime>
 
 #include "args.h"
+#include "faults.h"
 
 namespace dmaload {
 

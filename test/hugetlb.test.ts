@@ -14,7 +14,7 @@ import { existsSync, fstatSync, readFileSync, writeFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { HugetlbPoolError, allocate, createPool, load, probe, readInto } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
-import { hugetlbRows, label, planRows } from '../src/bench/bench.js';
+import { hugetlbRows, label, planRows } from '../src/bench/rows.js';
 import type { RowSpec } from '../src/bench/methods.js';
 import { cli } from './cli/run.js';
 import { bufferSha256, evictFile, leakCheck, makeFile, sha256, tempDir, testBase, vmFlags } from './helpers.js';

@@ -1,6 +1,6 @@
 /** The bench's outputs: a terminal table shaped like the seeds' table, Markdown, and an SVG chart. */
 import { formatBytes } from '../core/util.js';
-import { label } from './bench.js';
+import { label } from './rows.js';
 import type { BenchReport, BenchRow } from './bench.js';
 
 const COLS = ['#', 'row', 'create-ms', 'close-ms', 'I/O-ms', 'I/O-MB/s', 'I/O%', 'CPU-ms', 'page cache', 'verified'] as const;

@@ -2,7 +2,8 @@
 import { statSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_TARGETS, bench, label } from '../bench/bench.js';
+import { bench } from '../bench/bench.js';
+import { DEFAULT_TARGETS, label } from '../bench/rows.js';
 import type { BenchOptions, BenchReport, CacheState } from '../bench/bench.js';
 import { METHODS } from '../bench/methods.js';
 import type { Method, RowIo } from '../bench/methods.js';

@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { parseSize } from '../core/util.js';
 import { formatBytes } from '../core/util.js';
 import type { IoMode } from '../pipeline/source.js';
-import { serve } from '../share/server.js';
+import { serve } from '../share/serve.js';
 import { SHARE_TARGETS } from '../share/seal.js';
 import type { ShareTarget } from '../share/seal.js';
 import { UsageError, onInterrupt, takeInterrupt } from './io.js';

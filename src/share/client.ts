@@ -12,19 +12,20 @@ import { constants as FS } from 'node:fs';
 import { resolve } from 'node:path';
 import { modelFromFiles } from '../api/model.js';
 import { rankSpec } from '../pipeline/ranks.js';
-import type { LoadModelOptions, LoadedModel } from '../api/model.js';
+import type { LoadModelOptions } from '../api/model.js';
+import type { LoadedModel } from '../api/tensors.js';
 import { integerOption, optionNames, optionsObject, pathOption, signalOption } from '../api/options.js';
-import type { LoadStats, LoadedBuffer } from '../api/buffer.js';
-import { AbortError, DmaloadError, DmaloadSystemError, asSystemError, isErrorCode } from '../core/errors.js';
+import type { LoadedBuffer } from '../api/buffer.js';
+import { AbortError, DmaloadError, DmaloadSystemError, asSystemError } from '../core/errors.js';
 import { printable } from '../core/util.js';
 import { cpuMsSince, msSince } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
-import { engine } from '../engine/engine.js';
 import { openRegular } from '../pipeline/source.js';
 import { Channel, closeFds, keepAlive } from './channel.js';
 import type { CloseReason, Incoming } from './channel.js';
 import { MessageType, decode, encode } from './protocol.js';
 import type { ErrorBody, LoadReplyBody, Message, ServerStatus } from './protocol.js';
+import { loadReplyStats, serverError } from './reply.js';
 import { mapReceived } from './seal.js';
 
 const EAGAIN = C.EAGAIN;
@@ -259,20 +260,6 @@ class Client implements ShareClient {
     });
   }
 
-  #serverError(body: Record<string, unknown>, path: string): Error {
-    const b = body as Partial<ErrorBody>;
-    if (typeof b.errno === 'number' && b.errno !== 0 && typeof b.syscall === 'string') {
-      return new DmaloadSystemError(b.errno, b.syscall, path, `on the dmaload server at '${this.socket}'`);
-    }
-    // A code this library does not know (a newer server's, or a peer that is no dmaload server) is not passed on as
-    // if it were one: it becomes ERR_SHARE_REPLY, with the server's code in the message.
-    const code = b.code;
-    const known = isErrorCode(code);
-    const theirs = !known && typeof code === 'string' && /^[A-Z][A-Z0-9_]{1,63}$/.test(code) ? ` (server code ${code})` : '';
-    const message = `dmaload server at '${this.socket}': ${typeof b.message === 'string' ? b.message : 'request failed'}${theirs}`;
-    return new DmaloadError(known ? code : 'ERR_SHARE_REPLY', message, { path });
-  }
-
   async load(path: string, options: ShareLoadOptions = {}): Promise<LoadedBuffer> {
     const t0 = performance.now();
     const c0 = process.cpuUsage();
@@ -290,40 +277,14 @@ class Client implements ShareClient {
     }
     if (r.message.type === MessageType.Error) {
       closeFds(r.fds);
-      throw this.#serverError(r.message.body, path);
+      throw serverError(r.message.body, path, this.socket);
     }
     if (r.message.type !== MessageType.LoadReply) {
       closeFds(r.fds);
       throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' answered a load with message type ${r.message.type}`, { path });
     }
     const body = r.message.body as unknown as LoadReplyBody;
-    const s = (body.stats ?? {}) as Partial<LoadReplyBody['stats']>;
-    const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
-    const size = num(body.size);
-    const stats: LoadStats = {
-      io: s.io === 'direct' || s.io === 'buffered' || s.io === 'mixed' || s.io === 'uncached' ? s.io : 'buffered',
-      directBytes: num(s.directBytes),
-      copiedBytes: num(s.copiedBytes),
-      ioReason: typeof s.ioReason === 'string' ? s.ioReason : undefined,
-      engine: s.engine === 'threads' ? 'threads' : engine().engine,
-      ms: 0,
-      allocMs: 0,
-      ioMs: body.cached ? 0 : num(s.loadMs),
-      parts: [],
-      overlap: false,
-      cpuMs: 0,
-      bytesPerSec: 0,
-      pageCacheBytes: 0,
-      bytesRead: num(s.bytesRead),
-      chunkSize: 0,
-      queueDepth: 0,
-      served: { socket: this.socket, cached: body.cached === true, serverMs: num(s.serverMs) },
-    };
-    // What the server checked when it loaded the file (a hub-cache blob against its name), as the server says.
-    const v = s.verified;
-    if (v && typeof v.sha256 === 'string' && /^[0-9a-f]{64}$/.test(v.sha256) && (v.source === 'option' || v.source === 'hub-cache' || v.source === 'computed')) {
-      stats.verified = { algorithm: 'sha256', sha256: v.sha256, source: v.source, hashMs: 0, extraBytes: 0, impl: v.impl === 'portable' ? 'portable' : 'sha-ni' };
-    }
+    const { size, stats } = loadReplyStats(body, this.socket);
     const tMap = performance.now();
     const buf = mapReceived(path, this.socket, body, r.fds, stats);
     // Filled in once mapped, so that they describe this call.
@@ -348,7 +309,7 @@ class Client implements ShareClient {
     const signal = signalOption(optionsObject(options, SHARE_LOAD_OPTIONS, 'client.status()').signal);
     const r = await this.#request(MessageType.StatusRequest, {}, [], undefined, signal);
     closeFds(r.fds);
-    if (r.message.type === MessageType.Error) throw this.#serverError(r.message.body, this.socket);
+    if (r.message.type === MessageType.Error) throw serverError(r.message.body, this.socket, this.socket);
     if (r.message.type !== MessageType.StatusReply) throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' answered a status request with message type ${r.message.type}`, { path: this.socket });
     return r.message.body as unknown as ServerStatus;
   }

@@ -15,15 +15,14 @@
  *
  * Every request gets a reply or its connection is closed: malformed messages, missing or extra fds, fds of FIFOs,
  * directories, devices, FUSE or O_PATH/O_WRONLY opens each get a coded error reply.
+ *
+ * This file is the running server (requests, replies, close); serve.ts checks serve()'s options and starts it.
  * @module
  */
 import { constants as FS, lstatSync, unlinkSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { budgetOption, enumOption, hugePagesOption, integerOption, ioOption, modeOption, numaNodeOption, optionNames, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
 import type { NumaNode } from '../engine/numa.js';
-import { numaRequest } from '../api/pages.js';
-import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
-import { formatBytes, memAvailable, msSince, printable } from '../core/util.js';
+import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
+import { formatBytes, msSince, printable } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
 import type { FdInspection } from '../engine/binding.js';
 import { openRegular } from '../pipeline/source.js';
@@ -34,7 +33,6 @@ import type { Acquired } from './cache.js';
 import { keepAlive } from './channel.js';
 import { Connections } from './connections.js';
 import type { Conn, Limits } from './connections.js';
-import { listen } from './socket.js';
 import type { Incoming } from './channel.js';
 import { FdGuard } from './fds.js';
 import type { Sender } from './fds.js';
@@ -43,7 +41,6 @@ import { plan, planMemfd, planRequest, tensorsOf } from './plan.js';
 import type { ModelTensor } from '../formats/common.js';
 import { MAX_FDS, MessageType, ProtocolError, VERSION, decode, encode } from './protocol.js';
 import type { ErrorBody, LoadReplyBody, ServerStatus } from './protocol.js';
-import { SHARE_TARGETS } from './seal.js';
 import type { ShareTarget } from './seal.js';
 
 const S = native.shareConstants;
@@ -51,52 +48,6 @@ const S = native.shareConstants;
 const FD_TIMEOUT = 2000;
 /** Longest display name a request may give for its file (it is only used in messages and logs). */
 const MAX_NAME = 4096;
-
-export interface ServeOptions {
-  /** Path of the Unix-domain socket to create (SOCK_SEQPACKET). A stale socket nobody listens on is replaced. */
-  socket: string;
-  /**
-   * Bytes the server's buffers may hold, cached or held by clients (a buffer counts until its last holder lets go).
-   * Least recently used files nobody holds are dropped to make room. Default: half of MemAvailable at start.
-   */
-  budget?: number;
-  /** Bytes the loads of any one user may hold. The server's own user is not limited. Default: half the budget. */
-  perUserBudget?: number;
-  /** Connections open at once, in all. Default 256. */
-  maxConnections?: number;
-  /** Connections open at once per user (uid); the server's own user is not limited. Default 32. */
-  perUserConnections?: number;
-  /** Milliseconds a connection may stay idle (nothing sent, nothing in progress) before it is closed. Default 600000. */
-  idleTimeout?: number;
-  /** Milliseconds a client may leave replies unread before its connection is closed. Default 10000. */
-  replyTimeout?: number;
-  /** The socket file's permissions. Default 0o600: only the server's user can connect. */
-  mode?: number;
-  /** Where buffers live: 'memfd' (default; sealed), 'udmabuf' or 'dma-heap' (dma-bufs, one per part; not sealable). */
-  target?: ShareTarget;
-  /** dma-heap target: the heap's name. Default 'system'. */
-  heap?: string;
-  /** Bytes per part (one dma-buf each). Default: the target's. */
-  partSize?: number;
-  /** How the server reads files: load()'s io option. Default 'auto'. */
-  io?: IoMode;
-  /**
-   * Pages of the server's buffers, as load()'s option: 'hugetlb' (or 'hugetlb-or-small') takes them from the reserved
-   * hugetlb pool, cheap to fault in and to read into; clients then map them shared and read-only. Default: load()'s.
-   */
-  hugePages?: HugePages;
-  /**
-   * NUMA placement of the server's buffers, as load()'s option: a node number (every page on that node, e.g. the one
-   * the consuming device or CPUs sit on) or 'interleave'. Default: DMALOAD_NUMA_NODE, else the kernel's policy.
-   */
-  numaNode?: NumaNode;
-  /** Files to load before serve() resolves (the operator's own paths: the server opens these itself). */
-  preload?: readonly string[];
-  /** Called with one line per event (connections, loads, hits, evictions, errors), for logs. */
-  log?: (line: string) => void;
-  /** Stops the preloading: serve() closes the server (its socket removed) and rejects with the signal's reason. */
-  signal?: AbortSignal;
-}
 
 /** A running server. */
 export interface ShareServer extends AsyncDisposable {
@@ -133,7 +84,8 @@ function requireReadableFile(st: FdInspection, name: string): void {
   throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file; dmaload reads regular files only (their size is known and stable)`, { path: name });
 }
 
-class Server implements ShareServer {
+/** The running server: each connection's requests and replies, preloads, close(). serve() (serve.ts) starts it. */
+export class Server implements ShareServer {
   readonly socket: string;
   readonly budget: number;
   readonly target: ShareTarget;
@@ -403,74 +355,4 @@ class Server implements ShareServer {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-/**
- * Starts a share server on a Unix-domain socket and resolves once it listens and every `preload` file is cached.
- *
- * Clients (connect(), the Python client in clients/python, anything speaking docs/protocol.md) get fds of one sealed
- * buffer per file, however many they are. Error codes: the socket's system errors (EADDRINUSE when a server already
- * listens there), load()'s codes for preload files, ERR_INVALID_ARG_* / ERR_OUT_OF_RANGE for bad options.
- */
-const SERVE_OPTIONS = optionNames<ServeOptions>()([
-  'socket', 'budget', 'perUserBudget', 'maxConnections', 'perUserConnections', 'idleTimeout', 'replyTimeout', 'mode', 'target', 'heap', 'partSize', 'io',
-  'hugePages', 'numaNode', 'preload', 'log', 'signal',
-]);
-
-export async function serve(options: ServeOptions): Promise<ShareServer> {
-  const o = optionsObject(options, SERVE_OPTIONS, 'serve()');
-  const socket = resolve(pathOption('socket', o.socket));
-  const budget = o.budget === undefined ? Math.floor(memAvailable() / 2) : budgetOption(o.budget, 'budget');
-  const perUserBudget = o.perUserBudget === undefined ? Math.floor(budget / 2) : budgetOption(o.perUserBudget, 'perUserBudget');
-  const limits: Limits = {
-    maxConnections: integerOption('maxConnections', o.maxConnections, 1, 65536) ?? 256,
-    perUserConnections: integerOption('perUserConnections', o.perUserConnections, 1, 65536) ?? 32,
-    idleTimeout: integerOption('idleTimeout', o.idleTimeout, 1, 2 ** 31 - 1) ?? 600_000,
-    replyTimeout: integerOption('replyTimeout', o.replyTimeout, 1, 2 ** 31 - 1) ?? 10_000,
-  };
-  const mode = modeOption(o.mode) ?? 0o600;
-  const target = enumOption<ShareTarget>('target', o.target, SHARE_TARGETS, 'memfd');
-  const io = ioOption(o.io);
-  const partSize = partSizeOption(o.partSize);
-  const hugePages = hugePagesOption(o.hugePages);
-  const numaNode = numaNodeOption(o.numaNode);
-  // A node the machine lacks, or the dma-heap target, is refused now rather than in every load.
-  numaRequest(numaNode, target, false);
-  if (o.heap !== undefined && (typeof o.heap !== 'string' || o.heap === '' || o.heap.includes('/'))) throw invalidType('heap', 'a heap name such as "system"', o.heap);
-  if (o.log !== undefined && typeof o.log !== 'function') throw invalidType('log', 'a function', o.log);
-  const given: unknown = o.preload ?? [];
-  if (!Array.isArray(given)) throw invalidType('preload', 'an array of paths', given);
-  const preload = (given as unknown[]).map((p, i) => pathOption(`preload[${i}]`, p));
-  const signal = signalOption(o.signal);
-  signal?.throwIfAborted();
-
-  const fd = listen(socket, mode);
-  let server: Server;
-  try {
-    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, numaNode, log: o.log });
-  } catch (e) {
-    closeFd(fd);
-    try {
-      unlinkSync(socket);
-    } catch {
-      /* not there */
-    }
-    throw e;
-  }
-  // close() stops a preload in flight: it aborts the server's reads.
-  const onAbort = () => void server.close();
-  signal?.addEventListener('abort', onAbort, { once: true });
-  try {
-    for (const p of preload) {
-      signal?.throwIfAborted();
-      await server.preload(p);
-    }
-    signal?.throwIfAborted();
-  } catch (e) {
-    await server.close();
-    throw signal?.aborted ? signal.reason : e;
-  } finally {
-    signal?.removeEventListener('abort', onAbort);
-  }
-  return server;
 }

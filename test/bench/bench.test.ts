@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { bench } from '../../src/bench/index.js';
-import { DEFAULT_TARGETS, label, planRows } from '../../src/bench/bench.js';
+import { DEFAULT_TARGETS, label, planRows } from '../../src/bench/rows.js';
 import { METHODS } from '../../src/bench/methods.js';
 import { makeFile, tempDir } from '../helpers.js';
 import { cli } from '../cli/run.js';
