@@ -16,9 +16,7 @@ size_t PageSize() {
   return ps;
 }
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+int64_t NowNs() { return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 void SleepNs(int64_t ns) {
   if (ns > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(ns));
@@ -75,9 +73,7 @@ bool Args::I32(Napi::Value v, const std::string& what, int& out, int64_t min, in
   return true;
 }
 
-bool Args::Fd(Napi::Value v, const std::string& what, int& out, bool allowMinusOne) const {
-  return I32(v, what, out, allowMinusOne ? -1 : 0, INT32_MAX);
-}
+bool Args::Fd(Napi::Value v, const std::string& what, int& out, bool allowMinusOne) const { return I32(v, what, out, allowMinusOne ? -1 : 0, INT32_MAX); }
 
 bool Args::Bool(Napi::Value v, const std::string& what, bool& out) const {
   if (!v.IsBoolean()) return TypeError(what, "a boolean");

@@ -127,7 +127,9 @@ Napi::Value DrmPrimeImport(const Napi::CallbackInfo& info) {
   struct drm_prime_handle_ h {};
   h.fd = buf;
   if (Ioctl(drm, DRM_IOCTL_PRIME_FD_TO_HANDLE_, &h) < 0) return Num(a.env, static_cast<double>(Err()));
-  struct drm_gem_close_ c {h.handle, 0};
+  struct drm_gem_close_ c {
+    h.handle, 0
+  };
   ioctl(drm, DRM_IOCTL_GEM_CLOSE_, &c);
   return Num(a.env, h.handle);
 }

@@ -318,7 +318,8 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
       return {};
     uint64_t padded = j->Padded(s.len);
     if (s.bufOff < prevEnd)
-      return a.RangeError(at + "+1] (bufOffset)", ">= " + std::to_string(prevEnd) + ": segments in increasing buffer order, padded ranges not overlapping"), Napi::Value();
+      return a.RangeError(at + "+1] (bufOffset)", ">= " + std::to_string(prevEnd) + ": segments in increasing buffer order, padded ranges not overlapping"),
+             Napi::Value();
     if (s.fileOff + padded > static_cast<uint64_t>(INT64_MAX)) return a.RangeError(at + "] + padded length", "<= 2^63-1"), Napi::Value();
     prevEnd = s.bufOff + padded;
     j->total += s.len;
@@ -335,14 +336,17 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
     for (const Segment& s : j->segs) {
       uint64_t padded = j->Padded(s.len);
       if (s.bufOff > j->target.size || padded > j->target.size - s.bufOff)
-        return a.RangeError("opts.segments (bufOffset + padded length)", "<= the target's size " + std::to_string(j->target.size) + " (got " + std::to_string(s.bufOff) + " + " + std::to_string(padded) + ")"), Napi::Value();
+        return a.RangeError("opts.segments (bufOffset + padded length)", "<= the target's size " + std::to_string(j->target.size) + " (got " +
+                                                                             std::to_string(s.bufOff) + " + " + std::to_string(padded) + ")"),
+               Napi::Value();
     }
   }
 
   auto result = Napi::Object::New(env);
   result.Set("promise", j->deferred.Promise());
   auto cancel = j->cancel;
-  result.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo&) { cancel->store(true); }, "cancel"));
+  result.Set("cancel", Napi::Function::New(
+                           env, [cancel](const Napi::CallbackInfo&) { cancel->store(true); }, "cancel"));
   auto failNow = [&](int e, const char* call) {
     CloseDup(j->fd);
     j->target.lease.Release();

@@ -35,7 +35,7 @@ struct IoOp {
   int err = 0;
   bool eof = false;
   bool abandoned = false;
-  unsigned tries = 0;        // consecutive EAGAIN/EINTR results, for back-off
+  unsigned tries = 0;         // consecutive EAGAIN/EINTR results, for back-off
   const char* sys = nullptr;  // the failed call when it was not the read or write itself
   void* user = nullptr;       // the source's own record
   const char* call() const { return sys ? sys : write ? "pwrite" : "pread"; }

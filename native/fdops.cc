@@ -54,7 +54,9 @@ void CallInspect(Napi::Env env, Napi::Function cb, FdResult* r) {
       o.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(s.stx_ino)));
       o.Set("devMajor", Num(env, s.stx_dev_major));
       o.Set("devMinor", Num(env, s.stx_dev_minor));
-      auto ns = [&](const statx_timestamp& t) { return Napi::BigInt::New(env, static_cast<int64_t>(static_cast<int64_t>(t.tv_sec) * 1000000000LL + t.tv_nsec)); };
+      auto ns = [&](const statx_timestamp& t) {
+        return Napi::BigInt::New(env, static_cast<int64_t>(static_cast<int64_t>(t.tv_sec) * 1000000000LL + t.tv_nsec));
+      };
       o.Set("mtimeNs", ns(s.stx_mtime));
       o.Set("ctimeNs", ns(s.stx_ctime));
       bool unique = (s.stx_mask & STATX_MNT_ID_UNIQUE) != 0;
@@ -105,16 +107,17 @@ Napi::Value FdInspect(const Napi::CallbackInfo& info) {
   if (!a[1].IsFunction()) return a.TypeError("callback", "a function"), Napi::Value();
   int d = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (d < 0) return Ret(a.env, Err());
-  bool ok = RunDetached(a, a[1], "dmaload.fdInspect",
-                        [d](FdResult& r) {
-                          unsigned mask = STATX_BASIC_STATS | STATX_MNT_ID | STATX_MNT_ID_UNIQUE;
-                          if (statx(d, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, mask, &r.stx) < 0) r.rc = static_cast<int>(Err());
-                          int f = fcntl(d, F_GETFL);
-                          if (f < 0 && r.rc == 0) r.rc = static_cast<int>(Err());
-                          r.flags = f;
-                          close(d);
-                        },
-                        CallInspect);
+  bool ok = RunDetached(
+      a, a[1], "dmaload.fdInspect",
+      [d](FdResult& r) {
+        unsigned mask = STATX_BASIC_STATS | STATX_MNT_ID | STATX_MNT_ID_UNIQUE;
+        if (statx(d, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, mask, &r.stx) < 0) r.rc = static_cast<int>(Err());
+        int f = fcntl(d, F_GETFL);
+        if (f < 0 && r.rc == 0) r.rc = static_cast<int>(Err());
+        r.flags = f;
+        close(d);
+      },
+      CallInspect);
   if (!ok) {
     close(d);
     return {};
@@ -129,7 +132,9 @@ Napi::Value FdClose(const Napi::CallbackInfo& info) {
   int fd;
   if (!a.Fd(a[0], "fd", fd)) return {};
   if (!a[1].IsFunction()) return a.TypeError("callback", "a function"), Napi::Value();
-  if (!RunDetached(a, a[1], "dmaload.fdClose", [fd](FdResult& r) { r.rc = close(fd) < 0 ? static_cast<int>(Err()) : 0; }, CallClose)) return {};
+  if (!RunDetached(
+          a, a[1], "dmaload.fdClose", [fd](FdResult& r) { r.rc = close(fd) < 0 ? static_cast<int>(Err()) : 0; }, CallClose))
+    return {};
   return Ret(a.env, 0);
 }
 
@@ -139,7 +144,8 @@ Napi::Value ReopenFd(const Napi::CallbackInfo& info) {
   Args a(info, "reopenFd");
   int fd, flags;
   if (!a.Fd(a[0], "fd", fd) || !a.I32(a[1], "flags", flags, 0, INT32_MAX)) return {};
-  if ((flags & ~(O_ACCMODE | O_NONBLOCK)) != 0 || (flags & O_ACCMODE) == O_WRONLY) return a.RangeError("flags", "O_RDONLY or O_RDWR, optionally with O_NONBLOCK"), Napi::Value();
+  if ((flags & ~(O_ACCMODE | O_NONBLOCK)) != 0 || (flags & O_ACCMODE) == O_WRONLY)
+    return a.RangeError("flags", "O_RDONLY or O_RDWR, optionally with O_NONBLOCK"), Napi::Value();
   char path[64];
   snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
   int r = open(path, flags | O_CLOEXEC);

@@ -45,7 +45,7 @@ class Hasher : public Owned, public std::enable_shared_from_this<Hasher> {
   Napi::ThreadSafeFunction tsfn;
   Napi::Promise::Deferred deferred;
   EnvData* envData = nullptr;
-  bool finished = false;  // JS thread only
+  bool finished = false;      // JS thread only
   bool endRequested = false;  // JS thread only
 
   void Push(uint64_t off, const uint8_t* p, uint64_t len, Lease lease) {
@@ -191,7 +191,9 @@ Napi::Value HashFeed(const Napi::CallbackInfo& info) {
       !a.U64(a[4], "length", len))
     return {};
   if (bufOff > r->len || len > r->len - bufOff)
-    return a.RangeError("bufOffset + length", "<= the region's size " + std::to_string(r->len) + " (got " + std::to_string(bufOff) + " + " + std::to_string(len) + ")"), Napi::Value();
+    return a.RangeError("bufOffset + length",
+                        "<= the region's size " + std::to_string(r->len) + " (got " + std::to_string(bufOff) + " + " + std::to_string(len) + ")"),
+           Napi::Value();
   if (!r->TryPin()) return ThrowErrorCode(a.env, "ERR_REGION_CLOSED", a.Prefix() + "the region is closed"), Napi::Value();
   h->Push(fileOff, r->addr + bufOff, len, Lease(r));
   return a.env.Undefined();

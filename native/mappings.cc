@@ -43,7 +43,7 @@ struct RegionHandle {
 
 struct View {
   std::shared_ptr<Region> region;
-  napi_ref weak = nullptr;          // JS thread only
+  napi_ref weak = nullptr;            // JS thread only
   std::atomic<bool> released{false};  // its pin was dropped (by its finalizer, munmap or teardown): set once
 };
 
@@ -195,7 +195,6 @@ bool ReadTarget(const Args& a, Napi::Value v, const std::string& what, Target& o
 
 namespace {
 
-
 // The huge page size of a hugetlbfs file (a memfd made with MFD_HUGETLB), or 0 for any other file: the kernel
 // maps and unmaps such a file in whole huge pages only, so a region over it must span whole ones.
 size_t HugetlbPageOf(int fd) {
@@ -213,8 +212,8 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Args a(info, "mmap");
   uint64_t len, off, align;
   int prot, flags, fd;
-  if (!a.U64(a[0], "length", len, kMaxSafe, 1) || !a.I32(a[1], "prot", prot) || !a.I32(a[2], "flags", flags) ||
-      !a.Fd(a[3], "fd", fd, true) || !a.U64(a[4], "offset", off) || !a.U64(a[5], "align", align, kGiB))
+  if (!a.U64(a[0], "length", len, kMaxSafe, 1) || !a.I32(a[1], "prot", prot) || !a.I32(a[2], "flags", flags) || !a.Fd(a[3], "fd", fd, true) ||
+      !a.U64(a[4], "offset", off) || !a.U64(a[5], "align", align, kGiB))
     return {};
   if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) return a.RangeError("flags", "without MAP_FIXED (use mmapInto)"), Napi::Value();
   if (align & (align - 1)) return a.RangeError("align", "0 or a power of two"), Napi::Value();

@@ -47,7 +47,8 @@ Napi::Value Mbind(const Napi::CallbackInfo& info) {
   if (flags & ~(MPOL_MF_STRICT | MPOL_MF_MOVE)) return a.RangeError("flags", "0, MPOL_MF_STRICT and/or MPOL_MF_MOVE"), Napi::Value();
   // maxnode counts bits plus one (the kernel drops the last); a mask of whole longs covers every node asked for.
   unsigned long maxnode = highest < 0 ? 0 : static_cast<unsigned long>(highest / (8 * sizeof(unsigned long)) + 1) * 8 * sizeof(unsigned long) + 1;
-  long rc = syscall(SYS_mbind, r->addr + off, static_cast<unsigned long>(len), mode, highest < 0 ? nullptr : mask.data(), maxnode, static_cast<unsigned>(flags));
+  long rc =
+      syscall(SYS_mbind, r->addr + off, static_cast<unsigned long>(len), mode, highest < 0 ? nullptr : mask.data(), maxnode, static_cast<unsigned>(flags));
   return Num(a.env, rc < 0 ? static_cast<double>(Err()) : 0);
 }
 

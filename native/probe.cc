@@ -181,7 +181,8 @@ Napi::Value LinkTmpfile(const Napi::CallbackInfo& info) {
   int fd;
   std::string path;
   if (!a.Fd(a[0], "fd", fd) || !a.Str(a[1], "path", path)) return {};
-  if (path.empty() || path.find('\0') != std::string::npos) return a.TypeError("path", "a non-empty path without NUL bytes", "ERR_INVALID_ARG_VALUE"), Napi::Value();
+  if (path.empty() || path.find('\0') != std::string::npos)
+    return a.TypeError("path", "a non-empty path without NUL bytes", "ERR_INVALID_ARG_VALUE"), Napi::Value();
   std::string src = "/proc/self/fd/" + std::to_string(fd);
   return Ret(a.env, linkat(AT_FDCWD, src.c_str(), AT_FDCWD, path.c_str(), AT_SYMLINK_FOLLOW), 0);
 }

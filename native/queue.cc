@@ -301,7 +301,9 @@ Napi::Value QueueSubmit(const Napi::CallbackInfo& info) {
   if (!ReadTarget(a, a[1], "target", t) || !a.U64(a[2], "bufOffset", bufOff) || !a.U64(a[3], "fileOffset", fileOff) || !a.U64(a[4], "length", len, kMaxSafe, 1))
     return {};
   if (bufOff > t.size || len > t.size - bufOff)
-    return a.RangeError("bufOffset + length", "<= the target's size " + std::to_string(t.size) + " (got " + std::to_string(bufOff) + " + " + std::to_string(len) + ")"), Napi::Value();
+    return a.RangeError("bufOffset + length",
+                        "<= the target's size " + std::to_string(t.size) + " (got " + std::to_string(bufOff) + " + " + std::to_string(len) + ")"),
+           Napi::Value();
   auto* r = new QReq();
   r->op.fd = q->fd;
   r->op.write = q->write;

@@ -202,7 +202,8 @@ Napi::Value ReactorRef(const Napi::CallbackInfo& info) {
 // reactorClose(reactor): stops and joins the thread, closes its fds. Sockets stay JS's to close. Idempotent.
 Napi::Value ReactorClose(const Napi::CallbackInfo& info) {
   Args a(info, "reactorClose");
-  if (!a[0].IsExternal() || !a[0].As<Napi::External<ReactorHandle>>().CheckTypeTag(&kReactorTag)) return a.TypeError("reactor", "a Reactor (from reactorOpen())"), Napi::Value();
+  if (!a[0].IsExternal() || !a[0].As<Napi::External<ReactorHandle>>().CheckTypeTag(&kReactorTag))
+    return a.TypeError("reactor", "a Reactor (from reactorOpen())"), Napi::Value();
   a[0].As<Napi::External<ReactorHandle>>().Data()->r->Close(a.env);
   return a.env.Undefined();
 }

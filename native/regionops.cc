@@ -34,9 +34,8 @@ Napi::Value MmapInto(const Napi::CallbackInfo& info) {
   std::shared_ptr<Region> r;
   uint64_t off, len, fileOff;
   int prot, flags, fd;
-  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len, kMaxSafe, 1) ||
-      !a.I32(a[3], "prot", prot) || !a.I32(a[4], "flags", flags) || !a.Fd(a[5], "fd", fd) || !a.U64(a[6], "fileOffset", fileOff) ||
-      !CheckRange(a, *r, off, len))
+  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len, kMaxSafe, 1) || !a.I32(a[3], "prot", prot) ||
+      !a.I32(a[4], "flags", flags) || !a.Fd(a[5], "fd", fd) || !a.U64(a[6], "fileOffset", fileOff) || !CheckRange(a, *r, off, len))
     return {};
   size_t ps = PageSize();
   if (off % ps || len % ps) return a.RangeError("offset and length", "multiples of the page size " + std::to_string(ps)), Napi::Value();

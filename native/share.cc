@@ -62,7 +62,9 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
     rc = Err();
   } else {
     struct stat st;
-    if (lstat(sa.sun_path, &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_mode & 07777) != static_cast<mode_t>(mode) && chmod(sa.sun_path, static_cast<mode_t>(mode)) < 0) rc = Err();
+    if (lstat(sa.sun_path, &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_mode & 07777) != static_cast<mode_t>(mode) &&
+        chmod(sa.sun_path, static_cast<mode_t>(mode)) < 0)
+      rc = Err();
     if (rc == 0 && listen(s, backlog) < 0) rc = Err();
     if (rc < 0) unlink(sa.sun_path);
   }

@@ -31,7 +31,10 @@ function fail(msg) {
 /** npm's own node-gyp: the one `npm run` names, else the one bundled with the npm beside this node or on PATH. */
 function nodeGyp() {
   const gypOf = (npmCli) => join(dirname(npmCli), '..', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
-  const npmOnPath = (process.env.PATH ?? '').split(':').map((d) => join(d || '.', 'npm')).find((f) => existsSync(f));
+  const npmOnPath = (process.env.PATH ?? '')
+    .split(':')
+    .map((d) => join(d || '.', 'npm'))
+    .find((f) => existsSync(f));
   const candidates = [
     process.env.npm_config_node_gyp,
     process.env.npm_execpath && gypOf(process.env.npm_execpath),
@@ -104,7 +107,15 @@ else {
 }
 
 // 3. It must load in a fresh node, and export the functions the library calls.
-const probe = spawnSync(process.execPath, ['-e', "const a = require(process.argv[1]); if (typeof a.strerror !== 'function' || typeof a.constants !== 'object') throw new Error('unexpected exports: ' + Object.keys(a).join(', '))", addon], { encoding: 'utf8' });
+const probe = spawnSync(
+  process.execPath,
+  [
+    '-e',
+    "const a = require(process.argv[1]); if (typeof a.strerror !== 'function' || typeof a.constants !== 'object') throw new Error('unexpected exports: ' + Object.keys(a).join(', '))",
+    addon,
+  ],
+  { encoding: 'utf8' },
+);
 if (probe.status !== 0) fail(`the built addon does not load: ${probe.stderr.trim()}`);
 
 // 4. Put it in place atomically, say what the binary needs from the system, drop the staging folder.
@@ -115,8 +126,20 @@ rmSync(stage, { recursive: true, force: true });
 const versions = tool('objdump', ['-T', out]);
 const floor = (prefix) => {
   const v = [...(versions ?? '').matchAll(new RegExp(`\\(${prefix}_([0-9.]+)\\)`, 'g'))].map((m) => m[1].split('.').map(Number));
-  v.sort((a, b) => { for (let i = 0; i < Math.max(a.length, b.length); i++) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) - (b[i] ?? 0); return 0; });
+  v.sort((a, b) => {
+    for (let i = 0; i < Math.max(a.length, b.length); i++) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) - (b[i] ?? 0);
+    return 0;
+  });
   return v.length ? v[v.length - 1].join('.') : undefined;
 };
-const needs = versions === undefined ? ' (objdump not found: symbol versions not checked)' : `, needs ${[['GLIBC', floor('GLIBC')], ['GLIBCXX', floor('GLIBCXX')]].filter(([, v]) => v).map(([n, v]) => `${n} ${v}`).join(', ')}`;
+const needs =
+  versions === undefined
+    ? ' (objdump not found: symbol versions not checked)'
+    : `, needs ${[
+        ['GLIBC', floor('GLIBC')],
+        ['GLIBCXX', floor('GLIBCXX')],
+      ]
+        .filter(([, v]) => v)
+        .map(([n, v]) => `${n} ${v}`)
+        .join(', ')}`;
 say(`${relative(root, out)}: ${statSync(out).size} bytes in ${((Date.now() - t0) / 1000).toFixed(1)} s${needs}`);

@@ -32,7 +32,16 @@ export type { NumaNode, NumaNodeInfo } from './engine/numa.js';
 export type { IoMode } from './pipeline/source.js';
 export type { Part, TargetName } from './targets/index.js';
 export { inspect } from './api/inspect.js';
-export { parseModel, parseSafetensors, parseGguf, GGML_TYPES, GGUF_VALUE_TYPES, SAFETENSORS_DTYPE_BITS, SAFETENSORS_MAX_HEADER, GGUF_MAX_ARRAY_ELEMENTS } from './formats/index.js';
+export {
+  parseModel,
+  parseSafetensors,
+  parseGguf,
+  GGML_TYPES,
+  GGUF_VALUE_TYPES,
+  SAFETENSORS_DTYPE_BITS,
+  SAFETENSORS_MAX_HEADER,
+  GGUF_MAX_ARRAY_ELEMENTS,
+} from './formats/index.js';
 export type { ModelInfo, ModelTensor, TensorInfo, ParsedModel, ParseOptions, MetadataValue, ModelFormat, GgmlType } from './formats/index.js';
 export { loadModel, MODEL_COALESCE_GAP } from './api/model.js';
 export type { LoadModelOptions } from './api/model.js';
@@ -40,5 +49,14 @@ export type { LoadedModel, LoadedTensor, LoadModelStats, ModelFileStats, TensorT
 export { planRank } from './pipeline/ranks.js';
 export type { RankOptions, RankSpec, RankSplit, RankTensor, RowSlice } from './pipeline/ranks.js';
 export { serve, connect } from './share/index.js';
-export type { ServeOptions, ShareServer, ConnectOptions, ShareClient, ShareLoadOptions, ShareLoadModelOptions, ServerStatus, ShareTarget } from './share/index.js';
+export type {
+  ServeOptions,
+  ShareServer,
+  ConnectOptions,
+  ShareClient,
+  ShareLoadOptions,
+  ShareLoadModelOptions,
+  ServerStatus,
+  ShareTarget,
+} from './share/index.js';
 export type { ServedInfo } from './api/buffer.js';

@@ -75,7 +75,9 @@ test('abort storm: every call settles with its error, nothing leaks, RSS bounded
     assert.equal(leak, undefined, `call ${i} (${JSON.stringify(c)}, abort after ${delay} ms): ${leak}`);
   }
   const grown = process.memoryUsage().rss - rss0;
-  t.diagnostic(`${count} calls: ${outcome.aborted} aborted, ${outcome.boom} onProgress throws, ${outcome.completed} completed; RSS grew ${(grown / MiB).toFixed(0)} MiB`);
+  t.diagnostic(
+    `${count} calls: ${outcome.aborted} aborted, ${outcome.boom} onProgress throws, ${outcome.completed} completed; RSS grew ${(grown / MiB).toFixed(0)} MiB`,
+  );
   assert.ok(outcome.aborted > count / 4, 'most calls were really aborted');
   assert.ok(grown < 512 * MiB, `RSS grew by ${(grown / MiB).toFixed(0)} MiB`);
 });

@@ -66,7 +66,7 @@ describe('files over 4 GiB', { timeout: 600_000, skip: skipBig }, () => {
     });
   }
 
-  test('a model whose one tensor is over 4 GiB: loadModel is byte-exact through the tensor\'s views', async (t) => {
+  test("a model whose one tensor is over 4 GiB: loadModel is byte-exact through the tensor's views", async (t) => {
     if (needsDirect(t)) return;
     const size = 4 * GiB + 8192;
     const f = makeSparseFile(dir, 'big.safetensors', size, 11);

@@ -43,6 +43,9 @@ test('copy: replaces an existing file atomically; refuses the same file and fold
   const leaks = leakCheck();
   await assert.rejects(copy(src.path, dst, { slotSize: 64 * 1024, signal: ac.signal, onProgress: () => ac.abort() }), { name: 'AbortError' });
   assert.equal(readFileSync(dst, 'utf8'), 'old');
-  assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), []);
+  assert.deepEqual(
+    readdirSync(dir).filter((n) => n.endsWith('.tmp')),
+    [],
+  );
   assert.equal(await leaks(), undefined);
 });

@@ -9,7 +9,15 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { load } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
-import { balloonReports, cachedFirstTouch, decideHugePages, firstTouchCachePath, freePageReporting, measureFirstTouch, thpMode } from '../src/engine/first-touch.js';
+import {
+  balloonReports,
+  cachedFirstTouch,
+  decideHugePages,
+  firstTouchCachePath,
+  freePageReporting,
+  measureFirstTouch,
+  thpMode,
+} from '../src/engine/first-touch.js';
 import { makeFile, sha256, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -57,10 +65,16 @@ describe('huge pages for fresh memory', () => {
     assert.deepEqual(onDisk, ft);
     // Huge pages only when every huge round beat the small rounds' median (one cheap round must not decide).
     const smallMedian = [...ft.small.map((x) => x.cpuMs)].sort((x, y) => x - y)[1]!;
-    assert.equal(onDisk.hugeWins, ft.huge.every((x) => x.cpuMs <= smallMedian));
+    assert.equal(
+      onDisk.hugeWins,
+      ft.huge.every((x) => x.cpuMs <= smallMedian),
+    );
     const d = await decideHugePages(64 * MiB, undefined);
     assert.equal(d.huge, ft.hugeWins && !reporting);
-    assert.match(d.reason, reporting ? /virtio-balloon free page reporting/ : /first touch of 16 MiB costs up to \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/);
+    assert.match(
+      d.reason,
+      reporting ? /virtio-balloon free page reporting/ : /first touch of 16 MiB costs up to \d+ ms of CPU with MADV_HUGEPAGE, \d+ ms without/,
+    );
     assert.deepEqual(await decideHugePages(64 * MiB, thpSetting(true)), { huge: true, reason: 'hugePages: true' });
     assert.deepEqual(await decideHugePages(MiB, undefined), { huge: false, reason: 'smaller than one huge page' });
     process.env.DMALOAD_HUGE_PAGES = '0';

@@ -94,7 +94,30 @@ export function seeds(): Buffer[] {
 }
 
 const INTERESTING_BYTES = [0, 1, 2, 3, 4, 0x20, 0x7f, 0x80, 0xff, 0xc0, 0xed, ...Buffer.from('{}[]",:\\-.0123456789eE')];
-const INTERESTING_INTS = [0n, 1n, 2n, 3n, 4n, 5n, 12n, 13n, 31n, 32n, 33n, 255n, 256n, 2n ** 16n, 2n ** 31n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 40n, 2n ** 53n, 2n ** 62n, 2n ** 63n, 2n ** 64n - 1n];
+const INTERESTING_INTS = [
+  0n,
+  1n,
+  2n,
+  3n,
+  4n,
+  5n,
+  12n,
+  13n,
+  31n,
+  32n,
+  33n,
+  255n,
+  256n,
+  2n ** 16n,
+  2n ** 31n,
+  2n ** 32n - 1n,
+  2n ** 32n,
+  2n ** 40n,
+  2n ** 53n,
+  2n ** 62n,
+  2n ** 63n,
+  2n ** 64n - 1n,
+];
 const JSON_NUMBERS = ['-1', '0', '1', '1.5', '-0', '1e309', '9007199254740993', '18446744073709551616', '1e3', '"1"', 'null', '[]', '{}', 'true'];
 
 /** One to four random mutations, mostly inside the header (where the parsers look). */
@@ -229,7 +252,10 @@ export function fuzzFormats({ cases, seed = 1 }: { cases: number; seed?: number 
       }
       if (input.subarray(0, 4).toString('latin1') === 'GGUF') {
         const step = outcome(() => parseIncrementally(input, 1 + Math.floor(rnd() * 64)));
-        if (!isDeepStrictEqual(step, whole)) throw new Error(`incremental parse gave ${typeof step === 'string' ? step : 'a result'}, whole-buffer parse ${typeof whole === 'string' ? whole : 'a result'}`);
+        if (!isDeepStrictEqual(step, whole))
+          throw new Error(
+            `incremental parse gave ${typeof step === 'string' ? step : 'a result'}, whole-buffer parse ${typeof whole === 'string' ? whole : 'a result'}`,
+          );
       }
     } catch (e) {
       throw new Error(`fuzz case ${i} (seed ${seed}, input ${input.toString('base64')}): ${(e as Error).stack ?? String(e)}`);
@@ -243,7 +269,10 @@ export function fuzzFormats({ cases, seed = 1 }: { cases: number; seed?: number 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const { values } = parseArgs({ options: { cases: { type: 'string', default: '100000' }, seed: { type: 'string', default: '1' } } });
   const r = fuzzFormats({ cases: Number(values.cases), seed: Number(values.seed) });
-  const codes = Object.entries(r.refused).sort(([a], [b]) => a.localeCompare(b)).map(([c, n]) => `  ${c.padEnd(20)} ${n}`).join('\n');
+  const codes = Object.entries(r.refused)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([c, n]) => `  ${c.padEnd(20)} ${n}`)
+    .join('\n');
   console.log(
     `${r.cases} cases (seed ${r.seed}) in ${(r.ms / 1000).toFixed(2)} s: ${Math.round(r.cases / (r.ms / 1000))} cases/s, slowest ${r.slowestMs.toFixed(2)} ms\n` +
       `  accepted             ${r.accepted}\n${codes}`,

@@ -53,18 +53,30 @@ export function encodeGgufHeader(spec: GgufSpec): Uint8Array {
   };
   const payload = (t: GgufTypedValue) => {
     switch (t.type) {
-      case 'UINT8': return num(1, (v) => v.setUint8(0, Number(t.value)));
-      case 'INT8': return num(1, (v) => v.setInt8(0, Number(t.value)));
-      case 'UINT16': return num(2, (v) => v.setUint16(0, Number(t.value), true));
-      case 'INT16': return num(2, (v) => v.setInt16(0, Number(t.value), true));
-      case 'UINT32': return num(4, (v) => v.setUint32(0, Number(t.value), true));
-      case 'INT32': return num(4, (v) => v.setInt32(0, Number(t.value), true));
-      case 'FLOAT32': return num(4, (v) => v.setFloat32(0, Number(t.value), true));
-      case 'UINT64': return num(8, (v) => v.setBigUint64(0, BigInt(t.value), true));
-      case 'INT64': return num(8, (v) => v.setBigInt64(0, BigInt(t.value), true));
-      case 'FLOAT64': return num(8, (v) => v.setFloat64(0, Number(t.value), true));
-      case 'BOOL': return num(1, (v) => v.setUint8(0, t.value ? 1 : 0));
-      case 'STRING': return str(t.value);
+      case 'UINT8':
+        return num(1, (v) => v.setUint8(0, Number(t.value)));
+      case 'INT8':
+        return num(1, (v) => v.setInt8(0, Number(t.value)));
+      case 'UINT16':
+        return num(2, (v) => v.setUint16(0, Number(t.value), true));
+      case 'INT16':
+        return num(2, (v) => v.setInt16(0, Number(t.value), true));
+      case 'UINT32':
+        return num(4, (v) => v.setUint32(0, Number(t.value), true));
+      case 'INT32':
+        return num(4, (v) => v.setInt32(0, Number(t.value), true));
+      case 'FLOAT32':
+        return num(4, (v) => v.setFloat32(0, Number(t.value), true));
+      case 'UINT64':
+        return num(8, (v) => v.setBigUint64(0, BigInt(t.value), true));
+      case 'INT64':
+        return num(8, (v) => v.setBigInt64(0, BigInt(t.value), true));
+      case 'FLOAT64':
+        return num(8, (v) => v.setFloat64(0, Number(t.value), true));
+      case 'BOOL':
+        return num(1, (v) => v.setUint8(0, t.value ? 1 : 0));
+      case 'STRING':
+        return str(t.value);
       case 'ARRAY':
         u32(GGUF_VALUE_TYPES[t.elementType]);
         u64(t.value.length);

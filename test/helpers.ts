@@ -1,6 +1,21 @@
 /** Test helpers: seeded data files, hashes, a temp folder that does direct I/O, and leak checks. */
 import { createHash } from 'node:crypto';
-import { closeSync, constants as FS, fsyncSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  constants as FS,
+  fsyncSync,
+  ftruncateSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -50,7 +65,12 @@ function supportsDirect(dir: string): boolean {
  */
 export const testBase: { dir: string; direct: boolean; reason: string | undefined } = (() => {
   const forced = process.env.DMALOAD_TEST_DIR;
-  if (forced) return { dir: forced, direct: supportsDirect(forced), reason: supportsDirect(forced) ? undefined : `DMALOAD_TEST_DIR (${forced}) does not support O_DIRECT` };
+  if (forced)
+    return {
+      dir: forced,
+      direct: supportsDirect(forced),
+      reason: supportsDirect(forced) ? undefined : `DMALOAD_TEST_DIR (${forced}) does not support O_DIRECT`,
+    };
   const candidates = [tmpdir(), join(repoRoot, '.cache', 'test-tmp')];
   for (const dir of candidates) if (supportsDirect(dir)) return { dir, direct: true, reason: undefined };
   return { dir: tmpdir(), direct: false, reason: `no folder that supports O_DIRECT among ${candidates.join(', ')}` };
@@ -266,7 +286,7 @@ export function fileSha256Streamed(path: string): string {
   const buf = new Uint8Array(64 << 20);
   const fd = openSync(path, 'r');
   try {
-    for (let pos = 0; ; ) {
+    for (let pos = 0; ;) {
       const n = readSync(fd, buf, 0, buf.length, pos);
       if (n === 0) break;
       h.update(buf.subarray(0, n));

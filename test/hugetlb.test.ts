@@ -38,7 +38,12 @@ const noPool = !hasHugetlb
   : !isRoot
     ? 'reserving a hugetlb pool (vm.nr_hugepages) needs root: run as root to test hugePages: hugetlb'
     : undefined;
-const bigGate = process.env.DMALOAD_SKIP_BIG === '1' ? 'DMALOAD_SKIP_BIG=1' : process.env.DMALOAD_BIG !== '1' ? 'DMALOAD_BIG=1 runs the 1 GiB + 4097 case (it reserves 513 huge pages)' : undefined;
+const bigGate =
+  process.env.DMALOAD_SKIP_BIG === '1'
+    ? 'DMALOAD_SKIP_BIG=1'
+    : process.env.DMALOAD_BIG !== '1'
+      ? 'DMALOAD_BIG=1 runs the 1 GiB + 4097 case (it reserves 513 huge pages)'
+      : undefined;
 
 const { dir, cleanup } = tempDir('dmaload-hugetlb-');
 after(cleanup);
@@ -75,7 +80,10 @@ describe('hugePages option checks (any user)', () => {
   test("'hugetlb' with target dma-heap is ERR_INVALID_ARG_VALUE (a heap allocates its own pages), before anything is opened", async () => {
     const f = makeFile(dir, 'heap', 10);
     const leaks = leakCheck();
-    await assert.rejects(load(f.path, { target: 'dma-heap', hugePages: 'hugetlb' }), { code: 'ERR_INVALID_ARG_VALUE', message: /memory.*memfd.*udmabuf.*dma-heap/ });
+    await assert.rejects(load(f.path, { target: 'dma-heap', hugePages: 'hugetlb' }), {
+      code: 'ERR_INVALID_ARG_VALUE',
+      message: /memory.*memfd.*udmabuf.*dma-heap/,
+    });
     await assert.rejects(allocate(10, { target: 'dma-heap', hugePages: 'hugetlb-or-small' }), { code: 'ERR_INVALID_ARG_VALUE' });
     assert.equal(await leaks(), undefined);
   });
@@ -111,7 +119,12 @@ describe('hugePages option checks (any user)', () => {
       assert.equal(h.available, Math.max(0, h.free - h.reserved) + Math.max(0, h.overcommit - h.surplus));
     }
     const r = await cli('probe');
-    assert.match(r.out, new RegExp(`hugetlb pool ${k.size === 2 * MiB ? '2.00 MiB' : ''}.*\\(default\\)\\s+${k.total} pages, ${k.free} free, ${k.rsvd} reserved, ${k.surp} surplus`));
+    assert.match(
+      r.out,
+      new RegExp(
+        `hugetlb pool ${k.size === 2 * MiB ? '2.00 MiB' : ''}.*\\(default\\)\\s+${k.total} pages, ${k.free} free, ${k.rsvd} reserved, ${k.surp} surplus`,
+      ),
+    );
   });
 });
 
@@ -135,7 +148,7 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
         const free0 = pool().free;
         const b = await load(f.path, { target, io, hugePages: 'hugetlb' });
         try {
-          const pages = Math.ceil(Math.ceil(size / 4096) * 4096 / hp);
+          const pages = Math.ceil((Math.ceil(size / 4096) * 4096) / hp);
           assert.equal(b.size, size, 'the buffer is the file, not the rounded memory');
           assert.equal(b.bytes.length, size);
           assert.equal(sha256(b.bytes), f.sha256, `${target} ${size}`);
@@ -143,7 +156,10 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
           assert.deepEqual(b.stats.hugetlb, { pageSize: hp, pages });
           assert.match(b.stats.memoryReason ?? '', new RegExp(`hugePages: 'hugetlb': ${pages} huge pages`));
           assert.equal(pool().free, free0 - pages, 'the pool gave the pages');
-          assert.equal(b.parts.reduce((n, p) => n + p.size, 0), size);
+          assert.equal(
+            b.parts.reduce((n, p) => n + p.size, 0),
+            size,
+          );
           const addr = native.address(b.bytes.buffer as ArrayBuffer);
           assert.equal(addr % BigInt(hp), 0n, 'huge-page aligned');
           const flags = vmFlags(addr);
@@ -154,7 +170,10 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
             assert.equal(fstatSync(b.fd).size, pages * hp);
             const tail = readFileSync(`/proc/self/fd/${b.fd}`).subarray(size);
             assert.equal(tail.length, pages * hp - size);
-            assert.ok(tail.every((x) => x === 0), 'zeros past the file');
+            assert.ok(
+              tail.every((x) => x === 0),
+              'zeros past the file',
+            );
           }
         } finally {
           b.close();
@@ -190,7 +209,7 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
     }
   });
 
-  test("createPool: a load asking for hugetlb pages reuses only a hugetlb buffer, and it stays one", async (t) => {
+  test('createPool: a load asking for hugetlb pages reuses only a hugetlb buffer, and it stays one', async (t) => {
     if (short) return t.skip(short);
     const a = files.get(64 * MiB + 4097)!;
     const leaks = leakCheck();
@@ -207,7 +226,7 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
       const again = await p.load(a.path, { io, hugePages: 'hugetlb' });
       try {
         assert.equal(again.stats.memory, 'reused');
-        assert.deepEqual(again.stats.hugetlb, h.stats.hugetlb, 'the reused buffer still says its pages are the pool\'s');
+        assert.deepEqual(again.stats.hugetlb, h.stats.hugetlb, "the reused buffer still says its pages are the pool's");
         assert.ok(vmFlags(native.address(again.bytes.buffer as ArrayBuffer)).includes('ht'));
         assert.equal(sha256(again.bytes), a.sha256);
         assert.equal(pool().free, free, 'no new pool pages');
@@ -258,14 +277,19 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
     const rows = (await run()).filter((r) => r.hugePages === 'hugetlb');
     assert.deepEqual(rows.map(label), ['memory direct dmaload hugetlb', 'memory auto dmaload reload hugetlb']);
     for (const r of rows) assert.equal(r.verified, true, label(r));
-    assert.deepEqual(planRows(['dmaload', 'dmaload-reload'], ['memory'], false, true).filter((r) => r.hugePages).map(label), ['memory direct dmaload hugetlb', 'memory auto dmaload reload hugetlb']);
+    assert.deepEqual(
+      planRows(['dmaload', 'dmaload-reload'], ['memory'], false, true)
+        .filter((r) => r.hugePages)
+        .map(label),
+      ['memory direct dmaload hugetlb', 'memory auto dmaload reload hugetlb'],
+    );
     reserveExactly(2);
     assert.match(hugetlbRows(8 * MiB + 3).reason ?? '', /no hugetlb rows: the hugetlb pool has 2 of the 6 pages .* sysctl vm\.nr_hugepages=/);
     assert.equal((await run()).filter((r) => r.hugePages).length, 0);
     short = reserve(Math.ceil((64 * MiB + 4097) / pool().size) + 1);
   });
 
-  test('never behind the caller\'s back: without the option or the variable, no hugetlb pages', async (t) => {
+  test("never behind the caller's back: without the option or the variable, no hugetlb pages", async (t) => {
     if (short) return t.skip(short);
     const f = files.get(64 * MiB + 4097)!;
     const free0 = pool().free;
@@ -292,17 +316,20 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
         const p0 = pool();
         const leaks = leakCheck();
         let progress = 0;
-        await assert.rejects(load(f.path, { target, io, hugePages: 'hugetlb', onProgress: (p) => (progress = p.bytes) }), (e: Error & { code: string; pagesNeeded: number; pagesAvailable: number; path: string }) => {
-          assert.ok(e instanceof HugetlbPoolError);
-          assert.equal(e.code, 'ERR_HUGETLB_POOL');
-          assert.equal(e.pagesNeeded, need);
-          assert.equal(e.pagesAvailable, have);
-          assert.equal(e.path, f.path);
-          assert.match(e.message, new RegExp(`needs ${need} huge pages .* has ${have} available \\(${p0.free} free, ${p0.rsvd} reserved`));
-          assert.match(e.message, new RegExp(`sysctl vm\\.nr_hugepages=${p0.total + need - have}`));
-          assert.match(e.message, /hugetlb-or-small/);
-          return true;
-        });
+        await assert.rejects(
+          load(f.path, { target, io, hugePages: 'hugetlb', onProgress: (p) => (progress = p.bytes) }),
+          (e: Error & { code: string; pagesNeeded: number; pagesAvailable: number; path: string }) => {
+            assert.ok(e instanceof HugetlbPoolError);
+            assert.equal(e.code, 'ERR_HUGETLB_POOL');
+            assert.equal(e.pagesNeeded, need);
+            assert.equal(e.pagesAvailable, have);
+            assert.equal(e.path, f.path);
+            assert.match(e.message, new RegExp(`needs ${need} huge pages .* has ${have} available \\(${p0.free} free, ${p0.rsvd} reserved`));
+            assert.match(e.message, new RegExp(`sysctl vm\\.nr_hugepages=${p0.total + need - have}`));
+            assert.match(e.message, /hugetlb-or-small/);
+            return true;
+          },
+        );
         assert.equal(progress, 0, 'nothing was read');
         assert.equal(await leaks(), undefined);
         assert.deepEqual(pool(), p0, 'the pool is as it was (HugePages_Free and _Rsvd unchanged)');
@@ -325,7 +352,10 @@ describe('hugePages: hugetlb', { skip: noPool, timeout: 600_000 }, () => {
         try {
           assert.equal(bufferSha256(b), f.sha256);
           assert.equal(b.stats.hugetlb, undefined);
-          assert.match(b.stats.memoryReason ?? '', new RegExp(`hugePages: 'hugetlb-or-small': small pages: the hugetlb pool has ${need - 4} of the ${need} huge pages`));
+          assert.match(
+            b.stats.memoryReason ?? '',
+            new RegExp(`hugePages: 'hugetlb-or-small': small pages: the hugetlb pool has ${need - 4} of the ${need} huge pages`),
+          );
           if (target === 'memory') assert.equal(b.stats.hugePages, false);
           assert.deepEqual(pool(), p0);
         } finally {

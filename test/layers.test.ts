@@ -69,7 +69,9 @@ function violations(srcDir: string, file: string, text: string): string[] {
       if (from === 'formats' && IO_MODULES.has(builtin)) out.push(`${where} → ${specifier}: formats/ are pure parsers and do no I/O`);
       continue;
     }
-    const target = relative(srcDir, resolve(dirname(file), specifier)).split(sep).join('/');
+    const target = relative(srcDir, resolve(dirname(file), specifier))
+      .split(sep)
+      .join('/');
     if (target.startsWith('../')) {
       out.push(`${where} → ${specifier}: src/ imports nothing outside src/ (tools/ and test/ build on src/, not under it)`);
       continue;

@@ -41,7 +41,13 @@ test('loadRanges: bad ranges are refused by code, nothing leaked', async () => {
   const leaks = leakCheck();
   await assert.rejects(loadRanges(f.path, [{ offset: 9_000, length: 2_000 }]), { code: 'ERR_OUT_OF_RANGE', path: f.path });
   await assert.rejects(loadRanges(f.path, [{ offset: 10, length: 0 }]), { code: 'ERR_OUT_OF_RANGE', message: /ranges\[0\]\.length/ });
-  await assert.rejects(loadRanges(f.path, [{ offset: 100, length: 10 }, { offset: 50, length: 10 }]), { code: 'ERR_OUT_OF_RANGE', message: /ranges\[1\]\.offset/ });
+  await assert.rejects(
+    loadRanges(f.path, [
+      { offset: 100, length: 10 },
+      { offset: 50, length: 10 },
+    ]),
+    { code: 'ERR_OUT_OF_RANGE', message: /ranges\[1\]\.offset/ },
+  );
   await assert.rejects(loadRanges(f.path, [{ offset: -1, length: 10 }]), { code: 'ERR_OUT_OF_RANGE' });
   await assert.rejects(loadRanges(f.path, 'all' as never), { code: 'ERR_INVALID_ARG_TYPE' });
   assert.equal(await leaks(), undefined);

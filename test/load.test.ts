@@ -162,7 +162,16 @@ describe('load: the buffer', () => {
   test('a throwing onProgress ends the load with its error and frees everything', async () => {
     const f = makeFile(dir, 'throwing', 16 * MiB);
     const leaks = leakCheck();
-    await assert.rejects(load(f.path, { chunkSize: 65536, queueDepth: 1, onProgress: () => { throw new Error('boom'); } }), /boom/);
+    await assert.rejects(
+      load(f.path, {
+        chunkSize: 65536,
+        queueDepth: 1,
+        onProgress: () => {
+          throw new Error('boom');
+        },
+      }),
+      /boom/,
+    );
     assert.equal(await leaks(), undefined);
   });
 });
@@ -181,7 +190,17 @@ describe('load: abort', () => {
       const leaks = leakCheck();
       const ac = new AbortController();
       let last = 0;
-      const p = load(f.path, { target, io: 'direct', chunkSize: 65536, queueDepth: 1, signal: ac.signal, onProgress: (pr) => { last = pr.bytes; if (pr.bytes > 0) ac.abort(); } });
+      const p = load(f.path, {
+        target,
+        io: 'direct',
+        chunkSize: 65536,
+        queueDepth: 1,
+        signal: ac.signal,
+        onProgress: (pr) => {
+          last = pr.bytes;
+          if (pr.bytes > 0) ac.abort();
+        },
+      });
       await assert.rejects(p, { name: 'AbortError', code: 'ABORT_ERR' });
       assert.ok(last < 64 * MiB, 'stopped before the end');
       assert.equal(await leaks(), undefined);
@@ -266,7 +285,17 @@ describe('load: bad input', () => {
       const f = makeFile(dir, `trunc-${io}`, 32 * MiB);
       const leaks = leakCheck();
       let done = false;
-      const p = load(f.path, { io, chunkSize: 65536, queueDepth: 1, onProgress: () => { if (!done) { done = true; truncateSync(f.path, 5 * MiB + 100); } } });
+      const p = load(f.path, {
+        io,
+        chunkSize: 65536,
+        queueDepth: 1,
+        onProgress: () => {
+          if (!done) {
+            done = true;
+            truncateSync(f.path, 5 * MiB + 100);
+          }
+        },
+      });
       await assert.rejects(p, { code: 'ERR_FILE_CHANGED', path: f.path });
       assert.equal(await leaks(), undefined);
     }
@@ -275,8 +304,16 @@ describe('load: bad input', () => {
   test('file grown during the load: ERR_FILE_CHANGED, never a silently stale buffer', async () => {
     const f = makeFile(dir, 'grow', 16 * MiB);
     let done = false;
-    const p = load(f.path, { chunkSize: 65536, queueDepth: 1, onProgress: () => { if (!done) { done = true; appendFileSync(f.path, 'more'); } } });
+    const p = load(f.path, {
+      chunkSize: 65536,
+      queueDepth: 1,
+      onProgress: () => {
+        if (!done) {
+          done = true;
+          appendFileSync(f.path, 'more');
+        }
+      },
+    });
     await assert.rejects(p, { code: 'ERR_FILE_CHANGED' });
   });
 });
-

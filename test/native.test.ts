@@ -30,7 +30,19 @@ describe('native: the addon checks its own arguments', () => {
     const leaks = leakCheck();
     const fd = openSync(f.path, 'r');
     const region = anon(64 * 1024);
-    const base: TransferOptions = { fd, write: false, direct: false, target: region, segments: [0, 0, 4096], chunk: 4096, depth: 1, padTo: 1, engine: 'threads', bounce: false, populate: false };
+    const base: TransferOptions = {
+      fd,
+      write: false,
+      direct: false,
+      target: region,
+      segments: [0, 0, 4096],
+      chunk: 4096,
+      depth: 1,
+      padTo: 1,
+      engine: 'threads',
+      bounce: false,
+      populate: false,
+    };
     try {
       assert.throws(() => native.transfer(null as never), typeError);
       assert.throws(() => native.transfer({ ...base, fd: '3' as never }), typeError);
@@ -119,7 +131,19 @@ describe('native: jobs own what they use', () => {
     const fd = openSync(f.path, 'r');
     const region = anon(32 * MiB);
     const view = new Uint8Array(native.view(region, 0, 32 * MiB));
-    const job = native.transfer({ fd, write: false, direct: false, target: region, segments: [0, 0, 32 * MiB], chunk: 256 * 1024, depth: 1, padTo: 1, engine: 'uring', bounce: false, populate: false });
+    const job = native.transfer({
+      fd,
+      write: false,
+      direct: false,
+      target: region,
+      segments: [0, 0, 32 * MiB],
+      chunk: 256 * 1024,
+      depth: 1,
+      padTo: 1,
+      engine: 'uring',
+      bounce: false,
+      populate: false,
+    });
     // Take the memory and the fd away from under it.
     assert.equal(native.munmap(region), 0);
     closeSync(fd);
@@ -134,7 +158,19 @@ describe('native: jobs own what they use', () => {
     const f = makeFile(dir, 'plain', MiB + 3, 6);
     const fd = openSync(f.path, 'r');
     const ab = new ArrayBuffer(MiB + 3);
-    const r = await native.transfer({ fd, write: false, direct: false, target: ab, segments: [0, 0, MiB + 3], chunk: 65536, depth: 4, padTo: 1, engine: 'threads', bounce: false, populate: false }).promise;
+    const r = await native.transfer({
+      fd,
+      write: false,
+      direct: false,
+      target: ab,
+      segments: [0, 0, MiB + 3],
+      chunk: 65536,
+      depth: 4,
+      padTo: 1,
+      engine: 'threads',
+      bounce: false,
+      populate: false,
+    }).promise;
     closeSync(fd);
     assert.equal(r.bytes, MiB + 3);
     assert.equal(sha256(new Uint8Array(ab)), f.sha256);

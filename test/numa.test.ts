@@ -134,7 +134,10 @@ describe('numaNode: a node with memory', () => {
   test('probe().numa lists the nodes sysfs has, with their memory', async () => {
     const p = await probe();
     assert.equal(p.numa.available, NUMA);
-    assert.deepEqual(p.numa.nodes.map((n) => n.node), NODES ?? []);
+    assert.deepEqual(
+      p.numa.nodes.map((n) => n.node),
+      NODES ?? [],
+    );
     for (const n of p.numa.nodes) {
       const total = Number(/MemTotal:\s+(\d+) kB/.exec(readFileSync(`${NODE_DIR}/node${n.node}/meminfo`, 'utf8'))![1]) * 1024;
       assert.equal(n.totalBytes, total);
@@ -176,7 +179,7 @@ describe('numaNode: refused', () => {
     for (const v of [null, true, {}]) await assert.rejects(load(file.path, { numaNode: v as never }), { code: 'ERR_INVALID_ARG_TYPE' });
   });
 
-  test("dma-heap (the heap allocates) and into (the buffer keeps its memory) are ERR_INVALID_ARG_VALUE", async () => {
+  test('dma-heap (the heap allocates) and into (the buffer keeps its memory) are ERR_INVALID_ARG_VALUE', async () => {
     await assert.rejects(load(file.path, { target: 'dma-heap', numaNode: FIRST }), { code: 'ERR_INVALID_ARG_VALUE', message: /DMA heap/ });
     const b = await allocate(SIZE + 4096);
     try {

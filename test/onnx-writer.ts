@@ -144,7 +144,8 @@ function nodeProto(n: OnnxNode): Writer {
   w.string(4, n.opType);
   for (const [name, v] of Object.entries(n.attributes ?? {})) {
     const a = new Writer().string(1, name); // AttributeProto.name
-    if ('int' in v) a.int(3, v.int).int(20, 2); // i, type = INT
+    if ('int' in v)
+      a.int(3, v.int).int(20, 2); // i, type = INT
     else a.float(2, v.float).int(20, 1); // f, type = FLOAT
     w.message(5, a);
   }
@@ -243,7 +244,7 @@ export function writeGemmModel(dir: string, dims: { M: number; K: number; N: num
     for (let i = 0; i < K * N; i += piece) {
       const f = seededFloats(Math.min(piece, K * N - i), seed, i);
       const b = new Uint8Array(f.buffer);
-      for (let w = 0; w < b.length; ) w += writeSync(fd, b, w);
+      for (let w = 0; w < b.length;) w += writeSync(fd, b, w);
     }
     fsyncSync(fd);
   } finally {

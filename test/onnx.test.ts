@@ -80,7 +80,14 @@ test('an ORT session from a dmaload buffer: output bit-identical to the path ses
     }
     return { y, scale };
   };
-  const sample: [number, number][] = [[0, 0], [0, m.N - 1], [1, 4097], [2, 123], [3, m.N >> 1], [3, m.N - 2]];
+  const sample: [number, number][] = [
+    [0, 0],
+    [0, m.N - 1],
+    [1, 4097],
+    [2, 123],
+    [3, m.N >> 1],
+    [3, m.N - 2],
+  ];
   const want = sample.map(([i, j]) => expect(i, j));
 
   // ORT copied the external data during create(): overwriting the dmaload buffer changes nothing, so the buffer may
@@ -96,7 +103,9 @@ test('an ORT session from a dmaload buffer: output bit-identical to the path ses
 
   const gib = (n: number) => `${(n / MiB).toFixed(1)} MiB (${((100 * n) / m.weightBytes).toFixed(1)} %)`;
   t.diagnostic(`weights ${m.weightBytes / MiB} MiB, cold (evicted before each way)`);
-  t.diagnostic(`path:    ready ${pathReadyMs.toFixed(0)} ms, first run ${pathRunMs.toFixed(0)} ms; page cache left: ${gib(pathCacheReady)} at ready, ${gib(pathCacheRun)} after the run`);
+  t.diagnostic(
+    `path:    ready ${pathReadyMs.toFixed(0)} ms, first run ${pathRunMs.toFixed(0)} ms; page cache left: ${gib(pathCacheReady)} at ready, ${gib(pathCacheRun)} after the run`,
+  );
   t.diagnostic(
     `dmaload: ready ${bufReadyMs.toFixed(0)} ms (load ${loadMs.toFixed(0)} ms, io ${stats.io}, memory ${stats.memory}, huge pages ${stats.hugePages}), first run ${bufRunMs.toFixed(0)} ms; ` +
       `page cache left: ${gib(bufCacheReady)} at ready, ${gib(bufCacheRun)} after the run`,

@@ -7,7 +7,22 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { allocate, connect, copy, createPool, createWriter, load, loadModel, loadRanges, probe, readInto, save, serve, verifyFile, writeFrom } from '../src/index.js';
+import {
+  allocate,
+  connect,
+  copy,
+  createPool,
+  createWriter,
+  load,
+  loadModel,
+  loadRanges,
+  probe,
+  readInto,
+  save,
+  serve,
+  verifyFile,
+  writeFrom,
+} from '../src/index.js';
 import { writeSafetensors } from './formats/model-files.js';
 import { leakCheck, makeFile, tempDir } from './helpers.js';
 import { socketDir } from './share/util.js';
@@ -54,7 +69,11 @@ describe('one option policy, every call', async () => {
 
   const calls: Array<[string, Call, Case]> = [
     ['load', (o) => load(f.path, o as never), { typo: ['tagret', 'target'], wrongType: { signal: 'stop' }, outOfRange: { memoryBudget: -1 } }],
-    ['loadRanges', (o) => loadRanges(f.path, [{ offset: 0, length: 10 }], o as never), { typo: ['chunksize', 'chunkSize'], wrongType: { onProgress: 1 }, outOfRange: { queueDepth: 0 } }],
+    [
+      'loadRanges',
+      (o) => loadRanges(f.path, [{ offset: 0, length: 10 }], o as never),
+      { typo: ['chunksize', 'chunkSize'], wrongType: { onProgress: 1 }, outOfRange: { queueDepth: 0 } },
+    ],
     ['loadModel', (o) => loadModel(model, o as never), { typo: ['tensor', 'tensors'], wrongType: { signal: {} }, outOfRange: { memoryBudget: -1 } }],
     ['allocate', (o) => allocate(4096, o as never), { typo: ['partsize', 'partSize'], wrongType: { hugePages: 'yes' }, outOfRange: { partSize: 4095 } }],
     ['readInto', (o) => readInto(buf, f.path, o as never), { typo: ['lenght', 'length'], wrongType: { fsync: 'no' }, outOfRange: { length: 0 } }],
@@ -64,12 +83,24 @@ describe('one option policy, every call', async () => {
     ['copy', (o) => copy(f.path, out(), o as never), { typo: ['verfy', 'verify'], wrongType: { verify: 'yes' }, outOfRange: { parts: 1 } }],
     ['verifyFile', (o) => verifyFile(f.path, o as never), { typo: ['sha265', 'sha256'], wrongType: { sha256: 5 }, outOfRange: { queueDepth: 1000 } }],
     ['probe', (o) => probe(undefined, o as never), { typo: ['firsttouch', 'firstTouch'], wrongType: { firstTouch: 1 } }],
-    ['createPool', async (o) => createPool(o as never), { typo: ['maxIdle', 'maxIdleBytes'], wrongType: { maxIdleBytes: '1GiB' }, outOfRange: { maxIdleBytes: -1 } }],
+    [
+      'createPool',
+      async (o) => createPool(o as never),
+      { typo: ['maxIdle', 'maxIdleBytes'], wrongType: { maxIdleBytes: '1GiB' }, outOfRange: { maxIdleBytes: -1 } },
+    ],
     ['pool.load', (o) => pool.load(f.path, o as never), { typo: ['hugepages', 'hugePages'], wrongType: { overlap: 'on' }, outOfRange: { memoryBudget: -1 } }],
-    ['serve', (o) => serve({ socket: join(sockets.dir, `s-${Math.random().toString(36).slice(2)}.sock`), ...(o as object) }), { typo: ['budgte', 'budget'], wrongType: { idleTimeout: '10s' }, outOfRange: { maxConnections: 0 } }],
+    [
+      'serve',
+      (o) => serve({ socket: join(sockets.dir, `s-${Math.random().toString(36).slice(2)}.sock`), ...(o as object) }),
+      { typo: ['budgte', 'budget'], wrongType: { idleTimeout: '10s' }, outOfRange: { maxConnections: 0 } },
+    ],
     ['connect', (o) => connect(server.socket, o as never), { typo: ['timout', 'timeout'], wrongType: { timeout: '5' }, outOfRange: { timeout: -1 } }],
     ['client.load', (o) => client.load(f.path, o as never), { typo: ['sigal', 'signal'], wrongType: { signal: true } }],
-    ['client.loadModel', (o) => client.loadModel(model, o as never), { typo: ['worldsize', 'worldSize'], wrongType: { split: 5 }, outOfRange: { rank: -1, worldSize: 2 } }],
+    [
+      'client.loadModel',
+      (o) => client.loadModel(model, o as never),
+      { typo: ['worldsize', 'worldSize'], wrongType: { split: 5 }, outOfRange: { rank: -1, worldSize: 2 } },
+    ],
   ];
 
   for (const [name, call, c] of calls) {
@@ -103,7 +134,7 @@ describe('one option policy, every call', async () => {
     });
   }
 
-  test("serve: each of its limits and page options, wrong type and out of range", async () => {
+  test('serve: each of its limits and page options, wrong type and out of range', async () => {
     const socket = () => join(sockets.dir, `l-${Math.random().toString(36).slice(2)}.sock`);
     const leaks = leakCheck();
     const cases: Array<[Record<string, unknown>, { name: string; code: string }]> = [

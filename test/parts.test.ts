@@ -19,9 +19,15 @@ test('parts: partSize splits memory and memfd loads, overlap on and off, bytes e
         assert.equal(sha256(b.bytes), f.sha256, `${target} ${io} overlap ${overlap}`);
         assert.equal(b.stats.overlap, overlap);
         assert.equal(b.stats.parts.length, 6);
-        assert.deepEqual(b.stats.parts.map((p) => p.size), [4, 4, 4, 4, 4].map((n) => n * MiB).concat(4097));
+        assert.deepEqual(
+          b.stats.parts.map((p) => p.size),
+          [4, 4, 4, 4, 4].map((n) => n * MiB).concat(4097),
+        );
         // Each part's phases are wall times inside the load (all rounded to 0.01 ms).
-        assert.ok(b.stats.parts.every((p) => p.allocMs >= 0 && p.allocMs <= b.stats.ms + 0.01 && p.ioMs >= 0 && p.ioMs <= b.stats.ms + 0.01), JSON.stringify(b.stats.parts));
+        assert.ok(
+          b.stats.parts.every((p) => p.allocMs >= 0 && p.allocMs <= b.stats.ms + 0.01 && p.ioMs >= 0 && p.ioMs <= b.stats.ms + 0.01),
+          JSON.stringify(b.stats.parts),
+        );
         assert.ok(b.stats.ioMs <= b.stats.ms + 1 && b.stats.allocMs <= b.stats.ms + 1, 'phases are wall times inside the load');
         assert.equal(last, size, 'progress sums every part');
         b.close();
@@ -41,7 +47,14 @@ test('parts: overlap off with one part allocates first, then reads', async () =>
 
 test('parts: selective ranges across part boundaries', async () => {
   const f = makeFile(dir, 'r', 9 * MiB);
-  const { buffer, offsets } = await loadRanges(f.path, [{ offset: MiB - 10, length: 3 * MiB }, { offset: 7 * MiB, length: 5 }], { partSize: MiB });
+  const { buffer, offsets } = await loadRanges(
+    f.path,
+    [
+      { offset: MiB - 10, length: 3 * MiB },
+      { offset: 7 * MiB, length: 5 },
+    ],
+    { partSize: MiB },
+  );
   const { readFileSync } = await import('node:fs');
   const file = readFileSync(f.path);
   assert.equal(sha256(buffer.bytes.subarray(offsets[0], offsets[0]! + 3 * MiB)), sha256(file.subarray(MiB - 10, 4 * MiB - 10)));
@@ -55,7 +68,15 @@ test('parts: abort mid-way through a parts load frees every part, overlap on and
     for (const overlap of [true, false]) {
       const leaks = leakCheck();
       const ac = new AbortController();
-      const p = load(f.path, { target, overlap, partSize: 2 * MiB, chunkSize: 65536, queueDepth: 1, signal: ac.signal, onProgress: (pr) => pr.bytes > 3 * MiB && ac.abort() });
+      const p = load(f.path, {
+        target,
+        overlap,
+        partSize: 2 * MiB,
+        chunkSize: 65536,
+        queueDepth: 1,
+        signal: ac.signal,
+        onProgress: (pr) => pr.bytes > 3 * MiB && ac.abort(),
+      });
       await assert.rejects(p, { name: 'AbortError' });
       assert.equal(await leaks(), undefined);
     }
@@ -68,7 +89,8 @@ test('parts: bad partSize and overlap values are refused by code', async () => {
   await assert.rejects(load(f.path, { partSize: 4097 }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
   // allocate() takes the same partSize, checked the same way (0 used to loop until memory ran out).
   const { allocate } = await import('../src/index.js');
-  for (const partSize of [0, 1000, 4097, -4096, 1.5 * 4096]) await assert.rejects(allocate(1 << 20, { partSize }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
+  for (const partSize of [0, 1000, 4097, -4096, 1.5 * 4096])
+    await assert.rejects(allocate(1 << 20, { partSize }), { code: 'ERR_OUT_OF_RANGE', message: /partSize/ });
   await assert.rejects(allocate(1 << 20, { partSize: 'x' as never }), { code: 'ERR_INVALID_ARG_TYPE', message: /partSize/ });
   const ok = await allocate(3 * 4096 + 1, { partSize: 4096 });
   assert.equal(ok.bytes.length, 3 * 4096 + 1);

@@ -11,7 +11,6 @@ const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir();
 after(cleanup);
 
-
 describe('buffer pool', () => {
   for (const target of ['memory', 'memfd'] as const) {
     test(`${target}: a released buffer's memory takes the next load that fits; its old views are empty`, async (t) => {
@@ -28,7 +27,7 @@ describe('buffer pool', () => {
       const view = first.bytes;
       pool.release(first);
       assert.equal(first.closed, true);
-      assert.equal(view.byteLength, 0, 'the released buffer\'s views are empty, as after close()');
+      assert.equal(view.byteLength, 0, "the released buffer's views are empty, as after close()");
       assert.equal(pool.idleBuffers, 1);
       assert.ok(pool.idleBytes >= 6 * MiB + 13, `idle ${pool.idleBytes}`);
       evictFile(b.path);

@@ -14,7 +14,6 @@ const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir();
 after(cleanup);
 
-
 describe('load into an existing buffer', () => {
   for (const target of ['memory', 'memfd'] as const) {
     test(`${target}: reloads into the same memory, bytes exact, the old handle closed`, async (t) => {
@@ -84,7 +83,10 @@ describe('load into an existing buffer', () => {
       const all = new Uint8Array(64 * 1024);
       assert.equal(readSync(buf.fd, all, 0, all.length, 0), all.length);
       assert.equal(sha256(all.subarray(0, 4097)), small.sha256);
-      assert.ok(all.subarray(4097, 8192).every((x) => x === 0), 'padding to the block zeroed');
+      assert.ok(
+        all.subarray(4097, 8192).every((x) => x === 0),
+        'padding to the block zeroed',
+      );
       assert.deepEqual(all.subarray(8192), before.subarray(8192), 'beyond the padding: untouched');
     } finally {
       buf.close();
@@ -117,7 +119,7 @@ describe('load into an existing buffer', () => {
     assert.equal(await leaks(), undefined);
   });
 
-  test('a read that fails leaves into open and the caller\'s; the next load into it works', async (t) => {
+  test("a read that fails leaves into open and the caller's; the next load into it works", async (t) => {
     if (needsDirect(t)) return;
     const leaks = leakCheck();
     const f = makeFile(dir, 'fault', 8 * MiB + 5);

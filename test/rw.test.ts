@@ -74,7 +74,10 @@ describe('readInto', () => {
       const n = await readInto(buf, f.path, { fileOffset: from, length, io });
       assert.equal(n, size - from, `${io} ${from}+${length}`);
       assert.equal(sha256(buf.bytes.subarray(0, n)), sha256(file.subarray(from)));
-      assert.ok(buf.bytes.subarray(n).every((b) => b === 0xee), `${io} ${from}+${length}: bytes past the count were overwritten`);
+      assert.ok(
+        buf.bytes.subarray(n).every((b) => b === 0xee),
+        `${io} ${from}+${length}: bytes past the count were overwritten`,
+      );
       buf.close();
     }
   });

@@ -86,7 +86,9 @@ describe('save', () => {
       try { await save(new Uint8Array(4 * 1024 * 1024), ${JSON.stringify(dst)}); console.log('saved'); }
       catch (e) { console.log(e.code); }`;
     const out = await new Promise<string>((res, rej) =>
-      execFile('bash', ['-c', `ulimit -f 1024; exec "${process.execPath}" --input-type=module -e '${script.replace(/'/g, `'\\''`)}'`], (err, stdout, stderr) => (err ? rej(new Error(stderr)) : res(stdout.trim()))),
+      execFile('bash', ['-c', `ulimit -f 1024; exec "${process.execPath}" --input-type=module -e '${script.replace(/'/g, `'\\''`)}'`], (err, stdout, stderr) =>
+        err ? rej(new Error(stderr)) : res(stdout.trim()),
+      ),
     );
     assert.equal(out, 'EFBIG');
     assert.equal(readFileSync(dst, 'utf8'), 'old');

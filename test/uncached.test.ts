@@ -93,7 +93,7 @@ describe("io 'uncached'", () => {
     evictPath(f.path);
   });
 
-  test('readInto: uncached at odd offsets, and io auto\'s ragged edges leave no page cache', async (t) => {
+  test("readInto: uncached at odd offsets, and io auto's ragged edges leave no page cache", async (t) => {
     if (needsUncached(t) || needsDirect(t)) return;
     const leaks = leakCheck();
     const size = 3 * MiB + 4096 * 2 + 11;
@@ -184,7 +184,21 @@ describe("io 'uncached'", () => {
 
   test('the addon refuses other preadv2 flags', () => {
     assert.throws(
-      () => native.transfer({ fd: 0, write: false, direct: false, target: new ArrayBuffer(4096), segments: [0, 0, 10], chunk: 4096, depth: 1, padTo: 1, engine: 'threads', bounce: false, populate: false, rwFlags: 3 }),
+      () =>
+        native.transfer({
+          fd: 0,
+          write: false,
+          direct: false,
+          target: new ArrayBuffer(4096),
+          segments: [0, 0, 10],
+          chunk: 4096,
+          depth: 1,
+          padTo: 1,
+          engine: 'threads',
+          bounce: false,
+          populate: false,
+          rwFlags: 3,
+        }),
       { code: 'ERR_OUT_OF_RANGE', message: /rwFlags/ },
     );
   });

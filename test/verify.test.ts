@@ -101,7 +101,8 @@ describe('load with verify', () => {
               assert.equal(b.stats.verified?.source, 'option', at);
               assert.equal(hashOf(b), f.sha256, at);
               // The largest file really went both ways (its first half cached): both paths fed the hash.
-              if (io === 'auto' && size === 3 * chunk + 5 && testBase.direct) assert.ok(b.stats.copiedBytes > 0 && b.stats.directBytes > 0, `${at}: ${b.stats.io}`);
+              if (io === 'auto' && size === 3 * chunk + 5 && testBase.direct)
+                assert.ok(b.stats.copiedBytes > 0 && b.stats.directBytes > 0, `${at}: ${b.stats.io}`);
             } finally {
               b.close();
             }
@@ -163,12 +164,15 @@ describe('a corrupt file is refused', () => {
       const actual = hex(readFileSync(bad));
       const leaks = leakCheck();
       for (const target of ['memory', 'memfd'] as TargetName[]) {
-        await assert.rejects(load(bad, { target, chunkSize: MiB, verify: { sha256: good.sha256 } }), (e: Error & { code?: string; expected?: string; actual?: string; path?: string }) => {
-          assert.equal(e.code, 'ERR_CHECKSUM_MISMATCH');
-          assert.deepEqual([e.expected, e.actual, e.path], [good.sha256, actual, bad]);
-          assert.match(e.message, new RegExp(`${actual}.*${good.sha256}`));
-          return true;
-        });
+        await assert.rejects(
+          load(bad, { target, chunkSize: MiB, verify: { sha256: good.sha256 } }),
+          (e: Error & { code?: string; expected?: string; actual?: string; path?: string }) => {
+            assert.equal(e.code, 'ERR_CHECKSUM_MISMATCH');
+            assert.deepEqual([e.expected, e.actual, e.path], [good.sha256, actual, bad]);
+            assert.match(e.message, new RegExp(`${actual}.*${good.sha256}`));
+            return true;
+          },
+        );
       }
       await assert.rejects(loadRanges(bad, [{ offset: 4096, length: 4096 }], { verify: { sha256: good.sha256 } }), { code: 'ERR_CHECKSUM_MISMATCH' });
       const dst = join(dir, `copy-${at}`);
@@ -218,7 +222,11 @@ describe('a corrupt file is refused', () => {
       [{ sha256: 'g'.repeat(64) }, 'ERR_INVALID_ARG_VALUE'],
     ];
     for (const [verify, code] of cases) {
-      await assert.rejects(load(f.path, { verify: verify as never }), (e: Error & { code?: string }) => e.code === code && /verify/.test(e.message), JSON.stringify(verify));
+      await assert.rejects(
+        load(f.path, { verify: verify as never }),
+        (e: Error & { code?: string }) => e.code === code && /verify/.test(e.message),
+        JSON.stringify(verify),
+      );
     }
     const r = await cli('load', f.path, '--verify', 'sha256:xyz');
     assert.equal(r.code, 2);
@@ -227,7 +235,10 @@ describe('a corrupt file is refused', () => {
 
 describe('a Hugging Face hub cache', () => {
   /** models--org--name/{blobs/<hash>, snapshots/<rev>/<file> -> ../../blobs/<hash>}, as huggingface_hub lays it out. */
-  function hub(files: Record<string, Uint8Array>, blobName: (bytes: Uint8Array) => string = hex): { root: string; snapshot: string; blob(file: string): string } {
+  function hub(
+    files: Record<string, Uint8Array>,
+    blobName: (bytes: Uint8Array) => string = hex,
+  ): { root: string; snapshot: string; blob(file: string): string } {
     const root = join(dir, `hub-${Math.random().toString(36).slice(2)}`, 'models--org--tiny');
     const snapshot = join(root, 'snapshots', '0123456789abcdef0123456789abcdef01234567');
     const blobs: Record<string, string> = {};
@@ -262,7 +273,10 @@ describe('a Hugging Face hub cache', () => {
     closeSync(fd);
     const leaks = leakCheck();
     const path = join(h.snapshot, 'model.bin');
-    await assert.rejects(load(path), (e: Error & { code?: string; path?: string }) => e.code === 'ERR_CHECKSUM_MISMATCH' && e.path === path && /hub-cache|Hugging Face/.test(e.message));
+    await assert.rejects(
+      load(path),
+      (e: Error & { code?: string; path?: string }) => e.code === 'ERR_CHECKSUM_MISMATCH' && e.path === path && /hub-cache|Hugging Face/.test(e.message),
+    );
     await assert.rejects(copy(path, join(dir, 'hub-copy')), { code: 'ERR_CHECKSUM_MISMATCH' });
     assert.equal(await leaks(), undefined);
     const r = await cli('verify', path);
@@ -288,7 +302,9 @@ describe('a Hugging Face hub cache', () => {
     };
     const s1 = shard('a', 300_000);
     const s2 = shard('b', 200_001);
-    const index = Buffer.from(JSON.stringify({ metadata: {}, weight_map: { 'a.w': 'model-00001-of-00002.safetensors', 'b.w': 'model-00002-of-00002.safetensors' } }));
+    const index = Buffer.from(
+      JSON.stringify({ metadata: {}, weight_map: { 'a.w': 'model-00001-of-00002.safetensors', 'b.w': 'model-00002-of-00002.safetensors' } }),
+    );
     const h = hub({ 'model.safetensors.index.json': index, 'model-00001-of-00002.safetensors': s1, 'model-00002-of-00002.safetensors': s2 });
     const m = await loadModel(join(h.snapshot, 'model.safetensors.index.json'));
     try {
@@ -304,7 +320,10 @@ describe('a Hugging Face hub cache', () => {
     writeSync(fd, Buffer.from([s2[s2.length - 1]! ^ 1]), 0, 1, s2.length - 1);
     closeSync(fd);
     const leaks = leakCheck();
-    await assert.rejects(loadModel(join(h.snapshot, 'model.safetensors.index.json')), (e: Error & { code?: string; path?: string }) => e.code === 'ERR_CHECKSUM_MISMATCH' && /00002/.test(e.path ?? ''));
+    await assert.rejects(
+      loadModel(join(h.snapshot, 'model.safetensors.index.json')),
+      (e: Error & { code?: string; path?: string }) => e.code === 'ERR_CHECKSUM_MISMATCH' && /00002/.test(e.path ?? ''),
+    );
     assert.equal(await leaks(), undefined);
   });
 
@@ -320,7 +339,10 @@ describe('a Hugging Face hub cache', () => {
     assert.match(lines[1]!, new RegExp(`^OK +${hex(b)} `));
     const j = await cli('verify', '--json', join(h.snapshot, 'a.bin'), join(dir, 'no-such-file'));
     assert.equal(j.code, 1);
-    const [first, second] = j.out.trim().split('\n').map((l) => JSON.parse(l) as { ok?: boolean; sha256?: string; error?: { code: string } });
+    const [first, second] = j.out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { ok?: boolean; sha256?: string; error?: { code: string } });
     assert.deepEqual([first!.ok, first!.sha256], [true, hex(a)]);
     assert.equal(second!.error?.code, 'ENOENT');
   });

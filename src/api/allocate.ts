@@ -45,7 +45,12 @@ export async function allocate(size: number, options: AllocateOptions = {}): Pro
   const capacity = roundUp(size, PAGE_SIZE);
   // The memory target's transparent huge pages: the option, else DMALOAD_HUGE_PAGES=1 or 0 (resolved here, once).
   const thp = thpSetting(hugePagesOption(options.hugePages));
-  const fresh = allocateFresh(targetName, { size, capacity, partSize, path: '<allocate>', options: { ...options, ...(thp ? { hugePages: thp.huge } : {}) } }, want, numa);
+  const fresh = allocateFresh(
+    targetName,
+    { size, capacity, partSize, path: '<allocate>', options: { ...options, ...(thp ? { hugePages: thp.huge } : {}) } },
+    want,
+    numa,
+  );
   const alloc = fresh.alloc;
   try {
     for (let k = 0; k < alloc.layout.length; k++) await alloc.allocPart(k);

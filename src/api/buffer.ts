@@ -75,7 +75,6 @@ export interface LoadStats {
   verified?: VerifiedStats | undefined;
 }
 
-
 /** How a served buffer (connect().load()) was obtained. */
 export interface ServedInfo {
   /** The server's socket. */
@@ -155,10 +154,15 @@ export class LoadedBuffer implements AsyncDisposable {
   view(offset = 0, length = this.size - offset): Uint8Array {
     const a = this.#live('a view');
     if (!Number.isSafeInteger(offset) || offset < 0 || offset > this.size) throw outOfRange('offset', `an integer >= 0 and <= ${this.size}`, offset);
-    if (!Number.isSafeInteger(length) || length < 0 || offset + length > this.size) throw outOfRange('length', `an integer >= 0 and <= ${this.size - offset}`, length);
+    if (!Number.isSafeInteger(length) || length < 0 || offset + length > this.size)
+      throw outOfRange('length', `an integer >= 0 and <= ${this.size - offset}`, length);
     if (this.#bytes) return this.#bytes.subarray(offset, offset + length);
     if (length > native.maxView()) {
-      throw new DmaloadError('ERR_BUFFER_TOO_LARGE', `A view of ${formatBytes(length)} is longer than one typed array can be in Node.js ${process.versions.node}; take smaller windows`, { path: this.path });
+      throw new DmaloadError(
+        'ERR_BUFFER_TOO_LARGE',
+        `A view of ${formatBytes(length)} is longer than one typed array can be in Node.js ${process.versions.node}; take smaller windows`,
+        { path: this.path },
+      );
     }
     if (this.size <= native.maxView()) return this.bytes.subarray(offset, offset + length);
     return bytesOf(a.region!, offset, length);
@@ -226,7 +230,11 @@ export class LoadedBuffer implements AsyncDisposable {
   reserve(): { alloc: Allocation; room: number; release(): void; moveTo(path: string, size: number, parts: Part[], stats: LoadStats): LoadedBuffer } {
     const alloc = this.#live('the buffer for load({ into })');
     if (alloc.readOnly) {
-      throw new DmaloadError('ERR_BUFFER_READ_ONLY', `The buffer of '${this.path}' is mapped read-only (served by dmaload serve); load into a buffer from load() or allocate()`, { path: this.path });
+      throw new DmaloadError(
+        'ERR_BUFFER_READ_ONLY',
+        `The buffer of '${this.path}' is mapped read-only (served by dmaload serve); load into a buffer from load() or allocate()`,
+        { path: this.path },
+      );
     }
     if (this.#loading || this.#busy > 0) {
       throw new DmaloadError(

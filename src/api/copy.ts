@@ -15,7 +15,20 @@ import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
 import { HashStream, expectedFor, settle } from '../pipeline/verify.js';
 import type { VerifiedStats } from '../pipeline/verify.js';
-import { aliased, DEFAULTS, functionOption, ioOption, knob, modeOption, optionNames, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
+import {
+  aliased,
+  DEFAULTS,
+  functionOption,
+  ioOption,
+  knob,
+  modeOption,
+  optionNames,
+  optionsObject,
+  pathOption,
+  signalOption,
+  tuning,
+  verifyOption,
+} from './options.js';
 import type { VerifyOption } from './options.js';
 import { openWriter } from './writer.js';
 import type { WriterResult } from './writer.js';
@@ -59,7 +72,19 @@ export interface CopyResult extends WriterResult {
   verified?: VerifiedStats | undefined;
 }
 
-const COPY_OPTIONS = optionNames<CopyOptions>()(['io', 'partSize', 'parts', 'chunkSize', 'queueDepth', 'slotSize', 'slots', 'mode', 'onProgress', 'signal', 'verify']);
+const COPY_OPTIONS = optionNames<CopyOptions>()([
+  'io',
+  'partSize',
+  'parts',
+  'chunkSize',
+  'queueDepth',
+  'slotSize',
+  'slots',
+  'mode',
+  'onProgress',
+  'signal',
+  'verify',
+]);
 
 /** Copies `src` to `dst`; refuses the same file (ERR_SAME_FILE) and a folder as destination. */
 export async function copy(src: string, dst: string, options: CopyOptions = {}): Promise<CopyResult> {
@@ -68,7 +93,12 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
   const o = optionsObject(options, COPY_OPTIONS, 'copy()') as CopyOptions & Record<string, unknown>;
   const io = ioOption(o.io);
   // Measured (README, npm run bench:cp): this disk wants a lot in flight when reads and writes mix.
-  const partSize = knob('partSize', aliased(o, 'partSize', 'slotSize'), DEFAULTS.copy.partSize, o.partSize === undefined && o.slotSize !== undefined ? 'slotSize' : 'partSize');
+  const partSize = knob(
+    'partSize',
+    aliased(o, 'partSize', 'slotSize'),
+    DEFAULTS.copy.partSize,
+    o.partSize === undefined && o.slotSize !== undefined ? 'slotSize' : 'partSize',
+  );
   const parts = knob('parts', aliased(o, 'parts', 'slots'), DEFAULTS.copy.parts, o.parts === undefined && o.slots !== undefined ? 'slots' : 'parts');
   const tune = tuning('copy', o);
   const mode = modeOption(o.mode);
@@ -81,7 +111,8 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
   try {
     const expected = await expectedFor(src, verify);
     const d = statSync(dst, { throwIfNoEntry: false });
-    if (d && d.ino === source.stat.ino && d.dev === source.stat.dev) throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });
+    if (d && d.ino === source.stat.ino && d.dev === source.stat.dev)
+      throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });
     if (d?.isDirectory()) throw new DmaloadError('ERR_IS_DIRECTORY', `'${dst}' is a directory; give the destination file's full path`, { path: dst });
     const size = source.size;
     // The ring: slots of one request each (chunkSize), as much memory as partSize × parts (256 MiB by default),
@@ -96,9 +127,22 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
     const ring = anonymous(chunk * nSlots, true, src);
     let readQ: IoQueue | undefined;
     try {
-      readQ = new IoQueue(source.direct ? source.directFd : source.fd, { write: false, direct: source.direct, depth: tune.depth, path: src, rwFlags: source.direct ? 0 : source.rwFlags });
+      readQ = new IoQueue(source.direct ? source.directFd : source.fd, {
+        write: false,
+        direct: source.direct,
+        depth: tune.depth,
+        path: src,
+        rwFlags: source.direct ? 0 : source.rwFlags,
+      });
       const q = readQ;
-      const writer = await openWriter(dst, { io, mode: mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777), chunkSize: chunk, queueDepth: tune.depth, expectedSize: size, signal });
+      const writer = await openWriter(dst, {
+        io,
+        mode: mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777),
+        chunkSize: chunk,
+        queueDepth: tune.depth,
+        expectedSize: size,
+        signal,
+      });
       const onAbort = () => q.cancel();
       signal?.addEventListener('abort', onAbort, { once: true });
       // Uncached reads (no O_DIRECT): what they leave in the page cache is dropped at the end.

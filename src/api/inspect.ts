@@ -12,7 +12,18 @@ import { constants as FS } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { asSystemError, invalidType, invalidValue } from '../core/errors.js';
-import { checkWellFormed, decodeStrict, findDuplicateKey, isObject, modelError, q, type MetadataValue, type ModelInfo, type ModelTensor, type ParsedModel } from '../formats/common.js';
+import {
+  checkWellFormed,
+  decodeStrict,
+  findDuplicateKey,
+  isObject,
+  modelError,
+  q,
+  type MetadataValue,
+  type ModelInfo,
+  type ModelTensor,
+  type ParsedModel,
+} from '../formats/common.js';
 import { detect } from '../formats/detect.js';
 import { NeedMore, parseGgufPrefix } from '../formats/gguf.js';
 import { parseSafetensors, safetensorsHeaderEnd, SAFETENSORS_MAX_HEADER } from '../formats/safetensors.js';
@@ -199,7 +210,7 @@ async function extend(fh: FileHandle, buf: Buffer, length: number, file: string)
 
 /** Fills `buf[from..]` from the same file offsets (buffers here always start at offset 0). */
 async function fill(fh: FileHandle, buf: Buffer, from: number, file: string): Promise<void> {
-  for (let done = from; done < buf.length; ) {
+  for (let done = from; done < buf.length;) {
     const { bytesRead } = await fh.read(buf, done, buf.length - done, done).catch((e: unknown) => Promise.reject(asSystemError(e, file)));
     if (bytesRead === 0) throw modelError('ERR_MODEL_TRUNCATED', `file ended at ${done} while its header was read`, file);
     done += bytesRead;

@@ -20,7 +20,23 @@ import type { Expected } from '../pipeline/verify.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
 import type { NumaNode } from '../engine/numa.js';
-import { boolOption, budgetOption, functionOption, hugePagesOption, ioOption, numaNodeOption, optionNames, optionsObject, thpSetting, partSizeOption, pathOption, signalOption, targetOption, tuning, verifyOption } from './options.js';
+import {
+  boolOption,
+  budgetOption,
+  functionOption,
+  hugePagesOption,
+  ioOption,
+  numaNodeOption,
+  optionNames,
+  optionsObject,
+  thpSetting,
+  partSizeOption,
+  pathOption,
+  signalOption,
+  targetOption,
+  tuning,
+  verifyOption,
+} from './options.js';
 import type { HugePages, VerifyOption } from './options.js';
 import { allocateFresh, hugetlbRequest, numaRequest } from './pages.js';
 import type { FreshAllocation, HugetlbRequest, NumaRequest } from './pages.js';
@@ -114,7 +130,23 @@ export interface LoadOptions {
 }
 
 /** load()'s and loadRanges()'s option names (an unknown one is ERR_INVALID_ARG_VALUE). */
-export const LOAD_OPTIONS = optionNames<LoadOptions>()(['target', 'io', 'chunkSize', 'queueDepth', 'partSize', 'overlap', 'keepCache', 'heap', 'hugePages', 'numaNode', 'memoryBudget', 'onProgress', 'signal', 'into', 'verify']);
+export const LOAD_OPTIONS = optionNames<LoadOptions>()([
+  'target',
+  'io',
+  'chunkSize',
+  'queueDepth',
+  'partSize',
+  'overlap',
+  'keepCache',
+  'heap',
+  'hugePages',
+  'numaNode',
+  'memoryBudget',
+  'onProgress',
+  'signal',
+  'into',
+  'verify',
+]);
 
 /**
  * Loads the whole file at `path` into a new buffer of the chosen target and resolves once every byte is there.
@@ -140,7 +172,8 @@ export async function loadRanges(path: string, ranges: readonly FileRange[], opt
   let end = 0;
   for (const [i, r] of (ranges as readonly FileRange[]).entries()) {
     if (r === null || typeof r !== 'object') throw invalidType(`ranges[${i}]`, 'an object { offset, length }', r);
-    if (!Number.isSafeInteger(r.offset) || r.offset < end) throw outOfRange(`ranges[${i}].offset`, `an integer >= ${end} (ranges sorted, not overlapping)`, r.offset);
+    if (!Number.isSafeInteger(r.offset) || r.offset < end)
+      throw outOfRange(`ranges[${i}].offset`, `an integer >= ${end} (ranges sorted, not overlapping)`, r.offset);
     if (!Number.isSafeInteger(r.length) || r.length < 1) throw outOfRange(`ranges[${i}].length`, 'an integer >= 1', r.length);
     end = r.offset + r.length;
   }
@@ -174,7 +207,8 @@ function check(path: unknown, options: LoadOptions | undefined, call: string): C
   const into = o.into;
   if (into !== undefined) {
     if (!(into instanceof LoadedBuffer)) throw invalidType('into', 'a LoadedBuffer (from load() or allocate())', into);
-    if (o.target !== undefined && o.target !== into.target) throw invalidValue('target', o.target, `must be the into buffer's own target ('${into.target}') or left out`);
+    if (o.target !== undefined && o.target !== into.target)
+      throw invalidValue('target', o.target, `must be the into buffer's own target ('${into.target}') or left out`);
     if (o.partSize !== undefined) throw invalidValue('partSize', o.partSize, 'cannot be given with into: the buffer keeps its parts');
   }
   const target = into ? into.target : targetOption(o.target);
@@ -197,7 +231,11 @@ function check(path: unknown, options: LoadOptions | undefined, call: string): C
   };
 }
 
-async function loadInternal(path: string, options: LoadOptions, ranges: readonly FileRange[] | undefined): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
+async function loadInternal(
+  path: string,
+  options: LoadOptions,
+  ranges: readonly FileRange[] | undefined,
+): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
   const o = check(path, options, ranges ? 'loadRanges()' : 'load()');
   if (o.target === 'memory' && !o.into && !ranges && !o.hugetlb) {
     // Once per machine: the first touch of fresh memory with and without huge pages, measured before this load's
@@ -234,7 +272,12 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     if (reserved) {
       alloc = reuse(reserved.alloc, plan.capacity);
     } else {
-      fresh = allocateFresh(o.target, { size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> }, o.hugetlb, o.numa);
+      fresh = allocateFresh(
+        o.target,
+        { size: plan.size, capacity: plan.capacity, partSize: o.partSize, path, options: targetOptions as Record<string, unknown> },
+        o.hugetlb,
+        o.numa,
+      );
       alloc = fresh.alloc;
     }
     const allocMs = msSince(tAlloc);
@@ -245,17 +288,19 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     const group = new JobGroup(o.signal);
     // Bytes no range covers, read only to be hashed, alongside the load (a failure of either stops the other).
     const extra = check && check.gaps.length > 0 ? group.add(hashRanges(src, check.gaps, hash!, { tuning: o.tuning, signal: group.signal })) : undefined;
-    const r = await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () => schedule({
-      src: src!,
-      alloc: alloc!,
-      segments: plan.segments,
-      tuning: o.tuning,
-      overlap: o.overlap,
-      resident,
-      group,
-      hash,
-      onProgress: o.onProgress && ((bytes) => o.onProgress!({ bytes, total: plan.bytesRead })),
-    }));
+    const r = await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () =>
+      schedule({
+        src: src!,
+        alloc: alloc!,
+        segments: plan.segments,
+        tuning: o.tuning,
+        overlap: o.overlap,
+        resident,
+        group,
+        hash,
+        onProgress: o.onProgress && ((bytes) => o.onProgress!({ bytes, total: plan.bytesRead })),
+      }),
+    );
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
     const now = fstatSync(src.fd).size;
@@ -271,7 +316,7 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
     if (reserved) {
       // The padding past the file that whole-block reads filled; what lies beyond keeps its bytes.
       if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
-      const s = stats(src, plan, r, o, t0, c0, 'reused', 'the into buffer\'s memory, already faulted in');
+      const s = stats(src, plan, r, o, t0, c0, 'reused', "the into buffer's memory, already faulted in");
       if (verified) s.verified = verified;
       // The memory keeps its NUMA placement, and the stats keep saying what it is (a pool matches on it).
       if (o.into!.stats.numa) s.numa = o.into!.stats.numa;
@@ -299,7 +344,11 @@ async function loadInternal(path: string, options: LoadOptions, ranges: readonly
  * undefined. With verify 'auto' a load that would have to read more than an eighth of the file again only to hash
  * it checks nothing; a hash the caller gave is always checked.
  */
-async function verification(src: OpenedFile, segments: readonly number[], verify: VerifyOption): Promise<{ expected: Expected; gaps: Array<{ offset: number; length: number }> } | undefined> {
+async function verification(
+  src: OpenedFile,
+  segments: readonly number[],
+  verify: VerifyOption,
+): Promise<{ expected: Expected; gaps: Array<{ offset: number; length: number }> } | undefined> {
   const expected = await expectedFor(src.path, verify);
   if (!expected) return undefined;
   const missing = gaps(segments, src.size);
@@ -319,7 +368,9 @@ function reuseParts(parts: readonly Part[], size: number): Part[] {
 function reuse(a: Allocation, capacity: number): Allocation {
   return {
     ...a,
-    layout: a.layout.filter((p) => p.offset < capacity || p.offset === 0).map((p) => ({ offset: p.offset, length: Math.min(p.length, Math.max(0, capacity - p.offset)) })),
+    layout: a.layout
+      .filter((p) => p.offset < capacity || p.offset === 0)
+      .map((p) => ({ offset: p.offset, length: Math.min(p.length, Math.max(0, capacity - p.offset)) })),
     populateInJob: false,
     allocPart: async () => {},
     finish: () => [],
@@ -334,7 +385,9 @@ function planLoad(src: OpenedFile, ranges: readonly FileRange[] | undefined, bud
   if (ranges) {
     const last = ranges.at(-1);
     if (last && last.offset + last.length > src.size) {
-      throw new DmaloadError('ERR_OUT_OF_RANGE', `range ${last.offset}+${last.length} is past the end of '${src.path}' (${src.size} bytes)`, { path: src.path });
+      throw new DmaloadError('ERR_OUT_OF_RANGE', `range ${last.offset}+${last.length} is past the end of '${src.path}' (${src.size} bytes)`, {
+        path: src.path,
+      });
     }
     plan = place(ranges, src.size, block);
   } else {
@@ -353,7 +406,17 @@ function planLoad(src: OpenedFile, ranges: readonly FileRange[] | undefined, bud
 }
 
 /** Clears the padding, seals, exports the parts, and wraps it all in a LoadedBuffer with its stats. */
-function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, huge: { huge: boolean; reason: string } | undefined, fresh: FreshAllocation | undefined): LoadedBuffer {
+function finish(
+  src: OpenedFile,
+  alloc: Allocation,
+  plan: Placement & { size: number },
+  r: ScheduleResult,
+  o: Checked,
+  t0: number,
+  c0: NodeJS.CpuUsage,
+  huge: { huge: boolean; reason: string } | undefined,
+  fresh: FreshAllocation | undefined,
+): LoadedBuffer {
   const parts = alloc.finish(plan.size);
   const s = stats(src, plan, r, o, t0, c0, 'fresh', fresh?.reason ?? huge?.reason);
   if (huge) s.hugePages = huge.huge;
@@ -364,7 +427,16 @@ function finish(src: OpenedFile, alloc: Allocation, plan: Placement & { size: nu
   return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, s);
 }
 
-function stats(src: OpenedFile, plan: Placement & { size: number }, r: ScheduleResult, o: Checked, t0: number, c0: NodeJS.CpuUsage, memory: 'fresh' | 'reused', memoryReason?: string): LoadStats {
+function stats(
+  src: OpenedFile,
+  plan: Placement & { size: number },
+  r: ScheduleResult,
+  o: Checked,
+  t0: number,
+  c0: NodeJS.CpuUsage,
+  memory: 'fresh' | 'reused',
+  memoryReason?: string,
+): LoadStats {
   const ms = msSince(t0);
   const eng = engine.engine();
   return {

@@ -129,13 +129,40 @@ function plan(selected: readonly ModelTensor[], gap: number): FilePlan[] {
  */
 /** loadModel()'s option names: load()'s and its own (an unknown one is ERR_INVALID_ARG_VALUE). */
 export const LOAD_MODEL_OPTIONS = optionNames<LoadModelOptions>()([
-  'target', 'io', 'chunkSize', 'queueDepth', 'partSize', 'overlap', 'keepCache', 'heap', 'hugePages', 'numaNode', 'memoryBudget', 'onProgress', 'signal', 'into', 'verify',
-  'tensors', 'coalesceGap', 'rank', 'worldSize', 'split',
+  'target',
+  'io',
+  'chunkSize',
+  'queueDepth',
+  'partSize',
+  'overlap',
+  'keepCache',
+  'heap',
+  'hugePages',
+  'numaNode',
+  'memoryBudget',
+  'onProgress',
+  'signal',
+  'into',
+  'verify',
+  'tensors',
+  'coalesceGap',
+  'rank',
+  'worldSize',
+  'split',
 ]);
 
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
   const t0 = performance.now();
-  const { tensors: wanted, signal: givenSignal, onProgress: givenProgress, coalesceGap: givenGap, rank, worldSize, split, ...loadOptions } = optionsObject(options, LOAD_MODEL_OPTIONS, 'loadModel()');
+  const {
+    tensors: wanted,
+    signal: givenSignal,
+    onProgress: givenProgress,
+    coalesceGap: givenGap,
+    rank,
+    worldSize,
+    split,
+    ...loadOptions
+  } = optionsObject(options, LOAD_MODEL_OPTIONS, 'loadModel()');
   const partition = rankSpec({ rank, worldSize, split });
   const coalesceGap = byteCountOption('coalesceGap', givenGap) ?? MODEL_COALESCE_GAP;
   if (wanted !== undefined && typeof wanted !== 'function' && !Array.isArray(wanted)) {
@@ -274,7 +301,12 @@ function progressAggregator(plans: readonly FilePlan[], onProgress: (p: LoadProg
  * closes what was loaded; a buffer shorter than a tensor's end (the file changed since its header was read) is
  * ERR_FILE_CHANGED.
  */
-export async function modelFromFiles(path: string, wanted: LoadModelOptions['tensors'], loadFile: (file: string) => Promise<LoadedBuffer>, partition?: RankSpec): Promise<LoadedModel> {
+export async function modelFromFiles(
+  path: string,
+  wanted: LoadModelOptions['tensors'],
+  loadFile: (file: string) => Promise<LoadedBuffer>,
+  partition?: RankSpec,
+): Promise<LoadedModel> {
   const t0 = performance.now();
   const info = await inspect(path);
   // The same plan as loadModel()'s: this rank's tensors and row slices, each a view into its whole shared file.
@@ -294,11 +326,20 @@ export async function modelFromFiles(path: string, wanted: LoadModelOptions['ten
     const b = t.bytes > 0 ? byFile.get(t.file) : undefined;
     if (b && t.offset + t.bytes > b.size) {
       closeAll(buffers);
-      throw new DmaloadError('ERR_FILE_CHANGED', `'${t.file}' is ${b.size} bytes now, too short for tensor ${q(t.name)} (ends at ${t.offset + t.bytes}); load it again`, { path: t.file });
+      throw new DmaloadError(
+        'ERR_FILE_CHANGED',
+        `'${t.file}' is ${b.size} bytes now, too short for tensor ${q(t.name)} (ends at ${t.offset + t.bytes}); load it again`,
+        { path: t.file },
+      );
     }
     tensors.set(t.name, new Tensor(t, b, t.offset, owner));
   }
-  const perFile = files.map((file, i) => ({ file, tensors: selected.filter((t) => t.file === file && t.bytes > 0).length, ranges: 1, stats: buffers[i]!.stats }));
+  const perFile = files.map((file, i) => ({
+    file,
+    tensors: selected.filter((t) => t.file === file && t.bytes > 0).length,
+    ranges: 1,
+    stats: buffers[i]!.stats,
+  }));
   const stats = modelStats(t0, selected, perFile);
   return new Model(info.format, info.metadata, tensors, undefined, stats, buffers, owner);
 }

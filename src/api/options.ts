@@ -62,7 +62,7 @@ export function knob(name: KnobName, value: unknown, dflt: number, label: string
   if (v === undefined && k.env !== undefined) {
     const e = process.env[k.env];
     if (e !== undefined && e !== '') {
-      v = k.size ? parseSize(e) ?? e : Number(e);
+      v = k.size ? (parseSize(e) ?? e) : Number(e);
       label = k.env;
     }
   }
@@ -208,7 +208,9 @@ export type OptionNames = readonly string[];
  * of `T` missing from the list, is a type error. `optionNames<LoadOptions>()(['target', …])`.
  */
 export function optionNames<T>() {
-  return <const K extends readonly (keyof T & string)[]>(names: K & ([Exclude<keyof T, K[number]>] extends [never] ? unknown : { missing: Exclude<keyof T, K[number]> })): OptionNames => names;
+  return <const K extends readonly (keyof T & string)[]>(
+    names: K & ([Exclude<keyof T, K[number]>] extends [never] ? unknown : { missing: Exclude<keyof T, K[number]> }),
+  ): OptionNames => names;
 }
 
 /** The name in `names` closest to `key` (edit distance at most 3, or differing only in case), if any. */

@@ -35,7 +35,11 @@ export function hugetlbRequest(option: HugePages | undefined, target: TargetName
   if (option !== undefined) {
     if (typeof option === 'boolean') return undefined;
     if (!HUGETLB_TARGETS.includes(target)) {
-      throw invalidValue('hugePages', option, `applies to targets ${HUGETLB_TARGETS.map((t) => `'${t}'`).join(', ')}, not '${target}' (a DMA heap allocates its own pages)`);
+      throw invalidValue(
+        'hugePages',
+        option,
+        `applies to targets ${HUGETLB_TARGETS.map((t) => `'${t}'`).join(', ')}, not '${target}' (a DMA heap allocates its own pages)`,
+      );
     }
     return { label: `hugePages: '${option}'`, fallback: option === 'hugetlb-or-small' };
   }
@@ -69,7 +73,11 @@ export function numaRequest(option: NumaNode | undefined, target: TargetName, in
   if (option !== undefined) {
     if (into) throw invalidValue('numaNode', option, 'cannot be given with into: the buffer keeps its memory, and its pages stay on the nodes they are on');
     if (!NUMA_TARGETS.includes(target)) {
-      throw invalidValue('numaNode', option, `applies to targets ${NUMA_TARGETS.map((t) => `'${t}'`).join(', ')}, not '${target}' (a DMA heap allocates its own pages)`);
+      throw invalidValue(
+        'numaNode',
+        option,
+        `applies to targets ${NUMA_TARGETS.map((t) => `'${t}'`).join(', ')}, not '${target}' (a DMA heap allocates its own pages)`,
+      );
     }
     node = option;
     name = 'numaNode';
@@ -86,7 +94,8 @@ export function numaRequest(option: NumaNode | undefined, target: TargetName, in
     throw outOfRange(name, `0 or 'interleave': this kernel has no NUMA (no ${NODE_DIR}), all its memory is node 0`, node);
   }
   if (node === 'interleave') return { node, label, nodes: have };
-  if (!have.includes(node)) throw outOfRange(name, `a node with memory (${have.length === 1 ? 'this machine has node' : 'nodes'} ${have.join(', ')}) or 'interleave'`, node);
+  if (!have.includes(node))
+    throw outOfRange(name, `a node with memory (${have.length === 1 ? 'this machine has node' : 'nodes'} ${have.join(', ')}) or 'interleave'`, node);
   return { node, label, nodes: [node] };
 }
 
@@ -128,7 +137,9 @@ export function allocateFresh(target: TargetName, req: AllocateRequest, want: Hu
     fresh.alloc.close();
     throw e;
   }
-  const how = interleave ? `pages interleaved over node${numa.nodes.length === 1 ? '' : 's'} ${numa.nodes.join(', ')} (MPOL_INTERLEAVE)` : `every page on node ${numa.nodes[0]} (MPOL_BIND)`;
+  const how = interleave
+    ? `pages interleaved over node${numa.nodes.length === 1 ? '' : 's'} ${numa.nodes.join(', ')} (MPOL_INTERLEAVE)`
+    : `every page on node ${numa.nodes[0]} (MPOL_BIND)`;
   fresh.numa = { node: numa.node, nodes: numa.nodes, reason: `${numa.label}: ${how}, bound before the pages were faulted in` };
   return fresh;
 }
@@ -150,7 +161,10 @@ function allocatePages(target: TargetName, req: AllocateRequest, want: HugetlbRe
   } catch (e) {
     if (!want.fallback || !(e instanceof HugetlbPoolError)) throw e;
     const alloc = targets[target].allocate({ ...req, hugetlb: undefined, options: { ...req.options, hugePages: false } });
-    const short = e.pageSize > 0 ? `the hugetlb pool has ${e.pagesAvailable} of the ${e.pagesNeeded} huge pages of ${formatBytes(e.pageSize)} needed` : 'this kernel has no hugetlb pages';
+    const short =
+      e.pageSize > 0
+        ? `the hugetlb pool has ${e.pagesAvailable} of the ${e.pagesNeeded} huge pages of ${formatBytes(e.pageSize)} needed`
+        : 'this kernel has no hugetlb pages';
     return { alloc, reason: `${want.label}: small pages: ${short}` };
   }
 }

@@ -103,7 +103,8 @@ class Pool implements BufferPool {
 
   release(buffer: LoadedBuffer): void {
     if (!(buffer instanceof LoadedBuffer)) throw invalidType('buffer', 'a LoadedBuffer (from load() or allocate())', buffer);
-    if (buffer.closed) throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot release the buffer loaded from '${buffer.path}' to a pool: it was closed`, { path: buffer.path });
+    if (buffer.closed)
+      throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot release the buffer loaded from '${buffer.path}' to a pool: it was closed`, { path: buffer.path });
     if (this.#closed) return buffer.close();
     // reserve() refuses a busy or read-only buffer; moveTo() closes `buffer` and revokes its views.
     this.#keep(buffer.reserve().moveTo(buffer.path, buffer.size, [...buffer.parts], buffer.stats));
@@ -137,7 +138,7 @@ class Pool implements BufferPool {
   #keep(b: LoadedBuffer): void {
     if (this.#closed) return b.close();
     this.#idle.push(b);
-    for (let bytes = this.idleBytes; bytes > this.#max && this.#idle.length > 0; ) {
+    for (let bytes = this.idleBytes; bytes > this.#max && this.#idle.length > 0;) {
       const oldest = this.#idle.shift()!;
       bytes -= oldest.room;
       oldest.close();

@@ -111,7 +111,13 @@ export async function probe(path?: string, options: { firstTouch?: boolean } = {
     try {
       const a = dioAlign(fh.fd);
       const u = uncachedSupport(fh.fd);
-      result.file = { path, directIo: a.memAlign > 0, memAlign: a.memAlign, offsetAlign: a.offsetAlign, uncached: { supported: u === 0, error: u < 0 ? uncachedErrorCode(u) : undefined } };
+      result.file = {
+        path,
+        directIo: a.memAlign > 0,
+        memAlign: a.memAlign,
+        offsetAlign: a.offsetAlign,
+        uncached: { supported: u === 0, error: u < 0 ? uncachedErrorCode(u) : undefined },
+      };
     } finally {
       await fh.close();
     }

@@ -68,7 +68,11 @@ function validate(buffer: LoadedBuffer, o: RwOptions, write: boolean): Checked {
   const signal = signalOption(o.signal);
   if (buffer.closed) void buffer.bytes; // throws ERR_BUFFER_CLOSED, naming the file
   if (buffer.readOnly && !write) {
-    throw new DmaloadError('ERR_BUFFER_READ_ONLY', `The buffer of '${buffer.path}' is mapped read-only (served by dmaload serve); readInto a buffer from load() or allocate()`, { path: buffer.path });
+    throw new DmaloadError(
+      'ERR_BUFFER_READ_ONLY',
+      `The buffer of '${buffer.path}' is mapped read-only (served by dmaload serve); readInto a buffer from load() or allocate()`,
+      { path: buffer.path },
+    );
   }
   const size = BigInt(buffer.size);
   const fileOffset = big('fileOffset', o.fileOffset, 0n);
@@ -96,10 +100,33 @@ const fdatasync = promisify(fs.fdatasync);
  * Buffered pread/pwrite of a ragged edge (or, without O_DIRECT, of everything); returns bytes moved (a read stops
  * at EOF and writes nothing past it). Uncached (RWF_DONTCACHE, through the engine) where the file takes it.
  */
-async function edge(f: OpenedFile, write: boolean, region: Region, bufOffset: number, length: number, fileOffset: number, signal?: AbortSignal): Promise<number> {
+async function edge(
+  f: OpenedFile,
+  write: boolean,
+  region: Region,
+  bufOffset: number,
+  length: number,
+  fileOffset: number,
+  signal?: AbortSignal,
+): Promise<number> {
   const { fd, path } = f;
   if (f.rwFlags) {
-    const r = await uncachedRead(fd, write ? 0 : f.rwFlags, length, fileOffset, () => engine.run({ fd, write, direct: false, target: region, segments: [fileOffset, bufOffset, length], padTo: 1, bounce: false, populate: false, rwFlags: f.rwFlags, tuning: tuning(write ? 'write' : 'read', {}), path, signal }));
+    const r = await uncachedRead(fd, write ? 0 : f.rwFlags, length, fileOffset, () =>
+      engine.run({
+        fd,
+        write,
+        direct: false,
+        target: region,
+        segments: [fileOffset, bufOffset, length],
+        padTo: 1,
+        bounce: false,
+        populate: false,
+        rwFlags: f.rwFlags,
+        tuning: tuning(write ? 'write' : 'read', {}),
+        path,
+        signal,
+      }),
+    );
     return r.bytes;
   }
   return withBytesAsync(region, bufOffset, length, async (mem) => {
@@ -108,7 +135,9 @@ async function edge(f: OpenedFile, write: boolean, region: Region, bufOffset: nu
       const view = mem.subarray(done);
       let n: number;
       try {
-        n = write ? (await pwrite(fd, view, 0, view.length, fileOffset + done)).bytesWritten : (await pread(fd, view, 0, view.length, fileOffset + done)).bytesRead;
+        n = write
+          ? (await pwrite(fd, view, 0, view.length, fileOffset + done)).bytesWritten
+          : (await pread(fd, view, 0, view.length, fileOffset + done)).bytesRead;
       } catch (e) {
         throw asSystemError(e, path);
       }
@@ -128,7 +157,11 @@ function split(f: OpenedFile, c: Checked, write: boolean): { head: number; mid: 
   if (!f.direct) return { head: 0, mid: 0 };
   const A = f.align.offsetAlign;
   if (c.io === 'direct') {
-    for (const [what, v] of [['fileOffset', c.fileOffset], ['bufOffset', c.bufOffset], ['length', c.length]] as const) {
+    for (const [what, v] of [
+      ['fileOffset', c.fileOffset],
+      ['bufOffset', c.bufOffset],
+      ['length', c.length],
+    ] as const) {
       if (v % A !== 0) throw alignmentError(f.path, what, v, A);
     }
   }

@@ -22,9 +22,12 @@ const SAVE_OPTIONS = optionNames<SaveOptions>()(['io', 'queueDepth', 'chunkSize'
 export async function save(source: SaveSource, path: string, options: SaveOptions = {}): Promise<WriterResult> {
   optionsObject(options, SAVE_OPTIONS, 'save()');
   // Array.isArray() narrows a ReadonlyArray to any[]: name the element type again.
-  const list: readonly (LoadedBuffer | Uint8Array)[] = Array.isArray(source) ? (source as readonly (LoadedBuffer | Uint8Array)[]) : [source as LoadedBuffer | Uint8Array];
+  const list: readonly (LoadedBuffer | Uint8Array)[] = Array.isArray(source)
+    ? (source as readonly (LoadedBuffer | Uint8Array)[])
+    : [source as LoadedBuffer | Uint8Array];
   for (const [i, s] of list.entries()) {
-    if (!(s instanceof LoadedBuffer) && !(s instanceof Uint8Array)) throw invalidType(Array.isArray(source) ? `source[${i}]` : 'source', 'a LoadedBuffer or a Uint8Array', s);
+    if (!(s instanceof LoadedBuffer) && !(s instanceof Uint8Array))
+      throw invalidType(Array.isArray(source) ? `source[${i}]` : 'source', 'a LoadedBuffer or a Uint8Array', s);
   }
   // Borrow every buffer first: a closed one is refused before anything is written.
   const leases = list.map((s) => (s instanceof LoadedBuffer ? s.borrow('the buffer to save') : undefined));

@@ -34,19 +34,32 @@ type TypedArrayCtor = new (buffer: ArrayBufferLike, byteOffset: number, length: 
 /** dtype (safetensors and ggml spell these the same) → typed array constructor. */
 function typedArrayFor(dtype: string): TypedArrayCtor | undefined {
   switch (dtype) {
-    case 'F32': return Float32Array;
-    case 'F64': return Float64Array;
-    case 'I8': return Int8Array;
-    case 'U8': return Uint8Array;
-    case 'BOOL': return Uint8Array;
-    case 'I16': return Int16Array;
-    case 'U16': return Uint16Array;
-    case 'I32': return Int32Array;
-    case 'U32': return Uint32Array;
-    case 'I64': return BigInt64Array;
-    case 'U64': return BigUint64Array;
-    case 'F16': return (globalThis as { Float16Array?: TypedArrayCtor }).Float16Array;
-    default: return undefined;
+    case 'F32':
+      return Float32Array;
+    case 'F64':
+      return Float64Array;
+    case 'I8':
+      return Int8Array;
+    case 'U8':
+      return Uint8Array;
+    case 'BOOL':
+      return Uint8Array;
+    case 'I16':
+      return Int16Array;
+    case 'U16':
+      return Uint16Array;
+    case 'I32':
+      return Int32Array;
+    case 'U32':
+      return Uint32Array;
+    case 'I64':
+      return BigInt64Array;
+    case 'U64':
+      return BigUint64Array;
+    case 'F16':
+      return (globalThis as { Float16Array?: TypedArrayCtor }).Float16Array;
+    default:
+      return undefined;
   }
 }
 
@@ -174,10 +187,16 @@ export class Tensor implements LoadedTensor {
 
   view(offset: number, length: number): Uint8Array {
     if (this.#owner.closed) {
-      throw new DmaloadError('ERR_BUFFER_CLOSED', `Cannot use the bytes of tensor ${q(this.name)} of the model loaded from '${this.#owner.path}': it was closed`, { path: this.#owner.path });
+      throw new DmaloadError(
+        'ERR_BUFFER_CLOSED',
+        `Cannot use the bytes of tensor ${q(this.name)} of the model loaded from '${this.#owner.path}': it was closed`,
+        { path: this.#owner.path },
+      );
     }
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset > this.byteLength) throw outOfRange('offset', `an integer >= 0 and <= ${this.byteLength}`, offset);
-    if (!Number.isSafeInteger(length) || length < 0 || length > this.byteLength - offset) throw outOfRange('length', `an integer >= 0 and <= ${this.byteLength - offset}`, length);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > this.byteLength)
+      throw outOfRange('offset', `an integer >= 0 and <= ${this.byteLength}`, offset);
+    if (!Number.isSafeInteger(length) || length < 0 || length > this.byteLength - offset)
+      throw outOfRange('length', `an integer >= 0 and <= ${this.byteLength - offset}`, length);
     if (!this.buffer || length === 0) return new Uint8Array(0);
     return this.buffer.view(this.bufferOffset + offset, length);
   }
@@ -200,7 +219,19 @@ export class Tensor implements LoadedTensor {
 
   toJSON(): RankTensor {
     const { unknownType, typeId, bytesInferred, rows, replicated } = this;
-    return { name: this.name, dtype: this.dtype, shape: this.shape, offset: this.offset, bytes: this.byteLength, file: this.file, unknownType, typeId, bytesInferred, rows, replicated };
+    return {
+      name: this.name,
+      dtype: this.dtype,
+      shape: this.shape,
+      offset: this.offset,
+      bytes: this.byteLength,
+      file: this.file,
+      unknownType,
+      typeId,
+      bytesInferred,
+      rows,
+      replicated,
+    };
   }
 }
 
@@ -213,7 +244,15 @@ export class Model implements LoadedModel {
   readonly partition: Readonly<RankSpec> | undefined;
   readonly #owner: Owner;
 
-  constructor(format: ModelFormat, metadata: Record<string, MetadataValue>, tensors: Map<string, LoadedTensor>, partition: RankSpec | undefined, stats: LoadModelStats, buffers: LoadedBuffer[], owner: Owner) {
+  constructor(
+    format: ModelFormat,
+    metadata: Record<string, MetadataValue>,
+    tensors: Map<string, LoadedTensor>,
+    partition: RankSpec | undefined,
+    stats: LoadModelStats,
+    buffers: LoadedBuffer[],
+    owner: Owner,
+  ) {
     this.format = format;
     this.metadata = metadata;
     this.tensors = tensors;

@@ -70,13 +70,22 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
     hs = new HashStream(src.size, path);
     const stream = hs;
     await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () =>
-      hashRanges(src, [{ offset: 0, length: src.size }], stream, { tuning: tune, signal, onProgress: onProgress && ((bytes) => onProgress({ bytes, total: src.size })) }),
+      hashRanges(src, [{ offset: 0, length: src.size }], stream, {
+        tuning: tune,
+        signal,
+        onProgress: onProgress && ((bytes) => onProgress({ bytes, total: src.size })),
+      }),
     );
     const now = fstatSync(src.fd).size;
     if (now !== src.size) fileChanged(path, 'verify', src.size, now);
     const h = await hs.finish();
     hs = undefined;
-    if (h.digest === undefined) throw new DmaloadError('ERR_FILE_CHANGED', `'${path}': only ${h.hashed} of ${src.size} bytes could be hashed (the file changed while it was read); verify it again`, { path });
+    if (h.digest === undefined)
+      throw new DmaloadError(
+        'ERR_FILE_CHANGED',
+        `'${path}': only ${h.hashed} of ${src.size} bytes could be hashed (the file changed while it was read); verify it again`,
+        { path },
+      );
     const ms = msSince(t0);
     return {
       path,

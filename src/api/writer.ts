@@ -80,13 +80,28 @@ export async function createWriter(path: string, options: WriterOptions = {}): P
 }
 
 /** createWriter()'s option names; save() takes the same but expectedSize (it knows the size). */
-export const WRITER_OPTIONS = optionNames<WriterOptions>()(['io', 'queueDepth', 'chunkSize', 'bufferSize', 'atomic', 'fsync', 'expectedSize', 'mode', 'signal']);
+export const WRITER_OPTIONS = optionNames<WriterOptions>()([
+  'io',
+  'queueDepth',
+  'chunkSize',
+  'bufferSize',
+  'atomic',
+  'fsync',
+  'expectedSize',
+  'mode',
+  'signal',
+]);
 
 /** @internal The writer with the methods save() and copy() use to write from regions. */
 export async function openWriter(path: string, options: WriterOptions = {}): Promise<CaptureWriter> {
   pathOption('path', path);
   const o = optionsObject(options);
-  const chunk = knob('chunkSize', aliased(o as Record<string, unknown>, 'chunkSize', 'bufferSize'), DEFAULTS.write.chunkSize, o.chunkSize === undefined && o.bufferSize !== undefined ? 'bufferSize' : 'chunkSize');
+  const chunk = knob(
+    'chunkSize',
+    aliased(o as Record<string, unknown>, 'chunkSize', 'bufferSize'),
+    DEFAULTS.write.chunkSize,
+    o.chunkSize === undefined && o.bufferSize !== undefined ? 'bufferSize' : 'chunkSize',
+  );
   const depth = knob('queueDepth', o.queueDepth, DEFAULTS.write.queueDepth);
   const io = ioOption(o.io);
   const atomic = boolOption('atomic', o.atomic, true);
@@ -182,7 +197,9 @@ export class CaptureWriter implements Writer {
 
   /** @internal Writes `length` bytes of a region from `offset`: in place where direct I/O can read it, else copied. */
   async writeRegion(region: Region, offset: number, length: number, opts: { copy: boolean }): Promise<void> {
-    await this.#guarded(() => this.#take(length, opts.copy ? undefined : { target: region, offset }, (off, n, dst) => withBytes(region, offset + off, n, (src) => dst.set(src))));
+    await this.#guarded(() =>
+      this.#take(length, opts.copy ? undefined : { target: region, offset }, (off, n, dst) => withBytes(region, offset + off, n, (src) => dst.set(src))),
+    );
   }
 
   /**
@@ -200,7 +217,10 @@ export class CaptureWriter implements Writer {
   async #guarded(fn: () => Promise<void>): Promise<void> {
     if (this.#state === 'failed' && this.#failure) throw this.#failure.error;
     if (this.#state !== 'open') throw this.#closedError();
-    if (this.#busy) throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${this.#dest.path}' is still pending; await each write() before the next`, { path: this.#dest.path });
+    if (this.#busy)
+      throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${this.#dest.path}' is still pending; await each write() before the next`, {
+        path: this.#dest.path,
+      });
     if (this.#failure) throw this.#failure.error;
     this.#signal?.throwIfAborted();
     this.#busy = true;
@@ -218,9 +238,20 @@ export class CaptureWriter implements Writer {
    * Takes `length` bytes: whole chunks in place when `inPlace` memory is aligned, the rest through staging. With
    * `pending`, the in-place writes are handed back there instead of waited for.
    */
-  async #take(length: number, inPlace: { target: TransferTarget; offset: number } | undefined, copyInto: (off: number, n: number, dst: Uint8Array) => void, pending?: Array<Promise<void>>): Promise<void> {
+  async #take(
+    length: number,
+    inPlace: { target: TransferTarget; offset: number } | undefined,
+    copyInto: (off: number, n: number, dst: Uint8Array) => void,
+    pending?: Array<Promise<void>>,
+  ): Promise<void> {
     let off = 0;
-    if (this.#dest.direct && inPlace && this.#fill === 0 && length >= this.#chunk && (native.address(inPlace.target) + BigInt(inPlace.offset)) % BigInt(this.#memAlign) === 0n) {
+    if (
+      this.#dest.direct &&
+      inPlace &&
+      this.#fill === 0 &&
+      length >= this.#chunk &&
+      (native.address(inPlace.target) + BigInt(inPlace.offset)) % BigInt(this.#memAlign) === 0n
+    ) {
       const len = length - (length % this.#block);
       this.preallocate(this.#fileOff + len);
       // The caller may reuse the memory once write() resolves: wait for these writes, not just for room.
@@ -248,7 +279,10 @@ export class CaptureWriter implements Writer {
   async #flushSlot(len: number): Promise<void> {
     const slot = this.#cur;
     const p = this.#submit(this.#staging, slot * this.#chunk, len);
-    void p.then(() => this.#free.push(slot), () => this.#free.push(slot));
+    void p.then(
+      () => this.#free.push(slot),
+      () => this.#free.push(slot),
+    );
     this.#fill = 0;
     await this.#room();
     this.#cur = this.#free.pop()!;
@@ -289,7 +323,8 @@ export class CaptureWriter implements Writer {
 
   async close(): Promise<WriterResult> {
     if (this.#state !== 'open') throw this.#failure && this.#state === 'failed' ? this.#failure.error : this.#closedError();
-    if (this.#busy) throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${this.#dest.path}' is still pending; await it before close()`, { path: this.#dest.path });
+    if (this.#busy)
+      throw new DmaloadError('ERR_WRITER_BUSY', `A write to '${this.#dest.path}' is still pending; await it before close()`, { path: this.#dest.path });
     this.#state = 'closing';
     try {
       const size = this.#fileOff + this.#fill;
@@ -316,7 +351,12 @@ export class CaptureWriter implements Writer {
       await this.#release();
       this.#state = 'closed';
       const ms = Math.round((performance.now() - this.#t0) * 100) / 100;
-      return { bytes: size, ms, bytesPerSec: ms > 0 ? Math.round(size / (ms / 1000)) : 0, io: this.#dest.direct ? 'direct' : this.#dest.rwFlags ? 'uncached' : 'buffered' };
+      return {
+        bytes: size,
+        ms,
+        bytesPerSec: ms > 0 ? Math.round(size / (ms / 1000)) : 0,
+        io: this.#dest.direct ? 'direct' : this.#dest.rwFlags ? 'uncached' : 'buffered',
+      };
     } catch (e) {
       this.#fail(e);
       this.#state = 'failed';

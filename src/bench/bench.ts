@@ -137,16 +137,36 @@ function failed(reason: string): RowMeasure {
 
 /** fio, O_DIRECT io_uring with a deep queue: the device's limit. */
 function runFio(path: string, size: number, signal?: AbortSignal): Promise<RowMeasure> {
-  const args = ['--name=dmaload-bench', `--filename=${path}`, '--rw=read', '--bs=4M', '--iodepth=32', '--ioengine=io_uring', '--direct=1', `--size=${size}`, '--output-format=json', '--invalidate=1'];
+  const args = [
+    '--name=dmaload-bench',
+    `--filename=${path}`,
+    '--rw=read',
+    '--bs=4M',
+    '--iodepth=32',
+    '--ioengine=io_uring',
+    '--direct=1',
+    `--size=${size}`,
+    '--output-format=json',
+    '--invalidate=1',
+  ];
   return new Promise((resolve, reject) => {
     execFile('fio', args, { signal, maxBuffer: 16 << 20 }, (err, stdout) => {
       if (signal?.aborted) return reject(signal.reason);
       if (err && (err as NodeJS.ErrnoException).code === 'ENOENT') return resolve(failed('fio is not installed (apt-get install fio)'));
       try {
-        const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<{ read: { bw_bytes: number; runtime: number; io_bytes: number }; usr_cpu: number; sys_cpu: number }> };
+        const j = JSON.parse(stdout.slice(stdout.indexOf('{'))) as {
+          jobs: Array<{ read: { bw_bytes: number; runtime: number; io_bytes: number }; usr_cpu: number; sys_cpu: number }>;
+        };
         const job = j.jobs[0]!;
         const ioMs = job.read.runtime;
-        resolve({ supported: true, createMs: 0, ioMs, closeMs: 0, cpuMs: ((job.usr_cpu + job.sys_cpu) / 100) * ioMs, pageCacheBytes: pageCacheBytesOf(path, size) });
+        resolve({
+          supported: true,
+          createMs: 0,
+          ioMs,
+          closeMs: 0,
+          cpuMs: ((job.usr_cpu + job.sys_cpu) / 100) * ioMs,
+          pageCacheBytes: pageCacheBytesOf(path, size),
+        });
       } catch (e) {
         resolve(failed(`fio failed: ${err ? err.message : (e as Error).message}`));
       }
@@ -191,7 +211,8 @@ function fsOf(path: string): string {
   for (const line of readFileSync('/proc/mounts', 'utf8').split('\n')) {
     const [dev, mnt, type] = line.split(' ');
     if (!dev || !mnt || !type) continue;
-    if ((real === mnt || real.startsWith(mnt.endsWith('/') ? mnt : mnt + '/')) && mnt.length >= best.mnt.length) best = { mnt, desc: `${type} on ${dev} (${mnt})` };
+    if ((real === mnt || real.startsWith(mnt.endsWith('/') ? mnt : mnt + '/')) && mnt.length >= best.mnt.length)
+      best = { mnt, desc: `${type} on ${dev} (${mnt})` };
   }
   return best.desc;
 }
@@ -228,7 +249,11 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       const dir = benchDir(o.dir);
       const free = statfsSync(dir);
       if (free.bavail * free.bsize < size + 256 * MiB) {
-        throw new DmaloadError('ERR_BENCH_NO_SPACE', `a ${formatBytes(size)} test file does not fit in ${dir} (${formatBytes(free.bavail * free.bsize)} free); pass a smaller --size or a FILE`, { path: dir });
+        throw new DmaloadError(
+          'ERR_BENCH_NO_SPACE',
+          `a ${formatBytes(size)} test file does not fit in ${dir} (${formatBytes(free.bavail * free.bsize)} free); pass a smaller --size or a FILE`,
+          { path: dir },
+        );
       }
       tmp = mkdtempSync(join(dir, 'dmaload-bench-'));
       path = join(tmp, 'data.bin');
@@ -241,7 +266,11 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       if (size === 0) throw new DmaloadError('ERR_BENCH_FILE_TOO_SMALL', `'${path}' is empty; the bench needs a file of at least 1 byte`, { path });
     }
     if (size > memAvailable() * 0.8) {
-      throw new DmaloadError('ERR_MEMORY_BUDGET', `${formatBytes(size)} does not fit in free memory (${formatBytes(memAvailable())} available); use a smaller --size`, { path });
+      throw new DmaloadError(
+        'ERR_MEMORY_BUDGET',
+        `${formatBytes(size)} does not fit in free memory (${formatBytes(memAvailable())} available); use a smaller --size`,
+        { path },
+      );
     }
     if (want === undefined) {
       status('hashing the source (direct I/O, no page cache)');
@@ -259,7 +288,9 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
     const specs = planned.filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
     const measures: RowMeasure[][] = specs.map(() => []);
     const startCache: number[] = specs.map(() => 0);
-    const skip: Array<string | undefined> = specs.map((s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s));
+    const skip: Array<string | undefined> = specs.map(
+      (s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s),
+    );
     const total = rounds * skip.filter((s) => s === undefined).length;
     let done = 0;
     for (let r = 0; r < rounds; r++) {
@@ -318,7 +349,22 @@ function summarize(spec: RowSpec, ms: RowMeasure[], skipReason: string | undefin
   const ok = ms.filter((m) => m.supported);
   const zero = { ioMs: 0, mbps: 0, cpuMs: 0 };
   if (ok.length === 0 || ok.length < ms.length) {
-    return { ...spec, supported: false, reason: ms.find((m) => !m.supported)?.reason ?? skipReason, createMs: 0, ioMs: 0, closeMs: 0, mbps: 0, pct: null, cpuMs: 0, pageCacheBytes: 0, verified: null, startCacheBytes: 0, min: zero, max: zero };
+    return {
+      ...spec,
+      supported: false,
+      reason: ms.find((m) => !m.supported)?.reason ?? skipReason,
+      createMs: 0,
+      ioMs: 0,
+      closeMs: 0,
+      mbps: 0,
+      pct: null,
+      cpuMs: 0,
+      pageCacheBytes: 0,
+      verified: null,
+      startCacheBytes: 0,
+      min: zero,
+      max: zero,
+    };
   }
   const mbps = (m: RowMeasure) => (m.ioMs > 0 ? size / 1e6 / (m.ioMs / 1000) : 0);
   const pick = (f: (m: RowMeasure) => number) => ({ min: Math.min(...ok.map(f)), max: Math.max(...ok.map(f)), med: median(ok.map(f)) });

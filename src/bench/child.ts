@@ -8,5 +8,8 @@ try {
   process.stdout.write(JSON.stringify(m) + '\n');
 } catch (e) {
   const err = e as NodeJS.ErrnoException;
-  process.stdout.write(JSON.stringify({ supported: false, reason: `${err.code ?? 'error'}: ${err.message}`, createMs: 0, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: 0 }) + '\n');
+  process.stdout.write(
+    JSON.stringify({ supported: false, reason: `${err.code ?? 'error'}: ${err.message}`, createMs: 0, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: 0 }) +
+      '\n',
+  );
 }

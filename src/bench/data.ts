@@ -35,7 +35,7 @@ export function writeSeededFile(path: string, size: number, seed = size): string
     for (let off = 0, i = 0; off < size; off += PIECE, i++) {
       const b = seededBytes(Math.min(PIECE, size - off), seed + i);
       h.update(b);
-      for (let w = 0; w < b.length; ) w += writeSync(fd, b, w);
+      for (let w = 0; w < b.length;) w += writeSync(fd, b, w);
     }
     fsyncSync(fd);
   } finally {
@@ -56,7 +56,7 @@ export async function writeSeededFileAsync(path: string, size: number, seed = si
       signal?.throwIfAborted();
       const b = seededBytes(Math.min(PIECE, size - off), seed + i);
       h.update(b);
-      for (let w = 0; w < b.length; ) w += (await fh.write(b, w)).bytesWritten;
+      for (let w = 0; w < b.length;) w += (await fh.write(b, w)).bytesWritten;
     }
     await fh.sync();
   } finally {

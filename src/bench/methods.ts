@@ -55,7 +55,8 @@ const FD_METHODS: ReadonlySet<Method> = new Set(['sendfile', 'splice', 'copy_fil
 
 /** Why a row cannot exist at all (before trying it), or undefined. */
 export function staticUnsupported(r: RowSpec): string | undefined {
-  if (FD_METHODS.has(r.method) && r.target !== 'memfd' && r.target !== 'udmabuf') return `${r.method} writes into a file descriptor; target ${r.target} has none to write to`;
+  if (FD_METHODS.has(r.method) && r.target !== 'memfd' && r.target !== 'udmabuf')
+    return `${r.method} writes into a file descriptor; target ${r.target} has none to write to`;
   return undefined;
 }
 
@@ -145,7 +146,20 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
       // Never through a bounce buffer: read-direct into a VM_PFNMAP mapping must fail and say so.
       // 'uncached': the same read() as preadv2 with RWF_DONTCACHE.
       const rwFlags = spec.io === 'uncached' ? native.constants.RWF_DONTCACHE : 0;
-      const job = native.transfer({ fd, write: false, direct, target: region, segments: [0, 0, size], chunk: roundUp(Math.min(size, 1024 * MiB), 4096), depth: 1, padTo: align, engine: 'threads', bounce: false, populate: false, rwFlags });
+      const job = native.transfer({
+        fd,
+        write: false,
+        direct,
+        target: region,
+        segments: [0, 0, size],
+        chunk: roundUp(Math.min(size, 1024 * MiB), 4096),
+        depth: 1,
+        padTo: align,
+        engine: 'threads',
+        bounce: false,
+        populate: false,
+        rwFlags,
+      });
       const r = await job.promise;
       if (r.errno) throw new Unsupported(`read failed with ${errnoCode(r.errno)}`);
       return;
@@ -156,7 +170,7 @@ async function move(spec: RowSpec, fd: number, alloc: Allocation, size: number, 
       const staging = anonymous(chunk, false);
       const buf = bytesOf(staging, 0, chunk);
       try {
-        for (let off = 0; off < size; ) {
+        for (let off = 0; off < size;) {
           const n = readSync(fd, buf, 0, chunk, off);
           if (n <= 0) break;
           const want = Math.min(n, size - off);
@@ -207,7 +221,16 @@ async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
 async function runReload(spec: RowSpec, path: string): Promise<RowMeasure> {
   const first = await load(path, { target: spec.target, io: spec.io, ...(spec.hugePages ? { hugePages: spec.hugePages } : {}) });
   const stayed = evictPath(path);
-  if (stayed > 0) return { supported: false, reason: `${stayed} bytes of the file stayed in the page cache after eviction`, createMs: 0, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: stayed };
+  if (stayed > 0)
+    return {
+      supported: false,
+      reason: `${stayed} bytes of the file stayed in the page cache after eviction`,
+      createMs: 0,
+      ioMs: 0,
+      closeMs: 0,
+      cpuMs: 0,
+      pageCacheBytes: stayed,
+    };
   const c0 = cpu();
   const b = await load(path, { io: spec.io, into: first });
   const cpuIo = cpu() - c0;

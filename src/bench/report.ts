@@ -63,18 +63,29 @@ export function summary(rep: BenchReport): string[] {
   const out: string[] = [];
   if (!best) return [`dmaload: no supported row in this run`];
   const used = best.ioUsed && best.ioUsed !== best.io ? ` (${best.ioUsed})` : '';
-  out.push(`dmaload's best: ${label(best)}${used}: ${best.mbps} MB/s, CPU ${best.cpuMs.toFixed(0)} ms, page cache left ${pctOf(best.pageCacheBytes, rep.size)}`);
-  out.push(fio ? `  vs fio (the device's limit, ${fio.mbps} MB/s): ${x(best.mbps, fio.mbps)} its speed` : '  vs fio: not measured (fio missing or not in --methods)');
+  out.push(
+    `dmaload's best: ${label(best)}${used}: ${best.mbps} MB/s, CPU ${best.cpuMs.toFixed(0)} ms, page cache left ${pctOf(best.pageCacheBytes, rep.size)}`,
+  );
+  out.push(
+    fio ? `  vs fio (the device's limit, ${fio.mbps} MB/s): ${x(best.mbps, fio.mbps)} its speed` : '  vs fio: not measured (fio missing or not in --methods)',
+  );
   out.push(
     readFile
       ? `  vs Node's readFile (${readFile.mbps} MB/s, CPU ${readFile.cpuMs.toFixed(0)} ms, page cache left ${pctOf(readFile.pageCacheBytes, rep.size)}): ${x(best.mbps, readFile.mbps)} its speed, ${x(best.cpuMs, readFile.cpuMs)} its CPU`
       : `  vs Node's readFile: not measured${rep.size > 2 ** 31 - 1 ? ' (readFile refuses files over 2 GiB)' : ''}`,
   );
   if (leanest && leanest !== best && leanest.cpuMs < best.cpuMs) {
-    out.push(`dmaload's least CPU on fresh memory: ${label(leanest)}: ${leanest.cpuMs.toFixed(0)} ms${readFile ? `, ${x(leanest.cpuMs, readFile.cpuMs)} readFile's` : ''}, ${leanest.mbps} MB/s`);
+    out.push(
+      `dmaload's least CPU on fresh memory: ${label(leanest)}: ${leanest.cpuMs.toFixed(0)} ms${readFile ? `, ${x(leanest.cpuMs, readFile.cpuMs)} readFile's` : ''}, ${leanest.mbps} MB/s`,
+    );
   }
   if (reload) {
-    const parts = [`${reload.mbps} MB/s`, fio ? `${x(reload.mbps, fio.mbps)} fio's speed` : undefined, `CPU ${reload.cpuMs.toFixed(0)} ms`, readFile ? `${x(reload.cpuMs, readFile.cpuMs)} readFile's CPU` : undefined];
+    const parts = [
+      `${reload.mbps} MB/s`,
+      fio ? `${x(reload.mbps, fio.mbps)} fio's speed` : undefined,
+      `CPU ${reload.cpuMs.toFixed(0)} ms`,
+      readFile ? `${x(reload.cpuMs, readFile.cpuMs)} readFile's CPU` : undefined,
+    ];
     out.push(`reload into memory already faulted in (${label(reload)}): ${parts.filter(Boolean).join(', ')}`);
   }
   if (notCold.length) out.push(`warning: cold rounds of ${notCold.join(', ')} started with pages of the file still cached (mapped or locked by a process)`);
@@ -97,7 +108,18 @@ export function table(rep: BenchReport): string {
 export function markdown(rep: BenchReport): string {
   const rows = displayRows(rep);
   const sum = summary(rep).map((l) => `    ${l}`);
-  return [`${header(rep)}\n`, ...sum, '', `| ${COLS.join(' | ')} |`, `|${COLS.map((_, j) => (j === 1 ? ' --- ' : ' ---: ')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`), '', ...sum].join('\n') + '\n';
+  return (
+    [
+      `${header(rep)}\n`,
+      ...sum,
+      '',
+      `| ${COLS.join(' | ')} |`,
+      `|${COLS.map((_, j) => (j === 1 ? ' --- ' : ' ---: ')).join('|')}|`,
+      ...rows.map((r) => `| ${r.join(' | ')} |`),
+      '',
+      ...sum,
+    ].join('\n') + '\n'
+  );
 }
 
 function esc(s: string): string {
@@ -120,12 +142,16 @@ export function svg(rep: BenchReport): string {
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + chartW + 200}" height="${h}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="100%" height="100%" fill="white"/>`);
   out.push(`<text x="10" y="20" font-size="14" font-weight="bold">${esc(`dmaload bench: ${formatBytes(rep.size)}, ${rep.cache} cache`)}</text>`);
-  out.push(`<text x="10" y="38" fill="#555">${esc(`${rep.machine.kernel}, ${rep.machine.fs}. Bars: MB/s (median, whisker min–max); thin bar: CPU ms (max ${maxCpu.toFixed(0)})`)}</text>`);
+  out.push(
+    `<text x="10" y="38" fill="#555">${esc(`${rep.machine.kernel}, ${rep.machine.fs}. Bars: MB/s (median, whisker min–max); thin bar: CPU ms (max ${maxCpu.toFixed(0)})`)}</text>`,
+  );
   rows.forEach((r, i) => {
     const y = top + i * rowH;
     const ours = r.method === 'dmaload';
     out.push(`<text x="${labelW - 8}" y="${y + 14}" text-anchor="end"${ours ? ' font-weight="bold"' : ''}>${esc(label(r))}</text>`);
-    out.push(`<rect x="${labelW}" y="${y + 2}" width="${(x(r.mbps) - labelW).toFixed(1)}" height="14" fill="${ours ? '#1f77b4' : r.method === 'fio' ? '#888' : '#9ecae1'}"/>`);
+    out.push(
+      `<rect x="${labelW}" y="${y + 2}" width="${(x(r.mbps) - labelW).toFixed(1)}" height="14" fill="${ours ? '#1f77b4' : r.method === 'fio' ? '#888' : '#9ecae1'}"/>`,
+    );
     out.push(`<line x1="${x(r.min.mbps).toFixed(1)}" x2="${x(r.max.mbps).toFixed(1)}" y1="${y + 9}" y2="${y + 9}" stroke="#333"/>`);
     out.push(`<rect x="${labelW}" y="${y + 19}" width="${((chartW * r.cpuMs) / maxCpu).toFixed(1)}" height="4" fill="#d62728"/>`);
     out.push(`<text x="${(x(r.max.mbps) + 6).toFixed(1)}" y="${y + 14}">${r.mbps} MB/s · ${r.cpuMs.toFixed(0)} ms CPU</text>`);

@@ -97,5 +97,8 @@ export function hugetlbRows(size: number): { ok: boolean; reason?: string } {
   const need = Math.ceil(size / pool.pageSize) + 1;
   if (pool.available >= need) return { ok: true };
   if (pool.total === 0) return { ok: false }; // no pool reserved: nothing to say on every run
-  return { ok: false, reason: `no hugetlb rows: the hugetlb pool has ${pool.available} of the ${need} pages of ${formatBytes(pool.pageSize)} a row takes (as root: sysctl vm.nr_hugepages=${pool.total + need - pool.available})` };
+  return {
+    ok: false,
+    reason: `no hugetlb rows: the hugetlb pool has ${pool.available} of the ${need} pages of ${formatBytes(pool.pageSize)} a row takes (as root: sysctl vm.nr_hugepages=${pool.total + need - pool.available})`,
+  };
 }

@@ -45,7 +45,10 @@ Options:
 
 function list<T extends string>(flag: string, v: string | undefined, allowed: readonly T[], dflt: readonly T[]): T[] {
   if (v === undefined) return [...dflt];
-  const items = v.split(',').map((s) => s.trim()).filter(Boolean);
+  const items = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const it of items) if (!(allowed as readonly string[]).includes(it)) throw new UsageError(`--${flag}: unknown '${it}'; valid: ${allowed.join(', ')}`);
   if (items.length === 0) throw new UsageError(`--${flag} needs at least one of ${allowed.join(', ')}`);
   return items as T[];
@@ -154,7 +157,10 @@ function sweepTable(reports: BenchReport[]): string {
   const first = reports[0]!;
   const hasFio = reports.every((r) => r.summary.fio);
   const what = hasFio ? "speed against fio's in the same run" : 'MB/s';
-  const lines = [`\nsweep: MB/s (× fio's at that size), CPU ms per GiB; spread = the slowest size against the fastest, by ${what}`, ['row', ...reports.map((r) => formatBytes(r.size)), 'spread'].join('\t')];
+  const lines = [
+    `\nsweep: MB/s (× fio's at that size), CPU ms per GiB; spread = the slowest size against the fastest, by ${what}`,
+    ['row', ...reports.map((r) => formatBytes(r.size)), 'spread'].join('\t'),
+  ];
   first.rows.forEach((row, i) => {
     if (!row.supported || row.method === 'fio') return;
     const speeds: number[] = [];

@@ -24,7 +24,12 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { io: { type: 'string' }, verify: { type: 'string' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    options: {
+      io: { type: 'string' },
+      verify: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
   });
   if (values.help) {
     io.stdout(CP_HELP);
@@ -40,9 +45,22 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
   try {
     const r = await copy(src, dst, { io: ioMode, verify, signal: interrupt.signal, onProgress: (p) => bar.update(p.bytes, p.total) });
     bar.done();
-    const out = { src, dst, size: r.bytes, ms: r.ms, bytesPerSec: r.bytesPerSec, readIo: r.readIo, writeIo: r.io, cpuMs: cpuMsSince(c0), ...(r.verified ? { sha256: r.verified.sha256, verified: r.verified } : {}) };
+    const out = {
+      src,
+      dst,
+      size: r.bytes,
+      ms: r.ms,
+      bytesPerSec: r.bytesPerSec,
+      readIo: r.readIo,
+      writeIo: r.io,
+      cpuMs: cpuMsSince(c0),
+      ...(r.verified ? { sha256: r.verified.sha256, verified: r.verified } : {}),
+    };
     if (values.json) io.stdout(JSON.stringify(out) + '\n');
-    else io.stdout(`${src} -> ${dst}: ${formatBytes(out.size)} in ${out.ms.toFixed(0)} ms (${(out.bytesPerSec / 1e6).toFixed(0)} MB/s), read ${out.readIo}, write ${out.writeIo}${r.verified ? `, sha256 ${r.verified.sha256}${r.verified.source === 'computed' ? '' : ` (verified against ${r.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})`}` : ''}\n`);
+    else
+      io.stdout(
+        `${src} -> ${dst}: ${formatBytes(out.size)} in ${out.ms.toFixed(0)} ms (${(out.bytesPerSec / 1e6).toFixed(0)} MB/s), read ${out.readIo}, write ${out.writeIo}${r.verified ? `, sha256 ${r.verified.sha256}${r.verified.source === 'computed' ? '' : ` (verified against ${r.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})`}` : ''}\n`,
+      );
     return 0;
   } finally {
     bar.done();

@@ -101,7 +101,10 @@ function rankPlan(info: ModelInfo, spec: RankSpec): RankPlan {
     file,
     tensors: ts.length,
     bytes: ts.reduce((n, t) => n + t.bytes, 0),
-    ranges: coalesce([...ts].sort((a, b) => a.offset - b.offset), MODEL_COALESCE_GAP),
+    ranges: coalesce(
+      [...ts].sort((a, b) => a.offset - b.offset),
+      MODEL_COALESCE_GAP,
+    ),
   }));
   return { format: info.format, ...spec, bytes: tensors.reduce((n, t) => n + t.bytes, 0), tensors, files };
 }
@@ -122,7 +125,12 @@ function summary(info: ModelInfo): string {
   let out = `format   ${info.format}\n`;
   out += `tensors  ${info.tensors.length}${unknown > 0 ? ` (${unknown} of a type this dmaload does not know: loaded as raw bytes)` : ''}\n`;
   out += `size     ${formatBytes(total)} (${total} bytes)\n`;
-  out += `dtypes   ${[...dtypes].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).map(([d, n]) => `${printable(d)} ${n}`).join(', ') || '-'}\n`;
+  out += `dtypes   ${
+    [...dtypes]
+      .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))
+      .map(([d, n]) => `${printable(d)} ${n}`)
+      .join(', ') || '-'
+  }\n`;
   out += `shards   ${shards.size}\n`;
   if (shards.size > 1) {
     for (const [file, s] of shards) out += `  ${printable(basename(file))}  ${s.tensors} tensors, ${formatBytes(s.bytes)}\n`;
@@ -178,7 +186,10 @@ function columns(header: string[], cells: string[][], right: Set<number>): strin
   const rows = cells.map((r) => r.map((c) => printable(c)));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
   const line = (cells: string[]) =>
-    cells.map((c, i) => (right.has(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join('  ').trimEnd() + '\n';
+    cells
+      .map((c, i) => (right.has(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number)))
+      .join('  ')
+      .trimEnd() + '\n';
   return line(header) + rows.map(line).join('');
 }
 

@@ -36,7 +36,9 @@ export function progressBar(io: CliIO, label: string): { update(bytes: number, t
       const fill = Math.round(frac * width);
       const s = (performance.now() - t0) / 1000;
       const rate = s > 0 ? bytes / s / 1e6 : 0;
-      io.stderr(`\r${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(bytes)} / ${formatBytes(total)}  ${rate.toFixed(0)} MB/s `);
+      io.stderr(
+        `\r${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(bytes)} / ${formatBytes(total)}  ${rate.toFixed(0)} MB/s `,
+      );
       drawn = true;
     },
     done() {

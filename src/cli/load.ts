@@ -52,7 +52,8 @@ export function partSizeFlag(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
   const n = parseSize(v);
   const k = KNOBS.partSize;
-  if (n === undefined || n < k.min || n % k.multipleOf !== 0) throw new UsageError(`--part-size must be a size that is a multiple of ${k.multipleOf}, e.g. 32MiB (got '${v}')`);
+  if (n === undefined || n < k.min || n % k.multipleOf !== 0)
+    throw new UsageError(`--part-size must be a size that is a multiple of ${k.multipleOf}, e.g. 32MiB (got '${v}')`);
   return n;
 }
 
@@ -102,12 +103,16 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
   let verify = verifyFlag(values.verify);
   if (values.hash && verify === 'auto') verify = true;
-  const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
+  const hp =
+    values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   const numaNode = numaNodeFlag(values['numa-node']);
   // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
   const stayed = values.evict ? evictPath(path) : undefined;
-  if (stayed) io.stderr(`warning: ${formatBytes(stayed)} of '${path}' stayed in the page cache after --evict (pages mapped or locked by a process); the load is not fully cold\n`);
+  if (stayed)
+    io.stderr(
+      `warning: ${formatBytes(stayed)} of '${path}' stayed in the page cache after --evict (pages mapped or locked by a process); the load is not fully cold\n`,
+    );
   const bar = progressBar(io, 'load');
   const interrupt = onInterrupt();
   let buf;

@@ -20,7 +20,11 @@ export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { json: { type: 'boolean', default: false }, 'first-touch': { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    options: {
+      json: { type: 'boolean', default: false },
+      'first-touch': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
   });
   if (values.help) {
     io.stdout(PROBE_HELP);
@@ -37,7 +41,10 @@ export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
     ['io_uring', p.ioUring.usable ? 'usable' : `not usable (${p.ioUring.reason})`],
   ];
   if (p.file) {
-    rows.push([`direct I/O (${p.file.path})`, p.file.directIo ? `yes: memory align ${p.file.memAlign}, offset align ${p.file.offsetAlign}` : 'no (file system does not support it)']);
+    rows.push([
+      `direct I/O (${p.file.path})`,
+      p.file.directIo ? `yes: memory align ${p.file.memAlign}, offset align ${p.file.offsetAlign}` : 'no (file system does not support it)',
+    ]);
     rows.push([`uncached I/O (${p.file.path})`, p.file.uncached.supported ? 'yes (RWF_DONTCACHE)' : `no (RWF_DONTCACHE: ${p.file.uncached.error})`]);
   }
   rows.push(
@@ -46,9 +53,24 @@ export async function probeCommand(argv: string[], io: CliIO): Promise<number> {
       `hugetlb pool ${formatBytes(h.pageSize)}${h.default ? ' (default)' : ''}`,
       `${h.total} pages, ${h.free} free, ${h.reserved} reserved, ${h.surplus} surplus${h.overcommit ? `, overcommit ${h.overcommit}` : ''}: ${h.available} available (${formatBytes(h.available * h.pageSize)})`,
     ]),
-    ['NUMA nodes', p.numa.available ? p.numa.nodes.map((n) => `${n.node}: ${formatBytes(n.freeBytes)} free of ${formatBytes(n.totalBytes)}`).join('; ') : 'none (a kernel without NUMA: all memory is node 0)'],
-    ['huge pages for fresh memory', p.firstTouch ? `${p.firstTouch.hugePages ? 'yes' : 'no'}: ${p.firstTouch.summary}` : 'not measured yet (--first-touch measures; a load of 256 MiB or more does once)'],
-    ['udmabuf', p.udmabuf.present ? `${p.udmabuf.device}, size_limit_mb ${p.udmabuf.sizeLimitMb ?? '?'}, list_limit ${p.udmabuf.listLimit ?? '?'}` : `absent (${p.udmabuf.device})`],
+    [
+      'NUMA nodes',
+      p.numa.available
+        ? p.numa.nodes.map((n) => `${n.node}: ${formatBytes(n.freeBytes)} free of ${formatBytes(n.totalBytes)}`).join('; ')
+        : 'none (a kernel without NUMA: all memory is node 0)',
+    ],
+    [
+      'huge pages for fresh memory',
+      p.firstTouch
+        ? `${p.firstTouch.hugePages ? 'yes' : 'no'}: ${p.firstTouch.summary}`
+        : 'not measured yet (--first-touch measures; a load of 256 MiB or more does once)',
+    ],
+    [
+      'udmabuf',
+      p.udmabuf.present
+        ? `${p.udmabuf.device}, size_limit_mb ${p.udmabuf.sizeLimitMb ?? '?'}, list_limit ${p.udmabuf.listLimit ?? '?'}`
+        : `absent (${p.udmabuf.device})`,
+    ],
     ['DMA heaps', p.dmaHeaps.length ? p.dmaHeaps.join(', ') : 'none (/dev/dma_heap)'],
     ['memlock limit', p.memlock === 'unlimited' ? 'unlimited' : formatBytes(p.memlock)],
     ['cpus / memory', `${p.cpus} / ${formatBytes(p.memoryBytes)}`],

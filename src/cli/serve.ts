@@ -116,7 +116,8 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
   const partSize = partSizeFlag(values['part-size']);
   const target = choice<ShareTarget>('target', values.target, SHARE_TARGETS, 'memfd');
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
-  const hp = values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
+  const hp =
+    values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   const numaNode = numaNodeFlag(values['numa-node']);
   const preload = [...(values.preload ?? []), ...positionals];
@@ -146,7 +147,9 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
     throw e;
   }
   const st = server.status();
-  io.stderr(`dmaload serve: listening on ${server.socket} (pid ${process.pid}, target ${target}, budget ${formatBytes(server.budget)}, ${st.entries} files preloaded)\n`);
+  io.stderr(
+    `dmaload serve: listening on ${server.socket} (pid ${process.pid}, target ${target}, budget ${formatBytes(server.budget)}, ${st.entries} files preloaded)\n`,
+  );
   // Serving until SIGINT, SIGTERM or SIGHUP: a stop the operator asked for, so exit 0.
   const stopped = interrupt.signal;
   if (!stopped.aborted) await new Promise((resolve) => stopped.addEventListener('abort', resolve, { once: true }));

@@ -24,7 +24,12 @@ export async function verifyCommand(argv: string[], io: CliIO): Promise<number> 
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { sha256: { type: 'string' }, io: { type: 'string' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    options: {
+      sha256: { type: 'string' },
+      io: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
   });
   if (values.help) {
     io.stdout(VERIFY_HELP);
@@ -41,7 +46,12 @@ export async function verifyCommand(argv: string[], io: CliIO): Promise<number> 
       const bar = progressBar(io, 'verify');
       let r: VerifyFileResult;
       try {
-        r = await verifyFile(path, { io: ioMode, signal: interrupt.signal, onProgress: (p) => bar.update(p.bytes, p.total), ...(values.sha256 ? { sha256: values.sha256 } : {}) });
+        r = await verifyFile(path, {
+          io: ioMode,
+          signal: interrupt.signal,
+          onProgress: (p) => bar.update(p.bytes, p.total),
+          ...(values.sha256 ? { sha256: values.sha256 } : {}),
+        });
       } catch (e) {
         bar.done();
         if (interrupt.signal.aborted) throw e;
@@ -58,8 +68,18 @@ export async function verifyCommand(argv: string[], io: CliIO): Promise<number> 
         io.stdout(JSON.stringify(r) + '\n');
       } else {
         const tag = r.ok === true ? 'OK      ' : r.ok === false ? 'MISMATCH' : '-       ';
-        const why = r.ok === undefined ? 'nothing to compare with' : r.ok ? `matches ${r.source === 'hub-cache' ? 'its hub-cache blob name' : '--sha256'}` : `expected ${r.expected} (${r.source === 'hub-cache' ? 'hub-cache blob name' : '--sha256'})`;
-        io.stdout(printable(`${tag}  ${r.sha256}  ${path}  (${formatBytes(r.size)} in ${r.ms.toFixed(0)} ms, ${(r.bytesPerSec / 1e6).toFixed(0)} MB/s, io ${r.io}; ${why})\n`, '\n'));
+        const why =
+          r.ok === undefined
+            ? 'nothing to compare with'
+            : r.ok
+              ? `matches ${r.source === 'hub-cache' ? 'its hub-cache blob name' : '--sha256'}`
+              : `expected ${r.expected} (${r.source === 'hub-cache' ? 'hub-cache blob name' : '--sha256'})`;
+        io.stdout(
+          printable(
+            `${tag}  ${r.sha256}  ${path}  (${formatBytes(r.size)} in ${r.ms.toFixed(0)} ms, ${(r.bytesPerSec / 1e6).toFixed(0)} MB/s, io ${r.io}; ${why})\n`,
+            '\n',
+          ),
+        );
       }
     }
   } finally {

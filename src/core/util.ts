@@ -9,7 +9,22 @@ export function roundUp(n: number, to: number): number {
   return to > 1 ? Math.ceil(n / to) * to : n;
 }
 
-const UNITS: Record<string, number> = { '': 1, b: 1, k: KiB, kb: 1e3, kib: KiB, m: MiB, mb: 1e6, mib: MiB, g: GiB, gb: 1e9, gib: GiB, t: GiB * KiB, tb: 1e12, tib: GiB * KiB };
+const UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: KiB,
+  kb: 1e3,
+  kib: KiB,
+  m: MiB,
+  mb: 1e6,
+  mib: MiB,
+  g: GiB,
+  gb: 1e9,
+  gib: GiB,
+  t: GiB * KiB,
+  tb: 1e12,
+  tib: GiB * KiB,
+};
 
 /** Parses `4096`, `4KiB`, `32MiB`, `1.5GB`, `1g` into a byte count; undefined when it is not a size. */
 export function parseSize(s: string): number | undefined {

@@ -215,18 +215,74 @@ export interface Native {
   errnoName(errno: number): string | undefined;
   fdConstants: Record<'IN_OPEN' | 'IN_CLOSE_WRITE' | 'IN_CLOSE_NOWRITE' | 'IN_DELETE_SELF' | 'IN_IGNORED' | 'IN_Q_OVERFLOW' | 'O_RDONLY' | 'O_RDWR', number>;
   shareConstants: Record<
-    'EPOLLIN' | 'EPOLLOUT' | 'EPOLLERR' | 'EPOLLHUP' | 'EPOLLRDHUP' | 'MSG_TRUNC' | 'MSG_CTRUNC' | 'O_PATH' | 'O_ACCMODE' | 'O_NONBLOCK' | 'F_SEAL_FUTURE_WRITE' | 'MAX_FDS',
+    | 'EPOLLIN'
+    | 'EPOLLOUT'
+    | 'EPOLLERR'
+    | 'EPOLLHUP'
+    | 'EPOLLRDHUP'
+    | 'MSG_TRUNC'
+    | 'MSG_CTRUNC'
+    | 'O_PATH'
+    | 'O_ACCMODE'
+    | 'O_NONBLOCK'
+    | 'F_SEAL_FUTURE_WRITE'
+    | 'MAX_FDS',
     number
   >;
   constants: Record<
-    | 'PAGE_SIZE' | 'PROT_READ' | 'PROT_WRITE' | 'MAP_SHARED' | 'MAP_PRIVATE' | 'MAP_ANONYMOUS' | 'MAP_NORESERVE'
-    | 'MAP_POPULATE' | 'MAP_HUGETLB' | 'PROT_NONE' | 'MADV_HUGEPAGE' | 'MPOL_DEFAULT' | 'MPOL_PREFERRED' | 'MPOL_BIND' | 'MPOL_INTERLEAVE'
-    | 'MPOL_MF_STRICT' | 'MPOL_MF_MOVE' | 'ENOSYS' | 'EINVAL' | 'MADV_POPULATE_WRITE' | 'MADV_DONTNEED' | 'MFD_CLOEXEC' | 'MFD_ALLOW_SEALING' | 'MFD_HUGETLB'
-    | 'F_SEAL_SEAL' | 'F_SEAL_SHRINK' | 'F_SEAL_GROW' | 'F_SEAL_WRITE' | 'POSIX_FADV_DONTNEED' | 'POSIX_FADV_SEQUENTIAL' | 'POSIX_FADV_RANDOM'
-    | 'DMA_BUF_SYNC_READ' | 'DMA_BUF_SYNC_WRITE' | 'DMA_BUF_SYNC_RW' | 'DMA_BUF_SYNC_START' | 'DMA_BUF_SYNC_END' | 'O_TMPFILE'
-    | 'RWF_DONTCACHE' | 'EAGAIN' | 'ECANCELED' | 'ENOENT' | 'EACCES' | 'EISDIR' | 'EPIPE' | 'ENAMETOOLONG' | 'EADDRINUSE'
-    | 'ECONNABORTED' | 'ECONNRESET' | 'ECONNREFUSED' | 'ETOOMANYREFS'
-    | 'SYNC_FILE_RANGE_WAIT_BEFORE' | 'SYNC_FILE_RANGE_WRITE' | 'SYNC_FILE_RANGE_WAIT_AFTER',
+    | 'PAGE_SIZE'
+    | 'PROT_READ'
+    | 'PROT_WRITE'
+    | 'MAP_SHARED'
+    | 'MAP_PRIVATE'
+    | 'MAP_ANONYMOUS'
+    | 'MAP_NORESERVE'
+    | 'MAP_POPULATE'
+    | 'MAP_HUGETLB'
+    | 'PROT_NONE'
+    | 'MADV_HUGEPAGE'
+    | 'MPOL_DEFAULT'
+    | 'MPOL_PREFERRED'
+    | 'MPOL_BIND'
+    | 'MPOL_INTERLEAVE'
+    | 'MPOL_MF_STRICT'
+    | 'MPOL_MF_MOVE'
+    | 'ENOSYS'
+    | 'EINVAL'
+    | 'MADV_POPULATE_WRITE'
+    | 'MADV_DONTNEED'
+    | 'MFD_CLOEXEC'
+    | 'MFD_ALLOW_SEALING'
+    | 'MFD_HUGETLB'
+    | 'F_SEAL_SEAL'
+    | 'F_SEAL_SHRINK'
+    | 'F_SEAL_GROW'
+    | 'F_SEAL_WRITE'
+    | 'POSIX_FADV_DONTNEED'
+    | 'POSIX_FADV_SEQUENTIAL'
+    | 'POSIX_FADV_RANDOM'
+    | 'DMA_BUF_SYNC_READ'
+    | 'DMA_BUF_SYNC_WRITE'
+    | 'DMA_BUF_SYNC_RW'
+    | 'DMA_BUF_SYNC_START'
+    | 'DMA_BUF_SYNC_END'
+    | 'O_TMPFILE'
+    | 'RWF_DONTCACHE'
+    | 'EAGAIN'
+    | 'ECANCELED'
+    | 'ENOENT'
+    | 'EACCES'
+    | 'EISDIR'
+    | 'EPIPE'
+    | 'ENAMETOOLONG'
+    | 'EADDRINUSE'
+    | 'ECONNABORTED'
+    | 'ECONNRESET'
+    | 'ECONNREFUSED'
+    | 'ETOOMANYREFS'
+    | 'SYNC_FILE_RANGE_WAIT_BEFORE'
+    | 'SYNC_FILE_RANGE_WRITE'
+    | 'SYNC_FILE_RANGE_WAIT_AFTER',
     number
   >;
 }
@@ -303,7 +359,10 @@ export function closeFd(fd: number): void {
   const r = native.closeFd(fd);
   if (r < 0) throw new DmaloadSystemError(r, 'close');
 }
-setStrerror((e) => native.strerror(e), (e) => native.errnoName(e));
+setStrerror(
+  (e) => native.strerror(e),
+  (e) => native.errnoName(e),
+);
 
 export const C = native.constants;
 export const PAGE_SIZE = C.PAGE_SIZE;

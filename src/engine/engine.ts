@@ -24,7 +24,8 @@ export function engine(): { engine: EngineName; reason: string | undefined } {
   const forced = process.env.DMALOAD_ENGINE;
   if (forced === 'threads') return { engine: 'threads', reason: 'DMALOAD_ENGINE=threads' };
   // A misspelt value must not silently mean the default: say which ones there are.
-  if (forced !== undefined && forced !== '' && forced !== 'uring') throw invalidValue('DMALOAD_ENGINE', forced, "must be 'threads' or 'uring' (or unset: io_uring where the kernel allows it)");
+  if (forced !== undefined && forced !== '' && forced !== 'uring')
+    throw invalidValue('DMALOAD_ENGINE', forced, "must be 'threads' or 'uring' (or unset: io_uring where the kernel allows it)");
   if (!probed) {
     const r = native.uringProbe();
     probed = r === 0 ? { engine: 'uring', reason: undefined } : { engine: 'threads', reason: `io_uring_setup failed with ${errnoCode(r)}` };
@@ -93,7 +94,8 @@ export class IoQueue {
     this.#path = opts.path;
     const q = native.queueOpen({ fd, write: opts.write, direct: opts.direct, depth: opts.depth, engine: this.engine, rwFlags: opts.rwFlags ?? 0 });
     // -errno: dup, io_uring_setup or the thread failed; nothing stays open.
-    if (typeof q === 'number') throw new DmaloadSystemError(q, q === -native.constants.EAGAIN ? 'pthread_create' : this.engine === 'uring' ? 'io_uring_setup' : 'fcntl', opts.path);
+    if (typeof q === 'number')
+      throw new DmaloadSystemError(q, q === -native.constants.EAGAIN ? 'pthread_create' : this.engine === 'uring' ? 'io_uring_setup' : 'fcntl', opts.path);
     this.#q = q;
   }
 

@@ -214,7 +214,10 @@ export async function decideHugePages(capacity: number, given: { huge: boolean; 
   if (ft) return measuredDecision(ft);
   if (freePageReporting()) return { huge: false, reason: REPORTING_REASON };
   const where = cacheWritable() ? '' : `; ${dirname(firstTouchCachePath())} is not writable, so loads do not measure: set XDG_CACHE_HOME to a writable folder`;
-  return { huge: false, reason: `not measured on this machine yet (a load of ${MEASURE_FROM / MiB} MiB or more measures once; or dmaload probe --first-touch${where})` };
+  return {
+    huge: false,
+    reason: `not measured on this machine yet (a load of ${MEASURE_FROM / MiB} MiB or more measures once; or dmaload probe --first-touch${where})`,
+  };
 }
 
 /**

@@ -102,7 +102,8 @@ export class HugetlbPoolError extends DmaloadError {
   }
 }
 
-const FALLBACK_HINT = "or ask for hugePages: 'hugetlb-or-small' (--huge-pages hugetlb-or-small, DMALOAD_HUGE_PAGES=hugetlb-or-small) to fall back to small pages";
+const FALLBACK_HINT =
+  "or ask for hugePages: 'hugetlb-or-small' (--huge-pages hugetlb-or-small, DMALOAD_HUGE_PAGES=hugetlb-or-small) to fall back to small pages";
 
 function who(path: string): string {
   return path === '<allocate>' ? 'allocate()' : `'${path}'`;
@@ -113,16 +114,21 @@ export function poolError(bytes: number, pageSize: number, path: string, cause?:
   const pool = hugetlbPools().find((p) => p.pageSize === pageSize);
   const need = Math.ceil(bytes / pageSize);
   if (!pool) {
-    return new HugetlbPoolError(`${who(path)} asked for hugetlb pages but this kernel has no pool of ${formatBytes(pageSize)} pages (CONFIG_HUGETLBFS); ${FALLBACK_HINT}`, {
-      path,
-      pagesNeeded: need,
-      pagesAvailable: 0,
-      pageSize,
-      cause,
-    });
+    return new HugetlbPoolError(
+      `${who(path)} asked for hugetlb pages but this kernel has no pool of ${formatBytes(pageSize)} pages (CONFIG_HUGETLBFS); ${FALLBACK_HINT}`,
+      {
+        path,
+        pagesNeeded: need,
+        pagesAvailable: 0,
+        pageSize,
+        cause,
+      },
+    );
   }
   const missing = Math.max(1, need - pool.available);
-  const setting = pool.default ? `sysctl vm.nr_hugepages=${pool.total + missing}` : `echo ${pool.total + missing} > ${HUGEPAGES_DIR}/hugepages-${pageSize / KiB}kB/nr_hugepages`;
+  const setting = pool.default
+    ? `sysctl vm.nr_hugepages=${pool.total + missing}`
+    : `echo ${pool.total + missing} > ${HUGEPAGES_DIR}/hugepages-${pageSize / KiB}kB/nr_hugepages`;
   return new HugetlbPoolError(
     `${who(path)} needs ${need} huge pages of ${formatBytes(pageSize)} (${formatBytes(bytes)}) but the hugetlb pool has ${pool.available} available ` +
       `(${pool.free} free, ${pool.reserved} reserved for other mappings, ${pool.total} in the pool); reserve ${missing} more as root: ` +
@@ -138,12 +144,15 @@ export function poolError(bytes: number, pageSize: number, path: string, cause?:
 export function hugetlbPageSize(path: string): number {
   const size = defaultHugePageSize();
   if (size === undefined || size <= 0) {
-    throw new HugetlbPoolError(`${who(path)} asked for hugetlb pages but this kernel has none (no Hugepagesize in /proc/meminfo: CONFIG_HUGETLBFS is off); ${FALLBACK_HINT}`, {
-      path,
-      pagesNeeded: 0,
-      pagesAvailable: 0,
-      pageSize: 0,
-    });
+    throw new HugetlbPoolError(
+      `${who(path)} asked for hugetlb pages but this kernel has none (no Hugepagesize in /proc/meminfo: CONFIG_HUGETLBFS is off); ${FALLBACK_HINT}`,
+      {
+        path,
+        pagesNeeded: 0,
+        pagesAvailable: 0,
+        pageSize: 0,
+      },
+    );
   }
   return size;
 }

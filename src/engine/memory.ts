@@ -27,7 +27,6 @@ export async function populate(region: Region, offset: number, length: number, p
   if (r < 0 && r !== -22) throw new DmaloadSystemError(r, 'madvise', path);
 }
 
-
 /** Zeros [offset, offset+length) of a region: the padding past a file's end that whole-block reads filled. */
 export function zero(region: Region, offset: number, length: number): void {
   withBytes(region, offset, length, (b) => b.fill(0));

@@ -19,14 +19,7 @@ import { DmaloadError, invalidType, outOfRange } from '../core/errors.js';
 import type { ErrorCode } from '../core/errors.js';
 
 /** A metadata value: safetensors strings, GGUF values (64-bit integers beyond 2^53 as bigint), index JSON. */
-export type MetadataValue =
-  | string
-  | number
-  | bigint
-  | boolean
-  | null
-  | MetadataValue[]
-  | { [key: string]: MetadataValue };
+export type MetadataValue = string | number | bigint | boolean | null | MetadataValue[] | { [key: string]: MetadataValue };
 
 /** One tensor as its header describes it. */
 export interface TensorInfo {

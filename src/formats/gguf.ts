@@ -183,19 +183,27 @@ class Cursor {
   value(type: number, what: string, depth: number): MetadataValue {
     const v = this.view;
     switch (type) {
-      case 0: return v.getUint8(this.take(1, what));
-      case 1: return v.getInt8(this.take(1, what));
-      case 2: return v.getUint16(this.take(2, what), true);
-      case 3: return v.getInt16(this.take(2, what), true);
-      case 4: return v.getUint32(this.take(4, what), true);
-      case 5: return v.getInt32(this.take(4, what), true);
-      case 6: return v.getFloat32(this.take(4, what), true);
+      case 0:
+        return v.getUint8(this.take(1, what));
+      case 1:
+        return v.getInt8(this.take(1, what));
+      case 2:
+        return v.getUint16(this.take(2, what), true);
+      case 3:
+        return v.getInt16(this.take(2, what), true);
+      case 4:
+        return v.getUint32(this.take(4, what), true);
+      case 5:
+        return v.getInt32(this.take(4, what), true);
+      case 6:
+        return v.getFloat32(this.take(4, what), true);
       case 7: {
         const b = v.getUint8(this.take(1, what));
         if (b > 1) throw modelError('ERR_MODEL_HEADER', `GGUF ${what} is a bool of value ${b}`, this.path);
         return b === 1;
       }
-      case 8: return decodeLenient(this.bytes(what));
+      case 8:
+        return decodeLenient(this.bytes(what));
       case 9: {
         if (depth >= MAX_ARRAY_DEPTH) {
           throw modelError('ERR_MODEL_HEADER', `GGUF ${what} nests arrays deeper than ${MAX_ARRAY_DEPTH}`, this.path);
@@ -214,9 +222,12 @@ class Cursor {
         for (let i = 0; i < n; i++) out[i] = this.value(elType, what, depth + 1);
         return out;
       }
-      case 10: return safe(v.getBigUint64(this.take(8, what), true));
-      case 11: return safe(v.getBigInt64(this.take(8, what), true));
-      case 12: return v.getFloat64(this.take(8, what), true);
+      case 10:
+        return safe(v.getBigUint64(this.take(8, what), true));
+      case 11:
+        return safe(v.getBigInt64(this.take(8, what), true));
+      case 12:
+        return v.getFloat64(this.take(8, what), true);
       default:
         throw modelError('ERR_MODEL_HEADER', `GGUF ${what} has unknown value type ${type}`, this.path);
     }
@@ -238,9 +249,11 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
   if (version !== 2 && version !== 3) {
     const swapped = ((version & 0xff) << 24) | ((version & 0xff00) << 8) | ((version >>> 8) & 0xff00) | (version >>> 24);
     const text =
-      version === 1 ? 'GGUF version 1 is not supported (only 2 and 3 are)'
-      : swapped >= 1 && swapped <= 3 ? `big-endian GGUF (version ${swapped}) is not supported`
-      : `unknown GGUF version ${version}`;
+      version === 1
+        ? 'GGUF version 1 is not supported (only 2 and 3 are)'
+        : swapped >= 1 && swapped <= 3
+          ? `big-endian GGUF (version ${swapped}) is not supported`
+          : `unknown GGUF version ${version}`;
     throw modelError('ERR_MODEL_VERSION', text, path);
   }
   const tensorCount = c.u64('tensor count');
@@ -325,7 +338,11 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
     }
     const bytes = (elements / BigInt(type.blockSize)) * BigInt(type.typeSize);
     if (BigInt(start) + bytes > BigInt(fileSize)) {
-      throw modelError('ERR_MODEL_RANGE', `GGUF tensor ${q(name)}: ${bytes} bytes at offset ${BigInt(dataOffset) + rel} run past the end of the ${fileSize}-byte file`, path);
+      throw modelError(
+        'ERR_MODEL_RANGE',
+        `GGUF tensor ${q(name)}: ${bytes} bytes at offset ${BigInt(dataOffset) + rel} run past the end of the ${fileSize}-byte file`,
+        path,
+      );
     }
     return { name, dtype: type.name, shape: dims, offset: start, bytes: Number(bytes) };
   });

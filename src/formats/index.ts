@@ -7,15 +7,7 @@
  * Node's own fs errors.
  * @module
  */
-export type {
-  MetadataValue,
-  ModelFormat,
-  ModelInfo,
-  ModelTensor,
-  ParsedModel,
-  ParseOptions,
-  TensorInfo,
-} from './common.js';
+export type { MetadataValue, ModelFormat, ModelInfo, ModelTensor, ParsedModel, ParseOptions, TensorInfo } from './common.js';
 export { detect, parseModel } from './detect.js';
 export { GGML_TYPES, GGUF_MAX_ARRAY_ELEMENTS, GGUF_VALUE_TYPES, parseGguf, type GgmlType } from './gguf.js';
 export { parseSafetensors, SAFETENSORS_DTYPE_BITS, SAFETENSORS_MAX_HEADER } from './safetensors.js';

@@ -28,30 +28,32 @@ export const SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024;
  * From the reference implementation's `Dtype::bitsize` (safetensors/src/tensor.rs, 2026-05): the sub-byte types
  * (F4, F6_*) are packed, so a tensor's byte length is elements × bits / 8, which must come out whole.
  */
-export const SAFETENSORS_DTYPE_BITS: Readonly<Record<string, number>> = Object.freeze(Object.assign(Object.create(null) as Record<string, number>, {
-  BOOL: 8,
-  F4: 4,
-  F6_E2M3: 6,
-  F6_E3M2: 6,
-  U8: 8,
-  I8: 8,
-  F8_E5M2: 8,
-  F8_E4M3: 8,
-  F8_E8M0: 8,
-  F8_E4M3FNUZ: 8,
-  F8_E5M2FNUZ: 8,
-  I16: 16,
-  U16: 16,
-  F16: 16,
-  BF16: 16,
-  I32: 32,
-  U32: 32,
-  F32: 32,
-  C64: 64,
-  F64: 64,
-  I64: 64,
-  U64: 64,
-}));
+export const SAFETENSORS_DTYPE_BITS: Readonly<Record<string, number>> = Object.freeze(
+  Object.assign(Object.create(null) as Record<string, number>, {
+    BOOL: 8,
+    F4: 4,
+    F6_E2M3: 6,
+    F6_E3M2: 6,
+    U8: 8,
+    I8: 8,
+    F8_E5M2: 8,
+    F8_E4M3: 8,
+    F8_E8M0: 8,
+    F8_E4M3FNUZ: 8,
+    F8_E5M2FNUZ: 8,
+    I16: 16,
+    U16: 16,
+    F16: 16,
+    BF16: 16,
+    I32: 32,
+    U32: 32,
+    F32: 32,
+    C64: 64,
+    F64: 64,
+    I64: 64,
+    U64: 64,
+  }),
+);
 
 /** What an unknown dtype may look like: a short identifier (it ends up in messages, tables and dtype switches). */
 const DTYPE_NAME = /^[A-Za-z][A-Za-z0-9_]{0,31}$/;

@@ -89,7 +89,7 @@ export function pageCacheBytesOf(path: string, size: number): number {
 export function dropAdded(fd: number, before: Uint8Array, size: number, offset = 0): void {
   const after = residentPages(fd, size, offset);
   const base = Math.floor(offset / PAGE_SIZE) * PAGE_SIZE;
-  for (let i = 0; i < after.length; ) {
+  for (let i = 0; i < after.length;) {
     if (after[i] !== 1 || before[i] === 1) {
       i++;
       continue;

@@ -38,7 +38,13 @@ export async function removeStaleTemps(path: string): Promise<number> {
   for (const name of names) {
     const m = TEMP.exec(name);
     if (!m || m[1] !== basename(path) || alive(Number(m[2]))) continue;
-    if (await fsp.unlink(join(dir, name)).then(() => true, () => false)) removed++;
+    if (
+      await fsp.unlink(join(dir, name)).then(
+        () => true,
+        () => false,
+      )
+    )
+      removed++;
   }
   return removed;
 }

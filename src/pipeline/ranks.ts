@@ -66,7 +66,11 @@ export function rankSpec(o: { rank?: unknown; worldSize?: unknown; split?: unkno
   const { rank, worldSize, split } = o;
   if (rank === undefined && worldSize === undefined && split === undefined) return undefined;
   if (worldSize === undefined || rank === undefined) {
-    throw invalidValue(rank === undefined ? 'rank' : 'worldSize', undefined, 'is required when rank, worldSize or split is given: pass both rank and worldSize');
+    throw invalidValue(
+      rank === undefined ? 'rank' : 'worldSize',
+      undefined,
+      'is required when rank, worldSize or split is given: pass both rank and worldSize',
+    );
   }
   if (typeof worldSize !== 'number') throw invalidType('worldSize', 'of type number', worldSize);
   if (!Number.isSafeInteger(worldSize) || worldSize < 1) throw outOfRange('worldSize', 'an integer >= 1', worldSize);

@@ -54,7 +54,15 @@ export interface OpenedFile {
 export function requireRegular(st: Stats, path: string, syscall = 'open'): void {
   if (st.isFile()) return;
   if (st.isDirectory()) throw new DmaloadSystemError(21 /* EISDIR */, syscall, path);
-  const kind = st.isFIFO() ? 'a FIFO' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isSocket() ? 'a socket' : 'not a regular file';
+  const kind = st.isFIFO()
+    ? 'a FIFO'
+    : st.isCharacterDevice()
+      ? 'a character device'
+      : st.isBlockDevice()
+        ? 'a block device'
+        : st.isSocket()
+          ? 'a socket'
+          : 'not a regular file';
   throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${path}' is ${kind}; dmaload reads regular files only (their size is known and stable)`, { path });
 }
 
@@ -76,7 +84,12 @@ const PSEUDO_FS = new Map<number, string>([
 
 function requireRealFs(type: number, path: string): void {
   const fs = PSEUDO_FS.get(type);
-  if (fs) throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${path}' is a ${fs} pseudo-file: its size is not its content's, so dmaload cannot read it; read it with cat or fs.readFile`, { path });
+  if (fs)
+    throw new DmaloadError(
+      'ERR_NOT_REGULAR_FILE',
+      `'${path}' is a ${fs} pseudo-file: its size is not its content's, so dmaload cannot read it; read it with cat or fs.readFile`,
+      { path },
+    );
 }
 
 /**
@@ -155,7 +168,18 @@ export async function openFile(file: string | FileHandle, access: 'read' | 'writ
     requireRegular(stat, path); // a caller's FileHandle can be anything
     const d = await attachDirect(fd, path, access, io);
     if (d.handle) owned.push(d.handle);
-    return { path, fd, directFd: d.handle?.fd ?? -1, direct: d.handle !== undefined, align: d.align, rwFlags: d.rwFlags, size: stat.size, stat, fallbackReason: d.reason, close: closeAll };
+    return {
+      path,
+      fd,
+      directFd: d.handle?.fd ?? -1,
+      direct: d.handle !== undefined,
+      align: d.align,
+      rwFlags: d.rwFlags,
+      size: stat.size,
+      stat,
+      fallbackReason: d.reason,
+      close: closeAll,
+    };
   } catch (e) {
     await closeAll();
     throw e;
@@ -215,7 +239,9 @@ export async function attachDirect(
     }
   }
   if (!handle && io === 'direct') {
-    throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O (${reason}); use io 'auto' or 'buffered'`, { path });
+    throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O (${reason}); use io 'auto' or 'buffered'`, {
+      path,
+    });
   }
   // 'auto': buffered I/O (ragged edges, or everything without O_DIRECT) is uncached where the file system allows.
   const rwFlags = uncachedSupport(fd) === 0 ? C.RWF_DONTCACHE : 0;

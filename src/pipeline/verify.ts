@@ -145,7 +145,12 @@ export class HashStream {
  * private memory by the engine, the hash following the reads, and a slot read again only once hashed. Memory is the
  * ring's, whatever the sizes. Resolves with the bytes read.
  */
-export async function hashRanges(src: OpenedFile, ranges: ReadonlyArray<{ offset: number; length: number }>, hs: HashStream, o: { tuning: Tuning; signal?: AbortSignal | undefined; onProgress?: ((bytes: number) => void) | undefined }): Promise<number> {
+export async function hashRanges(
+  src: OpenedFile,
+  ranges: ReadonlyArray<{ offset: number; length: number }>,
+  hs: HashStream,
+  o: { tuning: Tuning; signal?: AbortSignal | undefined; onProgress?: ((bytes: number) => void) | undefined },
+): Promise<number> {
   const slot = Math.max(o.tuning.chunk, 8 << 20) * 4;
   const slots = 2;
   const total = ranges.reduce((n, r) => n + r.length, 0);
@@ -159,7 +164,7 @@ export async function hashRanges(src: OpenedFile, ranges: ReadonlyArray<{ offset
   try {
     let k = 0;
     for (const r of ranges) {
-      for (let off = r.offset; off < r.offset + r.length; ) {
+      for (let off = r.offset; off < r.offset + r.length;) {
         // Direct reads start on a block: start earlier and let the hash skip what it already has.
         const start = src.direct ? Math.floor(off / block) * block : off;
         const len = Math.min(slotLen - block, r.offset + r.length - start);
@@ -169,25 +174,28 @@ export async function hashRanges(src: OpenedFile, ranges: ReadonlyArray<{ offset
         await hs.waitFor(Math.min(slotEnd[s] ?? 0, hs.total), o.signal);
         slotEnd[s] = start + len;
         o.signal?.throwIfAborted();
-        const job = engine.run({
-          fd: src.direct ? src.directFd : src.fd,
-          write: false,
-          direct: src.direct,
-          target: ring,
-          segments: [start, s * slotLen, len],
-          padTo: src.direct ? block : 1,
-          bounce: false,
-          populate: false,
-          rwFlags: src.direct ? 0 : src.rwFlags,
-          tuning: o.tuning,
-          path: src.path,
-          signal: o.signal,
-          hash: hs.hasher,
-        }).then((res) => {
-          if (res.short) throw new DmaloadError('ERR_FILE_CHANGED', `'${src.path}' became shorter while it was verified; verify it again`, { path: src.path });
-          done += len;
-          o.onProgress?.(done);
-        });
+        const job = engine
+          .run({
+            fd: src.direct ? src.directFd : src.fd,
+            write: false,
+            direct: src.direct,
+            target: ring,
+            segments: [start, s * slotLen, len],
+            padTo: src.direct ? block : 1,
+            bounce: false,
+            populate: false,
+            rwFlags: src.direct ? 0 : src.rwFlags,
+            tuning: o.tuning,
+            path: src.path,
+            signal: o.signal,
+            hash: hs.hasher,
+          })
+          .then((res) => {
+            if (res.short)
+              throw new DmaloadError('ERR_FILE_CHANGED', `'${src.path}' became shorter while it was verified; verify it again`, { path: src.path });
+            done += len;
+            o.onProgress?.(done);
+          });
         job.catch(() => {});
         jobs[s] = job;
         off = start + len;
@@ -223,7 +231,12 @@ export async function expectedFor(path: string, verify: 'auto' | boolean | { sha
  */
 export async function settle(hs: HashStream, path: string, expected: Expected): Promise<{ sha256: string; hashMs: number }> {
   const h = await hs.finish();
-  if (h.digest === undefined) throw new DmaloadError('ERR_FILE_CHANGED', `'${path}': only ${h.hashed} of ${hs.total} bytes could be hashed (the file changed while it was read); read it again`, { path });
+  if (h.digest === undefined)
+    throw new DmaloadError(
+      'ERR_FILE_CHANGED',
+      `'${path}': only ${h.hashed} of ${hs.total} bytes could be hashed (the file changed while it was read); read it again`,
+      { path },
+    );
   if (expected.sha256 !== undefined && h.digest !== expected.sha256) throw mismatch(path, { ...expected, sha256: expected.sha256 }, h.digest);
   return { sha256: h.digest, hashMs: Math.round(h.busyMs * 100) / 100 };
 }

@@ -172,7 +172,9 @@ export class Cache {
       // Checked and used in one synchronous step: nothing can close the entry's fds between the two.
       if (!entry.closed) return { entry, fds: replyFds(entry, this.#o.target, name), cached: false, bytesRead: mine ? entry.stats.bytesRead : 0 };
     }
-    throw budgetError(`'${name}' was evicted again before it could be sent: the server's budget (${formatBytes(this.#o.budget)}) is too small for what its clients ask for at once`);
+    throw budgetError(
+      `'${name}' was evicted again before it could be sent: the server's budget (${formatBytes(this.#o.budget)}) is too small for what its clients ask for at once`,
+    );
   }
 
   /** Drops an entry from the cache and closes the server's fds of it; its charge lasts while clients hold it. */
@@ -194,10 +196,15 @@ export class Cache {
   /** Evicts least recently used entries nobody else holds until `charge` more bytes fit, for everyone and for `uid`. */
   #makeRoom(charge: number, uid: number, name: string): void {
     const { budget, perUserBudget } = this.#o;
-    if (charge > budget) throw budgetError(`'${name}' needs ${formatBytes(charge)} but the server's budget is ${formatBytes(budget)}; start the server with a larger budget (--budget)`);
+    if (charge > budget)
+      throw budgetError(
+        `'${name}' needs ${formatBytes(charge)} but the server's budget is ${formatBytes(budget)}; start the server with a larger budget (--budget)`,
+      );
     const limited = uid !== this.#o.ownUid;
     if (limited && charge > perUserBudget) {
-      throw budgetError(`'${name}' needs ${formatBytes(charge)} but the server allows each user ${formatBytes(perUserBudget)}; its operator can raise that (--per-user-budget)`);
+      throw budgetError(
+        `'${name}' needs ${formatBytes(charge)} but the server allows each user ${formatBytes(perUserBudget)}; its operator can raise that (--per-user-budget)`,
+      );
     }
     this.#ledger.drain();
     const over = () => this.used + charge > budget || (limited && this.usedBy(uid) + charge > perUserBudget);
@@ -214,9 +221,13 @@ export class Cache {
     }
     if (!over()) return;
     if (limited && this.usedBy(uid) + charge > perUserBudget) {
-      throw budgetError(`'${name}' needs ${formatBytes(charge)} and this user's buffers already hold ${formatBytes(this.usedBy(uid))} of the ${formatBytes(perUserBudget)} each user may use; close buffers you no longer need (they count until every process holding them lets go)`);
+      throw budgetError(
+        `'${name}' needs ${formatBytes(charge)} and this user's buffers already hold ${formatBytes(this.usedBy(uid))} of the ${formatBytes(perUserBudget)} each user may use; close buffers you no longer need (they count until every process holding them lets go)`,
+      );
     }
-    throw budgetError(`'${name}' needs ${formatBytes(charge)} and ${formatBytes(this.used)} of the server's budget of ${formatBytes(budget)} is held by buffers clients still hold and by loads in progress; try again once some are closed`);
+    throw budgetError(
+      `'${name}' needs ${formatBytes(charge)} and ${formatBytes(this.used)} of the server's budget of ${formatBytes(budget)} is held by buffers clients still hold and by loads in progress; try again once some are closed`,
+    );
   }
 
   #reserve(uid: number, n: number): void {
@@ -239,14 +250,28 @@ export class Cache {
       exported = r.exported;
       const loadMs = msSince(t0);
       const now = versionOf(await this.#o.inspect(fd, name, from));
-      if (!sameVersion(now, v)) throw new DmaloadError('ERR_FILE_CHANGED', `'${name}' changed while the server read it (size, modification or change time); try again once nothing writes to it`, { path: name });
+      if (!sameVersion(now, v))
+        throw new DmaloadError(
+          'ERR_FILE_CHANGED',
+          `'${name}' changed while the server read it (size, modification or change time); try again once nothing writes to it`,
+          { path: name },
+        );
       if (this.#o.signal.aborted) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
       source = native.dupFd(fd);
       if (source < 0) throw new DmaloadSystemError(source, 'fcntl', name);
       this.count.loads++;
       this.#reserve(uid, -charge);
       const holding = this.#ledger.charge(charge, uid, exported.fds[0]!, this.#o.target === 'memfd');
-      const entry: Entry = { version: v, size: v.size, fds: exported.fds, parts: exported.parts, stats: { ...r.stats, loadMs }, source, holding, closed: false };
+      const entry: Entry = {
+        version: v,
+        size: v.size,
+        fds: exported.fds,
+        parts: exported.parts,
+        stats: { ...r.stats, loadMs },
+        source,
+        holding,
+        closed: false,
+      };
       this.#entries.set(v.inode, entry);
       return entry;
     } catch (e) {
@@ -259,7 +284,13 @@ export class Cache {
   /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
   async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
     const o = this.#o;
-    const shape = { target: o.target, ...(o.heap ? { heap: o.heap } : {}), ...(o.partSize ? { partSize: o.partSize } : {}), ...(o.hugePages !== undefined ? { hugePages: o.hugePages } : {}), ...(o.numaNode !== undefined ? { numaNode: o.numaNode } : {}) };
+    const shape = {
+      target: o.target,
+      ...(o.heap ? { heap: o.heap } : {}),
+      ...(o.partSize ? { partSize: o.partSize } : {}),
+      ...(o.hugePages !== undefined ? { hugePages: o.hugePages } : {}),
+      ...(o.numaNode !== undefined ? { numaNode: o.numaNode } : {}),
+    };
     let buf: LoadedBuffer;
     try {
       // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.
@@ -286,7 +317,14 @@ export class Cache {
   }
 
   async #readThroughFd(fd: number, size: number, name: string, shape: { target: ShareTarget }): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
-    const stats = { io: 'buffered' as const, directBytes: 0, copiedBytes: size, ioReason: "the server's user may not open the file; read through the client's fd", engine: 'threads' as const, bytesRead: size };
+    const stats = {
+      io: 'buffered' as const,
+      directBytes: 0,
+      copiedBytes: size,
+      ioReason: "the server's user may not open the file; read through the client's fd",
+      engine: 'threads' as const,
+      bytesRead: size,
+    };
     if (size === 0 && shape.target === 'memfd') {
       const fdm = createMemfd(name, 0);
       const s = native.seals(fdm, SERVED_SEALS | C.F_SEAL_SEAL);
@@ -299,7 +337,8 @@ export class Cache {
     const buf = await allocate(Math.max(size, 1), shape);
     try {
       const n = await readInto(buf, { fd } as unknown as FileHandle, { io: 'buffered', signal: this.#o.signal });
-      if (n !== size) throw new DmaloadError('ERR_FILE_CHANGED', `'${name}' changed size while the server read it (${size} bytes expected, ${n} read)`, { path: name });
+      if (n !== size)
+        throw new DmaloadError('ERR_FILE_CHANGED', `'${name}' changed size while the server read it (${size} bytes expected, ${n} read)`, { path: name });
     } catch (e) {
       buf.close();
       throw e;

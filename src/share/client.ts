@@ -145,7 +145,12 @@ class Client implements ShareClient {
   #onClosed(reason: CloseReason): void {
     if (this.#state === 'open') {
       this.#state = 'gone';
-      this.#gone = reason === 'eof' || reason === 'hangup' ? 'it closed the connection' : reason === 'local' ? 'the connection was closed' : new DmaloadSystemError(reason.errno, reason.syscall).message;
+      this.#gone =
+        reason === 'eof' || reason === 'hangup'
+          ? 'it closed the connection'
+          : reason === 'local'
+            ? 'the connection was closed'
+            : new DmaloadSystemError(reason.errno, reason.syscall).message;
     }
     this.#failAll(() => this.#unusable());
   }
@@ -217,7 +222,13 @@ class Client implements ShareClient {
     if (this.#state !== 'open') throw this.#unusable(path);
   }
 
-  #request(type: MessageType, body: object, fds: number[], path: string | undefined, signal: AbortSignal | undefined): Promise<{ message: Message; fds: number[] }> {
+  #request(
+    type: MessageType,
+    body: object,
+    fds: number[],
+    path: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<{ message: Message; fds: number[] }> {
     try {
       this.#ready(path);
     } catch (e) {
@@ -310,7 +321,10 @@ class Client implements ShareClient {
     const r = await this.#request(MessageType.StatusRequest, {}, [], undefined, signal);
     closeFds(r.fds);
     if (r.message.type === MessageType.Error) throw serverError(r.message.body, this.socket, this.socket);
-    if (r.message.type !== MessageType.StatusReply) throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' answered a status request with message type ${r.message.type}`, { path: this.socket });
+    if (r.message.type !== MessageType.StatusReply)
+      throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${this.socket}' answered a status request with message type ${r.message.type}`, {
+        path: this.socket,
+      });
     return r.message.body as unknown as ServerStatus;
   }
 
@@ -370,7 +384,13 @@ export async function connect(socket: string, options: ConnectOptions = {}): Pro
       continue;
     }
     const hint =
-      fd === -C.ENOENT || fd === -C.ECONNREFUSED ? 'is `dmaload serve` running there?' : fd === -C.EACCES ? "the socket's mode keeps this user out (dmaload serve --mode)" : fd === -EAGAIN ? `the server accepted no new connection for ${timeout} ms` : undefined;
+      fd === -C.ENOENT || fd === -C.ECONNREFUSED
+        ? 'is `dmaload serve` running there?'
+        : fd === -C.EACCES
+          ? "the socket's mode keeps this user out (dmaload serve --mode)"
+          : fd === -EAGAIN
+            ? `the server accepted no new connection for ${timeout} ms`
+            : undefined;
     throw new DmaloadSystemError(fd, 'connect', path, hint);
   }
 }

@@ -90,12 +90,23 @@ export class Connections {
   /** Why a new connection from `uid` is refused, if it is. */
   #refusal(uid: number): { code: ErrorCode; message: string } | undefined {
     const l = this.#limits;
-    if (this.#conns.size >= l.maxConnections) return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `the server has ${this.#conns.size} connections, its limit (--max-connections); try again later` };
+    if (this.#conns.size >= l.maxConnections)
+      return {
+        code: 'ERR_SHARE_TOO_MANY_CONNECTIONS',
+        message: `the server has ${this.#conns.size} connections, its limit (--max-connections); try again later`,
+      };
     // The server's own user is not limited per user (its operator; as with the per-user budget).
     if (uid !== this.#ownUid && (this.#perUid.get(uid) ?? 0) >= l.perUserConnections) {
-      return { code: 'ERR_SHARE_TOO_MANY_CONNECTIONS', message: `uid ${uid} has ${l.perUserConnections} connections open, the most one user may (--per-user-connections); close some` };
+      return {
+        code: 'ERR_SHARE_TOO_MANY_CONNECTIONS',
+        message: `uid ${uid} has ${l.perUserConnections} connections open, the most one user may (--per-user-connections); close some`,
+      };
     }
-    if (this.#guard.stuck(uid) >= MAX_STUCK) return { code: 'ERR_SHARE_FD_TIMEOUT', message: `the file systems of fds uid ${uid} sent do not answer; the server takes no more requests from this user until they do` };
+    if (this.#guard.stuck(uid) >= MAX_STUCK)
+      return {
+        code: 'ERR_SHARE_FD_TIMEOUT',
+        message: `the file systems of fds uid ${uid} sent do not answer; the server takes no more requests from this user until they do`,
+      };
     return undefined;
   }
 
@@ -125,7 +136,16 @@ export class Connections {
         this.#log(`pid ${pid} uid ${uid}: refused: ${refused.message}`);
         continue;
       }
-      const conn: Conn = { channel: undefined as unknown as Channel, from: { uid, pid }, peer: `pid ${pid} uid ${uid}`, inflight: 0, lastActive: performance.now(), sent: 0, unreadSince: undefined, heldUnread: false };
+      const conn: Conn = {
+        channel: undefined as unknown as Channel,
+        from: { uid, pid },
+        peer: `pid ${pid} uid ${uid}`,
+        inflight: 0,
+        lastActive: performance.now(),
+        sent: 0,
+        unreadSince: undefined,
+        heldUnread: false,
+      };
       try {
         conn.channel = new Channel(fd, {
           message: (m) => this.#onMessage(conn, m),
@@ -181,7 +201,8 @@ export class Connections {
           continue;
         }
       }
-      if (this.#guard.stuck(conn.from.uid) >= MAX_STUCK) this.drop(conn, 'ERR_SHARE_FD_TIMEOUT', `the file systems of fds uid ${conn.from.uid} sent do not answer`);
+      if (this.#guard.stuck(conn.from.uid) >= MAX_STUCK)
+        this.drop(conn, 'ERR_SHARE_FD_TIMEOUT', `the file systems of fds uid ${conn.from.uid} sent do not answer`);
     }
   }
 

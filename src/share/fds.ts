@@ -113,7 +113,13 @@ export class FdGuard {
         late = true;
         this.#stuck.set(from.uid, this.stuck(from.uid) + 1);
         this.#o.log(`uid ${from.uid}: ${what} of '${name}' has not returned after ${this.#o.timeoutMs} ms (its file system does not answer)`);
-        reject(new DmaloadError('ERR_SHARE_FD_TIMEOUT', `the file system of '${name}' did not answer ${what} within ${this.#o.timeoutMs} ms; the server does not wait for it`, { path: name }));
+        reject(
+          new DmaloadError(
+            'ERR_SHARE_FD_TIMEOUT',
+            `the file system of '${name}' did not answer ${what} within ${this.#o.timeoutMs} ms; the server does not wait for it`,
+            { path: name },
+          ),
+        );
       }, this.#o.timeoutMs);
       // Referenced: the native call's callback does not keep the process alive by itself (a call that never returns
       // must not), so this timer does, until the call returns or its time is up.
@@ -122,7 +128,7 @@ export class FdGuard {
       try {
         rc = start((r) => {
           clearTimeout(timer);
-            if (late) {
+          if (late) {
             const n = this.stuck(from.uid) - 1;
             if (n > 0) this.#stuck.set(from.uid, n);
             else this.#stuck.delete(from.uid);
@@ -159,11 +165,22 @@ export class FdGuard {
       } catch {
         /* gone */
       }
-      if (!link.startsWith('/')) throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file (${link || 'unknown'}); dmaload reads regular files only`, { path: name });
-      throw new DmaloadError('ERR_SHARE_FS_UNKNOWN', `'${name}' is on a mount that neither the server nor the client's mount namespace shows, so the server cannot tell what serves it; send a file from a mounted file system`, { path: name });
+      if (!link.startsWith('/'))
+        throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file (${link || 'unknown'}); dmaload reads regular files only`, {
+          path: name,
+        });
+      throw new DmaloadError(
+        'ERR_SHARE_FS_UNKNOWN',
+        `'${name}' is on a mount that neither the server nor the client's mount namespace shows, so the server cannot tell what serves it; send a file from a mounted file system`,
+        { path: name },
+      );
     }
     if (REFUSED_FS.test(type)) {
-      throw new DmaloadError('ERR_SHARE_FS_UNSUPPORTED', `'${name}' is on a ${type} file system, served by a user's process that the server will not wait for; copy the file to a local file system first`, { path: name });
+      throw new DmaloadError(
+        'ERR_SHARE_FS_UNSUPPORTED',
+        `'${name}' is on a ${type} file system, served by a user's process that the server will not wait for; copy the file to a local file system first`,
+        { path: name },
+      );
     }
     const r = await this.#bounded<FdInspection | number>(from, name, 'statx', (cb) => native.fdInspect(fd, cb));
     if (typeof r === 'number') throw new DmaloadSystemError(r, 'statx', name);

@@ -39,7 +39,8 @@ export function planRequest(body: Record<string, unknown>, fds: number): PlanReq
   const spec = rankSpec({ rank: body.rank, worldSize: body.worldSize, split: body.split });
   if (!spec) throw invalidType('rank', 'a number (with worldSize)', undefined);
   const tensors = body.tensors;
-  if (tensors !== undefined && (!Array.isArray(tensors) || !tensors.every((t) => typeof t === 'string'))) throw invalidType('tensors', 'an array of tensor names', tensors);
+  if (tensors !== undefined && (!Array.isArray(tensors) || !tensors.every((t) => typeof t === 'string')))
+    throw invalidType('tensors', 'an array of tensor names', tensors);
   return { files: files as string[], ...spec, tensors };
 }
 
@@ -66,7 +67,15 @@ export function plan(all: ModelTensor[], req: PlanRequest, path: string): Planne
   if (req.tensors) {
     const by = new Map(all.map((t) => [t.name, t]));
     const missing = req.tensors.filter((n) => !by.has(n));
-    if (missing.length > 0) throw new DmaloadError('ERR_MODEL_TENSOR_NOT_FOUND', `'${path}' has no tensor ${missing.slice(0, 3).map((m) => JSON.stringify(m)).join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''}`, { path });
+    if (missing.length > 0)
+      throw new DmaloadError(
+        'ERR_MODEL_TENSOR_NOT_FOUND',
+        `'${path}' has no tensor ${missing
+          .slice(0, 3)
+          .map((m) => JSON.stringify(m))
+          .join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''}`,
+        { path },
+      );
     const want = new Set(req.tensors);
     chosen = all.filter((t) => want.has(t.name));
   }
@@ -84,7 +93,7 @@ export function planMemfd(tensors: PlannedTensor[], name: string): { fd: number;
   const fd = createMemfd(`plan-${name}`, json.length);
   try {
     // A memfd of the server's own: writing it cannot block on anyone's file system.
-    for (let off = 0; off < json.length; ) off += writeSync(fd, json, off, json.length - off, off);
+    for (let off = 0; off < json.length;) off += writeSync(fd, json, off, json.length - off, off);
     const s = native.seals(fd, SERVED_SEALS | C.F_SEAL_SEAL);
     if (s < 0) throw new DmaloadSystemError(s, 'fcntl', name);
     return { fd, bytes: json.length };

@@ -148,7 +148,10 @@ const decoder = new TextDecoder('utf-8', { fatal: true });
 export function encode(type: MessageType, id: number, body: object): Uint8Array {
   const json = encoder.encode(JSON.stringify(body));
   if (HEADER_SIZE + json.length > MAX_MESSAGE) {
-    throw new DmaloadError('ERR_SHARE_MESSAGE_TOO_LARGE', `a dmaload share message of ${HEADER_SIZE + json.length} bytes is longer than the protocol's ${MAX_MESSAGE}`);
+    throw new DmaloadError(
+      'ERR_SHARE_MESSAGE_TOO_LARGE',
+      `a dmaload share message of ${HEADER_SIZE + json.length} bytes is longer than the protocol's ${MAX_MESSAGE}`,
+    );
   }
   const out = new Uint8Array(HEADER_SIZE + json.length);
   const dv = new DataView(out.buffer);
@@ -182,7 +185,8 @@ export class ProtocolError extends Error {
 export function decode(bytes: Uint8Array, length: number): Message {
   if (length < HEADER_SIZE) throw new ProtocolError('ERR_SHARE_PROTOCOL', `message of ${length} bytes is shorter than the ${HEADER_SIZE}-byte header`, 0, true);
   for (let i = 0; i < MAGIC.length; i++) {
-    if (bytes[i] !== MAGIC[i]) throw new ProtocolError('ERR_SHARE_PROTOCOL', "message does not start with the magic 'DMLD': not a dmaload share message", 0, true);
+    if (bytes[i] !== MAGIC[i])
+      throw new ProtocolError('ERR_SHARE_PROTOCOL', "message does not start with the magic 'DMLD': not a dmaload share message", 0, true);
   }
   const dv = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
   const version = dv.getUint16(4, true);
@@ -192,7 +196,8 @@ export function decode(bytes: Uint8Array, length: number): Message {
   if (length > MAX_MESSAGE || length > bytes.length) {
     throw new ProtocolError('ERR_SHARE_MESSAGE_TOO_LARGE', `message of ${length} bytes is longer than the protocol's ${MAX_MESSAGE}`, id, false);
   }
-  if (version !== VERSION) throw new ProtocolError('ERR_SHARE_VERSION', `protocol version ${version} is not supported (this side speaks ${VERSION})`, id, false);
+  if (version !== VERSION)
+    throw new ProtocolError('ERR_SHARE_VERSION', `protocol version ${version} is not supported (this side speaks ${VERSION})`, id, false);
   if (HEADER_SIZE + bodyLength !== length) {
     throw new ProtocolError('ERR_SHARE_PROTOCOL', `header says the body is ${bodyLength} bytes but the message has ${length - HEADER_SIZE}`, id, false);
   }
@@ -202,6 +207,7 @@ export function decode(bytes: Uint8Array, length: number): Message {
   } catch {
     throw new ProtocolError('ERR_SHARE_PROTOCOL', 'message body is not UTF-8 JSON', id, false);
   }
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ProtocolError('ERR_SHARE_PROTOCOL', 'message body is not a JSON object', id, false);
+  if (body === null || typeof body !== 'object' || Array.isArray(body))
+    throw new ProtocolError('ERR_SHARE_PROTOCOL', 'message body is not a JSON object', id, false);
   return { type, id, body: body as Record<string, unknown> };
 }

@@ -70,11 +70,13 @@ function checkLayout(body: LoadReplyBody, fds: readonly number[], socket: string
   const bad = (what: string) => new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${socket}' sent a malformed reply: ${what}`, { path: socket });
   if (!Number.isSafeInteger(body.size) || body.size < 0) throw bad('size is not a byte count');
   if (!SHARE_TARGETS.includes(body.target)) throw bad(`unknown target ${JSON.stringify(body.target)}`);
-  if (!Array.isArray(body.parts) || body.parts.length !== fds.length || fds.length === 0) throw bad(`${fds.length} fds for ${Array.isArray(body.parts) ? body.parts.length : 'no'} parts`);
+  if (!Array.isArray(body.parts) || body.parts.length !== fds.length || fds.length === 0)
+    throw bad(`${fds.length} fds for ${Array.isArray(body.parts) ? body.parts.length : 'no'} parts`);
   if (body.target === 'memfd' && fds.length !== 1) throw bad('a memfd reply must carry exactly one fd');
   let end = 0;
   for (const [i, p] of body.parts.entries()) {
-    if (p === null || typeof p !== 'object' || !Number.isSafeInteger(p.offset) || !Number.isSafeInteger(p.size) || p.size < 0) throw bad(`part ${i} is not { offset, size }`);
+    if (p === null || typeof p !== 'object' || !Number.isSafeInteger(p.offset) || !Number.isSafeInteger(p.size) || p.size < 0)
+      throw bad(`part ${i} is not { offset, size }`);
     if (p.offset !== end || p.offset % PAGE_SIZE !== 0) throw bad(`part ${i} starts at ${p.offset}, not at ${end} on a page boundary`);
     end = p.offset + roundUp(p.size, PAGE_SIZE);
   }
@@ -93,11 +95,14 @@ export function mapReceived(path: string, socket: string, body: LoadReplyBody, f
     for (const [i, fd] of fds.entries()) {
       const need = body.parts[i]!.size;
       const st = fstatSync(fd);
-      if (st.size < need) throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${socket}' sent part ${i} of ${st.size} bytes for ${need}`, { path: socket });
+      if (st.size < need)
+        throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${socket}' sent part ${i} of ${st.size} bytes for ${need}`, { path: socket });
       if (body.target === 'memfd') {
         const seals = native.seals(fd, 0);
         if (seals < 0 || (seals & SERVED_SEALS) !== SERVED_SEALS) {
-          throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${socket}' sent a memfd that is not sealed against writes and resizing`, { path: socket });
+          throw new DmaloadError('ERR_SHARE_REPLY', `the dmaload server at '${socket}' sent a memfd that is not sealed against writes and resizing`, {
+            path: socket,
+          });
         }
       }
     }

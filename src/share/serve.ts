@@ -5,7 +5,20 @@
  */
 import { unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { budgetOption, enumOption, hugePagesOption, integerOption, ioOption, modeOption, numaNodeOption, optionNames, optionsObject, partSizeOption, pathOption, signalOption } from '../api/options.js';
+import {
+  budgetOption,
+  enumOption,
+  hugePagesOption,
+  integerOption,
+  ioOption,
+  modeOption,
+  numaNodeOption,
+  optionNames,
+  optionsObject,
+  partSizeOption,
+  pathOption,
+  signalOption,
+} from '../api/options.js';
 import type { HugePages } from '../api/options.js';
 import { numaRequest } from '../api/pages.js';
 import { invalidType } from '../core/errors.js';
@@ -74,8 +87,23 @@ export interface ServeOptions {
  * listens there), load()'s codes for preload files, ERR_INVALID_ARG_* / ERR_OUT_OF_RANGE for bad options.
  */
 const SERVE_OPTIONS = optionNames<ServeOptions>()([
-  'socket', 'budget', 'perUserBudget', 'maxConnections', 'perUserConnections', 'idleTimeout', 'replyTimeout', 'mode', 'target', 'heap', 'partSize', 'io',
-  'hugePages', 'numaNode', 'preload', 'log', 'signal',
+  'socket',
+  'budget',
+  'perUserBudget',
+  'maxConnections',
+  'perUserConnections',
+  'idleTimeout',
+  'replyTimeout',
+  'mode',
+  'target',
+  'heap',
+  'partSize',
+  'io',
+  'hugePages',
+  'numaNode',
+  'preload',
+  'log',
+  'signal',
 ]);
 
 export async function serve(options: ServeOptions): Promise<ShareServer> {
@@ -97,7 +125,8 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const numaNode = numaNodeOption(o.numaNode);
   // A node the machine lacks, or the dma-heap target, is refused now rather than in every load.
   numaRequest(numaNode, target, false);
-  if (o.heap !== undefined && (typeof o.heap !== 'string' || o.heap === '' || o.heap.includes('/'))) throw invalidType('heap', 'a heap name such as "system"', o.heap);
+  if (o.heap !== undefined && (typeof o.heap !== 'string' || o.heap === '' || o.heap.includes('/')))
+    throw invalidType('heap', 'a heap name such as "system"', o.heap);
   if (o.log !== undefined && typeof o.log !== 'function') throw invalidType('log', 'a function', o.log);
   const given: unknown = o.preload ?? [];
   if (!Array.isArray(given)) throw invalidType('preload', 'an array of paths', given);

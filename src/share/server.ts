@@ -76,12 +76,18 @@ function errorBody(e: unknown, internal: string | undefined, name: string): Erro
 /** A received fd that is not a readable regular file proves nothing: coded errors, as a local load gives. */
 function requireReadableFile(st: FdInspection, name: string): void {
   if (st.flags & S.O_PATH || (st.flags & S.O_ACCMODE) === FS.O_WRONLY) {
-    throw new DmaloadError('ERR_SHARE_FD_ACCESS', `the fd sent for '${name}' is not open for reading (O_PATH or O_WRONLY), so it proves nothing; open the file O_RDONLY and send that`, { path: name });
+    throw new DmaloadError(
+      'ERR_SHARE_FD_ACCESS',
+      `the fd sent for '${name}' is not open for reading (O_PATH or O_WRONLY), so it proves nothing; open the file O_RDONLY and send that`,
+      { path: name },
+    );
   }
   const type = st.mode & FS.S_IFMT;
   if (type === FS.S_IFREG) return;
   if (type === FS.S_IFDIR) throw new DmaloadSystemError(C.EISDIR, 'fstat', name);
-  throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file; dmaload reads regular files only (their size is known and stable)`, { path: name });
+  throw new DmaloadError('ERR_NOT_REGULAR_FILE', `'${name}' is not a regular file; dmaload reads regular files only (their size is known and stable)`, {
+    path: name,
+  });
 }
 
 /** The running server: each connection's requests and replies, preloads, close(). serve() (serve.ts) starts it. */
@@ -106,7 +112,22 @@ export class Server implements ShareServer {
   readonly #abort = new AbortController();
   #release: () => void;
 
-  constructor(socket: string, budget: number, perUserBudget: number, target: ShareTarget, listenFd: number, limits: Limits, o: { io: IoMode; heap: string | undefined; partSize: number | undefined; hugePages: HugePages | undefined; numaNode: NumaNode | undefined; log: ((line: string) => void) | undefined }) {
+  constructor(
+    socket: string,
+    budget: number,
+    perUserBudget: number,
+    target: ShareTarget,
+    listenFd: number,
+    limits: Limits,
+    o: {
+      io: IoMode;
+      heap: string | undefined;
+      partSize: number | undefined;
+      hugePages: HugePages | undefined;
+      numaNode: NumaNode | undefined;
+      log: ((line: string) => void) | undefined;
+    },
+  ) {
     this.socket = socket;
     this.budget = budget;
     this.target = target;
@@ -206,7 +227,11 @@ export class Server implements ShareServer {
   }
 
   #onLoad(conn: Conn, id: number, body: Record<string, unknown>, fds: number[], t0: number): void {
-    if (fds.length === 0) return this.#replyError(conn, id, { code: 'ERR_SHARE_NO_FD', message: "a load request must carry the file's fd (SCM_RIGHTS); open the file O_RDONLY and attach it" });
+    if (fds.length === 0)
+      return this.#replyError(conn, id, {
+        code: 'ERR_SHARE_NO_FD',
+        message: "a load request must carry the file's fd (SCM_RIGHTS); open the file O_RDONLY and attach it",
+      });
     if (fds.length > 1) {
       this.#guard.release(fds, conn.from);
       return this.#replyError(conn, id, { code: 'ERR_SHARE_FDS', message: `a load request carries exactly one fd (got ${fds.length})` });
@@ -287,7 +312,14 @@ export class Server implements ShareServer {
     const { entry, fds, cached, bytesRead } = got;
     const chunks: number[][] = [];
     for (let i = 0; i < fds.length; i += MAX_FDS) chunks.push(fds.slice(i, i + MAX_FDS));
-    const reply: LoadReplyBody = { size: entry.size, target: this.target, parts: entry.parts, cached, stats: { ...entry.stats, bytesRead, serverMs: msSince(t0) }, ...(chunks.length > 1 ? { more: chunks.length - 1 } : {}) };
+    const reply: LoadReplyBody = {
+      size: entry.size,
+      target: this.target,
+      parts: entry.parts,
+      cached,
+      stats: { ...entry.stats, bytesRead, serverMs: msSince(t0) },
+      ...(chunks.length > 1 ? { more: chunks.length - 1 } : {}),
+    };
     let messages: Uint8Array[];
     try {
       messages = chunks.map((_, i) => (i === 0 ? encode(MessageType.LoadReply, id, reply) : encode(MessageType.LoadReplyMore, id, { index: i })));
@@ -308,7 +340,12 @@ export class Server implements ShareServer {
         // Once per reply, after its last message.
         this.#conns.replied(conn);
         if (failed < 0 && failed !== -C.EPIPE && !conn.channel.closed) {
-          const e = new DmaloadSystemError(failed, 'sendmsg', name, failed === -C.ETOOMANYREFS ? "the server's user has too many fds in flight to clients that do not read them" : undefined);
+          const e = new DmaloadSystemError(
+            failed,
+            'sendmsg',
+            name,
+            failed === -C.ETOOMANYREFS ? "the server's user has too many fds in flight to clients that do not read them" : undefined,
+          );
           // Half a reply has gone out: the conversation cannot continue.
           if (messages.length > 1) this.#conns.drop(conn, e.code, e.message);
           else this.#replyError(conn, id, errorBody(e, undefined, name));

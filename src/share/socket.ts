@@ -26,7 +26,13 @@ export function listen(socket: string, mode: number): number {
   try {
     const tmp = join(dir, 's');
     const fd = native.unixListen(tmp, mode, 128);
-    if (fd < 0) throw new DmaloadSystemError(fd, 'bind', socket, fd === -C.ENAMETOOLONG ? 'a Unix socket path holds at most 107 bytes (the server binds in a folder beside it first: choose a shorter path)' : undefined);
+    if (fd < 0)
+      throw new DmaloadSystemError(
+        fd,
+        'bind',
+        socket,
+        fd === -C.ENAMETOOLONG ? 'a Unix socket path holds at most 107 bytes (the server binds in a folder beside it first: choose a shorter path)' : undefined,
+      );
     try {
       for (let attempt = 0; ; attempt++) {
         try {
@@ -41,13 +47,19 @@ export function listen(socket: string, mode: number): number {
         } catch {
           continue; // gone meanwhile
         }
-        if (!st.isSocket()) throw new DmaloadSystemError(-C.EADDRINUSE, 'bind', socket, 'the path exists and is not a socket; remove it or choose another path');
+        if (!st.isSocket())
+          throw new DmaloadSystemError(-C.EADDRINUSE, 'bind', socket, 'the path exists and is not a socket; remove it or choose another path');
         const probe = probeSocket(socket);
         if (probe === 0 || probe === -C.EAGAIN) throw new DmaloadSystemError(-C.EADDRINUSE, 'bind', socket, 'a server is already listening there');
         // Only ECONNREFUSED says nobody listens. Any other failure (EACCES: another user's live server) proves nothing,
         // and unlinking would hand that server's path, and its clients' file descriptors, to this one.
         if (probe !== -C.ECONNREFUSED) {
-          throw new DmaloadSystemError(-C.EADDRINUSE, 'bind', socket, `a socket is there and connecting to it failed (${errnoCode(probe)}), so it may be in use; remove it if you know it is stale`);
+          throw new DmaloadSystemError(
+            -C.EADDRINUSE,
+            'bind',
+            socket,
+            `a socket is there and connecting to it failed (${errnoCode(probe)}), so it may be in use; remove it if you know it is stale`,
+          );
         }
         unlinkSync(socket); // a socket left behind by a server that died
       }
@@ -61,4 +73,3 @@ export function listen(socket: string, mode: number): number {
     rmSync(dir, { recursive: true, force: true });
   }
 }
-

@@ -28,7 +28,8 @@ export const dmaHeap: Target = {
   allocate(req: AllocateRequest): Allocation {
     const heap = req.options.heap ?? 'system';
     if (typeof heap !== 'string' || heap === '' || heap.includes('/')) throw invalidType('heap', 'a heap name such as "system"', heap);
-    if (req.size === 0) throw new DmaloadError('ERR_EMPTY_DMABUF', `'${req.path}' is empty and a dma-buf cannot be: load it into 'memory' or 'memfd'`, { path: req.path });
+    if (req.size === 0)
+      throw new DmaloadError('ERR_EMPTY_DMABUF', `'${req.path}' is empty and a dma-buf cannot be: load it into 'memory' or 'memfd'`, { path: req.path });
     const heapPath = `${HEAP_DIR}/${heap}`;
     let heapFd: number;
     try {
@@ -37,7 +38,11 @@ export const dmaHeap: Target = {
       const err = e as NodeJS.ErrnoException;
       if (err.code !== 'ENOENT') throw new DmaloadSystemError(err.errno ?? -13, 'open', heapPath);
       const present = heapsPresent();
-      throw new DmaloadError('ERR_NO_HEAP', `no DMA heap '${heap}' (${heapPath}); heaps present: ${present.length ? present.join(', ') : 'none (this kernel has no DMA heaps)'}`, { path: heapPath });
+      throw new DmaloadError(
+        'ERR_NO_HEAP',
+        `no DMA heap '${heap}' (${heapPath}); heaps present: ${present.length ? present.join(', ') : 'none (this kernel has no DMA heaps)'}`,
+        { path: heapPath },
+      );
     }
     // Reserve the view; each part's dma-buf is mapped over its slice of it when allocated.
     const view = native.mmap(req.capacity, C.PROT_NONE, C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_NORESERVE, -1, 0, 0);

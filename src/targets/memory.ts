@@ -18,7 +18,11 @@ export const memory: Target = {
     // load() and allocate() resolved the option (or DMALOAD_HUGE_PAGES): a boolean asks for MADV_HUGEPAGE or not.
     const huge = req.options.hugePages === true;
     let region =
-      req.capacity === 0 ? undefined : req.hugetlb ? hugetlbAnonymous(roundUp(req.capacity, req.hugetlb), req.hugetlb, req.path) : anonymous(req.capacity, huge, req.path);
+      req.capacity === 0
+        ? undefined
+        : req.hugetlb
+          ? hugetlbAnonymous(roundUp(req.capacity, req.hugetlb), req.hugetlb, req.path)
+          : anonymous(req.capacity, huge, req.path);
     const layout = layoutOf(req.capacity, req.partSize);
     return {
       region,

@@ -36,16 +36,26 @@ export function openUdmabuf(path: string): number {
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'ENOENT') {
-      throw new DmaloadError('ERR_NO_UDMABUF', `${UDMABUF_DEVICE} does not exist: this kernel has no udmabuf (CONFIG_UDMABUF); load '${path}' into target 'memfd' instead`, { path: UDMABUF_DEVICE });
+      throw new DmaloadError(
+        'ERR_NO_UDMABUF',
+        `${UDMABUF_DEVICE} does not exist: this kernel has no udmabuf (CONFIG_UDMABUF); load '${path}' into target 'memfd' instead`,
+        { path: UDMABUF_DEVICE },
+      );
     }
-    throw new DmaloadSystemError(err.errno ?? -13, 'open', UDMABUF_DEVICE, err.code === 'EACCES' ? `no permission on ${UDMABUF_DEVICE}: add the user to its group or run with access to it` : undefined);
+    throw new DmaloadSystemError(
+      err.errno ?? -13,
+      'open',
+      UDMABUF_DEVICE,
+      err.code === 'EACCES' ? `no permission on ${UDMABUF_DEVICE}: add the user to its group or run with access to it` : undefined,
+    );
   }
 }
 
 export const udmabuf: Target = {
   name: 'udmabuf',
   allocate(req: AllocateRequest): Allocation {
-    if (req.size === 0) throw new DmaloadError('ERR_EMPTY_DMABUF', `'${req.path}' is empty and a dma-buf cannot be: load it into 'memory' or 'memfd'`, { path: req.path });
+    if (req.size === 0)
+      throw new DmaloadError('ERR_EMPTY_DMABUF', `'${req.path}' is empty and a dma-buf cannot be: load it into 'memory' or 'memfd'`, { path: req.path });
     const limit = udmabufLimit();
     if (req.partSize !== undefined && req.partSize > limit) {
       throw new DmaloadError(
@@ -95,7 +105,12 @@ export const udmabuf: Target = {
         if (closed) return;
         const fd = native.udmabufCreate(dev, memfd, [[offset, length]], UDMABUF_FLAGS_CLOEXEC);
         if (fd < 0) {
-          throw new DmaloadSystemError(fd, 'ioctl', UDMABUF_DEVICE, fd === -22 ? `UDMABUF_CREATE of ${length} bytes at ${offset}; size_limit_mb is ${limit / MiB}` : undefined);
+          throw new DmaloadSystemError(
+            fd,
+            'ioctl',
+            UDMABUF_DEVICE,
+            fd === -22 ? `UDMABUF_CREATE of ${length} bytes at ${offset}; size_limit_mb is ${limit / MiB}` : undefined,
+          );
         }
         bufs[k] = fd;
       },

@@ -19,13 +19,34 @@ const bin = join(resolve(fileURLToPath(import.meta.url), '../../../..'), 'bin/dm
 describe('bench', () => {
   test('a small run: every supported row verified, unsupported rows say why, JSON shaped as documented', async () => {
     const f = makeFile(dir, 'b', 8 * MiB + 5);
-    const rep = await bench({ file: f.path, rounds: 2, targets: ['memory', 'memfd', 'udmabuf'], methods: ['read', 'read-write', 'copy_file_range', 'dmaload', 'node-readFile'] });
+    const rep = await bench({
+      file: f.path,
+      rounds: 2,
+      targets: ['memory', 'memfd', 'udmabuf'],
+      methods: ['read', 'read-write', 'copy_file_range', 'dmaload', 'node-readFile'],
+    });
     assert.equal(rep.size, 8 * MiB + 5);
     assert.equal(rep.rounds, 2);
     assert.equal(typeof rep.machine.kernel, 'string');
     assert.match(rep.machine.fs, / on /);
     for (const r of rep.rows) {
-      for (const k of ['method', 'target', 'io', 'supported', 'createMs', 'ioMs', 'closeMs', 'mbps', 'pct', 'cpuMs', 'pageCacheBytes', 'verified', 'min', 'max']) assert.ok(k in r, k);
+      for (const k of [
+        'method',
+        'target',
+        'io',
+        'supported',
+        'createMs',
+        'ioMs',
+        'closeMs',
+        'mbps',
+        'pct',
+        'cpuMs',
+        'pageCacheBytes',
+        'verified',
+        'min',
+        'max',
+      ])
+        assert.ok(k in r, k);
       if (r.supported) assert.equal(r.verified, true, `${r.target} ${r.io} ${r.method}`);
       else assert.ok(r.reason && r.reason.length > 0, `${r.method} says why`);
     }
@@ -39,7 +60,7 @@ describe('bench', () => {
     if (!existsSync('/dev/udmabuf')) assert.match(row('dmaload', 'udmabuf', 'direct').reason!, /udmabuf/);
   });
 
-  test('--verify: a load verified while reading and verifyFile, both hashing the source right; neither is the summary\'s best', async () => {
+  test("--verify: a load verified while reading and verifyFile, both hashing the source right; neither is the summary's best", async () => {
     const f = makeFile(dir, 'v', 6 * MiB + 3);
     const rep = await bench({ file: f.path, rounds: 1, targets: ['memory'], methods: ['dmaload'], verify: true });
     const rows = rep.rows.filter((r) => r.verify !== undefined);
@@ -61,7 +82,10 @@ describe('bench', () => {
     const dflt = planRows(METHODS, DEFAULT_TARGETS, false);
     assert.ok(dflt.length <= 12, `${dflt.length} default rows`);
     for (const want of ['fio', 'node-readFile', 'memory direct dmaload', 'memory uncached dmaload', 'memory auto dmaload reload']) {
-      assert.ok(dflt.some((r) => label(r) === want), want);
+      assert.ok(
+        dflt.some((r) => label(r) === want),
+        want,
+      );
     }
   });
 
@@ -84,8 +108,14 @@ describe('bench', () => {
     assert.equal(rep.summary.reload.memory, 'reused');
     assert.equal(rep.summary.reload.verified, true);
     assert.deepEqual(rep.summary.notCold, []);
-    assert.ok(rep.rows.every((x: { startCacheBytes: number }) => x.startCacheBytes === 0), 'every cold round started cold (mincore)');
-    assert.ok(rep.rows.some((x: { io: string; supported: boolean }) => x.io === 'uncached'), 'uncached row present (measured, or unsupported with the reason)');
+    assert.ok(
+      rep.rows.every((x: { startCacheBytes: number }) => x.startCacheBytes === 0),
+      'every cold round started cold (mincore)',
+    );
+    assert.ok(
+      rep.rows.some((x: { io: string; supported: boolean }) => x.io === 'uncached'),
+      'uncached row present (measured, or unsupported with the reason)',
+    );
   });
 
   test('CLI: --json, --md and --svg on a generated file; the file is removed afterwards', async () => {
@@ -94,7 +124,10 @@ describe('bench', () => {
     assert.equal(j.code, 0, j.err);
     const rep = JSON.parse(j.out);
     assert.equal(rep.size, 4 * MiB);
-    assert.ok(rep.rows.some((r: { method: string }) => r.method === 'fio'), 'fio row present (measured, or unavailable with the reason)');
+    assert.ok(
+      rep.rows.some((r: { method: string }) => r.method === 'fio'),
+      'fio row present (measured, or unavailable with the reason)',
+    );
     assert.ok(!existsSync(rep.file), 'generated file removed');
     assert.ok(!existsSync(dirname(rep.file)), 'and its folder');
     assert.match(readFileSync(svg, 'utf8'), /^<svg[^>]*>[\s\S]*MB\/s[\s\S]*<\/svg>\n$/);
@@ -127,14 +160,20 @@ describe('bench', () => {
   });
 
   test('Ctrl-C mid-run: children killed, temporary file removed, exit 130', async () => {
-    const child = spawn(process.execPath, [bin, 'bench', '--size', '64MiB', '--rounds', '20', '--targets', 'memory', '--methods', 'read,dmaload'], { env: { ...process.env, TMPDIR: dir }, stdio: 'ignore' });
+    const child = spawn(process.execPath, [bin, 'bench', '--size', '64MiB', '--rounds', '20', '--targets', 'memory', '--methods', 'read,dmaload'], {
+      env: { ...process.env, TMPDIR: dir },
+      stdio: 'ignore',
+    });
     // Wait for the generated file, then interrupt.
     for (let i = 0; i < 200 && !readdirSync(dir).some((n) => n.startsWith('dmaload-bench-')); i++) await new Promise((r) => setTimeout(r, 25));
     await new Promise((r) => setTimeout(r, 300));
     child.kill('SIGINT');
     const code = await new Promise((r) => child.on('exit', (c) => r(c)));
     assert.equal(code, 130, 'interrupted (128 + SIGINT), not completed');
-    assert.deepEqual(readdirSync(dir).filter((n) => n.startsWith('dmaload-bench-')), []);
+    assert.deepEqual(
+      readdirSync(dir).filter((n) => n.startsWith('dmaload-bench-')),
+      [],
+    );
   });
 
   test('SIGTERM, SIGINT, SIGHUP while the data is written: exit 128 + the signal number, none of the data left', async () => {
@@ -142,7 +181,11 @@ describe('bench', () => {
       // The bench writes its data under TMPDIR, or the working folder when TMPDIR is tmpfs: both are `d`.
       const d = join(dir, `sig-${sig}`);
       mkdirSync(d);
-      const child = spawn(process.execPath, [bin, 'bench', '--size', '256MiB', '--methods', 'dmaload', '--targets', 'memory', '--rounds', '1'], { cwd: d, env: { ...process.env, TMPDIR: d }, stdio: ['ignore', 'ignore', 'pipe'] });
+      const child = spawn(process.execPath, [bin, 'bench', '--size', '256MiB', '--methods', 'dmaload', '--targets', 'memory', '--rounds', '1'], {
+        cwd: d,
+        env: { ...process.env, TMPDIR: d },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
       let stderr = '';
       child.stderr.on('data', (b: Buffer) => void (stderr += b));
       const exited = new Promise<{ code: number | null; signal: string | null }>((res) => child.on('exit', (code, signal) => res({ code, signal })));

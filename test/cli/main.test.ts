@@ -56,7 +56,11 @@ describe('cli: load', () => {
     const fifo = join(dir, 'evict-fifo');
     execFileSync('mkfifo', [fifo]);
     const run = promisify(execFile);
-    for (const [p, code] of [[fifo, 'ERR_NOT_REGULAR_FILE'], [dir, 'EISDIR'], ['/dev/zero', 'ERR_NOT_REGULAR_FILE']] as const) {
+    for (const [p, code] of [
+      [fifo, 'ERR_NOT_REGULAR_FILE'],
+      [dir, 'EISDIR'],
+      ['/dev/zero', 'ERR_NOT_REGULAR_FILE'],
+    ] as const) {
       const errs: string[] = [];
       for (const flags of [[], ['--evict']]) {
         // A process of its own, killed if it hangs: opening a FIFO blocks until a writer comes.
@@ -144,10 +148,13 @@ describe('cli: the bin script', () => {
     const f = makeFile(dir, 'bin', 5000);
     const ok = await run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', f.path, '--json', '--hash', 'sha256']);
     assert.equal(JSON.parse(ok.stdout).sha256, f.sha256);
-    await assert.rejects(run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', join(dir, 'nope')]), (e: { code: number; stderr: string }) => e.code === 1 && /ENOENT/.test(e.stderr));
+    await assert.rejects(
+      run(process.execPath, [join(root, 'bin/dmaload.js'), 'load', join(dir, 'nope')]),
+      (e: { code: number; stderr: string }) => e.code === 1 && /ENOENT/.test(e.stderr),
+    );
   });
 
-  test('--version prints package.json\'s version; --help lists it', async () => {
+  test("--version prints package.json's version; --help lists it", async () => {
     const run = promisify(execFile);
     const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
     for (const flag of ['--version', '-v']) assert.equal((await run(process.execPath, [join(root, 'bin/dmaload.js'), flag])).stdout, `${pkg.version}\n`);

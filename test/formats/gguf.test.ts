@@ -11,7 +11,6 @@ import { encodeGgufHeader, type GgufSpec, type GgufTensorSpec, type GgufTypedVal
 const dir = mkdtempSync(join(tmpdir(), 'dmaload-gguf-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
-
 /*
  * ggml's block sizes and byte sizes, written from ggml's headers and not from src/formats/gguf.ts: the ids from
  * include/ggml.h `enum ggml_type`, each block size from src/ggml.c `type_traits[].blck_size`, each byte size the
@@ -55,7 +54,7 @@ const GGML: Record<string, [id: number, blockSize: number, typeSize: number]> = 
   TQ1_0: [34, QK_K, half + QK_K / 64 + (QK_K - (4 * QK_K) / 64) / 5],
   TQ2_0: [35, QK_K, half + QK_K / 4],
   MXFP4: [39, QK_MXFP4, 1 + QK_MXFP4 / 2],
-  NVFP4: [40, QK_NVFP4, (QK_NVFP4 / QK_NVFP4_SUB) + QK_NVFP4 / 2],
+  NVFP4: [40, QK_NVFP4, QK_NVFP4 / QK_NVFP4_SUB + QK_NVFP4 / 2],
   Q1_0: [41, QK1_0, half + QK1_0 / 8],
   Q2_0: [42, QK2_0, half + QK2_0 / 4],
 };
@@ -194,7 +193,10 @@ function checkTensors(m: ParsedModel | Awaited<ReturnType<typeof inspect>>, offs
     m.tensors.map((t) => [t.name, t.dtype, t.shape, t.bytes]),
     TENSORS.map(([n, ty, d, b]) => [n, ty, d, b]),
   );
-  assert.deepEqual(m.tensors.map((t) => t.offset), offsets);
+  assert.deepEqual(
+    m.tensors.map((t) => t.offset),
+    offsets,
+  );
 }
 
 test('every value type and many ggml types, default alignment', async () => {
@@ -223,7 +225,10 @@ test('general.alignment is honoured, and v2 parses like v3', () => {
 });
 
 interface HfGguf {
-  gguf(uri: string, params: { allowLocalFile: boolean }): Promise<{
+  gguf(
+    uri: string,
+    params: { allowLocalFile: boolean },
+  ): Promise<{
     metadata: Record<string, unknown>;
     tensorInfos: { name: string; shape: bigint[]; dtype: number; offset: bigint }[];
     tensorDataOffset: bigint;
@@ -285,7 +290,10 @@ test('GGUF split files: the first split brings in the others', async () => {
     ],
   );
   // A later split alone is just a file.
-  assert.deepEqual((await inspect(files[1] as string)).tensors.map((t) => t.name), ['c']);
+  assert.deepEqual(
+    (await inspect(files[1] as string)).tensors.map((t) => t.name),
+    ['c'],
+  );
 
   writeFileSync(files[2] as string, part(1, ['d']).bytes);
   await rejectsCode(inspect(files[0] as string), 'ERR_MODEL_HEADER', files[2]);
@@ -313,16 +321,28 @@ test('inspect reads a long header in chunks and never the data', async () => {
   const info = await inspect(p);
   assert.ok(performance.now() - t0 < 3000);
   assert.equal((info.metadata['tokenizer.ggml.tokens'] as string[])[59_999], `token-59999-${'x'.repeat(59_999 % 17)}`);
-  assert.deepEqual(info.tensors.map((t) => [t.offset, t.bytes]), [[header.length + 4 * 2 ** 30, 4096]]);
+  assert.deepEqual(
+    info.tensors.map((t) => [t.offset, t.bytes]),
+    [[header.length + 4 * 2 ** 30, 4096]],
+  );
 });
 
 /** A small valid file to break. */
-function base(metadata: [string | Uint8Array, GgufTypedValue][] = [['k', u32(1)]], tensors: GgufTensorSpec[] = [{ name: 'w', dims: [4], type: 0, offset: 0 }], extra = 256): Buffer {
+function base(
+  metadata: [string | Uint8Array, GgufTypedValue][] = [['k', u32(1)]],
+  tensors: GgufTensorSpec[] = [{ name: 'w', dims: [4], type: 0, offset: 0 }],
+  extra = 256,
+): Buffer {
   return Buffer.concat([encodeGgufHeader({ metadata, tensors }), Buffer.alloc(extra)]);
 }
 
 test('hardening: versions', () => {
-  for (const [version, code] of [[1, 'ERR_MODEL_VERSION'], [4, 'ERR_MODEL_VERSION'], [0, 'ERR_MODEL_VERSION'], [0x03000000, 'ERR_MODEL_VERSION']] as const) {
+  for (const [version, code] of [
+    [1, 'ERR_MODEL_VERSION'],
+    [4, 'ERR_MODEL_VERSION'],
+    [0, 'ERR_MODEL_VERSION'],
+    [0x03000000, 'ERR_MODEL_VERSION'],
+  ] as const) {
     const b = base();
     b.writeUInt32LE(version, 4);
     throwsCode(() => parseGguf(b), code);
@@ -360,18 +380,27 @@ test('hardening: counts and lengths past the end of the file', () => {
 });
 
 test('hardening: every truncation of a file is refused', async () => {
-  const { bytes } = gguf({ metadata: everyValueType(), tensors: [['a', 'Q4_K', [256]], ['b', 'F32', [3]]] });
+  const { bytes } = gguf({
+    metadata: everyValueType(),
+    tensors: [
+      ['a', 'Q4_K', [256]],
+      ['b', 'F32', [3]],
+    ],
+  });
   const last = parseGguf(bytes).tensors[1];
   assert.ok(last);
   const full = bytes.subarray(0, last.offset + last.bytes);
   const dataOffset = parseGguf(full).dataOffset;
   for (let k = 0; k < full.length; k++) {
     const cut = full.subarray(0, k);
-    assert.throws(() => parseGguf(cut), (e: unknown) => {
-      assert.ok(e instanceof DmaloadError);
-      assert.ok(k < dataOffset - 32 ? e.code === 'ERR_MODEL_TRUNCATED' : ['ERR_MODEL_TRUNCATED', 'ERR_MODEL_RANGE'].includes(e.code), `${k}: ${e.code}`);
-      return true;
-    });
+    assert.throws(
+      () => parseGguf(cut),
+      (e: unknown) => {
+        assert.ok(e instanceof DmaloadError);
+        assert.ok(k < dataOffset - 32 ? e.code === 'ERR_MODEL_TRUNCATED' : ['ERR_MODEL_TRUNCATED', 'ERR_MODEL_RANGE'].includes(e.code), `${k}: ${e.code}`);
+        return true;
+      },
+    );
   }
   const p = write('cut.gguf', full.subarray(0, 100));
   await rejectsCode(inspect(p), 'ERR_MODEL_TRUNCATED', p);
@@ -399,7 +428,16 @@ test('hardening: tensor ranges', () => {
 test('hardening: duplicates, UTF-8, value types, alignment, nesting', () => {
   const t = (name: string | Uint8Array): GgufTensorSpec => ({ name, dims: [1], type: 0, offset: 0 });
   throwsCode(() => parseGguf(base(undefined, [t('w'), { ...t('w'), offset: 32 }])), 'ERR_MODEL_DUPLICATE');
-  throwsCode(() => parseGguf(base([['k', u32(1)], ['k', u32(2)]])), 'ERR_MODEL_DUPLICATE');
+  throwsCode(
+    () =>
+      parseGguf(
+        base([
+          ['k', u32(1)],
+          ['k', u32(2)],
+        ]),
+      ),
+    'ERR_MODEL_DUPLICATE',
+  );
   throwsCode(() => parseGguf(base(undefined, [t(Uint8Array.from([0x77, 0xc3, 0x28]))])), 'ERR_MODEL_UTF8');
   throwsCode(() => parseGguf(base([[Uint8Array.from([0xed, 0xa0, 0x80]), u32(1)]])), 'ERR_MODEL_UTF8'); // encoded surrogate
   // String values are decoded leniently: real vocabularies hold partial UTF-8 sequences.
@@ -413,7 +451,15 @@ test('hardening: duplicates, UTF-8, value types, alignment, nesting', () => {
   };
   throwsCode(() => parseGguf(typed(13)), 'ERR_MODEL_HEADER');
   throwsCode(() => parseGguf(typed(9, 13)), 'ERR_MODEL_HEADER');
-  throwsCode(() => parseGguf(base([['k', { type: 'UINT8', value: 0 }]]).fill(2, 37, 38).fill(7, 33, 34)), 'ERR_MODEL_HEADER'); // bool 2
+  throwsCode(
+    () =>
+      parseGguf(
+        base([['k', { type: 'UINT8', value: 0 }]])
+          .fill(2, 37, 38)
+          .fill(7, 33, 34),
+      ),
+    'ERR_MODEL_HEADER',
+  ); // bool 2
 
   for (const bad of [0, 3, 48]) throwsCode(() => parseGguf(base([['general.alignment', u32(bad)]])), 'ERR_MODEL_HEADER');
   throwsCode(() => parseGguf(base([['general.alignment', { type: 'UINT64', value: 32n }]])), 'ERR_MODEL_HEADER');

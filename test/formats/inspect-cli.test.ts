@@ -95,7 +95,10 @@ test('a FIFO (or one named .json): exit 1 with ERR_NOT_REGULAR_FILE at once, not
   for (const name of ['fifo.safetensors', 'fifo.json']) {
     const fifo = join(dir, name);
     execFileSync('mkfifo', [fifo]);
-    const r = await promisify(execFile)(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'inspect', fifo], { timeout: 10_000, killSignal: 'SIGKILL' }).then(
+    const r = await promisify(execFile)(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'inspect', fifo], {
+      timeout: 10_000,
+      killSignal: 'SIGKILL',
+    }).then(
       () => assert.fail('inspect of a FIFO succeeded'),
       (e: { code: number | null; killed: boolean; stderr: string }) => e,
     );
@@ -110,9 +113,16 @@ test('control characters from the file are printed escaped, never raw (names, me
   const name = 'w\u001b[2J\r';
   const data = new Uint8Array(16);
   const shard = join(dir, 'ctl-\u009b1m.safetensors');
-  writeSafetensors(shard, [{ name, dtype: 'F32', shape: [4], data }, { name: 'odd\u0007', dtype: 'F32', shape: [4], data }], {
-    metadata: { 'k\u001b[31m': 'v\u009b2J\u007f', plain: 'p' },
-  });
+  writeSafetensors(
+    shard,
+    [
+      { name, dtype: 'F32', shape: [4], data },
+      { name: 'odd\u0007', dtype: 'F32', shape: [4], data },
+    ],
+    {
+      metadata: { 'k\u001b[31m': 'v\u009b2J\u007f', plain: 'p' },
+    },
+  );
   writeSafetensors(join(dir, 'ctl-other.safetensors'), [{ name: 'o', dtype: 'F32', shape: [4], data }]);
   const index = join(dir, 'ctl.safetensors.index.json');
   writeFileSync(index, JSON.stringify({ weight_map: { [name]: basename(shard), 'odd\u0007': basename(shard), o: 'ctl-other.safetensors' } }));

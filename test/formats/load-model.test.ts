@@ -41,10 +41,24 @@ function mixedSafetensors(): { specs: Spec[]; values: Record<string, ArrayLike<n
     'w.bool': Uint8Array.from({ length: 33 }, (_, i) => i % 2),
   };
   const dtype: Record<string, string> = {
-    'w.f32': 'F32', 'w.f64': 'F64', 'w.i8': 'I8', 'w.u8': 'U8', 'w.i16': 'I16', 'w.u16': 'U16', 'w.i32': 'I32',
-    'w.u32': 'U32', 'w.i64': 'I64', 'w.u64': 'U64', 'w.bool': 'BOOL',
+    'w.f32': 'F32',
+    'w.f64': 'F64',
+    'w.i8': 'I8',
+    'w.u8': 'U8',
+    'w.i16': 'I16',
+    'w.u16': 'U16',
+    'w.i32': 'I32',
+    'w.u32': 'U32',
+    'w.i64': 'I64',
+    'w.u64': 'U64',
+    'w.bool': 'BOOL',
   };
-  const specs: Spec[] = Object.entries(values).map(([name, v]) => ({ name, dtype: dtype[name]!, shape: [v.length], data: raw(v as unknown as ArrayBufferView) }));
+  const specs: Spec[] = Object.entries(values).map(([name, v]) => ({
+    name,
+    dtype: dtype[name]!,
+    shape: [v.length],
+    data: raw(v as unknown as ArrayBufferView),
+  }));
   specs.push({ name: 'w.f16', dtype: 'F16', shape: [4], data: raw(Uint16Array.from([0x3c00, 0x4000, 0xc200, 0])) });
   specs.push({ name: 'w.bf16', dtype: 'BF16', shape: [2, 3], data: seededBytes(12, 5) });
   specs.push({ name: 'w.f8', dtype: 'F8_E4M3', shape: [5], data: seededBytes(5, 6) });
@@ -88,8 +102,15 @@ describe('loadModel: whole models', () => {
         const model = await loadModel(path, { target, io });
         assert.equal(model.format, 'safetensors');
         assert.deepEqual(model.metadata, { format: 'pt' });
-        assert.deepEqual([...model.tensors.keys()], info.tensors.map((t) => t.name), 'model order');
-        assert.deepEqual([...model.tensors.values()].map((t) => [t.name, t.dtype, t.shape, t.offset, t.byteLength, t.file]), info.tensors.map((t) => [t.name, t.dtype, t.shape, t.offset, t.bytes, t.file]));
+        assert.deepEqual(
+          [...model.tensors.keys()],
+          info.tensors.map((t) => t.name),
+          'model order',
+        );
+        assert.deepEqual(
+          [...model.tensors.values()].map((t) => [t.name, t.dtype, t.shape, t.offset, t.byteLength, t.file]),
+          info.tensors.map((t) => [t.name, t.dtype, t.shape, t.offset, t.bytes, t.file]),
+        );
         assertSlices(model, file);
         assertTypedArrays(model, values);
         const tensorBytes = info.tensors.reduce((n, t) => n + t.bytes, 0);
@@ -116,7 +137,12 @@ describe('loadModel: whole models', () => {
   });
 
   test('GGUF: every tensor (F32, F16, I*, F64, quantized), alignment honoured, typed arrays where aligned', async () => {
-    const values = { a: f32(4096, 2), b: Int32Array.from({ length: 33 }, (_, i) => i - 16), c: Float64Array.from([1.5, -2.25]), d: Int16Array.from([1, -2, 3]) };
+    const values = {
+      a: f32(4096, 2),
+      b: Int32Array.from({ length: 33 }, (_, i) => i - 16),
+      c: Float64Array.from([1.5, -2.25]),
+      d: Int16Array.from([1, -2, 3]),
+    };
     const specs: Spec[] = [
       { name: 'a', dtype: 'F32', shape: [64, 64], data: raw(values.a) },
       { name: 'q', dtype: 'Q4_0', shape: [64, 2], data: seededBytes(4 * 18, 3) },
@@ -133,10 +159,14 @@ describe('loadModel: whole models', () => {
       const model = await loadModel(path);
       assert.equal(model.format, 'gguf');
       assert.equal(model.metadata['general.name'], 'tiny');
-      assert.deepEqual([...model.tensors.keys()], specs.map((s) => s.name));
+      assert.deepEqual(
+        [...model.tensors.keys()],
+        specs.map((s) => s.name),
+      );
       assertSlices(model, file);
       for (const t of model.tensors.values()) assert.equal(t.bytes.byteOffset % alignment, 0, `${t.name} aligned to ${alignment} in memory`);
-      for (const [name, want] of Object.entries(values)) assert.deepEqual(Array.from(model.tensors.get(name)!.asTypedArray() as ArrayLike<number>), Array.from(want), name);
+      for (const [name, want] of Object.entries(values))
+        assert.deepEqual(Array.from(model.tensors.get(name)!.asTypedArray() as ArrayLike<number>), Array.from(want), name);
       assert.equal(model.tensors.get('q')!.asTypedArray(), undefined, 'quantized: no typed array');
       assert.equal(model.tensors.get('q8')!.asTypedArray(), undefined);
       const tensorBytes = specs.reduce((n, s) => n + s.data.length, 0);
@@ -279,7 +309,14 @@ describe('loadModel: selective loads', () => {
     await assert.rejects(loadModel(path, { tensors: [1] as never }), { code: 'ERR_INVALID_ARG_TYPE' });
     await assert.rejects(loadModel(path, { coalesceGap: -1 }), { code: 'ERR_OUT_OF_RANGE' });
     await assert.rejects(loadModel(path, { target: 'gpu' as never }), { code: 'ERR_INVALID_ARG_VALUE' });
-    await assert.rejects(loadModel(path, { tensors: () => { throw new Error('predicate'); } }), /predicate/);
+    await assert.rejects(
+      loadModel(path, {
+        tensors: () => {
+          throw new Error('predicate');
+        },
+      }),
+      /predicate/,
+    );
     await assert.rejects(loadModel(path, { memoryBudget: 100 * KiB }), { code: 'ERR_MEMORY_BUDGET', path });
     assert.equal(await leaks(), undefined);
   });
@@ -298,20 +335,48 @@ describe('loadModel: shards', () => {
     ];
     const p1 = join(sub, 'model-00001-of-00002.safetensors');
     const p2 = join(sub, 'model-00002-of-00002.safetensors');
-    const files = new Map([[p1, writeSafetensors(p1, s1)], [p2, writeSafetensors(p2, s2)]]);
+    const files = new Map([
+      [p1, writeSafetensors(p1, s1)],
+      [p2, writeSafetensors(p2, s2)],
+    ]);
     const index = join(sub, 'model.safetensors.index.json');
-    writeFileSync(index, JSON.stringify({ metadata: { total_size: 0 }, weight_map: { embed: 'model-00001-of-00002.safetensors', l0: 'model-00001-of-00002.safetensors', l1: 'model-00002-of-00002.safetensors', head: 'model-00002-of-00002.safetensors' } }));
+    writeFileSync(
+      index,
+      JSON.stringify({
+        metadata: { total_size: 0 },
+        weight_map: {
+          embed: 'model-00001-of-00002.safetensors',
+          l0: 'model-00001-of-00002.safetensors',
+          l1: 'model-00002-of-00002.safetensors',
+          head: 'model-00002-of-00002.safetensors',
+        },
+      }),
+    );
     for (const target of ['memory', 'memfd'] as const) {
       const leaks = leakCheck();
       const model = await loadModel(index, { target });
       assert.deepEqual(model.metadata, { total_size: 0 });
-      assert.deepEqual([...model.tensors.values()].map((t) => [t.name, t.file]), [['embed', p1], ['l0', p1], ['l1', p2], ['head', p2]]);
+      assert.deepEqual(
+        [...model.tensors.values()].map((t) => [t.name, t.file]),
+        [
+          ['embed', p1],
+          ['l0', p1],
+          ['l1', p2],
+          ['head', p2],
+        ],
+      );
       assertSlices(model, files);
       assert.equal(model.stats.files, 2);
       assert.equal(model.buffers.length, 2);
       assert.equal(model.tensors.get('head')!.buffer, model.buffers[1]);
       assert.deepEqual(Array.from(model.tensors.get('head')!.asTypedArray() as Float32Array), Array.from(f32(77, 14)));
-      assert.deepEqual(model.stats.perFile.map((f) => [f.file, f.tensors]), [[p1, 2], [p2, 2]]);
+      assert.deepEqual(
+        model.stats.perFile.map((f) => [f.file, f.tensors]),
+        [
+          [p1, 2],
+          [p2, 2],
+        ],
+      );
       model.close();
       assert.ok(model.buffers.every((b) => b.closed));
       assert.equal(await leaks(), undefined);
@@ -338,7 +403,10 @@ describe('loadModel: shards', () => {
       ] as [string, GgufTypedValue][],
     });
     const parts = [
-      part(0, [{ name: 'a', dtype: 'F32', shape: [100], data: raw(f32(100, 21)) }, { name: 'b', dtype: 'Q4_0', shape: [32 * 100], data: seededBytes(1800, 22) }]),
+      part(0, [
+        { name: 'a', dtype: 'F32', shape: [100], data: raw(f32(100, 21)) },
+        { name: 'b', dtype: 'Q4_0', shape: [32 * 100], data: seededBytes(1800, 22) },
+      ]),
       part(1, [{ name: 'c', dtype: 'I64', shape: [9], data: raw(BigInt64Array.from({ length: 9 }, (_, i) => BigInt(i) - 4n)) }]),
       part(2, [{ name: 'd', dtype: 'F32', shape: [3000], data: raw(f32(3000, 23)) }]),
     ];
@@ -346,7 +414,15 @@ describe('loadModel: shards', () => {
     const leaks = leakCheck();
     const model = await loadModel(parts[0]!.path, { target: 'memfd' });
     assert.equal(model.format, 'gguf');
-    assert.deepEqual([...model.tensors.values()].map((t) => [t.name, t.file]), [['a', parts[0]!.path], ['b', parts[0]!.path], ['c', parts[1]!.path], ['d', parts[2]!.path]]);
+    assert.deepEqual(
+      [...model.tensors.values()].map((t) => [t.name, t.file]),
+      [
+        ['a', parts[0]!.path],
+        ['b', parts[0]!.path],
+        ['c', parts[1]!.path],
+        ['d', parts[2]!.path],
+      ],
+    );
     assertSlices(model, files);
     assert.equal(model.stats.files, 3);
     assert.deepEqual(Array.from(model.tensors.get('c')!.asTypedArray() as BigInt64Array), [-4n, -3n, -2n, -1n, 0n, 1n, 2n, 3n, 4n]);
@@ -383,7 +459,17 @@ describe('loadModel: abort, failures, progress', () => {
       const leaks = leakCheck();
       const ac = new AbortController();
       let last = 0;
-      const p = loadModel(index, { target, io: 'direct', chunkSize: 65536, queueDepth: 1, signal: ac.signal, onProgress: (pr) => { last = pr.bytes; if (pr.bytes > 0) ac.abort(); } });
+      const p = loadModel(index, {
+        target,
+        io: 'direct',
+        chunkSize: 65536,
+        queueDepth: 1,
+        signal: ac.signal,
+        onProgress: (pr) => {
+          last = pr.bytes;
+          if (pr.bytes > 0) ac.abort();
+        },
+      });
       await assert.rejects(p, { name: 'AbortError', code: 'ABORT_ERR' });
       assert.ok(last < 64 * MiB, 'stopped before the end');
       assert.equal(await leaks(), undefined);
@@ -393,7 +479,14 @@ describe('loadModel: abort, failures, progress', () => {
   test('one file failing mid-way rejects with its error and frees the others', async () => {
     const leaks = leakCheck();
     const boom = new Error('boom');
-    const p = loadModel(index, { io: 'direct', chunkSize: 65536, queueDepth: 1, onProgress: (pr) => { if (pr.bytes > 0) throw boom; } });
+    const p = loadModel(index, {
+      io: 'direct',
+      chunkSize: 65536,
+      queueDepth: 1,
+      onProgress: (pr) => {
+        if (pr.bytes > 0) throw boom;
+      },
+    });
     await assert.rejects(p, (e) => e === boom);
     assert.equal(await leaks(), undefined);
     // A missing file: Node's fs error.
@@ -404,9 +497,15 @@ describe('loadModel: abort, failures, progress', () => {
 
 test('coalesce(): merges neighbours within the gap, keeps order', () => {
   const t = (offset: number, bytes: number) => ({ offset, bytes });
-  assert.deepEqual(coalesce([t(0, 10), t(10, 5), t(100, 1)], 0), [{ offset: 0, length: 15 }, { offset: 100, length: 1 }]);
+  assert.deepEqual(coalesce([t(0, 10), t(10, 5), t(100, 1)], 0), [
+    { offset: 0, length: 15 },
+    { offset: 100, length: 1 },
+  ]);
   assert.deepEqual(coalesce([t(0, 10), t(10, 5), t(100, 1)], 85), [{ offset: 0, length: 101 }]);
-  assert.deepEqual(coalesce([t(0, 10), t(10 + MODEL_COALESCE_GAP + 1, 1)]), [{ offset: 0, length: 10 }, { offset: 10 + MODEL_COALESCE_GAP + 1, length: 1 }]);
+  assert.deepEqual(coalesce([t(0, 10), t(10 + MODEL_COALESCE_GAP + 1, 1)]), [
+    { offset: 0, length: 10 },
+    { offset: 10 + MODEL_COALESCE_GAP + 1, length: 1 },
+  ]);
   assert.deepEqual(coalesce([]), []);
 });
 
@@ -425,9 +524,7 @@ describe('inspect and loadModel: what is not a regular file', { concurrency: tru
       env: { ...process.env, DMALOAD_TEST_CALL: JSON.stringify([fn, path]) },
       timeout: 10_000,
       killSignal: 'SIGKILL',
-    }).catch((e: { killed?: boolean; message: string }) =>
-      assert.fail(e.killed ? `${fn}('${path}') still hung after 10 s` : e.message),
-    );
+    }).catch((e: { killed?: boolean; message: string }) => assert.fail(e.killed ? `${fn}('${path}') still hung after 10 s` : e.message));
     return JSON.parse(stdout) as { code?: string; path?: string };
   }
 
@@ -436,7 +533,10 @@ describe('inspect and loadModel: what is not a regular file', { concurrency: tru
   mkdirSync(join(sub, 'folder.json'));
   for (const f of ['fifo.safetensors', 'fifo.json', 'shard-fifo.safetensors', 'm-00002-of-00002.gguf']) execFileSync('mkfifo', [join(sub, f)]);
   writeGguf(join(sub, 'm-00001-of-00002.gguf'), [{ name: 'a', dtype: 'F32', shape: [4], data: new Uint8Array(16) }], {
-    metadata: [['split.no', { type: 'UINT16', value: 0 }], ['split.count', { type: 'UINT16', value: 2 }]],
+    metadata: [
+      ['split.no', { type: 'UINT16', value: 0 }],
+      ['split.count', { type: 'UINT16', value: 2 }],
+    ],
   });
   const index = (name: string, shard: string) => {
     writeFileSync(join(sub, name), JSON.stringify({ weight_map: { x: shard } }));
@@ -447,8 +547,20 @@ describe('inspect and loadModel: what is not a regular file', { concurrency: tru
     ['a FIFO', 'inspect', join(sub, 'fifo.safetensors'), 'ERR_NOT_REGULAR_FILE'],
     ['a FIFO named .json (an index)', 'inspect', join(sub, 'fifo.json'), 'ERR_NOT_REGULAR_FILE'],
     ['a FIFO, loadModel', 'loadModel', join(sub, 'fifo.safetensors'), 'ERR_NOT_REGULAR_FILE'],
-    ['an index naming a FIFO shard', 'inspect', index('fifo-shard.index.json', 'shard-fifo.safetensors'), 'ERR_NOT_REGULAR_FILE', join(sub, 'shard-fifo.safetensors')],
-    ['an index naming a FIFO shard, loadModel', 'loadModel', index('fifo-shard.index.json', 'shard-fifo.safetensors'), 'ERR_NOT_REGULAR_FILE', join(sub, 'shard-fifo.safetensors')],
+    [
+      'an index naming a FIFO shard',
+      'inspect',
+      index('fifo-shard.index.json', 'shard-fifo.safetensors'),
+      'ERR_NOT_REGULAR_FILE',
+      join(sub, 'shard-fifo.safetensors'),
+    ],
+    [
+      'an index naming a FIFO shard, loadModel',
+      'loadModel',
+      index('fifo-shard.index.json', 'shard-fifo.safetensors'),
+      'ERR_NOT_REGULAR_FILE',
+      join(sub, 'shard-fifo.safetensors'),
+    ],
     ['a GGUF split whose second file is a FIFO', 'inspect', join(sub, 'm-00001-of-00002.gguf'), 'ERR_NOT_REGULAR_FILE', join(sub, 'm-00002-of-00002.gguf')],
     ['/dev/zero', 'inspect', '/dev/zero', 'ERR_NOT_REGULAR_FILE'],
     ['/dev/zero, loadModel', 'loadModel', '/dev/zero', 'ERR_NOT_REGULAR_FILE'],

@@ -77,4 +77,3 @@ export function assertSlices(model: LoadedModel, files: Map<string, Buffer> | Bu
     if (t.byteLength > 0) assert.equal(t.bufferOffset % 4096, t.offset % 4096, `${t.name}: file alignment kept`);
   }
 }
-

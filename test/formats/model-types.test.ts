@@ -11,7 +11,10 @@ const { dir, cleanup } = tempDir('dmaload-model-types-');
 after(cleanup);
 
 interface HfGguf {
-  gguf(uri: string, params: { allowLocalFile: boolean }): Promise<{ tensorInfos: { name: string; shape: bigint[]; dtype: number; offset: bigint }[]; tensorDataOffset: bigint }>;
+  gguf(
+    uri: string,
+    params: { allowLocalFile: boolean },
+  ): Promise<{ tensorInfos: { name: string; shape: bigint[]; dtype: number; offset: bigint }[]; tensorDataOffset: bigint }>;
 }
 
 /**
@@ -45,10 +48,18 @@ test('GGUF tensors of unknown types inspect: type number, offset, size inferred 
     info.tensors.map((t) => [t.name, t.shape, t.offset]),
     theirs.tensorInfos.map((t, i) => [t.name, t.shape.map(Number), starts[i]]),
   );
-  assert.deepEqual(theirs.tensorInfos.map((t) => t.dtype), SPECS.map((s) => s.typeId ?? 0));
+  assert.deepEqual(
+    theirs.tensorInfos.map((t) => t.dtype),
+    SPECS.map((s) => s.typeId ?? 0),
+  );
 
   // Known types: sizes from shape × type, nothing flagged.
-  for (const [name, bytes] of [['tok_embd', 32], ['blk.0.nvfp4', 72], ['blk.0.q1', 18], ['blk.0.q2', 72]] as const) {
+  for (const [name, bytes] of [
+    ['tok_embd', 32],
+    ['blk.0.nvfp4', 72],
+    ['blk.0.q1', 18],
+    ['blk.0.q2', 72],
+  ] as const) {
     const t = byName.get(name)!;
     assert.equal(t.bytes, bytes, name);
     assert.equal(t.unknownType ?? t.typeId ?? t.bytesInferred, undefined, name);
@@ -119,7 +130,17 @@ test('safetensors with the new dtypes and an unknown one loads; bytes equal the 
   const model = await loadModel(path);
   try {
     assertSlices(model, file);
-    assert.deepEqual([...model.tensors.values()].map((t) => [t.name, t.byteLength]), [['f8', 15], ['e8', 4], ['f4', 5], ['f6', 6], ['fnuz', 2], ['future', 4]]);
+    assert.deepEqual(
+      [...model.tensors.values()].map((t) => [t.name, t.byteLength]),
+      [
+        ['f8', 15],
+        ['e8', 4],
+        ['f4', 5],
+        ['f6', 6],
+        ['fnuz', 2],
+        ['future', 4],
+      ],
+    );
     for (const n of ['f8', 'e8', 'f4', 'f6', 'fnuz']) assert.equal(model.tensors.get(n)!.asTypedArray(), undefined, n);
     assert.throws(() => model.tensors.get('future')!.asTypedArray(), { code: 'ERR_MODEL_DTYPE_UNKNOWN' });
   } finally {

@@ -25,7 +25,6 @@ async function cli(...argv: string[]): Promise<{ status: number; stdout: string;
   return { status, stdout, stderr };
 }
 
-
 test("split 'tensors': every tensor on exactly one rank, balanced by bytes, each rank reading about its own bytes", async () => {
   const path = join(dir, 'uneven.safetensors');
   const file = writeSafetensors(path, unevenSpecs());
@@ -63,7 +62,10 @@ test("split 'tensors': every tensor on exactly one rank, balanced by bytes, each
     assert.ok(read <= file.length + worldSize * 2 * 4096, `world size ${worldSize}: ${read} bytes read for a ${file.length}-byte file`);
     // Ranks hold consecutive runs of the file (each rank reads a few long ranges).
     const owners = info.tensors.map((t) => seen.get(t.name)!);
-    assert.deepEqual(owners, [...owners].sort((a, b) => a - b));
+    assert.deepEqual(
+      owners,
+      [...owners].sort((a, b) => a - b),
+    );
   }
 });
 
@@ -85,8 +87,14 @@ test("split 'rows': each rank holds a row slice of every 2-D tensor; the slices 
     { name: 'f', dtype: 'F32', shape: [3, 5], data: seededBytes(60, 10) },
     { name: 'b', dtype: 'F32', shape: [5], data: seededBytes(20, 11) },
   ];
-  const files = new Map([[st, writeSafetensors(st, stSpecs)], [gg, writeGguf(gg, ggSpecs)]]);
-  for (const [path, specs, rowDim] of [[st, stSpecs, 0], [gg, ggSpecs, 1]] as const) {
+  const files = new Map([
+    [st, writeSafetensors(st, stSpecs)],
+    [gg, writeGguf(gg, ggSpecs)],
+  ]);
+  for (const [path, specs, rowDim] of [
+    [st, stSpecs, 0],
+    [gg, ggSpecs, 1],
+  ] as const) {
     const file = files.get(path)!;
     const info = await inspect(path);
     for (const worldSize of [1, 2, 3, 4, 7]) {
@@ -166,7 +174,11 @@ test('hostile rank options are refused with their codes before anything is read'
   ];
   const leaks = leakCheck();
   for (const [opts, code] of cases) {
-    await assert.rejects(loadModel(path, opts), { code }, JSON.stringify(opts, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v)));
+    await assert.rejects(
+      loadModel(path, opts),
+      { code },
+      JSON.stringify(opts, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v)),
+    );
   }
   assert.equal(await leaks(), undefined);
   // The CLI: usage errors (status 2) naming the problem.
@@ -194,20 +206,36 @@ test('dmaload inspect --rank R --world-size N --json prints the plan loadModel f
     for (let rank = 0; rank < 3; rank++) {
       const r = await cli(path, '--rank', String(rank), '--world-size', '3', '--split', split, '--json');
       assert.equal(r.status, 0, r.stderr);
-      const plan = JSON.parse(r.stdout) as { rank: number; worldSize: number; split: string; bytes: number; tensors: { name: string; offset: number; bytes: number }[]; files: { file: string; bytes: number; ranges: { offset: number; length: number }[] }[] };
+      const plan = JSON.parse(r.stdout) as {
+        rank: number;
+        worldSize: number;
+        split: string;
+        bytes: number;
+        tensors: { name: string; offset: number; bytes: number }[];
+        files: { file: string; bytes: number; ranges: { offset: number; length: number }[] }[];
+      };
       assert.deepEqual([plan.rank, plan.worldSize, plan.split], [rank, 3, split]);
       const model = await loadModel(path, { rank, worldSize: 3, split });
       try {
-        assert.deepEqual(plan.tensors.map((t) => [t.name, t.offset, t.bytes]), [...model.tensors.values()].map((t) => [t.name, t.offset, t.byteLength]));
+        assert.deepEqual(
+          plan.tensors.map((t) => [t.name, t.offset, t.bytes]),
+          [...model.tensors.values()].map((t) => [t.name, t.offset, t.byteLength]),
+        );
         assert.equal(plan.bytes, model.stats.tensorBytes);
-        assert.equal(plan.files.reduce((n, f) => n + f.ranges.length, 0), model.stats.ranges);
+        assert.equal(
+          plan.files.reduce((n, f) => n + f.ranges.length, 0),
+          model.stats.ranges,
+        );
         // Each planned range, read straight from the file, holds the tensors it claims.
         for (const t of plan.tensors) {
           if (t.bytes === 0) continue;
           const range = plan.files[0]!.ranges.find((g) => g.offset <= t.offset && t.offset + t.bytes <= g.offset + g.length);
           assert.ok(range, `${t.name} is inside a planned range`);
         }
-        assert.equal(sha256(Buffer.concat(plan.tensors.map((t) => file.subarray(t.offset, t.offset + t.bytes)))), sha256(Buffer.concat([...model.tensors.values()].map((t) => t.bytes))));
+        assert.equal(
+          sha256(Buffer.concat(plan.tensors.map((t) => file.subarray(t.offset, t.offset + t.bytes)))),
+          sha256(Buffer.concat([...model.tensors.values()].map((t) => t.bytes))),
+        );
       } finally {
         model.close();
       }

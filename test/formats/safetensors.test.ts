@@ -27,7 +27,6 @@ function write(name: string, bytes: Uint8Array): string {
   return p;
 }
 
-
 const expected: Record<string, { dtype: string; bytes: number }> = {
   B: { dtype: 'U8', bytes: 6 },
   H: { dtype: 'U16', bytes: 12 },
@@ -50,7 +49,11 @@ test('every sample of the safetensors project inspects correctly', async () => {
     assert.equal(info.format, 'safetensors');
     assert.deepEqual(info.metadata, { test: 'a' });
     const names = f === 'overall.safetensors' ? Object.keys(expected).sort() : [f.slice(0, -'.safetensors'.length)];
-    assert.deepEqual(info.tensors.map((t) => t.name), names, f);
+    assert.deepEqual(
+      info.tensors.map((t) => t.name),
+      names,
+      f,
+    );
     const headerEnd = 8 + Number(bytes.readBigUInt64LE(0));
     let at = headerEnd;
     for (const t of info.tensors) {
@@ -76,16 +79,26 @@ test('sample tensor bytes at the reported offsets hold the values -3..2', async 
     const n = t.bytes / 6;
     const read = (k: number): number => {
       switch (t.dtype) {
-        case 'U8': return view.getUint8(k) << 24 >> 24;
-        case 'I8': return view.getInt8(k);
-        case 'U16': return view.getUint16(k * 2, true) << 16 >> 16;
-        case 'I16': return view.getInt16(k * 2, true);
-        case 'U32': return view.getUint32(k * 4, true) | 0;
-        case 'I32': return view.getInt32(k * 4, true);
-        case 'F32': return view.getFloat32(k * 4, true);
-        case 'F64': return view.getFloat64(k * 8, true);
-        case 'F16': return [0xc200, 0xc000, 0xbc00, 0, 0x3c00, 0x4000].indexOf(view.getUint16(k * 2, true)) - 3;
-        default: throw new Error(t.dtype);
+        case 'U8':
+          return (view.getUint8(k) << 24) >> 24;
+        case 'I8':
+          return view.getInt8(k);
+        case 'U16':
+          return (view.getUint16(k * 2, true) << 16) >> 16;
+        case 'I16':
+          return view.getInt16(k * 2, true);
+        case 'U32':
+          return view.getUint32(k * 4, true) | 0;
+        case 'I32':
+          return view.getInt32(k * 4, true);
+        case 'F32':
+          return view.getFloat32(k * 4, true);
+        case 'F64':
+          return view.getFloat64(k * 8, true);
+        case 'F16':
+          return [0xc200, 0xc000, 0xbc00, 0, 0x3c00, 0x4000].indexOf(view.getUint16(k * 2, true)) - 3;
+        default:
+          throw new Error(t.dtype);
       }
     };
     assert.ok(Number.isInteger(n));
@@ -128,8 +141,28 @@ test('every dtype, multi-dimensional and empty tensors, no metadata', () => {
  * (safetensors/src/tensor.rs), not from SAFETENSORS_DTYPE_BITS. Sub-byte types are packed: bytes = elements × bits / 8.
  */
 const REFERENCE_BITS: Record<string, number> = {
-  BOOL: 8, F4: 4, F6_E2M3: 6, F6_E3M2: 6, U8: 8, I8: 8, F8_E5M2: 8, F8_E4M3: 8, F8_E8M0: 8, F8_E4M3FNUZ: 8,
-  F8_E5M2FNUZ: 8, I16: 16, U16: 16, F16: 16, BF16: 16, I32: 32, U32: 32, F32: 32, C64: 64, F64: 64, I64: 64, U64: 64,
+  BOOL: 8,
+  F4: 4,
+  F6_E2M3: 6,
+  F6_E3M2: 6,
+  U8: 8,
+  I8: 8,
+  F8_E5M2: 8,
+  F8_E4M3: 8,
+  F8_E8M0: 8,
+  F8_E4M3FNUZ: 8,
+  F8_E5M2FNUZ: 8,
+  I16: 16,
+  U16: 16,
+  F16: 16,
+  BF16: 16,
+  I32: 32,
+  U32: 32,
+  F32: 32,
+  C64: 64,
+  F64: 64,
+  I64: 64,
+  U64: 64,
 };
 
 test('every dtype of the current format, with its byte-size rule', () => {
@@ -145,7 +178,10 @@ test('every dtype of the current format, with its byte-size rule', () => {
     at += bytes;
   }
   const m = parseSafetensors(st(header, at));
-  assert.deepEqual(m.tensors.map((t) => [t.name, t.dtype, t.bytes]), expected);
+  assert.deepEqual(
+    m.tensors.map((t) => [t.name, t.dtype, t.bytes]),
+    expected,
+  );
   assert.ok(m.tensors.every((t) => t.unknownType === undefined));
 
   // Hostile headers for the new dtypes: lengths that are not whole bytes, and lengths that disagree with the shape.
@@ -182,7 +218,10 @@ test('a dtype this library does not know: listed with its byte range, flagged, s
   throwsCode(() => parseSafetensors(st({ ...header, n: { ...header.n, data_offsets: [8, 17] } }, 16)), 'ERR_MODEL_RANGE');
   // inspect() agrees with the pure parser.
   const p = write('unknown-dtype.safetensors', bytes);
-  assert.deepEqual((await inspect(p)).tensors.find((t) => t.name === 'n'), { ...n, file: p });
+  assert.deepEqual(
+    (await inspect(p)).tensors.find((t) => t.name === 'n'),
+    { ...n, file: p },
+  );
 });
 
 test('an empty header and a tensor named __proto__ parse', () => {
@@ -247,7 +286,10 @@ test('hardening: duplicate names, at any depth and through escapes', () => {
   throwsCode(() => parseSafetensors(st(`{"__metadata__":{"k":"1","k":"2"}}`)), 'ERR_MODEL_DUPLICATE');
   // Same names in different objects, and quotes or braces inside strings, are not duplicates.
   const m = parseSafetensors(st(`{"__metadata__":{"a":"}\\"{,","b":"a"},"a":${t},"b\\"":${u}}`, 2));
-  assert.deepEqual(m.tensors.map((x) => x.name), ['a', 'b"']);
+  assert.deepEqual(
+    m.tensors.map((x) => x.name),
+    ['a', 'b"'],
+  );
 });
 
 test('hardening: names that are not UTF-8', () => {
@@ -293,7 +335,10 @@ test('inspect reads a header larger than its first read, and not the data', asyn
 
 test('a safetensors index brings in every shard, each tensor with its file', async () => {
   const sub = mkdtempSync(join(dir, 'index-'));
-  const a = st({ __metadata__: { format: 'pt' }, x: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, y: { dtype: 'U8', shape: [1], data_offsets: [8, 9] } }, 9);
+  const a = st(
+    { __metadata__: { format: 'pt' }, x: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, y: { dtype: 'U8', shape: [1], data_offsets: [8, 9] } },
+    9,
+  );
   const b = st({ z: { dtype: 'BF16', shape: [3, 1], data_offsets: [0, 6] } }, 6);
   writeFileSync(join(sub, 'model-00001-of-00002.safetensors'), a);
   writeFileSync(join(sub, 'model-00002-of-00002.safetensors'), b);

@@ -57,7 +57,10 @@ for (const target of TARGETS) {
               assert.equal(sha256(b.bytes), f.sha256, `CPU view, ${size}`);
               assert.equal(partsSha256(b), f.sha256, `dma-buf mmaps, ${size}`);
               if (target === 'udmabuf') assert.equal(b.parts.length, Math.ceil(size / (64 * MiB)), 'parts of size_limit_mb');
-              assert.equal(b.parts.reduce((n, p) => n + p.size, 0), size);
+              assert.equal(
+                b.parts.reduce((n, p) => n + p.size, 0),
+                size,
+              );
               importAll(b);
             } finally {
               b.close();
@@ -73,7 +76,10 @@ for (const target of TARGETS) {
       const f = files.get(64 * MiB + 1)!;
       const b = await load(f.path, { target, partSize: 32 * MiB });
       try {
-        assert.deepEqual(b.parts.map((p) => p.size), [32 * MiB, 32 * MiB, 1]);
+        assert.deepEqual(
+          b.parts.map((p) => p.size),
+          [32 * MiB, 32 * MiB, 1],
+        );
         assert.equal(b.stats.parts.length, 3);
         assert.equal(partsSha256(b), f.sha256);
         importAll(b);
@@ -125,7 +131,10 @@ describe('dma-buf bad input', () => {
     if (HAVE.udmabuf) return t.skip(HAVE.udmabuf);
     const f = files.get(64 * MiB + 1)!;
     const fds = fdCount();
-    await assert.rejects(load(f.path, { target: 'udmabuf', partSize: 128 * MiB }), { code: 'ERR_UDMABUF_SIZE_LIMIT', message: /size_limit_mb.*\/sys\/module\/udmabuf\/parameters\/size_limit_mb/ });
+    await assert.rejects(load(f.path, { target: 'udmabuf', partSize: 128 * MiB }), {
+      code: 'ERR_UDMABUF_SIZE_LIMIT',
+      message: /size_limit_mb.*\/sys\/module\/udmabuf\/parameters\/size_limit_mb/,
+    });
     assert.equal(fdCount(), fds);
   });
 

@@ -28,7 +28,12 @@ let targets: Set<string> | undefined;
 function loadedTargets(): Set<string> {
   if (!targets) {
     const out = execFileSync('dmsetup', ['targets'], { encoding: 'utf8' });
-    targets = new Set(out.split('\n').map((l) => l.split(/\s+/)[0]!).filter(Boolean));
+    targets = new Set(
+      out
+        .split('\n')
+        .map((l) => l.split(/\s+/)[0]!)
+        .filter(Boolean),
+    );
   }
   return targets;
 }
@@ -150,7 +155,9 @@ export function faultRanges(path: string, faults: Fault[], opts: { writeDelayMs?
   const total = diskSectors();
   const lines: string[] = [];
   const pass = (from: number, count: number) =>
-    opts.writeDelayMs === undefined ? `${from} ${count} linear ${DISK} ${from}` : `${from} ${count} delay ${DISK} ${from} 0 ${DISK} ${from} ${opts.writeDelayMs}`;
+    opts.writeDelayMs === undefined
+      ? `${from} ${count} linear ${DISK} ${from}`
+      : `${from} ${count} delay ${DISK} ${from} 0 ${DISK} ${from} ${opts.writeDelayMs}`;
   let at = 0; // sector
   for (const { start, len, delayMs } of spans) {
     const s = start / 512;

@@ -143,8 +143,14 @@ async function partlyCachedHeld(t: TestContext, target: TargetName, mode: 'eio' 
   if (mode === 'eio') r.rejected(isEio(big.path));
   else r.rejected((e) => (assert.equal(e.name, 'AbortError', e.stack), true));
   const settled = Math.round(r.result.settled as number);
-  t.diagnostic(`load() settled after ${settled} ms; progress reports after that: ${r.result.lateProgress}; [ms, bytes] reports: ${JSON.stringify(r.result.events ?? [])}`);
-  assert.equal(r.result.lateProgress, 0, `onProgress was called ${r.result.lateProgress} times after load() had settled (at ${settled} ms): a read job outlived load(), reading into the buffer it had freed`);
+  t.diagnostic(
+    `load() settled after ${settled} ms; progress reports after that: ${r.result.lateProgress}; [ms, bytes] reports: ${JSON.stringify(r.result.events ?? [])}`,
+  );
+  assert.equal(
+    r.result.lateProgress,
+    0,
+    `onProgress was called ${r.result.lateProgress} times after load() had settled (at ${settled} ms): a read job outlived load(), reading into the buffer it had freed`,
+  );
   assert.ok(settled >= HOLD_MS, `load() settled at ${settled} ms, while direct reads held for ${HOLD_MS} ms were still in flight`);
 }
 
@@ -153,7 +159,7 @@ function cacheRange(path: string, from: number, to: number): void {
   const fd = openSync(path, 'r');
   try {
     const buf = Buffer.alloc(4 * MiB);
-    for (let at = from; at < to; ) {
+    for (let at = from; at < to;) {
       const n = readSync(fd, buf, 0, Math.min(buf.length, to - at), at);
       if (n === 0) break;
       at += n;
@@ -294,19 +300,23 @@ describe('dm-error: EIO in the middle of a file', () => {
     }
   });
 
-  test('copy(), a read fails while the slot before it is being written (dm-delay holds writes): rejects with a coded EIO, no unhandled rejection; no destination file', { timeout: TIMEOUT }, async (t) => {
-    if (SKIP_DELAY) return t.skip(SKIP_DELAY);
-    // Source and destination on the fault device: the source's blocks at 16 MiB fail, every write waits 300 ms.
-    // With 8 MiB slots, slot 2's read is started before slot 1's write is awaited, and fails long before it ends.
-    const dst = join(dir, 'copy-slow-dst');
-    const before = readdirSync(dir);
-    evictFile(big.path);
-    faultRanges(big.path, [{ offset: 16 * MiB, length: BAD_LEN }], { writeDelayMs: 300 });
-    const r = await inChild(`await api.copy(args.src, args.dst, { slotSize: 8 * 1024 * 1024 })`, { src: big.path, dst });
-    r.rejected(isEio(big.path));
-    assert.equal(existsSync(dst), false, 'no destination file');
-    assert.deepEqual(readdirSync(dir), before, 'nothing left in the destination folder');
-  });
+  test(
+    'copy(), a read fails while the slot before it is being written (dm-delay holds writes): rejects with a coded EIO, no unhandled rejection; no destination file',
+    { timeout: TIMEOUT },
+    async (t) => {
+      if (SKIP_DELAY) return t.skip(SKIP_DELAY);
+      // Source and destination on the fault device: the source's blocks at 16 MiB fail, every write waits 300 ms.
+      // With 8 MiB slots, slot 2's read is started before slot 1's write is awaited, and fails long before it ends.
+      const dst = join(dir, 'copy-slow-dst');
+      const before = readdirSync(dir);
+      evictFile(big.path);
+      faultRanges(big.path, [{ offset: 16 * MiB, length: BAD_LEN }], { writeDelayMs: 300 });
+      const r = await inChild(`await api.copy(args.src, args.dst, { slotSize: 8 * 1024 * 1024 })`, { src: big.path, dst });
+      r.rejected(isEio(big.path));
+      assert.equal(existsSync(dst), false, 'no destination file');
+      assert.deepEqual(readdirSync(dir), before, 'nothing left in the destination folder');
+    },
+  );
 
   for (const io of ['auto', 'buffered'] as const) {
     test(`copy(), io ${io}: rejects with a coded EIO; no destination file, nothing leaks`, { timeout: TIMEOUT }, async (t) => {
@@ -322,39 +332,54 @@ describe('dm-error: EIO in the middle of a file', () => {
     });
   }
 
-  test('copy() over an existing destination, the writes held by dm-delay: the old destination is left as it was; coded EIO', { timeout: TIMEOUT }, async (t) => {
-    if (SKIP_DELAY) return t.skip(SKIP_DELAY);
-    const old = makeFile(dir, 'copy-existing', 3 * MiB + 5, 11);
-    evictFile(big.path);
-    faultRanges(big.path, [{ offset: 16 * MiB, length: BAD_LEN }], { writeDelayMs: 300 });
-    const r = await inChild(`await api.copy(args.src, args.dst, { slotSize: 8 * 1024 * 1024 })`, { src: big.path, dst: old.path });
-    // Checked first: true even if the child died (the rename never happened).
-    assert.equal(sha256(readFileSync(old.path)), old.sha256, 'destination unchanged');
-    r.rejected(isEio(big.path));
-  });
+  test(
+    'copy() over an existing destination, the writes held by dm-delay: the old destination is left as it was; coded EIO',
+    { timeout: TIMEOUT },
+    async (t) => {
+      if (SKIP_DELAY) return t.skip(SKIP_DELAY);
+      const old = makeFile(dir, 'copy-existing', 3 * MiB + 5, 11);
+      evictFile(big.path);
+      faultRanges(big.path, [{ offset: 16 * MiB, length: BAD_LEN }], { writeDelayMs: 300 });
+      const r = await inChild(`await api.copy(args.src, args.dst, { slotSize: 8 * 1024 * 1024 })`, { src: big.path, dst: old.path });
+      // Checked first: true even if the child died (the rename never happened).
+      assert.equal(sha256(readFileSync(old.path)), old.sha256, 'destination unchanged');
+      r.rejected(isEio(big.path));
+    },
+  );
 
   for (const target of ['memory'] as const) {
-    test(`load into ${target}, io 'auto', most of the file cached: the direct reads fail while the cached part is being copied; coded EIO, nothing leaks`, { timeout: TIMEOUT }, async (t) => {
-      if (SKIP) return t.skip(SKIP);
-      if (HAVE[target]) return t.skip(HAVE[target]);
-      // Cache [8 MiB, end) through the page cache; [0, 8 MiB) is read directly and fails at 4 MiB within its first
-      // requests, while 88 MiB are still being copied from the cache by the other job.
-      evictFile(big.path);
-      cacheRange(big.path, 8 * MiB, BIG);
-      failRange(big.path, 4 * MiB, BAD_LEN);
-      const r = await inChild(`(await api.load(args.src, { target: args.target, io: 'auto', onProgress: args.onProgress })).close();`, { src: big.path, target });
-      r.rejected(isEio(big.path));
-      t.diagnostic(`progress seen when load() rejected: ${r.result.progress ?? 0} of ${BIG} bytes; after: ${r.result.lateProgress} calls`);
-      assert.equal(r.result.lateProgress, 0, `onProgress was called ${r.result.lateProgress} times after load() had rejected: a read job was still running`);
-    });
+    test(
+      `load into ${target}, io 'auto', most of the file cached: the direct reads fail while the cached part is being copied; coded EIO, nothing leaks`,
+      { timeout: TIMEOUT },
+      async (t) => {
+        if (SKIP) return t.skip(SKIP);
+        if (HAVE[target]) return t.skip(HAVE[target]);
+        // Cache [8 MiB, end) through the page cache; [0, 8 MiB) is read directly and fails at 4 MiB within its first
+        // requests, while 88 MiB are still being copied from the cache by the other job.
+        evictFile(big.path);
+        cacheRange(big.path, 8 * MiB, BIG);
+        failRange(big.path, 4 * MiB, BAD_LEN);
+        const r = await inChild(`(await api.load(args.src, { target: args.target, io: 'auto', onProgress: args.onProgress })).close();`, {
+          src: big.path,
+          target,
+        });
+        r.rejected(isEio(big.path));
+        t.diagnostic(`progress seen when load() rejected: ${r.result.progress ?? 0} of ${BIG} bytes; after: ${r.result.lateProgress} calls`);
+        assert.equal(r.result.lateProgress, 0, `onProgress was called ${r.result.lateProgress} times after load() had rejected: a read job was still running`);
+      },
+    );
   }
 
   for (const target of HELD_TARGETS) {
-    test(`load into ${target}, io 'auto', partly cached: the copy of the cached part fails while direct reads are held by dm-delay; load() must not settle (free the buffer, close the file) before those reads end`, { timeout: TIMEOUT }, async (t) => {
-      if (SKIP_DELAY) return t.skip(SKIP_DELAY);
-      if (HAVE[target]) return t.skip(HAVE[target]);
-      await partlyCachedHeld(t, target, 'eio');
-    });
+    test(
+      `load into ${target}, io 'auto', partly cached: the copy of the cached part fails while direct reads are held by dm-delay; load() must not settle (free the buffer, close the file) before those reads end`,
+      { timeout: TIMEOUT },
+      async (t) => {
+        if (SKIP_DELAY) return t.skip(SKIP_DELAY);
+        if (HAVE[target]) return t.skip(HAVE[target]);
+        await partlyCachedHeld(t, target, 'eio');
+      },
+    );
   }
 
   test('loadModel() of a safetensors file whose tensor data has bad blocks: coded EIO, nothing leaks', { timeout: TIMEOUT }, async (t) => {
@@ -400,11 +425,15 @@ describe('dm-flakey: every read of the device fails', () => {
     const leaks = leakCheck();
     evictFile(model.path);
     flakey();
-    await rejectsWithin(30_000, () => loadModel(model.path), (e) => {
-      assert.equal((e as { code?: string }).code, 'EIO', String(e));
-      assert.equal((e as { path?: string }).path, model.path, `names the file: ${e}`);
-      return true;
-    });
+    await rejectsWithin(
+      30_000,
+      () => loadModel(model.path),
+      (e) => {
+        assert.equal((e as { code?: string }).code, 'EIO', String(e));
+        assert.equal((e as { path?: string }).path, model.path, `names the file: ${e}`);
+        return true;
+      },
+    );
     assert.equal(await leaks(), undefined);
   });
 });
@@ -435,11 +464,15 @@ describe('dm-delay: abort while reads are in flight', () => {
       ac.abort();
     }, abortAfter);
     try {
-      await rejectsWithin(60_000, () => fn(ac.signal), (e) => {
-        assert.ok(e instanceof AbortError || (e as Error).name === 'AbortError', `an AbortError, not ${(e as Error)?.stack ?? e}`);
-        assert.equal((e as { code?: string }).code, 'ABORT_ERR');
-        return true;
-      });
+      await rejectsWithin(
+        60_000,
+        () => fn(ac.signal),
+        (e) => {
+          assert.ok(e instanceof AbortError || (e as Error).name === 'AbortError', `an AbortError, not ${(e as Error)?.stack ?? e}`);
+          assert.equal((e as { code?: string }).code, 'ABORT_ERR');
+          return true;
+        },
+      );
     } finally {
       clearTimeout(timer);
     }
@@ -462,11 +495,15 @@ describe('dm-delay: abort while reads are in flight', () => {
   }
 
   for (const target of HELD_TARGETS) {
-    test(`load into ${target}, io 'auto', partly cached: abort while direct reads are held by dm-delay; load() must not settle (free the buffer, close the file) before those reads end`, { timeout: TIMEOUT }, async (t) => {
-      if (SKIP_DELAY) return t.skip(SKIP_DELAY);
-      if (HAVE[target]) return t.skip(HAVE[target]);
-      await partlyCachedHeld(t, target, 'abort');
-    });
+    test(
+      `load into ${target}, io 'auto', partly cached: abort while direct reads are held by dm-delay; load() must not settle (free the buffer, close the file) before those reads end`,
+      { timeout: TIMEOUT },
+      async (t) => {
+        if (SKIP_DELAY) return t.skip(SKIP_DELAY);
+        if (HAVE[target]) return t.skip(HAVE[target]);
+        await partlyCachedHeld(t, target, 'abort');
+      },
+    );
   }
 
   test("readInto io 'direct': AbortError within about one delay; the buffer stays usable, nothing leaks", { timeout: TIMEOUT }, async (t) => {
@@ -609,7 +646,9 @@ async function inChild(body: string, args: Record<string, unknown>): Promise<Chi
       ok();
       assert.ok(result.error, `resolved instead of rejecting: ${JSON.stringify(result)}`);
       const e = result.error as ChildError;
-      const err = e.system ? Object.assign(new DmaloadSystemError(-(e.errno ?? 0), e.syscall ?? '', e.path), { message: e.message, stack: e.stack }) : Object.assign(new Error(e.message), e);
+      const err = e.system
+        ? Object.assign(new DmaloadSystemError(-(e.errno ?? 0), e.syscall ?? '', e.path), { message: e.message, stack: e.stack })
+        : Object.assign(new Error(e.message), e);
       assert.ok(check(err as ChildError & Error));
     },
   };

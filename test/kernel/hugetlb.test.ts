@@ -63,7 +63,7 @@ describe('udmabuf over a hugetlb memfd', { skip: SKIP }, () => {
         const free0 = pool().free;
         const b = await load(f.path, { target: 'udmabuf', io, hugePages: 'hugetlb' });
         try {
-          const pages = Math.ceil(Math.ceil(size / 4096) * 4096 / pool().size);
+          const pages = Math.ceil((Math.ceil(size / 4096) * 4096) / pool().size);
           assert.equal(b.size, size);
           assert.deepEqual(b.stats.hugetlb, { pageSize: pool().size, pages });
           assert.equal(pool().free, free0 - pages, 'the udmabuf pins pool pages');

@@ -28,7 +28,8 @@ function nodesWithMemory(): number[] {
 }
 
 const NODES = nodesWithMemory();
-const SKIP = NODES.length < 2 ? `this kernel has ${NODES.length === 0 ? 'no NUMA' : 'one NUMA node'}: the qemu tier boots two (scripts/kernel/run.sh -numa)` : undefined;
+const SKIP =
+  NODES.length < 2 ? `this kernel has ${NODES.length === 0 ? 'no NUMA' : 'one NUMA node'}: the qemu tier boots two (scripts/kernel/run.sh -numa)` : undefined;
 const TARGETS: Array<[TargetName, string | undefined]> = [
   ['memory', undefined],
   ['memfd', undefined],
@@ -55,7 +56,10 @@ function pageNodes(b: LoadedBuffer): Map<number, number> {
 describe('numaNode on two nodes: every page where it was asked to be (move_pages)', { skip: SKIP }, () => {
   test('probe lists every node with its memory', async () => {
     const p = await probe();
-    assert.deepEqual(p.numa.nodes.map((n) => n.node), NODES);
+    assert.deepEqual(
+      p.numa.nodes.map((n) => n.node),
+      NODES,
+    );
     for (const n of p.numa.nodes) {
       assert.ok(n.totalBytes > 256 * MiB, `node ${n.node}: ${n.totalBytes} bytes`);
       assert.ok(n.freeBytes > 0 && n.freeBytes <= n.totalBytes);
@@ -110,51 +114,58 @@ describe('numaNode on two nodes: every page where it was asked to be (move_pages
   });
 });
 
-describe('numaNode with hugetlb pages: from the node\'s own pool', { skip: SKIP ?? (process.getuid?.() !== 0 ? 'reserving a hugetlb pool needs root' : undefined) }, () => {
-  const HP = 2 * MiB;
-  const nr = (node: number) => `${NODE_DIR}/node${node}/hugepages/hugepages-2048kB/nr_hugepages`;
-  const saved = new Map<number, string>();
-  before(() => {
-    for (const n of NODES) if (existsSync(nr(n))) saved.set(n, readFileSync(nr(n), 'utf8').trim());
-  });
-  after(() => {
-    for (const [n, v] of saved) writeFileSync(nr(n), `${v}\n`);
-  });
+describe(
+  "numaNode with hugetlb pages: from the node's own pool",
+  { skip: SKIP ?? (process.getuid?.() !== 0 ? 'reserving a hugetlb pool needs root' : undefined) },
+  () => {
+    const HP = 2 * MiB;
+    const nr = (node: number) => `${NODE_DIR}/node${node}/hugepages/hugepages-2048kB/nr_hugepages`;
+    const saved = new Map<number, string>();
+    before(() => {
+      for (const n of NODES) if (existsSync(nr(n))) saved.set(n, readFileSync(nr(n), 'utf8').trim());
+    });
+    after(() => {
+      for (const [n, v] of saved) writeFileSync(nr(n), `${v}\n`);
+    });
 
-  for (const target of ['memory', 'memfd'] as const) {
-    test(`${target}: hugetlb pages on node 1 only, node 0's pool untouched`, async (t) => {
-      if (!existsSync(nr(1))) return t.skip('no 2 MiB hugetlb pool on node 1');
-      const need = Math.ceil(SIZE / HP);
+    for (const target of ['memory', 'memfd'] as const) {
+      test(`${target}: hugetlb pages on node 1 only, node 0's pool untouched`, async (t) => {
+        if (!existsSync(nr(1))) return t.skip('no 2 MiB hugetlb pool on node 1');
+        const need = Math.ceil(SIZE / HP);
+        writeFileSync(nr(0), '0\n');
+        writeFileSync(nr(1), `${need}\n`);
+        const got = Number(readFileSync(nr(1), 'utf8'));
+        if (got < need) return t.skip(`the kernel found only ${got} of ${need} huge pages on node 1`);
+        const b = await load(file.path, { target, numaNode: 1, hugePages: 'hugetlb' });
+        try {
+          assert.equal(sha256(b.bytes), file.sha256);
+          assert.deepEqual([...pageNodes(b)], [[1, Math.ceil(SIZE / 4096)]]);
+          assert.equal(b.stats.hugetlb?.pages, need);
+        } finally {
+          b.close();
+        }
+      });
+    }
+
+    test('a node whose pool is short is ERR_HUGETLB_POOL naming that node, before anything is read', async (t) => {
+      if (!existsSync(nr(0))) return t.skip('no 2 MiB hugetlb pool on node 0');
       writeFileSync(nr(0), '0\n');
-      writeFileSync(nr(1), `${need}\n`);
-      const got = Number(readFileSync(nr(1), 'utf8'));
-      if (got < need) return t.skip(`the kernel found only ${got} of ${need} huge pages on node 1`);
-      const b = await load(file.path, { target, numaNode: 1, hugePages: 'hugetlb' });
+      writeFileSync(nr(1), `${Math.ceil(SIZE / HP)}\n`);
+      const leaks = leakCheck();
+      await assert.rejects(load(file.path, { target: 'memfd', numaNode: 0, hugePages: 'hugetlb' }), {
+        code: 'ERR_HUGETLB_POOL',
+        message: /NUMA node 0.*node0\/hugepages/,
+      });
+      assert.equal(await leaks(), undefined);
+      // 'hugetlb-or-small': small pages, still on node 0.
+      const b = await load(file.path, { target: 'memfd', numaNode: 0, hugePages: 'hugetlb-or-small' });
       try {
+        assert.equal(b.stats.hugetlb, undefined);
         assert.equal(sha256(b.bytes), file.sha256);
-        assert.deepEqual([...pageNodes(b)], [[1, Math.ceil(SIZE / 4096)]]);
-        assert.equal(b.stats.hugetlb?.pages, need);
+        assert.deepEqual([...pageNodes(b)], [[0, Math.ceil(SIZE / 4096)]]);
       } finally {
         b.close();
       }
     });
-  }
-
-  test('a node whose pool is short is ERR_HUGETLB_POOL naming that node, before anything is read', async (t) => {
-    if (!existsSync(nr(0))) return t.skip('no 2 MiB hugetlb pool on node 0');
-    writeFileSync(nr(0), '0\n');
-    writeFileSync(nr(1), `${Math.ceil(SIZE / HP)}\n`);
-    const leaks = leakCheck();
-    await assert.rejects(load(file.path, { target: 'memfd', numaNode: 0, hugePages: 'hugetlb' }), { code: 'ERR_HUGETLB_POOL', message: /NUMA node 0.*node0\/hugepages/ });
-    assert.equal(await leaks(), undefined);
-    // 'hugetlb-or-small': small pages, still on node 0.
-    const b = await load(file.path, { target: 'memfd', numaNode: 0, hugePages: 'hugetlb-or-small' });
-    try {
-      assert.equal(b.stats.hugetlb, undefined);
-      assert.equal(sha256(b.bytes), file.sha256);
-      assert.deepEqual([...pageNodes(b)], [[0, Math.ceil(SIZE / 4096)]]);
-    } finally {
-      b.close();
-    }
-  });
-});
+  },
+);

@@ -29,10 +29,13 @@ before(() => {
   if (!HAVE.udmabuf || !HAVE['dma-heap']) for (const s of SIZES) files.set(s, makeFile(dir, `k-${s}`, s));
 });
 
-
 after(closeDrm);
 
-for (const [target, partSize] of [['udmabuf', undefined], ['dma-heap', undefined], ['dma-heap', 32 * MiB]] as const) {
+for (const [target, partSize] of [
+  ['udmabuf', undefined],
+  ['dma-heap', undefined],
+  ['dma-heap', 32 * MiB],
+] as const) {
   describe(`serve --target ${target}${partSize ? ` --part-size ${partSize / MiB}MiB` : ''}`, () => {
     test('clients in this process and another read the file’s SHA-256 from the served dma-bufs; vgem imports them', async (t) => {
       if (HAVE[target]) return t.skip(HAVE[target]);

@@ -6,7 +6,23 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, closeSync, fstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, unlinkSync, utimesSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  fstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  unlinkSync,
+  utimesSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -36,7 +52,10 @@ const shared = (() => {
       continue;
     }
     chmodSync(d, 0o711);
-    const probe = process.getuid?.() === 0 ? spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(d)}, 1)`], { uid: NOBODY, gid: NOBODY }) : { status: 0 };
+    const probe =
+      process.getuid?.() === 0
+        ? spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(d)}, 1)`], { uid: NOBODY, gid: NOBODY })
+        : { status: 0 };
     if (probe.status === 0) return d;
     rmSync(d, { recursive: true, force: true });
   }
@@ -47,11 +66,13 @@ const sockDir = shared;
 let n = 0;
 const sock = () => join(sockDir, `a${n++}.sock`);
 
-
 /** Why the attacker cannot run here, or undefined: it needs root to become uid 65534, who must read this checkout. */
 function attackerMissing(): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root (the attacker runs as uid 65534)';
-  const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'test', 'share', 'attacker.js'))})`], { uid: NOBODY, gid: NOBODY });
+  const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'test', 'share', 'attacker.js'))})`], {
+    uid: NOBODY,
+    gid: NOBODY,
+  });
   return probe.status === 0 ? undefined : `uid ${NOBODY} cannot read this checkout (${repoRoot})`;
 }
 
@@ -237,7 +258,9 @@ describe('serve: nothing blocks on a client’s file system', () => {
       const fs = await startFuse(mode, 256 * 1024, { base: shared });
       if (typeof fs === 'string') return t.skip(fs);
       const socket = sock();
-      const server = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--mode', '0666', '-v'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const server = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--mode', '0666', '-v'], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
       let log = '';
       server.stderr.on('data', (d: Buffer) => (log += d));
       const exited = new Promise<number | null>((r) => server.once('close', (code) => r(code)));

@@ -207,7 +207,17 @@ describe('serve: bad input', () => {
       x >>>= 0;
       return x % n;
     };
-    const fdChoices: number[][] = [[], [kinds.file!], [kinds.file!, kinds.file!], [kinds.fifo!], [kinds.dir!], [kinds.zero!], [kinds.opath!], [kinds.wronly!], [kinds.socket!]];
+    const fdChoices: number[][] = [
+      [],
+      [kinds.file!],
+      [kinds.file!, kinds.file!],
+      [kinds.fifo!],
+      [kinds.dir!],
+      [kinds.zero!],
+      [kinds.opath!],
+      [kinds.wronly!],
+      [kinds.socket!],
+    ];
     const outcomes = { error: 0, reply: 0, closed: 0 };
     const codes = new Set<string>();
     let s = connectRaw(server.socket);
@@ -226,8 +236,7 @@ describe('serve: bad input', () => {
           if (op === 0 && m.length > 0) {
             const j = rnd(m.length);
             m[j] = m[j]! ^ (1 << rnd(8));
-          }
-          else if (op === 1 && m.length > 0) m = m.subarray(0, rnd(m.length + 1));
+          } else if (op === 1 && m.length > 0) m = m.subarray(0, rnd(m.length + 1));
           else if (op === 2) m = Uint8Array.from([...m, ...Array.from({ length: rnd(40) }, () => rnd(256))]);
           else if (op === 3 && m.length >= 16) m[4 + rnd(12)] = rnd(256);
         }
@@ -263,7 +272,8 @@ describe('serve: bad input', () => {
     }
     assert.equal(outcomes.error + outcomes.reply + outcomes.closed, 10_000);
     assert.ok(outcomes.error > 1000 && outcomes.reply > 0 && outcomes.closed > 0, JSON.stringify(outcomes));
-    for (const c of ['ERR_SHARE_PROTOCOL', 'ERR_SHARE_NO_FD', 'ERR_SHARE_FDS', 'ERR_NOT_REGULAR_FILE', 'EISDIR', 'ERR_SHARE_FD_ACCESS']) assert.ok(codes.has(c), `no ${c} among ${[...codes].join(', ')}`);
+    for (const c of ['ERR_SHARE_PROTOCOL', 'ERR_SHARE_NO_FD', 'ERR_SHARE_FDS', 'ERR_NOT_REGULAR_FILE', 'EISDIR', 'ERR_SHARE_FD_ACCESS'])
+      assert.ok(codes.has(c), `no ${c} among ${[...codes].join(', ')}`);
     await flat();
     await stillServes();
   });

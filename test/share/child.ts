@@ -24,7 +24,14 @@ async function main(): Promise<void> {
   const h = createHash('sha256');
   for (const w of b.windows(64 << 20)) h.update(w);
   process.stdout.write(
-    JSON.stringify({ sha256: h.digest('hex'), size: b.size, cached: b.stats.served?.cached, ino: fstatSync(b.fd).ino, seals: native.seals(b.fd, 0), target: b.target }) + '\n',
+    JSON.stringify({
+      sha256: h.digest('hex'),
+      size: b.size,
+      cached: b.stats.served?.cached,
+      ino: fstatSync(b.fd).ino,
+      seals: native.seals(b.fd, 0),
+      target: b.target,
+    }) + '\n',
   );
   if (cmd === 'hold') await new Promise((r) => setTimeout(r, 60_000));
   b.close();

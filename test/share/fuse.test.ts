@@ -27,7 +27,9 @@ function procState(pid: number): string | undefined {
 
 /** Whether the mount is still in this process's mount table. */
 function mounted(dir: string): boolean {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === dir);
 }
 
 /**
@@ -44,7 +46,9 @@ function nodeChild(script: string, file: string) {
     waiters.forEach((w) => w());
   });
   p.stderr.on('data', (d: Buffer) => (err += d));
-  const done = new Promise<{ code: number | null; signal: string | null; out: string; err: string }>((res) => p.on('close', (code, signal) => res({ code, signal, out, err })));
+  const done = new Promise<{ code: number | null; signal: string | null; out: string; err: string }>((res) =>
+    p.on('close', (code, signal) => res({ code, signal, out, err })),
+  );
   let ended = false;
   void done.then(() => (ended = true));
   return {
@@ -79,7 +83,12 @@ try { fs.closeSync(fd); console.log('closed'); } catch (e) { console.log('close 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Runs `body` with a mount, then checks that stop() left no mount and no folder behind. */
-async function withFuse(t: { skip(msg: string): void }, mode: Parameters<typeof startFuse>[0], size: number, body: (fs: FuseFs) => Promise<void>): Promise<void> {
+async function withFuse(
+  t: { skip(msg: string): void },
+  mode: Parameters<typeof startFuse>[0],
+  size: number,
+  body: (fs: FuseFs) => Promise<void>,
+): Promise<void> {
   const fs = await startFuse(mode, size);
   if (typeof fs === 'string') return t.skip(fs);
   try {
@@ -106,7 +115,13 @@ describe('FUSE harness', () => {
       const fd = openSync(fs.file, 'r');
       try {
         assert.equal(fstatSync(fd).size, size);
-        for (const [at, n] of [[0, 7], [511, 20], [MiB - 3, 70_001], [size - 100, 100], [size - 5, 50]] as const) {
+        for (const [at, n] of [
+          [0, 7],
+          [511, 20],
+          [MiB - 3, 70_001],
+          [size - 100, 100],
+          [size - 5, 50],
+        ] as const) {
           const buf = Buffer.alloc(n);
           const got = readSync(fd, buf, 0, n, at);
           assert.equal(got, Math.min(n, size - at));

@@ -57,7 +57,7 @@ export function fuseBytes(start: number, end: number): Uint8Array {
     for (let i = 0; i < PERIOD; i++) period[i] = (31 * i + 7 * (i >> 9)) & 255;
   }
   const out = new Uint8Array(Math.max(0, end - start));
-  for (let i = 0; i < out.length; ) {
+  for (let i = 0; i < out.length;) {
     const at = (start + i) % PERIOD;
     const n = Math.min(PERIOD - at, out.length - i);
     out.set(period.subarray(at, at + n), i);
@@ -135,7 +135,10 @@ export async function startFuse(mode: FuseMode, size: number, opts: { timeoutMs?
 
   const ready = await new Promise<true | string | Error>((resolve) => {
     let out = '';
-    const timer = setTimeout(() => resolve(new Error(`fuse_daemon.py not ready within ${opts.timeoutMs ?? 10_000} ms: ${err.trim()}`)), opts.timeoutMs ?? 10_000);
+    const timer = setTimeout(
+      () => resolve(new Error(`fuse_daemon.py not ready within ${opts.timeoutMs ?? 10_000} ms: ${err.trim()}`)),
+      opts.timeoutMs ?? 10_000,
+    );
     const done = (r: true | string | Error) => {
       clearTimeout(timer);
       resolve(r);

@@ -36,7 +36,10 @@ describe('Python client', () => {
       const node = await c.load(files[2]!.path);
       const r = await py([server.socket, ...files.map((f) => f.path), '--sha256']);
       assert.equal(r.code, 0, r.err);
-      const lines = r.out.trim().split('\n').map((l) => JSON.parse(l) as { path: string; size: number; sha256: string; cached: boolean; ino: number; seals: number; target: string });
+      const lines = r.out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { path: string; size: number; sha256: string; cached: boolean; ino: number; seals: number; target: string });
       assert.equal(lines.length, files.length);
       for (const [i, f] of files.entries()) {
         assert.equal(lines[i]!.sha256, f.sha256, f.path);

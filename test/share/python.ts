@@ -27,14 +27,21 @@ export function pythonEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv
 
 /** Why the Python client cannot run here (no interpreter, or one older than 3.9), or undefined. */
 export const pythonMissing: string | undefined = (() => {
-  const r = spawnSync(PYTHON, ['-c', 'import sys, socket; assert sys.version_info >= (3, 9) and hasattr(socket, "recv_fds"); print(sys.version.split()[0])'], { encoding: 'utf8', env: pythonEnv() });
+  const r = spawnSync(PYTHON, ['-c', 'import sys, socket; assert sys.version_info >= (3, 9) and hasattr(socket, "recv_fds"); print(sys.version.split()[0])'], {
+    encoding: 'utf8',
+    env: pythonEnv(),
+  });
   if (r.error) return `${PYTHON} is not installed (${(r.error as NodeJS.ErrnoException).code}); apt-get install python3, or set DMALOAD_PYTHON`;
   if (r.status !== 0) return `${PYTHON} is older than 3.9 (no socket.recv_fds): ${r.stderr.trim().split('\n').at(-1)}`;
   return undefined;
 })();
 
 /** Runs a Python command asynchronously (an in-process server can answer it meanwhile). */
-export function runPython(args: string[], env: NodeJS.ProcessEnv = pythonEnv(), timeoutMs = 600_000): Promise<{ code: number | null; out: string; err: string }> {
+export function runPython(
+  args: string[],
+  env: NodeJS.ProcessEnv = pythonEnv(),
+  timeoutMs = 600_000,
+): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve, reject) => {
     const p = spawn(PYTHON, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
@@ -65,7 +72,8 @@ export async function pythonTests(t: TestContext, modules: string[], extraEnv: R
   for (const res of results) {
     await t.test(res.id.replace(/^test_\w+\./, ''), (st) => {
       // CI installs numpy, torch and safetensors and sets DMALOAD_PYTHON_REQUIRED: there a test they would skip fails.
-      if (res.outcome === 'skip' && process.env.DMALOAD_PYTHON_REQUIRED && /numpy|torch|safetensors/i.test(res.detail)) assert.fail(`DMALOAD_PYTHON_REQUIRED is set but: ${res.detail}`);
+      if (res.outcome === 'skip' && process.env.DMALOAD_PYTHON_REQUIRED && /numpy|torch|safetensors/i.test(res.detail))
+        assert.fail(`DMALOAD_PYTHON_REQUIRED is set but: ${res.detail}`);
       if (res.outcome === 'skip') return st.skip(res.detail);
       if (res.outcome === 'fail') assert.fail(res.detail);
     });

@@ -6,7 +6,21 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, fstatSync, openSync, readFileSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  fstatSync,
+  openSync,
+  readFileSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -231,7 +245,10 @@ describe('serve: the cache', () => {
       const bufs = await Promise.all(Array.from({ length: 8 }, (_, i) => clients[i % 2]!.load(f.path)));
       for (const b of bufs) assert.equal(hashOf(b), f.sha256);
       assert.equal(server.status().loads, 1);
-      assert.equal(bufs.reduce((n, b) => n + b.stats.bytesRead, 0), 16 * MiB + 1);
+      assert.equal(
+        bufs.reduce((n, b) => n + b.stats.bytesRead, 0),
+        16 * MiB + 1,
+      );
       bufs.forEach((b) => b.close());
     } finally {
       clients.forEach((c) => c.close());
@@ -348,7 +365,11 @@ describe('serve/connect: errors', () => {
       try {
         const ino = statSync(path).ino;
         // (a server started by mistake is closed, or it would keep this process alive)
-        await assert.rejects(serve({ socket: path }).then(async (s) => (await s.close(), s)), (e: Error & { code?: string }) => e.code === 'EADDRINUSE', 'refused');
+        await assert.rejects(
+          serve({ socket: path }).then(async (s) => (await s.close(), s)),
+          (e: Error & { code?: string }) => e.code === 'EADDRINUSE',
+          'refused',
+        );
         assert.equal(statSync(path).ino, ino, 'the live server keeps its socket');
       } finally {
         await live.close();
@@ -375,7 +396,10 @@ describe('serve/connect: errors', () => {
 describe('serve: loadModel through the server', () => {
   /** A safetensors file written by hand (the model tests' writer), its tensors in the object's order. */
   function writeSafetensors(path: string, tensors: Record<string, { dtype: string; shape: number[]; data: Uint8Array }>): void {
-    writeSpecs(path, Object.entries(tensors).map(([name, t]) => ({ name, ...t })));
+    writeSpecs(
+      path,
+      Object.entries(tensors).map(([name, t]) => ({ name, ...t })),
+    );
   }
 
   test('tensors are the same bytes as a local loadModel; a selection loads only the shards it needs', async () => {
@@ -391,7 +415,13 @@ describe('serve: loadModel through the server', () => {
     writeSafetensors(join(mdir, 'm-1.safetensors'), { 'a.weight': t['a.weight'], 'a.bias': t['a.bias'] });
     writeSafetensors(join(mdir, 'm-2.safetensors'), { 'b.weight': t['b.weight'], 'c.weight': t['c.weight'] });
     const index = join(mdir, 'model.safetensors.index.json');
-    writeFileSync(index, JSON.stringify({ metadata: {}, weight_map: { 'a.weight': 'm-1.safetensors', 'a.bias': 'm-1.safetensors', 'b.weight': 'm-2.safetensors', 'c.weight': 'm-2.safetensors' } }));
+    writeFileSync(
+      index,
+      JSON.stringify({
+        metadata: {},
+        weight_map: { 'a.weight': 'm-1.safetensors', 'a.bias': 'm-1.safetensors', 'b.weight': 'm-2.safetensors', 'c.weight': 'm-2.safetensors' },
+      }),
+    );
     const server = await serve({ socket: sock() });
     const c = await connect(server.socket);
     try {
@@ -433,9 +463,17 @@ describe('serve: loadModel through the server', () => {
     mkdirSync(mdir);
     const w = (n: string, dtype: string, shape: number[], size: number, seed: number) => [n, { dtype, shape, data: seededBytes(size, seed) }] as const;
     writeSafetensors(join(mdir, 'r-1.safetensors'), Object.fromEntries([w('emb', 'BF16', [37, 64], 37 * 128, 1), w('norm', 'F32', [64], 256, 2)]));
-    writeSafetensors(join(mdir, 'r-2.safetensors'), Object.fromEntries([w('proj', 'F16', [130, 8], 130 * 16, 3), w('ids', 'I64', [5], 40, 4), w('odd', 'U8', [3, 3, 3], 27, 5)]));
+    writeSafetensors(
+      join(mdir, 'r-2.safetensors'),
+      Object.fromEntries([w('proj', 'F16', [130, 8], 130 * 16, 3), w('ids', 'I64', [5], 40, 4), w('odd', 'U8', [3, 3, 3], 27, 5)]),
+    );
     const index = join(mdir, 'r.safetensors.index.json');
-    writeFileSync(index, JSON.stringify({ weight_map: { emb: 'r-1.safetensors', norm: 'r-1.safetensors', proj: 'r-2.safetensors', ids: 'r-2.safetensors', odd: 'r-2.safetensors' } }));
+    writeFileSync(
+      index,
+      JSON.stringify({
+        weight_map: { emb: 'r-1.safetensors', norm: 'r-1.safetensors', proj: 'r-2.safetensors', ids: 'r-2.safetensors', odd: 'r-2.safetensors' },
+      }),
+    );
     const files = ['r-1.safetensors', 'r-2.safetensors'];
     const server = await serve({ socket: sock() });
     const c = await connect(server.socket);
@@ -447,7 +485,11 @@ describe('serve: loadModel through the server', () => {
             const local = await loadModel(index, { rank, worldSize, split });
             const served = await c.loadModel(index, { rank, worldSize, split });
             const want = [...local.tensors.values()].map((t) => [t.name, t.shape, sha256(t.bytes)]);
-            assert.deepEqual([...served.tensors.values()].map((t) => [t.name, t.shape, sha256(t.bytes)]), want, `${split} ${rank}/${worldSize}`);
+            assert.deepEqual(
+              [...served.tensors.values()].map((t) => [t.name, t.shape, sha256(t.bytes)]),
+              want,
+              `${split} ${rank}/${worldSize}`,
+            );
             // The plan the server sends other clients: the same tensors, shapes and bytes (read from the files here).
             const fds = files.map((f) => openSync(join(mdir, f), 'r'));
             native.sendMsg(raw, frame(MessageType.PlanRequest, 7, { files, rank, worldSize, split, path: index }), fds);
@@ -455,7 +497,9 @@ describe('serve: loadModel through the server', () => {
             const r = (await recvRaw(raw)) as RawReply;
             assert.equal(r.type, MessageType.PlanReply, JSON.stringify(r.body));
             assert.equal(r.fds.length, 1);
-            const plan = JSON.parse(readFileSync(`/proc/self/fd/${r.fds[0]}`, 'utf8')) as { tensors: Array<{ name: string; shape: number[]; file: number; offset: number; bytes: number }> };
+            const plan = JSON.parse(readFileSync(`/proc/self/fd/${r.fds[0]}`, 'utf8')) as {
+              tensors: Array<{ name: string; shape: number[]; file: number; offset: number; bytes: number }>;
+            };
             assert.equal(fstatSync(r.fds[0]!).size, r.body.bytes);
             closeSync(r.fds[0]!);
             const got = plan.tensors.map((t) => [t.name, t.shape, sha256(readFileSync(join(mdir, files[t.file]!)).subarray(t.offset, t.offset + t.bytes))]);
@@ -483,7 +527,10 @@ describe('serve: a server that may not open the file reads through the client’
   test('server as another user, file 0600: served byte-exact (buffered, through the fd)', async (t) => {
     if (process.getuid?.() !== 0) return t.skip('needs root to run the server as another user');
     const bin = join(repoRoot, 'bin', 'dmaload.js');
-    const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'src', 'index.js'))})`], { uid: 65534, gid: 65534 });
+    const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'src', 'index.js'))})`], {
+      uid: 65534,
+      gid: 65534,
+    });
     if (probe.status !== 0) return t.skip(`uid 65534 cannot read this checkout (${repoRoot}) or run ${process.execPath}`);
     // The server's user must reach its socket's folder (the temp folder may be private: CI's tmpfs run); the file
     // stays in our private one.
@@ -511,7 +558,10 @@ describe('serve: a server that may not open the file reads through the client’
         void closed.then(() => reject(new Error(`server exited ${p.exitCode}: ${err}`)));
       });
       // A server run by another user gets no fd unless the client names that user (SO_PEERCRED).
-      await assert.rejects(connect(socket), (e: Error & { code?: string }) => e.code === 'ERR_SHARE_UNTRUSTED_SERVER' && /uid 65534/.test(e.message) && /serverUid/.test(e.message));
+      await assert.rejects(
+        connect(socket),
+        (e: Error & { code?: string }) => e.code === 'ERR_SHARE_UNTRUSTED_SERVER' && /uid 65534/.test(e.message) && /serverUid/.test(e.message),
+      );
       const c = await connect(socket, { serverUid: 65534 });
       const b = await c.load(f.path);
       assert.equal(hashOf(b), f.sha256);
@@ -531,7 +581,9 @@ describe('dmaload serve (CLI)', () => {
   test('preloads, serves, logs, stops on SIGTERM and removes its socket', async () => {
     const f = makeFile(dir, 'cli-file', 2 * MiB + 9);
     const socket = sock();
-    const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--budget', '64MiB', '--preload', f.path, '-v'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--budget', '64MiB', '--preload', f.path, '-v'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let err = '';
     p.stderr.on('data', (d: Buffer) => (err += d));
     const exited = new Promise<number | null>((r) => p.once('close', r));
@@ -563,14 +615,17 @@ describe('dmaload serve (CLI)', () => {
 
   test('SIGHUP stops it like SIGTERM; a signal during --preload removes the socket and exits 128 + the signal', async () => {
     const run = (socket: string, extra: string[], env: Record<string, string> = {}) => {
-      const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+      const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, ...extra], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...process.env, ...env },
+      });
       let err = '';
       p.stderr.on('data', (d: Buffer) => (err += d));
       const exited = new Promise<number | null>((r) => p.once('close', r));
       return { p, exited, err: () => err };
     };
     const untilSocket = async (socket: string) => {
-      for (const t0 = Date.now(); !existsSync(socket) && Date.now() - t0 < 20_000; ) await new Promise((r) => setTimeout(r, 5));
+      for (const t0 = Date.now(); !existsSync(socket) && Date.now() - t0 < 20_000;) await new Promise((r) => setTimeout(r, 5));
       assert.ok(existsSync(socket), 'the socket appeared');
     };
     // Listening: SIGHUP (a closed terminal) stops it cleanly.
@@ -616,7 +671,8 @@ describe('serve --huge-pages hugetlb', () => {
   test('buffers from the hugetlb pool: byte-exact for two clients, the pool charged once, all of it back after close', async (t) => {
     const NR = '/proc/sys/vm/nr_hugepages';
     const meminfo = () => readFileSync('/proc/meminfo', 'utf8');
-    if (process.getuid?.() !== 0 || !existsSync(NR) || !/^Hugepagesize:\s+2048 kB/m.test(meminfo())) return t.skip('needs root and a 2 MiB hugetlb pool to reserve');
+    if (process.getuid?.() !== 0 || !existsSync(NR) || !/^Hugepagesize:\s+2048 kB/m.test(meminfo()))
+      return t.skip('needs root and a 2 MiB hugetlb pool to reserve');
     const free = () => Number(/^HugePages_Free:\s+(\d+)/m.exec(meminfo())![1]) - Number(/^HugePages_Rsvd:\s+(\d+)/m.exec(meminfo())![1]);
     const saved = readFileSync(NR, 'utf8');
     writeFileSync(NR, `${Number(saved) + 16}\n`);

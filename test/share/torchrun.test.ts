@@ -30,7 +30,11 @@ const MiB = 1024 * 1024;
 /** Why torchrun cannot run here, or undefined. */
 async function torchMissing(): Promise<string | undefined> {
   if (pythonMissing) return pythonMissing;
-  const r = await runPython(['-c', 'import torch, safetensors, torch.distributed as d; assert d.is_available() and d.is_gloo_available(), "torch.distributed without gloo"'], pythonEnv(), 60_000);
+  const r = await runPython(
+    ['-c', 'import torch, safetensors, torch.distributed as d; assert d.is_available() and d.is_gloo_available(), "torch.distributed without gloo"'],
+    pythonEnv(),
+    60_000,
+  );
   if (r.code === 0) return undefined;
   return `torch (with torch.distributed and gloo) and safetensors are not all importable by ${process.env.DMALOAD_PYTHON || 'python3'} (${r.err.trim().split('\n').at(-1)}): set DMALOAD_PYTHON to an interpreter that has them`;
 }
@@ -78,45 +82,65 @@ async function startServer(socket: string): Promise<{ pid: number; stop(): Promi
 }
 
 describe('torchrun: every rank its share, one copy for all', () => {
-  test(`${RANKS} ranks load their share of a ~280 MiB model through a server: equal to safetensors' slices, PSS of all ≤ 1.25 × the file`, { timeout: 150_000 }, async (t) => {
-    const missing = await torchMissing();
-    if (missing) {
-      if (process.env.DMALOAD_PYTHON_REQUIRED) assert.fail(`DMALOAD_PYTHON_REQUIRED is set but: ${missing}`);
-      return t.skip(missing);
-    }
-    const model = join(dir, 'model.safetensors');
-    const gen = await runPython([WORKER, 'generate', model], pythonEnv(), 60_000);
-    assert.equal(gen.code, 0, `generating the model failed:\n${gen.err}`);
-    const size = statSync(model).size;
-    assert.ok(size >= 256 * MiB, `the model is ${size} bytes`);
-
-    const server = await startServer(join(sockets.dir, 'torchrun.sock'));
-    try {
-      for (const split of ['rows', 'tensors'] as const) {
-        await t.test(`split '${split}'`, async () => {
-          const args = ['-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', String(RANKS), WORKER, 'run', '--socket', join(sockets.dir, 'torchrun.sock'), '--model', model, '--server-pid', String(server.pid), '--split', split];
-          const r = await runPython(args, pythonEnv({ OMP_NUM_THREADS: '1' }), 100_000);
-          const line = r.out.split('\n').find((l) => l.startsWith('@@torchrun '));
-          assert.ok(line, `torchrun printed no result (exit ${r.code}):\n${r.out}\n${r.err.slice(-4000)}`);
-          const res = JSON.parse(line.slice('@@torchrun '.length)) as TorchrunResult;
-          assert.equal(r.code, 0, `torchrun exited ${r.code}:\n${r.err.slice(-4000)}`);
-          assert.equal(res.world, RANKS);
-          assert.equal(res.mismatches, 0, 'every rank’s tensors equal the slices of safetensors.torch.load_file');
-          // split rows: the row slices add up to the 2-D tensors, the rest is held by every rank; tensors: each once
-          assert.ok(res.bytesHeld >= size - 64 * 1024, `the ranks hold ${res.bytesHeld} bytes of a ${size}-byte file`);
-          const perRank = res.ranks.map((x) => `rank ${x.rank}: +${((x.pssAfter - x.pssBefore) / MiB).toFixed(1)} MiB in ${x.loadMs} ms`).join(', ');
-          t.diagnostic(
-            `split ${split}: PSS increase of the server and ${RANKS} ranks ${(res.pssIncrease / MiB).toFixed(1)} MiB for a ${(size / MiB).toFixed(1)} MiB file ` +
-              `(${(res.pssIncrease / size).toFixed(3)}×; server +${((res.server.pssAfter - res.server.pssBefore) / MiB).toFixed(1)} MiB; ${perRank}); ` +
-              `safetensors.torch.load_file() in each rank then added ${(res.pssLoadFileIncrease / MiB).toFixed(1)} MiB (${(res.pssLoadFileIncrease / size).toFixed(2)}×)`,
-          );
-          assert.ok(res.pssIncrease <= 1.25 * size, `the job holds ${res.pssIncrease} bytes (PSS) for a ${size}-byte file: more than 1.25 copies`);
-          // populate=True: the tensors are resident while measured, so the sum is the model, not a handful of pages
-          assert.ok(res.pssIncrease >= 0.9 * size, `the job's PSS grew by only ${res.pssIncrease} bytes for a ${size}-byte file`);
-        });
+  test(
+    `${RANKS} ranks load their share of a ~280 MiB model through a server: equal to safetensors' slices, PSS of all ≤ 1.25 × the file`,
+    { timeout: 150_000 },
+    async (t) => {
+      const missing = await torchMissing();
+      if (missing) {
+        if (process.env.DMALOAD_PYTHON_REQUIRED) assert.fail(`DMALOAD_PYTHON_REQUIRED is set but: ${missing}`);
+        return t.skip(missing);
       }
-    } finally {
-      await server.stop();
-    }
-  });
+      const model = join(dir, 'model.safetensors');
+      const gen = await runPython([WORKER, 'generate', model], pythonEnv(), 60_000);
+      assert.equal(gen.code, 0, `generating the model failed:\n${gen.err}`);
+      const size = statSync(model).size;
+      assert.ok(size >= 256 * MiB, `the model is ${size} bytes`);
+
+      const server = await startServer(join(sockets.dir, 'torchrun.sock'));
+      try {
+        for (const split of ['rows', 'tensors'] as const) {
+          await t.test(`split '${split}'`, async () => {
+            const args = [
+              '-m',
+              'torch.distributed.run',
+              '--standalone',
+              '--nproc-per-node',
+              String(RANKS),
+              WORKER,
+              'run',
+              '--socket',
+              join(sockets.dir, 'torchrun.sock'),
+              '--model',
+              model,
+              '--server-pid',
+              String(server.pid),
+              '--split',
+              split,
+            ];
+            const r = await runPython(args, pythonEnv({ OMP_NUM_THREADS: '1' }), 100_000);
+            const line = r.out.split('\n').find((l) => l.startsWith('@@torchrun '));
+            assert.ok(line, `torchrun printed no result (exit ${r.code}):\n${r.out}\n${r.err.slice(-4000)}`);
+            const res = JSON.parse(line.slice('@@torchrun '.length)) as TorchrunResult;
+            assert.equal(r.code, 0, `torchrun exited ${r.code}:\n${r.err.slice(-4000)}`);
+            assert.equal(res.world, RANKS);
+            assert.equal(res.mismatches, 0, 'every rank’s tensors equal the slices of safetensors.torch.load_file');
+            // split rows: the row slices add up to the 2-D tensors, the rest is held by every rank; tensors: each once
+            assert.ok(res.bytesHeld >= size - 64 * 1024, `the ranks hold ${res.bytesHeld} bytes of a ${size}-byte file`);
+            const perRank = res.ranks.map((x) => `rank ${x.rank}: +${((x.pssAfter - x.pssBefore) / MiB).toFixed(1)} MiB in ${x.loadMs} ms`).join(', ');
+            t.diagnostic(
+              `split ${split}: PSS increase of the server and ${RANKS} ranks ${(res.pssIncrease / MiB).toFixed(1)} MiB for a ${(size / MiB).toFixed(1)} MiB file ` +
+                `(${(res.pssIncrease / size).toFixed(3)}×; server +${((res.server.pssAfter - res.server.pssBefore) / MiB).toFixed(1)} MiB; ${perRank}); ` +
+                `safetensors.torch.load_file() in each rank then added ${(res.pssLoadFileIncrease / MiB).toFixed(1)} MiB (${(res.pssLoadFileIncrease / size).toFixed(2)}×)`,
+            );
+            assert.ok(res.pssIncrease <= 1.25 * size, `the job holds ${res.pssIncrease} bytes (PSS) for a ${size}-byte file: more than 1.25 copies`);
+            // populate=True: the tensors are resident while measured, so the sum is the model, not a handful of pages
+            assert.ok(res.pssIncrease >= 0.9 * size, `the job's PSS grew by only ${res.pssIncrease} bytes for a ${size}-byte file`);
+          });
+        }
+      } finally {
+        await server.stop();
+      }
+    },
+  );
 });

@@ -72,7 +72,10 @@ export async function settle(check: () => string | undefined, ms = 3000): Promis
 }
 
 /** Runs `node dist/test/share/child.js ...args`; resolves with its exit code, stdout and stderr. */
-export function child(args: string[], opts: { timeoutMs?: number; uid?: number; gid?: number; onSpawn?: (pid: number) => void } = {}): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
+export function child(
+  args: string[],
+  opts: { timeoutMs?: number; uid?: number; gid?: number; onSpawn?: (pid: number) => void } = {},
+): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, [join(repoRoot, 'dist', 'test', 'share', 'child.js'), ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -53,7 +53,17 @@ try {
     'dd direct 16M': async () => timed(() => run('dd', [`if=${src}`, `of=${dst}`, 'iflag=direct', 'oflag=direct', 'bs=16M', 'status=none'])),
     'dmaload cp': async () => timed(() => run(process.execPath, [bin, 'cp', src, dst])),
     [`fio read+write (bs ${cpBs / MiB}M, depth ${cpDepth})`]: async () => {
-      const jobs = await fio([`--bs=${cpBs}`, `--iodepth=${cpDepth}`, '--name=r', `--filename=${src}`, '--rw=read', '--name=w', `--filename=${dst}`, '--rw=write', '--end_fsync=1']);
+      const jobs = await fio([
+        `--bs=${cpBs}`,
+        `--iodepth=${cpDepth}`,
+        '--name=r',
+        `--filename=${src}`,
+        '--rw=read',
+        '--name=w',
+        `--filename=${dst}`,
+        '--rw=write',
+        '--end_fsync=1',
+      ]);
       return Math.max(...jobs.map((j) => j.job_runtime));
     },
   };
@@ -74,11 +84,16 @@ try {
   for (const [name, e] of Object.entries(res)) {
     const ms = median(e.ms);
     const range = `${Math.min(...e.ms).toFixed(0)}–${Math.max(...e.ms).toFixed(0)}`;
-    console.log(`${name.padEnd(34)} ${ms.toFixed(0).padStart(6)} (${range})`.padEnd(56) + `${mbps(ms).toFixed(0).padStart(6)}   ${((100 * Math.max(...e.srcCache)) / size).toFixed(1).padStart(6)}%   ${((100 * Math.max(...e.dstCache)) / size).toFixed(1).padStart(6)}%`);
+    console.log(
+      `${name.padEnd(34)} ${ms.toFixed(0).padStart(6)} (${range})`.padEnd(56) +
+        `${mbps(ms).toFixed(0).padStart(6)}   ${((100 * Math.max(...e.srcCache)) / size).toFixed(1).padStart(6)}%   ${((100 * Math.max(...e.dstCache)) / size).toFixed(1).padStart(6)}%`,
+    );
   }
   const fioName = Object.keys(copies).find((n) => n.startsWith('fio'))!;
   const cpRatios = res['dmaload cp']!.ms.map((ms, i) => res[fioName]!.ms[i]! / ms);
-  console.log(`dmaload cp speed / fio's, per round: ${cpRatios.map((x) => x.toFixed(2)).join(' ')}; median ${median(cpRatios).toFixed(2)}, min ${Math.min(...cpRatios).toFixed(2)}`);
+  console.log(
+    `dmaload cp speed / fio's, per round: ${cpRatios.map((x) => x.toFixed(2)).join(' ')}; median ${median(cpRatios).toFixed(2)}, min ${Math.min(...cpRatios).toFixed(2)}`,
+  );
 
   // Capture: a producer writing chunks as fast as the writer takes them, against fio's sequential write.
   const { chunkSize: bs, queueDepth: depth } = DEFAULTS.write;
@@ -100,11 +115,17 @@ try {
       console.log(`fio unavailable: ${(e as Error).message.split('\n')[0]}`);
     }
   }
-  console.log(`\ncapture writer (${bs / MiB} MiB chunks, depth ${depth}, fsync at close), median of ${rounds} rounds: ${mbps(median(cap)).toFixed(0)} MB/s (${cap.map((ms) => mbps(ms).toFixed(0)).join(' ')})`);
+  console.log(
+    `\ncapture writer (${bs / MiB} MiB chunks, depth ${depth}, fsync at close), median of ${rounds} rounds: ${mbps(median(cap)).toFixed(0)} MB/s (${cap.map((ms) => mbps(ms).toFixed(0)).join(' ')})`,
+  );
   if (fioW.length === cap.length) {
     const ratios = cap.map((ms, i) => fioW[i]! / ms);
-    console.log(`fio O_DIRECT sequential write (bs ${bs / MiB}M, depth ${depth}, end_fsync=1): ${mbps(median(fioW)).toFixed(0)} MB/s (${fioW.map((ms) => mbps(ms).toFixed(0)).join(' ')})`);
-    console.log(`writer speed / fio's, per round: ${ratios.map((x) => x.toFixed(2)).join(' ')}; median ${median(ratios).toFixed(2)}, min ${Math.min(...ratios).toFixed(2)}`);
+    console.log(
+      `fio O_DIRECT sequential write (bs ${bs / MiB}M, depth ${depth}, end_fsync=1): ${mbps(median(fioW)).toFixed(0)} MB/s (${fioW.map((ms) => mbps(ms).toFixed(0)).join(' ')})`,
+    );
+    console.log(
+      `writer speed / fio's, per round: ${ratios.map((x) => x.toFixed(2)).join(' ')}; median ${median(ratios).toFixed(2)}, min ${Math.min(...ratios).toFixed(2)}`,
+    );
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });

@@ -31,7 +31,9 @@ const size = statSync(file).size;
 const pool = defaultPool();
 const need = pool ? Math.ceil(size / pool.pageSize) : 0;
 if (!pool || pool.available < need) {
-  process.stderr.write(`the hugetlb pool has ${pool?.available ?? 0} free pages, ${need || 'some'} needed: as root, sysctl vm.nr_hugepages=${(pool?.total ?? 0) + need}\n`);
+  process.stderr.write(
+    `the hugetlb pool has ${pool?.available ?? 0} free pages, ${need || 'some'} needed: as root, sysctl vm.nr_hugepages=${(pool?.total ?? 0) + need}\n`,
+  );
   process.exit(1);
 }
 
@@ -40,7 +42,10 @@ const evict = () => node(`import { evictPath } from ${cache}; evictPath(${JSON.s
 
 function load(hugePages: string): Cost {
   evict();
-  const j = JSON.parse(execFileSync(process.execPath, [bin, 'load', file!, '--json', '--io', 'direct', '--huge-pages', hugePages]).toString()) as { ms: number; cpuMs: number };
+  const j = JSON.parse(execFileSync(process.execPath, [bin, 'load', file!, '--json', '--io', 'direct', '--huge-pages', hugePages]).toString()) as {
+    ms: number;
+    cpuMs: number;
+  };
   return { wall: j.ms, cpu: j.cpuMs };
 }
 
@@ -70,7 +75,9 @@ const rows: Array<[string, () => Cost]> = [
 ];
 // Used once: the first use of a pool after reserving it pays for the host backing it.
 const first = load('hugetlb');
-process.stderr.write(`first hugetlb load (not counted; slow when it is the pool's first use since it was reserved): ${first.wall.toFixed(0)} ms, CPU ${first.cpu.toFixed(0)} ms\n`);
+process.stderr.write(
+  `first hugetlb load (not counted; slow when it is the pool's first use since it was reserved): ${first.wall.toFixed(0)} ms, CPU ${first.cpu.toFixed(0)} ms\n`,
+);
 const got = rows.map((): Cost[] => []);
 for (let r = 0; r < rounds; r++) {
   rows.forEach(([, run], i) => got[i]!.push(run()));

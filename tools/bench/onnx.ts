@@ -119,7 +119,13 @@ async function child(a: ChildArgs): Promise<Row> {
     session = await withData(bytes);
   } else {
     const buf =
-      a.mode === 'reused' ? await load(dataPath, { into }) : a.mode === 'huge' ? await load(dataPath, { hugePages: true }) : a.mode === 'memfd' ? await load(dataPath, { target: 'memfd' }) : await load(dataPath);
+      a.mode === 'reused'
+        ? await load(dataPath, { into })
+        : a.mode === 'huge'
+          ? await load(dataPath, { hugePages: true })
+          : a.mode === 'memfd'
+            ? await load(dataPath, { target: 'memfd' })
+            : await load(dataPath);
     prepMs = performance.now() - t0;
     note += `io ${buf.stats.io}, memory ${buf.stats.memory}, huge pages ${buf.stats.hugePages}`;
     session = await withData(buf.bytes);
@@ -135,7 +141,9 @@ async function child(a: ChildArgs): Promise<Row> {
   const runMs = performance.now() - t1;
   const cacheRun = pageCacheBytesOf(dataPath, size);
   await session.release();
-  const outSha = createHash('sha256').update(new Uint8Array(y.buffer, y.byteOffset, y.byteLength)).digest('hex');
+  const outSha = createHash('sha256')
+    .update(new Uint8Array(y.buffer, y.byteOffset, y.byteLength))
+    .digest('hex');
   return { mode: a.mode, prepMs, readyMs, runMs, cpuMs: (c.user + c.system) / 1000, cacheReady, cacheRun, anonMiB, peakMiB, outSha, note };
 }
 
@@ -188,7 +196,9 @@ async function main(): Promise<void> {
         `Gemm with a ${(m.weightBytes / MiB).toFixed(0)} MiB float32 external weight, cold, ${rounds} rounds, ways alternating, each in a fresh process; ` +
         `prepacking ${prepack ? 'on (ORT default)' : 'off'}${mallocHuge ? ', GLIBC_TUNABLES=glibc.malloc.hugetlb=1' : ''}; ms, medians (min–max)`,
     );
-    console.log('way        ready               of which load/copy   first run        ready+run         CPU to ready      page cache at ready / after run   RssAnon +MiB at ready   peak RSS +MiB   output');
+    console.log(
+      'way        ready               of which load/copy   first run        ready+run         CPU to ready      page cache at ready / after run   RssAnon +MiB at ready   peak RSS +MiB   output',
+    );
     for (const [mode, rs] of rows) {
       const pc = (f: (x: Row) => number) => `${(median(rs.map(f)) / MiB).toFixed(0)} MiB`;
       const same = rs.every((x) => x.outSha === ref) ? 'same bits as path' : 'DIFFERS';

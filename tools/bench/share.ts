@@ -127,7 +127,9 @@ async function phase(kind: 'local' | 'served', file: string, sha: string, size: 
   evictPath(file);
   let server: ChildProcess | undefined;
   if (kind === 'served') {
-    server = spawn(process.execPath, [join(root, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--budget', String(2 * size)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    server = spawn(process.execPath, [join(root, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--budget', String(2 * size)], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     await new Promise<void>((res, rej) => {
       let err = '';
       server!.stderr!.on('data', (d: Buffer) => {
@@ -189,7 +191,11 @@ async function main(): Promise<void> {
       ['summed PSS of every process', g(local.pss), g(served.pss)],
       ['summed PSS of the buffers (Pss_Anon + Pss_Shmem)', g(local.pssBuffers), g(served.pssBuffers)],
       ['first load, slowest process', `${local.firstLoadMs.toFixed(0)} ms`, `${served.firstLoadMs.toFixed(0)} ms`],
-      [`cached hit: another client loads it again (median of ${served.hitMs.length}; min–max)`, '–', `${median(served.hitMs).toFixed(2)} ms (${Math.min(...served.hitMs).toFixed(2)}–${Math.max(...served.hitMs).toFixed(2)})`],
+      [
+        `cached hit: another client loads it again (median of ${served.hitMs.length}; min–max)`,
+        '–',
+        `${median(served.hitMs).toFixed(2)} ms (${Math.min(...served.hitMs).toFixed(2)}–${Math.max(...served.hitMs).toFixed(2)})`,
+      ],
       ['page cache left', g(local.pageCache), g(served.pageCache)],
       ['every process read the file’s SHA-256', local.verified ? 'yes' : 'NO', served.verified ? 'yes' : 'NO'],
     ];
