@@ -129,8 +129,8 @@ export interface LoadOptions {
   verify?: VerifyOption;
 }
 
-/** load()'s and loadRanges()'s option names (an unknown one is ERR_INVALID_ARG_VALUE). */
-export const LOAD_OPTIONS = optionNames<LoadOptions>()([
+/** The names of load()'s options, as a tuple: loadModel() takes them and its own. */
+export const LOAD_OPTION_NAMES = [
   'target',
   'io',
   'chunkSize',
@@ -146,7 +146,10 @@ export const LOAD_OPTIONS = optionNames<LoadOptions>()([
   'signal',
   'into',
   'verify',
-]);
+] as const;
+
+/** load()'s and loadRanges()'s option names (an unknown one is ERR_INVALID_ARG_VALUE). */
+export const LOAD_OPTIONS = optionNames<LoadOptions>()(LOAD_OPTION_NAMES);
 
 /**
  * Loads the whole file at `path` into a new buffer of the chosen target and resolves once every byte is there.

@@ -12,7 +12,7 @@
  */
 import { LoadedBuffer } from './buffer.js';
 import { AbortError, DmaloadError, invalidType } from '../core/errors.js';
-import { loadRanges, type FileRange, type LoadOptions, type LoadProgress } from './load.js';
+import { LOAD_OPTION_NAMES, loadRanges, type FileRange, type LoadOptions, type LoadProgress } from './load.js';
 import { PAGE_SIZE } from '../engine/binding.js';
 import { formatBytes, msSince, roundUp } from '../core/util.js';
 import { budgetOption, byteCountOption, functionOption, optionNames, optionsObject, signalOption } from './options.js';
@@ -113,6 +113,9 @@ function plan(selected: readonly ModelTensor[], gap: number): FilePlan[] {
   });
 }
 
+/** loadModel()'s option names: load()'s and its own (an unknown one is ERR_INVALID_ARG_VALUE). */
+export const LOAD_MODEL_OPTIONS = optionNames<LoadModelOptions>()([...LOAD_OPTION_NAMES, 'tensors', 'coalesceGap', 'rank', 'worldSize', 'split']);
+
 /**
  * Loads a safetensors or GGUF model (one file, a `*.safetensors.index.json` with its shards, or the first file of a
  * GGUF split with the rest) into the chosen target and resolves with every wanted tensor as a zero-copy view.
@@ -127,29 +130,6 @@ function plan(selected: readonly ModelTensor[], gap: number): FilePlan[] {
  * Aborting rejects with an AbortError; any failure frees what was loaded (the other files' loads are stopped).
  * @throws DmaloadError ERR_MODEL_TENSOR_NOT_FOUND, ERR_MEMORY_BUDGET, inspect()'s ERR_MODEL_* and load()'s codes
  */
-/** loadModel()'s option names: load()'s and its own (an unknown one is ERR_INVALID_ARG_VALUE). */
-export const LOAD_MODEL_OPTIONS = optionNames<LoadModelOptions>()([
-  'target',
-  'io',
-  'chunkSize',
-  'queueDepth',
-  'partSize',
-  'overlap',
-  'keepCache',
-  'heap',
-  'hugePages',
-  'numaNode',
-  'memoryBudget',
-  'onProgress',
-  'signal',
-  'into',
-  'verify',
-  'tensors',
-  'coalesceGap',
-  'rank',
-  'worldSize',
-  'split',
-]);
 
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
   const t0 = performance.now();
