@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto';
 import {
   closeSync,
+  existsSync,
   constants as FS,
   fsyncSync,
   ftruncateSync,
@@ -308,4 +309,19 @@ export function vmFlags(addr: bigint): string[] {
     if (m) return m[1]!.trim().split(/\s+/);
   }
   return [];
+}
+
+/**
+ * The NUMA nodes with memory, read from sysfs here (an oracle apart from src/engine/numa.ts); undefined on a kernel
+ * without NUMA (no /sys/devices/system/node).
+ */
+export function sysfsMemoryNodes(): number[] | undefined {
+  const dir = '/sys/devices/system/node';
+  if (!existsSync(`${dir}/has_memory`)) return undefined;
+  const out: number[] = [];
+  for (const part of readFileSync(`${dir}/has_memory`, 'utf8').trim().split(',')) {
+    const [lo, hi] = part.split('-').map(Number);
+    for (let n = lo!; n <= (hi ?? lo!); n++) out.push(n);
+  }
+  return out;
 }

@@ -7,29 +7,19 @@
  * own page placement.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
 import { allocate, connect, createPool, load, probe, serve } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { C, native } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
-import { leakCheck, makeFile, sha256, tempDir } from './helpers.js';
+import { leakCheck, makeFile, sha256, sysfsMemoryNodes, tempDir } from './helpers.js';
 import { socketDir } from './share/util.js';
 
 const MiB = 1024 * 1024;
 const NODE_DIR = '/sys/devices/system/node';
 
-/** The nodes with memory, from sysfs (undefined: a kernel without NUMA). */
-function nodesWithMemory(): number[] | undefined {
-  if (!existsSync(`${NODE_DIR}/has_memory`)) return undefined;
-  const out: number[] = [];
-  for (const part of readFileSync(`${NODE_DIR}/has_memory`, 'utf8').trim().split(',')) {
-    const [lo, hi] = part.split('-').map(Number);
-    for (let n = lo!; n <= (hi ?? lo!); n++) out.push(n);
-  }
-  return out;
-}
-const NODES = nodesWithMemory();
+const NODES = sysfsMemoryNodes();
 const NUMA = NODES !== undefined;
 const FIRST = NODES?.[0] ?? 0;
 const MISSING = Math.max(...(NODES ?? [0])) + 1;

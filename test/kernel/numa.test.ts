@@ -11,23 +11,13 @@ import { after, before, describe, test } from 'node:test';
 import { allocate, load, probe } from '../../src/index.js';
 import type { LoadedBuffer, TargetName } from '../../src/index.js';
 import { native } from '../../src/engine/binding.js';
-import { leakCheck, makeFile, sha256, tempDir } from '../helpers.js';
+import { leakCheck, makeFile, sha256, sysfsMemoryNodes, tempDir } from '../helpers.js';
 
 const MiB = 1024 * 1024;
 const NODE_DIR = '/sys/devices/system/node';
 
 /** The nodes with memory, read from sysfs here (an oracle independent of src/engine/numa.ts). */
-function nodesWithMemory(): number[] {
-  if (!existsSync(`${NODE_DIR}/has_memory`)) return [];
-  const out: number[] = [];
-  for (const part of readFileSync(`${NODE_DIR}/has_memory`, 'utf8').trim().split(',')) {
-    const [lo, hi] = part.split('-').map(Number);
-    for (let n = lo!; n <= (hi ?? lo!); n++) out.push(n);
-  }
-  return out;
-}
-
-const NODES = nodesWithMemory();
+const NODES = sysfsMemoryNodes() ?? [];
 const SKIP =
   NODES.length < 2 ? `this kernel has ${NODES.length === 0 ? 'no NUMA' : 'one NUMA node'}: the qemu tier boots two (scripts/kernel/run.sh -numa)` : undefined;
 const TARGETS: Array<[TargetName, string | undefined]> = [
