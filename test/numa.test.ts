@@ -235,3 +235,31 @@ describe('numaNode: serve', () => {
     assert.equal(await leaks(), undefined);
   });
 });
+
+describe('numaNode: bench', () => {
+  test(`dmaload bench --numa-node ${FIRST}: the rows run with it (their children inherit it), and the variable is put back; a missing node is refused`, async () => {
+    const before = process.env.DMALOAD_NUMA_NODE;
+    const r = await cli(
+      'bench',
+      file.path,
+      '--numa-node',
+      String(FIRST),
+      '--rounds',
+      '1',
+      '--targets',
+      'memory',
+      '--methods',
+      'dmaload',
+      '--io',
+      'direct',
+      '--json',
+    );
+    assert.equal(r.code, 0, r.err);
+    const rep = JSON.parse(r.out) as { rows: Array<{ supported: boolean; verified: boolean | null }> };
+    assert.ok(rep.rows.length > 0 && rep.rows.every((row) => row.supported && row.verified === true), r.out);
+    assert.equal(process.env.DMALOAD_NUMA_NODE, before);
+    const bad = await cli('bench', file.path, '--numa-node', String(MISSING), '--rounds', '1');
+    assert.equal(bad.code, 1);
+    assert.match(bad.err, /ERR_OUT_OF_RANGE/);
+  });
+});

@@ -11,6 +11,8 @@ import { markdown, svg, table } from '../bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../core/util.js';
 import { UsageError, onInterrupt } from './io.js';
+import { numaNodeFlag } from './load.js';
+import { numaRequest } from '../api/pages.js';
 import type { CliIO } from './io.js';
 
 export const BENCH_HELP = `Usage: dmaload bench [FILE] [options]
@@ -35,6 +37,9 @@ Options:
   --cache LIST         cold (evicted before each row, default), warm (read first), half (every other 8 MiB
                        cached); several, e.g. cold,warm,half, give one table each
   --drop-caches        also drop every cache before cold rows (root)
+  --numa-node N|interleave
+                       dmaload rows' fresh memory on NUMA node N, or spread (as DMALOAD_NUMA_NODE, which the
+                       rows' child processes inherit)
   --sweep LIST         sizes, e.g. 64MiB,256MiB,1GiB,4GiB,8GiB: throughput and CPU per GiB of each row at each
                        size (with --targets memory --methods dmaload: the scale check)
   --json               one JSON object on stdout
@@ -74,6 +79,7 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
       rounds: { type: 'string' },
       cache: { type: 'string' },
       'drop-caches': { type: 'boolean', default: false },
+      'numa-node': { type: 'string' },
       sweep: { type: 'string' },
       json: { type: 'boolean', default: false },
       md: { type: 'boolean', default: false },
@@ -105,6 +111,13 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     const folder = dirname(resolve(values.svg));
     if (!statSync(folder, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--svg ${values.svg}: the folder ${folder} does not exist`);
   }
+  // Each row runs in a child process that inherits the environment: the variable places its memory, checked here first.
+  const numaNode = numaNodeFlag(values['numa-node']);
+  const savedNuma = process.env.DMALOAD_NUMA_NODE;
+  if (numaNode !== undefined) {
+    numaRequest(numaNode, 'memory', false);
+    process.env.DMALOAD_NUMA_NODE = String(numaNode);
+  }
   const interrupt = onInterrupt();
   const reports: BenchReport[] = [];
   try {
@@ -124,6 +137,11 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
       }
     }
   } finally {
+    // The variable was this command's, for its children: the process it ran in (a test, a script) gets its own back.
+    if (numaNode !== undefined) {
+      if (savedNuma === undefined) delete process.env.DMALOAD_NUMA_NODE;
+      else process.env.DMALOAD_NUMA_NODE = savedNuma;
+    }
     interrupt.dispose();
     if (io.isTTY) io.stderr('\r\x1b[K');
   }
