@@ -156,6 +156,22 @@ def open_fds():
     return out
 
 
+def proc_bytes(field, path="/proc/self/status"):
+    """A "Field:  N kB" line of a /proc file, in bytes: RssAnon (private memory) and RssShmem (mapped memfd pages) of
+    /proc/self/status, Rss of /proc/self/smaps_rollup (everything resident, shared file pages included)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in {path}")
+
+
+def memfd_mappings():
+    """How many of this process's mappings are of memfds (the served buffers)."""
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "/memfd:" in line)
+
+
 def fake_mappings():
     """Lines of /proc/self/maps that map a fake server's memfd."""
     with open("/proc/self/maps") as f:

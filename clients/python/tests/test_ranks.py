@@ -21,7 +21,7 @@ import sys
 import tempfile
 import unittest
 
-from _helpers import WHERE, FakeServer, LeakCheck, Msg, memfd, needs_torch, np, st_torch, torch
+from _helpers import WHERE, FakeServer, LeakCheck, Msg, memfd, needs_torch, np, proc_bytes, st_torch, torch
 
 from dmaload_client import Client, DmaloadError
 
@@ -268,10 +268,10 @@ class Ranks(unittest.TestCase):
         mine = 4 * MiB + MiB  # rank 1 of 4: a quarter of w's rows, and norm whole
         for populate in (False, True):
             with self.subTest(populate=populate):
-                before = rss_shmem()
+                before = proc_bytes("RssShmem")
                 got = self.client.load_safetensors(big, raw=True, rank=1, world_size=4, split="rows", populate=populate)
                 self.assertEqual(sum(len(v) for v in got.values()), mine)
-                grown = rss_shmem() - before
+                grown = proc_bytes("RssShmem") - before
                 if populate:
                     self.assertGreaterEqual(grown, mine, "populate=True maps the rank's pages")
                     self.assertLess(grown, mine + MiB, "and only the rank's: the other ranks' rows stay unmapped")
@@ -284,12 +284,6 @@ def model_names():
     return ["embed.weight", "layers.0.attn.q", "layers.0.attn.k", "layers.0.norm", "layers.0.bias", "layers.0.mlp.up", "ids", "mask", "scale", "conv", "empty", "lm_head.weight"]
 
 
-def rss_shmem():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssShmem:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no RssShmem in /proc/self/status")
 
 
 # --- against fake servers ----------------------------------------------------------------------------------------------

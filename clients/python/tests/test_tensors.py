@@ -15,7 +15,7 @@ import struct
 import tempfile
 import unittest
 
-from _helpers import needs_numpy, needs_torch, np, open_fds, st_numpy, st_torch, torch
+from _helpers import memfd_mappings, needs_numpy, needs_torch, np, open_fds, proc_bytes, st_numpy, st_torch, torch
 
 from dmaload_client import Client, DmaloadError
 
@@ -58,18 +58,6 @@ def mapping_of(addr):
     return None
 
 
-def memfd_mappings():
-    with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "/memfd:" in line)
-
-
-def rss():
-    """Bytes of this process resident in memory, shared file pages included."""
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Rss:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no Rss in /proc/self/smaps_rollup")
 
 
 def np_addr(a):
@@ -344,12 +332,12 @@ class ZeroCopy(Base):
         with Client(SOCKET) as c:  # the server holds it now: what follows measures this process alone
             c.load(self.file).close()
         gc.collect()
-        fds, maps, before, anon = open_fds(), memfd_mappings(), rss(), status_kib("RssAnon")
+        fds, maps, before, anon = open_fds(), memfd_mappings(), proc_bytes("Rss", "/proc/self/smaps_rollup"), proc_bytes("RssAnon")
         got = self.client.load_safetensors(self.file, framework=framework, populate=populate)
-        taken = rss() - before
+        taken = proc_bytes("Rss", "/proc/self/smaps_rollup") - before
         if populate:  # resident at once, one madvise(MADV_POPULATE_READ): the served pages, not a copy
             self.assertGreater(taken, self.SIZE * 0.99, f"{framework}: populate=True made only {taken} bytes resident (of {self.SIZE})")
-            copied = status_kib("RssAnon") - anon
+            copied = proc_bytes("RssAnon") - anon
             self.assertLess(copied, self.SIZE * 0.05, f"{framework}: {copied} bytes of private memory for {self.SIZE} of tensors")
         else:
             self.assertLess(taken, self.SIZE * 0.05, f"{framework}: taking the tensors made {taken} bytes resident (of {self.SIZE})")
@@ -357,7 +345,7 @@ class ZeroCopy(Base):
         self.assertTrue(mapping_of(addr(got["t0"])).startswith("/memfd:"))
         for name in got:  # reading them maps the served pages: the measurement sees memory, were it copied
             self.assertEqual(hashlib.sha256(as_bytes(got[name])).hexdigest(), self.hashes[name], name)
-        read = rss() - before
+        read = proc_bytes("Rss", "/proc/self/smaps_rollup") - before
         self.assertGreater(read, self.SIZE * 0.9, f"{framework}: reading every byte made only {read} bytes resident")
         # The mapping lives as long as the tensors do, and goes with the last of them.
         first = got.pop("t0")
@@ -388,14 +376,6 @@ class ZeroCopy(Base):
     def test_populate_without_numpy_or_torch(self):
         self.check("bytes", buffer_addr, lambda v: v, populate=True)
 
-
-def status_kib(field):
-    """A field of /proc/self/status in bytes (RssAnon: this process's private memory; RssShmem: mapped memfd pages)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/self/status")
 
 
 class _PyBuffer(ctypes.Structure):
