@@ -45,8 +45,7 @@ class Hasher : public Owned, public std::enable_shared_from_this<Hasher> {
   Napi::ThreadSafeFunction tsfn;
   Napi::Promise::Deferred deferred;
   EnvData* envData = nullptr;
-  bool finished = false;      // JS thread only
-  bool endRequested = false;  // JS thread only
+  bool finished = false;  // JS thread only
 
   void Push(uint64_t off, const uint8_t* p, uint64_t len, Lease lease) {
     if (len == 0 || cancelled.load()) return;

@@ -4,13 +4,12 @@
  * cache blob's name). No page cache is left behind and memory use is the ring's, whatever the file's size.
  */
 import { fstatSync } from 'node:fs';
-import { DmaloadError } from '../core/errors.js';
 import { cpuMsSince, msSince } from '../core/util.js';
 import { native } from '../engine/binding.js';
 import { pageCacheBytes, uncachedRead } from '../pipeline/cache.js';
 import { fileChanged, openFile } from '../pipeline/source.js';
 import type { IoMode } from '../pipeline/source.js';
-import { HashStream, expectedFor, hashRanges, mismatch } from '../pipeline/verify.js';
+import { HashStream, digestOf, expectedFor, hashRanges } from '../pipeline/verify.js';
 import { functionOption, ioOption, optionNames, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
 
 export interface VerifyFileOptions {
@@ -78,22 +77,16 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
     );
     const now = fstatSync(src.fd).size;
     if (now !== src.size) fileChanged(path, 'verify', src.size, now);
-    const h = await hs.finish();
+    const h = await digestOf(hs, path);
     hs = undefined;
-    if (h.digest === undefined)
-      throw new DmaloadError(
-        'ERR_FILE_CHANGED',
-        `'${path}': only ${h.hashed} of ${src.size} bytes could be hashed (the file changed while it was read); verify it again`,
-        { path },
-      );
     const ms = msSince(t0);
     return {
       path,
       size: src.size,
-      sha256: h.digest,
+      sha256: h.sha256,
       expected: expected.sha256,
       source: expected.source,
-      ok: expected.sha256 === undefined ? undefined : expected.sha256 === h.digest,
+      ok: expected.sha256 === undefined ? undefined : expected.sha256 === h.sha256,
       io: src.direct ? 'direct' : src.rwFlags ? 'uncached' : 'buffered',
       ms,
       cpuMs: cpuMsSince(c0),
@@ -105,9 +98,4 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
     if (hs) await hs.cancel();
     await src.close();
   }
-}
-
-/** The error verifyFile()'s callers throw for a result that is not ok (the CLI prints it; tests match it). */
-export function verifyError(r: VerifyFileResult): DmaloadError | undefined {
-  return r.ok === false ? mismatch(r.path, { sha256: r.expected!, source: r.source }, r.sha256) : undefined;
 }

@@ -91,11 +91,6 @@ export class HashStream {
     });
   }
 
-  /** Bytes hashed so far, from the file's start. */
-  get hashed(): number {
-    return this.#hashed;
-  }
-
   feed(region: Region, bufOffset: number, fileOffset: number, length: number): void {
     native.hashFeed(this.hasher, region, bufOffset, fileOffset, length);
   }
@@ -225,11 +220,8 @@ export async function expectedFor(path: string, verify: 'auto' | boolean | { sha
   return verify === true ? { sha256: undefined, source: 'computed' } : undefined;
 }
 
-/**
- * Ends a hash and checks it: ERR_CHECKSUM_MISMATCH when it differs from the expected one, ERR_FILE_CHANGED when not
- * every byte reached it (the file shrank). Returns the digest.
- */
-export async function settle(hs: HashStream, path: string, expected: Expected): Promise<{ sha256: string; hashMs: number }> {
+/** Ends a hash: its digest, or ERR_FILE_CHANGED when not every byte reached it (the file shrank while it was read). */
+export async function digestOf(hs: HashStream, path: string): Promise<{ sha256: string; hashMs: number }> {
   const h = await hs.finish();
   if (h.digest === undefined)
     throw new DmaloadError(
@@ -237,8 +229,14 @@ export async function settle(hs: HashStream, path: string, expected: Expected): 
       `'${path}': only ${h.hashed} of ${hs.total} bytes could be hashed (the file changed while it was read); read it again`,
       { path },
     );
-  if (expected.sha256 !== undefined && h.digest !== expected.sha256) throw mismatch(path, { ...expected, sha256: expected.sha256 }, h.digest);
   return { sha256: h.digest, hashMs: Math.round(h.busyMs * 100) / 100 };
+}
+
+/** Ends a hash and checks it: {@link digestOf}, then ERR_CHECKSUM_MISMATCH when it differs from the expected one. */
+export async function settle(hs: HashStream, path: string, expected: Expected): Promise<{ sha256: string; hashMs: number }> {
+  const h = await digestOf(hs, path);
+  if (expected.sha256 !== undefined && h.sha256 !== expected.sha256) throw mismatch(path, { ...expected, sha256: expected.sha256 }, h.sha256);
+  return h;
 }
 
 /** The parts of [0, size) that no segment ([fileOffset, bufOffset, length, …]) reads. */
