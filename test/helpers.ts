@@ -15,6 +15,7 @@ import {
   readlinkSync,
   rmSync,
   unlinkSync,
+  writeFileSync,
   writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,7 +25,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { writeSeededFile } from '../src/bench/data.js';
 import { evictPath } from '../src/pipeline/cache.js';
-import { dioAlign } from '../src/pipeline/source.js';
+import { dioAlign, uncachedErrorCode, uncachedSupport } from '../src/pipeline/source.js';
 import { C, native } from '../src/engine/binding.js';
 import type { LoadedBuffer } from '../src/api/buffer.js';
 import { seededBytes } from '../src/bench/data.js';
@@ -324,4 +325,21 @@ export function sysfsMemoryNodes(): number[] | undefined {
     for (let n = lo!; n <= (hi ?? lo!); n++) out.push(n);
   }
   return out;
+}
+
+/**
+ * Why `dir` cannot do uncached buffered I/O (RWF_DONTCACHE), or undefined when it can: the library's own probe, on a
+ * real file there, so tests skip with the kernel's or the file system's reason.
+ */
+export function uncachedMissing(dir: string): string | undefined {
+  const p = join(dir, `uncached-probe-${process.pid}`);
+  writeFileSync(p, 'x');
+  const fd = openSync(p, 'r');
+  try {
+    const r = uncachedSupport(fd);
+    return r === 0 ? undefined : `RWF_DONTCACHE is refused here (${uncachedErrorCode(r)}): kernel or file system of ${dir} lacks uncached buffered I/O`;
+  } finally {
+    closeSync(fd);
+    unlinkSync(p);
+  }
 }

@@ -10,25 +10,14 @@ import { after, describe, test } from 'node:test';
 import { allocate, copy, createWriter, load, probe, readInto, save, writeFrom } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
 import { evictPath, pageCacheBytesOf } from '../src/pipeline/cache.js';
-import { uncachedErrorCode, uncachedSupport } from '../src/pipeline/source.js';
-import { evictFile, leakCheck, makeFile, needsDirect, seededBytes, sha256, tempDir, warmFile } from './helpers.js';
+import { uncachedSupport } from '../src/pipeline/source.js';
+import { evictFile, leakCheck, makeFile, needsDirect, seededBytes, sha256, tempDir, uncachedMissing, warmFile } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir();
 after(cleanup);
 
-/** Why this folder cannot do uncached I/O, or undefined when it can (the library's own probe, on a real file). */
-const missing = (() => {
-  const p = join(dir, 'probe');
-  writeFileSync(p, 'x');
-  const fd = openSync(p, 'r');
-  try {
-    const r = uncachedSupport(fd);
-    return r === 0 ? undefined : `RWF_DONTCACHE is refused here (${uncachedErrorCode(r)}): kernel or file system of ${dir} lacks uncached buffered I/O`;
-  } finally {
-    closeSync(fd);
-  }
-})();
+const missing = uncachedMissing(dir);
 
 function needsUncached(t: { skip(msg: string): void }): boolean {
   if (!missing) return false;

@@ -10,35 +10,15 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, sym
 import { dirname, join, relative } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { copy, load, loadModel, loadRanges, verifyFile } from '../src/index.js';
-import type { LoadedBuffer, TargetName } from '../src/index.js';
+import type { TargetName } from '../src/index.js';
 import { C, native } from '../src/engine/binding.js';
-import { uncachedSupport } from '../src/pipeline/source.js';
 import { cli } from './cli/run.js';
 import { writeSafetensors } from './formats/model-files.js';
-import { evictFile, leakCheck, makeFile, makeSparseFile, needsDirect, sha256, tempDir, testBase } from './helpers.js';
+import { bufferSha256, evictFile, leakCheck, makeFile, makeSparseFile, needsDirect, sha256, tempDir, testBase, uncachedMissing } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir('dmaload-verify-');
 after(cleanup);
-
-const hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-const hashOf = (b: LoadedBuffer) => {
-  const h = createHash('sha256');
-  for (const w of b.windows(256 * MiB)) h.update(w);
-  return h.digest('hex');
-};
-
-/** Why this folder cannot do uncached buffered I/O, or undefined. */
-function noUncached(): string | undefined {
-  const f = makeFile(dir, 'probe-uncached', 4096);
-  const fd = openSync(f.path, 'r');
-  try {
-    const r = uncachedSupport(fd);
-    return r === 0 ? undefined : `RWF_DONTCACHE refused here (${r}): the kernel or file system lacks uncached buffered I/O`;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** Reads the first half of a file through the page cache (io 'auto' then copies that half and reads the rest). */
 function warmHalf(path: string, size: number): void {
@@ -67,7 +47,7 @@ describe('SHA-256 implementations', () => {
       if (native.sha256(new Uint8Array(1), impl) === null) return t.skip(`this CPU has no SHA extensions (${impl})`);
       for (const n of [0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 4095, 4096, 4097, MiB + 3]) {
         const b = randomBytes(n);
-        assert.equal(native.sha256(b, impl), hex(b), `${impl}, ${n} bytes`);
+        assert.equal(native.sha256(b, impl), sha256(b), `${impl}, ${n} bytes`);
       }
     });
   }
@@ -84,7 +64,7 @@ describe('load with verify', () => {
   for (const io of ios) {
     test(`io ${io}: the hash equals OpenSSL's for every size, target and part layout`, async (t) => {
       if (io === 'direct' && needsDirect(t)) return;
-      const why = io === 'uncached' ? noUncached() : undefined;
+      const why = io === 'uncached' ? uncachedMissing(dir) : undefined;
       if (why) return t.skip(why);
       const leaks = leakCheck();
       for (const size of sizes) {
@@ -99,7 +79,7 @@ describe('load with verify', () => {
               const at = `${size} bytes, ${target}, parts ${partSize ?? 'off'}`;
               assert.equal(b.stats.verified?.sha256, f.sha256, at);
               assert.equal(b.stats.verified?.source, 'option', at);
-              assert.equal(hashOf(b), f.sha256, at);
+              assert.equal(bufferSha256(b), f.sha256, at);
               // The largest file really went both ways (its first half cached): both paths fed the hash.
               if (io === 'auto' && size === 3 * chunk + 5 && testBase.direct)
                 assert.ok(b.stats.copiedBytes > 0 && b.stats.directBytes > 0, `${at}: ${b.stats.io}`);
@@ -161,7 +141,7 @@ describe('a corrupt file is refused', () => {
     test(`one flipped byte at the ${where}: ERR_CHECKSUM_MISMATCH from load, loadRanges, copy and verifyFile; nothing leaked`, async () => {
       const good = makeFile(dir, `good-${at}`, size);
       const bad = flipped(good.path, `bad-${at}`, at);
-      const actual = hex(readFileSync(bad));
+      const actual = sha256(readFileSync(bad));
       const leaks = leakCheck();
       for (const target of ['memory', 'memfd'] as TargetName[]) {
         await assert.rejects(
@@ -237,7 +217,7 @@ describe('a Hugging Face hub cache', () => {
   /** models--org--name/{blobs/<hash>, snapshots/<rev>/<file> -> ../../blobs/<hash>}, as huggingface_hub lays it out. */
   function hub(
     files: Record<string, Uint8Array>,
-    blobName: (bytes: Uint8Array) => string = hex,
+    blobName: (bytes: Uint8Array) => string = sha256,
   ): { root: string; snapshot: string; blob(file: string): string } {
     const root = join(dir, `hub-${Math.random().toString(36).slice(2)}`, 'models--org--tiny');
     const snapshot = join(root, 'snapshots', '0123456789abcdef0123456789abcdef01234567');
@@ -258,7 +238,7 @@ describe('a Hugging Face hub cache', () => {
     const bytes = randomBytes(3 * MiB + 17);
     const h = hub({ 'model.bin': bytes });
     const b = await load(join(h.snapshot, 'model.bin'));
-    assert.deepEqual([b.stats.verified?.sha256, b.stats.verified?.source], [hex(bytes), 'hub-cache']);
+    assert.deepEqual([b.stats.verified?.sha256, b.stats.verified?.source], [sha256(bytes), 'hub-cache']);
     b.close();
     const off = await load(join(h.snapshot, 'model.bin'), { verify: false });
     assert.equal(off.stats.verified, undefined);
@@ -311,7 +291,7 @@ describe('a Hugging Face hub cache', () => {
       assert.equal(m.stats.perFile.length, 2);
       for (const f of m.stats.perFile) {
         assert.equal(f.stats.verified?.source, 'hub-cache', f.file);
-        assert.equal(f.stats.verified?.sha256, hex(f.file.endsWith('1-of-00002.safetensors') ? s1 : s2));
+        assert.equal(f.stats.verified?.sha256, sha256(f.file.endsWith('1-of-00002.safetensors') ? s1 : s2));
       }
     } finally {
       m.close();
@@ -335,15 +315,15 @@ describe('a Hugging Face hub cache', () => {
     assert.equal(r.code, 0, r.err);
     const lines = r.out.trim().split('\n');
     assert.equal(lines.length, 2);
-    assert.match(lines[0]!, new RegExp(`^OK +${hex(a)} `));
-    assert.match(lines[1]!, new RegExp(`^OK +${hex(b)} `));
+    assert.match(lines[0]!, new RegExp(`^OK +${sha256(a)} `));
+    assert.match(lines[1]!, new RegExp(`^OK +${sha256(b)} `));
     const j = await cli('verify', '--json', join(h.snapshot, 'a.bin'), join(dir, 'no-such-file'));
     assert.equal(j.code, 1);
     const [first, second] = j.out
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { ok?: boolean; sha256?: string; error?: { code: string } });
-    assert.deepEqual([first!.ok, first!.sha256], [true, hex(a)]);
+    assert.deepEqual([first!.ok, first!.sha256], [true, sha256(a)]);
     assert.equal(second!.error?.code, 'ENOENT');
   });
 });
