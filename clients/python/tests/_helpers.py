@@ -156,6 +156,17 @@ def open_fds():
     return out
 
 
+def random_tensor(generator, dtype, *shape):
+    """A torch tensor of `dtype` and `shape` whose bytes are seeded random (every bit pattern, NaNs included): the
+    same bytes for the same generator state, whatever the dtype."""
+    n = 1
+    for d in shape:
+        n *= d
+    item = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (n * item,), dtype=torch.uint8, generator=generator)
+    return raw.view(dtype).reshape(shape).clone()
+
+
 def proc_bytes(field, path="/proc/self/status"):
     """A "Field:  N kB" line of a /proc file, in bytes: RssAnon (private memory) and RssShmem (mapped memfd pages) of
     /proc/self/status, Rss of /proc/self/smaps_rollup (everything resident, shared file pages included)."""

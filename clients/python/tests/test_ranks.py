@@ -21,7 +21,7 @@ import sys
 import tempfile
 import unittest
 
-from _helpers import WHERE, FakeServer, LeakCheck, Msg, memfd, needs_torch, np, proc_bytes, st_torch, torch
+from _helpers import WHERE, FakeServer, LeakCheck, Msg, memfd, needs_torch, np, proc_bytes, random_tensor, st_torch, torch
 
 from dmaload_client import Client, DmaloadError
 
@@ -52,12 +52,7 @@ def model_tensors():
     g = torch.Generator().manual_seed(20260101)
 
     def rand_bytes(dtype, *shape):
-        n = 1
-        for d in shape:
-            n *= d
-        item = torch.empty((), dtype=dtype).element_size()
-        raw = torch.randint(0, 256, (n * item,), dtype=torch.uint8, generator=g)
-        return raw.view(dtype).reshape(shape).clone()
+        return random_tensor(g, dtype, *shape)
 
     return {
         "embed.weight": torch.randn(37, 24, generator=g),

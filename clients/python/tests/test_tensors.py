@@ -15,7 +15,7 @@ import struct
 import tempfile
 import unittest
 
-from _helpers import memfd_mappings, needs_numpy, needs_torch, np, open_fds, proc_bytes, st_numpy, st_torch, torch
+from _helpers import memfd_mappings, needs_numpy, needs_torch, np, open_fds, proc_bytes, random_tensor, st_numpy, st_torch, torch
 
 from dmaload_client import Client, DmaloadError
 
@@ -243,12 +243,7 @@ def torch_tensors():
     g = torch.Generator().manual_seed(3)
 
     def rand_bytes(dtype, *shape):
-        n = 1
-        for d in shape:
-            n *= d
-        item = torch.empty((), dtype=dtype).element_size()
-        raw = torch.randint(0, 256, (n * item,), dtype=torch.uint8, generator=g)
-        return raw.view(dtype).reshape(shape).clone()
+        return random_tensor(g, dtype, *shape)
 
     out = {
         "bool": torch.rand(4, 4, generator=g) > 0.5,
