@@ -210,6 +210,22 @@ describe('a corrupt file is refused', () => {
     }
     const r = await cli('load', f.path, '--verify', 'sha256:xyz');
     assert.equal(r.code, 2);
+    // dmaload verify: usage errors (exit 2, saying what is wrong) before anything is read.
+    const usage: Array<[string[], RegExp]> = [
+      [[], /at least one FILE/],
+      [[f.path, '--sha256', 'abc'], /--sha256 must be 64 hex digits/],
+      [[f.path, f.path, '--sha256', f.sha256], /--sha256 checks one FILE/],
+      [[f.path, '--io', 'fast'], /--io must be one of/],
+    ];
+    for (const [args, says] of usage) {
+      const u = await cli('verify', ...args);
+      assert.equal(u.code, 2, `verify ${args.join(' ')}: ${u.err}`);
+      assert.match(u.err, says);
+    }
+    const cp = await cli('cp', f.path, join(dir, 'cp-usage'), '--verify', 'maybe');
+    assert.equal(cp.code, 2);
+    assert.match(cp.err, /--verify must be auto, on, off or sha256:HEX/);
+    assert.equal(existsSync(join(dir, 'cp-usage')), false);
   });
 });
 
