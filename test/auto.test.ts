@@ -1,20 +1,19 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { load } from '../src/index.js';
-import { pageCacheBytesOf } from '../src/pipeline/cache.js';
 import { splitByResidency } from '../src/pipeline/plan.js';
 import { setCache } from '../src/bench/bench.js';
-import { evictFile, leakCheck, makeFile, sha256, tempDir, warmFile } from './helpers.js';
+import { cachedBytes, evictFile, leakCheck, makeFile, sha256, tempDir, warmFile } from './helpers.js';
 
 const { dir, cleanup } = tempDir();
 after(cleanup);
 const MiB = 1024 * 1024;
 
-const cached = pageCacheBytesOf;
+const cached = cachedBytes;
 
 /** Caches every other 8 MiB range of the file, as the bench's --cache half does. */
-function halfWarm(path: string, size: number): Promise<number> {
-  return setCache(path, size, 'half');
+async function halfWarm(path: string, size: number): Promise<number> {
+  return (await setCache(path, size, 'half'))!;
 }
 
 test('auto on a cold file: all direct, nothing cached', async () => {

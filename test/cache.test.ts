@@ -6,10 +6,10 @@ import assert from 'node:assert/strict';
 import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { evict, evictPath, pageCacheBytesOf } from '../src/pipeline/cache.js';
+import { evict, evictPath } from '../src/pipeline/cache.js';
 import { C, native, type Region } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
-import { leakCheck, needsDirect, seededBytes, sha256, tempDir } from './helpers.js';
+import { cachedBytes, leakCheck, needsDirect, seededBytes, sha256, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir();
@@ -42,9 +42,9 @@ describe('evict: cold means cold', () => {
   test('a just-written file (dirty pages) is flushed, then dropped: mincore sees none of it', () => {
     const size = 24 * MiB + 4097;
     const f = dirtyFile('dirty', size);
-    assert.ok(pageCacheBytesOf(f.path, size) > 0, 'precondition: the written pages are cached');
+    assert.ok(cachedBytes(f.path, size) > 0, 'precondition: the written pages are cached');
     const left = evictPath(f.path);
-    assert.equal(pageCacheBytesOf(f.path, size), 0, 'mincore: nothing of the file is cached');
+    assert.equal(cachedBytes(f.path, size), 0, 'mincore: nothing of the file is cached');
     assert.equal(left, 0, 'evict reports what mincore sees');
   });
 
@@ -55,7 +55,7 @@ describe('evict: cold means cold', () => {
     const m = mapAndTouch(f, fd, size, C.PROT_READ | C.PROT_WRITE);
     try {
       const left = evict(fd, f.path);
-      const seen = pageCacheBytesOf(f.path, size);
+      const seen = cachedBytes(f.path, size);
       assert.ok(seen > 0, 'precondition: mapped pages stay');
       assert.equal(left, seen, 'evict returns the bytes mincore still sees');
     } finally {
@@ -88,7 +88,7 @@ describe('evict: cold means cold', () => {
       const r = await cli('load', f.path, '--evict', '--json');
       assert.equal(r.code, 0, r.err);
       const j = JSON.parse(r.out);
-      const seen = pageCacheBytesOf(f.path, size);
+      const seen = cachedBytes(f.path, size);
       assert.ok(seen > 0);
       assert.ok(j.evictedResidentBytes > 0);
       assert.match(r.err, /warning: .* of '.*cli-mapped' stayed in the page cache after --evict/);
@@ -100,7 +100,7 @@ describe('evict: cold means cold', () => {
 
   test('evictPath and pageCacheBytesOf refuse what is not a regular file as load does: a folder, /dev/zero', () => {
     // (A FIFO, which would block this thread, is the CLI test's: test/cli/main.test.ts.)
-    for (const f of [evictPath, (p: string) => pageCacheBytesOf(p, 4096)]) {
+    for (const f of [evictPath, (p: string) => cachedBytes(p, 4096)]) {
       assert.throws(() => f(dir), { code: 'EISDIR', path: dir });
       assert.throws(() => f('/dev/zero'), { code: 'ERR_NOT_REGULAR_FILE', path: '/dev/zero' });
     }

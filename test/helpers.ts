@@ -24,7 +24,7 @@ import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { writeSeededFile } from '../src/bench/data.js';
-import { evictPath } from '../src/pipeline/cache.js';
+import { evictPath, pageCacheBytesOf } from '../src/pipeline/cache.js';
 import { dioAlign, uncachedErrorCode, uncachedSupport } from '../src/pipeline/source.js';
 import { C, native } from '../src/engine/binding.js';
 import type { LoadedBuffer } from '../src/api/buffer.js';
@@ -135,6 +135,13 @@ export function makeFile(dir: string, name: string, size: number, seed = size): 
 
 /** Drops a file's pages from the page cache (makeFile's files are written back, so this empties it). */
 export const evictFile = evictPath;
+
+/** Bytes of the file in the page cache (mincore): the tests own their files, so residency must be visible. */
+export function cachedBytes(path: string, size: number): number {
+  const n = pageCacheBytesOf(path, size);
+  if (n === null) throw new Error(`the page-cache residency of '${path}' is hidden from this user`);
+  return n;
+}
 
 /** Reads a file through the page cache so that all of it is resident. */
 export function warmFile(path: string): void {

@@ -9,8 +9,7 @@ import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import ort from 'onnxruntime-node';
 import { load } from '../src/index.js';
-import { pageCacheBytesOf } from '../src/pipeline/cache.js';
-import { evictFile, needsDirect, tempDir } from './helpers.js';
+import { cachedBytes, evictFile, needsDirect, tempDir } from './helpers.js';
 import { encodeModel, seededFloats, writeGemmModel } from './onnx-writer.js';
 
 const MiB = 1024 * 1024;
@@ -50,11 +49,11 @@ test('an ORT session from a dmaload buffer: output bit-identical to the path ses
   let t0 = performance.now();
   const byPath = await ort.InferenceSession.create(m.onnxPath, opts);
   const pathReadyMs = performance.now() - t0;
-  const pathCacheReady = pageCacheBytesOf(m.dataPath, m.weightBytes);
+  const pathCacheReady = cachedBytes(m.dataPath, m.weightBytes);
   t0 = performance.now();
   const yPath = (await byPath.run({ X })).Y!;
   const pathRunMs = performance.now() - t0;
-  const pathCacheRun = pageCacheBytesOf(m.dataPath, m.weightBytes);
+  const pathCacheRun = cachedBytes(m.dataPath, m.weightBytes);
   await byPath.release();
 
   // 2. From a dmaload buffer: direct I/O into memory, handed to ORT as the external data file's contents.
@@ -64,7 +63,7 @@ test('an ORT session from a dmaload buffer: output bit-identical to the path ses
   const loadMs = performance.now() - t0;
   const byBuffer = await ort.InferenceSession.create(m.onnx, { ...opts, externalData: [{ path: m.dataLocation, data: buf.bytes }] });
   const bufReadyMs = performance.now() - t0;
-  const bufCacheReady = pageCacheBytesOf(m.dataPath, m.weightBytes);
+  const bufCacheReady = cachedBytes(m.dataPath, m.weightBytes);
 
   // A float64 dot product in JS for a sample of outputs, from the loaded weights (so a session that read nothing, or
   // the wrong bytes, cannot pass by agreeing with the other).
@@ -98,7 +97,7 @@ test('an ORT session from a dmaload buffer: output bit-identical to the path ses
   t0 = performance.now();
   const yBuf = (await byBuffer.run({ X })).Y!;
   const bufRunMs = performance.now() - t0;
-  const bufCacheRun = pageCacheBytesOf(m.dataPath, m.weightBytes);
+  const bufCacheRun = cachedBytes(m.dataPath, m.weightBytes);
   await byBuffer.release();
 
   const gib = (n: number) => `${(n / MiB).toFixed(1)} MiB (${((100 * n) / m.weightBytes).toFixed(1)} %)`;

@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { allocate, copy, createWriter, load, probe, readInto, save, writeFrom } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
-import { evictPath, pageCacheBytesOf } from '../src/pipeline/cache.js';
+import { evictPath } from '../src/pipeline/cache.js';
 import { uncachedSupport } from '../src/pipeline/source.js';
-import { evictFile, leakCheck, makeFile, needsDirect, seededBytes, sha256, tempDir, uncachedMissing, warmFile } from './helpers.js';
+import { cachedBytes, evictFile, leakCheck, makeFile, needsDirect, seededBytes, sha256, tempDir, uncachedMissing, warmFile } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir();
@@ -44,7 +44,7 @@ describe("io 'uncached'", () => {
         try {
           assert.equal(sha256(b.bytes), f.sha256, `size ${size}`);
           assert.equal(b.stats.io, 'uncached');
-          assert.equal(pageCacheBytesOf(f.path, size), 0, 'mincore: no page cache left');
+          assert.equal(cachedBytes(f.path, size), 0, 'mincore: no page cache left');
           assert.equal(b.stats.pageCacheBytes, 0);
         } finally {
           b.close();
@@ -63,7 +63,7 @@ describe("io 'uncached'", () => {
       const b = await load(f.path, { io: 'uncached', chunkSize: 65536, queueDepth: 3 });
       assert.equal(b.stats.engine, 'threads');
       assert.equal(sha256(b.bytes), f.sha256);
-      assert.equal(pageCacheBytesOf(f.path, 3 * MiB + 1), 0);
+      assert.equal(cachedBytes(f.path, 3 * MiB + 1), 0);
       b.close();
     } finally {
       delete process.env.DMALOAD_ENGINE;
@@ -78,7 +78,7 @@ describe("io 'uncached'", () => {
     const b = await load(f.path, { io: 'uncached' });
     assert.equal(sha256(b.bytes), f.sha256);
     b.close();
-    assert.equal(pageCacheBytesOf(f.path, size), size);
+    assert.equal(cachedBytes(f.path, size), size);
     evictPath(f.path);
   });
 
@@ -96,7 +96,7 @@ describe("io 'uncached'", () => {
       const n = await readInto(buf, f.path, { fileOffset, bufOffset: 3, length, io });
       assert.equal(n, length);
       assert.equal(sha256(buf.bytes.subarray(3, 3 + length)), sha256(file.subarray(fileOffset, fileOffset + length)), io);
-      assert.equal(pageCacheBytesOf(f.path, size), 0, `${io}: mincore sees no page of the file`);
+      assert.equal(cachedBytes(f.path, size), 0, `${io}: mincore sees no page of the file`);
       // Past the end of the file: the count read, the rest untouched.
       buf.bytes.fill(7);
       const m = await readInto(buf, f.path, { fileOffset: size - 10, bufOffset: 0, length: 100, io });
@@ -132,10 +132,10 @@ describe("io 'uncached'", () => {
     buf.close();
     for (const p of [wf, sv, cw, cp]) {
       // After the data is on disk (fsync), the dropbehind pages go; allow the writeback completion a moment.
-      let left = pageCacheBytesOf(p, size);
+      let left = cachedBytes(p, size);
       for (let i = 0; i < 50 && left > 0; i++) {
         await new Promise((res) => setTimeout(res, 20));
-        left = pageCacheBytesOf(p, size);
+        left = cachedBytes(p, size);
       }
       assert.equal(left, 0, `${p}: mincore sees no page of the written file`);
       assert.equal(sha256(readFileSync(p)), want, p);

@@ -43,8 +43,11 @@ export interface LoadStats {
   /** CPU time of the whole process (user + system, all threads) during the load, ms. */
   cpuMs: number;
   bytesPerSec: number;
-  /** Bytes of the source file in the page cache right after the load (mincore). */
-  pageCacheBytes: number;
+  /**
+   * Bytes of the source file in the page cache right after the load (mincore); null where this user cannot know
+   * (a file it may read but not write: the kernel hides residency from it).
+   */
+  pageCacheBytes: number | null;
   /** Bytes read from the file (a selective load reads its ranges rounded out to whole blocks). */
   bytesRead: number;
   chunkSize: number;

@@ -9,7 +9,7 @@ import * as engine from '../engine/engine.js';
 import { zero } from '../engine/memory.js';
 import { decideHugePages, measureIfWanted } from '../engine/first-touch.js';
 import type { Tuning } from '../engine/engine.js';
-import { dropAdded, pageCacheBytes, residentPages, uncachedRead } from '../pipeline/cache.js';
+import { RESIDENCY_HIDDEN, dropAdded, pageCacheBytes, residentPages, uncachedRead } from '../pipeline/cache.js';
 import { place } from '../pipeline/plan.js';
 import type { FileRange, Placement } from '../pipeline/plan.js';
 import { JobGroup, schedule } from '../pipeline/schedule.js';
@@ -285,7 +285,9 @@ async function loadInternal(
     }
     const allocMs = msSince(tAlloc);
     // io 'auto': ranges already in the page cache are copied from it, the rest read by direct I/O.
-    const resident = o.io === 'auto' && src.direct && plan.bytesRead > 0 ? residentPages(src.fd, src.size) : undefined;
+    const seen = o.io === 'auto' && src.direct && plan.bytesRead > 0 ? residentPages(src.fd, src.size) : undefined;
+    // Residency this user cannot see (null): everything by direct I/O, and the stats say why.
+    const resident = seen ?? undefined;
     if (resident?.includes(1)) native.fadvise(src.fd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead of what is not cached
     if (check) hash = new HashStream(src.size, path);
     const group = new JobGroup(o.signal);
@@ -320,6 +322,7 @@ async function loadInternal(
       // The padding past the file that whole-block reads filled; what lies beyond keeps its bytes.
       if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
       const s = stats(src, plan, r, o, t0, c0, 'reused', "the into buffer's memory, already faulted in");
+      if (seen === null) s.ioReason ??= RESIDENCY_HIDDEN;
       if (verified) s.verified = verified;
       // The memory keeps its NUMA placement, and the stats keep saying what it is (a pool matches on it).
       if (o.into!.stats.numa) s.numa = o.into!.stats.numa;
@@ -330,6 +333,7 @@ async function loadInternal(
       return { buffer, offsets: plan.offsets };
     }
     const buffer = finish(src, alloc, plan, r, o, t0, c0, huge, fresh);
+    if (seen === null) buffer.stats.ioReason ??= RESIDENCY_HIDDEN;
     if (verified) buffer.stats.verified = verified;
     alloc = undefined;
     return { buffer, offsets: plan.offsets };

@@ -39,8 +39,8 @@ export interface VerifyFileResult {
   ms: number;
   cpuMs: number;
   bytesPerSec: number;
-  /** Bytes of the file in the page cache afterwards. */
-  pageCacheBytes: number;
+  /** Bytes of the file in the page cache afterwards; null where this user cannot know (a file it may not write). */
+  pageCacheBytes: number | null;
   impl: 'sha-ni' | 'portable';
 }
 

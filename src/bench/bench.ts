@@ -68,14 +68,14 @@ export interface BenchRow extends RowSpec {
   pct: number | null;
   cpuMs: number;
   /** Largest page-cache residency of the source file seen right after the I/O, over the rounds. */
-  pageCacheBytes: number;
+  pageCacheBytes: number | null;
   /** Hash of the destination bytes equals the source's in every round; null where nothing is kept (fio). */
   verified: boolean | null;
   ioUsed?: string | undefined;
   /** Where a dmaload row's memory came from: 'fresh' or 'reused' (a reload into existing memory). */
   memory?: string | undefined;
   /** Cold runs: the most bytes of the file still cached when a round of this row started (0 = really cold). */
-  startCacheBytes: number;
+  startCacheBytes: number | null;
   min: Stat3;
   max: Stat3;
 }
@@ -178,12 +178,12 @@ function runFio(path: string, size: number, signal?: AbortSignal): Promise<RowMe
  * Makes the file cold (evicted, checked with mincore), warm (read through the cache) or half (every other 8 MiB
  * cached); resolves with the bytes then resident. Reads asynchronously: the event loop stays free.
  */
-export async function setCache(path: string, size: number, state: CacheState, dropCaches = false): Promise<number> {
+export async function setCache(path: string, size: number, state: CacheState, dropCaches = false): Promise<number | null> {
   const fh = await fsp.open(path, 'r');
   try {
     // evict() flushes dirty pages first, so a file just written is cold too; what stays (mapped pages) is reported.
     const stayed = evict(fh.fd, path);
-    if (state === 'cold' && dropCaches && stayed > 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
+    if (state === 'cold' && dropCaches && stayed !== 0) writeFileSync('/proc/sys/vm/drop_caches', '1');
     if (state !== 'cold') {
       // No readahead: 'half' must leave the other ranges cold.
       native.fadvise(fh.fd, 0, 0, C.POSIX_FADV_RANDOM);
@@ -287,7 +287,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
     if (o.verify) planned.push(...VERIFY_ROWS.filter((r) => methods.includes(r.method) && tgts.includes(r.target)));
     const specs = planned.filter((s) => !o.ios || s.method === 'fio' || s.method === 'node-readFile' || o.ios.includes(s.io));
     const measures: RowMeasure[][] = specs.map(() => []);
-    const startCache: number[] = specs.map(() => 0);
+    const startCache: Array<number | null> = specs.map(() => 0);
     const skip: Array<string | undefined> = specs.map(
       (s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s),
     );
@@ -299,8 +299,9 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
         const spec = specs[i]!;
         if (skip[i]) continue;
         const resident = await setCache(path, size, cache, o.dropCaches);
-        if (cache === 'cold') startCache[i] = Math.max(startCache[i]!, resident);
-        if (cache === 'cold' && resident > 0) status(`warning: ${formatBytes(resident)} of the file stayed in the page cache after eviction`);
+        if (cache === 'cold') startCache[i] = resident === null || startCache[i] === null ? null : Math.max(startCache[i]!, resident);
+        if (cache === 'cold' && resident !== null && resident > 0)
+          status(`warning: ${formatBytes(resident)} of the file stayed in the page cache after eviction`);
         status(`round ${r + 1}/${rounds}: ${label(spec)}`);
         const m = spec.method === 'fio' ? await runFio(path, size, o.signal) : await runChild(spec, path, size, o.signal);
         if (m.sha256 !== undefined && m.sha256 !== want) m.reason = 'destination bytes differ from the source';
@@ -341,7 +342,7 @@ export function summaryOf(rows: readonly BenchRow[], cache: CacheState): BenchSu
     fio: ok.find((r) => r.method === 'fio'),
     readFile: ok.find((r) => r.method === 'node-readFile'),
     reload: ok.filter((r) => r.method === 'dmaload-reload').sort((a, b) => b.mbps - a.mbps)[0],
-    notCold: cache === 'cold' ? rows.filter((r) => r.startCacheBytes > 0).map(label) : [],
+    notCold: cache === 'cold' ? rows.filter((r) => r.startCacheBytes !== 0).map(label) : [],
   };
 }
 
@@ -382,7 +383,8 @@ function summarize(spec: RowSpec, ms: RowMeasure[], skipReason: string | undefin
     mbps: Math.round(mb.med),
     pct: null,
     cpuMs: r2(cpu.med),
-    pageCacheBytes: Math.max(...ok.map((m) => m.pageCacheBytes)),
+    // Unknown in any round (residency hidden from this user): unknown.
+    pageCacheBytes: ok.some((m) => m.pageCacheBytes === null) ? null : Math.max(...ok.map((m) => m.pageCacheBytes!)),
     verified: spec.method === 'fio' ? null : ok.every((m) => m.reason === undefined && m.sha256 !== undefined),
     ioUsed: ok[0]!.ioUsed,
     memory: ok[0]!.memory,

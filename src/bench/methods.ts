@@ -42,7 +42,7 @@ export interface RowMeasure {
   ioMs: number;
   closeMs: number;
   cpuMs: number;
-  pageCacheBytes: number;
+  pageCacheBytes: number | null;
   sha256?: string;
   /** For dmaload rows: bytes by each path and the io it used. */
   ioUsed?: string;
@@ -221,7 +221,7 @@ async function runDmaload(spec: RowSpec, path: string): Promise<RowMeasure> {
 async function runReload(spec: RowSpec, path: string): Promise<RowMeasure> {
   const first = await load(path, { target: spec.target, io: spec.io, ...(spec.hugePages ? { hugePages: spec.hugePages } : {}) });
   const stayed = evictPath(path);
-  if (stayed > 0)
+  if (stayed !== null && stayed > 0)
     return {
       supported: false,
       reason: `${stayed} bytes of the file stayed in the page cache after eviction`,

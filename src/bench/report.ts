@@ -18,7 +18,7 @@ function cells(r: BenchRow, i: number, size: number): string[] {
     String(r.mbps),
     r.pct === null ? '-' : `${r.pct}%`,
     n(r.cpuMs),
-    `${((100 * r.pageCacheBytes) / size).toFixed(1)}%`,
+    pctOf(r.pageCacheBytes, size),
     r.verified === null ? 'n/a' : r.verified ? 'yes' : 'NO',
   ];
 }
@@ -52,7 +52,8 @@ function displayRows(rep: BenchReport): string[][] {
 }
 
 const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
-const pctOf = (bytes: number, size: number) => `${((100 * bytes) / size).toFixed(1)}%`;
+/** A share of the file, or 'unknown' where this user cannot see the page cache (a file it may not write). */
+export const pctOf = (bytes: number | null, size: number) => (bytes === null ? 'unknown' : `${((100 * bytes) / size).toFixed(1)}%`);
 
 /**
  * The answer first: dmaload's fastest row on fresh memory against fio (the device's limit) and Node's readFile

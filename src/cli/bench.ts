@@ -7,7 +7,7 @@ import { DEFAULT_TARGETS, label } from '../bench/rows.js';
 import type { BenchOptions, BenchReport, CacheState } from '../bench/bench.js';
 import { METHODS } from '../bench/methods.js';
 import type { Method, RowIo } from '../bench/methods.js';
-import { markdown, svg, table } from '../bench/report.js';
+import { markdown, pctOf, svg, table } from '../bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../core/util.js';
 import { UsageError, onInterrupt } from './io.js';
@@ -163,7 +163,7 @@ function progressLine(p: Parameters<NonNullable<BenchOptions['onRow']>>[0], size
   const head = `[${String(p.done).padStart(String(p.total).length)}/${p.total}] round ${p.round} ${label(p.spec)}`;
   if (!m.supported) return `${head}: unsupported (${m.reason ?? ''})`;
   const mbps = m.ioMs > 0 ? (size / 1e6 / (m.ioMs / 1000)).toFixed(0) : '-';
-  return `${head}: ${mbps} MB/s, CPU ${m.cpuMs.toFixed(0)} ms, page cache ${((100 * m.pageCacheBytes) / size).toFixed(1)}%${m.reason ? ` (${m.reason})` : ''}`;
+  return `${head}: ${mbps} MB/s, CPU ${m.cpuMs.toFixed(0)} ms, page cache ${pctOf(m.pageCacheBytes, size)}${m.reason ? ` (${m.reason})` : ''}`;
 }
 
 /**

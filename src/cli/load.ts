@@ -109,7 +109,8 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const numaNode = numaNodeFlag(values['numa-node']);
   // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
   const stayed = values.evict ? evictPath(path) : undefined;
-  if (stayed)
+  if (stayed === null) io.stderr(`note: --evict dropped '${path}' from the page cache, but this user cannot count what stayed (it may not write the file)\n`);
+  else if (stayed)
     io.stderr(
       `warning: ${formatBytes(stayed)} of '${path}' stayed in the page cache after --evict (pages mapped or locked by a process); the load is not fully cold\n`,
     );
@@ -170,10 +171,13 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
     if (values.json) {
       io.stdout(JSON.stringify(out) + '\n');
     } else {
-      const pct = buf.size > 0 ? ((100 * s.pageCacheBytes) / buf.size).toFixed(1) : '0.0';
+      const left =
+        s.pageCacheBytes === null
+          ? 'unknown'
+          : `${formatBytes(s.pageCacheBytes)} (${buf.size > 0 ? ((100 * s.pageCacheBytes) / buf.size).toFixed(1) : '0.0'}%)`;
       io.stdout(
         `${path}: ${formatBytes(buf.size)} into ${target} in ${s.ms.toFixed(0)} ms (${(s.bytesPerSec / 1e6).toFixed(0)} MB/s), ` +
-          `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${formatBytes(s.pageCacheBytes)} (${pct}%), io ${s.io}` +
+          `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${left}, io ${s.io}` +
           `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${s.numa ? `, ${s.numa.reason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}` +
           `${s.verified && s.verified.source !== 'computed' ? ` (verified against ${s.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})` : ''}\n`,
       );

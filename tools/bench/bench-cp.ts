@@ -75,8 +75,8 @@ try {
       const ms = await f();
       const e = (res[name] ??= { ms: [], srcCache: [], dstCache: [] });
       e.ms.push(ms);
-      e.srcCache.push(pageCacheBytesOf(src, size));
-      e.dstCache.push(pageCacheBytesOf(dst, size));
+      e.srcCache.push(pageCacheBytesOf(src, size) ?? NaN);
+      e.dstCache.push(pageCacheBytesOf(dst, size) ?? NaN);
     }
   }
   console.log(`copy of a cold ${size / MiB} MiB file, median of ${rounds} rounds (min–max)`);

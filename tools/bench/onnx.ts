@@ -135,11 +135,11 @@ async function child(a: ChildArgs): Promise<Row> {
   const c = process.cpuUsage(c0);
   const anonMiB = statusMiB('RssAnon') - anon0;
   const peakMiB = statusMiB('VmHWM') - rss0;
-  const cacheReady = pageCacheBytesOf(dataPath, size);
+  const cacheReady = pageCacheBytesOf(dataPath, size) ?? NaN;
   const t1 = performance.now();
   const y = (await session.run({ X })).Y!.data as Float32Array;
   const runMs = performance.now() - t1;
-  const cacheRun = pageCacheBytesOf(dataPath, size);
+  const cacheRun = pageCacheBytesOf(dataPath, size) ?? NaN;
   await session.release();
   const outSha = createHash('sha256')
     .update(new Uint8Array(y.buffer, y.byteOffset, y.byteLength))

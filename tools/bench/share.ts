@@ -155,7 +155,7 @@ async function phase(kind: 'local' | 'served', file: string, sha: string, size: 
       firstLoadMs: Math.max(...lines.map((l) => l.loadMs as number)),
       hitMs,
       verified: lines.every((l) => l.sha256 === sha),
-      pageCache: pageCacheBytesOf(file, size),
+      pageCache: pageCacheBytesOf(file, size) ?? NaN,
     };
   } finally {
     for (const k of kids) k.p.stdin!.end();
