@@ -18,9 +18,12 @@ export type { PartStats };
 export interface LoadStats {
   /**
    * The io actually used: 'mixed' when io 'auto' copied cached ranges and read the rest directly; 'uncached' for
-   * buffered reads that left no page cache (RWF_DONTCACHE).
+   * buffered reads that left no page cache (RWF_DONTCACHE); 'network' for a URL or a hub file not in the local cache
+   * (ranged GETs placed straight into the buffer: `copiedBytes` counts them).
    */
-  io: 'direct' | 'buffered' | 'mixed' | 'uncached';
+  io: 'direct' | 'buffered' | 'mixed' | 'uncached' | 'network';
+  /** A network source: its requests, retries and the most connections used at once. */
+  network?: { requests: number; retries: number; connections: number } | undefined;
   /** Bytes read by direct I/O. */
   directBytes: number;
   /** Bytes copied through the page cache (buffered reads). */

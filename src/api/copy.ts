@@ -111,7 +111,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
   try {
     const expected = await expectedFor(src, verify);
     const d = statSync(dst, { throwIfNoEntry: false });
-    if (d && d.ino === source.stat.ino && d.dev === source.stat.dev)
+    if (d && source.stat && d.ino === source.stat.ino && d.dev === source.stat.dev)
       throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });
     if (d?.isDirectory()) throw new DmaloadError('ERR_IS_DIRECTORY', `'${dst}' is a directory; give the destination file's full path`, { path: dst });
     const size = source.size;
@@ -137,7 +137,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
       const q = readQ;
       const writer = await openWriter(dst, {
         io,
-        mode: mode ?? (d ? d.mode & 0o7777 : source.stat.mode & 0o7777),
+        mode: mode ?? (d ? d.mode & 0o7777 : (source.stat?.mode ?? 0o644) & 0o7777),
         chunkSize: chunk,
         queueDepth: tune.depth,
         expectedSize: size,

@@ -14,8 +14,10 @@ import { place } from '../pipeline/plan.js';
 import type { FileRange, Placement } from '../pipeline/plan.js';
 import { JobGroup, schedule } from '../pipeline/schedule.js';
 import type { ScheduleResult } from '../pipeline/schedule.js';
-import { fileChanged, openFile } from '../pipeline/source.js';
-import { HashStream, expectedFor, gaps, hashRanges, settle } from '../pipeline/verify.js';
+import { fileChanged } from '../pipeline/source.js';
+import { openRef } from '../pipeline/sources/open.js';
+import type { SourceOptions } from '../pipeline/sources/resolve.js';
+import { HashStream, expectedFor, expectedFrom, gaps, hashRanges, settle } from '../pipeline/verify.js';
 import type { Expected } from '../pipeline/verify.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import type { Allocation, Part, TargetName } from '../targets/index.js';
@@ -33,6 +35,7 @@ import {
   partSizeOption,
   pathOption,
   signalOption,
+  sourceOption,
   targetOption,
   tuning,
   verifyOption,
@@ -127,6 +130,12 @@ export interface LoadOptions {
    * what was checked.
    */
   verify?: VerifyOption;
+  /**
+   * For a URL or a Hugging Face reference (instead of a path): `headers` to send, a `ca` to trust, `token` and
+   * `endpoint` for the hub (default HF_TOKEN and HF_ENDPOINT), the most `connections` (default 32), a fixed
+   * `chunkSize`, `attempts` per range (default 8) and `stallMs` (default 15 000). See docs/sources.md.
+   */
+  source?: SourceOptions;
 }
 
 /** The names of load()'s options, as a tuple: loadModel() takes them and its own. */
@@ -146,6 +155,7 @@ export const LOAD_OPTION_NAMES = [
   'signal',
   'into',
   'verify',
+  'source',
 ] as const;
 
 /** load()'s and loadRanges()'s option names (an unknown one is ERR_INVALID_ARG_VALUE). */
@@ -202,6 +212,7 @@ interface Checked {
   verify: VerifyOption;
   /** NUMA placement of fresh memory: asked for by the option or DMALOAD_NUMA_NODE. */
   numa: NumaRequest | undefined;
+  source: SourceOptions;
 }
 
 function check(path: unknown, options: LoadOptions | undefined, call: string): Checked {
@@ -231,6 +242,7 @@ function check(path: unknown, options: LoadOptions | undefined, call: string): C
     onProgress: functionOption('onProgress', o.onProgress),
     signal: signalOption(o.signal),
     verify: verifyOption(o.verify),
+    source: sourceOption(o.source),
   };
 }
 
@@ -255,7 +267,7 @@ async function loadInternal(
   let alloc: Allocation | undefined;
   let hash: HashStream | undefined;
   try {
-    src = await openFile(path, 'read', o.io);
+    src = await openRef(path, o.io, { ...o.source, signal: o.signal });
     const plan = planLoad(src, ranges, reserved ? Infinity : o.budget);
     const check = await verification(src, plan.segments, o.verify);
     if (reserved && plan.capacity > reserved.room) {
@@ -308,7 +320,7 @@ async function loadInternal(
     );
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
-    const now = fstatSync(src.fd).size;
+    const now = src.remote ? src.size : fstatSync(src.fd).size;
     if (r.short || r.read !== plan.bytesRead || now !== src.size) fileChanged(path, 'load', src.size, now);
     let verified: LoadStats['verified'];
     if (check && hash) {
@@ -356,7 +368,7 @@ async function verification(
   segments: readonly number[],
   verify: VerifyOption,
 ): Promise<{ expected: Expected; gaps: Array<{ offset: number; length: number }> } | undefined> {
-  const expected = await expectedFor(src.path, verify);
+  const expected = src.remote ? expectedFrom(src.remote.sha256, verify) : await expectedFor(src.path, verify);
   if (!expected) return undefined;
   const missing = gaps(segments, src.size);
   const extra = missing.reduce((n, g) => n + g.length, 0);
@@ -447,7 +459,17 @@ function stats(
   const ms = msSince(t0);
   const eng = engine.engine();
   return {
-    io: !src.direct ? (src.rwFlags ? 'uncached' : 'buffered') : r.copiedBytes === 0 ? 'direct' : r.directBytes > 0 ? 'mixed' : 'buffered',
+    io: src.remote
+      ? 'network'
+      : !src.direct
+        ? src.rwFlags
+          ? 'uncached'
+          : 'buffered'
+        : r.copiedBytes === 0
+          ? 'direct'
+          : r.directBytes > 0
+            ? 'mixed'
+            : 'buffered',
     directBytes: src.direct ? r.directBytes : 0,
     copiedBytes: src.direct ? r.copiedBytes : r.read,
     ioReason: src.fallbackReason,
@@ -460,7 +482,9 @@ function stats(
     overlap: o.overlap,
     cpuMs: cpuMsSince(c0),
     bytesPerSec: ms > 0 ? Math.round(plan.bytesRead / (ms / 1000)) : 0,
-    pageCacheBytes: pageCacheBytes(src.fd, src.size),
+    // Network bytes go straight into the buffer: none of them is in the page cache.
+    pageCacheBytes: src.remote ? 0 : pageCacheBytes(src.fd, src.size),
+    ...(src.remote ? { network: { requests: src.remote.stats.requests, retries: src.remote.stats.retries, connections: src.remote.stats.connections } } : {}),
     bytesRead: plan.bytesRead,
     chunkSize: o.tuning.chunk,
     queueDepth: o.tuning.depth,

@@ -11,6 +11,7 @@
  * Older names stay accepted as aliases: createWriter's `bufferSize` (= chunkSize), copy()'s `slotSize`
  * (= partSize) and `slots` (= parts).
  */
+import type { SourceOptions } from '../pipeline/sources/resolve.js';
 import { invalidType, invalidValue, outOfRange } from '../core/errors.js';
 import { GiB, MiB, memAvailable, parseSize } from '../core/util.js';
 import { PAGE_SIZE } from '../engine/binding.js';
@@ -293,4 +294,43 @@ export function verifyOption(value: unknown): VerifyOption {
     return { sha256: h.toLowerCase() };
   }
   throw invalidType('verify', "'auto', true, false or { sha256: '<64 hex digits>' }", value);
+}
+
+const SOURCE_OPTIONS = optionNames<SourceOptions>()(['headers', 'ca', 'connections', 'chunkSize', 'attempts', 'stallMs', 'token', 'endpoint']);
+
+/** The `source` option (network references), checked: each key's type and range; unknown keys refused. */
+export function sourceOption(value: unknown): SourceOptions {
+  const o = optionsObject(value as SourceOptions | undefined, SOURCE_OPTIONS, 'source');
+  const int = (name: keyof SourceOptions, min: number, max: number): number | undefined => {
+    const v = o[name];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw outOfRange(`source.${name}`, `an integer from ${min} to ${max}`, v);
+    return v;
+  };
+  const out: SourceOptions = {};
+  if (o.headers !== undefined) {
+    if (o.headers === null || typeof o.headers !== 'object' || Object.values(o.headers).some((v) => typeof v !== 'string'))
+      throw invalidType('source.headers', 'an object of string values', o.headers);
+    out.headers = { ...o.headers };
+  }
+  if (o.ca !== undefined) {
+    if (typeof o.ca !== 'string' && !Buffer.isBuffer(o.ca)) throw invalidType('source.ca', 'a PEM string or Buffer', o.ca);
+    out.ca = o.ca;
+  }
+  for (const k of ['token', 'endpoint'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'string') throw invalidType(`source.${k}`, 'a string', o[k]);
+    if (o[k] !== undefined) out[k] = o[k];
+  }
+  if (out.endpoint !== undefined && !/^https?:\/\/./.test(out.endpoint)) throw invalidValue('source.endpoint', out.endpoint, 'must be an http(s) URL');
+  const connections = int('connections', 1, 256);
+  const chunkSize = int('chunkSize', 64 * 1024, 1024 * 1024 * 1024);
+  const attempts = int('attempts', 1, 100);
+  const stallMs = int('stallMs', 100, 3_600_000);
+  return {
+    ...out,
+    ...(connections ? { connections } : {}),
+    ...(chunkSize ? { chunkSize } : {}),
+    ...(attempts ? { attempts } : {}),
+    ...(stallMs ? { stallMs } : {}),
+  };
 }

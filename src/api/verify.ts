@@ -31,7 +31,7 @@ export interface VerifyFileResult {
   /** What it was compared with, or undefined when nothing was expected (then `ok` is undefined too). */
   expected: string | undefined;
   /** 'option' (the sha256 option), 'hub-cache' (the blob's name), or 'computed' (nothing to compare with). */
-  source: 'option' | 'hub-cache' | 'computed';
+  source: 'option' | 'hub-cache' | 'hub' | 'computed';
   /** true: the hashes match; false: they differ; undefined: nothing was expected. */
   ok: boolean | undefined;
   /** The reads: 'direct', or 'uncached'/'buffered' where the file system has no direct I/O. */

@@ -7,7 +7,8 @@
 import { msSince } from '../core/util.js';
 import * as engine from '../engine/engine.js';
 import type { Tuning } from '../engine/engine.js';
-import type { Hasher } from '../engine/binding.js';
+import { PAGE_SIZE, native } from '../engine/binding.js';
+import type { Hasher, Region } from '../engine/binding.js';
 import type { Allocation } from '../targets/types.js';
 import { COPY_MIN_RUN, clip, splitByResidency, unionMs } from './plan.js';
 import type { OpenedFile } from './source.js';
@@ -153,6 +154,16 @@ async function scheduleParts(r: ScheduleRequest, out: ScheduleResult): Promise<v
   out.ioMs = unionMs(busy);
 }
 
+/** Faults in the segments' pages in buffer order, 32 MiB at a time, until `done` (MADV_POPULATE_WRITE keeps bytes). */
+async function populateAhead(region: Region, segments: readonly number[], done: { yes: boolean }): Promise<void> {
+  const step = 32 << 20;
+  for (let i = 0; i < segments.length && !done.yes; i += 3) {
+    const start = Math.floor(segments[i + 1]! / PAGE_SIZE) * PAGE_SIZE;
+    const end = segments[i + 1]! + segments[i + 2]!;
+    for (let at = start; at < end && !done.yes; at += step) await native.populate(region, at, Math.min(step, end - at));
+  }
+}
+
 /** Reads segments into the buffer: cached ranges copied, the rest direct (or all one way), both jobs at once. */
 async function readSplit(
   r: ScheduleRequest,
@@ -161,6 +172,21 @@ async function readSplit(
   progress: ((slot: number, bytes: number) => void) | undefined,
 ): Promise<{ direct: number; copied: number; short: boolean }> {
   const { src, alloc } = r;
+  if (src.remote) {
+    // Fresh pages are faulted in ahead of the network's writes on a native thread, as the engine does for file reads:
+    // otherwise every first write to a page faults on the JS thread that parses the responses.
+    const done = { yes: false };
+    const fill = populate ? r.group.add(populateAhead(alloc.region!, segments, done)) : undefined;
+    try {
+      const n = await r.group.add(
+        src.remote.readInto(alloc.region!, segments, { signal: r.group.signal, hash: r.hash?.hasher, onProgress: progress && ((b) => progress(1, b)) }),
+      );
+      return { direct: 0, copied: n, short: false };
+    } finally {
+      done.yes = true;
+      await fill?.catch(() => {});
+    }
+  }
   const [direct, copy] = !src.direct ? [[], segments] : r.resident ? splitByResidency(segments, r.resident, COPY_MIN_RUN) : [segments, []];
   const job = (segs: number[], isDirect: boolean, slot: number) =>
     r.group.add(

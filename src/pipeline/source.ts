@@ -17,8 +17,23 @@ import type { FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { DmaloadError, DmaloadSystemError, errnoCode, invalidType } from '../core/errors.js';
 import { C, native } from '../engine/binding.js';
+import type { Hasher, Region } from '../engine/binding.js';
 
 export type IoMode = 'direct' | 'buffered' | 'auto' | 'uncached';
+
+/** What the schedule needs of a network source: ranges into a region, each piece hashed as it lands. */
+export interface RemoteReader {
+  readInto(
+    region: Region,
+    segments: readonly number[],
+    o: { signal: AbortSignal; hash?: Hasher | undefined; onProgress?: ((bytes: number) => void) | undefined },
+  ): Promise<number>;
+  readBytes(offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  /** The SHA-256 the source promised (the hub's X-Linked-Etag), checked while loading. */
+  sha256: string | undefined;
+  /** Requests, retries, the most connections at once, bytes placed. */
+  stats: { bytes: number; requests: number; retries: number; connections: number };
+}
 
 /** Direct-I/O alignment of a file's file system (statx STATX_DIOALIGN); zeros when direct I/O is not possible. */
 export interface DioAlign {
@@ -43,9 +58,15 @@ export interface OpenedFile {
    */
   rwFlags: number;
   size: number;
-  stat: Stats;
+  /** The file's stat; undefined for a network source. */
+  stat: Stats | undefined;
   /** Why there is no direct descriptor although io 'auto' would have used one; undefined otherwise. */
   fallbackReason: string | undefined;
+  /**
+   * A network source (sources/http.ts) instead of a file: `fd` and `directFd` are -1, and the reads go through it.
+   * Everything above the schedule (plan, targets, verify, ranks) is the same for both.
+   */
+  remote?: RemoteReader | undefined;
   /** Closes what this module opened (never the caller's FileHandle). */
   close(): Promise<void>;
 }

@@ -14,10 +14,13 @@ import type { Tuning } from '../engine/engine.js';
 import { anonymous } from '../engine/memory.js';
 import type { OpenedFile } from './source.js';
 
-/** What a read checks its file against: a SHA-256 and where that came from ('computed': nothing, only report it). */
+/**
+ * What a read checks its file against: a SHA-256 and where that came from ('computed': nothing, only report it;
+ * 'hub': the hub's X-Linked-Etag for a file downloaded from it).
+ */
 export interface Expected {
   sha256: string | undefined;
-  source: 'option' | 'hub-cache' | 'computed';
+  source: 'option' | 'hub-cache' | 'hub' | 'computed';
 }
 
 /** What was verified: the file's SHA-256, computed while it was read and equal to the expected one. */
@@ -29,7 +32,7 @@ export interface VerifiedStats {
    * What it was checked against: 'option' (the caller's `verify: { sha256 }`), 'hub-cache' (the name of the Hugging
    * Face cache blob the path resolves to), or 'computed' (`verify: true` with nothing to check against: only computed).
    */
-  source: 'option' | 'hub-cache' | 'computed';
+  source: 'option' | 'hub-cache' | 'hub' | 'computed';
   /** CPU time the hash thread spent (ms), overlapped with the reads. */
   hashMs: number;
   /** Bytes read only to hash them (loadRanges/loadModel: what no wanted range covers, the header included); 0 for load(). */
@@ -55,8 +58,14 @@ export async function hubCacheSha256(path: string): Promise<string | undefined> 
 
 /** The error for a file whose hash is not the expected one. */
 export function mismatch(path: string, expected: Expected & { sha256: string }, actual: string): DmaloadError {
-  const from = expected.source === 'hub-cache' ? 'its Hugging Face cache blob name' : 'the verify option';
-  const what = expected.source === 'hub-cache' ? 'delete the blob and download it again' : 'the file is corrupt or not the one expected; fetch it again';
+  const from =
+    expected.source === 'hub-cache' ? 'its Hugging Face cache blob name' : expected.source === 'hub' ? "the hub's X-Linked-Etag" : 'the verify option';
+  const what =
+    expected.source === 'hub-cache'
+      ? 'delete the blob and download it again'
+      : expected.source === 'hub'
+        ? 'the bytes were damaged on the way or the hub changed; load it again'
+        : 'the file is corrupt or not the one expected; fetch it again';
   const e = new DmaloadError('ERR_CHECKSUM_MISMATCH', `'${path}' has SHA-256 ${actual} but ${from} says ${expected.sha256}: ${what}`, { path });
   Object.assign(e, { expected: expected.sha256, actual });
   return e;
@@ -169,28 +178,31 @@ export async function hashRanges(
         await hs.waitFor(Math.min(slotEnd[s] ?? 0, hs.total), o.signal);
         slotEnd[s] = start + len;
         o.signal?.throwIfAborted();
-        const job = engine
-          .run({
-            fd: src.direct ? src.directFd : src.fd,
-            write: false,
-            direct: src.direct,
-            target: ring,
-            segments: [start, s * slotLen, len],
-            padTo: src.direct ? block : 1,
-            bounce: false,
-            populate: false,
-            rwFlags: src.direct ? 0 : src.rwFlags,
-            tuning: o.tuning,
-            path: src.path,
-            signal: o.signal,
-            hash: hs.hasher,
-          })
-          .then((res) => {
-            if (res.short)
-              throw new DmaloadError('ERR_FILE_CHANGED', `'${src.path}' became shorter while it was verified; verify it again`, { path: src.path });
-            done += len;
-            o.onProgress?.(done);
-          });
+        // A network source reads into the ring through its own requests; they hash each piece as it lands.
+        const remote = src.remote?.readInto(ring, [start, s * slotLen, len], { signal: o.signal ?? new AbortController().signal, hash: hs.hasher });
+        const job = (
+          remote
+            ? remote.then(() => ({ short: false }))
+            : engine.run({
+                fd: src.direct ? src.directFd : src.fd,
+                write: false,
+                direct: src.direct,
+                target: ring,
+                segments: [start, s * slotLen, len],
+                padTo: src.direct ? block : 1,
+                bounce: false,
+                populate: false,
+                rwFlags: src.direct ? 0 : src.rwFlags,
+                tuning: o.tuning,
+                path: src.path,
+                signal: o.signal,
+                hash: hs.hasher,
+              })
+        ).then((res) => {
+          if (res.short) throw new DmaloadError('ERR_FILE_CHANGED', `'${src.path}' became shorter while it was verified; verify it again`, { path: src.path });
+          done += len;
+          o.onProgress?.(done);
+        });
         job.catch(() => {});
         jobs[s] = job;
         off = start + len;
@@ -217,6 +229,17 @@ export async function expectedFor(path: string, verify: 'auto' | boolean | { sha
   if (typeof verify === 'object') return { sha256: verify.sha256, source: 'option' };
   const h = await hubCacheSha256(path);
   if (h) return { sha256: h, source: 'hub-cache' };
+  return verify === true ? { sha256: undefined, source: 'computed' } : undefined;
+}
+
+/**
+ * What a network read checks against: the caller's hash, else (verify 'auto' or true) the SHA-256 its source
+ * promised (the hub's X-Linked-Etag), else (verify true) nothing to compare, only a hash to report.
+ */
+export function expectedFrom(promised: string | undefined, verify: 'auto' | boolean | { sha256: string }): Expected | undefined {
+  if (verify === false) return undefined;
+  if (typeof verify === 'object') return { sha256: verify.sha256, source: 'option' };
+  if (promised) return { sha256: promised, source: 'hub' };
   return verify === true ? { sha256: undefined, source: 'computed' } : undefined;
 }
 

@@ -1,0 +1,90 @@
+/**
+ * References: what a caller may name instead of a path. One place turns a reference into a source — a local path
+ * (a plain path, or a Hugging Face reference found in the local hub cache) or a network object (an http(s) URL, or
+ * a hub reference resolved against HF_ENDPOINT) — so that load, loadRanges, loadModel, inspect, copy and verify
+ * take all of them without a branch per scheme.
+ *
+ * - `/path/to/file` or `relative/path`: a file (as always).
+ * - `http://…`, `https://…`: an object on a web server, read by ranged GETs (./http.ts).
+ * - `hf://ORG/NAME[@REV]/FILE` (and `hf://datasets/…`, `hf://spaces/…`): a file of a Hugging Face repository
+ *   (./hub.ts): the local hub cache first, then the hub.
+ * Any other `scheme://` is ERR_SOURCE_SCHEME.
+ */
+import { DmaloadError } from '../../core/errors.js';
+import { HttpObject, redact } from './http.js';
+import type { HttpOptions } from './http.js';
+import { resolveHubFile } from './hub.js';
+
+/** The schemes a reference may have. */
+export const SCHEMES = ['http', 'https', 'hf'] as const;
+
+/** Network options every call that takes a reference accepts (`source` option). */
+export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry'> {
+  /** A bearer token for hf:// references (default: HF_TOKEN, else the token file huggingface_hub writes). */
+  token?: string | undefined;
+  /** The hub's address (default: HF_ENDPOINT, else https://huggingface.co). */
+  endpoint?: string | undefined;
+}
+
+/** Whether `s` names something other than a local path: it starts with `scheme://`. */
+export function isReference(s: string): boolean {
+  return /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//.test(s);
+}
+
+/** A reference resolved: a local file, or an object on the network with what its server promised. */
+export type Resolved =
+  | { kind: 'file'; path: string; hub?: HubInfo | undefined }
+  | { kind: 'http'; object: HttpObject; display: string; sha256?: string | undefined; hub?: HubInfo | undefined };
+
+/** What the hub said about a file: the commit its revision pointed to, and the file's own name there. */
+export interface HubInfo {
+  repoType: 'model' | 'dataset' | 'space';
+  repoId: string;
+  revision: string;
+  commit: string | undefined;
+  file: string;
+}
+
+/** ERR_SOURCE_SCHEME for a scheme dmaload does not read. */
+export function checkScheme(ref: string): void {
+  const scheme = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\//.exec(ref)?.[1]?.toLowerCase();
+  if (scheme === undefined || (SCHEMES as readonly string[]).includes(scheme)) return;
+  throw new DmaloadError(
+    'ERR_SOURCE_SCHEME',
+    `'${redact(ref)}': dmaload does not read ${scheme}:// references; it reads paths, ${SCHEMES.map((s) => `${s}://`).join(', ')}`,
+    { path: redact(ref) },
+  );
+}
+
+/**
+ * Resolves `ref` to a local file or an opened network object. A path comes back as it is, unopened; the caller
+ * closes an http object (`object.close()`).
+ */
+export async function resolveRef(
+  ref: string,
+  o: SourceOptions & { signal?: AbortSignal | undefined; onRetry?: HttpOptions['onRetry'] } = {},
+): Promise<Resolved> {
+  if (!isReference(ref)) return { kind: 'file', path: ref };
+  checkScheme(ref);
+  const scheme = ref.slice(0, ref.indexOf(':')).toLowerCase();
+  if (scheme === 'hf') return resolveHubFile(ref, o);
+  const object = await HttpObject.open(ref, o);
+  return { kind: 'http', object, display: redact(ref) };
+}
+
+/**
+ * The reference of a file beside `ref` (a safetensors index's shard, a GGUF split): a path beside the path, a URL
+ * relative to the URL, the same repository and commit for a hub reference. `name` must stay inside ref's folder.
+ */
+export function sibling(ref: string, name: string): string | undefined {
+  if (name === '' || name.startsWith('/') || name.split('/').some((p) => p === '..' || p === '.' || p === '') || name.includes('\\')) return undefined;
+  if (/^https?:\/\//i.test(ref)) {
+    const u = new URL(ref);
+    u.search = '';
+    u.hash = '';
+    const next = new URL(name.split('/').map(encodeURIComponent).join('/'), u);
+    return next.href;
+  }
+  const cut = ref.lastIndexOf('/');
+  return cut < 0 ? name : `${ref.slice(0, cut + 1)}${name}`;
+}
