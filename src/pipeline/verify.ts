@@ -80,7 +80,8 @@ export class HashStream {
   readonly hasher: Hasher;
   readonly total: number;
   #hashed = 0;
-  #waiters: Array<{ at: number; resolve(): void }> = [];
+  #waiters: Array<{ at: number; resolve(): void; reject(e: unknown): void; signal: AbortSignal | undefined }> = [];
+  #watched = new Map<AbortSignal, () => void>();
   #promise: Promise<HashResult>;
   #ended = false;
 
@@ -106,21 +107,27 @@ export class HashStream {
 
   /**
    * Resolves once the first `bytes` of the file are hashed (or the stream ended, however far it got); rejects with
-   * an AbortError when `signal` aborts first (the bytes before may never come: another read failed).
+   * an AbortError when `signal` aborts first (the bytes before may never come: another read failed). However many
+   * calls wait at once, a signal gets one listener from this stream, removed when none of them waits any more.
    */
   async waitFor(bytes: number, signal?: AbortSignal): Promise<void> {
     if (this.#hashed >= bytes || this.#ended) return;
     signal?.throwIfAborted();
-    let onAbort: (() => void) | undefined;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        this.#waiters.push({ at: bytes, resolve });
-        onAbort = () => reject(new AbortError(undefined, { cause: signal?.reason }));
-        signal?.addEventListener('abort', onAbort, { once: true });
-      });
-    } finally {
-      if (onAbort) signal?.removeEventListener('abort', onAbort);
-    }
+    await new Promise<void>((resolve, reject) => {
+      this.#waiters.push({ at: bytes, resolve, reject, signal });
+      if (signal && !this.#watched.has(signal)) {
+        const onAbort = () => {
+          this.#watched.delete(signal);
+          this.#waiters = this.#waiters.filter((w) => {
+            if (w.signal !== signal) return true;
+            w.reject(new AbortError(undefined, { cause: signal.reason }));
+            return false;
+          });
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.#watched.set(signal, onAbort);
+      }
+    });
   }
 
   #wake(): void {
@@ -129,6 +136,11 @@ export class HashStream {
       w.resolve();
       return false;
     });
+    for (const [signal, onAbort] of this.#watched) {
+      if (this.#waiters.some((w) => w.signal === signal)) continue;
+      signal.removeEventListener('abort', onAbort);
+      this.#watched.delete(signal);
+    }
   }
 
   /** No more bytes will come: resolves with the digest (undefined unless every byte of the file was hashed). */

@@ -13,6 +13,21 @@ const MiB = 1024 * 1024;
 const bin = join(resolve(fileURLToPath(import.meta.url), '../../../..'), 'bin/dmaload.js');
 
 describe('cli: cp', () => {
+  test('--verify on over many chunks: byte-exact, and not one process warning (no abort listener piles up)', async () => {
+    const src = makeFile(dir, 'many-chunks', 96 * MiB + 5);
+    const dst = join(dir, 'many-chunks.copy');
+    const child = spawn(process.execPath, [bin, 'cp', src.path, dst, '--verify', 'on', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const code = await new Promise<number | null>((r) => child.on('close', r));
+    assert.equal(code, 0, err);
+    assert.doesNotMatch(err, /Warning/, 'no process warning');
+    assert.equal(JSON.parse(out).verified.sha256, src.sha256);
+    assert.equal(sha256(readFileSync(dst)), src.sha256);
+  });
+
   test('copies exactly, atomically, reports MB/s; --json', async () => {
     const src = makeFile(dir, 'src', 5 * MiB + 3);
     const dst = join(dir, 'dst');
