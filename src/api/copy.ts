@@ -4,6 +4,7 @@
  * slot is read again as soon as its write is done, replacing the destination atomically. Memory use is the ring,
  * whatever the file size; neither file is left in the page cache.
  */
+import { setMaxListeners } from 'node:events';
 import { fstatSync, statSync } from 'node:fs';
 import { DmaloadError } from '../core/errors.js';
 import { roundUp } from '../core/util.js';
@@ -11,9 +12,11 @@ import { native } from '../engine/binding.js';
 import { IoQueue } from '../engine/engine.js';
 import { anonymous } from '../engine/memory.js';
 import { dropAdded, residentPages } from '../pipeline/cache.js';
-import { fileChanged, openFile } from '../pipeline/source.js';
+import { fileChanged } from '../pipeline/source.js';
+import { openRef } from '../pipeline/sources/open.js';
+import type { SourceOptions } from '../pipeline/sources/resolve.js';
 import type { IoMode } from '../pipeline/source.js';
-import { HashStream, expectedFor, settle } from '../pipeline/verify.js';
+import { HashStream, expectedFor, expectedFrom, settle } from '../pipeline/verify.js';
 import type { VerifiedStats } from '../pipeline/verify.js';
 import {
   aliased,
@@ -26,6 +29,7 @@ import {
   optionsObject,
   pathOption,
   signalOption,
+  sourceOption,
   tuning,
   verifyOption,
 } from './options.js';
@@ -64,10 +68,12 @@ export interface CopyOptions {
    * ERR_CHECKSUM_MISMATCH and no destination appears (the one there stays as it was).
    */
   verify?: VerifyOption;
+  /** For a URL or a hub reference as `src`: load()'s network options (docs/sources.md). */
+  source?: SourceOptions;
 }
 
 export interface CopyResult extends WriterResult {
-  readIo: 'direct' | 'buffered' | 'uncached';
+  readIo: 'direct' | 'buffered' | 'uncached' | 'network';
   /** What was verified, when something was. */
   verified?: VerifiedStats | undefined;
 }
@@ -84,6 +90,7 @@ const COPY_OPTIONS = optionNames<CopyOptions>()([
   'onProgress',
   'signal',
   'verify',
+  'source',
 ]);
 
 /** Copies `src` to `dst`; refuses the same file (ERR_SAME_FILE) and a folder as destination. */
@@ -105,11 +112,12 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
   const onProgress = functionOption<NonNullable<CopyOptions['onProgress']>>('onProgress', o.onProgress);
   const signal = signalOption(o.signal);
   const verify = verifyOption(o.verify);
+  const net = sourceOption(o.source);
   signal?.throwIfAborted();
-  const source = await openFile(src, 'read', io);
+  const source = await openRef(src, io, { ...net, signal });
   let hs: HashStream | undefined;
   try {
-    const expected = await expectedFor(src, verify);
+    const expected = source.remote ? expectedFrom(source.remote.sha256, verify) : await expectedFor(src, verify);
     const d = statSync(dst, { throwIfNoEntry: false });
     if (d && source.stat && d.ino === source.stat.ino && d.dev === source.stat.dev)
       throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });
@@ -118,7 +126,8 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
     // The ring: slots of one request each (chunkSize), as much memory as partSize × parts (256 MiB by default),
     // never more than the file needs. Reads run ahead on one persistent queue, writes on the writer's; a slot is
     // read again once its write is done, so both queues stay full with no pause between parts.
-    const chunk = Math.min(tune.chunk, roundUp(Math.max(size, 1), 4096));
+    // A network source: one ranged GET per slot, big enough that a request's first-byte wait is small beside it.
+    const chunk = Math.min(source.remote ? Math.max(tune.chunk, 16 << 20) : tune.chunk, roundUp(Math.max(size, 1), 4096));
     const nChunks = Math.ceil(size / chunk);
     const nSlots = Math.max(1, Math.min(nChunks, Math.max(2, Math.floor((partSize * parts) / chunk))));
     // Transparent huge pages: physically contiguous 2 MiB runs let one device request carry a whole chunk where a
@@ -126,14 +135,20 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
     // the reference machine: a cold 1 GiB copy 0.9–1.4 s with them, 1.6–1.9 s without (README).
     const ring = anonymous(chunk * nSlots, true, src);
     let readQ: IoQueue | undefined;
+    const remote = source.remote;
+    const stopRemote = new AbortController();
+    // Every slot's read listens to it: as many listeners as slots, not a leak.
+    setMaxListeners(2 * nSlots + 16, stopRemote.signal);
     try {
-      readQ = new IoQueue(source.direct ? source.directFd : source.fd, {
-        write: false,
-        direct: source.direct,
-        depth: tune.depth,
-        path: src,
-        rwFlags: source.direct ? 0 : source.rwFlags,
-      });
+      readQ = remote
+        ? undefined
+        : new IoQueue(source.direct ? source.directFd : source.fd, {
+            write: false,
+            direct: source.direct,
+            depth: tune.depth,
+            path: src,
+            rwFlags: source.direct ? 0 : source.rwFlags,
+          });
       const q = readQ;
       const writer = await openWriter(dst, {
         io,
@@ -143,7 +158,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
         expectedSize: size,
         signal,
       });
-      const onAbort = () => q.cancel();
+      const onAbort = () => (q ? q.cancel() : stopRemote.abort(signal?.reason));
       signal?.addEventListener('abort', onAbort, { once: true });
       // Uncached reads (no O_DIRECT): what they leave in the page cache is dropped at the end.
       const before = !source.direct && source.rwFlags ? residentPages(source.fd, size) : undefined;
@@ -157,7 +172,9 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
         const s = i % nSlots;
         const len = lengthOf(i);
         const asked = source.direct ? roundUp(len, source.align.offsetAlign) : len;
-        const p = slotFree[s]!.then(() => q.submit(ring, s * chunk, i * chunk, asked));
+        const p = slotFree[s]!.then(() =>
+          q ? q.submit(ring, s * chunk, i * chunk, asked) : remote!.readInto(ring, [i * chunk, s * chunk, len], { signal: stopRemote.signal }),
+        );
         p.catch(() => {});
         reads[i] = p;
       };
@@ -167,7 +184,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
         for (let i = 0; i < nChunks; i++) {
           const len = lengthOf(i);
           const got = await reads[i]!;
-          if (got < len) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
+          if (got < len) fileChanged(src, 'copy', size, remote ? got : fstatSync(source.fd).size);
           // The hash follows the reads on its own thread; a slot is read into again once written and hashed.
           hash?.feed(ring, (i % nSlots) * chunk, i * chunk, len);
           const { written } = await writer.queueRegion(ring, (i % nSlots) * chunk, len);
@@ -176,7 +193,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
           done += len;
           onProgress?.({ bytes: done, total: size });
         }
-        if (fstatSync(source.fd).size !== size) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
+        if (!remote && fstatSync(source.fd).size !== size) fileChanged(src, 'copy', size, fstatSync(source.fd).size);
         // Checked before the destination is put in place: a corrupt source never replaces it.
         let verified: VerifiedStats | undefined;
         if (hash && expected) {
@@ -184,9 +201,11 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
           hs = undefined;
           verified = { algorithm: 'sha256', sha256: h.sha256, source: expected.source, hashMs: h.hashMs, extraBytes: 0, impl: native.sha256Impl };
         }
-        return { ...(await writer.close()), readIo: source.direct ? 'direct' : source.rwFlags ? 'uncached' : 'buffered', ...(verified ? { verified } : {}) };
+        const readIo = remote ? 'network' : source.direct ? 'direct' : source.rwFlags ? 'uncached' : 'buffered';
+        return { ...(await writer.close()), readIo, ...(verified ? { verified } : {}) };
       } catch (e) {
-        q.cancel();
+        if (q) q.cancel();
+        else stopRemote.abort(e);
         await writer.abort(e);
         throw e;
       } finally {

@@ -9,8 +9,7 @@
  * @module
  */
 import { constants as FS } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, relative, resolve } from 'node:path';
 import { asSystemError, invalidType, invalidValue } from '../core/errors.js';
 import {
   checkWellFormed,
@@ -28,6 +27,10 @@ import { detect } from '../formats/detect.js';
 import { NeedMore, parseGgufPrefix } from '../formats/gguf.js';
 import { parseSafetensors, safetensorsHeaderEnd, SAFETENSORS_MAX_HEADER } from '../formats/safetensors.js';
 import { openRegular } from '../pipeline/source.js';
+import { isReference, resolveRef, sibling } from '../pipeline/sources/resolve.js';
+import type { SourceOptions } from '../pipeline/sources/resolve.js';
+import { locateModel } from './locate.js';
+import { optionNames, optionsObject, signalOption, sourceOption } from './options.js';
 
 /** The first read: enough for most safetensors headers and for the format check. */
 const FIRST_READ = 64 * 1024;
@@ -52,29 +55,48 @@ const GGUF_SPLIT = /^(.*)-(\d{5})-of-(\d{5})\.gguf$/;
  *   ERR_MODEL_DUPLICATE, ERR_MODEL_UTF8 (see ./common.ts); ERR_NOT_REGULAR_FILE for a FIFO, a device or a socket
  * @throws DmaloadSystemError EISDIR for a folder
  */
-export async function inspect(path: string): Promise<ModelInfo> {
+export async function inspect(path: string, options: InspectOptions = {}): Promise<ModelInfo> {
   if (typeof path !== 'string') throw invalidType('path', 'of type string', path);
   if (path === '' || path.includes('\0')) throw invalidValue('path', path, 'must be a non-empty path without NUL bytes');
-  const file = resolve(path);
-  if (file.endsWith('.json')) return inspectIndex(file);
+  const o = optionsObject(options, INSPECT_OPTIONS, 'inspect()');
+  const net: Net = { ...sourceOption(o.source), signal: signalOption(o.signal) };
+  const target = await locateModel(path, net);
+  const file = isReference(target) ? target : resolve(target);
+  if (file.endsWith('.json')) return inspectIndex(file, net);
 
-  const first = await inspectFile(file);
+  const first = await inspectFile(file, net);
   const split = GGUF_SPLIT.exec(basename(file));
   const count = Number(split?.[3]);
   if (first.format !== 'gguf' || split?.[2] !== '00001' || !(count > 1)) {
     return { format: first.format, metadata: first.metadata, tensors: located(first, file) };
   }
-  return inspectGgufSplits(file, first, split[1] ?? '', count);
+  return inspectGgufSplits(file, first, split[1] ?? '', count, net);
+}
+
+/** inspect()'s options: for a URL or a hub reference, the network options of load()'s `source`, and an abort. */
+export interface InspectOptions {
+  source?: SourceOptions;
+  signal?: AbortSignal;
+}
+const INSPECT_OPTIONS = optionNames<InspectOptions>()(['source', 'signal']);
+type Net = SourceOptions & { signal?: AbortSignal | undefined };
+
+/** A file beside `file` (a shard, a split): a path, or the same kind of reference; undefined if it would leave. */
+function beside(file: string, name: string): string | undefined {
+  if (isReference(file)) return sibling(file, name);
+  const dir = dirname(file);
+  const path = resolve(dir, name);
+  const rel = relative(dir, path);
+  return rel === '' || rel.startsWith('..') || isAbsolute(rel) ? undefined : path;
 }
 
 function located(model: ParsedModel, file: string): ModelTensor[] {
   return model.tensors.map((t) => ({ ...t, file }));
 }
 
-async function inspectGgufSplits(file: string, first: ParsedModel, prefix: string, count: number): Promise<ModelInfo> {
-  const dir = dirname(file);
-  const files = Array.from({ length: count }, (_, i) => join(dir, `${prefix}-${String(i + 1).padStart(5, '0')}-of-${String(count).padStart(5, '0')}.gguf`));
-  const rest = await mapLimit(files.slice(1), SHARD_CONCURRENCY, inspectFile);
+async function inspectGgufSplits(file: string, first: ParsedModel, prefix: string, count: number, net: Net): Promise<ModelInfo> {
+  const files = Array.from({ length: count }, (_, i) => beside(file, `${prefix}-${String(i + 1).padStart(5, '0')}-of-${String(count).padStart(5, '0')}.gguf`)!);
+  const rest = await mapLimit(files.slice(1), SHARD_CONCURRENCY, (f) => inspectFile(f, net));
   const parts = [first, ...rest];
   const tensors: ModelTensor[] = [];
   const names = new Set<string>();
@@ -100,8 +122,8 @@ async function inspectGgufSplits(file: string, first: ParsedModel, prefix: strin
   return { format: 'gguf', metadata: first.metadata, tensors };
 }
 
-async function inspectIndex(file: string): Promise<ModelInfo> {
-  const buf = await withFile(file, async (fh, size) => {
+async function inspectIndex(file: string, net: Net): Promise<ModelInfo> {
+  const buf = await withFile(file, net, async (fh, size) => {
     if (size > SAFETENSORS_MAX_HEADER) {
       throw modelError('ERR_MODEL_HEADER', `safetensors index of ${size} bytes exceeds the ${SAFETENSORS_MAX_HEADER}-byte limit`, file);
     }
@@ -122,15 +144,13 @@ async function inspectIndex(file: string): Promise<ModelInfo> {
   const { metadata = {} } = json;
   if (!isObject(metadata)) throw modelError('ERR_MODEL_HEADER', 'safetensors index "metadata" is not an object', file);
 
-  const dir = dirname(file);
   // Shard path → tensor names the index puts there, in order of first mention.
   const shards = new Map<string, string[]>();
   for (const [name, shard] of Object.entries(json.weight_map)) {
     checkWellFormed(name, `tensor name ${q(name)}`, file);
-    const path = typeof shard === 'string' ? resolve(dir, shard) : '';
-    const rel = relative(dir, path);
     // Shard names come from an untrusted file: keep them inside the index's directory.
-    if (typeof shard !== 'string' || shard === '' || rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+    const path = typeof shard === 'string' && shard !== '' ? beside(file, shard) : undefined;
+    if (path === undefined) {
       throw modelError('ERR_MODEL_HEADER', `safetensors index maps ${q(name)} to ${JSON.stringify(shard)}, not a file beside the index`, file);
     }
     const names = shards.get(path);
@@ -139,7 +159,7 @@ async function inspectIndex(file: string): Promise<ModelInfo> {
   }
 
   const paths = [...shards.keys()];
-  const parts = await mapLimit(paths, SHARD_CONCURRENCY, inspectFile);
+  const parts = await mapLimit(paths, SHARD_CONCURRENCY, (f) => inspectFile(f, net));
   const tensors: ModelTensor[] = [];
   const seen = new Set<string>();
   parts.forEach((part, i) => {
@@ -159,8 +179,8 @@ async function inspectIndex(file: string): Promise<ModelInfo> {
 }
 
 /** Parses one model file's header, reading it in growing chunks and never past what the header needs. */
-async function inspectFile(file: string): Promise<ParsedModel> {
-  return withFile(file, async (fh, size) => {
+async function inspectFile(file: string, net: Net): Promise<ParsedModel> {
+  return withFile(file, net, async (fh, size) => {
     let buf = await readHead(fh, Math.min(size, FIRST_READ), file);
     const format = detect(buf);
     if (format === 'safetensors') {
@@ -184,7 +204,33 @@ async function inspectFile(file: string): Promise<ParsedModel> {
   });
 }
 
-async function withFile<T>(file: string, fn: (fh: FileHandle, size: number) => Promise<T>): Promise<T> {
+/** What the header readers need of a file: FileHandle's read(), which a network object's ranged reads also give. */
+interface Reader {
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+}
+
+/** Opens a path or a reference for its header: a local file (a hub reference found in the cache too), or ranged GETs. */
+async function withFile<T>(file: string, net: Net, fn: (fh: Reader, size: number) => Promise<T>): Promise<T> {
+  if (!isReference(file)) return withLocal(file, fn);
+  const r = await resolveRef(file, net);
+  if (r.kind === 'file') return withLocal(r.path, fn);
+  const obj = r.object;
+  const reader: Reader = {
+    read: async (buf, offset, length, position) => {
+      const n = Math.min(length, obj.size - position);
+      if (n <= 0) return { bytesRead: 0 };
+      (await obj.readBytes(position, n, net.signal)).copy(buf, offset);
+      return { bytesRead: n };
+    },
+  };
+  try {
+    return await fn(reader, obj.size);
+  } finally {
+    await obj.close();
+  }
+}
+
+async function withLocal<T>(file: string, fn: (fh: Reader, size: number) => Promise<T>): Promise<T> {
   const fh = await openRegular(file, FS.O_RDONLY);
   try {
     return await fn(fh, (await fh.stat()).size);
@@ -194,14 +240,14 @@ async function withFile<T>(file: string, fn: (fh: FileHandle, size: number) => P
 }
 
 /** Reads the file's first `length` bytes; a file that shrank meanwhile is truncated. */
-async function readHead(fh: FileHandle, length: number, file: string): Promise<Buffer> {
+async function readHead(fh: Reader, length: number, file: string): Promise<Buffer> {
   const buf = Buffer.allocUnsafe(length);
   await fill(fh, buf, 0, file);
   return buf;
 }
 
 /** Grows `buf` (the file's first bytes) to the first `length` bytes, reading only the new part. */
-async function extend(fh: FileHandle, buf: Buffer, length: number, file: string): Promise<Buffer> {
+async function extend(fh: Reader, buf: Buffer, length: number, file: string): Promise<Buffer> {
   const out = Buffer.allocUnsafe(length);
   buf.copy(out);
   await fill(fh, out, buf.length, file);
@@ -209,7 +255,7 @@ async function extend(fh: FileHandle, buf: Buffer, length: number, file: string)
 }
 
 /** Fills `buf[from..]` from the same file offsets (buffers here always start at offset 0). */
-async function fill(fh: FileHandle, buf: Buffer, from: number, file: string): Promise<void> {
+async function fill(fh: Reader, buf: Buffer, from: number, file: string): Promise<void> {
   for (let done = from; done < buf.length;) {
     const { bytesRead } = await fh.read(buf, done, buf.length - done, done).catch((e: unknown) => Promise.reject(asSystemError(e, file)));
     if (bytesRead === 0) throw modelError('ERR_MODEL_TRUNCATED', `file ended at ${done} while its header was read`, file);

@@ -154,7 +154,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const budget = budgetOption(loadOptions.memoryBudget);
   signal?.throwIfAborted();
 
-  const info = await inspect(path);
+  const info = await inspect(path, { ...(loadOptions.source ? { source: loadOptions.source } : {}), ...(signal ? { signal } : {}) });
   signal?.throwIfAborted();
   const selected: RankTensor[] = partition ? planRank(info.format, select(info.tensors, wanted, path), partition) : select(info.tensors, wanted, path);
   const plans = plan(selected, coalesceGap);

@@ -7,10 +7,12 @@ import { fstatSync } from 'node:fs';
 import { cpuMsSince, msSince } from '../core/util.js';
 import { native } from '../engine/binding.js';
 import { pageCacheBytes, uncachedRead } from '../pipeline/cache.js';
-import { fileChanged, openFile } from '../pipeline/source.js';
+import { fileChanged } from '../pipeline/source.js';
+import { openRef } from '../pipeline/sources/open.js';
+import type { SourceOptions } from '../pipeline/sources/resolve.js';
 import type { IoMode } from '../pipeline/source.js';
-import { HashStream, digestOf, expectedFor, hashRanges } from '../pipeline/verify.js';
-import { functionOption, ioOption, optionNames, optionsObject, pathOption, signalOption, tuning, verifyOption } from './options.js';
+import { HashStream, digestOf, expectedFor, expectedFrom, hashRanges } from '../pipeline/verify.js';
+import { functionOption, ioOption, optionNames, optionsObject, pathOption, signalOption, sourceOption, tuning, verifyOption } from './options.js';
 
 export interface VerifyFileOptions {
   /** The SHA-256 the file must have (64 hex digits). Default: the hub-cache blob name the path resolves to, if any. */
@@ -21,6 +23,8 @@ export interface VerifyFileOptions {
   queueDepth?: number;
   onProgress?: (p: { bytes: number; total: number }) => void;
   signal?: AbortSignal;
+  /** For a URL or a hub reference: load()'s network options (docs/sources.md). */
+  source?: SourceOptions;
 }
 
 export interface VerifyFileResult {
@@ -30,12 +34,12 @@ export interface VerifyFileResult {
   sha256: string;
   /** What it was compared with, or undefined when nothing was expected (then `ok` is undefined too). */
   expected: string | undefined;
-  /** 'option' (the sha256 option), 'hub-cache' (the blob's name), or 'computed' (nothing to compare with). */
+  /** 'option' (the sha256 option), 'hub-cache' (the blob's name), 'hub' (its X-Linked-Etag), or 'computed'. */
   source: 'option' | 'hub-cache' | 'hub' | 'computed';
   /** true: the hashes match; false: they differ; undefined: nothing was expected. */
   ok: boolean | undefined;
-  /** The reads: 'direct', or 'uncached'/'buffered' where the file system has no direct I/O. */
-  io: 'direct' | 'uncached' | 'buffered';
+  /** The reads: 'direct', or 'uncached'/'buffered' where the file system has no direct I/O; 'network' for a URL. */
+  io: 'direct' | 'uncached' | 'buffered' | 'network';
   ms: number;
   cpuMs: number;
   bytesPerSec: number;
@@ -44,7 +48,7 @@ export interface VerifyFileResult {
   impl: 'sha-ni' | 'portable';
 }
 
-const VERIFY_FILE_OPTIONS = optionNames<VerifyFileOptions>()(['sha256', 'io', 'chunkSize', 'queueDepth', 'onProgress', 'signal']);
+const VERIFY_FILE_OPTIONS = optionNames<VerifyFileOptions>()(['sha256', 'io', 'chunkSize', 'queueDepth', 'onProgress', 'signal', 'source']);
 
 /**
  * Hashes the file at `path` and compares the hash with the expected one. A mismatch is not thrown: `ok` is false
@@ -62,10 +66,10 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
   signal?.throwIfAborted();
   const t0 = performance.now();
   const c0 = process.cpuUsage();
-  const src = await openFile(path, 'read', io);
+  const src = await openRef(path, io, { ...sourceOption(o.source), signal });
   let hs: HashStream | undefined;
   try {
-    const expected = (await expectedFor(path, given ?? true))!;
+    const expected = (src.remote ? expectedFrom(src.remote.sha256, given ?? true) : await expectedFor(path, given ?? true))!;
     hs = new HashStream(src.size, path);
     const stream = hs;
     await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () =>
@@ -75,7 +79,7 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
         onProgress: onProgress && ((bytes) => onProgress({ bytes, total: src.size })),
       }),
     );
-    const now = fstatSync(src.fd).size;
+    const now = src.remote ? src.size : fstatSync(src.fd).size;
     if (now !== src.size) fileChanged(path, 'verify', src.size, now);
     const h = await digestOf(hs, path);
     hs = undefined;
@@ -87,11 +91,11 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
       expected: expected.sha256,
       source: expected.source,
       ok: expected.sha256 === undefined ? undefined : expected.sha256 === h.sha256,
-      io: src.direct ? 'direct' : src.rwFlags ? 'uncached' : 'buffered',
+      io: src.remote ? 'network' : src.direct ? 'direct' : src.rwFlags ? 'uncached' : 'buffered',
       ms,
       cpuMs: cpuMsSince(c0),
       bytesPerSec: ms > 0 ? Math.round(src.size / (ms / 1000)) : 0,
-      pageCacheBytes: pageCacheBytes(src.fd, src.size),
+      pageCacheBytes: src.remote ? 0 : pageCacheBytes(src.fd, src.size),
       impl: native.sha256Impl,
     };
   } finally {

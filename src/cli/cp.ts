@@ -1,4 +1,5 @@
 /** `dmaload cp SRC DST`: load then save, page-cache free on both sides, atomic. */
+import { cliRef } from './ref.js';
 import { parseArgs } from 'node:util';
 import { copy } from '../api/copy.js';
 import { IO_MODES } from '../api/options.js';
@@ -36,7 +37,8 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
     return 0;
   }
   if (positionals.length !== 2) throw new UsageError('cp takes SRC and DST');
-  const [src, dst] = positionals as [string, string];
+  const [arg, dst] = positionals as [string, string];
+  const src = cliRef(arg);
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   const verify = verifyFlag(values.verify);
   const interrupt = onInterrupt();

@@ -1,4 +1,5 @@
 /** `dmaload inspect FILE [--json] [--rank R --world-size N [--split …]]`: a model's tensors, read from its header alone. */
+import { cliRef } from './ref.js';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { inspect } from '../api/inspect.js';
@@ -68,7 +69,7 @@ export async function inspectCommand(argv: string[], io: Io): Promise<number> {
     return usage(io, (e as Error).message); // names rank and worldSize: --rank and --world-size
   }
 
-  const info = await inspect(file);
+  const info = await inspect(cliRef(file));
   if (spec) {
     const plan = rankPlan(info, spec);
     io.stdout(values.json ? json(plan) : summary(info) + rankTable(plan));

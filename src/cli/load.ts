@@ -1,4 +1,7 @@
 /** `dmaload load FILE`: load a file into a target and say what it cost. */
+import { locateModel } from '../api/locate.js';
+import { isReference } from '../pipeline/sources/resolve.js';
+import { cliRef } from './ref.js';
 import { parseArgs } from 'node:util';
 import { evictPath } from '../pipeline/cache.js';
 import { load } from '../api/load.js';
@@ -95,7 +98,8 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError('load takes exactly one FILE');
-  const path = positionals[0]!;
+  // A folder or a repository: its model file (one safetensors, index or GGUF; ambiguity is a coded error).
+  const path = await locateModel(cliRef(positionals[0]!));
   const target = choice<TargetName>('target', values.target, TARGET_NAMES, 'memory');
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   if (values.hash !== undefined && values.hash !== 'sha256') throw new UsageError(`--hash supports sha256 only (got '${values.hash}')`);
@@ -108,7 +112,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   const numaNode = numaNodeFlag(values['numa-node']);
   // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
-  const stayed = values.evict ? evictPath(path) : undefined;
+  const stayed = values.evict && !isReference(path) ? evictPath(path) : undefined;
   if (stayed === null) io.stderr(`note: --evict dropped '${path}' from the page cache, but this user cannot count what stayed (it may not write the file)\n`);
   else if (stayed)
     io.stderr(
@@ -165,6 +169,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       ...(s.memoryReason === undefined ? {} : { memoryReason: s.memoryReason }),
       ...(s.verified === undefined ? {} : { verified: s.verified }),
       ...(s.numa === undefined ? {} : { numa: s.numa }),
+      ...(s.network === undefined ? {} : { network: s.network }),
     };
     if (s.verified) out.sha256 = s.verified.sha256;
     else if (values.hash) out.sha256 = await sha256(buf);
@@ -178,6 +183,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       io.stdout(
         `${path}: ${formatBytes(buf.size)} into ${target} in ${s.ms.toFixed(0)} ms (${(s.bytesPerSec / 1e6).toFixed(0)} MB/s), ` +
           `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${left}, io ${s.io}` +
+          `${s.network ? ` (${s.network.requests} requests, ${s.network.retries} retries, up to ${s.network.connections} connections)` : ''}` +
           `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${s.numa ? `, ${s.numa.reason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}` +
           `${s.verified && s.verified.source !== 'computed' ? ` (verified against ${s.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})` : ''}\n`,
       );

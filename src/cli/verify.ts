@@ -1,4 +1,5 @@
 /** `dmaload verify FILE...`: each file's SHA-256 at the device's speed, checked against what is expected. */
+import { cliRef } from './ref.js';
 import { parseArgs } from 'node:util';
 import { IO_MODES, verifyOption } from '../api/options.js';
 import { verifyFile } from '../api/verify.js';
@@ -46,7 +47,7 @@ export async function verifyCommand(argv: string[], io: CliIO): Promise<number> 
       const bar = progressBar(io, 'verify');
       let r: VerifyFileResult;
       try {
-        r = await verifyFile(path, {
+        r = await verifyFile(cliRef(path), {
           io: ioMode,
           signal: interrupt.signal,
           onProgress: (p) => bar.update(p.bytes, p.total),

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Agent } from 'undici';
 import { DmaloadError } from '../../core/errors.js';
 import { HttpObject, redact } from './http.js';
-import { hubCacheDir, listSnapshot, parseHubRef, resolveCommit, resolveInCache } from './hubref.js';
+import { formatHubRef, hubCacheDir, listSnapshot, parseHubRef, resolveCommit, resolveInCache } from './hubref.js';
 import type { HubRef } from './hubref.js';
 import type { Resolved, SourceOptions } from './resolve.js';
 
@@ -43,7 +43,7 @@ function repoPath(r: HubRef): string {
 
 /** A display form of a hub file: `hf://ORG/NAME@REV/FILE`. */
 export function hubDisplay(r: HubRef, file = r.file): string {
-  return `hf://${repoPath(r)}${r.revision === 'main' ? '' : `@${r.revision}`}${file ? `/${file}` : ''}`;
+  return formatHubRef({ repoType: r.repoType, repoId: r.repoId, revision: r.revision, ...(file === undefined ? {} : { file }) });
 }
 
 /** Resolves `hf://…/FILE` to the cached file, or opens it on the hub with its promised SHA-256 and size. */
