@@ -12,6 +12,8 @@ export type { AllocateOptions } from './api/allocate.js';
 export { readInto, writeFrom } from './api/rw.js';
 export type { RwOptions } from './api/rw.js';
 export { copy } from './api/copy.js';
+export { pull } from './api/pull.js';
+export type { PullOptions, PullResult } from './api/pull.js';
 export { verifyFile } from './api/verify.js';
 export type { VerifyFileOptions, VerifyFileResult } from './api/verify.js';
 export type { VerifyOption } from './api/options.js';

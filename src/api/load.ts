@@ -36,6 +36,7 @@ import {
   pathOption,
   signalOption,
   sourceOption,
+  cacheOption,
   targetOption,
   tuning,
   verifyOption,
@@ -136,6 +137,13 @@ export interface LoadOptions {
    * `chunkSize`, `attempts` per range (default 8) and `stallMs` (default 15 000). See docs/sources.md.
    */
   source?: SourceOptions;
+  /**
+   * For a URL or a hub reference: also write what is fetched to a local copy, put in place only once complete and
+   * verified, which the next load of the same reference reads locally; an interrupted load resumes from what is on
+   * disk. `true`: the hub cache for `hf://` (huggingface_hub and transformers find the files there offline
+   * afterwards), `~/.cache/dmaload` for URLs; a folder: that folder. Default false.
+   */
+  cache?: boolean | string;
 }
 
 /** The names of load()'s options, as a tuple: loadModel() takes them and its own. */
@@ -156,6 +164,7 @@ export const LOAD_OPTION_NAMES = [
   'into',
   'verify',
   'source',
+  'cache',
 ] as const;
 
 /** load()'s and loadRanges()'s option names (an unknown one is ERR_INVALID_ARG_VALUE). */
@@ -213,6 +222,7 @@ interface Checked {
   /** NUMA placement of fresh memory: asked for by the option or DMALOAD_NUMA_NODE. */
   numa: NumaRequest | undefined;
   source: SourceOptions;
+  cache: boolean | string;
 }
 
 function check(path: unknown, options: LoadOptions | undefined, call: string): Checked {
@@ -243,6 +253,7 @@ function check(path: unknown, options: LoadOptions | undefined, call: string): C
     signal: signalOption(o.signal),
     verify: verifyOption(o.verify),
     source: sourceOption(o.source),
+    cache: cacheOption(o.cache),
   };
 }
 
@@ -267,7 +278,7 @@ async function loadInternal(
   let alloc: Allocation | undefined;
   let hash: HashStream | undefined;
   try {
-    src = await openRef(path, o.io, { ...o.source, signal: o.signal });
+    src = await openRef(path, o.io, { ...o.source, signal: o.signal, cache: o.cache });
     const plan = planLoad(src, ranges, reserved ? Infinity : o.budget);
     const check = await verification(src, plan.segments, o.verify);
     if (reserved && plan.capacity > reserved.room) {
@@ -330,6 +341,8 @@ async function loadInternal(
       verified = { algorithm: 'sha256', sha256: h.sha256, source: check.expected.source, hashMs: h.hashMs, extraBytes, impl: native.sha256Impl };
     }
     if (resident && r.copiedBytes > 0 && !o.keepCache) dropAdded(src.fd, resident, src.size);
+    // Every byte verified: the local copy (cache option) gets its final name.
+    if (src.remote?.complete && verified) await src.remote.complete(verified.sha256);
     if (reserved) {
       // The padding past the file that whole-block reads filled; what lies beyond keeps its bytes.
       if (plan.capacity > plan.size) zero(alloc.region!, plan.size, plan.capacity - plan.size);
@@ -368,7 +381,9 @@ async function verification(
   segments: readonly number[],
   verify: VerifyOption,
 ): Promise<{ expected: Expected; gaps: Array<{ offset: number; length: number }> } | undefined> {
-  const expected = src.remote ? expectedFrom(src.remote.sha256, verify) : await expectedFor(src.path, verify);
+  // A local copy is put in place only with the object's SHA-256: computed, at least.
+  const v = src.remote?.wantsHash && verify === 'auto' ? true : verify;
+  const expected = src.remote ? expectedFrom(src.remote.sha256, v) : await expectedFor(src.path, verify);
   if (!expected) return undefined;
   const missing = gaps(segments, src.size);
   const extra = missing.reduce((n, g) => n + g.length, 0);

@@ -334,3 +334,11 @@ export function sourceOption(value: unknown): SourceOptions {
     ...(stallMs ? { stallMs } : {}),
   };
 }
+
+/** The `cache` option: false (default), true, or a folder (a non-empty string). */
+export function cacheOption(value: unknown): boolean | string {
+  if (value === undefined) return false;
+  if (typeof value === 'boolean') return value;
+  if (typeof value === 'string' && value !== '' && !value.includes('\0')) return value;
+  throw invalidType('cache', 'true, false or a folder', value);
+}

@@ -9,6 +9,7 @@ import { cpCommand } from './cp.js';
 import { inspectCommand } from './inspect.js';
 import { loadCommand } from './load.js';
 import { probeCommand } from './probe.js';
+import { pullCommand } from './pull.js';
 import { serveCommand } from './serve.js';
 import { verifyCommand } from './verify.js';
 
@@ -22,6 +23,9 @@ Commands:
   bench [FILE]  measure every way of loading a file, side by side (makes its own file when given none)
   serve         load files once and share their sealed buffers with local processes (Unix socket)
   verify FILE.. check files' SHA-256 at the device's speed (against --sha256 or their hub-cache blob names)
+  pull REPO     fetch a Hugging Face repository into the local hub cache (verified, resumable)
+
+FILE, SRC and REF may be a path, a model folder, an http(s):// URL, hf://ORG/NAME[@REV][/FILE] or ORG/NAME[@REV].
 
 Options:
   -h, --help     this help
@@ -45,6 +49,7 @@ const commands: Record<string, Command> = {
   cp: cpCommand,
   serve: serveCommand,
   verify: verifyCommand,
+  pull: pullCommand,
 };
 
 /**

@@ -26,13 +26,22 @@ export interface RemoteReader {
   readInto(
     region: Region,
     segments: readonly number[],
-    o: { signal: AbortSignal; hash?: Hasher | undefined; onProgress?: ((bytes: number) => void) | undefined },
+    o: {
+      signal: AbortSignal;
+      hash?: Hasher | undefined;
+      onProgress?: ((bytes: number) => void) | undefined;
+      onPiece?: ((fileOffset: number, bufOffset: number, length: number) => void) | undefined;
+    },
   ): Promise<number>;
   readBytes(offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
   /** The SHA-256 the source promised (the hub's X-Linked-Etag), checked while loading. */
   sha256: string | undefined;
   /** Requests, retries, the most connections at once, bytes placed. */
   stats: { bytes: number; requests: number; retries: number; connections: number };
+  /** A local copy is written while loading (`cache`): it needs the SHA-256 of the whole object to be put in place. */
+  wantsHash?: boolean;
+  /** Every byte was loaded and verified (`sha256`): puts the local copy in place; false when there is none to. */
+  complete?(sha256: string | undefined): Promise<boolean>;
 }
 
 /** Direct-I/O alignment of a file's file system (statx STATX_DIOALIGN); zeros when direct I/O is not possible. */

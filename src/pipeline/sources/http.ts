@@ -152,6 +152,8 @@ export class HttpObject {
   #o: Resolved;
   #limit: number;
   #frozenUntil = 0;
+  /** The server answered 412 to its own ETag: conditions are dropped, each answer's ETag is compared instead. */
+  #unpinned = false;
 
   private constructor(url: string, info: HttpObjectInfo, dispatcher: Dispatcher, headers: Record<string, string>, o: Resolved) {
     this.url = url;
@@ -220,6 +222,7 @@ export class HttpObject {
 
   /** The conditions that pin the object: its strong ETag, else its Last-Modified. */
   #pin(): Record<string, string> {
+    if (this.#unpinned) return {};
     if (this.info.etag) return { 'if-match': this.info.etag };
     if (this.info.lastModified) return { 'if-unmodified-since': this.info.lastModified };
     return {};
@@ -239,12 +242,18 @@ export class HttpObject {
 
   /**
    * Reads segments ([fileOffset, bufOffset, length, …]) into `region`, hashing each finished piece (`hash`), with
-   * progress in bytes placed. Resolves or rejects only once no request writes into the region any more.
+   * progress in bytes placed; `onPiece` hears of each finished chunk (a local copy writes it to disk). Resolves or
+   * rejects only once no request writes into the region any more.
    */
   async readInto(
     region: Region,
     segments: readonly number[],
-    o: { signal: AbortSignal; hash?: Hasher | undefined; onProgress?: ((bytes: number) => void) | undefined },
+    o: {
+      signal: AbortSignal;
+      hash?: Hasher | undefined;
+      onProgress?: ((bytes: number) => void) | undefined;
+      onPiece?: ((fileOffset: number, bufOffset: number, length: number) => void) | undefined;
+    },
   ): Promise<number> {
     const items: Item[] = [];
     for (let i = 0; i < segments.length; i += 3) {
@@ -256,7 +265,7 @@ export class HttpObject {
       const max = native.maxView();
       for (let at = 0; at < len; at += max) {
         const n = Math.min(max, len - at);
-        items.push({ fileOff: fileOff + at, len: n, region, bufOff: bufOff + at });
+        items.push({ fileOff: fileOff + at, len: n, region, bufOff: bufOff + at, onPiece: o.onPiece });
       }
     }
     let placed = 0;
@@ -294,7 +303,9 @@ export class HttpObject {
       if (!it) return undefined;
       // Near the end, smaller chunks so every connection finishes about together.
       const fair = Math.ceil(remaining / Math.max(1, this.#limit));
-      const n = Math.min(it.len - it.done, fixed ?? Math.max(256 * 1024, Math.min(chunk, fair)));
+      // Cut on 64 KiB boundaries (a local copy writes each piece by direct I/O); an item's end may be ragged.
+      const want = fixed ?? Math.max(256 * 1024, Math.min(chunk, fair));
+      const n = Math.min(it.len - it.done, Math.ceil(want / 65536) * 65536);
       const p = { item: it, at: it.done, len: n };
       it.done += n;
       remaining -= n;
@@ -400,6 +411,7 @@ export class HttpObject {
             if (hash && item.region && at > start) native.hashFeed(hash, item.region, item.bufOff + start, item.fileOff + start, at - start);
           }
           if (at < end) throw new Retryable(`the body ended ${end - at} bytes short`);
+          item.onPiece?.(item.fileOff + p.at, item.bufOff + p.at, p.len);
         },
       );
     } finally {
@@ -433,6 +445,12 @@ export class HttpObject {
         throw sourceError('ERR_FILE_CHANGED', `'${where}' changed during the load (ETag ${this.info.etag} at the start, ${etag} now); load it again`, this.url);
       }
       return;
+    }
+    if (status === 412 && !this.#unpinned) {
+      // Some servers (proxies, synthetic ETags) refuse If-Match with their own ETag. Ask again without conditions:
+      // a changed object then shows a different ETag (checked above), an unchanged one loads.
+      this.#unpinned = true;
+      throw new Retryable('412 to If-Match with the ETag the server gave: retrying without conditions');
     }
     if (status === 412 || status === 416) {
       throw sourceError('ERR_FILE_CHANGED', `'${where}' changed during the load (${status} to a request pinned to its first version); load it again`, this.url);
@@ -496,6 +514,7 @@ export class HttpObject {
           for (const v of views.values()) native.unview(v.buffer as ArrayBuffer);
         }
         if (at < want) throw new Retryable(`the body ended ${want - at} bytes short`);
+        for (const it of items) it.onPiece?.(it.fileOff, it.bufOff, it.len);
       },
     );
   }
@@ -509,6 +528,7 @@ interface Item {
   region?: Region;
   bufOff: number;
   write?: (fileOffset: number, bytes: Buffer) => void;
+  onPiece?: ((fileOffset: number, bufOffset: number, length: number) => void) | undefined;
 }
 interface Piece {
   item: Item & { done: number };

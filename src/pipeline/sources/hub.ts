@@ -47,7 +47,10 @@ export function hubDisplay(r: HubRef, file = r.file): string {
 }
 
 /** Resolves `hf://…/FILE` to the cached file, or opens it on the hub with its promised SHA-256 and size. */
-export async function resolveHubFile(ref: string, o: SourceOptions & { signal?: AbortSignal | undefined } = {}): Promise<Resolved> {
+export async function resolveHubFile(
+  ref: string,
+  o: SourceOptions & { signal?: AbortSignal | undefined; hubCache?: string | undefined } = {},
+): Promise<Resolved> {
   const r = parseHubRef(ref);
   if (!r.file) {
     throw new DmaloadError('ERR_SOURCE_NOT_FOUND', `'${ref}' names a repository, not a file: add the file (hf://${repoPath(r)}/model.safetensors)`, {
@@ -55,7 +58,8 @@ export async function resolveHubFile(ref: string, o: SourceOptions & { signal?: 
     });
   }
   const hub = { repoType: r.repoType, repoId: r.repoId, revision: r.revision, file: r.file };
-  const hit = await resolveInCache(r, hubCacheDir());
+  const cacheDir = o.hubCache ?? hubCacheDir();
+  const hit = await resolveInCache(r, cacheDir);
   if (hit?.found) return { kind: 'file', path: hit.path, hub: { ...hub, commit: hit.commit } };
   // huggingface_hub's marker: the hub said at this commit that the file does not exist.
   if (hit && !hit.found && (r.revision === hit.commit || offline())) {
@@ -64,7 +68,7 @@ export async function resolveHubFile(ref: string, o: SourceOptions & { signal?: 
     });
   }
   if (offline()) {
-    throw new DmaloadError('ERR_SOURCE_OFFLINE', `'${hubDisplay(r)}' is not in the hub cache (${hubCacheDir()}) and HF_HUB_OFFLINE is set`, { path: ref });
+    throw new DmaloadError('ERR_SOURCE_OFFLINE', `'${hubDisplay(r)}' is not in the hub cache (${cacheDir}) and HF_HUB_OFFLINE is set`, { path: ref });
   }
   const token = await hubToken(o);
   const url = `${hubEndpoint(o)}/${repoPath(r)}/resolve/${encodeURIComponent(r.revision)}/${r.file.split('/').map(encodeURIComponent).join('/')}`;

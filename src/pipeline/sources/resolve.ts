@@ -62,7 +62,7 @@ export function checkScheme(ref: string): void {
  */
 export async function resolveRef(
   ref: string,
-  o: SourceOptions & { signal?: AbortSignal | undefined; onRetry?: HttpOptions['onRetry'] } = {},
+  o: SourceOptions & { signal?: AbortSignal | undefined; onRetry?: HttpOptions['onRetry']; hubCache?: string | undefined } = {},
 ): Promise<Resolved> {
   if (!isReference(ref)) return { kind: 'file', path: ref };
   checkScheme(ref);
