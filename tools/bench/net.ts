@@ -1,0 +1,137 @@
+/**
+ * `npm run bench:net`: dmaload's network source against the peers, on one network, in one run, rounds alternating
+ * (A B C A B C …), medians reported. The network is modelled the way object stores and CDNs limit it (this kernel
+ * has no netem): an aggregate link rate (`tbf` on the loopback of a network namespace made for the run), a
+ * per-connection cap (nginx `limit_rate`), and a time to first byte per request (a delaying proxy in front of
+ * nginx). Rows: `dmaload load URL` into memory (and with --verify on), one `curl`, `aria2c -x16 -s16 -k8M`, each
+ * timed as a whole command with the CPU of its process tree (getrusage of the children).
+ *
+ * Usage (root, for the namespace and tbf): node dist/tools/bench/net.js [--size 1GiB] [--link 2gbit] [--per-conn 40m]
+ *   [--ttfb 20] [--rounds 3] [--https] [--unshaped]
+ * --unshaped: plain loopback, no namespace, no caps, no delay (the other figure of the issue's floors).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { parseSize } from '../../src/core/util.js';
+import { writeSeededFile } from '../../src/bench/data.js';
+import { startNginx } from '../../test/net/nginx.js';
+import { startFaultProxy } from '../../test/net/faultproxy.js';
+
+const here = fileURLToPath(import.meta.url);
+const root = resolve(dirname(here), '../../..');
+const bin = join(root, 'bin', 'dmaload.js');
+const NS = `dmaload-bench-${process.pid}`;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+
+const { values } = parseArgs({
+  options: {
+    size: { type: 'string', default: '1GiB' },
+    link: { type: 'string', default: '2gbit' },
+    'per-conn': { type: 'string', default: '40m' },
+    ttfb: { type: 'string', default: '20' },
+    rounds: { type: 'string', default: '3' },
+    https: { type: 'boolean', default: false },
+    unshaped: { type: 'boolean', default: false },
+    inner: { type: 'boolean', default: false },
+  },
+});
+
+/** Runs a command, timing it with the CPU of its whole process tree (python's getrusage of the children). */
+function timed(cmd: string[], env: NodeJS.ProcessEnv = process.env): { s: number; cpu: number; out: string } {
+  const py = `import resource,subprocess,sys,time
+t=time.time(); p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE); s=time.time()-t
+r=resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stderr.write('%f %f\\n' % (s, r.ru_utime+r.ru_stime)); sys.stdout.write(p.stdout.decode()); sys.exit(p.returncode)`;
+  const r = spawnSync('/usr/bin/python3', ['-c', py, ...cmd], { encoding: 'utf8', env, maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`${cmd.join(' ')} failed: ${r.stderr}`);
+  const [s, cpu] = r.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
+  return { s: s!, cpu: cpu!, out: r.stdout };
+}
+
+async function inner(): Promise<void> {
+  const size = parseSize(values.size!)!;
+  const dir = mkdtempSync(join(tmpdir(), 'dmaload-bench-net-'));
+  const shm = mkdtempSync('/dev/shm/dmaload-bench-net-');
+  writeSeededFile(join(dir, 'data.bin'), size, 7);
+  const shaped = !values.unshaped;
+  const ng = await startNginx({ root: dir, ...(shaped ? { limitRate: values['per-conn']! } : {}) });
+  const base = values.https ? ng.urls.https : ng.urls.http;
+  const proxy = shaped && !values.https ? await startFaultProxy({ target: ng.urls.http, ttfbMs: Number(values.ttfb) }) : undefined;
+  const url = `${proxy ? proxy.url : base}${shaped ? '/slow' : ''}/data.bin`;
+  const env = { ...process.env, NODE_EXTRA_CA_CERTS: ng.caPath };
+  const rows: Record<string, string[]> = {
+    'dmaload load': ['node', bin, 'load', url, '--json'],
+    'dmaload load --verify on': ['node', bin, 'load', url, '--json', '--verify', 'on'],
+    'dmaload cp (to /dev/shm)': ['node', bin, 'cp', url, join(shm, 'cp.bin'), '--json'],
+    curl: ['curl', '-sS', '--fail', ...(values.https ? ['--cacert', ng.caPath] : []), '-o', join(shm, 'curl.bin'), url],
+    'aria2c -x16 -s16 -k8M': [
+      'aria2c',
+      '-q',
+      '-x16',
+      '-s16',
+      '-k8M',
+      '--allow-overwrite=true',
+      '--auto-file-renaming=false',
+      ...(values.https ? [`--ca-certificate=${ng.caPath}`] : []),
+      '-d',
+      shm,
+      '-o',
+      'aria2.bin',
+      url,
+    ],
+  };
+  const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
+  const results: Record<string, Array<{ s: number; cpu: number }>> = {};
+  const rounds = Number(values.rounds);
+  for (let k = 0; k < rounds; k++) {
+    for (const [name, cmd] of Object.entries(rows)) {
+      if (!have(cmd[0]!)) continue;
+      const r = timed(cmd, env);
+      (results[name] ??= []).push({ s: r.s, cpu: r.cpu });
+      rmSync(join(shm, 'curl.bin'), { force: true });
+      rmSync(join(shm, 'aria2.bin'), { force: true });
+      rmSync(join(shm, 'cp.bin'), { force: true });
+      process.stderr.write(`round ${k + 1} ${name}: ${(size / 1e6 / r.s).toFixed(0)} MB/s\n`);
+    }
+  }
+  const linkBps = shaped ? (Number(values.link!.replace(/gbit$/, '')) * 1e9) / 8 : NaN;
+  const curl = results.curl ? size / median(results.curl.map((r) => r.s)) : NaN;
+  const aria = results['aria2c -x16 -s16 -k8M'] ? size / median(results['aria2c -x16 -s16 -k8M'].map((r) => r.s)) : NaN;
+  console.log(
+    `\n${(size / 2 ** 30).toFixed(2)} GiB over ${shaped ? `${values.link} link, ${values['per-conn']}B/s per connection, ${values.ttfb} ms to first byte` : 'unshaped loopback'}${values.https ? ', HTTPS' : ', HTTP'}; medians of ${rounds} rounds`,
+  );
+  console.log(`| row | s | MB/s | CPU s/GiB | × link | × curl | × aria2c |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |`);
+  for (const [name, rs] of Object.entries(results)) {
+    const s = median(rs.map((r) => r.s));
+    const cpu = median(rs.map((r) => r.cpu));
+    const bps = size / s;
+    console.log(
+      `| ${name} | ${s.toFixed(2)} | ${(bps / 1e6).toFixed(0)} | ${((cpu / size) * 2 ** 30).toFixed(2)} | ${shaped ? (bps / linkBps).toFixed(2) : '-'} | ${(bps / curl).toFixed(2)} | ${(bps / aria).toFixed(2)} |`,
+    );
+  }
+  await proxy?.close();
+  await ng.stop();
+  rmSync(dir, { recursive: true, force: true });
+  rmSync(shm, { recursive: true, force: true });
+}
+
+if (values.inner || values.unshaped) {
+  await inner();
+} else {
+  if (process.getuid?.() !== 0) throw new Error('the shaped network needs root (a network namespace and tbf); --unshaped runs without');
+  execFileSync('ip', ['netns', 'add', NS]);
+  try {
+    execFileSync('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', 'lo', 'up']);
+    execFileSync('ip', ['netns', 'exec', NS, 'ip', 'addr', 'add', '127.0.0.2/8', 'dev', 'lo']);
+    execFileSync('ip', ['netns', 'exec', NS, 'tc', 'qdisc', 'replace', 'dev', 'lo', 'root', 'tbf', 'rate', values.link!, 'burst', '1mb', 'latency', '50ms']);
+    const args = process.argv.slice(2).filter((a) => a !== '--inner');
+    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, here, '--inner', ...args], { stdio: 'inherit' });
+    process.exitCode = r.status ?? 1;
+  } finally {
+    execFileSync('ip', ['netns', 'del', NS]);
+  }
+}
