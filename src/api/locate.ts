@@ -37,7 +37,7 @@ export function pickModel(files: readonly string[], where: string): string {
   }
   throw new DmaloadError(
     'ERR_MODEL_AMBIGUOUS',
-    `'${where}' holds more than one model (${candidates.join(', ')}): name the one to load, e.g. '${join(where, candidates[0]!)}'`,
+    `'${where}' holds more than one model (${candidates.join(', ')}): name the one to load, e.g. '${isReference(where) ? `${where}/${candidates[0]!}` : join(where, candidates[0]!)}'`,
     {
       path: where,
     },
@@ -52,7 +52,15 @@ export async function locateModel(ref: string, o: SourceOptions & { signal?: Abo
   if (isHubRef(ref)) {
     const r = parseHubRef(ref);
     if (r.file !== undefined) return ref;
-    const listed = await listHubRepo(ref, o);
+    const hasModel = (files: readonly string[]) => {
+      try {
+        pickModel(files, ref);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const listed = await listHubRepo(ref, o, hasModel);
     const file = pickModel(listed.files, hubDisplay(r));
     // Pinned: the index and its shards then come from one commit, even if the branch moves meanwhile.
     return hubDisplay({ ...r, revision: listed.commit ?? r.revision }, file);

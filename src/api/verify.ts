@@ -69,7 +69,7 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
   const src = await openRef(path, io, { ...sourceOption(o.source), signal });
   let hs: HashStream | undefined;
   try {
-    const expected = (src.remote ? expectedFrom(src.remote.sha256, given ?? true) : await expectedFor(path, given ?? true))!;
+    const expected = (src.remote ? expectedFrom(src.remote.sha256, given ?? true) : await expectedFor(src.path, given ?? true))!;
     hs = new HashStream(src.size, path);
     const stream = hs;
     await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () =>

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Agent } from 'undici';
 import { DmaloadError } from '../../core/errors.js';
 import { HttpObject, redact } from './http.js';
-import { formatHubRef, hubCacheDir, listSnapshot, parseHubRef, resolveCommit, resolveInCache } from './hubref.js';
+import { formatHubRef, hubCacheDir, hubOffline, listSnapshot, parseHubRef, resolveCommit, resolveInCache } from './hubref.js';
 import type { HubRef } from './hubref.js';
 import type { Resolved, SourceOptions } from './resolve.js';
 
@@ -34,7 +34,8 @@ export async function hubToken(o: SourceOptions = {}): Promise<string | undefine
   return t.trim() || undefined;
 }
 
-const offline = () => ['1', 'true', 'yes', 'on'].includes((process.env.HF_HUB_OFFLINE ?? '').toLowerCase());
+/** HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, as huggingface_hub reads them. */
+const offline = () => hubOffline();
 
 /** The repository's path on the hub: `ORG/NAME`, `datasets/ORG/NAME`, `spaces/ORG/NAME`. */
 function repoPath(r: HubRef): string {
@@ -95,17 +96,35 @@ export async function resolveHubFile(
 export async function listHubRepo(
   ref: string,
   o: SourceOptions & { signal?: AbortSignal | undefined } = {},
+  enough?: (files: readonly string[]) => boolean,
 ): Promise<{ ref: HubRef; commit: string | undefined; files: string[] }> {
   const r = parseHubRef(ref);
   const cache = hubCacheDir();
-  const files = await listSnapshot({ ...r, file: undefined }, cache);
-  if (files && files.length > 0) return { ref: r, commit: (await resolveCommit(r, cache))?.commit, files };
+  // A snapshot in the cache may hold only some files (a config a tool fetched): online, the hub's listing is the
+  // truth, unless the cached one has what `enough` looks for; the cache answers offline, or when the hub is out of reach.
+  const fromCache = async () => {
+    const files = await listSnapshot({ repoType: r.repoType, repoId: r.repoId, revision: r.revision }, cache);
+    return files && files.length > 0 ? { ref: r, commit: (await resolveCommit(r, cache))?.commit, files } : undefined;
+  };
+  if (offline() || enough) {
+    const cached = await fromCache();
+    // Online, a cached listing is used only when it has what the caller looks for (a model).
+    if (cached && (offline() || enough!(cached.files))) return cached;
+  }
   if (offline()) {
-    throw new DmaloadError('ERR_SOURCE_OFFLINE', `'${hubDisplay(r)}' is not in the hub cache (${hubCacheDir()}) and HF_HUB_OFFLINE is set`, { path: ref });
+    throw new DmaloadError('ERR_SOURCE_OFFLINE', `'${hubDisplay(r)}' is not in the hub cache (${cache}) and HF_HUB_OFFLINE is set`, { path: ref });
   }
   const token = await hubToken(o);
   const url = `${hubEndpoint(o)}/api/${r.repoType}s/${r.repoId}/revision/${encodeURIComponent(r.revision)}`;
-  const body = await getJson(url, token, o);
+  let body: unknown;
+  try {
+    body = await getJson(url, token, o);
+  } catch (e) {
+    // The hub out of reach (not an answer of it): what the cache has.
+    const cached = !(e instanceof DmaloadError) || e.code === 'ERR_SOURCE_NETWORK' ? await fromCache() : undefined;
+    if (cached) return cached;
+    throw e;
+  }
   const siblings = (body as { siblings?: unknown }).siblings;
   const sha = (body as { sha?: unknown }).sha;
   if (!Array.isArray(siblings)) throw new DmaloadError('ERR_SOURCE_PROTOCOL', `'${redact(url)}' did not list the repository's files`, { path: redact(url) });
