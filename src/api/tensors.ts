@@ -4,6 +4,7 @@
  * loads; this file only holds what it hands back (the share client's models are the same objects).
  * @module
  */
+import { toFloat32 } from '../formats/convert.js';
 import type { LoadedBuffer, LoadStats } from './buffer.js';
 import { DmaloadError, outOfRange } from '../core/errors.js';
 import { q, type MetadataValue, type ModelFormat, type ModelTensor } from '../formats/common.js';
@@ -96,6 +97,13 @@ export interface LoadedTensor extends Readonly<Omit<ModelTensor, 'bytes'>> {
    *   its bytes are there, but what they mean is not.
    */
   asTypedArray(): TensorTypedArray | undefined;
+  /**
+   * The values as float32, converted (a copy): F16, BF16, the F8 types (F8_E4M3, F8_E5M2, their FNUZ variants,
+   * F8_E8M0), F32, F64, the integer types and BOOL — what most LLM weights need to be printed or checked. Into `out`
+   * when given (its length must be the element count), else a new Float32Array.
+   * @throws DmaloadError ERR_MODEL_DTYPE_UNKNOWN for a dtype it cannot convert (quantized ggml blocks, unknown types)
+   */
+  toFloat32(out?: Float32Array): Float32Array;
 }
 
 /** One file's share of a model load. */
@@ -215,6 +223,18 @@ export class Tensor implements LoadedTensor {
     const size = (Ctor as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT;
     if (bytes.byteOffset % size !== 0 || bytes.byteLength % size !== 0) return undefined;
     return new Ctor(bytes.buffer, bytes.byteOffset, bytes.byteLength / size);
+  }
+
+  toFloat32(out?: Float32Array): Float32Array {
+    const v = this.unknownType ? undefined : toFloat32(this.dtype, this.bytes, out);
+    if (!v) {
+      throw new DmaloadError(
+        'ERR_MODEL_DTYPE_UNKNOWN',
+        `Tensor ${q(this.name)} of '${this.#owner.path}' has type ${this.dtype}, which toFloat32() does not convert; its raw bytes are in .bytes`,
+        { path: this.#owner.path },
+      );
+    }
+    return v;
   }
 
   toJSON(): RankTensor {
