@@ -27,7 +27,7 @@ import { detect } from '../formats/detect.js';
 import { NeedMore, parseGgufPrefix } from '../formats/gguf.js';
 import { parseSafetensors, safetensorsHeaderEnd, SAFETENSORS_MAX_HEADER } from '../formats/safetensors.js';
 import { openRegular } from '../pipeline/source.js';
-import { isReference, resolveRef, sibling } from '../pipeline/sources/resolve.js';
+import { isReference, resolveRef, scrubbed, sibling } from '../pipeline/sources/resolve.js';
 import type { SourceOptions } from '../pipeline/sources/resolve.js';
 import { locateModel } from './locate.js';
 import { optionNames, optionsObject, signalOption, sourceOption } from './options.js';
@@ -56,6 +56,14 @@ const GGUF_SPLIT = /^(.*)-(\d{5})-of-(\d{5})\.gguf$/;
  * @throws DmaloadSystemError EISDIR for a folder
  */
 export async function inspect(path: string, options: InspectOptions = {}): Promise<ModelInfo> {
+  try {
+    return await inspectRef(path, options);
+  } catch (e) {
+    throw scrubbed(e, path);
+  }
+}
+
+async function inspectRef(path: string, options: InspectOptions): Promise<ModelInfo> {
   if (typeof path !== 'string') throw invalidType('path', 'of type string', path);
   if (path === '' || path.includes('\0')) throw invalidValue('path', path, 'must be a non-empty path without NUL bytes');
   const o = optionsObject(options, INSPECT_OPTIONS, 'inspect()');

@@ -16,6 +16,7 @@ import { JobGroup, schedule } from '../pipeline/schedule.js';
 import type { ScheduleResult } from '../pipeline/schedule.js';
 import { fileChanged } from '../pipeline/source.js';
 import { openRef } from '../pipeline/sources/open.js';
+import { scrubbed } from '../pipeline/sources/resolve.js';
 import type { SourceOptions } from '../pipeline/sources/resolve.js';
 import { HashStream, expectedFor, expectedFrom, gaps, hashRanges, settle } from '../pipeline/verify.js';
 import type { Expected } from '../pipeline/verify.js';
@@ -178,7 +179,11 @@ export const LOAD_OPTIONS = optionNames<LoadOptions>()(LOAD_OPTION_NAMES);
  * ERR_INVALID_ARG_* for bad options. Nothing stays allocated when it rejects.
  */
 export async function load(path: string, options: LoadOptions = {}): Promise<LoadedBuffer> {
-  return (await loadInternal(path, options, undefined)).buffer;
+  try {
+    return (await loadInternal(path, options, undefined)).buffer;
+  } catch (e) {
+    throw scrubbed(e, path);
+  }
 }
 
 export type { FileRange } from '../pipeline/plan.js';
@@ -200,7 +205,7 @@ export async function loadRanges(path: string, ranges: readonly FileRange[], opt
     end = r.offset + r.length;
   }
   if (options?.into !== undefined) throw invalidValue('into', '<LoadedBuffer>', 'is an option of load() only');
-  return loadInternal(path, options, ranges);
+  return loadInternal(path, options, ranges).catch((e: unknown) => Promise.reject(scrubbed(e, path)));
 }
 
 /** load()'s options, checked once against the schema. */
@@ -284,8 +289,8 @@ async function loadInternal(
     if (reserved && plan.capacity > reserved.room) {
       throw new DmaloadError(
         'ERR_BUFFER_TOO_SMALL',
-        `'${path}' needs ${formatBytes(plan.capacity)} (${plan.size} bytes, rounded up to the direct-I/O block) but the into buffer holds ${formatBytes(reserved.room)}; load it into a larger buffer or without into`,
-        { path },
+        `'${src.path}' needs ${formatBytes(plan.capacity)} (${plan.size} bytes, rounded up to the direct-I/O block) but the into buffer holds ${formatBytes(reserved.room)}; load it into a larger buffer or without into`,
+        { path: src.path },
       );
     }
     o.signal?.throwIfAborted();
@@ -312,7 +317,7 @@ async function loadInternal(
     // Residency this user cannot see (null): everything by direct I/O, and the stats say why.
     const resident = seen ?? undefined;
     if (resident?.includes(1)) native.fadvise(src.fd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead of what is not cached
-    if (check) hash = new HashStream(src.size, path);
+    if (check) hash = new HashStream(src.size, src.path);
     const group = new JobGroup(o.signal);
     // Bytes no range covers, read only to be hashed, alongside the load (a failure of either stops the other).
     const extra = check && check.gaps.length > 0 ? group.add(hashRanges(src, check.gaps, hash!, { tuning: o.tuning, signal: group.signal })) : undefined;
@@ -332,11 +337,11 @@ async function loadInternal(
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
     const now = src.remote ? src.size : fstatSync(src.fd).size;
-    if (r.short || r.read !== plan.bytesRead || now !== src.size) fileChanged(path, 'load', src.size, now);
+    if (r.short || r.read !== plan.bytesRead || now !== src.size) fileChanged(src.path, 'load', src.size, now);
     let verified: LoadStats['verified'];
     if (check && hash) {
       const extraBytes = (await extra) ?? 0;
-      const h = await settle(hash, path, check.expected);
+      const h = await settle(hash, src.path, check.expected);
       hash = undefined;
       verified = { algorithm: 'sha256', sha256: h.sha256, source: check.expected.source, hashMs: h.hashMs, extraBytes, impl: native.sha256Impl };
     }
@@ -362,6 +367,10 @@ async function loadInternal(
     if (verified) buffer.stats.verified = verified;
     alloc = undefined;
     return { buffer, offsets: plan.offsets };
+  } catch (e) {
+    // Bytes that failed verification are never resumed from.
+    if ((e as { code?: string }).code === 'ERR_CHECKSUM_MISMATCH') await src?.remote?.discard?.();
+    throw e;
   } finally {
     // A load that failed before its hash ended: stop the hash thread (it pins the pages it has not hashed yet).
     if (hash) await hash.cancel();

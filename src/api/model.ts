@@ -10,6 +10,7 @@
  * not have) and `ERR_MEMORY_BUDGET` (the files together need more than the budget). A rejection frees everything.
  * @module
  */
+import { scrubbed } from '../pipeline/sources/resolve.js';
 import { LoadedBuffer } from './buffer.js';
 import { AbortError, DmaloadError, invalidType } from '../core/errors.js';
 import { LOAD_OPTION_NAMES, loadRanges, type FileRange, type LoadOptions, type LoadProgress } from './load.js';
@@ -132,6 +133,14 @@ export const LOAD_MODEL_OPTIONS = optionNames<LoadModelOptions>()([...LOAD_OPTIO
  */
 
 export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
+  try {
+    return await loadModelRef(path, options);
+  } catch (e) {
+    throw scrubbed(e, path);
+  }
+}
+
+async function loadModelRef(path: string, options: LoadModelOptions): Promise<LoadedModel> {
   const t0 = performance.now();
   const {
     tensors: wanted,

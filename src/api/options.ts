@@ -296,7 +296,20 @@ export function verifyOption(value: unknown): VerifyOption {
   throw invalidType('verify', "'auto', true, false or { sha256: '<64 hex digits>' }", value);
 }
 
-const SOURCE_OPTIONS = optionNames<SourceOptions>()(['headers', 'ca', 'connections', 'chunkSize', 'attempts', 'stallMs', 'token', 'endpoint']);
+const SOURCE_OPTIONS = optionNames<SourceOptions>()([
+  'headers',
+  'ca',
+  'connections',
+  'chunkSize',
+  'attempts',
+  'stallMs',
+  'token',
+  'endpoint',
+  'region',
+  's3Endpoint',
+  'pathStyle',
+  'unsigned',
+]);
 
 /** The `source` option (network references), checked: each key's type and range; unknown keys refused. */
 export function sourceOption(value: unknown): SourceOptions {
@@ -317,11 +330,18 @@ export function sourceOption(value: unknown): SourceOptions {
     if (typeof o.ca !== 'string' && !Buffer.isBuffer(o.ca)) throw invalidType('source.ca', 'a PEM string or Buffer', o.ca);
     out.ca = o.ca;
   }
-  for (const k of ['token', 'endpoint'] as const) {
+  for (const k of ['pathStyle', 'unsigned'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalidType(`source.${k}`, 'a boolean', o[k]);
+    if (o[k] !== undefined) out[k] = o[k];
+  }
+  for (const k of ['token', 'endpoint', 'region', 's3Endpoint'] as const) {
     if (o[k] !== undefined && typeof o[k] !== 'string') throw invalidType(`source.${k}`, 'a string', o[k]);
     if (o[k] !== undefined) out[k] = o[k];
   }
-  if (out.endpoint !== undefined && !/^https?:\/\/./.test(out.endpoint)) throw invalidValue('source.endpoint', out.endpoint, 'must be an http(s) URL');
+  for (const k of ['endpoint', 's3Endpoint'] as const) {
+    const v = out[k];
+    if (v !== undefined && !/^https?:\/\/./.test(v)) throw invalidValue(`source.${k}`, v, 'must be an http(s) URL');
+  }
   const connections = int('connections', 1, 256);
   const chunkSize = int('chunkSize', 64 * 1024, 1024 * 1024 * 1024);
   const attempts = int('attempts', 1, 100);

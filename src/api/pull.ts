@@ -65,7 +65,7 @@ export async function pull(repo: string, options: PullOptions = {}): Promise<Pul
   const cacheDir = o.cacheDir ?? hubCacheDir();
   const concurrency = Math.max(1, Math.min(16, Math.trunc(Number(o.concurrency ?? 2)) || 2));
   const r = parseHubRef(repo);
-  const listed = await listHubRepo(repo, { ...source, ...(signal ? { signal } : {}) });
+  const listed = await listHubRepo(repo, { ...source, ...(signal ? { signal } : {}) }, undefined, cacheDir);
   const globs = (o.include ?? []).map(globToRegExp);
   const files = listed.files.filter((f) => globs.length === 0 || globs.some((g) => g.test(f)));
   if (files.length === 0) {

@@ -42,6 +42,8 @@ export interface RemoteReader {
   wantsHash?: boolean;
   /** Every byte was loaded and verified (`sha256`): puts the local copy in place; false when there is none to. */
   complete?(sha256: string | undefined): Promise<boolean>;
+  /** The loaded bytes failed verification: the local copy is thrown away (never resumed from). */
+  discard?(): Promise<void>;
 }
 
 /** Direct-I/O alignment of a file's file system (statx STATX_DIOALIGN); zeros when direct I/O is not possible. */

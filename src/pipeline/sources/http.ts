@@ -15,6 +15,7 @@
  * finish together. URLs in errors, logs and stats are redacted: no user info, no query string.
  */
 import { setMaxListeners } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import { EnvHttpProxyAgent } from 'undici';
 import type { Dispatcher } from 'undici';
@@ -41,6 +42,8 @@ export interface HttpOptions {
   /** A range with no byte for this long is retried (default 15 000 ms). */
   stallMs?: number | undefined;
   signal?: AbortSignal | undefined;
+  /** Headers made per request (a signature): called at most every four minutes, the answer reused meanwhile. */
+  authorize?: (() => Promise<Record<string, string>>) | undefined;
   /** Called for each retry: what failed and how long until the next attempt (no URL, no secret). */
   onRetry?: ((info: { reason: string; delayMs: number; attempt: number }) => void) | undefined;
 }
@@ -119,6 +122,8 @@ export interface HttpObjectInfo {
   /** The strong ETag, quotes included; undefined when the server gave none or a weak one. */
   etag: string | undefined;
   lastModified: string | undefined;
+  /** A weak ETag (W/"…"), compared on each answer where there is no strong one. */
+  weakEtag?: string | undefined;
   /** Whether the server honours Range. */
   ranges: boolean;
   /** Headers of interest seen on any hop (the hub puts them on its redirect): lower-case names. */
@@ -130,11 +135,18 @@ function statusError(status: number, url: string, opts: { tokenSent: boolean; at
   const where = redact(url);
   const hub = opts.hubCode ? ` (${opts.hubCode})` : '';
   if (status === 404 || status === 410)
-    return sourceError('ERR_SOURCE_NOT_FOUND', `'${where}' answered ${status}${hub}: no such object; check the name and the revision`, url, { status });
+    return sourceError('ERR_SOURCE_NOT_FOUND', `'${where}' answered ${status}${hub}: no such object; check the name and the revision`, url, {
+      status,
+      storeCode: opts.hubCode,
+    });
   if (status === 401 || status === 403) {
     const token = opts.tokenSent ? 'a token was sent and refused: check that it grants access' : 'no token was sent: set one (HF_TOKEN for the hub)';
     const gated = opts.hubCode === 'GatedRepo' ? '; the repository is gated: accept its conditions on its page first' : '';
-    return sourceError('ERR_SOURCE_AUTH', `'${where}' answered ${status}${hub}: not authorized (${token}${gated})`, url, { status, tokenSent: opts.tokenSent });
+    return sourceError('ERR_SOURCE_AUTH', `'${where}' answered ${status}${hub}: not authorized (${token}${gated})`, url, {
+      status,
+      tokenSent: opts.tokenSent,
+      storeCode: opts.hubCode,
+    });
   }
   return sourceError('ERR_SOURCE_HTTP', `'${where}' answered ${status}${hub} after ${opts.attempts} attempt(s)`, url, { status, attempts: opts.attempts });
 }
@@ -187,7 +199,9 @@ export class HttpObject {
       attempts: options.attempts ?? HTTP_DEFAULTS.attempts,
       stallMs: options.stallMs ?? HTTP_DEFAULTS.stallMs,
     };
-    const ca = o.ca ? [...rootCertificates, typeof o.ca === 'string' ? o.ca : o.ca.toString('utf8')] : undefined;
+    // The `ca` option adds to Node's CAs, NODE_EXTRA_CA_CERTS included (tls.rootCertificates lacks those).
+    const extra = o.ca && process.env.NODE_EXTRA_CA_CERTS ? readFileSync(process.env.NODE_EXTRA_CA_CERTS, 'utf8') : undefined;
+    const ca = o.ca ? [...rootCertificates, ...(extra ? [extra] : []), typeof o.ca === 'string' ? o.ca : o.ca.toString('utf8')] : undefined;
     // One pool per object: kept-alive connections, a stall timeout on headers and between body chunks. Proxies from
     // HTTP_PROXY / HTTPS_PROXY / NO_PROXY.
     const dispatcher = new EnvHttpProxyAgent({
@@ -205,7 +219,7 @@ export class HttpObject {
         signal,
         u.href,
         () => {},
-        async () => probe(dispatcher, u.href, { ...(o.headers ?? {}) }, signal),
+        async () => probe(dispatcher, u.href, { ...(o.headers ?? {}), ...(o.authorize ? await o.authorize() : {}) }, signal),
       );
       const obj = new HttpObject(first.url, first.info, dispatcher, first.headers, o);
       obj.stats.requests += first.requests;
@@ -218,6 +232,20 @@ export class HttpObject {
 
   async close(): Promise<void> {
     await this.#dispatcher.destroy().catch(() => {});
+    // A socket destroyed mid-body closes its fd on the event loop's next turns: close() returns after that.
+    for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+  }
+
+  #authAt = 0;
+  #authHeaders: Record<string, string> = {};
+  /** The `authorize` headers, made anew every four minutes (a SigV4 signature is good for fifteen). */
+  async #auth(): Promise<Record<string, string>> {
+    if (!this.#o.authorize) return {};
+    if (Date.now() - this.#authAt > 240_000) {
+      this.#authHeaders = lower(await this.#o.authorize());
+      this.#authAt = Date.now();
+    }
+    return this.#authHeaders;
   }
 
   /** The conditions that pin the object: its strong ETag, else its Last-Modified. */
@@ -269,7 +297,6 @@ export class HttpObject {
       }
     }
     let placed = 0;
-    const before = this.stats.bytes;
     await this.#transfer(
       items,
       o.signal,
@@ -279,7 +306,8 @@ export class HttpObject {
       },
       o.hash,
     );
-    return this.stats.bytes - before;
+    // On success every byte of every item was placed exactly once (the object's counters are shared by concurrent calls).
+    return items.reduce((n, it) => n + it.len, 0);
   }
 
   /**
@@ -394,7 +422,8 @@ export class HttpObject {
           const start = at;
           this.stats.requests++;
           try {
-            await get(this.#dispatcher, this.url, { ...this.#headers, ...this.#pin(), range: `bytes=${from}-${to}` }, signal, {
+            const auth = await this.#auth();
+            await get(this.#dispatcher, this.url, { ...this.#headers, ...auth, ...this.#pin(), range: `bytes=${from}-${to}` }, signal, {
               start: (status, h) => this.#checkRange(status, h, from, to),
               data: (c) => {
                 if (at + c.length > end) throw sourceError('ERR_SOURCE_PROTOCOL', `'${redact(this.url)}' sent more bytes than the range asked for`, this.url);
@@ -441,12 +470,21 @@ export class HttpObject {
         throw sourceError('ERR_SOURCE_PROTOCOL', `'${where}' answered ${len} bytes to a request for ${to - from + 1}`, this.url);
       }
       const etag = header(h, 'etag');
+      const lm = header(h, 'last-modified');
+      // Without a strong ETag, Last-Modified and a weak ETag still tell a replaced object.
+      if (!this.info.etag && ((this.info.lastModified && lm && lm !== this.info.lastModified) || (this.info.weakEtag && etag && etag !== this.info.weakEtag))) {
+        throw sourceError(
+          'ERR_FILE_CHANGED',
+          `'${where}' changed during the load (Last-Modified or ETag differ from the first answer's); load it again`,
+          this.url,
+        );
+      }
       if (this.info.etag && etag && etag !== this.info.etag) {
         throw sourceError('ERR_FILE_CHANGED', `'${where}' changed during the load (ETag ${this.info.etag} at the start, ${etag} now); load it again`, this.url);
       }
       return;
     }
-    if (status === 412 && !this.#unpinned) {
+    if (status === 412 && !this.#unpinned && this.info.etag) {
       // Some servers (proxies, synthetic ETags) refuse If-Match with their own ETag. Ask again without conditions:
       // a changed object then shows a different ETag (checked above), an unchanged one loads.
       this.#unpinned = true;
@@ -467,8 +505,13 @@ export class HttpObject {
     const want = items.reduce((n, it) => n + it.len, 0);
     // Only a read from the start can be streamed (a whole load, or a header): anything else would need ranges.
     if (items.length === 0 || !contiguous || items[0]!.fileOff !== 0 || (want !== this.info.size && items.some((it) => it.region))) {
-      throw sourceError('ERR_SOURCE_NO_RANGES', `'${redact(this.url)}' does not answer Range requests, so only the whole object can be read from it`, this.url);
+      throw sourceError(
+        'ERR_SOURCE_NO_RANGES',
+        `'${redact(this.url)}' does not answer Range requests: only a load() of the whole object can read it (copy, verify and partial loads read in parts)`,
+        this.url,
+      );
     }
+    let reported = 0;
     await withRetries(
       this.#o,
       signal,
@@ -482,7 +525,8 @@ export class HttpObject {
         // A header's few KiB: stop the body there (the connection is given up).
         const stop = new AbortController();
         try {
-          await get(this.#dispatcher, this.url, { ...this.#headers, ...this.#pin() }, AbortSignal.any([signal, stop.signal]), {
+          const auth = await this.#auth();
+          await get(this.#dispatcher, this.url, { ...this.#headers, ...auth, ...this.#pin() }, AbortSignal.any([signal, stop.signal]), {
             start: (status, h) => {
               if (status === 412) throw sourceError('ERR_FILE_CHANGED', `'${redact(this.url)}' changed during the load; load it again`, this.url);
               if (status !== 200) failStatus(status, h, this.url, Boolean(this.#headers.authorization));
@@ -501,8 +545,12 @@ export class HttpObject {
                 off += n;
                 at += n;
               }
-              onBytes?.(off);
-              this.stats.bytes += off;
+              // A retry starts over from 0: only bytes beyond what an earlier attempt reached are news.
+              if (at > reported) {
+                onBytes?.(at - reported);
+                this.stats.bytes += at - reported;
+                reported = at;
+              }
               if (at >= want) stop.abort();
             },
           });
@@ -691,7 +739,7 @@ async function request(dispatcher: Dispatcher, url: string, headers: Record<stri
 }
 
 /** The hub's headers (and the identity ones) worth keeping from any hop. */
-const META = ['x-repo-commit', 'x-linked-etag', 'x-linked-size', 'etag', 'x-error-code'];
+const META = ['x-repo-commit', 'x-linked-etag', 'x-linked-size', 'etag', 'x-error-code', 'x-amz-checksum-sha256', 'x-amz-checksum-type'];
 
 /** The first request: redirects followed, the size and identity learnt from a request for byte 0. */
 async function probe(
@@ -732,31 +780,40 @@ async function probe(
     }
     const etag0 = header(res.headers, 'etag');
     const etag = etag0 && !etag0.startsWith('W/') ? etag0 : undefined;
+    const weakEtag = etag0?.startsWith('W/') ? etag0 : undefined;
     const lastModified = header(res.headers, 'last-modified');
     if (s === 206) {
       discard(res);
       const m = /^bytes 0-0\/(\d+)$/.exec((header(res.headers, 'content-range') ?? '').trim());
       if (!m) throw sourceError('ERR_SOURCE_PROTOCOL', `'${redact(url)}' answered 206 without a usable Content-Range`, url);
-      return { url, headers, requests: hop + 1, info: { size: Number(m[1]), etag, lastModified, ranges: true, meta } };
+      return { url, headers, requests: hop + 1, info: { size: Number(m[1]), etag, weakEtag, lastModified, ranges: true, meta } };
     }
     if (s === 416) {
       discard(res);
       // An empty object: nothing to ask a range of.
       const m = /^bytes \*\/(\d+)$/.exec((header(res.headers, 'content-range') ?? '').trim());
-      if (m && Number(m[1]) === 0) return { url, headers, requests: hop + 1, info: { size: 0, etag, lastModified, ranges: true, meta } };
+      if (m && Number(m[1]) === 0) return { url, headers, requests: hop + 1, info: { size: 0, etag, weakEtag, lastModified, ranges: true, meta } };
       throw sourceError('ERR_SOURCE_PROTOCOL', `'${redact(url)}' answered 416 to a request for its first byte`, url);
     }
     if (s === 200) {
-      discard(res);
+      // The whole object is coming: cut it off, and let its socket close before the caller goes on.
+      res.body.on('error', () => {});
+      res.body.destroy();
+      await new Promise((r) => (res.body.closed ? r(undefined) : res.body.once('close', r)));
       const len = header(res.headers, 'content-length');
       if (len === undefined || !/^\d+$/.test(len)) {
         throw sourceError('ERR_SOURCE_NO_RANGES', `'${redact(url)}' ignores Range requests and does not say its length: it cannot be loaded`, url);
       }
-      return { url, headers, requests: hop + 1, info: { size: Number(len), etag, lastModified, ranges: false, meta } };
+      return { url, headers, requests: hop + 1, info: { size: Number(len), etag, weakEtag, lastModified, ranges: false, meta } };
     }
-    discard(res);
-    if (RETRY_STATUS.has(s)) throw new Retryable(`status ${s}`, retryAfter(header(res.headers, 'retry-after')), s === 429 || s === 503, s);
-    throw statusError(s, url, { tokenSent: tokenSent(), attempts: 1, hubCode: header(res.headers, 'x-error-code') ?? meta['x-error-code'] });
+    if (RETRY_STATUS.has(s)) {
+      discard(res);
+      throw new Retryable(`status ${s}`, retryAfter(header(res.headers, 'retry-after')), s === 429 || s === 503, s);
+    }
+    // An object store says why in its body (<Code>NoSuchKey</Code>): kept as the error's storeCode.
+    const body = await small(res);
+    const storeCode = header(res.headers, 'x-error-code') ?? meta['x-error-code'] ?? /<Code>([^<]{1,100})<\/Code>/.exec(body)?.[1];
+    throw statusError(s, url, { tokenSent: tokenSent(), attempts: 1, hubCode: storeCode });
   }
 }
 
@@ -769,6 +826,16 @@ function discard(res: Dispatcher.ResponseData): void {
   const len = Number(header(res.headers, 'content-length') ?? Infinity);
   if (len <= 64 * 1024) res.body.dump({ limit: 64 * 1024 }).catch(() => {});
   else res.body.destroy();
+}
+
+/** Up to 8 KiB of an error answer's body, as text. */
+async function small(res: Dispatcher.ResponseData): Promise<string> {
+  const len = Number(header(res.headers, 'content-length') ?? 0);
+  if (len > 8192) {
+    discard(res);
+    return '';
+  }
+  return res.body.text().catch(() => '');
 }
 
 function lower(h: Record<string, string>): Record<string, string> {

@@ -97,9 +97,10 @@ export async function listHubRepo(
   ref: string,
   o: SourceOptions & { signal?: AbortSignal | undefined } = {},
   enough?: (files: readonly string[]) => boolean,
+  cacheDir?: string,
 ): Promise<{ ref: HubRef; commit: string | undefined; files: string[] }> {
   const r = parseHubRef(ref);
-  const cache = hubCacheDir();
+  const cache = cacheDir ?? hubCacheDir();
   // A snapshot in the cache may hold only some files (a config a tool fetched): online, the hub's listing is the
   // truth, unless the cached one has what `enough` looks for; the cache answers offline, or when the hub is out of reach.
   const fromCache = async () => {

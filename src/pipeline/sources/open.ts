@@ -73,6 +73,7 @@ export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): 
     ...(store
       ? {
           wantsHash: true,
+          discard: () => store.discard(),
           complete: async (sha256: string | undefined) => {
             const where = storeFor(r, ref, o.cache!)!;
             if (sha256 === undefined) return false;

@@ -14,16 +14,25 @@ import { DmaloadError } from '../../core/errors.js';
 import { HttpObject, redact } from './http.js';
 import type { HttpOptions } from './http.js';
 import { resolveHubFile } from './hub.js';
+import { resolveS3 } from './s3.js';
 
 /** The schemes a reference may have. */
-export const SCHEMES = ['http', 'https', 'hf'] as const;
+export const SCHEMES = ['http', 'https', 'hf', 's3'] as const;
 
 /** Network options every call that takes a reference accepts (`source` option). */
-export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry'> {
+export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry' | 'authorize'> {
   /** A bearer token for hf:// references (default: HF_TOKEN, else the token file huggingface_hub writes). */
   token?: string | undefined;
   /** The hub's address (default: HF_ENDPOINT, else https://huggingface.co). */
   endpoint?: string | undefined;
+  /** s3://: the region (default AWS_REGION, AWS_DEFAULT_REGION, us-east-1). */
+  region?: string | undefined;
+  /** s3://: the store's address (default AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS's). */
+  s3Endpoint?: string | undefined;
+  /** s3://: path-style addressing (default: for a custom endpoint). */
+  pathStyle?: boolean | undefined;
+  /** s3://: unsigned requests (a public bucket). */
+  unsigned?: boolean | undefined;
 }
 
 /** Whether `s` names something other than a local path: it starts with `scheme://`. */
@@ -68,6 +77,7 @@ export async function resolveRef(
   checkScheme(ref);
   const scheme = ref.slice(0, ref.indexOf(':')).toLowerCase();
   if (scheme === 'hf') return resolveHubFile(ref, o);
+  if (scheme === 's3') return resolveS3(ref, o);
   const object = await HttpObject.open(ref, o);
   return { kind: 'http', object, display: redact(ref) };
 }
@@ -87,4 +97,18 @@ export function sibling(ref: string, name: string): string | undefined {
   }
   const cut = ref.lastIndexOf('/');
   return cut < 0 ? name : `${ref.slice(0, cut + 1)}${name}`;
+}
+
+/**
+ * The error with a URL's secrets (user info, a signed query) taken out of its message and path: parsers name the
+ * file they were given, which for a URL is the whole URL.
+ */
+export function scrubbed(e: unknown, ref: string): unknown {
+  if (typeof ref !== 'string' || !/^https?:\/\//i.test(ref) || !(e instanceof Error)) return e;
+  const shown = redact(ref);
+  if (shown === ref) return e;
+  const err = e as Error & { path?: string };
+  err.message = err.message.split(ref).join(shown);
+  if (typeof err.path === 'string') Object.defineProperty(err, 'path', { value: err.path.split(ref).join(shown) });
+  return err;
 }

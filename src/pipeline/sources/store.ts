@@ -34,6 +34,8 @@ interface Record extends Identity {
 }
 
 const SAVE_EVERY = 64 * 1024 * 1024;
+/** …and at most this long (ms) after a write: a killed process (no close()) loses at most that much. */
+const SAVE_MS = 250;
 
 /** Merges [start, end) into sorted, disjoint `ranges` (in place). */
 export function addRange(ranges: Array<[number, number]>, start: number, end: number): void {
@@ -85,6 +87,8 @@ export class PartialStore {
   #buffered: IoQueue;
   #pending = new Set<Promise<void>>();
   #sinceSave = 0;
+  #dirty = false;
+  #timer: NodeJS.Timeout;
   #failure: unknown;
   #saving: Promise<void> = Promise.resolve();
   #closed = false;
@@ -96,6 +100,14 @@ export class PartialStore {
     this.#file = file;
     this.#buffered = new IoQueue(file.fd, { write: true, direct: false, depth: 8, path: partial });
     if (file.direct) this.#direct = new IoQueue(file.directFd, { write: true, direct: true, depth: 16, path: partial });
+    // A killed process (SIGKILL, the OOM killer) runs no close(): the record is kept at most SAVE_MS behind.
+    this.#timer = setInterval(() => {
+      if (this.#dirty && !this.#closed) {
+        this.#dirty = false;
+        this.#save().catch(() => {});
+      }
+    }, SAVE_MS);
+    this.#timer.unref();
   }
 
   /**
@@ -110,7 +122,10 @@ export class PartialStore {
       .then((t) => JSON.parse(t) as Record)
       .catch(() => undefined);
     const st = await fsp.stat(partial).catch(() => undefined);
+    // Without a strong validator (a strong ETag or a SHA-256) bytes on disk cannot be known to be this version's.
+    const pinned = id.etag !== undefined || id.sha256 !== undefined;
     if (
+      pinned &&
       old &&
       st?.isFile() &&
       old.version === 1 &&
@@ -194,6 +209,7 @@ export class PartialStore {
       .submit(region, bufOffset, fileOffset, len)
       .then(async () => {
         addRange(this.#record.ranges, fileOffset, end);
+        this.#dirty = true;
         this.#sinceSave += length;
         if (this.#sinceSave >= SAVE_EVERY) {
           this.#sinceSave = 0;
@@ -255,10 +271,18 @@ export class PartialStore {
     return true;
   }
 
+  /** The bytes on disk are not the object's (a hash mismatch): the partial file and its record go. */
+  async discard(): Promise<void> {
+    await this.close(false);
+    await fsp.rm(this.recordPath, { force: true });
+    await fsp.rm(this.partial, { force: true });
+  }
+
   /** Ends writing: waits for the writes, saves the record (unless `save` is false), closes the file. Idempotent. */
   async close(save = true): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#timer);
     await this.drain();
     if (save) await this.#save().catch(() => {});
     await this.#direct?.close();
