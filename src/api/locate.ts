@@ -8,8 +8,9 @@ import { join } from 'node:path';
 import { DmaloadError } from '../core/errors.js';
 import { hubDisplay, listHubRepo } from '../pipeline/sources/hub.js';
 import { isReference } from '../pipeline/sources/resolve.js';
+import { listS3 } from '../pipeline/sources/s3.js';
 import type { SourceOptions } from '../pipeline/sources/resolve.js';
-import { isHubRef, parseHubRef } from '../pipeline/sources/hubref.js';
+import { parseHubRef } from '../pipeline/sources/hubref.js';
 
 const GGUF_LATER_SPLIT = /-(\d{5})-of-\d{5}\.gguf$/;
 
@@ -49,7 +50,7 @@ export function pickModel(files: readonly string[], where: string): string {
  * points to), or the reference itself when it names a file.
  */
 export async function locateModel(ref: string, o: SourceOptions & { signal?: AbortSignal | undefined } = {}): Promise<string> {
-  if (isHubRef(ref)) {
+  if (ref.startsWith('hf://')) {
     const r = parseHubRef(ref);
     if (r.file !== undefined) return ref;
     const hasModel = (files: readonly string[]) => {
@@ -64,6 +65,11 @@ export async function locateModel(ref: string, o: SourceOptions & { signal?: Abo
     const file = pickModel(listed.files, hubDisplay(r));
     // Pinned: the index and its shards then come from one commit, even if the branch moves meanwhile.
     return hubDisplay({ ...r, revision: listed.commit ?? r.revision }, file);
+  }
+  // An S3 prefix (s3://BUCKET/PREFIX/): its objects, one level, like a folder's files.
+  if (/^s3:\/\/[^/]+(\/(.*\/)?)?$/i.test(ref)) {
+    const base = ref.endsWith('/') ? ref : `${ref}/`;
+    return `${base}${pickModel(await listS3(base, o), base)}`;
   }
   if (isReference(ref)) return ref;
   const st = await stat(ref).catch(() => undefined);
