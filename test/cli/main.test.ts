@@ -52,13 +52,14 @@ describe('cli: load', () => {
     assert.match(d.err, /ERR_NOT_REGULAR_FILE.*\/dev\/zero/);
   });
 
-  test('--evict on a FIFO, a folder, /dev/zero: the same error as without --evict, at once', async () => {
+  test('--evict on a FIFO, a folder without a model, /dev/zero: the same error as without --evict, at once', async () => {
     const fifo = join(dir, 'evict-fifo');
     execFileSync('mkfifo', [fifo]);
     const run = promisify(execFile);
     for (const [p, code] of [
       [fifo, 'ERR_NOT_REGULAR_FILE'],
-      [dir, 'EISDIR'],
+      // A folder is looked into for its model (docs/sources.md): this one holds none.
+      [dir, 'ERR_MODEL_NOT_FOUND'],
       ['/dev/zero', 'ERR_NOT_REGULAR_FILE'],
     ] as const) {
       const errs: string[] = [];

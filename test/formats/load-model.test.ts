@@ -564,8 +564,9 @@ describe('inspect and loadModel: what is not a regular file', { concurrency: tru
     ['a GGUF split whose second file is a FIFO', 'inspect', join(sub, 'm-00001-of-00002.gguf'), 'ERR_NOT_REGULAR_FILE', join(sub, 'm-00002-of-00002.gguf')],
     ['/dev/zero', 'inspect', '/dev/zero', 'ERR_NOT_REGULAR_FILE'],
     ['/dev/zero, loadModel', 'loadModel', '/dev/zero', 'ERR_NOT_REGULAR_FILE'],
-    ['a folder', 'inspect', join(sub, 'folder.safetensors'), 'EISDIR'],
-    ['a folder named .json', 'inspect', join(sub, 'folder.json'), 'EISDIR'],
+    // A folder is a model folder now: one without a model is ERR_MODEL_NOT_FOUND, named (docs/sources.md).
+    ['a folder', 'inspect', join(sub, 'folder.safetensors'), 'ERR_MODEL_NOT_FOUND'],
+    ['a folder named .json', 'inspect', join(sub, 'folder.json'), 'ERR_MODEL_NOT_FOUND'],
     ['an index naming a folder', 'inspect', index('folder-shard.index.json', 'folder.safetensors'), 'EISDIR', join(sub, 'folder.safetensors')],
   ];
   for (const [what, fn, path, code, at] of cases) {

@@ -7,7 +7,8 @@
  * timed as a whole command with the CPU of its process tree (getrusage of the children).
  *
  * Usage (root, for the namespace and tbf): node dist/tools/bench/net.js [--size 1GiB] [--link 2gbit] [--per-conn 40m]
- *   [--ttfb 20] [--rounds 3] [--https] [--unshaped]
+ *   [--ttfb 20] [--rounds 3] [--https] [--unshaped] [--faults]
+ * --faults: dmaload alone, clean against 5 % 503s, 1 % resets and one 30 s stall (the issue's fault floor).
  * --unshaped: plain loopback, no namespace, no caps, no delay (the other figure of the issue's floors).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -36,20 +37,21 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     https: { type: 'boolean', default: false },
     unshaped: { type: 'boolean', default: false },
+    faults: { type: 'boolean', default: false },
     inner: { type: 'boolean', default: false },
   },
 });
 
 /** Runs a command, timing it with the CPU of its whole process tree (python's getrusage of the children). */
-function timed(cmd: string[], env: NodeJS.ProcessEnv = process.env): { s: number; cpu: number; out: string } {
+function timed(cmd: string[], env: NodeJS.ProcessEnv = process.env): { s: number; cpu: number; rssKiB: number; out: string } {
   const py = `import resource,subprocess,sys,time
 t=time.time(); p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE); s=time.time()-t
 r=resource.getrusage(resource.RUSAGE_CHILDREN)
-sys.stderr.write('%f %f\\n' % (s, r.ru_utime+r.ru_stime)); sys.stdout.write(p.stdout.decode()); sys.exit(p.returncode)`;
+sys.stderr.write('%f %f %d\\n' % (s, r.ru_utime+r.ru_stime, r.ru_maxrss)); sys.stdout.write(p.stdout.decode()); sys.exit(p.returncode)`;
   const r = spawnSync('/usr/bin/python3', ['-c', py, ...cmd], { encoding: 'utf8', env, maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`${cmd.join(' ')} failed: ${r.stderr}`);
-  const [s, cpu] = r.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
-  return { s: s!, cpu: cpu!, out: r.stdout };
+  const [s, cpu, rss] = r.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
+  return { s: s!, cpu: cpu!, rssKiB: rss!, out: r.stdout };
 }
 
 async function inner(): Promise<void> {
@@ -84,14 +86,22 @@ async function inner(): Promise<void> {
       url,
     ],
   };
+  if (values.faults && proxy) {
+    await faultRows(rows['dmaload load --verify on']!, proxy, size, Number(values.rounds), env);
+    await proxy.close();
+    await ng.stop();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(shm, { recursive: true, force: true });
+    return;
+  }
   const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
-  const results: Record<string, Array<{ s: number; cpu: number }>> = {};
+  const results: Record<string, Array<{ s: number; cpu: number; rssKiB: number }>> = {};
   const rounds = Number(values.rounds);
   for (let k = 0; k < rounds; k++) {
     for (const [name, cmd] of Object.entries(rows)) {
       if (!have(cmd[0]!)) continue;
       const r = timed(cmd, env);
-      (results[name] ??= []).push({ s: r.s, cpu: r.cpu });
+      (results[name] ??= []).push({ s: r.s, cpu: r.cpu, rssKiB: r.rssKiB });
       rmSync(join(shm, 'curl.bin'), { force: true });
       rmSync(join(shm, 'aria2.bin'), { force: true });
       rmSync(join(shm, 'cp.bin'), { force: true });
@@ -104,19 +114,60 @@ async function inner(): Promise<void> {
   console.log(
     `\n${(size / 2 ** 30).toFixed(2)} GiB over ${shaped ? `${values.link} link, ${values['per-conn']}B/s per connection, ${values.ttfb} ms to first byte` : 'unshaped loopback'}${values.https ? ', HTTPS' : ', HTTP'}; medians of ${rounds} rounds`,
   );
-  console.log(`| row | s | MB/s | CPU s/GiB | × link | × curl | × aria2c |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |`);
+  console.log(`| row | s | MB/s | CPU s/GiB | × link | × curl | × aria2c | max RSS − size (MiB) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`);
   for (const [name, rs] of Object.entries(results)) {
     const s = median(rs.map((r) => r.s));
     const cpu = median(rs.map((r) => r.cpu));
     const bps = size / s;
     console.log(
-      `| ${name} | ${s.toFixed(2)} | ${(bps / 1e6).toFixed(0)} | ${((cpu / size) * 2 ** 30).toFixed(2)} | ${shaped ? (bps / linkBps).toFixed(2) : '-'} | ${(bps / curl).toFixed(2)} | ${(bps / aria).toFixed(2)} |`,
+      `| ${name} | ${s.toFixed(2)} | ${(bps / 1e6).toFixed(0)} | ${((cpu / size) * 2 ** 30).toFixed(2)} | ${shaped ? (bps / linkBps).toFixed(2) : '-'} | ${(bps / curl).toFixed(2)} | ${(bps / aria).toFixed(2)} | ${((Math.max(...rs.map((r) => r.rssKiB)) * 1024 - (name.startsWith('dmaload load') ? size : 0)) / 2 ** 20).toFixed(0)} |`,
     );
   }
   await proxy?.close();
   await ng.stop();
   rmSync(dir, { recursive: true, force: true });
   rmSync(shm, { recursive: true, force: true });
+}
+
+/** dmaload clean, then with faults injected by the proxy: 5 % 503 SlowDown, 1 % resets mid-body, one 30 s stall. */
+async function faultRows(
+  cmd: string[],
+  proxy: Awaited<ReturnType<typeof startFaultProxy>>,
+  size: number,
+  rounds: number,
+  env: NodeJS.ProcessEnv,
+): Promise<void> {
+  const clean: number[] = [];
+  const faulted: number[] = [];
+  for (let k = 0; k < rounds; k++) {
+    proxy.setPlan(undefined);
+    clean.push(timed(cmd, env).s);
+    let stalled = false;
+    const start = proxy.stats.requests;
+    proxy.setPlan((_req, n) => {
+      if (!stalled && n - start === 20) {
+        stalled = true;
+        return { stall: 30_000 };
+      }
+      const x = Math.random();
+      return x < 0.05 ? { status: 503, retryAfter: 0 } : x < 0.06 ? { reset: 256 * 1024 } : undefined;
+    });
+    const f0 = proxy.stats.faults;
+    const r = timed(cmd, env);
+    const out = JSON.parse(r.out) as { sha256?: string; network?: { retries: number } };
+    faulted.push(r.s);
+    process.stderr.write(
+      `round ${k + 1}: clean ${clean.at(-1)!.toFixed(2)} s, faulted ${r.s.toFixed(2)} s (${proxy.stats.faults - f0} faults, ${out.network?.retries} retries, sha256 ${out.sha256})\n`,
+    );
+  }
+  const c = median(clean);
+  const f = median(faulted);
+  console.log(
+    `\n${(size / 2 ** 30).toFixed(2)} GiB, dmaload load --verify on: clean ${c.toFixed(2)} s, with 5 % 503s, 1 % resets and one 30 s stall ${f.toFixed(2)} s`,
+  );
+  console.log(
+    `(faulted − 30 s stall) / clean = ${((f - 30) / c).toFixed(2)} (floor: ≤ 1.5); the stall is cut at the 15 s stall timeout, so this can be below 1`,
+  );
 }
 
 if (values.inner || values.unshaped) {
