@@ -55,12 +55,12 @@ sys.stderr.write('%f %f %d\\n' % (s, r.ru_utime+r.ru_stime, r.ru_maxrss)); sys.s
 }
 
 async function inner(): Promise<void> {
-  const size = parseSize(values.size!)!;
+  const size = parseSize(values.size)!;
   const dir = mkdtempSync(join(tmpdir(), 'dmaload-bench-net-'));
   const shm = mkdtempSync('/dev/shm/dmaload-bench-net-');
   writeSeededFile(join(dir, 'data.bin'), size, 7);
   const shaped = !values.unshaped;
-  const ng = await startNginx({ root: dir, ...(shaped ? { limitRate: values['per-conn']! } : {}) });
+  const ng = await startNginx({ root: dir, ...(shaped ? { limitRate: values['per-conn'] } : {}) });
   const base = values.https ? ng.urls.https : ng.urls.http;
   const proxy = shaped && !values.https ? await startFaultProxy({ target: ng.urls.http, ttfbMs: Number(values.ttfb) }) : undefined;
   const url = `${proxy ? proxy.url : base}${shaped ? '/slow' : ''}/data.bin`;
@@ -108,7 +108,7 @@ async function inner(): Promise<void> {
       process.stderr.write(`round ${k + 1} ${name}: ${(size / 1e6 / r.s).toFixed(0)} MB/s\n`);
     }
   }
-  const linkBps = shaped ? (Number(values.link!.replace(/gbit$/, '')) * 1e9) / 8 : NaN;
+  const linkBps = shaped ? (Number(values.link.replace(/gbit$/, '')) * 1e9) / 8 : NaN;
   const curl = results.curl ? size / median(results.curl.map((r) => r.s)) : NaN;
   const aria = results['aria2c -x16 -s16 -k8M'] ? size / median(results['aria2c -x16 -s16 -k8M'].map((r) => r.s)) : NaN;
   console.log(
@@ -178,7 +178,7 @@ if (values.inner || values.unshaped) {
   try {
     execFileSync('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', 'lo', 'up']);
     execFileSync('ip', ['netns', 'exec', NS, 'ip', 'addr', 'add', '127.0.0.2/8', 'dev', 'lo']);
-    execFileSync('ip', ['netns', 'exec', NS, 'tc', 'qdisc', 'replace', 'dev', 'lo', 'root', 'tbf', 'rate', values.link!, 'burst', '1mb', 'latency', '50ms']);
+    execFileSync('ip', ['netns', 'exec', NS, 'tc', 'qdisc', 'replace', 'dev', 'lo', 'root', 'tbf', 'rate', values.link, 'burst', '1mb', 'latency', '50ms']);
     const args = process.argv.slice(2).filter((a) => a !== '--inner');
     const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, here, '--inner', ...args], { stdio: 'inherit' });
     process.exitCode = r.status ?? 1;
