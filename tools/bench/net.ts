@@ -1,9 +1,10 @@
 /**
  * `npm run bench:net`: dmaload's network source against the peers, on one network, in one run, rounds alternating
  * (A B C A B C …), medians reported. The network is modelled the way object stores and CDNs limit it (this kernel
- * has no netem): an aggregate link rate (`tbf` on the loopback of a network namespace made for the run), a
- * per-connection cap (nginx `limit_rate`), and a time to first byte per request (a delaying proxy in front of
- * nginx). Rows: `dmaload load URL` into memory (and with --verify on), one `curl`, `aria2c -x16 -s16 -k8M`, each
+ * has no netem): the servers (nginx, and a proxy in front of it that delays each answer's first byte) live in a
+ * network namespace made for the run, the clients outside it, and the link between them (a veth pair) is capped by
+ * `tbf`; nginx's `limit_rate` caps each connection. The proxy talks to nginx over the namespace's own loopback, so
+ * only the server-to-client hop crosses the capped link. Rows: `dmaload load URL` into memory (and with --verify on), one `curl`, `aria2c -x16 -s16 -k8M`, each
  * timed as a whole command with the CPU of its process tree (getrusage of the children).
  *
  * Usage (root, for the namespace and tbf): node dist/tools/bench/net.js [--size 1GiB] [--link 2gbit] [--per-conn 40m]
@@ -11,7 +12,7 @@
  * --faults: dmaload alone, clean against 5 % 503s, 1 % resets and one 30 s stall (the issue's fault floor).
  * --unshaped: plain loopback, no namespace, no caps, no delay (the other figure of the issue's floors).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -26,6 +27,8 @@ const here = fileURLToPath(import.meta.url);
 const root = resolve(dirname(here), '../../..');
 const bin = join(root, 'bin', 'dmaload.js');
 const NS = `dmaload-bench-${process.pid}`;
+/** The servers' address on the capped link (the clients' end is .1). */
+const SERVER = '10.77.0.2';
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 const { values } = parseArgs({
@@ -39,19 +42,32 @@ const { values } = parseArgs({
     unshaped: { type: 'boolean', default: false },
     faults: { type: 'boolean', default: false },
     inner: { type: 'boolean', default: false },
+    'client-ns': { type: 'string' },
   },
 });
 
-/** Runs a command, timing it with the CPU of its whole process tree (python's getrusage of the children). */
-function timed(cmd: string[], env: NodeJS.ProcessEnv = process.env): { s: number; cpu: number; rssKiB: number; out: string } {
+/**
+ * Runs a command, timing it with the CPU of its whole process tree (python's getrusage of the children). Async: the
+ * delaying proxy runs in this process and must keep answering meanwhile.
+ */
+function timed(cmd: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ s: number; cpu: number; rssKiB: number; out: string }> {
   const py = `import resource,subprocess,sys,time
 t=time.time(); p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE); s=time.time()-t
 r=resource.getrusage(resource.RUSAGE_CHILDREN)
 sys.stderr.write('%f %f %d\\n' % (s, r.ru_utime+r.ru_stime, r.ru_maxrss)); sys.stdout.write(p.stdout.decode()); sys.exit(p.returncode)`;
-  const r = spawnSync('/usr/bin/python3', ['-c', py, ...cmd], { encoding: 'utf8', env, maxBuffer: 64 << 20 });
-  if (r.status !== 0) throw new Error(`${cmd.join(' ')} failed: ${r.stderr}`);
-  const [s, cpu, rss] = r.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
-  return { s: s!, cpu: cpu!, rssKiB: rss!, out: r.stdout };
+  return new Promise((resolve, reject) => {
+    const p = spawn('/usr/bin/python3', ['-c', py, ...cmd], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code) => {
+      if (code !== 0) return reject(new Error(`${cmd.join(' ')} failed: ${err}`));
+      const [s, cpu, rss] = err.trim().split('\n').at(-1)!.split(' ').map(Number);
+      resolve({ s: s!, cpu: cpu!, rssKiB: rss!, out });
+    });
+  });
 }
 
 async function inner(): Promise<void> {
@@ -62,8 +78,10 @@ async function inner(): Promise<void> {
   const shaped = !values.unshaped;
   const ng = await startNginx({ root: dir, ...(shaped ? { limitRate: values['per-conn'] } : {}) });
   const base = values.https ? ng.urls.https : ng.urls.http;
-  const proxy = shaped && !values.https ? await startFaultProxy({ target: ng.urls.http, ttfbMs: Number(values.ttfb) }) : undefined;
+  const proxy = shaped && !values.https ? await startFaultProxy({ target: ng.urls.http, ttfbMs: Number(values.ttfb), host: SERVER }) : undefined;
   const url = `${proxy ? proxy.url : base}${shaped ? '/slow' : ''}/data.bin`;
+  // The clients run in the namespace the bench started in: across the capped link.
+  const client = (cmd: string[]) => (values['client-ns'] ? ['nsenter', `--net=${values['client-ns']}`, '--', ...cmd] : cmd);
   const env = { ...process.env, NODE_EXTRA_CA_CERTS: ng.caPath };
   const rows: Record<string, string[]> = {
     'dmaload load': ['node', bin, 'load', url, '--json'],
@@ -87,7 +105,7 @@ async function inner(): Promise<void> {
     ],
   };
   if (values.faults && proxy) {
-    await faultRows(rows['dmaload load --verify on']!, proxy, size, Number(values.rounds), env);
+    await faultRows(client(rows['dmaload load --verify on']!), proxy, size, Number(values.rounds), env);
     await proxy.close();
     await ng.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -100,7 +118,7 @@ async function inner(): Promise<void> {
   for (let k = 0; k < rounds; k++) {
     for (const [name, cmd] of Object.entries(rows)) {
       if (!have(cmd[0]!)) continue;
-      const r = timed(cmd, env);
+      const r = await timed(client(cmd), env);
       (results[name] ??= []).push({ s: r.s, cpu: r.cpu, rssKiB: r.rssKiB });
       rmSync(join(shm, 'curl.bin'), { force: true });
       rmSync(join(shm, 'aria2.bin'), { force: true });
@@ -141,7 +159,7 @@ async function faultRows(
   const faulted: number[] = [];
   for (let k = 0; k < rounds; k++) {
     proxy.setPlan(undefined);
-    clean.push(timed(cmd, env).s);
+    clean.push((await timed(cmd, env)).s);
     let stalled = false;
     const start = proxy.stats.requests;
     proxy.setPlan((_req, n) => {
@@ -153,7 +171,7 @@ async function faultRows(
       return x < 0.05 ? { status: 503, retryAfter: 0 } : x < 0.06 ? { reset: 256 * 1024 } : undefined;
     });
     const f0 = proxy.stats.faults;
-    const r = timed(cmd, env);
+    const r = await timed(cmd, env);
     const out = JSON.parse(r.out) as { sha256?: string; network?: { retries: number } };
     faulted.push(r.s);
     process.stderr.write(
@@ -175,14 +193,25 @@ if (values.inner || values.unshaped) {
 } else {
   if (process.getuid?.() !== 0) throw new Error('the shaped network needs root (a network namespace and tbf); --unshaped runs without');
   execFileSync('ip', ['netns', 'add', NS]);
+  const veth = `dmb${process.pid % 100000}`;
   try {
-    execFileSync('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', 'lo', 'up']);
-    execFileSync('ip', ['netns', 'exec', NS, 'ip', 'addr', 'add', '127.0.0.2/8', 'dev', 'lo']);
-    execFileSync('ip', ['netns', 'exec', NS, 'tc', 'qdisc', 'replace', 'dev', 'lo', 'root', 'tbf', 'rate', values.link, 'burst', '1mb', 'latency', '50ms']);
+    const ns = (...a: string[]) => execFileSync('ip', ['netns', 'exec', NS, ...a]);
+    ns('ip', 'link', 'set', 'lo', 'up');
+    ns('ip', 'addr', 'add', '127.0.0.2/8', 'dev', 'lo');
+    execFileSync('ip', ['link', 'add', `${veth}a`, 'type', 'veth', 'peer', 'name', `${veth}b`]);
+    execFileSync('ip', ['link', 'set', `${veth}b`, 'netns', NS]);
+    execFileSync('ip', ['addr', 'add', '10.77.0.1/24', 'dev', `${veth}a`]);
+    execFileSync('ip', ['link', 'set', `${veth}a`, 'up']);
+    ns('ip', 'addr', 'add', `${SERVER}/24`, 'dev', `${veth}b`);
+    ns('ip', 'link', 'set', `${veth}b`, 'up');
+    // The server-to-client direction is the one a download fills.
+    ns('tc', 'qdisc', 'replace', 'dev', `${veth}b`, 'root', 'tbf', 'rate', values.link, 'burst', '1mb', 'latency', '50ms');
     const args = process.argv.slice(2).filter((a) => a !== '--inner');
-    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, here, '--inner', ...args], { stdio: 'inherit' });
+    const clientNs = `/proc/${process.pid}/ns/net`;
+    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, here, '--inner', '--client-ns', clientNs, ...args], { stdio: 'inherit' });
     process.exitCode = r.status ?? 1;
   } finally {
+    spawnSync('ip', ['link', 'del', `${veth}a`]);
     execFileSync('ip', ['netns', 'del', NS]);
   }
 }
