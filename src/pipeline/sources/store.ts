@@ -284,6 +284,8 @@ export class PartialStore {
     this.#closed = true;
     clearInterval(this.#timer);
     await this.drain();
+    // A save the timer started finishes first: none lands after commit() removed the record.
+    await this.#saving.catch(() => {});
     if (save) await this.#save().catch(() => {});
     await this.#direct?.close();
     await this.#buffered.close();
