@@ -38,6 +38,9 @@ test('auto on a warm file: all copied from the cache, the cache left as it was',
   assert.equal(sha256(b.bytes), f.sha256);
   assert.equal(b.stats.io, 'buffered');
   assert.equal(b.stats.copiedBytes, size);
+  // Why it was not direct, and how to see a cold load: a first load of a file just written reads like a failure else.
+  assert.match(b.stats.ioReason ?? '', /page cache/);
+  assert.match(b.stats.ioReason ?? '', /evict/);
   assert.equal(cached(f.path, size), before);
   b.close();
 });

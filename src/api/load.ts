@@ -470,6 +470,16 @@ function finish(
   return new LoadedBuffer(src.path, plan.size, o.target, alloc, parts, s);
 }
 
+/**
+ * io 'auto' copied from the page cache: why the load was not direct, and how to see a cold one. A first load of a
+ * file just written is all in the cache, and "io buffered" alone reads like a failure.
+ */
+function cachedReason(src: OpenedFile, r: ScheduleResult): string | undefined {
+  if (!src.direct || r.copiedBytes === 0) return undefined;
+  const what = r.directBytes === 0 ? 'the whole file was' : `${formatBytes(r.copiedBytes)} of the file were`;
+  return `${what} in the page cache, so io 'auto' copied from it, faster than reading the device again; load --evict or evict() first to measure a cold load`;
+}
+
 function stats(
   src: OpenedFile,
   plan: Placement & { size: number },
@@ -496,7 +506,7 @@ function stats(
             : 'buffered',
     directBytes: src.direct ? r.directBytes : 0,
     copiedBytes: src.direct ? r.copiedBytes : r.read,
-    ioReason: src.fallbackReason,
+    ioReason: src.fallbackReason ?? cachedReason(src, r),
     engine: eng.engine,
     engineReason: eng.reason,
     ms,
