@@ -1,5 +1,7 @@
 /** `dmaload cp SRC DST`: load then save, page-cache free on both sides, atomic. */
 import { cliRef } from './ref.js';
+import { statSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { copy } from '../api/copy.js';
 import { IO_MODES } from '../api/options.js';
@@ -37,8 +39,10 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
     return 0;
   }
   if (positionals.length !== 2) throw new UsageError('cp takes SRC and DST');
-  const [arg, dst] = positionals as [string, string];
+  const [arg, dstArg] = positionals as [string, string];
   const src = cliRef(arg);
+  // A folder as DST: the file goes into it under SRC's name, as coreutils' cp does (copy() itself refuses folders).
+  const dst = statSync(dstArg, { throwIfNoEntry: false })?.isDirectory() ? join(dstArg, refBasename(src)) : dstArg;
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   const verify = verifyFlag(values.verify);
   const interrupt = onInterrupt();
@@ -68,4 +72,21 @@ export async function cpCommand(argv: string[], io: CliIO): Promise<number> {
     bar.done();
     interrupt.dispose();
   }
+}
+
+/** The last name of a path or a reference's path (a URL's without its query), for a copy into a folder. */
+function refBasename(ref: string): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(ref)) {
+    const path = ref.replace(/[?#].*$/, '').replace(/\/+$/, '');
+    let name: string;
+    try {
+      name = decodeURIComponent(path.slice(path.lastIndexOf('/') + 1));
+    } catch {
+      name = '';
+    }
+    // A name from a server never leaves the folder: its own last part only, never '.' or '..'.
+    name = basename(name);
+    return name && name !== '.' && name !== '..' ? name : 'download';
+  }
+  return basename(ref);
 }
