@@ -164,6 +164,7 @@ export class HttpObject {
   #o: Resolved;
   #limit: number;
   #frozenUntil = 0;
+  #throttled = false;
   /** The server answered 412 to its own ETag: conditions are dropped, each answer's ETag is compared instead. */
   #unpinned = false;
 
@@ -373,6 +374,12 @@ export class HttpObject {
       lastBytes = this.stats.bytes;
       if (!fixed) chunk = Math.min(HTTP_DEFAULTS.chunkMax, chunk * 2);
       if (Date.now() < this.#frozenUntil) return;
+      // After a throttle's pause, growth starts again from the halved level (additive increase, halving decrease).
+      if (this.#throttled) {
+        this.#throttled = false;
+        growing = true;
+        lastRate = 0;
+      }
       if (growing && this.#limit < this.#o.connections) {
         if (rate > lastRate * 1.1 || lastRate === 0) {
           lastRate = Math.max(rate, lastRate);
@@ -414,6 +421,7 @@ export class HttpObject {
             // The server asks for less: halve the connections and hold growth for a while.
             this.#limit = Math.max(1, this.#limit >> 1);
             this.#frozenUntil = Date.now() + 2000;
+            this.#throttled = true;
           }
         },
         async () => {
