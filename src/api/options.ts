@@ -215,7 +215,7 @@ export function optionNames<T>() {
 }
 
 /** The name in `names` closest to `key` (edit distance at most 3, or differing only in case), if any. */
-function nearest(key: string, names: OptionNames): string | undefined {
+export function nearest(key: string, names: OptionNames): string | undefined {
   let best: string | undefined;
   let bestD = Infinity;
   for (const n of names) {

@@ -49,6 +49,8 @@ export async function inspectCommand(argv: string[], io: Io): Promise<number> {
       },
     }));
   } catch (e) {
+    // An unknown flag goes to main(), which names the nearest one, as for every command.
+    if ((e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw e;
     return usage(io, (e as Error).message);
   }
   if (values.help) {

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { DmaloadError } from '../core/errors.js';
+import { nearest } from '../api/options.js';
 import { UsageError, printable, processIO, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
 import { benchCommand } from './bench.js';
@@ -85,7 +86,8 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     const usage = e instanceof UsageError || (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS'));
     if (process.env.DMALOAD_DEBUG === '1') io.stderr(`${err.stack}\n`);
     if (usage) {
-      io.stderr(`dmaload ${cmd}: ${err.message}\nRun 'dmaload ${cmd} --help' for usage.\n`);
+      const message = err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? await unknownOption(err.message, run) : err.message;
+      io.stderr(`dmaload ${cmd}: ${message}\nRun 'dmaload ${cmd} --help' for usage.\n`);
       return 2;
     }
     const code = err.code && !err.message.startsWith(err.code) ? `${err.code}: ` : '';
@@ -94,4 +96,18 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     io.stderr(printable(`dmaload ${cmd}: ${code}${err.message}${path}\n`, '\n'));
     return 1;
   }
+}
+
+/**
+ * The parser's "Unknown option" in the CLI's words, with the nearest flag the command's own --help names (the help
+ * is the one list of a command's flags).
+ */
+async function unknownOption(parserMessage: string, run: Command): Promise<string> {
+  const flag = /'(-[^']*)'/.exec(parserMessage)?.[1];
+  if (!flag) return parserMessage;
+  let help = '';
+  await run(['--help'], { ...processIO, stdout: (s: string) => void (help += s), stderr: () => {}, isTTY: false });
+  const flags = [...new Set(help.match(/--[a-z][a-z0-9-]*/g) ?? [])].map((f) => f.slice(2));
+  const near = nearest(flag.replace(/^-+/, '').replace(/=.*$/, ''), flags);
+  return `unknown option '${flag}'${near ? `; did you mean '--${near}'?` : ''}`;
 }

@@ -98,6 +98,23 @@ describe('cli: load', () => {
     assert.match((await cli('load', 'x', '--target', 'gpu')).err, /memory, memfd/);
   });
 
+  test("an unknown flag is named with the nearest known one, in the CLI's words (exit 2)", async () => {
+    for (const [argv, want] of [
+      [['load', '--trget', 'memfd', 'x'], '--target'],
+      [['cp', 'a', 'b', '--verfy', 'on'], '--verify'],
+      [['inspect', 'x', '--world-sise', '2'], '--world-size'],
+      [['pull', 'org/x', '--includ', '*.json'], '--include'],
+    ] as const) {
+      const r = await cli(...argv);
+      assert.equal(r.code, 2, argv.join(' '));
+      assert.match(r.err, new RegExp(`unknown option '${argv.find((a) => a.startsWith('--'))!}'; did you mean '${want}'\\?`));
+      assert.doesNotMatch(r.err, /To specify a positional argument/, "not the parser's own text");
+    }
+    const far = await cli('load', '--zzzzzzzz', 'x');
+    assert.equal(far.code, 2);
+    assert.match(far.err, /unknown option '--zzzzzzzz'/);
+  });
+
   test('--part-size, --overlap and --evict: a cold parts load with its parts in --json', async () => {
     const f = makeFile(dir, 'parts', 5 * 1024 * 1024 + 1);
     const r = await cli('load', f.path, '--evict', '--target', 'memfd', '--part-size', '2MiB', '--overlap', 'off', '--json', '--hash', 'sha256');
