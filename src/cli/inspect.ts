@@ -1,5 +1,6 @@
 /** `dmaload inspect FILE [--json] [--rank R --world-size N [--split …]]`: a model's tensors, read from its header alone. */
 import { cliRef } from './ref.js';
+import { parseErrorMessage } from './io.js';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { inspect } from '../api/inspect.js';
@@ -49,9 +50,7 @@ export async function inspectCommand(argv: string[], io: Io): Promise<number> {
       },
     }));
   } catch (e) {
-    // An unknown flag goes to main(), which names the nearest one, as for every command.
-    if ((e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw e;
-    return usage(io, (e as Error).message);
+    return usage(io, parseErrorMessage(e, INSPECT_HELP));
   }
   if (values.help) {
     io.stdout(INSPECT_HELP);

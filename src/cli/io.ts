@@ -1,4 +1,5 @@
 /** What a CLI command writes to, so tests can call commands without a process. */
+import { nearest } from '../api/options.js';
 import { createHash } from 'node:crypto';
 import { AbortError } from '../core/errors.js';
 import type { ErrorCode } from '../core/errors.js';
@@ -86,4 +87,18 @@ export function onInterrupt(): { signal: AbortSignal; dispose(): void } {
   }
   for (const s of INTERRUPTS) process.on(s, handler);
   return { signal: ac.signal, dispose };
+}
+
+/**
+ * A parseArgs error in the CLI's words: an unknown flag named with the nearest flag the command's `help` lists
+ * ("did you mean '--target'?"), instead of the parser's advice about positionals; any other as the parser says it.
+ */
+export function parseErrorMessage(e: unknown, help: string): string {
+  const err = e as Error & { code?: string };
+  if (!/UNKNOWN_OPTION$/.test(err.code ?? '')) return err.message;
+  const flag = /'(-[^']*)'/.exec(err.message)?.[1];
+  if (!flag) return err.message;
+  const flags = [...new Set(help.match(/--[a-z][a-z0-9-]*/g) ?? [])].map((f) => f.slice(2));
+  const near = nearest(flag.replace(/^-+/, '').replace(/=.*$/, ''), flags);
+  return `unknown option '${flag}'${near ? `; did you mean '--${near}'?` : ''}`;
 }

@@ -2,8 +2,7 @@
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { DmaloadError } from '../core/errors.js';
-import { nearest } from '../api/options.js';
-import { UsageError, printable, processIO, takeInterrupt } from './io.js';
+import { UsageError, parseErrorMessage, printable, processIO, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
 import { benchCommand } from './bench.js';
 import { cpCommand } from './cp.js';
@@ -86,7 +85,7 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     const usage = e instanceof UsageError || (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS'));
     if (process.env.DMALOAD_DEBUG === '1') io.stderr(`${err.stack}\n`);
     if (usage) {
-      const message = err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? await unknownOption(err.message, run) : err.message;
+      const message = /UNKNOWN_OPTION$/.test(err.code ?? '') ? parseErrorMessage(err, await helpOf(run)) : err.message;
       io.stderr(`dmaload ${cmd}: ${message}\nRun 'dmaload ${cmd} --help' for usage.\n`);
       return 2;
     }
@@ -98,16 +97,9 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
   }
 }
 
-/**
- * The parser's "Unknown option" in the CLI's words, with the nearest flag the command's own --help names (the help
- * is the one list of a command's flags).
- */
-async function unknownOption(parserMessage: string, run: Command): Promise<string> {
-  const flag = /'(-[^']*)'/.exec(parserMessage)?.[1];
-  if (!flag) return parserMessage;
+/** A command's --help text: the one list of its flags. */
+async function helpOf(run: Command): Promise<string> {
   let help = '';
   await run(['--help'], { ...processIO, stdout: (s: string) => void (help += s), stderr: () => {}, isTTY: false });
-  const flags = [...new Set(help.match(/--[a-z][a-z0-9-]*/g) ?? [])].map((f) => f.slice(2));
-  const near = nearest(flag.replace(/^-+/, '').replace(/=.*$/, ''), flags);
-  return `unknown option '${flag}'${near ? `; did you mean '--${near}'?` : ''}`;
+  return help;
 }

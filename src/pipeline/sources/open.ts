@@ -34,10 +34,11 @@ export function urlCacheDir(): string {
   return join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'dmaload');
 }
 
-/** A URL's folder in a cache: named by the SHA-256 of its origin and path (a signed query does not name it). */
+/** A URL's folder in a cache: named by the SHA-256 of its scheme, host and path (a signed query does not name it). */
 function urlEntry(dir: string, url: string): string {
   const u = new URL(url);
-  return join(dir, createHash('sha256').update(`${u.origin}${u.pathname}`).digest('hex'));
+  // Not u.origin: it is 'null' for s3:// (a non-special scheme), which would mix buckets.
+  return join(dir, createHash('sha256').update(`${u.protocol}//${u.host}${u.pathname}`).digest('hex'));
 }
 
 /**
@@ -46,7 +47,7 @@ function urlEntry(dir: string, url: string): string {
  */
 export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): Promise<OpenedRef> {
   // A URL already in the cache folder is a local file (huggingface_hub's cache serves hub references the same way).
-  if (o.cache && /^https?:\/\//i.test(ref)) {
+  if (o.cache && /^(https?|s3):\/\//i.test(ref)) {
     const data = join(urlEntry(typeof o.cache === 'string' ? o.cache : urlCacheDir(), ref), 'data');
     if (existsSync(data)) return openFile(data, 'read', io);
   }
