@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { makeFile, seededBytes, sha256, tempDir } from '../helpers.js';
 import { startFaultProxy, type FaultProxy } from './faultproxy.js';
-import { huggingfaceHubPython, hubEnv, nginxMissing, startNginx, type Nginx } from './nginx.js';
+import { huggingfaceHubPython, hubEnv, nginxMissing, startNginx, toolEnv, type Nginx } from './nginx.js';
 
 const CURL = '/usr/bin/curl';
 const skip = nginxMissing ?? (existsSync(CURL) ? undefined : `${CURL} is missing: apt-get install curl`);
@@ -41,7 +41,7 @@ interface CurlResult {
 /** curl with no proxy (loopback must never go through one) and the transfer written to stdout. */
 function curl(args: string[]): Promise<CurlResult> {
   return new Promise((resolve, reject) => {
-    const p = spawn(CURL, ['-sS', '--noproxy', '*', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(CURL, ['-sS', '--noproxy', '*', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: toolEnv() });
     const out: Buffer[] = [];
     let err = '';
     p.stdout.on('data', (d: Buffer) => out.push(d));
@@ -247,7 +247,7 @@ describe('nginx', { skip }, () => {
       assert.deepEqual(body, readFileSync(path));
       assert.equal(headers.get('x-repo-commit'), COMMIT);
       const blob = ng.hubFiles.find((f) => f.name === name)!.gitSha1;
-      if (git) assert.equal(blob, spawnSync('/usr/bin/git', ['hash-object', path], { encoding: 'utf8' }).stdout.trim());
+      if (git) assert.equal(blob, spawnSync('/usr/bin/git', ['hash-object', path], { encoding: 'utf8', env: toolEnv() }).stdout.trim());
       assert.equal(headers.get('etag'), `"${blob}"`);
     }
 

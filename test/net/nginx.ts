@@ -20,10 +20,23 @@ import { join } from 'node:path';
 
 export const NGINX = process.env.DMALOAD_NGINX || '/usr/sbin/nginx';
 
+/**
+ * The environment for the tools the tests run (nginx, openssl, curl, Python): without the sanitizer runtimes that
+ * scripts/test-asan.sh preloads for the addon. Those tools are not instrumented, and nginx with libasan preloaded
+ * stops answering (seen: curl waited 10 minutes). `node` children keep the preload: they load the ASan addon.
+ */
+export function toolEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  const preload = env.LD_PRELOAD?.split(/[\s:]+/).filter((l) => l && !/lib(a|ub)san\.so/.test(l));
+  if (preload?.length) env.LD_PRELOAD = preload.join(' ');
+  else delete env.LD_PRELOAD;
+  return env;
+}
+
 /** Why nginx cannot run here (tests skip with it), or undefined; the certificates need the openssl command too. */
 export const nginxMissing: string | undefined = !existsSync(NGINX)
   ? `${NGINX} is missing: apt-get install nginx-light (or set DMALOAD_NGINX to an nginx binary)`
-  : spawnSync('openssl', ['version']).status !== 0
+  : spawnSync('openssl', ['version'], { env: toolEnv() }).status !== 0
     ? 'the openssl command is missing (it makes the HTTPS certificates): apt-get install openssl'
     : undefined;
 
@@ -208,7 +221,7 @@ async function freePorts(hosts: string[]): Promise<number[]> {
 /** A CA and a server certificate for 127.0.0.1, 127.0.0.2 and localhost (EC P-256: generated in milliseconds). */
 function makeCertificates(dir: string): string {
   const run = (args: string[]) => {
-    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8', env: toolEnv() });
     if (r.error) throw new Error(`openssl: ${r.error.message}`);
     if (r.status !== 0) throw new Error(`openssl ${args.join(' ')} failed: ${r.stderr}`);
   };
@@ -474,7 +487,7 @@ http {
 
 /** Whether this nginx knows -e (1.19.5 and later); older ones open their built-in error log path first. */
 const knowsDashE = (() => {
-  const m = /nginx\/(\d+)\.(\d+)\.(\d+)/.exec(spawnSync(NGINX, ['-v'], { encoding: 'utf8' }).stderr ?? '');
+  const m = /nginx\/(\d+)\.(\d+)\.(\d+)/.exec(spawnSync(NGINX, ['-v'], { encoding: 'utf8', env: toolEnv() }).stderr ?? '');
   if (!m) return false;
   const v = [Number(m[1]), Number(m[2]), Number(m[3])] as const;
   return v[0] > 1 || (v[0] === 1 && (v[1] > 19 || (v[1] === 19 && v[2] >= 5)));
@@ -487,7 +500,7 @@ async function launch(
   listeners: [string, number][],
 ): Promise<{ child: ChildProcess; log: () => string } | { log: () => string }> {
   const args = ['-p', `${prefix}/`, '-c', conf, ...(knowsDashE ? ['-e', 'stderr'] : [])];
-  const child = spawn(NGINX, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(NGINX, args, { stdio: ['ignore', 'ignore', 'pipe'], env: toolEnv() });
   // Keep reading the error log: a full pipe would block nginx. Keep its last 256 KiB.
   let text = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (text = (text + d).slice(-256 * 1024)));
@@ -590,7 +603,7 @@ export function parseAccessLog(text: string): AccessEntry[] {
 export function huggingfaceHubPython(): { python: string; version: string; missing?: undefined } | { python: string; missing: string } {
   if (hfPython) return hfPython;
   const python = process.env.DMALOAD_PYTHON || 'python3';
-  const r = spawnSync(python, ['-c', 'import huggingface_hub; print(huggingface_hub.__version__)'], { encoding: 'utf8' });
+  const r = spawnSync(python, ['-c', 'import huggingface_hub; print(huggingface_hub.__version__)'], { encoding: 'utf8', env: toolEnv() });
   if (r.error) hfPython = { python, missing: `${python} cannot be run (${(r.error as NodeJS.ErrnoException).code}); set DMALOAD_PYTHON` };
   else if (r.status !== 0)
     hfPython = {
@@ -608,7 +621,7 @@ let hfPython: ReturnType<typeof huggingfaceHubPython> | undefined;
  */
 export function hubEnv(endpoint: string, home: string): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {
-    ...process.env,
+    ...toolEnv(),
     HF_ENDPOINT: endpoint,
     HF_HOME: home,
     HF_HUB_DISABLE_TELEMETRY: '1',
