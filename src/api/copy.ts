@@ -117,7 +117,7 @@ export async function copy(src: string, dst: string, options: CopyOptions = {}):
   const source = await openRef(src, io, { ...net, signal });
   let hs: HashStream | undefined;
   try {
-    const expected = source.remote ? expectedFrom(source.remote.sha256, verify) : await expectedFor(source.path, verify);
+    const expected = source.remote ? expectedFrom(source.remote.sha256, verify, source.remote.sha256From) : await expectedFor(source.path, verify);
     const d = statSync(dst, { throwIfNoEntry: false });
     if (d && source.stat && d.ino === source.stat.ino && d.dev === source.stat.dev)
       throw new DmaloadError('ERR_SAME_FILE', `'${src}' and '${dst}' are the same file`, { path: dst });

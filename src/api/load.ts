@@ -392,7 +392,7 @@ async function verification(
 ): Promise<{ expected: Expected; gaps: Array<{ offset: number; length: number }> } | undefined> {
   // A local copy is put in place only with the object's SHA-256: computed, at least.
   const v = src.remote?.wantsHash && verify === 'auto' ? true : verify;
-  const expected = src.remote ? expectedFrom(src.remote.sha256, v) : await expectedFor(src.path, verify);
+  const expected = src.remote ? expectedFrom(src.remote.sha256, v, src.remote.sha256From) : await expectedFor(src.path, verify);
   if (!expected) return undefined;
   const missing = gaps(segments, src.size);
   const extra = missing.reduce((n, g) => n + g.length, 0);

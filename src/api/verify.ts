@@ -35,7 +35,7 @@ export interface VerifyFileResult {
   /** What it was compared with, or undefined when nothing was expected (then `ok` is undefined too). */
   expected: string | undefined;
   /** 'option' (the sha256 option), 'hub-cache' (the blob's name), 'hub' (its X-Linked-Etag), or 'computed'. */
-  source: 'option' | 'hub-cache' | 'hub' | 'computed';
+  source: 'option' | 'hub-cache' | 'hub' | 'store' | 'computed';
   /** true: the hashes match; false: they differ; undefined: nothing was expected. */
   ok: boolean | undefined;
   /** The reads: 'direct', or 'uncached'/'buffered' where the file system has no direct I/O; 'network' for a URL. */
@@ -69,7 +69,7 @@ export async function verifyFile(path: string, options: VerifyFileOptions = {}):
   const src = await openRef(path, io, { ...sourceOption(o.source), signal });
   let hs: HashStream | undefined;
   try {
-    const expected = (src.remote ? expectedFrom(src.remote.sha256, given ?? true) : await expectedFor(src.path, given ?? true))!;
+    const expected = (src.remote ? expectedFrom(src.remote.sha256, given ?? true, src.remote.sha256From) : await expectedFor(src.path, given ?? true))!;
     hs = new HashStream(src.size, path);
     const stream = hs;
     await uncachedRead(src.fd, src.direct ? 0 : src.rwFlags, src.size, 0, () =>

@@ -34,8 +34,10 @@ export interface RemoteReader {
     },
   ): Promise<number>;
   readBytes(offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
-  /** The SHA-256 the source promised (the hub's X-Linked-Etag), checked while loading. */
+  /** The SHA-256 the source promised (the hub's X-Linked-Etag, an S3 store's checksum), checked while loading. */
   sha256: string | undefined;
+  /** Who promised it: 'hub' or 'store' (S3). */
+  sha256From?: 'hub' | 'store';
   /** Requests, retries, the most connections at once, bytes placed. */
   stats: { bytes: number; requests: number; retries: number; connections: number };
   /** A local copy is written while loading (`cache`): it needs the SHA-256 of the whole object to be put in place. */

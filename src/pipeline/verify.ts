@@ -20,7 +20,7 @@ import type { OpenedFile } from './source.js';
  */
 export interface Expected {
   sha256: string | undefined;
-  source: 'option' | 'hub-cache' | 'hub' | 'computed';
+  source: 'option' | 'hub-cache' | 'hub' | 'store' | 'computed';
 }
 
 /** What was verified: the file's SHA-256, computed while it was read and equal to the expected one. */
@@ -32,7 +32,7 @@ export interface VerifiedStats {
    * What it was checked against: 'option' (the caller's `verify: { sha256 }`), 'hub-cache' (the name of the Hugging
    * Face cache blob the path resolves to), or 'computed' (`verify: true` with nothing to check against: only computed).
    */
-  source: 'option' | 'hub-cache' | 'hub' | 'computed';
+  source: 'option' | 'hub-cache' | 'hub' | 'store' | 'computed';
   /** CPU time the hash thread spent (ms), overlapped with the reads. */
   hashMs: number;
   /** Bytes read only to hash them (loadRanges/loadModel: what no wanted range covers, the header included); 0 for load(). */
@@ -58,13 +58,18 @@ export async function hubCacheSha256(path: string): Promise<string | undefined> 
 
 /** The error for a file whose hash is not the expected one. */
 export function mismatch(path: string, expected: Expected & { sha256: string }, actual: string): DmaloadError {
-  const from =
-    expected.source === 'hub-cache' ? 'its Hugging Face cache blob name' : expected.source === 'hub' ? "the hub's X-Linked-Etag" : 'the verify option';
+  const from = {
+    'hub-cache': 'its Hugging Face cache blob name',
+    hub: "the hub's X-Linked-Etag",
+    store: "the store's x-amz-checksum-sha256",
+    option: 'the verify option',
+    computed: 'the verify option',
+  }[expected.source];
   const what =
     expected.source === 'hub-cache'
       ? 'delete the blob and download it again'
-      : expected.source === 'hub'
-        ? 'the bytes were damaged on the way or the hub changed; load it again'
+      : expected.source === 'hub' || expected.source === 'store'
+        ? 'the bytes were damaged on the way or the object changed; load it again'
         : 'the file is corrupt or not the one expected; fetch it again';
   const e = new DmaloadError('ERR_CHECKSUM_MISMATCH', `'${path}' has SHA-256 ${actual} but ${from} says ${expected.sha256}: ${what}`, { path });
   Object.assign(e, { expected: expected.sha256, actual });
@@ -248,10 +253,10 @@ export async function expectedFor(path: string, verify: 'auto' | boolean | { sha
  * What a network read checks against: the caller's hash, else (verify 'auto' or true) the SHA-256 its source
  * promised (the hub's X-Linked-Etag), else (verify true) nothing to compare, only a hash to report.
  */
-export function expectedFrom(promised: string | undefined, verify: 'auto' | boolean | { sha256: string }): Expected | undefined {
+export function expectedFrom(promised: string | undefined, verify: 'auto' | boolean | { sha256: string }, from: 'hub' | 'store' = 'hub'): Expected | undefined {
   if (verify === false) return undefined;
   if (typeof verify === 'object') return { sha256: verify.sha256, source: 'option' };
-  if (promised) return { sha256: promised, source: 'hub' };
+  if (promised) return { sha256: promised, source: from };
   return verify === true ? { sha256: undefined, source: 'computed' } : undefined;
 }
 

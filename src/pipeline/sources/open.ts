@@ -70,6 +70,7 @@ export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): 
     readInto: store ? (region, segments, ro) => readThrough(obj, store, region, segments, ro) : (region, segments, ro) => obj.readInto(region, segments, ro),
     readBytes: (offset, length, signal) => obj.readBytes(offset, length, signal),
     sha256: r.sha256,
+    ...(r.sha256From ? { sha256From: r.sha256From } : {}),
     stats: obj.stats,
     ...(store
       ? {

@@ -43,7 +43,7 @@ export function isReference(s: string): boolean {
 /** A reference resolved: a local file, or an object on the network with what its server promised. */
 export type Resolved =
   | { kind: 'file'; path: string; hub?: HubInfo | undefined }
-  | { kind: 'http'; object: HttpObject; display: string; sha256?: string | undefined; hub?: HubInfo | undefined };
+  | { kind: 'http'; object: HttpObject; display: string; sha256?: string | undefined; sha256From?: 'hub' | 'store'; hub?: HubInfo | undefined };
 
 /** What the hub said about a file: the commit its revision pointed to, and the file's own name there. */
 export interface HubInfo {

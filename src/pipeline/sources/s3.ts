@@ -106,7 +106,7 @@ export async function resolveS3(ref: string, o: SourceOptions & { signal?: Abort
   const type = object.info.meta['x-amz-checksum-type'];
   // A composite checksum (multipart uploads: "…-N", or type COMPOSITE) is not the object's SHA-256.
   const sha256 = b64 && !b64.includes('-') && type !== 'COMPOSITE' ? Buffer.from(b64, 'base64').toString('hex') : undefined;
-  return { kind: 'http', object, display: ref, sha256: sha256?.length === 64 ? sha256 : undefined };
+  return { kind: 'http', object, display: ref, sha256: sha256?.length === 64 ? sha256 : undefined, sha256From: 'store' };
 }
 
 /** The keys under `s3://BUCKET/PREFIX/` (one level, ListObjectsV2), relative to the prefix. */
