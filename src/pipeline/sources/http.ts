@@ -17,7 +17,6 @@
 import { setMaxListeners } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
-import { EnvHttpProxyAgent } from 'undici';
 import type { Dispatcher } from 'undici';
 import { AbortError, DmaloadError } from '../../core/errors.js';
 import type { ErrorCode } from '../../core/errors.js';
@@ -205,6 +204,8 @@ export class HttpObject {
     const ca = o.ca ? [...rootCertificates, ...(extra ? [extra] : []), typeof o.ca === 'string' ? o.ca : o.ca.toString('utf8')] : undefined;
     // One pool per object: kept-alive connections, a stall timeout on headers and between body chunks. Proxies from
     // HTTP_PROXY / HTTPS_PROXY / NO_PROXY.
+    // Loaded on first use: a process that reads only local files never pays undici's start-up (~150 ms here).
+    const { EnvHttpProxyAgent } = await import('undici');
     const dispatcher = new EnvHttpProxyAgent({
       connections: o.connections,
       keepAliveTimeout: 30_000,

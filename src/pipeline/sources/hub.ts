@@ -13,7 +13,6 @@
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { Agent } from 'undici';
 import { DmaloadError } from '../../core/errors.js';
 import { HttpObject, redact } from './http.js';
 import { formatHubRef, hubCacheDir, hubOffline, listSnapshot, parseHubRef, resolveCommit, resolveInCache } from './hubref.js';
@@ -136,6 +135,7 @@ export async function listHubRepo(
 /** A small JSON document from the hub (a repository's file list): bounded, with the token, errors coded. */
 async function getJson(url: string, token: string | undefined, o: SourceOptions & { signal?: AbortSignal | undefined }): Promise<unknown> {
   const ca = o.ca ? { connect: { ca: typeof o.ca === 'string' ? o.ca : o.ca.toString('utf8') } } : {};
+  const { Agent } = await import('undici');
   const agent = new Agent({ headersTimeout: o.stallMs ?? 15_000, bodyTimeout: o.stallMs ?? 15_000, ...ca });
   try {
     const u = new URL(url);

@@ -13,10 +13,7 @@
  *   checked while loading where the store has one; a composite (multipart) checksum is not a whole-object hash.
  * - Errors keep the store's own code (`NoSuchKey`, `AccessDenied`, `SignatureDoesNotMatch`…) in `storeCode`.
  */
-import { Hash } from '@smithy/hash-node';
-import { SignatureV4 } from '@smithy/signature-v4';
-import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
-import { Agent } from 'undici';
+import type { SignatureV4 } from '@smithy/signature-v4';
 import { DmaloadError } from '../../core/errors.js';
 import { HttpObject, redact } from './http.js';
 import type { HttpOptions } from './http.js';
@@ -52,6 +49,12 @@ async function context(o: SourceOptions): Promise<S3Context> {
   const endpoint = new URL(custom ?? `https://s3.${region}.amazonaws.com`);
   let signer: SignatureV4 | undefined;
   if (!o.unsigned) {
+    // The SDK's modules load on first use: local loads never pay for them.
+    const [{ Hash }, { SignatureV4 }, { fromNodeProviderChain }] = await Promise.all([
+      import('@smithy/hash-node'),
+      import('@smithy/signature-v4'),
+      import('@aws-sdk/credential-providers'),
+    ]);
     const provider = fromNodeProviderChain();
     const creds = await provider().catch(() => undefined);
     // No credentials anywhere in the chain: unsigned requests (a public bucket); the store says if it is not.
@@ -116,6 +119,7 @@ export async function listS3(ref: string, o: SourceOptions & { signal?: AbortSig
   const c = await context(o);
   const names: string[] = [];
   let token: string | undefined;
+  const { Agent } = await import('undici');
   const agent = new Agent({ headersTimeout: o.stallMs ?? 15_000, bodyTimeout: o.stallMs ?? 15_000 });
   try {
     do {
