@@ -147,7 +147,11 @@ function statusError(status: number, url: string, opts: { tokenSent: boolean; at
       storeCode: opts.hubCode,
     });
   }
-  return sourceError('ERR_SOURCE_HTTP', `'${where}' answered ${status}${hub} after ${opts.attempts} attempt(s)`, url, { status, attempts: opts.attempts });
+  return sourceError('ERR_SOURCE_HTTP', `'${where}' answered ${status}${hub} after ${opts.attempts} attempt(s)`, url, {
+    status,
+    attempts: opts.attempts,
+    storeCode: opts.hubCode,
+  });
 }
 
 /**
@@ -802,6 +806,20 @@ async function probe(
       // An empty object: nothing to ask a range of.
       const m = /^bytes \*\/(\d+)$/.exec((header(res.headers, 'content-range') ?? '').trim());
       if (m && Number(m[1]) === 0) return { url, headers, requests: hop + 1, info: { size: 0, etag, weakEtag, lastModified, ranges: true, meta } };
+      // Some stores (Swift's s3api, S3) answer an empty object's byte 0 with 416 and no Content-Range: ask once
+      // without Range; an empty 200 is an empty object.
+      const whole = await request(dispatcher, url, headers, signal);
+      const len = header(whole.headers, 'content-length');
+      discard(whole);
+      if (whole.statusCode === 200 && len === '0') {
+        const e2 = header(whole.headers, 'etag');
+        return {
+          url,
+          headers,
+          requests: hop + 2,
+          info: { size: 0, etag: e2 && !e2.startsWith('W/') ? e2 : etag, weakEtag, lastModified, ranges: true, meta },
+        };
+      }
       throw sourceError('ERR_SOURCE_PROTOCOL', `'${redact(url)}' answered 416 to a request for its first byte`, url);
     }
     if (s === 200) {

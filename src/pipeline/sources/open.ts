@@ -16,6 +16,7 @@ import type { HubInfo, Resolved, SourceOptions } from './resolve.js';
 import type { HttpObject, HttpOptions } from './http.js';
 import { commitToCache, hubCacheDir, normalizeEtag, repoFolderName } from './hubref.js';
 import { PartialStore, splitByHave } from './store.js';
+import { s3Endpoint } from './s3.js';
 
 /** An opened reference: the file policy's OpenedFile, and what the hub said when it came from one. */
 export type OpenedRef = OpenedFile & { hub?: HubInfo | undefined };
@@ -35,8 +36,16 @@ export function urlCacheDir(): string {
 }
 
 /** A URL's folder in a cache: named by the SHA-256 of its scheme, host and path (a signed query does not name it). */
-function urlEntry(dir: string, url: string): string {
+function urlEntry(dir: string, url: string, o: SourceOptions = {}): string {
   const u = new URL(url);
+  // The same bucket and key on another store is another object: an s3:// key includes the store's address.
+  if (u.protocol === 's3:')
+    return join(
+      dir,
+      createHash('sha256')
+        .update(`${s3Endpoint(o).endpoint.href}|s3://${u.host}${u.pathname}`)
+        .digest('hex'),
+    );
   // Not u.origin: it is 'null' for s3:// (a non-special scheme), which would mix buckets.
   return join(dir, createHash('sha256').update(`${u.protocol}//${u.host}${u.pathname}`).digest('hex'));
 }
@@ -48,7 +57,7 @@ function urlEntry(dir: string, url: string): string {
 export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): Promise<OpenedRef> {
   // A URL already in the cache folder is a local file (huggingface_hub's cache serves hub references the same way).
   if (o.cache && /^(https?|s3):\/\//i.test(ref)) {
-    const data = join(urlEntry(typeof o.cache === 'string' ? o.cache : urlCacheDir(), ref), 'data');
+    const data = join(urlEntry(typeof o.cache === 'string' ? o.cache : urlCacheDir(), ref, o), 'data');
     if (existsSync(data)) return openFile(data, 'read', io);
   }
   const cacheDir = typeof o.cache === 'string' ? o.cache : undefined;
@@ -57,7 +66,7 @@ export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): 
   const obj = r.object;
   let store: PartialStore | undefined;
   try {
-    const where = o.cache ? storeFor(r, ref, o.cache) : undefined;
+    const where = o.cache ? storeFor(r, ref, o.cache, o) : undefined;
     if (where) {
       const id = { size: obj.size, etag: obj.info.etag, lastModified: obj.info.lastModified, sha256: r.sha256 };
       store = await PartialStore.open(where.partial, `${where.partial}.json`, id);
@@ -77,7 +86,7 @@ export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): 
           wantsHash: true,
           discard: () => store.discard(),
           complete: async (sha256: string | undefined) => {
-            const where = storeFor(r, ref, o.cache!)!;
+            const where = storeFor(r, ref, o.cache!, o)!;
             if (sha256 === undefined) return false;
             return store.commit((partial) => where.place(partial, sha256));
           },
@@ -140,6 +149,7 @@ function storeFor(
   r: Extract<Resolved, { kind: 'http' }>,
   ref: string,
   cache: CacheOption,
+  o: SourceOptions,
 ): { partial: string; place(partial: string, sha256: string): Promise<void> } | undefined {
   if (r.hub) {
     const hub = r.hub;
@@ -164,7 +174,7 @@ function storeFor(
       },
     };
   }
-  const entry = urlEntry(typeof cache === 'string' ? cache : urlCacheDir(), ref);
+  const entry = urlEntry(typeof cache === 'string' ? cache : urlCacheDir(), ref, o);
   return {
     partial: join(entry, 'data.dmaload-partial'),
     place: async (tempFile, sha256) => {

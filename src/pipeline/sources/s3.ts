@@ -43,10 +43,16 @@ interface S3Context {
   signer: SignatureV4 | undefined;
 }
 
-async function context(o: SourceOptions): Promise<S3Context> {
+/** The store's address for these options: the option, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS's. */
+export function s3Endpoint(o: SourceOptions): { endpoint: URL; region: string; custom: boolean } {
   const region = o.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
   const custom = o.s3Endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
-  const endpoint = new URL(custom ?? `https://s3.${region}.amazonaws.com`);
+  return { endpoint: new URL(custom ?? `https://s3.${region}.amazonaws.com`), region, custom: custom !== undefined };
+}
+
+async function context(o: SourceOptions): Promise<S3Context> {
+  const { endpoint, region, custom: isCustom } = s3Endpoint(o);
+  const custom = isCustom ? endpoint.href : undefined;
   let signer: SignatureV4 | undefined;
   if (!o.unsigned) {
     // The SDK's modules load on first use: local loads never pay for them.
