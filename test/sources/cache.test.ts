@@ -37,13 +37,13 @@ import { promisify } from 'node:util';
 import { load, pull } from '../../src/index.js';
 import { native } from '../../src/engine/binding.js';
 import { bufferSha256, leakCheck, openFds, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { HF_VARS, LOOPBACK, failure, withVars, type Failure } from './common.js';
 import { startFaultProxy, type FaultProxy, type ProxyLogEntry } from '../net/faultproxy.js';
 import { huggingfaceHubPython, hubEnv, nginxMissing, startNginx, type AccessEntry, type Nginx } from '../net/nginx.js';
 
 const skip = nginxMissing;
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const LOOPBACK = '127.0.0.1,127.0.0.2,localhost';
 const execFileP = promisify(execFile);
 const BIN = join(repoRoot, 'bin', 'dmaload.js');
 
@@ -92,70 +92,20 @@ const pB = writeSrc(join(sub('hub/p'), 'b.safetensors'), seededBytes(20 * MiB + 
 const tModel = writeSrc(join(sub('hub/t'), 'model.safetensors'), seededBytes(3 * MiB + 5, 204));
 const rModel = writeSrc(join(sub('hub/r'), 'model.safetensors'), seededBytes(3 * MiB + 7, 205));
 
-/** The environment variables a load or pull reads; each test sets its own and gets the old ones back. */
-const ENV_VARS = [
-  'HF_ENDPOINT',
-  'HF_HUB_CACHE',
-  'HUGGINGFACE_HUB_CACHE',
-  'HF_HOME',
-  'XDG_CACHE_HOME',
-  'HF_HUB_OFFLINE',
-  'TRANSFORMERS_OFFLINE',
-  'HF_TOKEN',
-  'HF_TOKEN_PATH',
-  'HUGGING_FACE_HUB_TOKEN',
-  'NO_PROXY',
-  'no_proxy',
-];
-
 /**
- * Runs `fn` with those variables cleared, then: an empty HF_HOME, an empty HF_HUB_CACHE, an empty XDG_CACHE_HOME
+ * Runs `fn` with the hub variables cleared, then: an empty HF_HOME, an empty HF_HUB_CACHE, an empty XDG_CACHE_HOME
  * (`cache: true` never touches a real home), loopback never proxied, and `vars` on top. Restores them afterwards.
  */
-async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
-  const keys = [...new Set([...ENV_VARS, ...Object.keys(vars)])];
-  const saved = new Map(keys.map((k) => [k, process.env[k]]));
-  const env: Record<string, string | undefined> = {
-    HF_HOME: fresh('home'),
-    HF_HUB_CACHE: fresh('env-hub-cache'),
-    XDG_CACHE_HOME: fresh('xdg'),
-    NO_PROXY: LOOPBACK,
-    no_proxy: LOOPBACK,
-    ...vars,
-  };
-  for (const k of keys) {
-    const v = env[k];
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  }
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of saved) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  }
+function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+  const env = { HF_HOME: fresh('home'), HF_HUB_CACHE: fresh('env-hub-cache'), XDG_CACHE_HOME: fresh('xdg'), NO_PROXY: LOOPBACK, no_proxy: LOOPBACK };
+  return withVars({ ...env, ...vars }, fn);
 }
 
 /** The environment of a CLI child: this one without the hub variables, then `vars`. */
 function childEnv(vars: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const k of ENV_VARS) delete env[k];
+  for (const k of HF_VARS) delete env[k];
   return { ...env, HF_HOME: fresh('home'), XDG_CACHE_HOME: fresh('xdg'), NO_PROXY: LOOPBACK, no_proxy: LOOPBACK, ...vars };
-}
-
-/** The error `p` rejects with (the test fails if it resolves). */
-type Failure = Error & { code?: string; expected?: unknown; actual?: unknown };
-async function failure(p: Promise<{ close(): void }>): Promise<Failure> {
-  let b: { close(): void };
-  try {
-    b = await p;
-  } catch (e) {
-    return e as Failure;
-  }
-  b.close();
-  assert.fail('expected a rejection, but it resolved');
 }
 
 /** What a cache entry's record says (store.ts's Record). */

@@ -23,6 +23,7 @@ import { promisify } from 'node:util';
 import { copy, inspect, load, loadModel, loadRanges, verifyFile, type LoadedBuffer, type LoadedModel } from '../../src/index.js';
 import { writeSafetensors, type Spec } from '../formats/model-files.js';
 import { bufferSha256, fileSha256, leakCheck, makeFile, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { LOOPBACK, clean, rejects } from './common.js';
 import { startFaultProxy, type FaultProxy, type Plan } from '../net/faultproxy.js';
 import { nginxMissing, startNginx, type AccessEntry, type Nginx } from '../net/nginx.js';
 
@@ -32,7 +33,6 @@ const MiB = 1024 * KiB;
 const skip = nginxMissing;
 
 // Loopback never goes through a proxy, whatever the environment says (undici's EnvHttpProxyAgent reads these).
-const LOOPBACK = '127.0.0.1,127.0.0.2,localhost';
 for (const k of ['NO_PROXY', 'no_proxy']) process.env[k] = process.env[k] ? `${process.env[k]},${LOOPBACK}` : LOOPBACK;
 
 const { dir, cleanup } = tempDir('dmaload-http-');
@@ -61,25 +61,6 @@ const modelFile = writeSafetensors(modelPath, MODEL_SPECS);
 const MODEL_HEADER = 8 + Number(modelFile.readBigUInt64LE(0));
 
 const slice = (bytes: Buffer, offset: number, length: number) => sha256(bytes.subarray(offset, offset + length));
-
-/** Awaits `p`, which must reject with a DmaloadError of `code`; returns the error. */
-async function rejects(p: Promise<unknown>, code: string): Promise<Error & Record<string, unknown>> {
-  let caught: unknown;
-  await assert.rejects(p, (e: unknown) => ((caught = e), true));
-  const e = caught as Error & Record<string, unknown>;
-  assert.equal(e.code, code, `expected ${code}, got ${String(e.code)}: ${e.message}`);
-  return e;
-}
-
-/** Runs `fn` between a leakCheck baseline and its check: whatever fn opened (servers included) must be closed by it. */
-async function clean<T>(fn: () => Promise<T>): Promise<T> {
-  // What an earlier test left closing (a server's socket) must not count against this one.
-  await new Promise((r) => setTimeout(r, 20));
-  const leaks = leakCheck();
-  const out = await fn();
-  assert.equal(await leaks(), undefined, 'leak');
-  return out;
-}
 
 /** Checks a whole-file load: bytes, io 'network', no page cache, network stats present. */
 function assertNetworkLoad(b: LoadedBuffer, sha: string, size: number): void {

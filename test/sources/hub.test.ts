@@ -20,13 +20,13 @@ import { copy, inspect, load, loadModel, loadRanges, verifyFile } from '../../sr
 import { commitToCache } from '../../src/pipeline/sources/hubref.js';
 import { raw, writeSafetensors, type Spec } from '../formats/model-files.js';
 import { bufferSha256, leakCheck, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { HF_VARS, LOOPBACK, failure, withVars } from './common.js';
 import { startFaultProxy } from '../net/faultproxy.js';
 import { gitBlobSha1, nginxMissing, startNginx, type AccessEntry, type Nginx } from '../net/nginx.js';
 
 const skip = nginxMissing;
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const LOOPBACK = '127.0.0.1,127.0.0.2,localhost';
 const execFileP = promisify(execFile);
 
 const { dir, cleanup } = tempDir('dmaload-hub-');
@@ -114,22 +114,6 @@ const mixedIndex = writeSrc(join(mixedDir, 'other.safetensors.index.json'), Buff
 
 const REF = 'hf://org/model/model.safetensors';
 
-/** The environment variables a hub reference reads; each test sets its own and gets the old ones back. */
-const HF_VARS = [
-  'HF_ENDPOINT',
-  'HF_HUB_CACHE',
-  'HUGGINGFACE_HUB_CACHE',
-  'HF_HOME',
-  'XDG_CACHE_HOME',
-  'HF_HUB_OFFLINE',
-  'TRANSFORMERS_OFFLINE',
-  'HF_TOKEN',
-  'HF_TOKEN_PATH',
-  'HUGGING_FACE_HUB_TOKEN',
-  'NO_PROXY',
-  'no_proxy',
-];
-
 /** A fresh empty folder under the test folder. */
 const fresh = (prefix: string) => mkdtempSync(join(dir, `${prefix}-`));
 
@@ -137,34 +121,8 @@ const fresh = (prefix: string) => mkdtempSync(join(dir, `${prefix}-`));
  * Runs `fn` with the hub variables cleared, then: an empty HF_HOME (no token file), an empty HF_HUB_CACHE, loopback
  * never proxied, and `vars` on top (undefined unsets). Restores the variables afterwards.
  */
-async function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
-  const keys = [...new Set([...HF_VARS, ...Object.keys(vars)])];
-  const saved = new Map(keys.map((k) => [k, process.env[k]]));
-  const env: Record<string, string | undefined> = { HF_HOME: fresh('home'), HF_HUB_CACHE: fresh('cache'), NO_PROXY: LOOPBACK, no_proxy: LOOPBACK, ...vars };
-  for (const k of keys) {
-    const v = env[k];
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  }
-  try {
-    return await fn();
-  } finally {
-    for (const [k, v] of saved) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  }
-}
-
-/** The error `p` rejects with (the test fails if it resolves). */
-type Failure = Error & { code?: string; expected?: unknown; actual?: unknown };
-async function failure(p: Promise<unknown>): Promise<Failure> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Failure;
-  }
-  assert.fail('expected a rejection');
+function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+  return withVars({ HF_HOME: fresh('home'), HF_HUB_CACHE: fresh('cache'), NO_PROXY: LOOPBACK, no_proxy: LOOPBACK, ...vars }, fn);
 }
 
 /** [from, to] of a `bytes=FROM-TO` Range header. */

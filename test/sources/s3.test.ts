@@ -23,7 +23,8 @@ import { after, before, describe, test } from 'node:test';
 import { inspect as utilInspect, promisify } from 'node:util';
 import { copy, inspect, load, loadModel, loadRanges, verifyFile, type LoadedModel } from '../../src/index.js';
 import { writeSafetensors, type Spec } from '../formats/model-files.js';
-import { bufferSha256, fileSha256, leakCheck, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { bufferSha256, fileSha256, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
+import { LOOPBACK, clean, rejects } from './common.js';
 import { startFaultProxy } from '../net/faultproxy.js';
 import { alive, startSwift, swiftMissing, type Swift } from '../net/swift.js';
 
@@ -33,7 +34,6 @@ const MiB = 1024 * KiB;
 const skip = swiftMissing;
 
 // Loopback never goes through a proxy, whatever the environment says (undici's EnvHttpProxyAgent reads these).
-const LOOPBACK = '127.0.0.1,127.0.0.2,localhost';
 for (const k of ['NO_PROXY', 'no_proxy']) process.env[k] = process.env[k] ? `${process.env[k]},${LOOPBACK}` : LOOPBACK;
 
 const BUCKET = 'dmaload-s3-test';
@@ -69,24 +69,6 @@ const SHARD_SPECS: Spec[][] = [
 const shardNames = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
 const shardFiles = SHARD_SPECS.map((s, i) => writeSafetensors(join(dir, shardNames[i]!), s));
 const shardIndex = Buffer.from(JSON.stringify({ metadata: {}, weight_map: { 's.a': shardNames[0], 's.b': shardNames[1], 's.c': shardNames[1] } }));
-
-/** Awaits `p`, which must reject with a DmaloadError of `code`; returns the error. */
-async function rejects(p: Promise<unknown>, code: string): Promise<Error & Record<string, unknown>> {
-  let caught: unknown;
-  await assert.rejects(p, (e: unknown) => ((caught = e), true));
-  const e = caught as Error & Record<string, unknown>;
-  assert.equal(e.code, code, `expected ${code}, got ${String(e.code)}: ${e.message}`);
-  return e;
-}
-
-/** Runs `fn` between a leakCheck baseline and its check: whatever fn opened must be closed by it. */
-async function clean<T>(fn: () => Promise<T>): Promise<T> {
-  await new Promise((r) => setTimeout(r, 20));
-  const leaks = leakCheck();
-  const out = await fn();
-  assert.equal(await leaks(), undefined, 'leak');
-  return out;
-}
 
 /** The bytes of each tensor equal the file's slice, and the names are the ones asked for. */
 function assertTensors(m: LoadedModel, file: Buffer, specs: Spec[], names: string[]): void {
