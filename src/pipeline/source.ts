@@ -21,18 +21,18 @@ import type { Hasher, Region } from '../engine/binding.js';
 
 export type IoMode = 'direct' | 'buffered' | 'auto' | 'uncached';
 
+/** How a network read reports: the abort, the hash fed each finished piece, progress, and each finished chunk. */
+export interface ReadIntoOptions {
+  signal: AbortSignal;
+  hash?: Hasher | undefined;
+  onProgress?: ((bytes: number) => void) | undefined;
+  /** A finished chunk (a local copy writes it to disk). */
+  onPiece?: ((fileOffset: number, bufOffset: number, length: number) => void) | undefined;
+}
+
 /** What the schedule needs of a network source: ranges into a region, each piece hashed as it lands. */
 export interface RemoteReader {
-  readInto(
-    region: Region,
-    segments: readonly number[],
-    o: {
-      signal: AbortSignal;
-      hash?: Hasher | undefined;
-      onProgress?: ((bytes: number) => void) | undefined;
-      onPiece?: ((fileOffset: number, bufOffset: number, length: number) => void) | undefined;
-    },
-  ): Promise<number>;
+  readInto(region: Region, segments: readonly number[], o: ReadIntoOptions): Promise<number>;
   readBytes(offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
   /** The SHA-256 the source promised (the hub's X-Linked-Etag, an S3 store's checksum), checked while loading. */
   sha256: string | undefined;

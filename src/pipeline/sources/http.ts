@@ -22,6 +22,7 @@ import { AbortError, DmaloadError } from '../../core/errors.js';
 import type { ErrorCode } from '../../core/errors.js';
 import { native } from '../../engine/binding.js';
 import type { Hasher, Region } from '../../engine/binding.js';
+import type { ReadIntoOptions } from '../source.js';
 
 const MiB = 1024 * 1024;
 /** Documented caps and defaults (docs/sources.md). */
@@ -279,16 +280,7 @@ export class HttpObject {
    * progress in bytes placed; `onPiece` hears of each finished chunk (a local copy writes it to disk). Resolves or
    * rejects only once no request writes into the region any more.
    */
-  async readInto(
-    region: Region,
-    segments: readonly number[],
-    o: {
-      signal: AbortSignal;
-      hash?: Hasher | undefined;
-      onProgress?: ((bytes: number) => void) | undefined;
-      onPiece?: ((fileOffset: number, bufOffset: number, length: number) => void) | undefined;
-    },
-  ): Promise<number> {
+  async readInto(region: Region, segments: readonly number[], o: ReadIntoOptions): Promise<number> {
     const items: Item[] = [];
     for (let i = 0; i < segments.length; i += 3) {
       const fileOff = segments[i]!;

@@ -10,7 +10,8 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { promises as fsp } from 'node:fs';
 import { openFile } from '../source.js';
-import type { IoMode, OpenedFile, RemoteReader } from '../source.js';
+import type { IoMode, OpenedFile, ReadIntoOptions, RemoteReader } from '../source.js';
+import type { Region } from '../../engine/binding.js';
 import { resolveRef } from './resolve.js';
 import type { HubInfo, Resolved, SourceOptions } from './resolve.js';
 import type { HttpObject, HttpOptions } from './http.js';
@@ -113,13 +114,7 @@ export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): 
 }
 
 /** Reads what the local copy has from disk and the rest from the network, writing each fetched chunk to disk too. */
-async function readThrough(
-  obj: HttpObject,
-  store: PartialStore,
-  region: Parameters<RemoteReader['readInto']>[0],
-  segments: readonly number[],
-  o: Parameters<RemoteReader['readInto']>[2],
-): Promise<number> {
+async function readThrough(obj: HttpObject, store: PartialStore, region: Region, segments: readonly number[], o: ReadIntoOptions): Promise<number> {
   const { local, remote } = splitByHave(segments, store.have);
   let localDone = 0;
   let netDone = 0;
