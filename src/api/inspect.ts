@@ -63,12 +63,12 @@ export async function inspect(path: string, options: InspectOptions = {}): Promi
   }
 }
 
-async function inspectRef(path: string, options: InspectOptions): Promise<ModelInfo> {
+async function inspectRef(path: string, options: InspectOptions, open?: Opener): Promise<ModelInfo> {
   if (typeof path !== 'string') throw invalidType('path', 'of type string', path);
   if (path === '' || path.includes('\0')) throw invalidValue('path', path, 'must be a non-empty path without NUL bytes');
   const o = optionsObject(options, INSPECT_OPTIONS, 'inspect()');
-  const net: Net = { ...sourceOption(o.source), signal: signalOption(o.signal) };
-  const target = await locateModel(path, net);
+  const net: Net = { ...sourceOption(o.source), signal: signalOption(o.signal), open };
+  const target = open ? path : await locateModel(path, net);
   const file = isReference(target) ? target : resolve(target);
   if (file.endsWith('.json')) return inspectIndex(file, net);
 
@@ -87,7 +87,22 @@ export interface InspectOptions {
   signal?: AbortSignal;
 }
 const INSPECT_OPTIONS = optionNames<InspectOptions>()(['source', 'signal']);
-type Net = SourceOptions & { signal?: AbortSignal | undefined };
+type Net = SourceOptions & { signal?: AbortSignal | undefined; open?: Opener | undefined };
+
+/** Reads a model file's header some other way than by path (a share client: through the server's buffer). */
+export type Opener = <T>(file: string, fn: (fh: Reader, size: number) => Promise<T>) => Promise<T>;
+
+/**
+ * inspect() of a reference whose files are read by `open` (no option checks, no network of its own).
+ * @internal
+ */
+export async function inspectWith(path: string, open: Opener): Promise<ModelInfo> {
+  try {
+    return await inspectRef(path, {}, open);
+  } catch (e) {
+    throw scrubbed(e, path);
+  }
+}
 
 /** A file beside `file` (a shard, a split): a path, or the same kind of reference; undefined if it would leave. */
 function beside(file: string, name: string): string | undefined {
@@ -213,12 +228,13 @@ async function inspectFile(file: string, net: Net): Promise<ParsedModel> {
 }
 
 /** What the header readers need of a file: FileHandle's read(), which a network object's ranged reads also give. */
-interface Reader {
+export interface Reader {
   read(buf: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
 }
 
 /** Opens a path or a reference for its header: a local file (a hub reference found in the cache too), or ranged GETs. */
 async function withFile<T>(file: string, net: Net, fn: (fh: Reader, size: number) => Promise<T>): Promise<T> {
+  if (net.open) return net.open(file, fn);
   if (!isReference(file)) return withLocal(file, fn);
   const r = await resolveRef(file, net);
   if (r.kind === 'file') return withLocal(r.path, fn);

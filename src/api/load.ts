@@ -262,13 +262,30 @@ function check(path: unknown, options: LoadOptions | undefined, call: string): C
   };
 }
 
+/**
+ * load() of a reference already opened (the share server opens one to learn its identity first): `src` is this
+ * call's to close, whatever happens.
+ * @internal
+ */
+export async function loadOpened(src: OpenedFile, options: LoadOptions): Promise<LoadedBuffer> {
+  try {
+    check(src.path, options, 'load()');
+    options.signal?.throwIfAborted();
+  } catch (e) {
+    await src.close();
+    throw e;
+  }
+  return (await loadInternal(src.path, options, undefined, src)).buffer;
+}
+
 async function loadInternal(
   path: string,
   options: LoadOptions,
   ranges: readonly FileRange[] | undefined,
+  opened?: OpenedFile,
 ): Promise<{ buffer: LoadedBuffer; offsets: number[] }> {
   const o = check(path, options, ranges ? 'loadRanges()' : 'load()');
-  if (o.target === 'memory' && !o.into && !ranges && !o.hugetlb) {
+  if (o.target === 'memory' && !o.into && !ranges && !o.hugetlb && !opened) {
     // Once per machine: the first touch of fresh memory with and without huge pages, measured before this load's
     // clock starts (it is not this load's cost).
     const st = await fsp.stat(path).catch(() => undefined);
@@ -279,11 +296,11 @@ async function loadInternal(
   o.signal?.throwIfAborted();
   // A load into a buffer reserves it first: a closed or busy buffer is refused before anything is opened.
   const reserved = o.into?.reserve();
-  let src: OpenedFile | undefined;
+  let src: OpenedFile | undefined = opened;
   let alloc: Allocation | undefined;
   let hash: HashStream | undefined;
   try {
-    src = await openRef(path, o.io, { ...o.source, signal: o.signal, cache: o.cache });
+    src ??= await openRef(path, o.io, { ...o.source, signal: o.signal, cache: o.cache });
     const plan = planLoad(src, ranges, reserved ? Infinity : o.budget);
     const check = await verification(src, plan.segments, o.verify);
     if (reserved && plan.capacity > reserved.room) {

@@ -17,7 +17,7 @@ import { LOAD_OPTION_NAMES, loadRanges, type FileRange, type LoadOptions, type L
 import { PAGE_SIZE } from '../engine/binding.js';
 import { formatBytes, msSince, roundUp } from '../core/util.js';
 import { budgetOption, byteCountOption, functionOption, optionNames, optionsObject, signalOption } from './options.js';
-import { q, type ModelTensor } from '../formats/common.js';
+import { q, type ModelInfo, type ModelTensor } from '../formats/common.js';
 import { inspect } from './inspect.js';
 import { planRank, rankSpec, type RankSpec, type RankSplit, type RankTensor } from '../pipeline/ranks.js';
 import { Model, Tensor, closeAll, type LoadedModel, type LoadedTensor, type LoadModelStats, type ModelFileStats, type Owner } from './tensors.js';
@@ -295,9 +295,10 @@ export async function modelFromFiles(
   wanted: LoadModelOptions['tensors'],
   loadFile: (file: string) => Promise<LoadedBuffer>,
   partition?: RankSpec,
+  inspector: (path: string) => Promise<ModelInfo> = (p) => inspect(p),
 ): Promise<LoadedModel> {
   const t0 = performance.now();
-  const info = await inspect(path);
+  const info = await inspector(path);
   // The same plan as loadModel()'s: this rank's tensors and row slices, each a view into its whole shared file.
   const selected: RankTensor[] = partition ? planRank(info.format, select(info.tensors, wanted, path), partition) : select(info.tensors, wanted, path);
   const files = [...new Set(selected.filter((t) => t.bytes > 0).map((t) => t.file))];

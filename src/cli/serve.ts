@@ -4,6 +4,7 @@ import { parseSize } from '../core/util.js';
 import { formatBytes } from '../core/util.js';
 import type { IoMode } from '../pipeline/source.js';
 import { serve } from '../share/serve.js';
+import { allowRule } from '../share/sources.js';
 import { SHARE_TARGETS } from '../share/seal.js';
 import type { ShareTarget } from '../share/seal.js';
 import { UsageError, onInterrupt, takeInterrupt } from './io.js';
@@ -30,6 +31,10 @@ Options:
   --idle-timeout TIME       close a connection that sends nothing for TIME (default 10m; clients reconnect)
   --reply-timeout TIME      close a connection that leaves replies unread for TIME (default 10s)
   --preload FILE            load FILE before accepting requests (repeatable; FILE arguments are preloaded too)
+  --allow-source PREFIX     let clients name a reference under PREFIX instead of sending an fd (repeatable; off by
+                            default): https://HOST/PATH/, s3://BUCKET/PREFIX or hf://ORG/[NAME]. The server
+                            fetches it once, with its own credentials (HF_TOKEN, AWS_*), for every client
+  --download-cache DIR      keep what the server fetches in DIR (hf:// in huggingface_hub's layout), resumable
   --mode MODE               the socket's permissions in octal (default 0600: only this user can connect)
   --target memfd|udmabuf|dma-heap
                             where buffers live (default memfd, sealed; dma-bufs cannot be sealed)
@@ -59,6 +64,8 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       'idle-timeout': { type: 'string' },
       'reply-timeout': { type: 'string' },
       preload: { type: 'string', multiple: true },
+      'allow-source': { type: 'string', multiple: true },
+      'download-cache': { type: 'string' },
       mode: { type: 'string' },
       target: { type: 'string' },
       heap: { type: 'string' },
@@ -121,6 +128,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
   const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
   const numaNode = numaNodeFlag(values['numa-node']);
   const preload = [...(values.preload ?? []), ...positionals];
+  for (const r of values['allow-source'] ?? []) allowRule(r, '--allow-source');
   const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
 
   // From here a signal stops the server cleanly (its socket removed), also while it preloads.
@@ -132,6 +140,8 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       target,
       io: ioMode,
       preload,
+      allowSources: values['allow-source'] ?? [],
+      ...(values['download-cache'] === undefined ? {} : { cache: values['download-cache'] }),
       ...(budget === undefined ? {} : { budget }),
       ...(hugePages === undefined ? {} : { hugePages }),
       ...(numaNode === undefined ? {} : { numaNode }),

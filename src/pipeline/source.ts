@@ -40,6 +40,8 @@ export interface RemoteReader {
   sha256From?: 'hub' | 'store';
   /** Requests, retries, the most connections at once, bytes placed. */
   stats: { bytes: number; requests: number; retries: number; connections: number };
+  /** What names this version of the object: its size and validators (ETag, Last-Modified, a promised SHA-256). */
+  identity: string;
   /** A local copy is written while loading (`cache`): it needs the SHA-256 of the whole object to be put in place. */
   wantsHash?: boolean;
   /** Every byte was loaded and verified (`sha256`): puts the local copy in place; false when there is none to. */

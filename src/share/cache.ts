@@ -15,7 +15,7 @@
  * entries that nobody else holds (dropping one that is held frees nothing).
  * @module
  */
-import { load } from '../api/load.js';
+import { load, loadOpened } from '../api/load.js';
 import type { NumaNode } from '../engine/numa.js';
 import { allocate } from '../api/allocate.js';
 import { readInto } from '../api/rw.js';
@@ -24,7 +24,7 @@ import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { formatBytes, msSince, roundUp } from '../core/util.js';
 import type { FdInspection } from '../engine/binding.js';
 import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
-import type { IoMode } from '../pipeline/source.js';
+import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import type { HugePages } from '../api/options.js';
 import { createMemfd } from '../targets/memfd.js';
 import type { FileHandle } from 'node:fs/promises';
@@ -60,8 +60,10 @@ export interface Entry {
   fds: number[];
   parts: Array<{ offset: number; size: number }>;
   stats: Stats;
-  /** A duplicate of the fd the file was loaded from: pins its inode and file system while the entry lives. */
+  /** A duplicate of the fd the file was loaded from: pins its inode and file system while the entry lives (-1 for a reference). */
   source: number;
+  /** A reference's version (its size and validators, ./open.ts): a request whose probe says otherwise loads it again. */
+  identity?: string;
   holding: Holding;
   closed: boolean;
 }
@@ -92,6 +94,22 @@ export interface CacheOptions {
   releaseSource: (fd: number) => void;
   /** Re-inspects a client's fd off the JS thread (after a load: did the file change meanwhile?). */
   inspect: (fd: number, name: string, from: Sender) => Promise<FdInspection>;
+  /** Opens a reference the server may fetch (its own network options, cache and redirect rule). */
+  openRef: (ref: string, signal: AbortSignal) => Promise<OpenedFile>;
+}
+
+/** A reference being fetched: how many requests still wait for it; when the last one goes, it is aborted. */
+interface Download {
+  promise: Promise<Entry>;
+  waiters: number;
+  abort: AbortController;
+}
+
+/** What names a version of an opened reference: a network object's validators, or a local copy's inode and times. */
+function identityOf(src: OpenedFile): string {
+  if (src.remote) return src.remote.identity;
+  const st = src.stat!;
+  return JSON.stringify(['file', st.dev, st.ino, st.size, st.mtimeMs, st.ctimeMs]);
 }
 
 function budgetError(message: string): DmaloadError {
@@ -104,6 +122,7 @@ export class Cache {
   /** Cached entries by inode, least recently used first. */
   readonly #entries = new Map<string, Entry>();
   readonly #loading = new Map<string, Promise<Entry>>();
+  readonly #downloads = new Map<string, Download>();
   /** Bytes of loads in progress, in all and per uid. */
   #reserved = 0;
   readonly #reservedBy = new Map<number, number>();
@@ -177,13 +196,142 @@ export class Cache {
     );
   }
 
+  /**
+   * The buffer for a reference (`hf://`, `https://`, `s3://`) the server fetches itself, with one reply's fds. The
+   * reference is opened (for a network object: one request for its first byte) to learn its version; a cached entry
+   * of that version is a hit, a download of it in progress is joined, else it is downloaded once, charged to the
+   * sender's uid. A requester whose connection closes stops waiting; the download goes on for the others, and is
+   * aborted when nobody waits any more.
+   */
+  async acquireRef(ref: string, name: string, from: Sender, gone: AbortSignal): Promise<Acquired> {
+    const key = `ref:${ref}`;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      let d = this.#downloads.get(key);
+      if (!d) {
+        const src = await this.#o.openRef(ref, AbortSignal.any([this.#o.signal, gone]));
+        let handed = false;
+        try {
+          const identity = identityOf(src);
+          const hit = this.#entries.get(key);
+          if (hit && hit.identity === identity) {
+            this.#entries.delete(key);
+            this.#entries.set(key, hit);
+            this.count.hits++;
+            return { entry: hit, fds: replyFds(hit, this.#o.target, name), cached: true, bytesRead: 0 };
+          }
+          if (hit) {
+            this.#o.log(`${name}: a new version since it was cached; fetching it again`);
+            this.#drop(hit);
+          }
+          // Another request may have started it while this one asked for the version.
+          d = this.#downloads.get(key);
+          if (!d) {
+            this.count.misses++;
+            const abort = new AbortController();
+            const started: Download = { waiters: 0, abort, promise: this.#download(src, key, identity, name, from, abort.signal) };
+            handed = true;
+            this.#downloads.set(key, started);
+            void started.promise.then(
+              () => this.#downloads.delete(key),
+              () => this.#downloads.delete(key),
+            );
+            d = started;
+            const entry = await this.#wait(d, gone);
+            if (!entry.closed) return { entry, fds: replyFds(entry, this.#o.target, name), cached: false, bytesRead: entry.stats.bytesRead };
+            continue;
+          }
+        } finally {
+          if (!handed) await src.close();
+        }
+      }
+      this.count.hits++;
+      const entry = await this.#wait(d, gone);
+      if (!entry.closed) return { entry, fds: replyFds(entry, this.#o.target, name), cached: false, bytesRead: 0 };
+    }
+    throw budgetError(
+      `'${name}' was evicted again before it could be sent: the server's budget (${formatBytes(this.#o.budget)}) is too small for what its clients ask for at once`,
+    );
+  }
+
+  /** Waits for a download as one of its waiters; a waiter whose connection goes stops waiting, the last one aborts it. */
+  #wait(d: Download, gone: AbortSignal): Promise<Entry> {
+    d.waiters++;
+    return new Promise<Entry>((resolve, reject) => {
+      let left = false;
+      const leave = () => {
+        if (left) return false;
+        left = true;
+        gone.removeEventListener('abort', onGone);
+        return --d.waiters === 0;
+      };
+      const onGone = () => {
+        if (leave()) d.abort.abort(new DmaloadError('ERR_SHARE_CLOSED', 'every client waiting for this download went away'));
+        reject(new DmaloadError('ERR_SHARE_CLOSED', 'the client went away'));
+      };
+      if (gone.aborted) return onGone();
+      gone.addEventListener('abort', onGone, { once: true });
+      d.promise.then(
+        (e) => {
+          leave();
+          resolve(e);
+        },
+        (e: unknown) => {
+          leave();
+          reject(e);
+        },
+      );
+    });
+  }
+
+  /** Downloads an opened reference into a new buffer of the server's target: charged, cached, pinned by identity. */
+  async #download(src: OpenedFile, key: string, identity: string, name: string, from: Sender, abort: AbortSignal): Promise<Entry> {
+    const uid = from.uid;
+    const charge = roundUp(src.size, PAGE_SIZE);
+    try {
+      this.#makeRoom(charge, uid, name);
+    } catch (e) {
+      await src.close();
+      throw e;
+    }
+    this.#reserve(uid, charge);
+    const t0 = performance.now();
+    let exported: Exported | undefined;
+    try {
+      const o = this.#o;
+      const buf = await loadOpened(src, { ...this.#shape(), io: o.io, signal: AbortSignal.any([o.signal, abort]) });
+      const stats = servedStats(buf);
+      exported = exportBuffer(buf, o.target);
+      if (o.signal.aborted) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
+      this.count.loads++;
+      this.#reserve(uid, -charge);
+      const holding = this.#ledger.charge(charge, uid, exported.fds[0]!, o.target === 'memfd');
+      const entry: Entry = {
+        version: { inode: key, size: buf.size, mtimeNs: 0n, ctimeNs: 0n },
+        size: buf.size,
+        fds: exported.fds,
+        parts: exported.parts,
+        stats: { ...stats, loadMs: msSince(t0) },
+        source: -1,
+        identity,
+        holding,
+        closed: false,
+      };
+      this.#entries.set(key, entry);
+      return entry;
+    } catch (e) {
+      this.#reserve(uid, -charge);
+      if (exported) for (const f of exported.fds) closeFd(f);
+      throw e;
+    }
+  }
+
   /** Drops an entry from the cache and closes the server's fds of it; its charge lasts while clients hold it. */
   #drop(e: Entry): void {
     if (this.#entries.get(e.version.inode) === e) this.#entries.delete(e.version.inode);
     if (e.closed) return;
     e.closed = true;
     for (const fd of e.fds) closeFd(fd);
-    this.#o.releaseSource(e.source);
+    if (e.source >= 0) this.#o.releaseSource(e.source);
     this.#ledger.dropped(e.holding);
   }
 
@@ -282,15 +430,21 @@ export class Cache {
   }
 
   /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
-  async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
+  /** The buffers' shape: load()'s and allocate()'s options for the server's target and placement. */
+  #shape() {
     const o = this.#o;
-    const shape = {
+    return {
       target: o.target,
       ...(o.heap ? { heap: o.heap } : {}),
       ...(o.partSize ? { partSize: o.partSize } : {}),
       ...(o.hugePages !== undefined ? { hugePages: o.hugePages } : {}),
       ...(o.numaNode !== undefined ? { numaNode: o.numaNode } : {}),
     };
+  }
+
+  async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
+    const o = this.#o;
+    const shape = this.#shape();
     let buf: LoadedBuffer;
     try {
       // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.
@@ -302,17 +456,7 @@ export class Cache {
       o.log(`${name}: reading through the client's fd (the server may not open it itself)`);
       return this.#readThroughFd(fd, size, name, shape);
     }
-    const s = buf.stats;
-    const v = s.verified;
-    const stats = {
-      io: s.io,
-      directBytes: s.directBytes,
-      copiedBytes: s.copiedBytes,
-      ...(s.ioReason ? { ioReason: s.ioReason } : {}),
-      engine: s.engine,
-      bytesRead: s.bytesRead,
-      ...(v ? { verified: { sha256: v.sha256, source: v.source, impl: v.impl } } : {}),
-    };
+    const stats = servedStats(buf);
     return { exported: exportBuffer(buf, o.target), stats };
   }
 
@@ -350,6 +494,21 @@ export class Cache {
   clear(): void {
     for (const e of [...this.#entries.values()]) this.#evict(e, 'the server is closing');
   }
+}
+
+/** What a reply tells of the server's load of a buffer. */
+function servedStats(buf: LoadedBuffer): Omit<Stats, 'loadMs'> {
+  const s = buf.stats;
+  const v = s.verified;
+  return {
+    io: s.io,
+    directBytes: s.directBytes,
+    copiedBytes: s.copiedBytes,
+    ...(s.ioReason ? { ioReason: s.ioReason } : {}),
+    engine: s.engine,
+    bytesRead: s.bytesRead,
+    ...(v ? { verified: { sha256: v.sha256, source: v.source, impl: v.impl } } : {}),
+  };
 }
 
 /**

@@ -21,6 +21,11 @@ import { printable } from '../core/util.js';
 import { cpuMsSince, msSince } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
 import { openRegular } from '../pipeline/source.js';
+import { checkScheme, isReference } from '../pipeline/sources/resolve.js';
+import { redact } from '../pipeline/sources/http.js';
+import { inspectWith } from '../api/inspect.js';
+import type { Opener } from '../api/inspect.js';
+import type { RankSpec } from '../pipeline/ranks.js';
 import { Channel, closeFds, keepAlive } from './channel.js';
 import type { CloseReason, Incoming } from './channel.js';
 import { MessageType, decode, encode } from './protocol.js';
@@ -277,14 +282,21 @@ class Client implements ShareClient {
     pathOption('path', path);
     const signal = signalOption(optionsObject(options, SHARE_LOAD_OPTIONS, 'client.load()').signal);
     this.#ready(path);
-    const file = resolve(path);
-    // Refused before open() could block on a FIFO, as every local call refuses it.
-    const h = await openRegular(path, FS.O_RDONLY).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
     let r: { message: Message; fds: number[] };
-    try {
-      r = await this.#request(MessageType.LoadRequest, { path: file }, [h.fd], path, signal);
-    } finally {
-      await h.close();
+    if (isReference(path)) {
+      // The server fetches it (if its operator allowed that reference): nothing is opened or asked here.
+      checkScheme(path);
+      r = await this.#request(MessageType.LoadRequest, { ref: path }, [], path, signal);
+      path = /^https?:/i.test(path) ? redact(path) : path;
+    } else {
+      const file = resolve(path);
+      // Refused before open() could block on a FIFO, as every local call refuses it.
+      const h = await openRegular(path, FS.O_RDONLY).catch((e: unknown) => Promise.reject(asSystemError(e, path)));
+      try {
+        r = await this.#request(MessageType.LoadRequest, { path: file }, [h.fd], path, signal);
+      } finally {
+        await h.close();
+      }
     }
     if (r.message.type === MessageType.Error) {
       closeFds(r.fds);
@@ -313,7 +325,63 @@ class Client implements ShareClient {
     const signal = signalOption(o.signal);
     this.#ready(path);
     const partition = rankSpec({ rank: o.rank, worldSize: o.worldSize, split: o.split });
-    return modelFromFiles(path, o.tensors, (file) => this.load(file, signal ? { signal } : {}), partition);
+    const opts = signal ? { signal } : {};
+    if (!isReference(path)) return modelFromFiles(path, o.tensors, (file) => this.load(file, opts), partition);
+    return this.#loadRemoteModel(path, o.tensors, partition, opts);
+  }
+
+  /**
+   * loadModel() of a reference: its headers are read from the buffers the server fetched (this process asks the
+   * network nothing), and those buffers are the model's (each file loaded once).
+   */
+  async #loadRemoteModel(
+    ref: string,
+    tensors: ShareLoadModelOptions['tensors'],
+    partition: RankSpec | undefined,
+    opts: ShareLoadOptions,
+  ): Promise<LoadedModel> {
+    checkScheme(ref);
+    if (!/\.(safetensors|gguf|json)$/i.test(new URL(ref).pathname)) {
+      throw new DmaloadError(
+        'ERR_SHARE_PROTOCOL',
+        `'${redact(ref)}': through a server, name the model's file (a .safetensors, .gguf or .safetensors.index.json); the server fetches files, it does not list folders or repositories`,
+        { path: redact(ref) },
+      );
+    }
+    const held = new Map<string, LoadedBuffer>();
+    const fetch = async (file: string) => {
+      const b = held.get(file) ?? (await this.load(file, opts));
+      held.set(file, b);
+      return b;
+    };
+    const open: Opener = async (file, fn) => {
+      const b = await fetch(file);
+      const reader = {
+        read: async (buf: Buffer, offset: number, length: number, position: number) => {
+          const n = Math.max(0, Math.min(length, b.size - position));
+          if (n > 0) buf.set(b.view(position, n), offset);
+          return { bytesRead: n };
+        },
+      };
+      return fn(reader, b.size);
+    };
+    try {
+      const model = await modelFromFiles(
+        ref,
+        tensors,
+        async (file) => {
+          const b = await fetch(file);
+          held.delete(file);
+          return b;
+        },
+        partition,
+        (p) => inspectWith(p, open),
+      );
+      return model;
+    } finally {
+      // What was read only for its header (an index, a shard none of the selected tensors lives in).
+      for (const b of held.values()) b.close();
+    }
   }
 
   async status(options: ShareLoadOptions = {}): Promise<ServerStatus> {

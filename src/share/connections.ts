@@ -39,6 +39,8 @@ export interface Conn {
   unreadSince: number | undefined;
   /** Reading its requests is stopped until it reads its replies. */
   heldUnread: boolean;
+  /** Aborted once the connection is closed (a download it waits for may then have no one left to wait for it). */
+  gone: AbortController;
 }
 
 /** Every connection of one server, and its listening socket's readiness. */
@@ -145,6 +147,7 @@ export class Connections {
         sent: 0,
         unreadSince: undefined,
         heldUnread: false,
+        gone: new AbortController(),
       };
       try {
         conn.channel = new Channel(fd, {
@@ -155,6 +158,7 @@ export class Connections {
             if (n > 0) this.#perUid.set(uid, n);
             else this.#perUid.delete(uid);
             this.#log(`${conn.peer}: disconnected`);
+            conn.gone.abort();
           },
         });
       } catch (e) {

@@ -30,7 +30,7 @@ export function loadReplyStats(body: LoadReplyBody, socket: string): { size: num
   const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
   const size = num(body.size);
   const stats: LoadStats = {
-    io: s.io === 'direct' || s.io === 'buffered' || s.io === 'mixed' || s.io === 'uncached' ? s.io : 'buffered',
+    io: s.io === 'direct' || s.io === 'buffered' || s.io === 'mixed' || s.io === 'uncached' || s.io === 'network' ? s.io : 'buffered',
     directBytes: num(s.directBytes),
     copiedBytes: num(s.copiedBytes),
     ioReason: typeof s.ioReason === 'string' ? s.ioReason : undefined,
@@ -50,7 +50,12 @@ export function loadReplyStats(body: LoadReplyBody, socket: string): { size: num
   };
   // What the server checked when it loaded the file (a hub-cache blob against its name), as the server says.
   const v = s.verified;
-  if (v && typeof v.sha256 === 'string' && /^[0-9a-f]{64}$/.test(v.sha256) && (v.source === 'option' || v.source === 'hub-cache' || v.source === 'computed')) {
+  if (
+    v &&
+    typeof v.sha256 === 'string' &&
+    /^[0-9a-f]{64}$/.test(v.sha256) &&
+    (v.source === 'option' || v.source === 'hub-cache' || v.source === 'hub' || v.source === 'store' || v.source === 'computed')
+  ) {
     stats.verified = { algorithm: 'sha256', sha256: v.sha256, source: v.source, hashMs: 0, extraBytes: 0, impl: v.impl === 'portable' ? 'portable' : 'sha-ni' };
   }
   return { size, stats };

@@ -7,6 +7,7 @@ import { unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
 import {
   budgetOption,
+  cacheOption,
   enumOption,
   hugePagesOption,
   integerOption,
@@ -18,7 +19,11 @@ import {
   partSizeOption,
   pathOption,
   signalOption,
+  sourceOption,
 } from '../api/options.js';
+import { allowRule } from './sources.js';
+import type { CacheOption } from '../pipeline/sources/open.js';
+import type { SourceOptions } from '../pipeline/sources/resolve.js';
 import type { HugePages } from '../api/options.js';
 import { numaRequest } from '../api/pages.js';
 import { invalidType } from '../core/errors.js';
@@ -71,6 +76,16 @@ export interface ServeOptions {
    * the consuming device or CPUs sit on) or 'interleave'. Default: DMALOAD_NUMA_NODE, else the kernel's policy.
    */
   numaNode?: NumaNode;
+  /**
+   * References clients may ask the server to fetch instead of sending an fd (off when empty, the default): prefixes
+   * such as `https://models.example/org/`, `s3://bucket/prefix` or `hf://org/` (sources.ts has the rules). The server
+   * fetches each one once, with its own credentials, for every client that asks.
+   */
+  allowSources?: readonly string[];
+  /** Network options of those fetches (load()'s `source` option: connections, CA, hub token, S3 endpoint, …). */
+  source?: SourceOptions;
+  /** Where fetched references are kept on disk (load()'s `cache` option). Default: not kept. */
+  cache?: CacheOption;
   /** Files to load before serve() resolves (the operator's own paths: the server opens these itself). */
   preload?: readonly string[];
   /** Called with one line per event (connections, loads, hits, evictions, errors), for logs. */
@@ -102,6 +117,9 @@ const SERVE_OPTIONS = optionNames<ServeOptions>()([
   'hugePages',
   'numaNode',
   'preload',
+  'allowSources',
+  'source',
+  'cache',
   'log',
   'signal',
 ]);
@@ -131,13 +149,17 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const given: unknown = o.preload ?? [];
   if (!Array.isArray(given)) throw invalidType('preload', 'an array of paths', given);
   const preload = (given as unknown[]).map((p, i) => pathOption(`preload[${i}]`, p));
+  const allowGiven: unknown = o.allowSources ?? [];
+  if (!Array.isArray(allowGiven)) throw invalidType('allowSources', 'an array of reference prefixes', allowGiven);
+  const rules = (allowGiven as unknown[]).map((r, i) => allowRule(r, `allowSources[${i}]`));
+  const fetch = { rules, source: sourceOption(o.source), cache: cacheOption(o.cache) };
   const signal = signalOption(o.signal);
   signal?.throwIfAborted();
 
   const fd = listen(socket, mode);
   let server: Server;
   try {
-    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, numaNode, log: o.log });
+    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, numaNode, log: o.log, fetch });
   } catch (e) {
     closeFd(fd);
     try {

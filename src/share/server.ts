@@ -42,6 +42,20 @@ import type { ModelTensor } from '../formats/common.js';
 import { MAX_FDS, MessageType, ProtocolError, VERSION, decode, encode } from './protocol.js';
 import type { ErrorBody, LoadReplyBody, ServerStatus } from './protocol.js';
 import type { ShareTarget } from './seal.js';
+import { allowedBy, notAllowed } from './sources.js';
+import type { AllowRule } from './sources.js';
+import { openRef } from '../pipeline/sources/open.js';
+import type { CacheOption } from '../pipeline/sources/open.js';
+import { redact } from '../pipeline/sources/http.js';
+import { scrubbed } from '../pipeline/sources/resolve.js';
+import type { SourceOptions } from '../pipeline/sources/resolve.js';
+
+/** What the server fetches for clients that name a reference: only what the rules allow, with these options. */
+export interface FetchPolicy {
+  rules: readonly AllowRule[];
+  source: SourceOptions;
+  cache: CacheOption;
+}
 
 const S = native.shareConstants;
 /** Milliseconds a statx or close of a received fd may take before the request fails. */
@@ -105,6 +119,7 @@ export class Server implements ShareServer {
   readonly #conns: Connections;
   readonly #tasks = new Set<Promise<unknown>>();
   readonly #own: Sender = { uid: process.getuid?.() ?? 0, pid: process.pid };
+  readonly #rules: readonly AllowRule[];
   #count = { errors: 0 };
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -126,6 +141,8 @@ export class Server implements ShareServer {
       hugePages: HugePages | undefined;
       numaNode: NumaNode | undefined;
       log: ((line: string) => void) | undefined;
+      /** What clients may ask the server to fetch (`--allow-source`), and how it fetches. */
+      fetch: FetchPolicy;
     },
   ) {
     this.socket = socket;
@@ -135,6 +152,7 @@ export class Server implements ShareServer {
     const log = o.log;
     this.#log = log ? (line) => log(printable(line)) : () => {};
     this.#listenFd = listenFd;
+    this.#rules = o.fetch.rules;
     const st = lstatSync(socket);
     this.#ident = { dev: st.dev, ino: st.ino };
     this.#guard = new FdGuard({ timeoutMs: FD_TIMEOUT, log: this.#log });
@@ -157,6 +175,13 @@ export class Server implements ShareServer {
           log: this.#log,
           releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
           inspect: (fd, name, from) => this.#guard.inspect(fd, name, from),
+          openRef: (ref, signal) => {
+            const f = o.fetch;
+            // A plain URL's redirects must stay within what is allowed; the hub's and a store's addresses are the
+            // operator's own (HF_ENDPOINT, the S3 endpoint), and the hub redirects to its CDN.
+            const redirectAllowed = /^https?:/i.test(ref) ? (url: string) => allowedBy(f.rules, url) : undefined;
+            return openRef(ref, o.io, { ...f.source, cache: f.cache, signal, redirectAllowed });
+          },
         },
         this.#ledger,
       );
@@ -227,6 +252,7 @@ export class Server implements ShareServer {
   }
 
   #onLoad(conn: Conn, id: number, body: Record<string, unknown>, fds: number[], t0: number): void {
+    if (body.ref !== undefined) return this.#onRef(conn, id, body.ref, fds, t0);
     if (fds.length === 0)
       return this.#replyError(conn, id, {
         code: 'ERR_SHARE_NO_FD',
@@ -245,6 +271,35 @@ export class Server implements ShareServer {
     // Only for messages and logs, escaped: control and bidi characters could forge or disguise log lines.
     const name = path ? printable(path) : `fd ${fd}`;
     this.#inFlight(conn, [fd], name, () => this.#serveLoad(conn, id, fd, name, t0));
+  }
+
+  /**
+   * A load request naming a reference instead of carrying an fd: refused unless the operator allowed it, before
+   * anything is asked of the network; else fetched once for every client that asks (cache.ts acquireRef).
+   */
+  #onRef(conn: Conn, id: number, ref: unknown, fds: number[], t0: number): void {
+    if (fds.length > 0) {
+      this.#guard.release(fds, conn.from);
+      return this.#replyError(conn, id, { code: 'ERR_SHARE_FDS', message: 'a load request naming a "ref" carries no fd' });
+    }
+    if (typeof ref !== 'string' || ref.length > MAX_NAME)
+      return this.#replyError(conn, id, { code: 'ERR_SHARE_PROTOCOL', message: `"ref" must be a string of at most ${MAX_NAME} characters` });
+    const name = printable(/^https?:/i.test(ref) ? redact(ref) : ref);
+    if (!allowedBy(this.#rules, ref)) {
+      const e = notAllowed(ref, this.#rules);
+      return this.#replyError(conn, id, { code: e.code, message: e.message });
+    }
+    this.#inFlight(conn, [], name, async () => {
+      let got: Acquired;
+      try {
+        if (this.#closed) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
+        got = await this.#cache.acquireRef(ref, name, conn.from, conn.gone.signal);
+      } catch (e) {
+        if (!conn.channel.closed) this.#replyError(conn, id, errorBody(scrubbed(e, ref), undefined, name));
+        return;
+      }
+      this.#sendReply(conn, id, got, name, t0);
+    });
   }
 
   /**

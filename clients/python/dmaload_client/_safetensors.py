@@ -215,14 +215,35 @@ def _make_all(maker, whole, infos):
         return {t.name: maker.make(whole, t) for t in infos}
 
 
-def _read_index(path):
+def _index_bytes(path, client=None):
+    """An index's bytes: read here, or for a reference through the server (which fetches it)."""
+    from .client import is_reference
+
+    if client is not None and is_reference(path):
+        buf = client.load(path)
+        try:
+            return bytes(buf.view())
+        finally:
+            buf.close()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _beside(path, shard):
+    """A shard's path or reference beside its index (shard names are checked by _read_index first)."""
+    from .client import is_reference
+
+    if is_reference(path):
+        return path.rsplit("/", 1)[0] + "/" + shard
+    return os.path.join(os.path.dirname(path), shard)
+
+
+def _read_index(path, client=None):
     """The weight_map {tensor name: shard file name} of a *.safetensors.index.json, shard names checked to stay in the
     index's folder (as Node's inspect() checks them)."""
+    data = _index_bytes(path, client)
     try:
-        with open(path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except OSError:
-        raise
+        index = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except Exception as e:
         raise _invalid(path, f"the index is not UTF-8 JSON ({e!r:.200})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -230,21 +251,20 @@ def _read_index(path):
         raise _invalid(path, 'the index has no "weight_map" of tensor name -> shard file')
     for name, shard in weight_map.items():
         rel = os.path.normpath(shard)
-        if os.path.isabs(shard) or rel in (".", "..") or rel.startswith(".." + os.sep):
+        if os.path.isabs(shard) or rel in (".", "..") or rel.startswith(".." + os.sep) or ".." in shard.split("/") or "\\" in shard:
             raise _invalid(path, f"the index maps {name!r:.100} to {shard!r:.200}, not a file beside the index")
     return weight_map
 
 
 def _load_index(client, path, maker, tensors, populate=True):
-    weight_map = _read_index(path)
+    weight_map = _read_index(path, client)
     names = _select(weight_map, tensors, path)
     shards = {}
     for n in names:
         shards.setdefault(weight_map[n], []).append(n)
-    base = os.path.dirname(path)
     out = {}
     for shard, wanted in shards.items():
-        got = _load_file(client, os.path.join(base, shard), maker, None, expect=wanted, populate=populate)
+        got = _load_file(client, _beside(path, shard), maker, None, expect=wanted, populate=populate)
         out.update(got)
     return {n: out[n] for n in names}
 
@@ -526,6 +546,14 @@ def load(client, path, framework="numpy", tensors=None, raw=False, rank=None, wo
     maker = _Maker(framework, raw)
     spec = rank_spec(rank, world_size, split)
     if spec is not None:
+        from .client import is_reference
+
+        if is_reference(path):
+            raise DmaloadError(
+                "ERR_INVALID_ARG_VALUE",
+                f"rank and world_size with a reference ('{path[:200]}') are not supported by this client yet: the server plans from files "
+                "this process sends; load the model whole, or from a local copy (dmaload pull), or use Node's client.loadModel()",
+            )
         return _load_ranked(client, path, maker, tensors, spec, populate)
     if path.endswith(".json"):
         return _load_index(client, path, maker, tensors, populate)

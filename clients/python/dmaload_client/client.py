@@ -13,6 +13,7 @@ import select
 import socket
 import stat
 import struct
+import urllib.parse
 
 from . import _mapping
 from .errors import DmaloadError
@@ -72,6 +73,27 @@ def _is_int(x):
 
 def _is_count(x):
     return _is_int(x) and x >= 0
+
+
+_REFERENCE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_reference(path):
+    """Whether `path` names a reference (scheme://...) rather than a local file."""
+    return isinstance(path, str) and _REFERENCE.match(path) is not None
+
+
+def redact(ref):
+    """A reference as messages may show it: an http(s) URL without user info or query (a signature)."""
+    if re.match(r"^https?://", ref, re.I):
+        u = urllib.parse.urlsplit(ref)
+        host = u.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if u.port:
+            host += f":{u.port}"
+        return f"{u.scheme}://{host}{u.path}" + ("?…" if u.query else "")
+    return ref
 
 
 def open_regular(path):
@@ -385,7 +407,13 @@ class Client:
         return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{self.path}' sent a malformed reply: {what}")
 
     def load(self, path):
-        """The whole file at `path`, shared: a Buffer over the server's sealed buffer. The client opens the file itself."""
+        """The whole file at `path`, shared: a Buffer over the server's sealed buffer. The client opens the file itself.
+
+        `path` may also be a reference (hf://ORG/NAME[@REV]/FILE, https://..., s3://BUCKET/KEY): the server fetches it
+        once for every client that asks, if its operator allowed it (dmaload serve --allow-source); otherwise
+        DmaloadError ERR_SHARE_SOURCE_NOT_ALLOWED. Nothing is asked of the network from this process."""
+        if is_reference(path):
+            return self._load_reply(self._send(LOAD_REQUEST, {"ref": path}), redact(path))
         fd = open_regular(path)
         try:
             rid = self._send(LOAD_REQUEST, {"path": os.path.abspath(path)}, [fd])

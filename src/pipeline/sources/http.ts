@@ -46,6 +46,11 @@ export interface HttpOptions {
   authorize?: (() => Promise<Record<string, string>>) | undefined;
   /** Called for each retry: what failed and how long until the next attempt (no URL, no secret). */
   onRetry?: ((info: { reason: string; delayMs: number; attempt: number }) => void) | undefined;
+  /**
+   * Whether a redirect may be followed to `url` (a share server's `--allow-source`); one that may not is
+   * ERR_SHARE_SOURCE_NOT_ALLOWED, before anything is asked of that address.
+   */
+  redirectAllowed?: ((url: string) => boolean) | undefined;
 }
 
 /** What a transfer reports: bytes placed, requests, retries, and the most connections used at once. */
@@ -226,7 +231,7 @@ export class HttpObject {
         signal,
         u.href,
         () => {},
-        async () => probe(dispatcher, u.href, { ...(o.headers ?? {}), ...(o.authorize ? await o.authorize() : {}) }, signal),
+        async () => probe(dispatcher, u.href, { ...(o.headers ?? {}), ...(o.authorize ? await o.authorize() : {}) }, signal, o.redirectAllowed),
       );
       const obj = new HttpObject(first.url, first.info, dispatcher, first.headers, o);
       obj.stats.requests += first.requests;
@@ -752,6 +757,7 @@ async function probe(
   start: string,
   headers0: Record<string, string>,
   signal: AbortSignal,
+  redirectAllowed: ((url: string) => boolean) | undefined,
 ): Promise<{ url: string; info: HttpObjectInfo; headers: Record<string, string>; requests: number }> {
   let url = start;
   let headers = { ...lower(headers0) };
@@ -775,6 +781,13 @@ async function probe(
         throw sourceError('ERR_SOURCE_REDIRECT', `'${redact(url)}' redirected to a ${next.protocol} URL`, url);
       if (new URL(url).protocol === 'https:' && next.protocol === 'http:') {
         throw sourceError('ERR_SOURCE_REDIRECT', `'${redact(url)}' redirected from https to http ('${redact(next.href)}'): refused`, url);
+      }
+      if (redirectAllowed && !redirectAllowed(next.href)) {
+        throw sourceError(
+          'ERR_SHARE_SOURCE_NOT_ALLOWED',
+          `'${redact(url)}' redirected to '${redact(next.href)}', which this server may not fetch (--allow-source)`,
+          url,
+        );
       }
       // Credentials are for the origin they were given to, never for the host a redirect names.
       if (next.origin !== new URL(url).origin) {

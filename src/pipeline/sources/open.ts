@@ -29,6 +29,7 @@ export interface OpenRefOptions extends SourceOptions {
   signal?: AbortSignal | undefined;
   onRetry?: HttpOptions['onRetry'];
   cache?: CacheOption | undefined;
+  redirectAllowed?: HttpOptions['redirectAllowed'];
 }
 
 /** Where URLs are cached with `cache: true`: $XDG_CACHE_HOME/dmaload, else ~/.cache/dmaload. */
@@ -82,6 +83,7 @@ export async function openRef(ref: string, io: IoMode, o: OpenRefOptions = {}): 
     sha256: r.sha256,
     ...(r.sha256From ? { sha256From: r.sha256From } : {}),
     stats: obj.stats,
+    identity: JSON.stringify([obj.size, obj.info.etag ?? obj.info.weakEtag ?? null, obj.info.lastModified ?? null, r.sha256 ?? null, r.hub?.commit ?? null]),
     ...(store
       ? {
           wantsHash: true,

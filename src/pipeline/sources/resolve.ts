@@ -20,7 +20,7 @@ import { resolveS3 } from './s3.js';
 export const SCHEMES = ['http', 'https', 'hf', 's3'] as const;
 
 /** Network options every call that takes a reference accepts (`source` option). */
-export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry' | 'authorize'> {
+export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry' | 'authorize' | 'redirectAllowed'> {
   /** A bearer token for hf:// references (default: HF_TOKEN, else the token file huggingface_hub writes). */
   token?: string | undefined;
   /** The hub's address (default: HF_ENDPOINT, else https://huggingface.co). */
@@ -71,7 +71,12 @@ export function checkScheme(ref: string): void {
  */
 export async function resolveRef(
   ref: string,
-  o: SourceOptions & { signal?: AbortSignal | undefined; onRetry?: HttpOptions['onRetry']; hubCache?: string | undefined } = {},
+  o: SourceOptions & {
+    signal?: AbortSignal | undefined;
+    onRetry?: HttpOptions['onRetry'];
+    hubCache?: string | undefined;
+    redirectAllowed?: HttpOptions['redirectAllowed'];
+  } = {},
 ): Promise<Resolved> {
   if (!isReference(ref)) return { kind: 'file', path: ref };
   checkScheme(ref);
