@@ -21,7 +21,8 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { inspect as utilInspect, promisify } from 'node:util';
-import { copy, inspect, load, loadModel, loadRanges, verifyFile, type LoadedModel } from '../../src/index.js';
+import { connect, copy, inspect, load, loadModel, loadRanges, serve, verifyFile, type LoadedModel } from '../../src/index.js';
+import { pythonEnv, pythonMissing, runPython } from '../share/python.js';
 import { writeSafetensors, type Spec } from '../formats/model-files.js';
 import { bufferSha256, fileSha256, repoRoot, seededBytes, sha256, tempDir } from '../helpers.js';
 import { LOOPBACK, clean, rejects } from './common.js';
@@ -653,5 +654,61 @@ describe('s3:// against Swift', { skip }, () => {
         await proxy.close();
       }
     });
+  });
+
+  test('dmaload serve fetches s3:// for its clients: three clients (Node, Python) at once, the store sends the model once; other buckets are never asked', async (t) => {
+    const sockDir = tempDir('dmaload-s3-serve-');
+    const server = await serve({
+      socket: join(sockDir.dir, 's.sock'),
+      budget: 256 * MiB,
+      allowSources: [`s3://${BUCKET}/models/`],
+      source: { s3Endpoint: swift.endpoint },
+    });
+    try {
+      swift.clearAccessLog();
+      const ref = `s3://${BUCKET}/models/single/model.safetensors`;
+      const a = await connect(server.socket);
+      const b = await connect(server.socket);
+      const script = `
+import hashlib, json, sys
+from dmaload_client import Client
+with Client(sys.argv[1]) as c:
+    t = c.load_safetensors(sys.argv[2], framework="bytes")
+    print(json.dumps({k: hashlib.sha256(v).hexdigest() for k, v in t.items()}))
+`;
+      const py = pythonMissing ? undefined : runPython(['-c', script, server.socket, ref], pythonEnv());
+      const [ma, mb] = await Promise.all([a.loadModel(ref), b.loadModel(ref)]);
+      const names = MODEL_SPECS.map((x) => x.name);
+      assertTensors(ma, modelFile, MODEL_SPECS, names);
+      assertTensors(mb, modelFile, MODEL_SPECS, names);
+      ma.close();
+      mb.close();
+      if (py) {
+        const r = await py;
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(JSON.parse(r.out), Object.fromEntries(MODEL_SPECS.map((x) => [x.name, sha256(x.data)])));
+      } else t.diagnostic(`Python client not run: ${pythonMissing}`);
+      assert.equal(server.status().loads, 1, 'one download for three clients');
+      // Outside the allowed prefix, another bucket: refused before any request.
+      for (const other of [`s3://${BUCKET}/big.bin`, `s3://other-bucket/models/x`, `s3://${BUCKET}/models/../big.bin`]) {
+        const e = await rejects(a.load(other), 'ERR_SHARE_SOURCE_NOT_ALLOWED');
+        assert.ok(!e.message.includes(swift.secretKey));
+      }
+      a.close();
+      b.close();
+      const log = (await swift.accessLog({ atLeast: 2 })).filter((e) => e.method === 'GET');
+      const model = log.filter((e) => e.path === `/${BUCKET}/models/single/model.safetensors`);
+      const bytes = model.reduce((n, e) => n + e.bytesSent, 0);
+      // The file once, and one byte per request's probe of its version (three clients, each asked once or twice).
+      assert.ok(bytes >= modelFile.length && bytes <= modelFile.length + 6, `the store sent ${bytes} bytes of a ${modelFile.length}-byte model`);
+      assert.deepEqual(
+        log.filter((e) => !e.path.startsWith(`/${BUCKET}/models/`)),
+        [],
+        'no request for anything outside the allowed prefix',
+      );
+    } finally {
+      await server.close();
+      sockDir.cleanup();
+    }
   });
 });
