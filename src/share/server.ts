@@ -322,7 +322,58 @@ export class Server implements ShareServer {
   /** A PlanRequest: like a load, one task per request, its fds released when it ends. */
   #onPlan(conn: Conn, id: number, body: Record<string, unknown>, fds: number[]): void {
     const name = typeof body.path === 'string' ? printable(body.path.slice(0, MAX_NAME)) : 'a model';
+    if (body.refs !== undefined) return this.#onPlanRefs(conn, id, body, fds, name);
     this.#inFlight(conn, fds, name, () => this.#servePlan(conn, id, body, fds, name));
+  }
+
+  /**
+   * A PlanRequest naming references (`refs`, one per file, no fds): each is fetched as a load request's would be
+   * (allowed first, once for everyone), and its header read from the server's own buffer.
+   */
+  #onPlanRefs(conn: Conn, id: number, body: Record<string, unknown>, fds: number[], name: string): void {
+    const refs = body.refs;
+    if (fds.length > 0) {
+      this.#guard.release(fds, conn.from);
+      return this.#replyError(conn, id, { code: 'ERR_SHARE_FDS', message: 'a plan request naming "refs" carries no fds' });
+    }
+    if (!Array.isArray(refs) || refs.length === 0 || refs.length > MAX_FDS || !refs.every((r) => typeof r === 'string' && r.length <= MAX_NAME)) {
+      return this.#replyError(conn, id, {
+        code: 'ERR_SHARE_PROTOCOL',
+        message: `"refs" must be 1 to ${MAX_FDS} strings of at most ${MAX_NAME} characters`,
+      });
+    }
+    const refused = (refs as string[]).find((r) => !allowedBy(this.#rules, r));
+    if (refused !== undefined) {
+      const e = notAllowed(refused, this.#rules);
+      return this.#replyError(conn, id, { code: e.code, message: e.message });
+    }
+    this.#inFlight(conn, [], name, async () => {
+      let out: { fd: number; bytes: number };
+      try {
+        if (this.#closed) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
+        if (this.target !== 'memfd')
+          throw new DmaloadError('ERR_SHARE_PROTOCOL', `plans of references need the memfd target (this server's is ${this.target}); send the files' fds`);
+        const req = planRequest(body, refs.length);
+        const all: ModelTensor[] = [];
+        for (const [i, ref] of (refs as string[]).entries()) {
+          const file = printable(/^https?:/i.test(ref) ? redact(ref) : ref);
+          const got = await this.#cache.acquireRef(ref, file, conn.from, conn.gone.signal);
+          // Read through the reply's own fd of the memfd (the entry's could be closed by an eviction meanwhile),
+          // closed once read: the client loads the files next.
+          try {
+            all.push(...(await tensorsOf(got.fds[0]!, got.entry.size, file, i)));
+          } finally {
+            for (const f of got.fds) closeFd(f);
+          }
+        }
+        out = planMemfd(plan(all, req, name), name);
+      } catch (e) {
+        if (!conn.channel.closed) this.#replyError(conn, id, errorBody(e, undefined, name));
+        return;
+      }
+      this.#log(`${conn.peer}: ${name}: planned rank ${String(body.rank)} of ${String(body.worldSize)}`);
+      conn.channel.send(encode(MessageType.PlanReply, id, { bytes: out.bytes }), [out.fd], () => closeFd(out.fd));
+    });
   }
 
   /** Reads the headers through the client's fds (checked as a load's are), plans the rank, sends the plan's memfd. */

@@ -161,6 +161,53 @@ with Client(sys.argv[1]) as c:
     }
   });
 
+  test('ranks of a referenced model: Python (the server plans from its own copy) and Node, rows split exactly', async (t) => {
+    const server = await start();
+    const ref = 'hf://org/model/model.safetensors';
+    try {
+      // The oracle: for split 'rows', ranks 0 and 1 of 2 hold rows [0, R/2) and [R/2, R) of each 2-D tensor, in
+      // order; a 1-D tensor whole on both. So their bytes, concatenated, are the tensor's.
+      const whole = (name: string) => specs.find((x) => x.name === name)!.data;
+      const check = (got: Record<string, string>[], how: string) => {
+        for (const s of specs) {
+          if (s.shape.length === 2)
+            assert.equal(
+              sha256(Buffer.concat([Buffer.from(got[0]![s.name]!, 'hex'), Buffer.from(got[1]![s.name]!, 'hex')])),
+              sha256(whole(s.name)),
+              `${how}: ${s.name}`,
+            );
+          else for (const r of got) assert.equal(r[s.name], Buffer.from(whole(s.name)).toString('hex'), `${how}: ${s.name} replicated`);
+        }
+      };
+      const c = await connect(server.socket);
+      const node: Record<string, string>[] = [];
+      for (const rank of [0, 1]) {
+        const m = await c.loadModel(ref, { rank, worldSize: 2, split: 'rows' });
+        node.push(Object.fromEntries([...m.tensors].map(([k, v]) => [k, Buffer.from(v.bytes).toString('hex')])));
+        m.close();
+      }
+      c.close();
+      check(node, 'Node');
+      if (pythonMissing) return t.diagnostic(`Python client not run: ${pythonMissing}`);
+      const script = `
+import json, sys
+from dmaload_client import Client
+out = []
+with Client(sys.argv[1]) as c:
+    for rank in (0, 1):
+        t = c.load_safetensors(sys.argv[2], framework="bytes", rank=rank, world_size=2, split="rows")
+        out.append({k: bytes(v).hex() for k, v in t.items()})
+print(json.dumps(out))
+`;
+      const r = await runPython(['-c', script, server.socket, ref], pythonEnv());
+      assert.equal(r.code, 0, r.err);
+      check(JSON.parse(r.out) as Record<string, string>[], 'Python');
+      assert.equal(server.status().loads, 1, 'one download for every rank of both clients');
+    } finally {
+      await server.close();
+    }
+  });
+
   test('a reference outside --allow-source is ERR_SHARE_SOURCE_NOT_ALLOWED, and nothing reaches the web server', async () => {
     await ng.clearAccessLog();
     const host = new URL(ng.urls.http).host;

@@ -416,12 +416,16 @@ def _check_against_header(tensors, infos, bad):
 class _Files:
     """The files of a plan request, open read-only: one .safetensors file, or an index's shards."""
 
-    def __init__(self, path, tensors):
+    def __init__(self, path, tensors, client=None):
+        from .client import is_reference
+
         self.path, self.paths, self.names, self.fds = path, [], [], []
         self.selected = None  # the selected names (None: all)
+        # References: the server fetches the files (and plans from its own copies); no fd is sent.
+        self.refs = client is not None and is_reference(path)
         try:
             if path.endswith(".json"):
-                weight_map = _read_index(path)
+                weight_map = _read_index(path, client if self.refs else None)
                 if tensors is not None:
                     self.selected = _select(weight_map, tensors, path)
                     if len(set(self.selected)) == len(weight_map):
@@ -432,17 +436,36 @@ class _Files:
                 shards = list(dict.fromkeys(v for n, v in weight_map.items() if chosen is None or n in chosen))
                 base = os.path.dirname(path)
                 for shard in shards:
-                    self._open(os.path.join(base, shard), shard)
+                    if self.refs:
+                        self._ref(_beside(path, shard))
+                    else:
+                        self._open(os.path.join(base, shard), shard)
             else:
-                self._open(path, os.path.abspath(path))
+                if self.refs:
+                    self._ref(path)
+                else:
+                    self._open(path, os.path.abspath(path))
                 if tensors is not None:
-                    names = _header_names(self.fds[0], path)
+                    names = self._ref_names(client, path) if self.refs else _header_names(self.fds[0], path)
                     self.selected = _select(names, tensors, path)
                     if len(set(self.selected)) == len(names):
                         self.selected = None
         except BaseException:
             self.close()
             raise
+
+    def _ref(self, ref):
+        self.paths.append(ref)
+        self.names.append(ref)
+
+    @staticmethod
+    def _ref_names(client, ref):
+        """The tensor names of a referenced file, from its header in the server's buffer (fetched once for the load)."""
+        buf = client.load(ref)
+        try:
+            return {k: None for k in parse_header(buf.view(), ref)}
+        finally:
+            buf.close()
 
     def _open(self, path, name):
         from .client import open_regular
@@ -460,7 +483,9 @@ class _Files:
 def _plan(client, files, spec):
     """The server's plan for `files` (open), as checked PlanTensors."""
     rank, world_size, split = spec
-    body = {"path": os.path.abspath(files.path), "files": files.names, "rank": rank, "worldSize": world_size, "split": split}
+    body = {"path": files.path if files.refs else os.path.abspath(files.path), "files": files.names, "rank": rank, "worldSize": world_size, "split": split}
+    if files.refs:
+        body["refs"] = files.paths
     if files.selected is not None:
         body["tensors"] = list(dict.fromkeys(files.selected))
     try:
@@ -476,7 +501,7 @@ def _plan(client, files, spec):
     def bad(what):
         return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{client.path}' sent a malformed plan for '{files.path}': {what}")
 
-    return _check_plan(plan, len(files.fds), split, None if files.selected is None else set(files.selected), bad)
+    return _check_plan(plan, len(files.paths), split, None if files.selected is None else set(files.selected), bad)
 
 
 def plan(client, path, rank, world_size, split=None, tensors=None):
@@ -485,7 +510,7 @@ def plan(client, path, rank, world_size, split=None, tensors=None):
     spec = rank_spec(rank, world_size, split)
     if spec is None:
         raise DmaloadError("ERR_INVALID_ARG_VALUE", "rank and world_size are required")
-    files = _Files(path, tensors)
+    files = _Files(path, tensors, client)
     try:
         if files.selected == []:
             return []
@@ -495,7 +520,7 @@ def plan(client, path, rank, world_size, split=None, tensors=None):
 
 
 def _load_ranked(client, path, maker, tensors, spec, populate):
-    files = _Files(path, tensors)
+    files = _Files(path, tensors, client)
     buffers = []
     try:
         if files.selected == []:
@@ -512,8 +537,9 @@ def _load_ranked(client, path, maker, tensors, spec, populate):
             if all(t.end == t.start for t in group):  # nothing of this file's bytes is this rank's: no load
                 views.update(_make_all(maker, memoryview(b""), [TensorInfo(t.name, t.dtype, t.shape, 0, 0) for t in group]))
                 continue
-            # The very inode the plan was made from: the fd sent with the plan request.
-            buf = client._load_fd(files.fds[i], fpath)
+            # The very inode the plan was made from: the fd sent with the plan request (a reference: its version now,
+            # checked against the plan below).
+            buf = client.load(fpath) if files.refs else client._load_fd(files.fds[i], fpath)
             buffers.append(buf)
             whole = buf.view()
 
@@ -546,14 +572,6 @@ def load(client, path, framework="numpy", tensors=None, raw=False, rank=None, wo
     maker = _Maker(framework, raw)
     spec = rank_spec(rank, world_size, split)
     if spec is not None:
-        from .client import is_reference
-
-        if is_reference(path):
-            raise DmaloadError(
-                "ERR_INVALID_ARG_VALUE",
-                f"rank and world_size with a reference ('{path[:200]}') are not supported by this client yet: the server plans from files "
-                "this process sends; load the model whole, or from a local copy (dmaload pull), or use Node's client.loadModel()",
-            )
         return _load_ranked(client, path, maker, tensors, spec, populate)
     if path.endswith(".json"):
         return _load_index(client, path, maker, tensors, populate)
