@@ -2,6 +2,8 @@
  * The layer rule of ARCHITECTURE.md, checked: every import in src/**\/*.ts (static, type-only, re-exports and
  * dynamic `import()`) goes to its own layer or one below it, never up, and never out of src/. formats/ is pure: no
  * I/O modules. The order lives in LAYERS below and, word for word, in ARCHITECTURE.md; a test keeps the two equal.
+ * Within a layer too, files import each other one way only (no import cycle), and no function is over
+ * MAX_FUNCTION_LINES lines.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -88,6 +90,126 @@ function violations(srcDir: string, file: string, text: string): string[] {
   return out;
 }
 
+/** The src/ file (relative to src/, '/'-separated) that a relative import names, or undefined for any other import. */
+function importedFile(srcDir: string, file: string, specifier: string | undefined): string | undefined {
+  if (specifier === undefined || !specifier.startsWith('.')) return undefined;
+  const target = relative(srcDir, resolve(dirname(file), specifier))
+    .split(sep)
+    .join('/');
+  return target.startsWith('../') ? undefined : target.replace(/\.js$/, '.ts');
+}
+
+/** Who imports whom under src/: every kind of import, as for the layers, each edge with the importing line. */
+function importGraph(srcDir: string, files: ReadonlyMap<string, string>): Map<string, Array<{ to: string; line: number }>> {
+  const graph = new Map<string, Array<{ to: string; line: number }>>();
+  for (const [file, text] of files) {
+    const rel = relative(srcDir, file).split(sep).join('/');
+    const edges = importsOf(file, text).flatMap(({ specifier, line }) => {
+      const to = importedFile(srcDir, file, specifier);
+      return to === undefined ? [] : [{ to, line }];
+    });
+    graph.set(rel, edges);
+  }
+  return graph;
+}
+
+/**
+ * The import cycles of a graph, one line each: `src/a.ts:3 → src/b.ts:7 → src/a.ts`, one cycle per strongly connected
+ * group of files (Tarjan), the shortest one through the group's first file. A type-only import counts like any other:
+ * two files that name each other's types still cannot be read, moved or split one without the other.
+ */
+function importCycles(graph: ReadonlyMap<string, ReadonlyArray<{ to: string; line: number }>>): string[] {
+  const index = new Map<string, number>();
+  const low = new Map<string, number>();
+  const stack: string[] = [];
+  const onStack = new Set<string>();
+  const groups: string[][] = [];
+  const connect = (v: string): void => {
+    index.set(v, index.size);
+    low.set(v, index.get(v)!);
+    stack.push(v);
+    onStack.add(v);
+    for (const { to } of graph.get(v) ?? []) {
+      if (!graph.has(to)) continue;
+      if (!index.has(to)) {
+        connect(to);
+        low.set(v, Math.min(low.get(v)!, low.get(to)!));
+      } else if (onStack.has(to)) low.set(v, Math.min(low.get(v)!, index.get(to)!));
+    }
+    if (low.get(v) !== index.get(v)) return;
+    const group: string[] = [];
+    let w: string;
+    do {
+      w = stack.pop()!;
+      onStack.delete(w);
+      group.push(w);
+    } while (w !== v);
+    if (group.length > 1 || (graph.get(v) ?? []).some((e) => e.to === v)) groups.push(group.sort());
+  };
+  for (const v of [...graph.keys()].sort()) if (!index.has(v)) connect(v);
+  return groups
+    .sort((a, b) => (a[0]! < b[0]! ? -1 : 1))
+    .map((group) => {
+      // Breadth first from the group's first file, inside the group, back to that file.
+      const start = group[0]!;
+      const inGroup = new Set(group);
+      const via = new Map<string, { from: string; line: number }>();
+      const queue = [start];
+      for (let i = 0; i < queue.length && !via.has(start); i++) {
+        for (const { to, line } of graph.get(queue[i]!) ?? []) {
+          if (!inGroup.has(to) || via.has(to)) continue;
+          via.set(to, { from: queue[i]!, line });
+          queue.push(to);
+        }
+      }
+      const steps: string[] = [];
+      let at = start;
+      do {
+        const { from, line } = via.get(at)!;
+        steps.unshift(`src/${from}:${line}`);
+        at = from;
+      } while (at !== start);
+      return `${steps.join(' → ')} → src/${start} (files in cycles with each other: ${group.map((f) => `src/${f}`).join(', ')})`;
+    });
+}
+
+/** Longest a function may be, counted from its first line (`function …`, `name(…) {`, `(…) => {`) to its last. */
+const MAX_FUNCTION_LINES = 100;
+
+/**
+ * The functions of a file (declarations, methods, accessors, constructors, function expressions and arrow
+ * functions, nested ones on their own) over `max` lines, one line each: `src/file.ts:line name: N lines`. The
+ * TypeScript parser finds where each ends, so braces in strings, templates, comments and regexes do not count; the
+ * code is prettier-formatted (npm run lint), so these are the formatted lines.
+ */
+function longFunctions(srcDir: string, file: string, text: string, max = MAX_FUNCTION_LINES): string[] {
+  const rel = relative(srcDir, file).split(sep).join('/');
+  const sf = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS);
+  const out: string[] = [];
+  const lineOf = (pos: number) => sf.getLineAndCharacterOfPosition(pos).line + 1;
+  const visit = (node: ts.Node): void => {
+    if (ts.isFunctionLike(node) && 'body' in node && node.body !== undefined) {
+      const first = lineOf(node.getStart(sf));
+      const lines = lineOf(node.getEnd()) - first + 1;
+      if (lines > max) out.push(`src/${rel}:${first} ${functionName(node, sf)}: ${lines} lines (at most ${max})`);
+    }
+    ts.forEachChild(node, visit);
+  };
+  visit(sf);
+  return out;
+}
+
+/** A function's name as a reader finds it: its own, the variable or property it is assigned to, or its kind. */
+function functionName(node: ts.SignatureDeclaration, sf: ts.SourceFile): string {
+  if (ts.isConstructorDeclaration(node)) return 'constructor';
+  if (node.name !== undefined) return node.name.getText(sf);
+  const parent = node.parent;
+  if ((ts.isVariableDeclaration(parent) || ts.isPropertyAssignment(parent) || ts.isPropertyDeclaration(parent)) && parent.name !== undefined) {
+    return parent.name.getText(sf);
+  }
+  return ts.isArrowFunction(node) ? '(arrow function)' : '(function expression)';
+}
+
 function sources(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = join(dir, e.name);
@@ -138,6 +260,63 @@ test('no import in src/ climbs a layer', () => {
   assert.deepEqual(broken, [], `imports that break the layer order:\n${broken.join('\n')}`);
   const layersSeen = new Set(files.map((f) => layerOf(relative(srcDir, f).split(sep).join('/'))));
   for (const l of LAYERS) assert.ok(layersSeen.has(l), `no file in layer ${l}: drop it from the table or the docs are stale`);
+});
+
+test('the cycle checker finds a cycle of any length, a type-only one and a file importing itself', () => {
+  const file = (rel: string) => join(srcDir, ...rel.split('/'));
+  const texts = new Map([
+    [file('api/a.ts'), "import { b } from './b.js';\nimport { x } from '../core/x.js';"],
+    [file('api/b.ts'), "\nexport { c } from '../cli/c.js';"],
+    [file('cli/c.ts'), "const a = await import('../api/a.js');"],
+    [file('core/x.ts'), "import type { Y } from './y.js';"],
+    [file('core/y.ts'), "import type { X } from './x.js';"],
+    [file('core/z.ts'), "import { z } from './z.js';\nimport { x } from './x.js';"],
+    [file('core/w.ts'), "import { x } from './x.js';\nimport { readFileSync } from 'node:fs';"],
+  ]);
+  assert.deepEqual(importCycles(importGraph(srcDir, texts)), [
+    'src/api/a.ts:1 → src/api/b.ts:2 → src/cli/c.ts:1 → src/api/a.ts (files in cycles with each other: src/api/a.ts, src/api/b.ts, src/cli/c.ts)',
+    'src/core/x.ts:1 → src/core/y.ts:1 → src/core/x.ts (files in cycles with each other: src/core/x.ts, src/core/y.ts)',
+    'src/core/z.ts:1 → src/core/z.ts (files in cycles with each other: src/core/z.ts)',
+  ]);
+  texts.delete(file('core/y.ts'));
+  texts.set(file('cli/c.ts'), "import { a } from '../api/a.js';\nimport { b } from '../api/b.js';");
+  texts.set(file('api/b.ts'), '');
+  texts.set(file('core/z.ts'), "import { x } from './x.js';");
+  assert.deepEqual(importCycles(importGraph(srcDir, texts)), [], 'imports one way only: no cycle');
+});
+
+test('no import cycle in src/', () => {
+  const files = new Map(sources(srcDir).map((f) => [f, readFileSync(f, 'utf8')]));
+  const cycles = importCycles(importGraph(srcDir, files));
+  assert.deepEqual(cycles, [], `import cycles (move what both files need to a third module):\n${cycles.join('\n')}`);
+});
+
+test('the length checker counts every kind of function, to its real end', () => {
+  const file = join(srcDir, 'core', 'made-up.ts');
+  const body = (n: number) => Array.from({ length: n }, (_, i) => `  const v${i} = '}'; // }`).join('\n');
+  const text = [
+    `export function fits() {\n${body(98)}\n}`, // 100 lines: fine
+    `async function tooLong(a = { b: 1 }) {\n${body(99)}\n}`, // 101
+    `class K {\n  method(): void {\n${body(99)}\n  }\n  constructor() {\n${body(99)}\n  }\n}`,
+    `const arrow = async () => {\n  const re = /[{]/;\n  const t = \`\${'{'}\`;\n${body(97)}\n};`,
+    `run(function () {\n${body(99)}\n});`,
+    `const o = { get g() {\n${body(99)}\n} };`,
+  ].join('\n');
+  const found = longFunctions(srcDir, file, text, 100).map((l) => l.replace(/ \(at most 100\)$/, ''));
+  const lineOf = (needle: string) => text.slice(0, text.indexOf(needle)).split('\n').length;
+  assert.deepEqual(found, [
+    `src/core/made-up.ts:${lineOf('async function tooLong')} tooLong: 101 lines`,
+    `src/core/made-up.ts:${lineOf('method()')} method: 101 lines`,
+    `src/core/made-up.ts:${lineOf('constructor()')} constructor: 101 lines`,
+    `src/core/made-up.ts:${lineOf('const arrow')} arrow: 101 lines`,
+    `src/core/made-up.ts:${lineOf('run(function')} (function expression): 101 lines`,
+    `src/core/made-up.ts:${lineOf('get g()')} g: 101 lines`,
+  ]);
+});
+
+test(`no function in src/ is over ${MAX_FUNCTION_LINES} lines`, () => {
+  const long = sources(srcDir).flatMap((f) => longFunctions(srcDir, f, readFileSync(f, 'utf8')));
+  assert.deepEqual(long, [], `functions to split into named helpers:\n${long.join('\n')}`);
 });
 
 test('ARCHITECTURE.md states the same layer order', () => {

@@ -177,12 +177,32 @@ async function loadModelRef(path: string, options: LoadModelOptions): Promise<Lo
     );
   }
 
+  const loaded = await loadFiles(plans, loadOptions, signal, onProgress);
+  const buffers = loaded.map((l) => l.buffer);
+  const { tensors, perFile, owner } = placeTensors(path, plans, loaded, selected);
+  const stats = modelStats(t0, selected, perFile);
+  return new Model(info.format, info.metadata, tensors, partition, stats, buffers, owner);
+}
+
+/** A file's ranges loaded: its buffer and, per range, where in it the range begins. */
+type LoadedRanges = { buffer: LoadedBuffer; offsets: number[] };
+
+/**
+ * Loads every plan's ranges, FILE_CONCURRENCY files at once, under one controller: the caller's abort, or the first
+ * failure, stops the others, and every buffer loaded is closed before the error (the first real one) is thrown.
+ */
+async function loadFiles(
+  plans: readonly FilePlan[],
+  loadOptions: LoadOptions,
+  signal: AbortSignal | undefined,
+  onProgress: ((p: LoadProgress) => void) | undefined,
+): Promise<LoadedRanges[]> {
   // One controller for every file: the caller's abort, or the first failure, stops the others.
   const ac = new AbortController();
   const onAbort = () => ac.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
   const progress = onProgress && progressAggregator(plans, onProgress);
-  const loaded: ({ buffer: LoadedBuffer; offsets: number[] } | undefined)[] = plans.map(() => undefined);
+  const loaded: (LoadedRanges | undefined)[] = plans.map(() => undefined);
   let failure: { error: unknown } | undefined;
   try {
     let next = 0;
@@ -209,7 +229,7 @@ async function loadModelRef(path: string, options: LoadModelOptions): Promise<Lo
   } finally {
     signal?.removeEventListener('abort', onAbort);
   }
-  const buffers = loaded.filter((l): l is { buffer: LoadedBuffer; offsets: number[] } => l !== undefined).map((l) => l.buffer);
+  const buffers = loaded.filter((l): l is LoadedRanges => l !== undefined).map((l) => l.buffer);
   if (failure !== undefined || signal?.aborted) {
     closeAll(buffers);
     if (signal?.aborted) throw failure?.error instanceof AbortError ? failure.error : new AbortError(undefined, { cause: signal.reason });
@@ -222,8 +242,19 @@ async function loadModelRef(path: string, options: LoadModelOptions): Promise<Lo
     closeAll(buffers);
     throw e;
   }
+  return loaded as LoadedRanges[];
+}
 
-  // Place each tensor: its range's spot in the buffer plus its distance from the range's first byte.
+/**
+ * Each selected tensor as a view: its range's spot in the file's buffer plus its distance from the range's first
+ * byte. A tensor of no bytes has no buffer.
+ */
+function placeTensors(
+  path: string,
+  plans: readonly FilePlan[],
+  loaded: readonly LoadedRanges[],
+  selected: readonly RankTensor[],
+): { tensors: Map<string, LoadedTensor>; perFile: ModelFileStats[]; owner: Owner } {
   const where = new Map<ModelTensor, { buffer: LoadedBuffer; at: number }>();
   const perFile: ModelFileStats[] = [];
   plans.forEach((p, i) => {
@@ -241,8 +272,7 @@ async function loadModelRef(path: string, options: LoadModelOptions): Promise<Lo
     const w = where.get(t);
     tensors.set(t.name, new Tensor(t, w?.buffer, w?.at ?? 0, owner));
   }
-  const stats = modelStats(t0, selected, perFile);
-  return new Model(info.format, info.metadata, tensors, partition, stats, buffers, owner);
+  return { tensors, perFile, owner };
 }
 
 function modelStats(t0: number, selected: readonly ModelTensor[], perFile: ModelFileStats[]): LoadModelStats {

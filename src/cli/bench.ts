@@ -11,7 +11,7 @@ import { markdown, pctOf, svg, table } from '../bench/report.js';
 import type { TargetName } from '../targets/index.js';
 import { GiB, formatBytes, parseSize } from '../core/util.js';
 import { UsageError, onInterrupt } from './io.js';
-import { numaNodeFlag } from './load.js';
+import { numaNodeFlag } from './flags.js';
 import { numaRequest } from '../api/pages.js';
 import type { CliIO } from './io.js';
 

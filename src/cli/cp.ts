@@ -9,8 +9,7 @@ import type { IoMode } from '../pipeline/source.js';
 import { cpuMsSince, formatBytes } from '../core/util.js';
 import { UsageError, onInterrupt, progressBar } from './io.js';
 import type { CliIO } from './io.js';
-import { choice } from './load.js';
-import { verifyFlag } from './verify.js';
+import { choice, verifyFlag } from './flags.js';
 
 export const CP_HELP = `Usage: dmaload cp SRC DST [--io auto|direct|buffered|uncached] [--verify auto|on|off|sha256:HEX] [--json]
 

@@ -5,14 +5,15 @@ import { cliRef } from './ref.js';
 import { parseArgs } from 'node:util';
 import { evictPath } from '../pipeline/cache.js';
 import { load } from '../api/load.js';
-import { IO_MODES, KNOBS } from '../api/options.js';
-import type { NumaNode } from '../engine/numa.js';
+import type { LoadedBuffer } from '../api/buffer.js';
+import { IO_MODES } from '../api/options.js';
+import type { LoadOptions } from '../api/load.js';
 import type { IoMode } from '../pipeline/source.js';
 import { TARGET_NAMES } from '../targets/index.js';
 import type { TargetName } from '../targets/index.js';
-import { formatBytes, parseSize } from '../core/util.js';
+import { formatBytes } from '../core/util.js';
 import { UsageError, onInterrupt, progressBar, sha256 } from './io.js';
-import { verifyFlag } from './verify.js';
+import { choice, hugePagesFlag, numaNodeFlag, partSizeFlag, verifyFlag } from './flags.js';
 import type { CliIO } from './io.js';
 
 export const LOAD_HELP = `Usage: dmaload load FILE [options]
@@ -50,32 +51,8 @@ DMALOAD_HUGE_PAGES (1, 0, hugetlb or hugetlb-or-small: as --huge-pages on, off, 
 DMALOAD_NUMA_NODE (N or interleave: as --numa-node)
 `;
 
-/** --part-size: a size that the partSize option takes (KNOBS.partSize: whole pages), else a usage error. */
-export function partSizeFlag(v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = parseSize(v);
-  const k = KNOBS.partSize;
-  if (n === undefined || n < k.min || n % k.multipleOf !== 0)
-    throw new UsageError(`--part-size must be a size that is a multiple of ${k.multipleOf}, e.g. 32MiB (got '${v}')`);
-  return n;
-}
-
-export function choice<T extends string>(flag: string, v: string | undefined, allowed: readonly T[], dflt: T): T {
-  if (v === undefined) return dflt;
-  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`--${flag} must be one of ${allowed.join(', ')} (got '${v}')`);
-  return v as T;
-}
-
-/** --numa-node: a node number or 'interleave' (whether the node exists, load() says: ERR_OUT_OF_RANGE). */
-export function numaNodeFlag(v: string | undefined): NumaNode | undefined {
-  if (v === undefined) return undefined;
-  if (v === 'interleave') return v;
-  if (!/^\d+$/.test(v)) throw new UsageError(`--numa-node must be a node number or interleave (got '${v}')`);
-  return Number(v);
-}
-
-export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parseArgs({
+function parseLoadArgs(argv: string[]) {
+  return parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -93,6 +70,12 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
+}
+
+type LoadFlags = ReturnType<typeof parseLoadArgs>['values'];
+
+export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parseLoadArgs(argv);
   if (values.help) {
     io.stdout(LOAD_HELP);
     return 0;
@@ -100,17 +83,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('load takes exactly one FILE');
   // A folder or a repository: its model file (one safetensors, index or GGUF; ambiguity is a coded error).
   const path = await locateModel(cliRef(positionals[0]!));
-  const target = choice<TargetName>('target', values.target, TARGET_NAMES, 'memory');
-  const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
-  if (values.hash !== undefined && values.hash !== 'sha256') throw new UsageError(`--hash supports sha256 only (got '${values.hash}')`);
-  const partSize = partSizeFlag(values['part-size']);
-  const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
-  let verify = verifyFlag(values.verify);
-  if (values.hash && verify === 'auto') verify = true;
-  const hp =
-    values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
-  const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
-  const numaNode = numaNodeFlag(values['numa-node']);
+  const options = loadOptions(values);
   // Cold means cold: evictPath flushes dirty pages before dropping them and counts what stayed (mincore).
   const stayed = values.evict && !isReference(path) ? evictPath(path) : undefined;
   if (stayed === null) io.stderr(`note: --evict dropped '${path}' from the page cache, but this user cannot count what stayed (it may not write the file)\n`);
@@ -122,74 +95,99 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const interrupt = onInterrupt();
   let buf;
   try {
-    buf = await load(path, {
-      target,
-      io: ioMode,
-      ...(values.heap === undefined ? {} : { heap: values.heap }),
-      ...(partSize === undefined ? {} : { partSize }),
-      ...(hugePages === undefined ? {} : { hugePages }),
-      ...(numaNode === undefined ? {} : { numaNode }),
-      overlap,
-      verify,
-      signal: interrupt.signal,
-      onProgress: (p) => bar.update(p.bytes, p.total),
-    });
+    buf = await load(path, { ...options, signal: interrupt.signal, onProgress: (p) => bar.update(p.bytes, p.total) });
   } finally {
     interrupt.dispose();
     bar.done();
   }
   try {
-    const s = buf.stats;
-    const out: Record<string, unknown> = {
-      path,
-      size: buf.size,
-      target,
-      io: s.io,
-      ...(s.ioReason ? { ioReason: s.ioReason } : {}),
-      directBytes: s.directBytes,
-      copiedBytes: s.copiedBytes,
-      bytesRead: s.bytesRead,
-      engine: s.engine,
-      ...(s.engineReason ? { engineReason: s.engineReason } : {}),
-      ms: s.ms,
-      allocMs: s.allocMs,
-      ioMs: s.ioMs,
-      cpuMs: s.cpuMs,
-      bytesPerSec: s.bytesPerSec,
-      pageCacheBytes: s.pageCacheBytes,
-      ...(stayed === undefined ? {} : { evictedResidentBytes: stayed }),
-      overlap: s.overlap,
-      // One entry per part of the layout; targets with one fd (memfd) repeat it.
-      parts: s.parts.map((p, i) => ({ fd: (buf.parts[i] ?? buf.parts[0])?.fd ?? -1, ...p })),
-      chunkSize: s.chunkSize,
-      queueDepth: s.queueDepth,
-      memory: s.memory,
-      ...(s.hugePages === undefined ? {} : { hugePages: s.hugePages }),
-      ...(s.hugetlb === undefined ? {} : { hugetlb: s.hugetlb }),
-      ...(s.memoryReason === undefined ? {} : { memoryReason: s.memoryReason }),
-      ...(s.verified === undefined ? {} : { verified: s.verified }),
-      ...(s.numa === undefined ? {} : { numa: s.numa }),
-      ...(s.network === undefined ? {} : { network: s.network }),
-    };
-    if (s.verified) out.sha256 = s.verified.sha256;
-    else if (values.hash) out.sha256 = await sha256(buf);
-    if (values.json) {
-      io.stdout(JSON.stringify(out) + '\n');
-    } else {
-      const left =
-        s.pageCacheBytes === null
-          ? 'unknown'
-          : `${formatBytes(s.pageCacheBytes)} (${buf.size > 0 ? ((100 * s.pageCacheBytes) / buf.size).toFixed(1) : '0.0'}%)`;
-      io.stdout(
-        `${path}: ${formatBytes(buf.size)} into ${target} in ${s.ms.toFixed(0)} ms (${(s.bytesPerSec / 1e6).toFixed(0)} MB/s), ` +
-          `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${left}, io ${s.io}` +
-          `${s.network ? ` (${s.network.requests} requests, ${s.network.retries} retries, up to ${s.network.connections} connections)` : ''}` +
-          `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${s.numa ? `, ${s.numa.reason}` : ''}${out.sha256 ? `, sha256 ${out.sha256 as string}` : ''}` +
-          `${s.verified && s.verified.source !== 'computed' ? ` (verified against ${s.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})` : ''}\n`,
-      );
-    }
+    const out = await summary(path, buf, options.target, stayed, values.hash !== undefined);
+    if (values.json) io.stdout(JSON.stringify(out) + '\n');
+    else io.stdout(sentence(path, buf, options.target, out.sha256 as string | undefined));
   } finally {
     buf.close();
   }
   return 0;
+}
+
+/** load()'s options from the flags (a usage error names a bad one). */
+function loadOptions(values: LoadFlags): LoadOptions & { target: TargetName } {
+  const target = choice<TargetName>('target', values.target, TARGET_NAMES, 'memory');
+  const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
+  if (values.hash !== undefined && values.hash !== 'sha256') throw new UsageError(`--hash supports sha256 only (got '${values.hash}')`);
+  const partSize = partSizeFlag(values['part-size']);
+  const overlap = choice('overlap', values.overlap, ['on', 'off'], 'on') === 'on';
+  let verify = verifyFlag(values.verify);
+  if (values.hash && verify === 'auto') verify = true;
+  const hugePages = hugePagesFlag(values['huge-pages']);
+  const numaNode = numaNodeFlag(values['numa-node']);
+  return {
+    target,
+    io: ioMode,
+    ...(values.heap === undefined ? {} : { heap: values.heap }),
+    ...(partSize === undefined ? {} : { partSize }),
+    ...(hugePages === undefined ? {} : { hugePages }),
+    ...(numaNode === undefined ? {} : { numaNode }),
+    overlap,
+    verify,
+  };
+}
+
+/** What --json prints: the buffer's stats, flattened, and the SHA-256 (verified, or computed for --hash). */
+async function summary(
+  path: string,
+  buf: LoadedBuffer,
+  target: TargetName,
+  stayed: number | null | undefined,
+  hash: boolean,
+): Promise<Record<string, unknown>> {
+  const s = buf.stats;
+  const out: Record<string, unknown> = {
+    path,
+    size: buf.size,
+    target,
+    io: s.io,
+    ...(s.ioReason ? { ioReason: s.ioReason } : {}),
+    directBytes: s.directBytes,
+    copiedBytes: s.copiedBytes,
+    bytesRead: s.bytesRead,
+    engine: s.engine,
+    ...(s.engineReason ? { engineReason: s.engineReason } : {}),
+    ms: s.ms,
+    allocMs: s.allocMs,
+    ioMs: s.ioMs,
+    cpuMs: s.cpuMs,
+    bytesPerSec: s.bytesPerSec,
+    pageCacheBytes: s.pageCacheBytes,
+    ...(stayed === undefined ? {} : { evictedResidentBytes: stayed }),
+    overlap: s.overlap,
+    // One entry per part of the layout; targets with one fd (memfd) repeat it.
+    parts: s.parts.map((p, i) => ({ fd: (buf.parts[i] ?? buf.parts[0])?.fd ?? -1, ...p })),
+    chunkSize: s.chunkSize,
+    queueDepth: s.queueDepth,
+    memory: s.memory,
+    ...(s.hugePages === undefined ? {} : { hugePages: s.hugePages }),
+    ...(s.hugetlb === undefined ? {} : { hugetlb: s.hugetlb }),
+    ...(s.memoryReason === undefined ? {} : { memoryReason: s.memoryReason }),
+    ...(s.verified === undefined ? {} : { verified: s.verified }),
+    ...(s.numa === undefined ? {} : { numa: s.numa }),
+    ...(s.network === undefined ? {} : { network: s.network }),
+  };
+  if (s.verified) out.sha256 = s.verified.sha256;
+  else if (hash) out.sha256 = await sha256(buf);
+  return out;
+}
+
+/** The one line load prints without --json. */
+function sentence(path: string, buf: LoadedBuffer, target: TargetName, sha: string | undefined): string {
+  const s = buf.stats;
+  const left =
+    s.pageCacheBytes === null ? 'unknown' : `${formatBytes(s.pageCacheBytes)} (${buf.size > 0 ? ((100 * s.pageCacheBytes) / buf.size).toFixed(1) : '0.0'}%)`;
+  return (
+    `${path}: ${formatBytes(buf.size)} into ${target} in ${s.ms.toFixed(0)} ms (${(s.bytesPerSec / 1e6).toFixed(0)} MB/s), ` +
+    `CPU ${s.cpuMs.toFixed(0)} ms, page cache left ${left}, io ${s.io}` +
+    `${s.network ? ` (${s.network.requests} requests, ${s.network.retries} retries, up to ${s.network.connections} connections)` : ''}` +
+    `${s.ioReason ? ` (${s.ioReason})` : ''}${s.memoryReason && /hugetlb/.test(s.memoryReason) ? `, ${s.memoryReason}` : ''}${s.numa ? `, ${s.numa.reason}` : ''}${sha ? `, sha256 ${sha}` : ''}` +
+    `${s.verified && s.verified.source !== 'computed' ? ` (verified against ${s.verified.source === 'hub-cache' ? 'its hub-cache blob name' : '--verify'})` : ''}\n`
+  );
 }

@@ -1,15 +1,15 @@
 /** `dmaload serve --socket PATH`: load files once, hand their sealed buffers to any number of local processes. */
 import { parseArgs } from 'node:util';
-import { parseSize } from '../core/util.js';
-import { formatBytes } from '../core/util.js';
+import { formatBytes, parseSize } from '../core/util.js';
 import type { IoMode } from '../pipeline/source.js';
 import { serve } from '../share/serve.js';
 import { allowRule } from '../share/sources.js';
 import { SHARE_TARGETS } from '../share/seal.js';
 import type { ShareTarget } from '../share/seal.js';
+import type { ServeOptions } from '../share/serve.js';
 import { UsageError, onInterrupt, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
-import { choice, numaNodeFlag, partSizeFlag } from './load.js';
+import { choice, hugePagesFlag, numaNodeFlag, partSizeFlag } from './flags.js';
 import { IO_MODES } from '../api/options.js';
 
 export const SERVE_HELP = `Usage: dmaload serve --socket PATH [options] [FILE...]
@@ -30,6 +30,8 @@ Options:
   --per-user-connections N  connections at once per user (default 32; the server's own user is not limited)
   --idle-timeout TIME       close a connection that sends nothing for TIME (default 10m; clients reconnect)
   --reply-timeout TIME      close a connection that leaves replies unread for TIME (default 10s)
+  --stall-timeout TIME      abandon a load that makes no progress for TIME (default 60s; its requests fail with
+                            ERR_SHARE_LOAD_STALLED)
   --preload FILE            load FILE before accepting requests (repeatable; FILE arguments are preloaded too)
   --allow-source PREFIX     let clients name a reference under PREFIX instead of sending an fd (repeatable; off by
                             default): https://HOST/PATH/, s3://BUCKET/PREFIX or hf://ORG/[NAME]. The server
@@ -51,8 +53,8 @@ Options:
   -h, --help                this text
 `;
 
-export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
-  const { values, positionals } = parseArgs({
+function parseServeArgs(argv: string[]) {
+  return parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -62,6 +64,7 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       'max-connections': { type: 'string' },
       'per-user-connections': { type: 'string' },
       'idle-timeout': { type: 'string' },
+      'stall-timeout': { type: 'string' },
       'reply-timeout': { type: 'string' },
       preload: { type: 'string', multiple: true },
       'allow-source': { type: 'string', multiple: true },
@@ -77,43 +80,43 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
-  if (values.help) {
-    io.stdout(SERVE_HELP);
-    return 0;
-  }
+}
+
+/** A size flag (--budget, --per-user-budget): 8GiB and the like. */
+function sizeFlag(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = parseSize(v);
+  if (n === undefined) throw new UsageError(`--${flag} must be a size such as 8GiB (got '${v}')`);
+  return n;
+}
+
+/** A count flag (--max-connections, --per-user-connections): 1 to 65536. */
+function countFlag(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^[1-9][0-9]{0,4}$/.test(v)) throw new UsageError(`--${flag} must be a whole number from 1 to 65536 (got '${v}')`);
+  return Number(v);
+}
+
+/** A time flag (--idle-timeout, --reply-timeout): 30s, 500ms, 10m, 1h (seconds without a unit), in milliseconds. */
+function durationFlag(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v);
+  const ms = m ? Math.round(Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms']) : NaN;
+  if (!(ms >= 1 && ms <= 2 ** 31 - 1)) throw new UsageError(`--${flag} must be a time such as 30s, 500ms or 10m (got '${v}')`);
+  return ms;
+}
+
+/** serve()'s options from the flags, but for the signal (a usage error names a bad one). */
+function serveOptions(values: ReturnType<typeof parseServeArgs>['values'], positionals: string[], io: CliIO): ServeOptions & { target: ShareTarget } {
   if (!values.socket) throw new UsageError('--socket PATH is required');
-  let budget: number | undefined;
-  if (values.budget !== undefined) {
-    budget = parseSize(values.budget);
-    if (budget === undefined) throw new UsageError(`--budget must be a size such as 8GiB (got '${values.budget}')`);
-  }
-  const size = (flag: string): number | undefined => {
-    const v = values[flag as 'budget'];
-    if (v === undefined) return undefined;
-    const n = parseSize(v);
-    if (n === undefined) throw new UsageError(`--${flag} must be a size such as 8GiB (got '${v}')`);
-    return n;
-  };
-  const count = (flag: string): number | undefined => {
-    const v = values[flag as 'budget'];
-    if (v === undefined) return undefined;
-    if (!/^[1-9][0-9]{0,4}$/.test(v)) throw new UsageError(`--${flag} must be a whole number from 1 to 65536 (got '${v}')`);
-    return Number(v);
-  };
-  const duration = (flag: string): number | undefined => {
-    const v = values[flag as 'budget'];
-    if (v === undefined) return undefined;
-    const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v);
-    const ms = m ? Math.round(Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms']) : NaN;
-    if (!(ms >= 1 && ms <= 2 ** 31 - 1)) throw new UsageError(`--${flag} must be a time such as 30s, 500ms or 10m (got '${v}')`);
-    return ms;
-  };
+  const budget = sizeFlag('budget', values.budget);
   const limits = {
-    perUserBudget: size('per-user-budget'),
-    maxConnections: count('max-connections'),
-    perUserConnections: count('per-user-connections'),
-    idleTimeout: duration('idle-timeout'),
-    replyTimeout: duration('reply-timeout'),
+    perUserBudget: sizeFlag('per-user-budget', values['per-user-budget']),
+    maxConnections: countFlag('max-connections', values['max-connections']),
+    perUserConnections: countFlag('per-user-connections', values['per-user-connections']),
+    idleTimeout: durationFlag('idle-timeout', values['idle-timeout']),
+    stallTimeout: durationFlag('stall-timeout', values['stall-timeout']),
+    replyTimeout: durationFlag('reply-timeout', values['reply-timeout']),
   };
   let mode: number | undefined;
   if (values.mode !== undefined) {
@@ -123,42 +126,49 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
   const partSize = partSizeFlag(values['part-size']);
   const target = choice<ShareTarget>('target', values.target, SHARE_TARGETS, 'memfd');
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
-  const hp =
-    values['huge-pages'] === undefined ? undefined : choice('huge-pages', values['huge-pages'], ['on', 'off', 'hugetlb', 'hugetlb-or-small'] as const, 'off');
-  const hugePages = hp === undefined ? undefined : hp === 'on' ? true : hp === 'off' ? false : hp;
+  const hugePages = hugePagesFlag(values['huge-pages']);
   const numaNode = numaNodeFlag(values['numa-node']);
   const preload = [...(values.preload ?? []), ...positionals];
   for (const r of values['allow-source'] ?? []) allowRule(r, '--allow-source');
   const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
+  return {
+    socket: values.socket,
+    target,
+    io: ioMode,
+    preload,
+    allowSources: values['allow-source'] ?? [],
+    ...(values['download-cache'] === undefined ? {} : { cache: values['download-cache'] }),
+    ...(budget === undefined ? {} : { budget }),
+    ...(hugePages === undefined ? {} : { hugePages }),
+    ...(numaNode === undefined ? {} : { numaNode }),
+    ...Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
+    ...(mode === undefined ? {} : { mode }),
+    ...(values.heap === undefined ? {} : { heap: values.heap }),
+    ...(partSize === undefined ? {} : { partSize }),
+    ...(log ? { log } : {}),
+  };
+}
+
+export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parseServeArgs(argv);
+  if (values.help) {
+    io.stdout(SERVE_HELP);
+    return 0;
+  }
+  const options = serveOptions(values, positionals, io);
 
   // From here a signal stops the server cleanly (its socket removed), also while it preloads.
   const interrupt = onInterrupt();
   let server;
   try {
-    server = await serve({
-      socket: values.socket,
-      target,
-      io: ioMode,
-      preload,
-      allowSources: values['allow-source'] ?? [],
-      ...(values['download-cache'] === undefined ? {} : { cache: values['download-cache'] }),
-      ...(budget === undefined ? {} : { budget }),
-      ...(hugePages === undefined ? {} : { hugePages }),
-      ...(numaNode === undefined ? {} : { numaNode }),
-      ...Object.fromEntries(Object.entries(limits).filter(([, v]) => v !== undefined)),
-      ...(mode === undefined ? {} : { mode }),
-      ...(values.heap === undefined ? {} : { heap: values.heap }),
-      ...(partSize === undefined ? {} : { partSize }),
-      ...(log ? { log } : {}),
-      signal: interrupt.signal,
-    });
+    server = await serve({ ...options, signal: interrupt.signal });
   } catch (e) {
     interrupt.dispose();
     throw e;
   }
   const st = server.status();
   io.stderr(
-    `dmaload serve: listening on ${server.socket} (pid ${process.pid}, target ${target}, budget ${formatBytes(server.budget)}, ${st.entries} files preloaded)\n`,
+    `dmaload serve: listening on ${server.socket} (pid ${process.pid}, target ${options.target}, budget ${formatBytes(server.budget)}, ${st.entries} files preloaded)\n`,
   );
   // Serving until SIGINT, SIGTERM or SIGHUP: a stop the operator asked for, so exit 0.
   const stopped = interrupt.signal;

@@ -1,14 +1,14 @@
 /** `dmaload verify FILE...`: each file's SHA-256 at the device's speed, checked against what is expected. */
 import { cliRef } from './ref.js';
 import { parseArgs } from 'node:util';
-import { IO_MODES, verifyOption } from '../api/options.js';
+import { IO_MODES } from '../api/options.js';
 import { verifyFile } from '../api/verify.js';
 import type { VerifyFileResult } from '../api/verify.js';
 import type { IoMode } from '../pipeline/source.js';
 import { formatBytes } from '../core/util.js';
 import { UsageError, onInterrupt, printable, progressBar } from './io.js';
 import type { CliIO } from './io.js';
-import { choice } from './load.js';
+import { choice } from './flags.js';
 
 export const VERIFY_HELP = `Usage: dmaload verify FILE... [--sha256 HEX] [--io auto|direct|buffered|uncached] [--json]
 
@@ -87,13 +87,4 @@ export async function verifyCommand(argv: string[], io: CliIO): Promise<number> 
     interrupt.dispose();
   }
   return status;
-}
-
-/** The CLI's `--verify` value for load and cp: auto (default), on, off, or sha256:HEX. */
-export function verifyFlag(v: string | undefined): ReturnType<typeof verifyOption> {
-  if (v === undefined || v === 'auto') return 'auto';
-  if (v === 'on' || v === 'off') return v === 'on';
-  const m = /^sha256:([0-9a-fA-F]{64})$/.exec(v);
-  if (!m) throw new UsageError(`--verify must be auto, on, off or sha256:HEX with 64 hex digits (got '${v}')`);
-  return verifyOption({ sha256: m[1]! });
 }

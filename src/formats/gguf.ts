@@ -35,7 +35,7 @@ export interface GgmlType {
  * ggml's type table (ggml/include/ggml.h `enum ggml_type`, block layouts in ggml/src/ggml-common.h, type_traits in
  * ggml/src/ggml.c), as of ggml d99724f (2026-08, GGML_TYPE_COUNT 43). Byte sizes are the headers' own static_assert
  * expressions; a half is 2 bytes. ggml adds types every few months: a type missing here does not make a file
- * unreadable (see parseGgufPrefix), it only makes its tensor opaque.
+ * unreadable (see locateTensors), it only makes its tensor opaque.
  */
 const QK_K = 256;
 const HALF = 2;
@@ -238,6 +238,15 @@ function safe(n: bigint): number | bigint {
   return n >= -0x1fffffffffffffn && n <= 0x1fffffffffffffn ? Number(n) : n;
 }
 
+/** A tensor as its description in the header gives it: the offset is relative to the data section. */
+interface RawTensor {
+  name: string;
+  dims: number[];
+  typeId: number;
+  type: GgmlType | undefined;
+  rel: bigint;
+}
+
 /**
  * Parses a GGUF header from the first `buf.length` bytes of a file. Throws {@link NeedMore} when the header goes on
  * past `buf` but not past `fileSize`; {@link parseGguf} is the public form.
@@ -245,26 +254,38 @@ function safe(n: bigint): number | bigint {
 export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string | undefined): ParsedModel {
   const c = new Cursor(buf, fileSize, path);
   if (c.u32('magic') !== 0x46554747 /* 'GGUF' */) throw modelError('ERR_MODEL_FORMAT', 'not a GGUF file', path);
-  const version = c.u32('version');
-  if (version !== 2 && version !== 3) {
-    const swapped = ((version & 0xff) << 24) | ((version & 0xff00) << 8) | ((version >>> 8) & 0xff00) | (version >>> 24);
-    const text =
-      version === 1
-        ? 'GGUF version 1 is not supported (only 2 and 3 are)'
-        : swapped >= 1 && swapped <= 3
-          ? `big-endian GGUF (version ${swapped}) is not supported`
-          : `unknown GGUF version ${version}`;
-    throw modelError('ERR_MODEL_VERSION', text, path);
-  }
+  checkVersion(c.u32('version'), path);
   const tensorCount = c.u64('tensor count');
   const kvCount = c.u64('metadata count');
   c.fits(kvCount, MIN_KV, 'metadata count');
   c.fits(tensorCount, MIN_TENSOR_INFO, 'tensor count');
+  const { entries, alignment } = readMetadata(c, Number(kvCount), path);
+  const raw = readTensorInfos(c, Number(tensorCount), path);
+  const dataOffset = Math.ceil(c.pos / alignment) * alignment;
+  const tensors = locateTensors(raw, dataOffset, alignment, fileSize, path);
+  checkNoOverlap([...tensors].sort(byOffset), path);
+  return { format: 'gguf', metadata: Object.fromEntries(entries), tensors, dataOffset };
+}
 
+/** ERR_MODEL_VERSION for anything but versions 2 and 3, naming a big-endian file as such. */
+function checkVersion(version: number, path: string | undefined): void {
+  if (version === 2 || version === 3) return;
+  const swapped = ((version & 0xff) << 24) | ((version & 0xff00) << 8) | ((version >>> 8) & 0xff00) | (version >>> 24);
+  const text =
+    version === 1
+      ? 'GGUF version 1 is not supported (only 2 and 3 are)'
+      : swapped >= 1 && swapped <= 3
+        ? `big-endian GGUF (version ${swapped}) is not supported`
+        : `unknown GGUF version ${version}`;
+  throw modelError('ERR_MODEL_VERSION', text, path);
+}
+
+/** The metadata key/value pairs, and the alignment `general.alignment` sets (a power of two; default 32). */
+function readMetadata(c: Cursor, count: number, path: string | undefined): { entries: [string, MetadataValue][]; alignment: number } {
   const entries: [string, MetadataValue][] = [];
   const keys = new Set<string>();
   let alignment = DEFAULT_ALIGNMENT;
-  for (let i = 0, n = Number(kvCount); i < n; i++) {
+  for (let i = 0; i < count; i++) {
     const key = decodeStrict(c.bytes('metadata key'), `GGUF metadata key #${i}`, path);
     if (keys.has(key)) throw modelError('ERR_MODEL_DUPLICATE', `GGUF metadata key ${q(key)} occurs twice`, path);
     keys.add(key);
@@ -279,10 +300,14 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
     }
     entries.push([key, value]);
   }
+  return { entries, alignment };
+}
 
-  const raw: { name: string; dims: number[]; typeId: number; type: GgmlType | undefined; rel: bigint }[] = [];
+/** The tensor descriptions: name, dimensions, type and offset in the data section. */
+function readTensorInfos(c: Cursor, count: number, path: string | undefined): RawTensor[] {
+  const raw: RawTensor[] = [];
   const names = new Set<string>();
-  for (let i = 0, n = Number(tensorCount); i < n; i++) {
+  for (let i = 0; i < count; i++) {
     const name = decodeStrict(c.bytes('tensor name'), `GGUF tensor name #${i}`, path);
     if (names.has(name)) throw modelError('ERR_MODEL_DUPLICATE', `GGUF tensor name ${q(name)} occurs twice`, path);
     names.add(name);
@@ -301,8 +326,11 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
     const typeId = c.u32(`type of ${q(name)}`);
     raw.push({ name, dims, typeId, type: GGML_TYPES.get(typeId), rel: c.u64(`offset of ${q(name)}`) });
   }
+  return raw;
+}
 
-  const dataOffset = Math.ceil(c.pos / alignment) * alignment;
+/** Each tensor's place in the file (offsets aligned and inside it) and its length, from its type and dimensions. */
+function locateTensors(raw: readonly RawTensor[], dataOffset: number, alignment: number, fileSize: number, path: string | undefined): TensorInfo[] {
   const starts = raw.map(({ name, rel }) => {
     if (rel % BigInt(alignment) !== 0n) {
       throw modelError('ERR_MODEL_RANGE', `GGUF tensor ${q(name)}: offset ${rel} is not a multiple of the alignment ${alignment}`, path);
@@ -317,7 +345,7 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
   // the end of the file's data.
   const sortedStarts = [...new Set(starts)].sort((a, b) => a - b);
   const nextStart = (start: number) => sortedStarts.find((s) => s > start) ?? fileSize;
-  const tensors: TensorInfo[] = raw.map(({ name, dims, typeId, type, rel }, i) => {
+  return raw.map(({ name, dims, typeId, type, rel }, i) => {
     const start = starts[i] as number;
     const elements = dims.reduce((a, d) => a * BigInt(d), 1n);
     if (type === undefined) {
@@ -346,8 +374,6 @@ export function parseGgufPrefix(buf: Uint8Array, fileSize: number, path: string 
     }
     return { name, dtype: type.name, shape: dims, offset: start, bytes: Number(bytes) };
   });
-  checkNoOverlap([...tensors].sort(byOffset), path);
-  return { format: 'gguf', metadata: Object.fromEntries(entries), tensors, dataOffset };
 }
 
 /**

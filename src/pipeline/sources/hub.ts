@@ -17,7 +17,7 @@ import { DmaloadError } from '../../core/errors.js';
 import { HttpObject, redact } from './http.js';
 import { formatHubRef, hubCacheDir, hubOffline, listSnapshot, parseHubRef, resolveCommit, resolveInCache } from './hubref.js';
 import type { HubRef } from './hubref.js';
-import type { Resolved, SourceOptions } from './resolve.js';
+import type { Resolved, SourceOptions } from './resolved.js';
 
 /** The hub's address: the option, else HF_ENDPOINT, else the public hub; without a trailing slash. */
 export function hubEndpoint(o: SourceOptions = {}): string {

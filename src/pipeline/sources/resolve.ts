@@ -15,43 +15,17 @@ import { HttpObject, redact } from './http.js';
 import type { HttpOptions } from './http.js';
 import { resolveHubFile } from './hub.js';
 import { resolveS3 } from './s3.js';
+import type { Resolved, SourceOptions } from './resolved.js';
+
+// resolved.ts holds the types so that hub.ts and s3.ts need not import this module; callers keep naming them here.
+export type { HubInfo, Resolved, SourceOptions } from './resolved.js';
 
 /** The schemes a reference may have. */
 export const SCHEMES = ['http', 'https', 'hf', 's3'] as const;
 
-/** Network options every call that takes a reference accepts (`source` option). */
-export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry' | 'authorize' | 'redirectAllowed'> {
-  /** A bearer token for hf:// references (default: HF_TOKEN, else the token file huggingface_hub writes). */
-  token?: string | undefined;
-  /** The hub's address (default: HF_ENDPOINT, else https://huggingface.co). */
-  endpoint?: string | undefined;
-  /** s3://: the region (default AWS_REGION, AWS_DEFAULT_REGION, us-east-1). */
-  region?: string | undefined;
-  /** s3://: the store's address (default AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS's). */
-  s3Endpoint?: string | undefined;
-  /** s3://: path-style addressing (default: for a custom endpoint). */
-  pathStyle?: boolean | undefined;
-  /** s3://: unsigned requests (a public bucket). */
-  unsigned?: boolean | undefined;
-}
-
 /** Whether `s` names something other than a local path: it starts with `scheme://`. */
 export function isReference(s: string): boolean {
   return /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//.test(s);
-}
-
-/** A reference resolved: a local file, or an object on the network with what its server promised. */
-export type Resolved =
-  | { kind: 'file'; path: string; hub?: HubInfo | undefined }
-  | { kind: 'http'; object: HttpObject; display: string; sha256?: string | undefined; sha256From?: 'hub' | 'store'; hub?: HubInfo | undefined };
-
-/** What the hub said about a file: the commit its revision pointed to, and the file's own name there. */
-export interface HubInfo {
-  repoType: 'model' | 'dataset' | 'space';
-  repoId: string;
-  revision: string;
-  commit: string | undefined;
-  file: string;
 }
 
 /** ERR_SOURCE_SCHEME for a scheme dmaload does not read. */

@@ -17,7 +17,7 @@ import type { SignatureV4 } from '@smithy/signature-v4';
 import { DmaloadError } from '../../core/errors.js';
 import { HttpObject, redact } from './http.js';
 import type { HttpOptions } from './http.js';
-import type { Resolved, SourceOptions } from './resolve.js';
+import type { Resolved, SourceOptions } from './resolved.js';
 
 /** S3's escaping of a key's path segments (RFC 3986: also ! ' ( ) *). */
 function escapeKey(key: string): string {
