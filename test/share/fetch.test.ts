@@ -150,11 +150,14 @@ import hashlib, json, sys
 from dmaload_client import Client
 with Client(sys.argv[1]) as c:
     t = c.load_safetensors("hf://org/model/model.safetensors", framework="bytes")
-    print(json.dumps({k: hashlib.sha256(v).hexdigest() for k, v in t.items()}))
+    m = c.safetensors_metadata("hf://org/model/model.safetensors")
+    print(json.dumps({"tensors": {k: hashlib.sha256(v).hexdigest() for k, v in t.items()}, "metadata": m}))
 `;
       const r = await runPython(['-c', script, server.socket], pythonEnv());
       assert.equal(r.code, 0, r.err);
-      assert.deepEqual(JSON.parse(r.out), Object.fromEntries(specs.map((s) => [s.name, sha256(s.data)])));
+      const got = JSON.parse(r.out) as { tensors: Record<string, string>; metadata: Record<string, string> };
+      assert.deepEqual(got.tensors, Object.fromEntries(specs.map((s) => [s.name, sha256(s.data)])));
+      assert.deepEqual(got.metadata, { format: 'pt' }, 'the header’s __metadata__, read from the server’s copy');
       assert.equal(server.status().loads, 1, 'fetched once for Node and Python');
     } finally {
       await server.close();

@@ -11,10 +11,11 @@ The wire protocol is docs/protocol.md in the dmaload repository; clients/python/
             view = buf.view()          # a read-only memoryview of the whole file
             header_len = int.from_bytes(view[:8], "little")
         weights = client.load_safetensors("model.safetensors", framework="torch")  # zero-copy, read-only
+        meta = client.safetensors_metadata("model.safetensors")  # the header's __metadata__, read here
         shard = client.load_safetensors("model.safetensors", framework="torch",   # one rank's share, as the
                                         rank=1, world_size=4, split="rows")      # server plans it
 
-Command line: python3 -m dmaload_client SOCKET FILE... [--sha256]   (one JSON line per file)
+Command line: python3 -m dmaload_client SOCKET FILE... [--sha256]   (one JSON line per file; installed: dmaload-client)
               python3 -m dmaload_client SOCKET --status
 """
 from .client import Buffer, Client

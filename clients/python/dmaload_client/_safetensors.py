@@ -3,9 +3,11 @@ mapping of the server's buffer, so that N processes loading one model hold one c
 
 The format: an 8-byte little-endian header length N, N bytes of a JSON object {name: {"dtype", "shape",
 "data_offsets": [begin, end]}, "__metadata__": {...}}, then the data; offsets count from the data's start (8 + N).
-The header is parsed here from the mapped bytes and checked (offsets inside the file, no two tensors overlapping,
-sizes matching shape and dtype) before any view is made, so a bad file fails with ERR_INVALID_MODEL rather than
-with a view of the wrong bytes. numpy and torch are imported only when asked for.
+The header is parsed here and checked (offsets inside the file, no two tensors overlapping, sizes matching shape and
+dtype, __metadata__ an object of strings): for a local file first through this process's own fd, before the server
+is asked to load it (a file that is not safetensors costs the server nothing), then as the mapped bytes hold it
+before any view is made (the same header, unless the file changed meanwhile), so a bad file fails with
+ERR_INVALID_MODEL rather than with a view of the wrong bytes. numpy and torch are imported only when asked for.
 """
 import json
 import os
@@ -38,6 +40,7 @@ DTYPES = {
     "F8_E8M0": (1, None, "float8_e8m0fnu"),
 }
 FRAMEWORKS = ("numpy", "torch", "bytes")
+ALIASES = {"np": "numpy", "pt": "torch"}  # safetensors' own names (safe_open(..., framework="pt"))
 
 
 class TensorInfo:
@@ -73,24 +76,41 @@ def _no_duplicates(pairs):
     return out
 
 
-def parse_header(view, path):
-    """{name: TensorInfo} of the safetensors file whose bytes `view` holds, in header order; raises ERR_INVALID_MODEL."""
-    size = len(view)
-    if size < 8:
+def _header_length(head, size, path):
+    """N, the header length the file's first 8 bytes `head` give, checked against the file's size and the limit."""
+    if size < 8 or len(head) < 8:
         raise _invalid(path, f"{size} bytes is shorter than the 8-byte header length")
-    n = int.from_bytes(view[:8], "little")
+    n = int.from_bytes(head[:8], "little")
     if n > size - 8 or n > MAX_HEADER:
         raise _invalid(path, f"its header length {n} runs past the file's {size} bytes" if n > size - 8 else f"its header of {n} bytes is over the limit of {MAX_HEADER}")
+    return n
+
+
+def _check_metadata(metadata, path):
+    """`__metadata__` as the safetensors library and Node take it: an object of strings."""
+    if not isinstance(metadata, dict):
+        raise _invalid(path, f"its __metadata__ is {metadata!r:.100}, not an object of strings")
+    for k, v in metadata.items():
+        if not isinstance(v, str):
+            raise _invalid(path, f"its __metadata__ value of {k!r:.100} is {v!r:.100}, not a string")
+    return metadata
+
+
+def _parse(raw, size, path):
+    """({name: TensorInfo} in header order, __metadata__ or {}) of the safetensors file of `size` bytes whose first
+    8 + N bytes (length and header) are `raw`; raises ERR_INVALID_MODEL."""
     try:
-        header = json.loads(bytes(view[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = json.loads(bytes(raw[8:]).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except Exception as e:  # RecursionError from deep nesting included
         raise _invalid(path, f"its header is not UTF-8 JSON ({e!r:.200})") from None
     if not isinstance(header, dict):
         raise _invalid(path, "its header is not a JSON object")
-    data_start, data_len = 8 + n, size - 8 - n
-    out = {}
+    data_start = len(raw)
+    data_len = size - data_start
+    out, metadata = {}, {}
     for name, info in header.items():
         if name == "__metadata__":
+            metadata = _check_metadata(info, path)
             continue
         where = f"tensor '{name}'"
         if not isinstance(info, dict):
@@ -116,7 +136,59 @@ def parse_header(view, path):
             raise _invalid(path, f"tensors '{last.name}' and '{t.name}' overlap")
         if t.end > t.start:
             last = t
-    return out
+    return out, metadata
+
+
+def parse_header(view, path, with_metadata=False):
+    """{name: TensorInfo} of the safetensors file whose bytes `view` holds, in header order (and its __metadata__ with
+    `with_metadata`); raises ERR_INVALID_MODEL."""
+    n = _header_length(view[:8], len(view), path)
+    infos, metadata = _parse(view[: 8 + n], len(view), path)
+    return (infos, metadata) if with_metadata else infos
+
+
+def _read_head(fd, path):
+    """(file size, its first 8 + N bytes: length and header) of the safetensors file open at `fd`, read with pread
+    (never more than the header), checked as far as the size tells."""
+    size = os.fstat(fd).st_size
+    n = _header_length(os.pread(fd, 8, 0), size, path)
+    raw, at = [], 0
+    while at < 8 + n:
+        chunk = os.pread(fd, min(8 + n - at, 1 << 24), at)
+        if not chunk:
+            raise _invalid(path, "it ended inside its header")
+        raw.append(chunk)
+        at += len(chunk)
+    return size, b"".join(raw)
+
+
+class _Local:
+    """A local safetensors file open read-only, its header read and checked through this process's own fd, so that a
+    file that is not safetensors is refused before the server is asked to load (and cache) all of it. The load then
+    sends this fd: the very inode whose header was checked."""
+
+    def __init__(self, path):
+        from .client import open_regular
+
+        self.path = path
+        self.fd = open_regular(path)
+        try:
+            self.size, self.raw = _read_head(self.fd, path)
+            self.infos, self.metadata = _parse(self.raw, self.size, path)
+        except BaseException:
+            self.close()
+            raise
+
+    def infos_of(self, whole):
+        """The header of the served bytes `whole`: the one checked before, unless the file changed meanwhile."""
+        if len(whole) == self.size and whole[: len(self.raw)] == self.raw:
+            return self.infos
+        return parse_header(whole, self.path)
+
+    def close(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _select(names, tensors, path):
@@ -142,8 +214,10 @@ class _Maker:
     def __init__(self, framework, raw):
         if raw:
             framework = "bytes"
+        if isinstance(framework, str):
+            framework = ALIASES.get(framework, framework)
         if framework not in FRAMEWORKS:
-            raise DmaloadError("ERR_INVALID_ARG_VALUE", f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r:.100}")
+            raise DmaloadError("ERR_INVALID_ARG_VALUE", f'framework must be "numpy" (or "np"), "torch" (or "pt") or "bytes", not {framework!r:.100}')
         self.framework = framework
         if framework == "numpy":
             self.lib = _import("numpy", "numpy")
@@ -184,22 +258,40 @@ def _import(module, extra):
         raise DmaloadError("ERR_FRAMEWORK_MISSING", f"{module} cannot be imported ({e}): pip install {module} (or dmaload-client[{extra}])") from e
 
 
-def _load_file(client, path, maker, tensors, expect=None, populate=True):
-    """The selected tensors of one file, through the server."""
-    buf = client.load(path)
+def _chosen(infos, path, maker, tensors, expect):
+    """The TensorInfos of `infos` to make views of (`expect`: the names an index puts in this shard), dtypes checked."""
+    if expect is not None:  # from an index: the shard must hold what the index says
+        missing = [n for n in expect if n not in infos]
+        if missing:
+            raise _invalid(path, f"the index puts tensor '{missing[0]}' in it, but it has no such tensor")
+        names = expect
+    else:
+        names = _select(infos, tensors, path)
+    chosen = [infos[n] for n in names]
+    for t in chosen:
+        maker.check(t, path)
+    return chosen
+
+
+def _load_file(client, path, maker, tensors, expect=None, populate=True, local=None):
+    """The selected tensors of one file, through the server. `local`: the file open, its header checked (a local file
+    is opened and checked here when not given); a reference's header can only be read once the server has it."""
+    from .client import is_reference
+
+    if local is None and not is_reference(path):
+        local = _Local(path)
+        try:
+            return _load_file(client, path, maker, tensors, expect, populate, local)
+        finally:
+            local.close()
+    if local is not None:
+        _chosen(local.infos, path, maker, tensors, expect)  # refused before the server is asked for it
+        buf = client._load_fd(local.fd, path)
+    else:
+        buf = client.load(path)
     try:
         whole = buf.view()
-        infos = parse_header(whole, path)
-        if expect is not None:  # from an index: the shard must hold what the index says
-            missing = [n for n in expect if n not in infos]
-            if missing:
-                raise _invalid(path, f"the index puts tensor '{missing[0]}' in it, but it has no such tensor")
-            names = expect
-        else:
-            names = _select(infos, tensors, path)
-        chosen = [infos[n] for n in names]
-        for t in chosen:
-            maker.check(t, path)
+        chosen = _chosen(local.infos_of(whole) if local is not None else parse_header(whole, path), path, maker, tensors, expect)
         out = _make_all(maker, whole, chosen)
         if populate:
             buf.populate([(t.start, t.end) for t in chosen])
@@ -238,9 +330,10 @@ def _beside(path, shard):
     return os.path.join(os.path.dirname(path), shard)
 
 
-def _read_index(path, client=None):
+def _read_index(path, client=None, with_metadata=False):
     """The weight_map {tensor name: shard file name} of a *.safetensors.index.json, shard names checked to stay in the
-    index's folder (as Node's inspect() checks them)."""
+    index's folder (as Node's inspect() checks them); with `with_metadata`, also the index's own "metadata" ({} when
+    it has none)."""
     data = _index_bytes(path, client)
     try:
         index = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
@@ -253,20 +346,54 @@ def _read_index(path, client=None):
         rel = os.path.normpath(shard)
         if os.path.isabs(shard) or rel in (".", "..") or rel.startswith(".." + os.sep) or ".." in shard.split("/") or "\\" in shard:
             raise _invalid(path, f"the index maps {name!r:.100} to {shard!r:.200}, not a file beside the index")
-    return weight_map
+    metadata = index.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise _invalid(path, f'the index\'s "metadata" is {metadata!r:.100}, not an object')
+    return (weight_map, metadata) if with_metadata else weight_map
 
 
 def _load_index(client, path, maker, tensors, populate=True):
+    from .client import is_reference
+
     weight_map = _read_index(path, client)
     names = _select(weight_map, tensors, path)
     shards = {}
     for n in names:
         shards.setdefault(weight_map[n], []).append(n)
+    if not is_reference(path):
+        # Every shard's header checked before any shard is loaded (one fd open at a time: an index may have hundreds
+        # of shards); _load_file() opens and checks each again for its load.
+        for shard, wanted in shards.items():
+            local = _Local(_beside(path, shard))
+            try:
+                _chosen(local.infos, local.path, maker, None, wanted)
+            finally:
+                local.close()
     out = {}
     for shard, wanted in shards.items():
         got = _load_file(client, _beside(path, shard), maker, None, expect=wanted, populate=populate)
         out.update(got)
     return {n: out[n] for n in names}
+
+
+def metadata(client, path):
+    """Client.safetensors_metadata()."""
+    from .client import is_reference
+
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        return dict(_read_index(path, client, with_metadata=True)[1])
+    if is_reference(path):  # only the server can read it: its header from the served bytes
+        buf = client.load(path)
+        try:
+            return dict(parse_header(buf.view(), path, with_metadata=True)[1])
+        finally:
+            buf.close()
+    local = _Local(path)
+    try:
+        return dict(local.metadata)
+    finally:
+        local.close()
 
 
 # --- per-rank loads: the server plans, the client makes views --------------------------------------------------------
@@ -298,27 +425,8 @@ def rank_spec(rank, world_size, split):
 def _header_names(fd, path):
     """The tensor names of the safetensors file open at `fd`, read from its header (for a selection by predicate, and
     to refuse an unknown name before asking the server)."""
-    size = os.fstat(fd).st_size
-    head = os.pread(fd, 8, 0)
-    if len(head) < 8:
-        raise _invalid(path, f"{size} bytes is shorter than the 8-byte header length")
-    n = int.from_bytes(head, "little")
-    if n > size - 8 or n > MAX_HEADER:
-        raise _invalid(path, f"its header length {n} runs past the file's {size} bytes" if n > size - 8 else f"its header of {n} bytes is over the limit of {MAX_HEADER}")
-    raw, at = [], 8
-    while at < 8 + n:
-        chunk = os.pread(fd, 8 + n - at, at)
-        if not chunk:
-            raise _invalid(path, "it ended inside its header")
-        raw.append(chunk)
-        at += len(chunk)
-    try:
-        header = json.loads(b"".join(raw).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except Exception as e:
-        raise _invalid(path, f"its header is not UTF-8 JSON ({e!r:.200})") from None
-    if not isinstance(header, dict):
-        raise _invalid(path, "its header is not a JSON object")
-    return {k: None for k in header if k != "__metadata__"}
+    size, raw = _read_head(fd, path)
+    return {k: None for k in _parse(raw, size, path)[0]}
 
 
 class PlanTensor(TensorInfo):
@@ -561,8 +669,8 @@ def load(client, path, framework="numpy", tensors=None, raw=False, rank=None, wo
     """{name: read-only view} of the tensors of `path`, a .safetensors file or a *.safetensors.index.json whose shards
     are loaded (only those holding a selected tensor), each through `client`'s server.
 
-    framework: "numpy" (arrays with writeable=False), "torch" (tensors that must not be written: torch has no
-    read-only tensors, and a write faults) or "bytes" (memoryviews; also raw=True). tensors: None (all), a list of
+    framework: "numpy" or "np" (arrays with writeable=False), "torch" or "pt" (tensors that must not be written: torch
+    has no read-only tensors, and a write faults) or "bytes" (memoryviews; also raw=True). tensors: None (all), a list of
     names (ERR_TENSOR_NOT_FOUND for one that is missing) or a predicate of the name. Every view shares the served
     pages: nothing is copied, and the mapping stays until the last view is gone.
     rank, world_size, split: this rank's share, as the server plans it (PlanRequest); the client only makes views.

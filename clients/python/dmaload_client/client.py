@@ -479,10 +479,14 @@ class Client:
         """{name: array} of the tensors of a .safetensors file, or of a *.safetensors.index.json (only the shards holding
         a selected tensor are loaded), as read-only, zero-copy views of the served buffers.
 
-        framework: "numpy" (arrays with writeable=False), "torch" (tensors that must not be written: torch has no
-        read-only tensors; a write faults the process) or "bytes" (memoryviews, as raw=True gives). tensors: None for
-        all, a list of names, or a predicate of the name. Nothing is copied: each file's mapping stays until the last
-        view of it is gone.
+        framework: "numpy" or "np" (arrays with writeable=False), "torch" or "pt" (tensors that must not be written:
+        torch has no read-only tensors; a write faults the process) or "bytes" (memoryviews, as raw=True gives).
+        tensors: None for all, a list of names, or a predicate of the name. Nothing is copied: each file's mapping
+        stays until the last view of it is gone. The file's __metadata__: safetensors_metadata().
+
+        A local file's header is read and checked through this process's own fd before the server is asked to load
+        it, so a file that is not safetensors (or asks for tensors or dtypes it cannot give) costs the server nothing;
+        of an index, every shard needed is checked before any is loaded. A reference is checked once the server has it.
 
         rank, world_size, split: this process's share of the model, as the server plans it (Node's loadModel() with
         { rank, worldSize, split } gives the same tensors): split "tensors" (the default) gives each rank whole
@@ -497,6 +501,18 @@ class Client:
         from . import _safetensors
 
         return _safetensors.load(self, path, framework=framework, tensors=tensors, raw=raw, rank=rank, world_size=world_size, split=split, populate=populate)
+
+    def safetensors_metadata(self, path):
+        """The `__metadata__` of a .safetensors file's header (a dict of strings; {} when it has none), or the
+        `"metadata"` object of a *.safetensors.index.json ({} when it has none), as Node's inspect() gives them.
+
+        A local file's header is read through this process's own fd: nothing is asked of the server. A reference
+        (hf://, https://, s3://) is loaded through the server, which fetches it (then cached there for a later load).
+        Raises DmaloadError ERR_INVALID_MODEL for a file that is not safetensors, or whose metadata is not an object
+        of strings."""
+        from . import _safetensors
+
+        return _safetensors.metadata(self, path)
 
     def plan_safetensors(self, path, rank, world_size, split=None, tensors=None):
         """The server's plan of rank `rank`'s share (see load_safetensors), without loading anything: a list, in file

@@ -1,12 +1,15 @@
 """The client against fake servers: who the server is (SO_PEERCRED) is checked before any fd leaves; every malformed
 reply is refused with ERR_SHARE_REPLY and leaks no fd and no mapping; a buffer of more than 64 parts arrives over
 LoadReply + LoadReplyMore messages; memfds reopened O_RDONLY (as the server hands them out) map fine; an idle close is
-survived. Needs no dmaload server; the uid check needs root (it runs a listener as another user)."""
+survived; the command line's errors are one `dmaload_client: CODE: message` line naming the socket, and its --help
+names the command as it was run. Needs no dmaload server; the uid check needs root (it runs a listener as another
+user)."""
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -354,6 +357,65 @@ class IdleClose(unittest.TestCase):
                 with self.assertRaises(DmaloadError) as cm:
                     c.status()
                 self.assertEqual(cm.exception.code, "ERR_SHARE_SERVER_GONE")
+
+
+def cli(args, argv0=None, timeout=30):
+    """Runs the command line (`python -m dmaload_client ARGS`, or the script `argv0`) from the source folder."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [CLIENT_DIR, os.environ.get("PYTHONPATH")] if p))
+    cmd = [argv0] if argv0 else [sys.executable, "-m", "dmaload_client"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=timeout)
+
+
+class CommandLine(TempFile, unittest.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="dmaload-cli-")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        super().tearDown()
+
+    def assertFails(self, r, code, *contains):
+        """Exit 1 and one line on stderr, `dmaload_client: CODE: message`, the message naming each of `contains`."""
+        self.assertEqual(r.returncode, 1, r.stderr)
+        lines = r.stderr.splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertRegex(lines[0], r"^dmaload_client: [A-Z][A-Z0-9_]+: ")
+        self.assertTrue(lines[0].startswith(f"dmaload_client: {code}: "), lines[0])
+        for s in contains:
+            self.assertIn(s, lines[0])
+
+    def test_errors_name_a_code_and_the_socket(self):
+        missing = os.path.join(self.dir, "none.sock")
+        self.assertFails(cli([missing, self.file]), "ENOENT", f"'{missing}'", "dmaload serve")
+        dead = os.path.join(self.dir, "dead.sock")  # a socket file that nobody listens on
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.bind(dead)
+        s.close()
+        self.assertFails(cli([dead, self.file]), "ECONNREFUSED", f"'{dead}'", "dmaload serve")
+        self.assertFails(cli([dead, "--status"]), "ECONNREFUSED", f"'{dead}'")
+        gone = os.path.join(self.dir, "no-such-file")
+        with FakeServer([]) as srv:
+            self.assertFails(cli([srv.path, gone]), "ENOENT", f"'{gone}'", f"'{srv.path}'")
+        with FakeServer([]) as srv:
+            self.assertFails(cli([srv.path, self.dir]), "EISDIR", f"'{self.dir}'", f"'{srv.path}'")
+        with FakeServer([[Msg(ERROR, {"code": "ERR_MEMORY_BUDGET", "message": "over the budget"})]]) as srv:
+            self.assertFails(cli([srv.path, self.file]), "ERR_MEMORY_BUDGET", "over the budget", f"'{srv.path}'")
+        with FakeServer([[Msg(LOAD_REPLY, reply(target="tape"), one_memfd())]]) as srv:
+            self.assertFails(cli([srv.path, self.file]), "ERR_SHARE_REPLY", f"'{srv.path}'")
+
+    def test_help_names_the_command_as_it_was_run(self):
+        r = cli(["--help"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith(f"usage: {os.path.basename(sys.executable)} -m dmaload_client "), r.stdout)
+        # The console script pip installs as `dmaload-client` calls main() the same way.
+        script = os.path.join(self.dir, "dmaload-client")
+        with open(script, "w") as f:
+            f.write(f"#!{sys.executable}\nimport sys\nfrom dmaload_client.__main__ import main\nsys.exit(main())\n")
+        os.chmod(script, 0o755)
+        r = cli(["--help"], argv0=script)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("usage: dmaload-client "), r.stdout)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@ one): the tensors equal the safetensors library's own bit for bit (numpy and tor
 selections, an index of two shards), they are read-only views of the served memfd (no byte copied: with populate=False
 the client's RSS does not grow until they are read, with populate=True it grows at once by the shared pages and not by
 private memory; their data lies in the memfd's mapping), the mapping lives exactly as long as
-they do, and bad files, unknown names and dtypes numpy lacks fail with their codes. numpy, torch and safetensors are
-optional: the tests that need one skip, saying so, where it is missing."""
+they do, and bad files, unknown names and dtypes numpy lacks fail with their codes, a bad local file before the server
+is asked for it (its counters unchanged); safetensors_metadata() reads the header's __metadata__ (an index's
+"metadata"); "np" and "pt" name numpy and torch. numpy, torch and safetensors are optional: the tests that need one
+skip, saying so, where it is missing."""
 import ctypes
 import gc
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import struct
 import tempfile
@@ -82,6 +85,11 @@ class Base(unittest.TestCase):
 
     def path(self, name):
         return os.path.join(self.dir, name)
+
+    def served(self):
+        """How many loads the server has answered (from its cache or not)."""
+        s = self.client.status()
+        return s["hits"] + s["misses"]
 
     def assertCode(self, code, fn, *contains):
         with self.assertRaises(DmaloadError) as cm:
@@ -218,7 +226,9 @@ class Format(Base):
         for name, p, contains in cases:
             with self.subTest(name):
                 f = write_safetensors(self.path("bad.safetensors"), t, header_patch=p)
+                before = self.served()
                 self.assertCode("ERR_INVALID_MODEL", lambda: self.client.load_safetensors(f, raw=True), f, *contains)
+                self.assertEqual(self.served(), before, "refused before the server was asked to load it")
         raw_cases = [
             ("shorter than 8 bytes", b"\x01\x02"),
             ("header length past the end", struct.pack("<Q", 1000) + b"{}"),
@@ -232,7 +242,89 @@ class Format(Base):
                 f = self.path("bad-raw.safetensors")
                 with open(f, "wb") as out:
                     out.write(data)
+                before = self.served()
                 self.assertCode("ERR_INVALID_MODEL", lambda: self.client.load_safetensors(f, raw=True), f)
+                self.assertEqual(self.served(), before, "refused before the server was asked to load it")
+
+    def test_a_file_that_is_not_safetensors_is_refused_before_the_server_loads_it(self):
+        # A text file: its first 8 bytes read as a header length of 8.7e18. The server must not load and cache it all
+        # to find that out: the client reads the header through its own fd first, as inspect does.
+        f = self.path("README.md")
+        with open(f, "wb") as out:
+            out.write(b"# A model card, not a model\n" * 40000)
+        before, cached = self.served(), self.client.status()["cachedBytes"]
+        for kw in ({"raw": True}, {"framework": "bytes"}):
+            self.assertCode("ERR_INVALID_MODEL", lambda: self.client.load_safetensors(f, **kw), f, "header length")
+        self.assertCode("ERR_INVALID_MODEL", lambda: self.client.safetensors_metadata(f), f, "header length")
+        self.assertEqual(self.served(), before, "nothing was asked of the server")
+        self.assertEqual(self.client.status()["cachedBytes"], cached, "nothing was cached")
+        # A header that parses but promises more data than the file holds: refused before the load too.
+        short = write_safetensors(self.path("short.safetensors"), {"w": ("U8", [8], b"12345678")})
+        with open(short, "r+b") as out:
+            out.truncate(os.path.getsize(short) - 3)
+        self.assertCode("ERR_INVALID_MODEL", lambda: self.client.load_safetensors(short, raw=True), short, "'w'")
+        # An index with a shard that is not safetensors: every shard's header is checked before any is loaded.
+        d = tempfile.mkdtemp(dir=self.dir)
+        good = write_safetensors(os.path.join(d, "a.safetensors"), {"x": ("U8", [2], b"ab")})
+        shutil.copy(f, os.path.join(d, "b.safetensors"))
+        index = os.path.join(d, "model.safetensors.index.json")
+        with open(index, "w") as out:
+            json.dump({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}, out)  # the good shard first
+        self.assertCode("ERR_INVALID_MODEL", lambda: self.client.load_safetensors(index, raw=True), os.path.join(d, "b.safetensors"))
+        self.assertEqual(self.served(), before, "nothing was asked of the server")
+        # A good file still loads (one request).
+        self.assertEqual({k: bytes(v) for k, v in self.client.load_safetensors(good, raw=True).items()}, {"x": b"ab"})
+        self.assertEqual(self.served(), before + 1)
+
+    def test_np_and_pt_are_safetensors_names_for_numpy_and_torch(self):
+        f = write_safetensors(self.path("alias.safetensors"), {"w": ("F32", [2], struct.pack("<2f", 1.5, -2.0))})
+        if np is not None:
+            got = self.client.load_safetensors(f, framework="np")
+            self.assertIsInstance(got["w"], np.ndarray)
+            self.assertEqual(got["w"].tolist(), [1.5, -2.0])
+        else:
+            self.assertCode("ERR_FRAMEWORK_MISSING", lambda: self.client.load_safetensors(f, framework="np"), "numpy")
+        if torch is not None:
+            got = self.client.load_safetensors(f, framework="pt")
+            self.assertIsInstance(got["w"], torch.Tensor)
+            self.assertEqual(got["w"].tolist(), [1.5, -2.0])
+        else:
+            self.assertCode("ERR_FRAMEWORK_MISSING", lambda: self.client.load_safetensors(f, framework="pt"), "torch")
+        e = self.assertCode("ERR_INVALID_ARG_VALUE", lambda: self.client.load_safetensors(f, framework="tf"))
+        for name in ("numpy", "np", "torch", "pt", "bytes"):
+            self.assertIn(name, e.message)
+
+    def test_safetensors_metadata_is_the_header_s_own_read_without_a_load(self):
+        meta = {"format": "pt", "note": "ünïcode, \"quoted\""}
+        f = write_safetensors(self.path("meta.safetensors"), {"w": ("U8", [2], b"ab")}, metadata=meta)
+        plain = write_safetensors(self.path("plain.safetensors"), {"w": ("U8", [2], b"ab")})
+        before = self.served()
+        self.assertEqual(self.client.safetensors_metadata(f), meta)
+        self.assertEqual(self.client.safetensors_metadata(pathlib.Path(f)), meta)
+        self.assertEqual(self.client.safetensors_metadata(plain), {}, "no __metadata__: an empty dict, as Node's inspect() gives")
+        self.assertEqual(self.served(), before, "read through this process's own fd: nothing asked of the server")
+        # An index: its own "metadata" object ({} without one), as Node's inspect() gives.
+        d = tempfile.mkdtemp(dir=self.dir)
+        shutil.copy(f, os.path.join(d, "a.safetensors"))
+        index = os.path.join(d, "model.safetensors.index.json")
+        with open(index, "w") as out:
+            json.dump({"metadata": {"total_size": 2}, "weight_map": {"w": "a.safetensors"}}, out)
+        self.assertEqual(self.client.safetensors_metadata(index), {"total_size": 2})
+        with open(index, "w") as out:
+            json.dump({"weight_map": {"w": "a.safetensors"}}, out)
+        self.assertEqual(self.client.safetensors_metadata(index), {})
+        with open(index, "w") as out:
+            json.dump({"metadata": [1], "weight_map": {"w": "a.safetensors"}}, out)
+        self.assertCode("ERR_INVALID_MODEL", lambda: self.client.safetensors_metadata(index), index, "metadata")
+        # __metadata__ must be an object of strings (the safetensors library and Node refuse anything else).
+        for bad in ([1], {"n": 1}, {"n": None}):
+            with self.subTest(bad):
+                b = write_safetensors(self.path("bad-meta.safetensors"), {"w": ("U8", [2], b"ab")}, metadata=bad)
+                self.assertCode("ERR_INVALID_MODEL", lambda: self.client.safetensors_metadata(b), b, "__metadata__")
+                self.assertCode("ERR_INVALID_MODEL", lambda: self.client.load_safetensors(b, raw=True), b, "__metadata__")
+        self.assertEqual(self.served(), before)
+        # The metadata does not change what load_safetensors() returns: tensors only.
+        self.assertEqual(list(self.client.load_safetensors(f, raw=True)), ["w"])
 
 
 def torch_bytes(t):
