@@ -10,6 +10,8 @@
  *   { loaded, codes }.
  * - `noread SOCKET FILE N`: loads FILE, then sends N status requests and never reads a reply; waits for stdin to close.
  * - `flood SOCKET N`: opens N connections and sends nothing; { open, refused } once the server had its say.
+ * - `ready`: { ready: true }, once every module it imports (the addon included) has loaded: the tests run it first,
+ *   as uid 65534, to check that this user can run the attacker where they staged it.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, constants as FS, fstatSync, ftruncateSync, openSync, unlinkSync, utimesSync, writeSync } from 'node:fs';
@@ -133,6 +135,8 @@ async function main(): Promise<unknown> {
       await new Promise((r) => process.stdin.once('close', r).resume());
       return undefined;
     }
+    case 'ready':
+      return { ready: true };
     default:
       throw new Error(`unknown command ${cmd}`);
   }

@@ -10,6 +10,8 @@ import {
   chmodSync,
   chownSync,
   closeSync,
+  copyFileSync,
+  existsSync,
   fstatSync,
   mkdirSync,
   mkdtempSync,
@@ -21,10 +23,11 @@ import {
   truncateSync,
   unlinkSync,
   utimesSync,
+  writeFileSync,
   writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { native } from '../../src/engine/binding.js';
 import { connect, serve } from '../../src/index.js';
@@ -66,14 +69,73 @@ const sockDir = shared;
 let n = 0;
 const sock = () => join(sockDir, `a${n++}.sock`);
 
-/** Why the attacker cannot run here, or undefined: it needs root to become uid 65534, who must read this checkout. */
+/** What the attacker runs: its script and its environment (DMALOAD_ADDON naming the addon it may read). */
+interface Staged {
+  script: string;
+  env: NodeJS.ProcessEnv;
+}
+
+/** The dmaload addon this process has loaded (whichever DMALOAD_ADDON, build/ or prebuilds/ gave), from its mappings. */
+function loadedAddon(): string | undefined {
+  for (const line of readFileSync('/proc/self/maps', 'utf8').split('\n')) {
+    const path = line.split(/\s+/).slice(5).join(' ');
+    if (/\/dmaload[^/]*\.node$/.test(path)) return path;
+  }
+  return undefined;
+}
+
+/**
+ * Stages what the attacker runs where uid 65534 can read it (`shared`), so that the attacks run wherever the checkout
+ * is: a clone in /root or in a `mktemp -d` folder is out of that user's reach. The compiled attacker and the modules it
+ * imports (its relative imports followed through dist/), a package.json that makes them ES modules, and a copy of the
+ * addon this process loaded, which DMALOAD_ADDON names in the attacker's environment. Then runs it once as uid 65534
+ * (`attacker.js ready`). A reason to skip where that fails (node itself out of that user's reach, /tmp mounted noexec).
+ */
+function stageAttacker(): Staged | string {
+  const dist = join(repoRoot, 'dist');
+  const root = join(shared, 'attacker');
+  const addon = loadedAddon();
+  if (addon === undefined) return 'cannot tell which dmaload addon this process loaded (none in /proc/self/maps)';
+  const files = new Set<string>();
+  const walk = (file: string): void => {
+    if (files.has(file) || !existsSync(file)) return;
+    files.add(file);
+    for (const m of readFileSync(file, 'utf8').matchAll(/\b(?:from|import)\s*\(?\s*['"](\.{1,2}\/[^'"\n]+)['"]/g)) walk(resolve(dirname(file), m[1]!));
+  };
+  walk(join(dist, 'test', 'share', 'attacker.js'));
+  mkdirSync(root, { mode: 0o755 });
+  const put = (to: string, from: string): void => {
+    mkdirSync(dirname(to), { recursive: true, mode: 0o755 });
+    copyFileSync(from, to);
+    chmodSync(to, 0o644);
+  };
+  for (const f of files) put(join(root, relative(repoRoot, f)), f);
+  writeFileSync(join(root, 'package.json'), JSON.stringify({ name: 'dmaload-attacker', private: true, type: 'module' }), { mode: 0o644 });
+  put(join(root, 'addon', 'dmaload.node'), addon);
+  const staged = {
+    script: join(root, relative(repoRoot, join(dist, 'test', 'share', 'attacker.js'))),
+    env: { ...process.env, DMALOAD_ADDON: join(root, 'addon', 'dmaload.node') },
+  };
+  const probe = spawnSync(process.execPath, [staged.script, 'ready'], { uid: NOBODY, gid: NOBODY, env: staged.env, encoding: 'utf8' });
+  if (probe.status === 0 && /"ready":true/.test(probe.stdout)) return staged;
+  const why =
+    (probe.error?.message ??
+      probe.stderr
+        .trim()
+        .split('\n')
+        .find((l) => /Error/.test(l)) ??
+      probe.stderr.trim()) ||
+    `exit ${probe.status}`;
+  return `uid ${NOBODY} cannot run the attacker staged in ${root} (${process.execPath}): ${why.slice(0, 300)}`;
+}
+
+let stagedAttacker: Staged | string | undefined;
+
+/** Why the attacker cannot run here, or undefined: it needs root to become uid 65534, and what it runs staged. */
 function attackerMissing(): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root (the attacker runs as uid 65534)';
-  const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(join(repoRoot, 'dist', 'test', 'share', 'attacker.js'))})`], {
-    uid: NOBODY,
-    gid: NOBODY,
-  });
-  return probe.status === 0 ? undefined : `uid ${NOBODY} cannot read this checkout (${repoRoot})`;
+  stagedAttacker ??= stageAttacker();
+  return typeof stagedAttacker === 'string' ? stagedAttacker : undefined;
 }
 
 interface Attacker {
@@ -83,10 +145,11 @@ interface Attacker {
   end(): Promise<number | null>;
 }
 
+/** Starts the attacker (staged: call attackerMissing() first) as uid 65534, `wrap` the command it runs inside. */
 function attacker(args: string[], opts: { wrap?: string[] } = {}): Attacker {
-  const script = join(repoRoot, 'dist', 'test', 'share', 'attacker.js');
-  const argv = [...(opts.wrap ?? []), process.execPath, script, ...args];
-  const p = spawn(argv[0]!, argv.slice(1), { uid: NOBODY, gid: NOBODY, stdio: ['pipe', 'pipe', 'pipe'] });
+  if (stagedAttacker === undefined || typeof stagedAttacker === 'string') throw new Error(`the attacker is not staged: ${stagedAttacker}`);
+  const argv = [...(opts.wrap ?? []), process.execPath, stagedAttacker.script, ...args];
+  const p = spawn(argv[0]!, argv.slice(1), { uid: NOBODY, gid: NOBODY, stdio: ['pipe', 'pipe', 'pipe'], env: stagedAttacker.env });
   let out = '';
   let err = '';
   p.stderr.on('data', (d: Buffer) => (err += d));
@@ -255,6 +318,8 @@ describe('serve: nothing blocks on a client’s file system', () => {
   for (const mode of ['hang-flush', 'eio-flush'] as const) {
     test(`a FUSE fd whose daemon ${mode === 'hang-flush' ? 'never answers FLUSH' : 'answers FLUSH with EIO'}: refused, the server answers within 1 s and lives on`, async (t) => {
       if (process.getuid?.() !== 0) return t.skip('needs root (FUSE mounts, and the attacker runs as uid 65534)');
+      const why = attackerMissing();
+      if (why) return t.skip(why);
       const fs = await startFuse(mode, 256 * 1024, { base: shared });
       if (typeof fs === 'string') return t.skip(fs);
       const socket = sock();
