@@ -96,6 +96,8 @@ export interface CacheOptions {
   inspect: (fd: number, name: string, from: Sender) => Promise<FdInspection>;
   /** Opens a reference the server may fetch (its own network options, cache and redirect rule). */
   openRef: (ref: string, signal: AbortSignal) => Promise<OpenedFile>;
+  /** A load with no progress for this long is abandoned (ERR_SHARE_LOAD_STALLED), ms. */
+  stallMs: number;
 }
 
 /** A reference being fetched: how many requests still wait for it; when the last one goes, it is aborted. */
@@ -126,7 +128,7 @@ export class Cache {
   /** Bytes of loads in progress, in all and per uid. */
   #reserved = 0;
   readonly #reservedBy = new Map<number, number>();
-  readonly count = { hits: 0, misses: 0, loads: 0, evictions: 0 };
+  readonly count = { hits: 0, misses: 0, loads: 0, evictions: 0, stalled: 0 };
 
   constructor(o: CacheOptions, ledger: Ledger) {
     this.#o = o;
@@ -298,7 +300,7 @@ export class Cache {
     let exported: Exported | undefined;
     try {
       const o = this.#o;
-      const buf = await loadOpened(src, { ...this.#shape(), io: o.io, signal: AbortSignal.any([o.signal, abort]) });
+      const buf = await this.#watched(name, (w) => loadOpened(src, { ...this.#shape(), io: o.io, ...w }), abort);
       const stats = servedStats(buf);
       exported = exportBuffer(buf, o.target);
       if (o.signal.aborted) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
@@ -430,6 +432,64 @@ export class Cache {
   }
 
   /** Reads the file behind `fd` into a new buffer of the server's target and exports it. */
+  /**
+   * Runs a load with the stall bound: when its progress (bytes placed) stands still for `stallMs`, the load is
+   * aborted and this rejects at once with ERR_SHARE_LOAD_STALLED, whether or not the load itself can stop (a read
+   * stuck in the kernel cannot); whatever it makes once it does end is closed, never cached.
+   */
+  #watched(
+    name: string,
+    run: (o: { onProgress: (p: { bytes: number }) => void; signal: AbortSignal }) => Promise<LoadedBuffer>,
+    signal?: AbortSignal,
+  ): Promise<LoadedBuffer> {
+    const ms = this.#o.stallMs;
+    const stall = new AbortController();
+    let last = performance.now();
+    let bytes = -1;
+    const onProgress = (p: { bytes: number }) => {
+      if (p.bytes === bytes) return;
+      bytes = p.bytes;
+      last = performance.now();
+    };
+    const p = run({ onProgress, signal: AbortSignal.any([this.#o.signal, stall.signal, ...(signal ? [signal] : [])]) });
+    return new Promise<LoadedBuffer>((resolve, reject) => {
+      let gaveUp = false;
+      const timer = setInterval(
+        () => {
+          if (performance.now() - last < ms) return;
+          clearInterval(timer);
+          gaveUp = true;
+          this.count.stalled++;
+          const e = new DmaloadError(
+            'ERR_SHARE_LOAD_STALLED',
+            `the server's load of '${name}' made no progress for ${ms} ms (at ${Math.max(bytes, 0)} bytes): its storage does not answer; the load is abandoned`,
+            { path: name },
+          );
+          this.#o.log(e.message);
+          stall.abort(e);
+          reject(e);
+          p.then(
+            (b) => b.close(),
+            () => {},
+          );
+        },
+        Math.max(10, Math.min(1000, Math.floor(ms / 4))),
+      );
+      p.then(
+        (b) => {
+          if (gaveUp) return;
+          clearInterval(timer);
+          resolve(b);
+        },
+        (e: unknown) => {
+          if (gaveUp) return;
+          clearInterval(timer);
+          reject(e);
+        },
+      );
+    });
+  }
+
   /** The buffers' shape: load()'s and allocate()'s options for the server's target and placement. */
   #shape() {
     const o = this.#o;
@@ -448,7 +508,7 @@ export class Cache {
     let buf: LoadedBuffer;
     try {
       // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.
-      buf = await load(`/proc/self/fd/${fd}`, { ...shape, io: o.io, signal: o.signal });
+      buf = await this.#watched(name, (w) => load(`/proc/self/fd/${fd}`, { ...shape, io: o.io, ...w }));
     } catch (e) {
       const code = (e as { code?: string }).code;
       if (code !== 'EACCES' && code !== 'EPERM') throw e;

@@ -20,6 +20,13 @@ import type { FdInspection } from '../engine/binding.js';
 
 /** File system types whose calls reach a user's process: never inspected, read or kept. */
 export const REFUSED_FS = /^(fuse|fuseblk|fuse\..*|cuse)$/;
+/**
+ * Stacking file systems: a file on one lives on other mounts (an overlay's lower and upper folders), whose own file
+ * system — FUSE among them — serves every open and read. Accepted only as the server's own mount table shows them,
+ * with every layer checked; one mounted in a client's namespace (a user namespace lets any user mount an overlay) is
+ * refused: its layers are paths the server cannot even see.
+ */
+export const STACKED_FS = /^(overlay|overlayfs|ecryptfs|shiftfs|aufs|unionfs|mergerfs|wrapfs)$/;
 
 /** Which mount an fd is on, from procfs alone (no call reaches the file's own file system). */
 function mountOf(fd: number): number | undefined {
@@ -31,32 +38,98 @@ function mountOf(fd: number): number | undefined {
   }
 }
 
-/** The file system type of mount `id` in a mountinfo table, or undefined when it is not there. */
-function fsTypeIn(file: string, id: number): string | undefined {
+/** One line of a mountinfo table. */
+interface MountLine {
+  id: number;
+  /** Where it is mounted (octal escapes undone). */
+  point: string;
+  type: string;
+  /** The super block's options ("rw,lowerdir=…,upperdir=…"). */
+  options: string;
+}
+
+/** mountinfo's octal escapes (\040 for a space, \011, \012, \134). */
+const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+
+function mountTable(file: string): MountLine[] | undefined {
   let text: string;
   try {
     text = readFileSync(file, 'latin1');
   } catch {
     return undefined;
   }
-  const prefix = `${id} `;
+  const out: MountLine[] = [];
   for (const line of text.split('\n')) {
-    if (!line.startsWith(prefix)) continue;
     // "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue": the type follows " - ".
-    const rest = line.slice(line.indexOf(' - ') + 3);
-    return rest.split(' ')[0];
+    const dash = line.indexOf(' - ');
+    if (dash < 0) continue;
+    const head = line.slice(0, dash).split(' ');
+    const tail = line.slice(dash + 3).split(' ');
+    out.push({ id: Number(head[0]), point: unescape(head[4] ?? ''), type: tail[0] ?? '', options: tail[2] ?? '' });
   }
-  return undefined;
+  return out;
+}
+
+/** Where `fd`'s mount is: in the server's own table, or only in the client's (`pid`'s) namespace. */
+export interface FdMount {
+  type: string;
+  where: 'server' | 'client';
+  /** The server's table, to look the layers of a stacked file system up in (server mounts only). */
+  table: MountLine[] | undefined;
+  line: MountLine;
+}
+
+/** The mount `fd` is on, from the server's mount table or else the client's (`pid`); undefined when neither shows it. */
+export function mountOfFd(fd: number, pid: number | undefined): FdMount | undefined {
+  const id = mountOf(fd);
+  if (id === undefined) return undefined;
+  const own = mountTable('/proc/self/mountinfo');
+  const mine = own?.find((m) => m.id === id);
+  if (mine) return { type: mine.type, where: 'server', table: own, line: mine };
+  const theirs = pid ? mountTable(`/proc/${pid}/mountinfo`)?.find((m) => m.id === id) : undefined;
+  return theirs && { type: theirs.type, where: 'client', table: undefined, line: theirs };
+}
+
+/** The mount holding `path` in `table`: the last mounted one whose mount point is `path` or a parent of it. */
+function mountAt(table: MountLine[], path: string): MountLine | undefined {
+  let best: MountLine | undefined;
+  for (const m of table) {
+    const p = m.point;
+    if (path === p || path.startsWith(p.endsWith('/') ? p : `${p}/`)) {
+      if (!best || p.length >= best.point.length) best = m;
+    }
+  }
+  return best;
 }
 
 /**
- * The type of the file system `fd` is on ('ext4', 'tmpfs', 'fuse.sshfs'), from the server's mount table or the
- * client's (`pid`); undefined when neither shows the mount.
+ * Why a file on the stacked mount `m` (in the server's table) cannot be trusted, or undefined when every layer is on a
+ * file system the kernel serves alone. An overlay's layers are its lowerdir, upperdir and workdir options; any other
+ * stacking type, or layers that cannot be read, are refused.
  */
-export function fsTypeOf(fd: number, pid: number | undefined): string | undefined {
-  const id = mountOf(fd);
-  if (id === undefined) return undefined;
-  return fsTypeIn('/proc/self/mountinfo', id) ?? (pid ? fsTypeIn(`/proc/${pid}/mountinfo`, id) : undefined);
+function stackedRefusal(m: MountLine, table: MountLine[], depth = 0): string | undefined {
+  if (!/^overlay(fs)?$/.test(m.type)) return `a ${m.type} file system, whose layers the server cannot check`;
+  // Options are split at commas that are not escaped; layers at unescaped colons.
+  const opts = m.options.split(/(?<!\\),/);
+  const layers: string[] = [];
+  for (const o of opts) {
+    const eq = o.indexOf('=');
+    const k = o.slice(0, eq);
+    if (!['lowerdir', 'lowerdir+', 'upperdir', 'workdir', 'datadir+'].includes(k)) continue;
+    for (const p of o.slice(eq + 1).split(/(?<!\\):/)) if (p) layers.push(unescape(p).replace(/\\([,:\\])/g, '$1'));
+  }
+  if (!layers.some((l) => l)) return 'an overlay whose layers its mount options do not name';
+  for (const l of layers) {
+    const under = mountAt(table, l);
+    if (!under) return `an overlay whose layer '${l}' is on no mount the server sees`;
+    if (REFUSED_FS.test(under.type)) return `an overlay with a layer on ${under.type} ('${l}'), served by a user's process`;
+    if (STACKED_FS.test(under.type)) {
+      if (depth >= 2) return 'overlays stacked more than three deep';
+      const why = stackedRefusal(under, table, depth + 1);
+      if (why) return why;
+    }
+  }
+  return undefined;
 }
 
 /** Who sent an fd: the connection's peer, for limits and logs. */
@@ -71,83 +144,170 @@ export interface FdGuardOptions {
   log: (line: string) => void;
 }
 
-/** Received fds: inspected and closed off the JS thread, with stuck calls counted per user. */
+/**
+ * Native calls on received fds (each on a thread of its own) in flight at once, in all: the most threads a server
+ * spends on clients' fds, however many fds arrive and however many never return.
+ */
+export const MAX_FD_THREADS = 64;
+/** The same per user: one user's stuck fds can take no more than this share of {@link MAX_FD_THREADS}. */
+export const MAX_FD_THREADS_PER_USER = 8;
+/** Received fds one user may have waiting for a close thread; past it, the user's connections are cut off. */
+export const MAX_PARKED_PER_USER = 4096;
+/** A repeated log line (a call that has not returned) is written at most once per this many ms per user. */
+const LOG_EVERY_MS = 5000;
+
+/** A native call waiting for a thread. */
+interface Waiting {
+  uid: number;
+  run: () => void;
+}
+
+/**
+ * Received fds: inspected and closed off the JS thread, on at most {@link MAX_FD_THREADS} native threads at once
+ * ({@link MAX_FD_THREADS_PER_USER} per user); stuck calls and fds waiting to be closed are counted per user.
+ */
 export class FdGuard {
   readonly #o: FdGuardOptions;
   /** Per uid: native calls on that user's fds that have not returned within the time bound. */
   readonly #stuck = new Map<number, number>();
-  /** Native calls in progress (inspections and closes), for close() of the server. */
+  /** Native calls in progress (inspections and closes), in all and per uid. */
   #pending = 0;
+  readonly #pendingBy = new Map<number, number>();
+  /** Calls waiting for a thread, oldest first; fds waiting to be closed are among them ("parked"). */
+  readonly #queue: Waiting[] = [];
+  readonly #parkedBy = new Map<number, number>();
+  /** Per uid: when a repeated line was last logged, and how many were left out since. */
+  readonly #quiet = new Map<number, { at: number; skipped: number }>();
   #idle: (() => void) | undefined;
 
   constructor(o: FdGuardOptions) {
     this.#o = o;
   }
 
-  /** Calls on `uid`'s fds still stuck past the time bound. */
+  /** Calls on `uid`'s fds still stuck past the time bound, and fds past the parking limit (the user is cut off). */
   stuck(uid: number): number {
-    return this.#stuck.get(uid) ?? 0;
+    return (this.#stuck.get(uid) ?? 0) + ((this.#parkedBy.get(uid) ?? 0) >= MAX_PARKED_PER_USER ? 1_000_000 : 0);
   }
 
-  /** Native calls in progress. */
+  /** Native calls in progress (threads spent on received fds now). */
   get pending(): number {
     return this.#pending;
   }
 
-  #started(): void {
-    this.#pending++;
+  /** Fds waiting for a thread to close them. */
+  get parked(): number {
+    let n = 0;
+    for (const v of this.#parkedBy.values()) n += v;
+    return n;
   }
 
-  #ended(): void {
-    if (--this.#pending === 0) this.#idle?.();
+  /** Logs `line` about `uid`, at most once per LOG_EVERY_MS, saying how many like it were left out. */
+  #logQuiet(uid: number, line: string): void {
+    const now = performance.now();
+    const q = this.#quiet.get(uid);
+    if (q && now - q.at < LOG_EVERY_MS) {
+      q.skipped++;
+      return;
+    }
+    this.#quiet.set(uid, { at: now, skipped: 0 });
+    this.#o.log(q?.skipped ? `${line} (and ${q.skipped} more such lines for uid ${uid} left out)` : line);
+  }
+
+  #count(map: Map<number, number>, uid: number, d: number): void {
+    const n = (map.get(uid) ?? 0) + d;
+    if (n > 0) map.set(uid, n);
+    else map.delete(uid);
+  }
+
+  /** Whether a call of `uid` may start a thread now. */
+  #room(uid: number): boolean {
+    return this.#pending < MAX_FD_THREADS && (this.#pendingBy.get(uid) ?? 0) < MAX_FD_THREADS_PER_USER;
+  }
+
+  #started(uid: number): void {
+    this.#pending++;
+    this.#count(this.#pendingBy, uid, 1);
+  }
+
+  #ended(uid: number): void {
+    this.#pending--;
+    this.#count(this.#pendingBy, uid, -1);
+    // A thread is free: the oldest waiting call that may have it (another user's, when this one's share is used).
+    for (let i = 0; i < this.#queue.length; i++) {
+      const w = this.#queue[i]!;
+      if (!this.#room(w.uid)) continue;
+      this.#queue.splice(i, 1);
+      w.run();
+      break;
+    }
+    if (this.#pending === 0 && this.#queue.length === 0) this.#idle?.();
+  }
+
+  /** Runs `run` once a thread may be spent on `uid`'s fds: now, or when one of the bounded threads returns. */
+  #whenRoom(uid: number, run: () => void): { cancel(): boolean } {
+    if (this.#room(uid)) {
+      run();
+      return { cancel: () => false };
+    }
+    const w: Waiting = { uid, run };
+    this.#queue.push(w);
+    return {
+      cancel: () => {
+        const i = this.#queue.indexOf(w);
+        if (i < 0) return false;
+        this.#queue.splice(i, 1);
+        return true;
+      },
+    };
   }
 
   /**
-   * Runs a native fd call with the time bound: resolves with its result, or rejects with ERR_SHARE_FD_TIMEOUT once
-   * the bound passes (the call is then counted as stuck for `from.uid` until it returns).
+   * Runs a native fd call with the time bound (counted from the request, waiting for a thread included): resolves
+   * with its result, or rejects with ERR_SHARE_FD_TIMEOUT once the bound passes (a call that started is then counted
+   * as stuck for `from.uid` until it returns; one still waiting for a thread is dropped).
    */
   #bounded<T>(from: Sender, name: string, what: string, start: (cb: (r: T) => void) => number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let late = false;
+      let running = false;
+      const timeout = () =>
+        new DmaloadError(
+          'ERR_SHARE_FD_TIMEOUT',
+          `the file system of '${name}' did not answer ${what} within ${this.#o.timeoutMs} ms; the server does not wait for it`,
+          { path: name },
+        );
       const timer = setTimeout(() => {
         late = true;
-        this.#stuck.set(from.uid, this.stuck(from.uid) + 1);
-        this.#o.log(`uid ${from.uid}: ${what} of '${name}' has not returned after ${this.#o.timeoutMs} ms (its file system does not answer)`);
-        reject(
-          new DmaloadError(
-            'ERR_SHARE_FD_TIMEOUT',
-            `the file system of '${name}' did not answer ${what} within ${this.#o.timeoutMs} ms; the server does not wait for it`,
-            { path: name },
-          ),
-        );
+        if (!running && slot.cancel()) return reject(timeout());
+        this.#stuck.set(from.uid, (this.#stuck.get(from.uid) ?? 0) + 1);
+        this.#logQuiet(from.uid, `uid ${from.uid}: ${what} of '${name}' has not returned after ${this.#o.timeoutMs} ms (its file system does not answer)`);
+        reject(timeout());
       }, this.#o.timeoutMs);
       // Referenced: the native call's callback does not keep the process alive by itself (a call that never returns
       // must not), so this timer does, until the call returns or its time is up.
-      this.#started();
-      let rc: number;
-      try {
-        rc = start((r) => {
+      const slot = this.#whenRoom(from.uid, () => {
+        running = true;
+        this.#started(from.uid);
+        let rc: number;
+        try {
+          rc = start((r) => {
+            clearTimeout(timer);
+            if (late) this.#count(this.#stuck, from.uid, -1);
+            this.#ended(from.uid);
+            if (!late) resolve(r);
+          });
+        } catch (e) {
           clearTimeout(timer);
-          if (late) {
-            const n = this.stuck(from.uid) - 1;
-            if (n > 0) this.#stuck.set(from.uid, n);
-            else this.#stuck.delete(from.uid);
-          }
-          this.#ended();
-          resolve(r);
-        });
-      } catch (e) {
-        rc = -1;
-        clearTimeout(timer);
-        this.#ended();
-        reject(e);
-        return;
-      }
-      if (rc < 0) {
-        clearTimeout(timer);
-        this.#ended();
-        reject(new DmaloadSystemError(rc, 'fcntl', name));
-      }
+          this.#ended(from.uid);
+          reject(e);
+          return;
+        }
+        if (rc < 0) {
+          clearTimeout(timer);
+          this.#ended(from.uid);
+          reject(new DmaloadSystemError(rc, 'fcntl', name));
+        }
+      });
     });
   }
 
@@ -156,8 +316,9 @@ export class FdGuard {
    * F_GETFL off the JS thread. The fd stays the caller's.
    */
   async inspect(fd: number, name: string, from: Sender): Promise<FdInspection> {
-    const type = fsTypeOf(fd, from.pid);
-    if (type === undefined) {
+    const mount = mountOfFd(fd, from.pid);
+    const type = mount?.type;
+    if (mount === undefined || type === undefined) {
       // Sockets, pipes and anonymous inodes live on kernel-internal mounts no table shows: not files either way.
       let link = '';
       try {
@@ -182,26 +343,75 @@ export class FdGuard {
         { path: name },
       );
     }
+    if (STACKED_FS.test(type)) {
+      const why =
+        mount.where === 'client'
+          ? `a ${type} file system mounted in the client's own mount namespace, whose layers may be served by a user's process`
+          : stackedRefusal(mount.line, mount.table!);
+      if (why)
+        throw new DmaloadError(
+          'ERR_SHARE_FS_UNSUPPORTED',
+          `'${name}' is on ${why}; the server will not wait for it: copy the file to a file system mounted by the system`,
+          { path: name },
+        );
+    }
     const r = await this.#bounded<FdInspection | number>(from, name, 'statx', (cb) => native.fdInspect(fd, cb));
     if (typeof r === 'number') throw new DmaloadSystemError(r, 'statx', name);
     return r;
   }
 
-  /** Closes received fds off the JS thread; a close that fails or hangs is logged, never thrown. */
+  /**
+   * Closes received fds off the JS thread, each once a bounded thread is free for its sender (until then it is
+   * parked, counted against the sender); a close that fails or hangs is logged (rate-limited), never thrown.
+   */
   release(fds: readonly number[], from: Sender, name = 'a received fd'): void {
     for (const fd of fds) {
-      this.#bounded<number>(from, name, 'close', (cb) => native.fdClose(fd, cb)).then(
-        (rc) => rc < 0 && this.#o.log(`uid ${from.uid}: close of '${name}': ${new DmaloadSystemError(rc, 'close', name).message}`),
-        () => {
-          /* logged by the timer */
-        },
-      );
+      this.#count(this.#parkedBy, from.uid, 1);
+      this.#whenRoom(from.uid, () => {
+        this.#count(this.#parkedBy, from.uid, -1);
+        this.#closeNow(fd, from, name);
+      });
     }
   }
 
-  /** Resolves once no call is in progress, or after `ms` (stuck calls are not waited for). */
+  #closeNow(fd: number, from: Sender, name: string): void {
+    let late = false;
+    const timer = setTimeout(() => {
+      late = true;
+      this.#stuck.set(from.uid, (this.#stuck.get(from.uid) ?? 0) + 1);
+      this.#logQuiet(from.uid, `uid ${from.uid}: close of '${name}' has not returned after ${this.#o.timeoutMs} ms (its file system does not answer)`);
+    }, this.#o.timeoutMs);
+    timer.unref();
+    this.#started(from.uid);
+    let rc: number;
+    try {
+      rc = native.fdClose(fd, (r: number) => {
+        clearTimeout(timer);
+        if (late) this.#count(this.#stuck, from.uid, -1);
+        this.#ended(from.uid);
+        if (r < 0) this.#logQuiet(from.uid, `uid ${from.uid}: close of '${name}': ${new DmaloadSystemError(r, 'close', name).message}`);
+      });
+    } catch (e) {
+      // No thread could start (the system's limit): the fd stays open, parked again for a later try.
+      clearTimeout(timer);
+      this.#ended(from.uid);
+      this.#logQuiet(from.uid, `uid ${from.uid}: close of '${name}' deferred: ${(e as Error).message}`);
+      this.#count(this.#parkedBy, from.uid, 1);
+      setTimeout(() => {
+        this.#count(this.#parkedBy, from.uid, -1);
+        this.release([fd], from, name);
+      }, 1000).unref();
+      return;
+    }
+    if (rc < 0) {
+      clearTimeout(timer);
+      this.#ended(from.uid);
+    }
+  }
+
+  /** Resolves once no call is in progress or waiting, or after `ms` (stuck calls are not waited for). */
   async drain(ms: number): Promise<void> {
-    if (this.#pending === 0) return;
+    if (this.#pending === 0 && this.#queue.length === 0) return;
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, ms);
       this.#idle = () => {

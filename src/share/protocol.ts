@@ -124,6 +124,12 @@ export interface ServerStatus {
   connections: number;
   /** Connections the server closed: refused at accept (limits), idle, or with replies left unread. */
   dropped: number;
+  /** Native calls on clients' fds in progress (each a thread; at most 64, 8 per user), stuck ones included. */
+  fdCalls: number;
+  /** Received fds waiting for one of those threads to close them. */
+  fdsParked: number;
+  /** Loads abandoned because they made no progress for the stall timeout (--stall-timeout). */
+  stalled: number;
 }
 
 export interface ErrorBody {

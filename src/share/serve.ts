@@ -56,6 +56,12 @@ export interface ServeOptions {
   idleTimeout?: number;
   /** Milliseconds a client may leave replies unread before its connection is closed. Default 10000. */
   replyTimeout?: number;
+  /**
+   * Milliseconds a load may make no progress before it is abandoned: its requests fail with ERR_SHARE_LOAD_STALLED,
+   * its budget is released and nothing is cached (a read stuck in the kernel keeps its memory until it ends).
+   * Default 60000.
+   */
+  stallTimeout?: number;
   /** The socket file's permissions. Default 0o600: only the server's user can connect. */
   mode?: number;
   /** Where buffers live: 'memfd' (default; sealed), 'udmabuf' or 'dma-heap' (dma-bufs, one per part; not sealable). */
@@ -109,6 +115,7 @@ const SERVE_OPTIONS = optionNames<ServeOptions>()([
   'perUserConnections',
   'idleTimeout',
   'replyTimeout',
+  'stallTimeout',
   'mode',
   'target',
   'heap',
@@ -135,6 +142,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
     idleTimeout: integerOption('idleTimeout', o.idleTimeout, 1, 2 ** 31 - 1) ?? 600_000,
     replyTimeout: integerOption('replyTimeout', o.replyTimeout, 1, 2 ** 31 - 1) ?? 10_000,
   };
+  const stallMs = integerOption('stallTimeout', o.stallTimeout, 1, 2 ** 31 - 1) ?? 60_000;
   const mode = modeOption(o.mode) ?? 0o600;
   const target = enumOption<ShareTarget>('target', o.target, SHARE_TARGETS, 'memfd');
   const io = ioOption(o.io);
@@ -159,7 +167,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const fd = listen(socket, mode);
   let server: Server;
   try {
-    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, numaNode, log: o.log, fetch });
+    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, numaNode, log: o.log, fetch, stallMs });
   } catch (e) {
     closeFd(fd);
     try {

@@ -60,6 +60,11 @@ export interface FetchPolicy {
 const S = native.shareConstants;
 /** Milliseconds a statx or close of a received fd may take before the request fails. */
 const FD_TIMEOUT = 2000;
+/**
+ * Milliseconds close() waits for requests in progress before it abandons them (a read stuck in the kernel cannot be
+ * waited for): with the fd closes' own wait, close() ends within CLOSE_WAIT + FD_TIMEOUT.
+ */
+export const CLOSE_WAIT = 5000;
 /** Longest display name a request may give for its file (it is only used in messages and logs). */
 const MAX_NAME = 4096;
 
@@ -143,6 +148,7 @@ export class Server implements ShareServer {
       log: ((line: string) => void) | undefined;
       /** What clients may ask the server to fetch (`--allow-source`), and how it fetches. */
       fetch: FetchPolicy;
+      stallMs: number;
     },
   ) {
     this.socket = socket;
@@ -175,6 +181,7 @@ export class Server implements ShareServer {
           log: this.#log,
           releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
           inspect: (fd, name, from) => this.#guard.inspect(fd, name, from),
+          stallMs: o.stallMs,
           openRef: (ref, signal) => {
             const f = o.fetch;
             // A plain URL's redirects must stay within what is allowed; the hub's and a store's addresses are the
@@ -208,6 +215,8 @@ export class Server implements ShareServer {
       errors: this.#count.errors,
       connections: this.#conns.size,
       dropped: this.#conns.dropped,
+      fdCalls: this.#guard.pending,
+      fdsParked: this.#guard.parked,
     };
   }
 
@@ -485,7 +494,16 @@ export class Server implements ShareServer {
       } catch {
         /* already gone */
       }
-      await Promise.allSettled([...this.#tasks]);
+      // Loads were aborted above; one stuck in the kernel is abandoned after CLOSE_WAIT (its result, if it ever
+      // comes, is dropped: the cache takes nothing once closing).
+      const tasks = [...this.#tasks];
+      let timer: NodeJS.Timeout | undefined;
+      const settled = await Promise.race([
+        Promise.allSettled(tasks).then(() => true),
+        new Promise<false>((r) => (timer = setTimeout(() => r(false), CLOSE_WAIT))),
+      ]);
+      clearTimeout(timer);
+      if (!settled) this.#log(`closing: requests still in progress after ${CLOSE_WAIT} ms (storage that does not answer) are abandoned`);
       this.#cache.clear();
       this.#ledger.close();
       // Closes of received fds in progress: waited for briefly, never for a file system that does not answer.

@@ -1,0 +1,290 @@
+/**
+ * No client can stop `dmaload serve` for others: stacked file systems over a user's FUSE daemon are refused by what the
+ * file really lives on, a burst of fds on a never-closing FUSE file costs a bounded number of threads, a load that
+ * makes no progress is abandoned, and shutdown finishes while a request hangs. The attacker is another user (uid
+ * 65534, burst.ts) against a root server where the test runs as root; the oracles are error codes, the server's
+ * thread count (/proc/PID/status), its status counters, and bytes hashed against the file's.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { connect, serve } from '../../src/index.js';
+import { MAX_FD_THREADS_PER_USER } from '../../src/share/fds.js';
+import { CLOSE_WAIT } from '../../src/share/server.js';
+import { bufferSha256, makeFile, seededBytes, sha256, tempDir, repoRoot } from '../helpers.js';
+import { LOOPBACK, failure } from '../sources/common.js';
+import { startFuse } from './fuse.js';
+
+const NOBODY = 65534;
+const { dir, cleanup } = tempDir('dmaload-dos-');
+after(cleanup);
+for (const k of ['NO_PROXY', 'no_proxy']) process.env[k] = process.env[k] ? `${process.env[k]},${LOOPBACK}` : LOOPBACK;
+
+/** A folder uid 65534 can reach (sockets, mount points): /tmp first, as the FUSE helper's mounts are there too. */
+const shared = (() => {
+  const d = mkdtempSync(join(process.getuid?.() === 0 ? '/tmp' : tmpdir(), 'dmaload-dos-'));
+  chmodSync(d, 0o711);
+  return d;
+})();
+after(() => rmSync(shared, { recursive: true, force: true }));
+let n = 0;
+const sock = () => join(shared, `d${n++}.sock`);
+const BURST = join(repoRoot, 'dist', 'test', 'share', 'burst.js');
+
+/** Why uid 65534 cannot attack here, or undefined. */
+function attackerMissing(): string | undefined {
+  if (process.getuid?.() !== 0) return 'needs root (the attacker runs as uid 65534)';
+  const probe = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(BURST)})`], { uid: NOBODY, gid: NOBODY });
+  return probe.status === 0 ? undefined : `uid ${NOBODY} cannot read this checkout (${repoRoot})`;
+}
+
+/** Runs burst.ts as uid 65534 (optionally wrapped, e.g. in `unshare`); resolves its JSON line; end() lets it exit. */
+function attack(args: string[], wrap: string[] = []): { line: Promise<Record<string, unknown>>; end(): void; proc: ChildProcess } {
+  const argv = [...wrap, process.execPath, BURST, ...args];
+  const p = spawn(argv[0]!, argv.slice(1), { uid: NOBODY, gid: NOBODY, stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  p.stderr.on('data', (d: Buffer) => (err += d));
+  const line = new Promise<Record<string, unknown>>((resolve, reject) => {
+    p.stdout.on('data', (d: Buffer) => {
+      out += d;
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)) as Record<string, unknown>);
+    });
+    p.once('close', (code) => reject(new Error(`attacker exited ${code} before answering: ${err}`)));
+  });
+  line.catch(() => {});
+  return { line, end: () => p.stdin.end(), proc: p };
+}
+
+/** `dmaload serve` as its own process (as deployed); resolves once it listens. */
+async function serveProcess(args: string[]): Promise<{ socket: string; proc: ChildProcess; log: () => string; exited: Promise<number | null> }> {
+  const socket = sock();
+  const proc = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--mode', '0666', '-v', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  proc.stderr.on('data', (d: Buffer) => (log += d));
+  const exited = new Promise<number | null>((r) => proc.once('close', (code) => r(code)));
+  await new Promise<void>((resolve, reject) => {
+    proc.stderr.on('data', () => /listening/.test(log) && resolve());
+    void exited.then((code) => reject(new Error(`server exited ${code}: ${log}`)));
+  });
+  return { socket, proc, log: () => log, exited };
+}
+
+const threadsOf = (pid: number) => Number(/^Threads:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+
+/** The slowest status answer while `during` runs. */
+async function statusLatency(socket: string, during: Promise<unknown>): Promise<number> {
+  const c = await connect(socket);
+  let worst = 0;
+  let done = false;
+  void during.finally(() => (done = true));
+  try {
+    while (!done) {
+      const t0 = performance.now();
+      await c.status({ signal: AbortSignal.timeout(5000) });
+      worst = Math.max(worst, performance.now() - t0);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    c.close();
+  }
+  return worst;
+}
+
+/** A web server whose bodies never come (only the probe's first byte is answered): a download that hangs. */
+async function hangingWeb(size: number): Promise<{ base: string; requests: () => number; close(): void }> {
+  let requests = 0;
+  const held: Array<() => void> = [];
+  const web = createServer((req, res) => {
+    requests++;
+    const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+    if (m && m[1] === '0' && m[2] === '0') {
+      res.writeHead(206, { etag: '"h"', 'content-length': 1, 'content-range': `bytes 0-0/${size}` });
+      return void res.end(Buffer.alloc(1));
+    }
+    held.push(() => res.destroy());
+  });
+  await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+  return {
+    base: `http://127.0.0.1:${(web.address() as AddressInfo).port}`,
+    requests: () => requests,
+    close: () => {
+      for (const f of held.splice(0)) f();
+      web.closeAllConnections();
+      web.close();
+    },
+  };
+}
+
+describe('serve: stacked file systems are judged by what their files live on', () => {
+  test('an overlay a user mounts in its own namespace is refused, whatever its layers', async (t) => {
+    const why = attackerMissing();
+    if (why) return t.skip(why);
+    if (spawnSync('unshare', ['-Urm', 'true'], { uid: NOBODY, gid: NOBODY }).status !== 0) return t.skip('unprivileged user namespaces are not allowed here');
+    const base = mkdtempSync(join(shared, 'ovl-'));
+    chmodSync(base, 0o777);
+    const server = await serve({ socket: sock(), mode: 0o666 });
+    try {
+      const script = [
+        `mkdir -p ${base}/l ${base}/u ${base}/w ${base}/m`,
+        `head -c 65536 /dev/zero > ${base}/l/f`,
+        `mount -t overlay o -o lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w ${base}/m`,
+        `exec "$@"`,
+      ].join(' && ');
+      const a = attack(['send', server.socket, `${base}/m/f`], ['unshare', '-Urm', 'sh', '-c', script, 'sh']);
+      const r = await a.line;
+      a.end();
+      assert.equal(r.code, 'ERR_SHARE_FS_UNSUPPORTED', JSON.stringify(r));
+      assert.equal(server.status().loads, 0);
+    } finally {
+      await server.close();
+      rmSync(base, { recursive: true, force: true });
+    }
+  });
+
+  test('an overlay the system mounted: served over local layers, refused over a FUSE layer', async (t) => {
+    if (process.getuid?.() !== 0) return t.skip('mounting needs root');
+    const fuse = await startFuse('ok', 128 * 1024, { base: shared });
+    if (typeof fuse === 'string') return t.skip(fuse);
+    const base = mkdtempSync(join(shared, 'sysovl-'));
+    const mounted: string[] = [];
+    const overlay = (lower: string, name: string) => {
+      const d = join(base, name);
+      for (const x of ['u', 'w', 'm']) mkdirSync(join(d, x), { recursive: true });
+      execFileSync('mount', ['-t', 'overlay', 'o', '-o', `lowerdir=${lower},upperdir=${d}/u,workdir=${d}/w`, `${d}/m`]);
+      mounted.push(`${d}/m`);
+      return `${d}/m`;
+    };
+    const server = await serve({ socket: sock() });
+    try {
+      const local = join(base, 'lower');
+      mkdirSync(local);
+      const bytes = seededBytes(96 * 1024 + 5, 91);
+      writeFileSync(join(local, 'model.bin'), bytes);
+      let good: string;
+      let bad: string;
+      try {
+        good = overlay(local, 'good');
+        bad = overlay(fuse.dir, 'bad');
+      } catch (e) {
+        return t.skip(`cannot mount an overlay here: ${(e as Error).message}`);
+      }
+      const c = await connect(server.socket);
+      const b = await c.load(join(good, 'model.bin'));
+      assert.equal(bufferSha256(b), sha256(bytes), 'an overlay over a local folder is served');
+      b.close();
+      const e = await failure(c.load(join(bad, 'data')));
+      assert.equal(e.code, 'ERR_SHARE_FS_UNSUPPORTED', e.message);
+      assert.match(e.message, /layer on fuse/);
+      c.close();
+    } finally {
+      await server.close();
+      for (const m of mounted.reverse()) spawnSync('umount', ['-l', m]);
+      await fuse.stop();
+      rmSync(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('serve: bounded threads, abandoned loads, a shutdown that finishes', () => {
+  test('a burst of fds of a never-closing FUSE file: threads stay bounded, the log too, another user still loads', async (t) => {
+    const why = attackerMissing();
+    if (why) return t.skip(why);
+    const fuse = await startFuse('hang-flush', 64 * 1024, { base: shared });
+    if (typeof fuse === 'string') return t.skip(fuse);
+    const server = await serveProcess([]);
+    const pid = server.proc.pid!;
+    try {
+      const before = threadsOf(pid);
+      // 8 connections × 16 status requests × 64 copies of the fd: 8192 fds to close, each close hanging for good.
+      const a = attack(['burst', server.socket, fuse.file, '8', '16']);
+      const during = (async () => {
+        const r = await a.line;
+        await new Promise((res) => setTimeout(res, 3000)); // past the 2 s bound of the first closes
+        return r;
+      })();
+      const worst = await statusLatency(server.socket, during);
+      const r = await during;
+      const threads = threadsOf(pid);
+      const c = await connect(server.socket);
+      const st = await c.status();
+      // Another user's (root's) load of an ordinary file, meanwhile.
+      const f = makeFile(dir, 'victim', 256 * 1024 + 1);
+      const t0 = performance.now();
+      const b = await c.load(f.path);
+      const loadMs = performance.now() - t0;
+      assert.equal(bufferSha256(b), f.sha256);
+      b.close();
+      c.close();
+      const hung = (server.log().match(/has not returned/g) ?? []).length;
+      t.diagnostic(
+        `attacker: ${JSON.stringify(r)}; threads ${before} -> ${threads}; status fdCalls ${st.fdCalls}, fdsParked ${st.fdsParked}; worst status ${worst.toFixed(0)} ms; victim load ${loadMs.toFixed(0)} ms; ${hung} 'has not returned' log lines`,
+      );
+      assert.ok(st.fdCalls <= MAX_FD_THREADS_PER_USER, `${st.fdCalls} native fd calls in flight`);
+      assert.ok(threads - before <= MAX_FD_THREADS_PER_USER + 4, `the server went from ${before} to ${threads} threads`);
+      assert.ok(worst < 1000, `status took ${worst} ms`);
+      assert.ok(loadMs < 1000, `the other user's load took ${loadMs} ms`);
+      assert.ok(hung <= 4, `${hung} lines about calls that have not returned`);
+      a.end();
+    } finally {
+      await fuse.stop();
+      server.proc.kill('SIGTERM');
+    }
+    assert.equal(await server.exited, 0, server.log());
+  });
+
+  test('a load that makes no progress is abandoned after the stall timeout: coded error, budget released, nothing cached', async () => {
+    const web = await hangingWeb(8 * 1024 * 1024);
+    const server = await serve({ socket: sock(), budget: 64 * 1024 * 1024, allowSources: [`${web.base}/`], stallTimeout: 1000, source: { stallMs: 60_000 } });
+    try {
+      const c = await connect(server.socket);
+      const t0 = performance.now();
+      const e = await failure(c.load(`${web.base}/model.bin`));
+      const ms = performance.now() - t0;
+      assert.equal(e.code, 'ERR_SHARE_LOAD_STALLED', e.message);
+      assert.ok(ms < 5000, `the stalled load failed after ${ms} ms`);
+      const st = await c.status();
+      assert.equal(st.stalled, 1);
+      assert.equal(st.used, 0, 'its budget is released');
+      assert.equal(st.entries, 0);
+      c.close();
+    } finally {
+      await server.close();
+      web.close();
+    }
+  });
+
+  test('SIGTERM ends the server within its bound while a download hangs; status answers until then', async () => {
+    const web = await hangingWeb(8 * 1024 * 1024);
+    const server = await serveProcess(['--allow-source', `${web.base}/`]);
+    try {
+      const c = await connect(server.socket);
+      const pending = c.load(`${web.base}/model.bin`).catch((e: unknown) => e);
+      const deadline = Date.now() + 5000;
+      while (web.requests() < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(web.requests() >= 2, 'the download started');
+      assert.equal((await c.status()).connections >= 1, true);
+      const t0 = performance.now();
+      server.proc.kill('SIGTERM');
+      const code = await server.exited;
+      const ms = performance.now() - t0;
+      assert.equal(code, 0, server.log());
+      assert.ok(ms < CLOSE_WAIT + 3000, `the server took ${ms} ms to stop`);
+      const r = (await pending) as { code?: string };
+      assert.ok(r.code === 'ERR_SHARE_SERVER_CLOSING' || r.code === 'ERR_SHARE_SERVER_GONE', String(r.code));
+      c.close();
+    } finally {
+      server.proc.kill('SIGKILL');
+      web.close();
+    }
+  });
+});
