@@ -32,6 +32,8 @@ Options:
   --reply-timeout TIME      close a connection that leaves replies unread for TIME (default 10s)
   --stall-timeout TIME      abandon a load that makes no progress for TIME (default 60s; its requests fail with
                             ERR_SHARE_LOAD_STALLED)
+  --budget-wait TIME        how long a load that does not fit in the budget waits for room, fairly across users,
+                            before ERR_MEMORY_BUDGET (default 30s; 0: fail at once)
   --preload FILE            load FILE before accepting requests (repeatable; FILE arguments are preloaded too)
   --allow-source PREFIX     let clients name a reference under PREFIX instead of sending an fd (repeatable; off by
                             default): https://HOST/PATH/, s3://BUCKET/PREFIX or hf://ORG/[NAME]. The server
@@ -65,6 +67,7 @@ function parseServeArgs(argv: string[]) {
       'per-user-connections': { type: 'string' },
       'idle-timeout': { type: 'string' },
       'stall-timeout': { type: 'string' },
+      'budget-wait': { type: 'string' },
       'reply-timeout': { type: 'string' },
       preload: { type: 'string', multiple: true },
       'allow-source': { type: 'string', multiple: true },
@@ -98,11 +101,11 @@ function countFlag(flag: string, v: string | undefined): number | undefined {
 }
 
 /** A time flag (--idle-timeout, --reply-timeout): 30s, 500ms, 10m, 1h (seconds without a unit), in milliseconds. */
-function durationFlag(flag: string, v: string | undefined): number | undefined {
+function durationFlag(flag: string, v: string | undefined, min = 1): number | undefined {
   if (v === undefined) return undefined;
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v);
   const ms = m ? Math.round(Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms']) : NaN;
-  if (!(ms >= 1 && ms <= 2 ** 31 - 1)) throw new UsageError(`--${flag} must be a time such as 30s, 500ms or 10m (got '${v}')`);
+  if (!(ms >= min && ms <= 2 ** 31 - 1)) throw new UsageError(`--${flag} must be a time such as 30s, 500ms or 10m (got '${v}')`);
   return ms;
 }
 
@@ -116,6 +119,7 @@ function serveOptions(values: ReturnType<typeof parseServeArgs>['values'], posit
     perUserConnections: countFlag('per-user-connections', values['per-user-connections']),
     idleTimeout: durationFlag('idle-timeout', values['idle-timeout']),
     stallTimeout: durationFlag('stall-timeout', values['stall-timeout']),
+    budgetWait: durationFlag('budget-wait', values['budget-wait'], 0),
     replyTimeout: durationFlag('reply-timeout', values['reply-timeout']),
   };
   let mode: number | undefined;

@@ -32,6 +32,7 @@ import type { Sender } from './fds.js';
 import type { Holding, Ledger } from './ledger.js';
 import type { ServedLoadStats } from './protocol.js';
 import { SERVED_SEALS, exportBuffer } from './seal.js';
+import { Admission, neverFits } from './admission.js';
 import type { Exported, ShareTarget } from './seal.js';
 
 type Stats = Omit<ServedLoadStats, 'bytesRead' | 'serverMs'> & { bytesRead: number };
@@ -98,6 +99,8 @@ export interface CacheOptions {
   openRef: (ref: string, signal: AbortSignal) => Promise<OpenedFile>;
   /** A load with no progress for this long is abandoned (ERR_SHARE_LOAD_STALLED), ms. */
   stallMs: number;
+  /** A load that does not fit in the budget waits this long for room before ERR_MEMORY_BUDGET, ms. */
+  budgetWaitMs: number;
 }
 
 /** A reference being fetched: how many requests still wait for it; when the last one goes, it is aborted. */
@@ -125,6 +128,7 @@ export class Cache {
   readonly #entries = new Map<string, Entry>();
   readonly #loading = new Map<string, Promise<Entry>>();
   readonly #downloads = new Map<string, Download>();
+  readonly #admission: Admission;
   /** Bytes of loads in progress, in all and per uid. */
   #reserved = 0;
   readonly #reservedBy = new Map<number, number>();
@@ -133,6 +137,14 @@ export class Cache {
   constructor(o: CacheOptions, ledger: Ledger) {
     this.#o = o;
     this.#ledger = ledger;
+    this.#admission = new Admission({
+      waitMs: o.budgetWaitMs,
+      fits: (charge, uid) => this.#fits(charge, uid),
+      take: (charge, uid) => this.#reserve(uid, charge),
+      why: (charge, uid, name) => this.#noRoom(charge, uid, name),
+      signal: o.signal,
+    });
+    ledger.onFreed = () => this.#scheduleWake();
   }
 
   get size(): number {
@@ -290,12 +302,11 @@ export class Cache {
     const uid = from.uid;
     const charge = roundUp(src.size, PAGE_SIZE);
     try {
-      this.#makeRoom(charge, uid, name);
+      await this.#admit(charge, uid, name);
     } catch (e) {
       await src.close();
       throw e;
     }
-    this.#reserve(uid, charge);
     const t0 = performance.now();
     let exported: Exported | undefined;
     try {
@@ -343,41 +354,52 @@ export class Cache {
     this.#drop(e);
   }
 
-  /** Evicts least recently used entries nobody else holds until `charge` more bytes fit, for everyone and for `uid`. */
-  #makeRoom(charge: number, uid: number, name: string): void {
+  /**
+   * Reserves `charge` bytes for a load of `uid`: at once when they fit (after evicting what only the cache holds),
+   * else once other loads end and clients let go (admission.ts: fair across users, bounded in time). A load that can
+   * never fit fails at once.
+   */
+  async #admit(charge: number, uid: number, name: string): Promise<void> {
+    const never = neverFits(charge, this.#o.budget, uid !== this.#o.ownUid ? this.#o.perUserBudget : undefined, name);
+    if (never) throw budgetError(never);
+    await this.#admission.admit(charge, uid, name);
+  }
+
+  /** Loads waiting for room in the budget. */
+  get queued(): number {
+    return this.#admission.queued;
+  }
+
+  /** Why `charge` more bytes of `uid` do not fit now (after the wait). */
+  #noRoom(charge: number, uid: number, name: string): string {
     const { budget, perUserBudget } = this.#o;
-    if (charge > budget)
-      throw budgetError(
-        `'${name}' needs ${formatBytes(charge)} but the server's budget is ${formatBytes(budget)}; start the server with a larger budget (--budget)`,
-      );
-    const limited = uid !== this.#o.ownUid;
-    if (limited && charge > perUserBudget) {
-      throw budgetError(
-        `'${name}' needs ${formatBytes(charge)} but the server allows each user ${formatBytes(perUserBudget)}; its operator can raise that (--per-user-budget)`,
-      );
+    if (uid !== this.#o.ownUid && this.usedBy(uid) + charge > perUserBudget) {
+      return `'${name}' needs ${formatBytes(charge)} and this user's buffers already hold ${formatBytes(this.usedBy(uid))} of the ${formatBytes(perUserBudget)} each user may use; close buffers you no longer need (they count until every process holding them lets go)`;
     }
+    return `'${name}' needs ${formatBytes(charge)} and ${formatBytes(this.used)} of the server's budget of ${formatBytes(budget)} is held by buffers clients still hold and by loads in progress; try again once some are closed`;
+  }
+
+  /**
+   * Evicts least recently used entries nobody else holds until `charge` more bytes fit, for everyone and for `uid`:
+   * whether they fit.
+   */
+  #fits(charge: number, uid: number): boolean {
+    const { budget, perUserBudget } = this.#o;
+    const limited = uid !== this.#o.ownUid;
     this.#ledger.drain();
     const over = () => this.used + charge > budget || (limited && this.usedBy(uid) + charge > perUserBudget);
     // First what only the cache holds (dropping it frees its memory now), this user's own first when it is the
     // user's limit that is in the way; never what a client still holds, which would free nothing.
     for (const mineOnly of [true, false]) {
       for (const e of [...this.#entries.values()]) {
-        if (!over()) return;
+        if (!over()) return true;
         // others -1: unknown since an inotify overflow; dropping it frees its memory if nobody holds it, which the kernel
         // then confirms (a buffer that is held stays charged either way).
         if (e.holding.others > 0 || (mineOnly && e.holding.uid !== uid)) continue;
         this.#evict(e, 'least recently used, to make room');
       }
     }
-    if (!over()) return;
-    if (limited && this.usedBy(uid) + charge > perUserBudget) {
-      throw budgetError(
-        `'${name}' needs ${formatBytes(charge)} and this user's buffers already hold ${formatBytes(this.usedBy(uid))} of the ${formatBytes(perUserBudget)} each user may use; close buffers you no longer need (they count until every process holding them lets go)`,
-      );
-    }
-    throw budgetError(
-      `'${name}' needs ${formatBytes(charge)} and ${formatBytes(this.used)} of the server's budget of ${formatBytes(budget)} is held by buffers clients still hold and by loads in progress; try again once some are closed`,
-    );
+    return !over();
   }
 
   #reserve(uid: number, n: number): void {
@@ -385,13 +407,29 @@ export class Cache {
     const m = (this.#reservedBy.get(uid) ?? 0) + n;
     if (m === 0) this.#reservedBy.delete(uid);
     else this.#reservedBy.set(uid, m);
+    // A load's reservation ended (it failed, or became a charge the ledger counts): room for others, maybe.
+    if (n < 0) this.#scheduleWake();
+  }
+
+  #wakeScheduled = false;
+
+  /**
+   * Admits waiting loads once the current turn is over: after the requests that waited for a load just finished have
+   * taken their reply fds (which a wake run at once could evict from under them), and never from inside #fits.
+   */
+  #scheduleWake(): void {
+    if (this.#wakeScheduled) return;
+    this.#wakeScheduled = true;
+    setImmediate(() => {
+      this.#wakeScheduled = false;
+      this.#admission.wake();
+    });
   }
 
   async #load(fd: number, v: FileVersion, name: string, from: Sender): Promise<Entry> {
     const uid = from.uid;
     const charge = roundUp(v.size, PAGE_SIZE);
-    this.#makeRoom(charge, uid, name);
-    this.#reserve(uid, charge);
+    await this.#admit(charge, uid, name);
     const t0 = performance.now();
     let exported: Exported | undefined;
     let source = -1;

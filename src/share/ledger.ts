@@ -37,6 +37,8 @@ export class Ledger {
   readonly #byUid = new Map<number, number>();
   #used = 0;
   readonly #log: (line: string) => void;
+  /** Called after a charge ends, or once nobody but the server holds a buffer (room for loads that wait). */
+  onFreed: (() => void) | undefined;
 
   constructor(log: (line: string) => void) {
     this.#log = log;
@@ -110,6 +112,7 @@ export class Ledger {
     h.freed = true;
     if (h.wd !== undefined) this.#byWd.delete(h.wd);
     this.#add(h.uid, -h.bytes);
+    this.onFreed?.();
   }
 
   /** Applies every pending event (also called before budget decisions, so they see the latest state). */
@@ -133,7 +136,11 @@ export class Ledger {
         if (!h) continue;
         if (mask & I.IN_IGNORED) this.#free(h);
         else if (h.others >= 0 && mask & I.IN_OPEN) h.others++;
-        else if (h.others >= 0 && mask & (I.IN_CLOSE_WRITE | I.IN_CLOSE_NOWRITE)) h.others = Math.max(0, h.others - 1);
+        else if (h.others >= 0 && mask & (I.IN_CLOSE_WRITE | I.IN_CLOSE_NOWRITE)) {
+          h.others = Math.max(0, h.others - 1);
+          // Nobody else holds it now: the cache may drop it to make room for a load that waits.
+          if (h.others === 0) this.onFreed?.();
+        }
       }
     }
   }

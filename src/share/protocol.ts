@@ -124,6 +124,8 @@ export interface ServerStatus {
   connections: number;
   /** Connections the server closed: refused at accept (limits), idle, or with replies left unread. */
   dropped: number;
+  /** Loads waiting for room in the budget (they wait up to --budget-wait, fairly across users). */
+  queued: number;
   /** Native calls on clients' fds in progress (each a thread; at most 64, 8 per user), stuck ones included. */
   fdCalls: number;
   /** Received fds waiting for one of those threads to close them. */

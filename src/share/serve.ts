@@ -62,6 +62,12 @@ export interface ServeOptions {
    * Default 60000.
    */
   stallTimeout?: number;
+  /**
+   * Milliseconds a load that does not fit in the budget waits for room (buffers that clients let go, loads that end)
+   * before ERR_MEMORY_BUDGET; waiters are served fairly across users. A load larger than the budget, or than a user's
+   * share, fails at once. Default 30000.
+   */
+  budgetWait?: number;
   /** The socket file's permissions. Default 0o600: only the server's user can connect. */
   mode?: number;
   /** Where buffers live: 'memfd' (default; sealed), 'udmabuf' or 'dma-heap' (dma-bufs, one per part; not sealable). */
@@ -116,6 +122,7 @@ const SERVE_OPTIONS = optionNames<ServeOptions>()([
   'idleTimeout',
   'replyTimeout',
   'stallTimeout',
+  'budgetWait',
   'mode',
   'target',
   'heap',
@@ -143,6 +150,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
     replyTimeout: integerOption('replyTimeout', o.replyTimeout, 1, 2 ** 31 - 1) ?? 10_000,
   };
   const stallMs = integerOption('stallTimeout', o.stallTimeout, 1, 2 ** 31 - 1) ?? 60_000;
+  const budgetWaitMs = integerOption('budgetWait', o.budgetWait, 0, 2 ** 31 - 1) ?? 30_000;
   const mode = modeOption(o.mode) ?? 0o600;
   const target = enumOption<ShareTarget>('target', o.target, SHARE_TARGETS, 'memfd');
   const io = ioOption(o.io);
@@ -167,7 +175,17 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   const fd = listen(socket, mode);
   let server: Server;
   try {
-    server = new Server(socket, budget, perUserBudget, target, fd, limits, { io, heap: o.heap, partSize, hugePages, numaNode, log: o.log, fetch, stallMs });
+    server = new Server(socket, budget, perUserBudget, target, fd, limits, {
+      io,
+      heap: o.heap,
+      partSize,
+      hugePages,
+      numaNode,
+      log: o.log,
+      fetch,
+      stallMs,
+      budgetWaitMs,
+    });
   } catch (e) {
     closeFd(fd);
     try {

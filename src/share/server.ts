@@ -149,6 +149,7 @@ export class Server implements ShareServer {
       /** What clients may ask the server to fetch (`--allow-source`), and how it fetches. */
       fetch: FetchPolicy;
       stallMs: number;
+      budgetWaitMs: number;
     },
   ) {
     this.socket = socket;
@@ -182,6 +183,7 @@ export class Server implements ShareServer {
           releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
           inspect: (fd, name, from) => this.#guard.inspect(fd, name, from),
           stallMs: o.stallMs,
+          budgetWaitMs: o.budgetWaitMs,
           openRef: (ref, signal) => {
             const f = o.fetch;
             // A plain URL's redirects must stay within what is allowed; the hub's and a store's addresses are the
@@ -215,6 +217,7 @@ export class Server implements ShareServer {
       errors: this.#count.errors,
       connections: this.#conns.size,
       dropped: this.#conns.dropped,
+      queued: this.#cache.queued,
       fdCalls: this.#guard.pending,
       fdsParked: this.#guard.parked,
     };

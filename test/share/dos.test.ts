@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { connect, serve } from '../../src/index.js';
 import { MAX_FD_THREADS_PER_USER } from '../../src/share/fds.js';
+import { Admission } from '../../src/share/admission.js';
 import { CLOSE_WAIT } from '../../src/share/server.js';
 import { bufferSha256, makeFile, seededBytes, sha256, tempDir, repoRoot } from '../helpers.js';
 import { LOOPBACK, failure } from '../sources/common.js';
@@ -286,5 +287,95 @@ describe('serve: bounded threads, abandoned loads, a shutdown that finishes', ()
       server.proc.kill('SIGKILL');
       web.close();
     }
+  });
+});
+
+describe('serve: loads that do not fit wait for room', () => {
+  test('16 clients loading 16 files of 8 MiB against a 64 MiB budget: every load exact, none refused', async () => {
+    const files = Array.from({ length: 16 }, (_, i) => makeFile(dir, `contend-${i}`, 8 * 1024 * 1024, 500 + i));
+    const server = await serve({ socket: sock(), budget: 64 * 1024 * 1024 });
+    const errors: string[] = [];
+    let loads = 0;
+    let maxQueued = 0;
+    try {
+      const until = performance.now() + 4000;
+      await Promise.all(
+        Array.from({ length: 16 }, async (_, k) => {
+          const c = await connect(server.socket);
+          try {
+            for (let i = k; performance.now() < until; i += 7) {
+              const f = files[i % files.length]!;
+              try {
+                const b = await c.load(f.path);
+                if (bufferSha256(b) !== f.sha256) errors.push(`${f.path}: wrong bytes`);
+                loads++;
+                maxQueued = Math.max(maxQueued, server.status().queued);
+                await new Promise((r) => setTimeout(r, 5 + (i % 4) * 5));
+                b.close();
+              } catch (e) {
+                errors.push(`${(e as { code?: string }).code}: ${(e as Error).message}`);
+              }
+            }
+          } finally {
+            c.close();
+          }
+        }),
+      );
+    } finally {
+      await server.close();
+    }
+    assert.deepEqual(errors.slice(0, 5), [], `${errors.length} of ${loads + errors.length} loads failed`);
+    assert.ok(loads >= 16, `${loads} loads`);
+    assert.ok(maxQueued > 0, 'loads did wait for room (the test exercised the queue)');
+  });
+
+  test('a load bigger than the budget fails at once; one that waits past --budget-wait fails saying so', async () => {
+    const big = makeFile(dir, 'too-big', 9 * 1024 * 1024);
+    const held = makeFile(dir, 'held', 6 * 1024 * 1024);
+    const other = makeFile(dir, 'other', 6 * 1024 * 1024);
+    const server = await serve({ socket: sock(), budget: 8 * 1024 * 1024, budgetWait: 300 });
+    try {
+      const c = await connect(server.socket);
+      const t0 = performance.now();
+      const e1 = await failure(c.load(big.path));
+      assert.equal(e1.code, 'ERR_MEMORY_BUDGET');
+      assert.ok(performance.now() - t0 < 250, 'at once');
+      const b = await c.load(held.path);
+      const e2 = await failure(c.load(other.path));
+      assert.equal(e2.code, 'ERR_MEMORY_BUDGET');
+      assert.match(e2.message, /waited \d+ ms/);
+      // Once the holder lets go, the same load fits.
+      b.close();
+      const deadline = Date.now() + 3000;
+      let ok: Awaited<ReturnType<typeof c.load>> | undefined;
+      while (!ok && Date.now() < deadline) ok = await c.load(other.path).catch(() => undefined);
+      assert.ok(ok, 'the load fits once the held buffer is closed');
+      assert.equal(bufferSha256(ok), other.sha256);
+      ok.close();
+      c.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  test('waiters are admitted round robin across users: one user’s queue does not starve another', async () => {
+    let room = 0;
+    const order: string[] = [];
+    const ac = new AbortController();
+    const adm = new Admission({ waitMs: 5000, fits: (n) => n <= room, take: (n) => (room -= n), why: () => 'no room', signal: ac.signal });
+    const waits = [
+      ...Array.from({ length: 4 }, (_, i) => adm.admit(1, 1000, `a${i}`).then(() => order.push(`a${i}`))),
+      adm.admit(1, 2000, 'b0').then(() => order.push('b0')),
+      adm.admit(1, 2000, 'b1').then(() => order.push('b1')),
+    ];
+    assert.equal(adm.queued, 6);
+    for (let i = 0; i < 6; i++) {
+      room += 1;
+      adm.wake();
+      await new Promise((r) => setImmediate(r));
+    }
+    await Promise.all(waits);
+    assert.deepEqual(order, ['a0', 'b0', 'a1', 'b1', 'a2', 'a3']);
+    ac.abort();
   });
 });
