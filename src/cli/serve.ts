@@ -32,6 +32,8 @@ Options:
   --reply-timeout TIME      close a connection that leaves replies unread for TIME (default 10s)
   --stall-timeout TIME      abandon a load that makes no progress for TIME (default 60s; its requests fail with
                             ERR_SHARE_LOAD_STALLED)
+  --exit-when-idle TIME     exit (0, socket removed) after TIME with no connection and nothing in progress: for a
+                            per-user server started on demand
   --budget-wait TIME        how long a load that does not fit in the budget waits for room, fairly across users,
                             before ERR_MEMORY_BUDGET (default 30s; 0: fail at once)
   --preload FILE            load FILE before accepting requests (repeatable; FILE arguments are preloaded too)
@@ -68,6 +70,7 @@ function parseServeArgs(argv: string[]) {
       'idle-timeout': { type: 'string' },
       'stall-timeout': { type: 'string' },
       'budget-wait': { type: 'string' },
+      'exit-when-idle': { type: 'string' },
       'reply-timeout': { type: 'string' },
       preload: { type: 'string', multiple: true },
       'allow-source': { type: 'string', multiple: true },
@@ -120,6 +123,7 @@ function serveOptions(values: ReturnType<typeof parseServeArgs>['values'], posit
     idleTimeout: durationFlag('idle-timeout', values['idle-timeout']),
     stallTimeout: durationFlag('stall-timeout', values['stall-timeout']),
     budgetWait: durationFlag('budget-wait', values['budget-wait'], 0),
+    exitWhenIdle: durationFlag('exit-when-idle', values['exit-when-idle']),
     replyTimeout: durationFlag('reply-timeout', values['reply-timeout']),
   };
   let mode: number | undefined;
@@ -175,8 +179,10 @@ export async function serveCommand(argv: string[], io: CliIO): Promise<number> {
     `dmaload serve: listening on ${server.socket} (pid ${process.pid}, target ${options.target}, budget ${formatBytes(server.budget)}, ${st.entries} files preloaded)\n`,
   );
   // Serving until SIGINT, SIGTERM or SIGHUP: a stop the operator asked for, so exit 0.
+  // Or until it closes by itself (--exit-when-idle).
   const stopped = interrupt.signal;
-  if (!stopped.aborted) await new Promise((resolve) => stopped.addEventListener('abort', resolve, { once: true }));
+  if (!stopped.aborted) await Promise.race([new Promise((resolve) => stopped.addEventListener('abort', resolve, { once: true })), server.closed]);
+  interrupt.dispose();
   takeInterrupt();
   const end = server.status();
   await server.close();

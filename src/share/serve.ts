@@ -68,6 +68,11 @@ export interface ServeOptions {
    * share, fails at once. Default 30000.
    */
   budgetWait?: number;
+  /**
+   * Closes the server (its socket removed, `closed` resolved; the CLI exits 0) once it has had no connection and
+   * nothing in progress for this many milliseconds: for a per-user server started on demand. Default: never.
+   */
+  exitWhenIdle?: number;
   /** The socket file's permissions. Default 0o600: only the server's user can connect. */
   mode?: number;
   /** Where buffers live: 'memfd' (default; sealed), 'udmabuf' or 'dma-heap' (dma-bufs, one per part; not sealable). */
@@ -123,6 +128,7 @@ const SERVE_OPTIONS = optionNames<ServeOptions>()([
   'replyTimeout',
   'stallTimeout',
   'budgetWait',
+  'exitWhenIdle',
   'mode',
   'target',
   'heap',
@@ -151,6 +157,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
   };
   const stallMs = integerOption('stallTimeout', o.stallTimeout, 1, 2 ** 31 - 1) ?? 60_000;
   const budgetWaitMs = integerOption('budgetWait', o.budgetWait, 0, 2 ** 31 - 1) ?? 30_000;
+  const exitWhenIdle = integerOption('exitWhenIdle', o.exitWhenIdle, 1, 2 ** 31 - 1);
   const mode = modeOption(o.mode) ?? 0o600;
   const target = enumOption<ShareTarget>('target', o.target, SHARE_TARGETS, 'memfd');
   const io = ioOption(o.io);
@@ -185,6 +192,7 @@ export async function serve(options: ServeOptions): Promise<ShareServer> {
       fetch,
       stallMs,
       budgetWaitMs,
+      exitWhenIdle,
     });
   } catch (e) {
     closeFd(fd);

@@ -80,6 +80,8 @@ export interface ShareServer extends AsyncDisposable {
    * mapped) and removes the socket file. Idempotent.
    */
   close(): Promise<void>;
+  /** Resolves once the server has closed, for whatever reason (close(), or idle past `exitWhenIdle`). */
+  readonly closed: Promise<void>;
 }
 
 /** Shapes any error as the reply's body, with `internal` (the server's /proc path) replaced by the client's name. */
@@ -148,6 +150,8 @@ export class Server implements ShareServer {
       log: ((line: string) => void) | undefined;
       /** What clients may ask the server to fetch (`--allow-source`), and how it fetches. */
       fetch: FetchPolicy;
+      /** Closes the server once it had no connection and nothing in progress for this long, ms (undefined: never). */
+      exitWhenIdle: number | undefined;
       stallMs: number;
       budgetWaitMs: number;
     },
@@ -160,6 +164,7 @@ export class Server implements ShareServer {
     this.#log = log ? (line) => log(printable(line)) : () => {};
     this.#listenFd = listenFd;
     this.#rules = o.fetch.rules;
+    this.closed = new Promise((r) => (this.#markClosed = r));
     const st = lstatSync(socket);
     this.#ident = { dev: st.dev, ino: st.ino };
     this.#guard = new FdGuard({ timeoutMs: FD_TIMEOUT, log: this.#log });
@@ -195,6 +200,7 @@ export class Server implements ShareServer {
         this.#ledger,
       );
       this.#conns = new Connections(socket, listenFd, limits, this.#guard, this.#log, (conn, m) => this.#onMessage(conn, m));
+      if (o.exitWhenIdle !== undefined) this.#exitWhenIdle(o.exitWhenIdle);
     } catch (e) {
       ledger?.close();
       this.#release();
@@ -484,8 +490,31 @@ export class Server implements ShareServer {
     }
   }
 
+  readonly closed: Promise<void>;
+  #markClosed!: () => void;
+  #idleTimer: NodeJS.Timeout | undefined;
+
+  /** Closes the server once nothing happened for `ms`: no connection, no request in progress, no load waiting. */
+  #exitWhenIdle(ms: number): void {
+    let idleSince = performance.now();
+    this.#idleTimer = setInterval(
+      () => {
+        if (this.#conns.size > 0 || this.#tasks.size > 0 || this.#cache.queued > 0) {
+          idleSince = performance.now();
+          return;
+        }
+        if (performance.now() - idleSince < ms) return;
+        this.#log(`idle for ${ms} ms: closing (--exit-when-idle)`);
+        void this.close();
+      },
+      Math.max(10, Math.min(1000, Math.floor(ms / 4))),
+    );
+    this.#idleTimer.unref();
+  }
+
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      clearInterval(this.#idleTimer);
       this.#closed = true;
       this.#abort.abort(new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down'));
       this.#conns.close();
@@ -512,6 +541,7 @@ export class Server implements ShareServer {
       // Closes of received fds in progress: waited for briefly, never for a file system that does not answer.
       await this.#guard.drain(FD_TIMEOUT);
       this.#release();
+      this.#markClosed();
     })();
     return this.#closing;
   }

@@ -750,3 +750,37 @@ describe('serve: verification of hub-cache blobs', () => {
     assert.equal(await leaks(), undefined);
   });
 });
+
+describe('serve --exit-when-idle', () => {
+  test('a server started on demand exits by itself once nobody has used it for the idle time, its socket removed', async () => {
+    const socket = sock();
+    const f = makeFile(dir, 'idle-exit', 256 * 1024 + 7);
+    const p = spawn(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'serve', '--socket', socket, '--exit-when-idle', '600ms'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let log = '';
+    p.stderr.on('data', (d: Buffer) => (log += d));
+    const exited = new Promise<number | null>((r) => p.once('close', (code) => r(code)));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        p.stderr.on('data', () => /listening/.test(log) && resolve());
+        void exited.then((code) => reject(new Error(`server exited ${code}: ${log}`)));
+      });
+      // A connected client keeps it alive past the idle time, however long it stays quiet.
+      const c = await connect(socket);
+      const b = await c.load(f.path);
+      assert.equal(hashOf(b), f.sha256);
+      b.close();
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(p.exitCode, null, 'still running while a client is connected');
+      c.close();
+      const t0 = performance.now();
+      assert.equal(await exited, 0, log);
+      const ms = performance.now() - t0;
+      assert.ok(ms < 5000, `exited ${ms} ms after the last client left`);
+      assert.ok(!existsSync(socket), 'its socket is removed');
+    } finally {
+      p.kill('SIGKILL');
+    }
+  });
+});
