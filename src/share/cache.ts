@@ -56,6 +56,8 @@ function sameVersion(a: FileVersion, b: FileVersion): boolean {
 
 export interface Entry {
   version: FileVersion;
+  /** What the request that loaded it called it (escaped): for logs. */
+  name: string;
   size: number;
   /** The buffer's own fds (the server's): one memfd, or one dma-buf per part. */
   fds: number[];
@@ -325,6 +327,7 @@ export class Cache {
         parts: exported.parts,
         stats: { ...stats, loadMs: msSince(t0) },
         source: -1,
+        name,
         identity,
         holding,
         closed: false,
@@ -350,7 +353,7 @@ export class Cache {
 
   #evict(e: Entry, why: string): void {
     this.count.evictions++;
-    this.#o.log(`evicted ${e.version.inode} (${formatBytes(e.size)}): ${why}`);
+    this.#o.log(`evicted '${e.name}' (${formatBytes(e.size)}): ${why}`);
     this.#drop(e);
   }
 
@@ -457,6 +460,7 @@ export class Cache {
         parts: exported.parts,
         stats: { ...r.stats, loadMs },
         source,
+        name,
         holding,
         closed: false,
       };

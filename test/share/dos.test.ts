@@ -379,3 +379,25 @@ describe('serve: loads that do not fit wait for room', () => {
     ac.abort();
   });
 });
+
+test('serve -v names an evicted file by its path (escaped), not by its inode numbers', async () => {
+  const a = makeFile(dir, 'evict-me\u202e.bin', 5 * 1024 * 1024);
+  const b = makeFile(dir, 'then-me', 5 * 1024 * 1024);
+  const lines: string[] = [];
+  const server = await serve({ socket: sock(), budget: 8 * 1024 * 1024, log: (l) => lines.push(l) });
+  try {
+    const c = await connect(server.socket);
+    (await c.load(a.path)).close();
+    const deadline = Date.now() + 3000;
+    let got: Awaited<ReturnType<typeof c.load>> | undefined;
+    while (!got && Date.now() < deadline) got = await c.load(b.path).catch(() => undefined);
+    assert.ok(got, 'the second file loads once the first is evicted');
+    got.close();
+    c.close();
+  } finally {
+    await server.close();
+  }
+  const line = lines.find((l) => l.startsWith('evicted '));
+  assert.ok(line, lines.join('\n'));
+  assert.ok(line.includes('evict-me') && !line.includes('\u202e'), line);
+});
