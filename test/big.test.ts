@@ -9,7 +9,8 @@ import { createHash } from 'node:crypto';
 import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { allocate, copy, load, loadModel, readInto, save } from '../src/index.js';
+import { allocate, copy, load, loadModel, loadRanges, readInto, save } from '../src/index.js';
+import { nginxMissing, startNginx } from './net/nginx.js';
 import { native } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
 import { bufferSha256, fileSha256Streamed, leakCheck, makeFile, makeSparseFile, needsDirect, sha256, tempDir } from './helpers.js';
@@ -137,5 +138,38 @@ describe('files over 4 GiB', { timeout: 600_000, skip: skipBig }, () => {
     assert.equal(out.code, 0, out.err);
     assert.equal(JSON.parse(out.out).sha256, f.sha256);
     rmSync(f.path);
+  });
+
+  test('a URL of a file over 4 GiB (nginx on loopback): load into a memfd is byte-exact, loadRanges past 4 GiB too', async (t) => {
+    if (nginxMissing) return t.skip(nginxMissing);
+    const size = 4 * GiB + 4096 + 17;
+    const f = makeSparseFile(dir, 'net-big.bin', size, 23);
+    const ng = await startNginx({ root: dir });
+    const saved = { NO_PROXY: process.env.NO_PROXY, no_proxy: process.env.no_proxy };
+    process.env.NO_PROXY = process.env.no_proxy = '127.0.0.1,localhost';
+    try {
+      const url = `${ng.urls.http}/net-big.bin`;
+      const b = await load(url, { target: 'memfd' });
+      try {
+        assert.equal(b.size, size);
+        assert.equal(b.stats.io, 'network');
+        assert.equal(bufferSha256(b), f.sha256);
+      } finally {
+        b.close();
+      }
+      const mid = f.islands[1]!;
+      const at = mid.offset + 4096 + 3;
+      const r = await loadRanges(url, [{ offset: at, length: 100_000 }]);
+      try {
+        assert.equal(sha256(r.buffer.view(r.offsets[0]!, 100_000)), sha256(mid.bytes.subarray(at - mid.offset, at - mid.offset + 100_000)));
+      } finally {
+        r.buffer.close();
+      }
+    } finally {
+      Object.assign(process.env, saved);
+      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k];
+      await ng.stop();
+      rmSync(f.path);
+    }
   });
 });
