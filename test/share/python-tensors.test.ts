@@ -5,6 +5,8 @@
  * they are read), the mapping goes with the last of them, and bad files, unknown names and dtypes numpy lacks fail
  * with their codes. The interpreter is DMALOAD_PYTHON (default python3); the tests needing numpy, torch or safetensors
  * skip, with the reason, where that interpreter lacks them (CI points DMALOAD_PYTHON at a venv that has them).
+ * Then safe_open() and load_file(), safetensors' own API over the server (clients/python/tests/test_safe_open.py),
+ * bit-equal to the safetensors library's on every dtype, slice, shard and rank.
  */
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -19,11 +21,11 @@ const sockets = socketDir();
 after(sockets.cleanup);
 
 describe('Python client: load_safetensors', () => {
-  test('tensors as zero-copy views of served files (clients/python/tests/test_tensors.py)', async (t) => {
+  test('tensors as zero-copy views of served files (clients/python/tests/test_tensors.py, test_safe_open.py)', async (t) => {
     if (missing) return t.skip(missing);
     const server = await serve({ socket: join(sockets.dir, 'pyt.sock') });
     try {
-      await pythonTests(t, ['test_tensors'], { DMALOAD_SOCKET: server.socket, DMALOAD_TEST_DATA: dir });
+      await pythonTests(t, ['test_tensors', 'test_safe_open'], { DMALOAD_SOCKET: server.socket, DMALOAD_TEST_DATA: dir });
     } finally {
       await server.close();
     }

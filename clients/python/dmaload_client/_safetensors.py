@@ -38,7 +38,10 @@ DTYPES = {
     "F8_E4M3FNUZ": (1, None, "float8_e4m3fnuz"),
     "F8_E5M2FNUZ": (1, None, "float8_e5m2fnuz"),
     "F8_E8M0": (1, None, "float8_e8m0fnu"),
+    # Packed: two 4-bit values a byte (SUBBYTE below); torch holds them as float4_e2m1fn_x2, the last dimension halved.
+    "F4": (None, None, "float4_e2m1fn_x2"),
 }
+SUBBYTE = {"F4": 4}  # bits per element of the packed dtypes this client makes views of (F6_* stay raw-only)
 FRAMEWORKS = ("numpy", "torch", "bytes")
 ALIASES = {"np": "numpy", "pt": "torch"}  # safetensors' own names (safe_open(..., framework="pt"))
 
@@ -57,6 +60,16 @@ class TensorInfo:
         for d in self.shape:
             n *= d
         return n
+
+
+def dtype_bytes(dtype, numel):
+    """The bytes `numel` elements of a known `dtype` take (None for an unknown dtype; a packed dtype's elements must
+    fill whole bytes, else -1, which no byte count equals)."""
+    bits = SUBBYTE.get(dtype)
+    if bits is not None:
+        return numel * bits // 8 if numel * bits % 8 == 0 else -1
+    known = DTYPES.get(dtype)
+    return None if known is None else numel * known[0]
 
 
 def _invalid(path, what):
@@ -97,7 +110,7 @@ def _check_metadata(metadata, path):
 
 
 def _parse(raw, size, path):
-    """({name: TensorInfo} in header order, __metadata__ or {}) of the safetensors file of `size` bytes whose first
+    """({name: TensorInfo} in header order, __metadata__ or None when it has none) of the safetensors file of `size` bytes whose first
     8 + N bytes (length and header) are `raw`; raises ERR_INVALID_MODEL."""
     try:
         header = json.loads(bytes(raw[8:]).decode("utf-8"), object_pairs_hook=_no_duplicates)
@@ -107,7 +120,7 @@ def _parse(raw, size, path):
         raise _invalid(path, "its header is not a JSON object")
     data_start = len(raw)
     data_len = size - data_start
-    out, metadata = {}, {}
+    out, metadata = {}, None
     for name, info in header.items():
         if name == "__metadata__":
             metadata = _check_metadata(info, path)
@@ -126,9 +139,10 @@ def _parse(raw, size, path):
         if begin > end or end > data_len:
             raise _invalid(path, f"{where} has data_offsets [{begin}, {end}] outside the {data_len} bytes of data")
         t = TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
-        known = DTYPES.get(dtype)
-        if known is not None and end - begin != t.numel * known[0]:
-            raise _invalid(path, f"{where} has {end - begin} bytes, but shape {list(shape)} of {dtype} needs {t.numel * known[0]}")
+        need = dtype_bytes(dtype, t.numel)
+        if need is not None and end - begin != need:
+            needs = f"needs {need}" if need >= 0 else f"does not fill whole bytes ({SUBBYTE.get(dtype)} bits an element)"
+            raise _invalid(path, f"{where} has {end - begin} bytes, but shape {list(shape)} of {dtype} {needs}")
         out[name] = t
     last = None
     for t in sorted(out.values(), key=lambda t: (t.start, t.end)):
@@ -141,7 +155,7 @@ def _parse(raw, size, path):
 
 def parse_header(view, path, with_metadata=False):
     """{name: TensorInfo} of the safetensors file whose bytes `view` holds, in header order (and its __metadata__ with
-    `with_metadata`); raises ERR_INVALID_MODEL."""
+    `with_metadata`: a dict, or None when the header has no __metadata__); raises ERR_INVALID_MODEL."""
     n = _header_length(view[:8], len(view), path)
     infos, metadata = _parse(view[: 8 + n], len(view), path)
     return (infos, metadata) if with_metadata else infos
@@ -235,6 +249,8 @@ class _Maker:
             raise DmaloadError("ERR_UNSUPPORTED_DTYPE", f"{where} is {t.dtype}, which numpy has no dtype for: use framework=\"torch\", or raw=True for its bytes")
         if self.framework == "torch" and getattr(self.lib, known[2], None) is None:
             raise DmaloadError("ERR_UNSUPPORTED_DTYPE", f"{where} is {t.dtype}, which torch {self.lib.__version__} has no dtype for (torch.{known[2]}): use a newer torch, or raw=True for its bytes")
+        if t.dtype in SUBBYTE and (not t.shape or t.shape[-1] % 2):
+            raise DmaloadError("ERR_UNSUPPORTED_DTYPE", f"{where} is {t.dtype} of shape {list(t.shape)}: torch.{known[2]} packs two values a byte along the last dimension, which must be even; raw=True gives its bytes")
 
     def make(self, whole, t):
         if self.framework == "bytes":
@@ -245,10 +261,13 @@ class _Maker:
             return np.frombuffer(whole, dtype=np.dtype(known[1]), count=t.numel, offset=t.start).reshape(t.shape)
         torch = self.lib
         dtype = getattr(torch, known[2])
-        if t.numel == 0:  # torch.frombuffer refuses a count of 0; there are no bytes to share anyway
-            return torch.empty(t.shape, dtype=dtype)
+        shape, count = t.shape, t.numel
+        if t.dtype in SUBBYTE:  # two values a byte: torch's shape has the last dimension halved (as safetensors gives it)
+            shape, count = shape[:-1] + (shape[-1] // 2,), count // 2
+        if count == 0:  # torch.frombuffer refuses a count of 0; there are no bytes to share anyway
+            return torch.empty(shape, dtype=dtype)
         # Holds a reference to `whole` (a memoryview of the mapping), which keeps the mapping alive.
-        return torch.frombuffer(whole, dtype=dtype, count=t.numel, offset=t.start).view(t.shape)
+        return torch.frombuffer(whole, dtype=dtype, count=count, offset=t.start).view(shape)
 
 
 def _import(module, extra):
@@ -386,12 +405,12 @@ def metadata(client, path):
     if is_reference(path):  # only the server can read it: its header from the served bytes
         buf = client.load(path)
         try:
-            return dict(parse_header(buf.view(), path, with_metadata=True)[1])
+            return dict(parse_header(buf.view(), path, with_metadata=True)[1] or {})
         finally:
             buf.close()
     local = _Local(path)
     try:
-        return dict(local.metadata)
+        return dict(local.metadata or {})
     finally:
         local.close()
 
@@ -472,8 +491,8 @@ def _check_plan(plan, nfiles, split, selected, bad):
             raise bad(f"{where} has offset {offset!r:.50} and bytes {nbytes!r:.50}")
         t = PlanTensor(name, dtype, tuple(shape), offset, offset + nbytes)
         t.file, t.rows, t.replicated = file, None, False
-        known = DTYPES.get(dtype)
-        if known is not None and nbytes != t.numel * known[0]:
+        need = dtype_bytes(dtype, t.numel)
+        if need is not None and nbytes != need:
             raise bad(f"{where} has {nbytes} bytes for shape {shape} of {dtype}")
         rows, replicated = e.get("rows"), e.get("replicated", False)
         if replicated not in (True, False):
@@ -627,23 +646,26 @@ def plan(client, path, rank, world_size, split=None, tensors=None):
         files.close()
 
 
-def _load_ranked(client, path, maker, tensors, spec, populate):
+def ranked_share(client, path, maker, tensors, spec, populate):
+    """This rank's share, as the server plans it: [(TensorInfo, whole)] in plan order, `whole` the read-only view of the
+    mapping of the file holding the tensor (each info's [start, end) is the rank's bytes in it; a tensor of no bytes
+    has an empty view). The buffers' fds are closed; each mapping stays while a view of it does."""
     files = _Files(path, tensors, client)
     buffers = []
     try:
         if files.selected == []:
-            return {}
+            return []
         planned = _plan(client, files, spec)
         for t in planned:
             maker.check(t, files.paths[t.file])
         by_file = {}
         for t in planned:
             by_file.setdefault(t.file, []).append(t)
-        views = {}
+        share = {}
         for i, group in by_file.items():
             fpath = files.paths[i]
             if all(t.end == t.start for t in group):  # nothing of this file's bytes is this rank's: no load
-                views.update(_make_all(maker, memoryview(b""), [TensorInfo(t.name, t.dtype, t.shape, 0, 0) for t in group]))
+                share.update((t.name, (TensorInfo(t.name, t.dtype, t.shape, 0, 0), memoryview(b""))) for t in group)
                 continue
             # The very inode the plan was made from: the fd sent with the plan request (a reference: its version now,
             # checked against the plan below).
@@ -655,14 +677,20 @@ def _load_ranked(client, path, maker, tensors, spec, populate):
                 return DmaloadError("ERR_SHARE_REPLY", f"the dmaload server at '{client.path}' sent a plan that disagrees with '{fpath}' (or the file changed since): {what}")
 
             _check_against_header(group, parse_header(whole, fpath), bad)
-            views.update(_make_all(maker, whole, group))
+            share.update((t.name, (t, whole)) for t in group)
             if populate:
                 buf.populate([(t.start, t.end) for t in group])
-        return {t.name: views[t.name] for t in planned}
+        return [share[t.name] for t in planned]
     finally:
         for b in buffers:
             b.close()  # the fds; each mapping stays while any view of it does
         files.close()
+
+
+def _load_ranked(client, path, maker, tensors, spec, populate):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+        return {t.name: maker.make(whole, t) for t, whole in ranked_share(client, path, maker, tensors, spec, populate)}
 
 
 def load(client, path, framework="numpy", tensors=None, raw=False, rank=None, world_size=None, split=None, populate=True):
