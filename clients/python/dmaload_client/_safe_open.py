@@ -19,6 +19,7 @@ import warnings
 
 from . import _safetensors as _st
 from .client import Client, is_reference, redact
+from ._autostart import ensure_server
 from .errors import DmaloadError
 
 ENV_SOCKET = "DMALOAD_SOCKET"
@@ -28,20 +29,16 @@ FRAMEWORKS = {"pt": "torch", "torch": "torch", "np": "numpy", "numpy": "numpy"}
 def _default_client(socket=None, server_uid=None):
     """(client, owned): the Client a safe_open() or load_file() loads through, and whether it is theirs to close.
 
-    `socket` is a Client (used as it is, left open), a socket path, or None for the environment's DMALOAD_SOCKET.
-    Nothing named, or nobody listening there: ERR_SHARE_NO_SERVER, saying how to start a server. (This is the one
-    place that decides which server: starting a per-user server on demand would go here.)"""
+    `socket` is a Client (used as it is, left open), a socket path, or None for the environment's DMALOAD_SOCKET;
+    with neither, the user's own server at its per-user socket, started on demand (_autostart.py). A named socket
+    nobody listens at: ERR_SHARE_NO_SERVER, saying how to start a server."""
     if isinstance(socket, Client):
         return socket, False
     named = "socket="
     if socket is None:
         socket, named = os.environ.get(ENV_SOCKET) or None, ENV_SOCKET
     if socket is None:
-        raise DmaloadError(
-            "ERR_SHARE_NO_SERVER",
-            f"no dmaload server to load through: start one with `dmaload serve --socket PATH` (e.g. PATH=/run/user/"
-            f"{os.getuid()}/dmaload/serve.sock, in a folder only you can write) and set {ENV_SOCKET}=PATH, or pass socket=PATH",
-        )
+        return ensure_server(lambda path: Client(path, server_uid=server_uid)), True
     path = os.fspath(socket)
     try:
         return Client(path, server_uid=server_uid), True
