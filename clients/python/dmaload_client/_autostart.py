@@ -20,6 +20,8 @@ from .errors import DmaloadError
 ENV_CLI = "DMALOAD_CLI"
 ENV_IDLE = "DMALOAD_IDLE_EXIT"
 START_TIMEOUT = 15.0
+# Every failure to start says how to do without: a server of one's own choosing.
+BY_HAND = "or start `dmaload serve --socket PATH` yourself and pass socket=PATH or set DMALOAD_SOCKET=PATH"
 
 
 def runtime_dir():
@@ -64,7 +66,7 @@ def _command():
         if given.endswith((".js", ".mjs")):
             node = shutil.which("node")
             if node is None:
-                raise DmaloadError("ERR_SHARE_NO_SERVER", f"{ENV_CLI}={given} is a script, but `node` is not on PATH: install Node.js (20 or newer)")
+                raise DmaloadError("ERR_SHARE_NO_SERVER", f"{ENV_CLI}={given} is a script, but `node` is not on PATH: install Node.js (20 or newer), {BY_HAND}")
             return [node, given]
         return [given]
     found = shutil.which("dmaload")
@@ -72,8 +74,7 @@ def _command():
         raise DmaloadError(
             "ERR_SHARE_NO_SERVER",
             "no dmaload server is running and the `dmaload` command is not on PATH to start one: install it with "
-            "`npm install -g dmaload` (Node.js 20 or newer), or set DMALOAD_CLI to its bin/dmaload.js, or start "
-            "`dmaload serve --socket PATH` yourself and set DMALOAD_SOCKET=PATH",
+            f"`npm install -g dmaload` (Node.js 20 or newer), or set DMALOAD_CLI to its bin/dmaload.js, {BY_HAND}",
         )
     return [found]
 
@@ -103,7 +104,7 @@ def ensure_server(connect):
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
             except OSError as e:
-                raise DmaloadError("ERR_SHARE_NO_SERVER", f"could not start `{' '.join(argv)}`: {e.strerror}") from e
+                raise DmaloadError("ERR_SHARE_NO_SERVER", f"could not start `{' '.join(argv)}` ({e.strerror}): set DMALOAD_CLI to dmaload's bin/dmaload.js, {BY_HAND}") from e
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
@@ -112,9 +113,9 @@ def ensure_server(connect):
                 pass
             code = proc.poll()
             if code is not None:
-                raise DmaloadError("ERR_SHARE_NO_SERVER", f"`{' '.join(argv)}` exited with status {code} before it listened: {_tail(log_path)}")
+                raise DmaloadError("ERR_SHARE_NO_SERVER", f"`{' '.join(argv)}` exited with status {code} before it listened ({BY_HAND}): {_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise DmaloadError("ERR_SHARE_NO_SERVER", f"`{' '.join(argv)}` did not listen at '{sock}' within {START_TIMEOUT:.0f} s: {_tail(log_path)}")
+                raise DmaloadError("ERR_SHARE_NO_SERVER", f"`{' '.join(argv)}` did not listen at '{sock}' within {START_TIMEOUT:.0f} s ({BY_HAND}): {_tail(log_path)}")
             time.sleep(0.02)
     finally:
         os.close(lock)

@@ -463,9 +463,14 @@ class Plain(Base):
     def test_which_server_socket_then_dmaload_socket_else_err_share_no_server(self):
         f = write_safetensors(self.path("plain.safetensors"), {"w": ("U8", [2], b"ab")}, metadata={"k": "v"})
         saved = os.environ.pop("DMALOAD_SOCKET")
+        # No socket named: the per-user server would be started; with a command that does not exist, that fails saying
+        # what to do (test/share/python-autostart.test.ts starts a real one).
+        cli = os.environ.get("DMALOAD_CLI")
+        os.environ["DMALOAD_CLI"] = self.path("no-such-dmaload")
         try:
             e = self.assertCode("ERR_SHARE_NO_SERVER", lambda: safe_open(f, FW), "dmaload serve --socket", "DMALOAD_SOCKET", "socket=")
             self.assertCode("ERR_SHARE_NO_SERVER", lambda: load_file(f, framework=FW), "DMALOAD_SOCKET")
+            self._restore_cli(cli)
             self.assertIsInstance(e, DmaloadError)
             nobody = self.path("nobody.sock")
             self.assertCode("ERR_SHARE_NO_SERVER", lambda: safe_open(f, FW, socket=nobody), nobody, f"dmaload serve --socket {nobody}")
@@ -480,8 +485,16 @@ class Plain(Base):
             self.assertIn("misses", self.client.status(), "the client passed in is still open")
         finally:
             os.environ["DMALOAD_SOCKET"] = saved
+            self._restore_cli(cli)
         with safe_open(f, FW) as s:
             self.assertEqual(s.keys(), ["w"])
+
+    @staticmethod
+    def _restore_cli(cli):
+        if cli is None:
+            os.environ.pop("DMALOAD_CLI", None)
+        else:
+            os.environ["DMALOAD_CLI"] = cli
 
     @needs_either
     def test_closed_after_with_tensors_stay_valid_and_nothing_leaks(self):
