@@ -9,7 +9,9 @@
 import { read, writeSync } from 'node:fs';
 import { DmaloadError, DmaloadSystemError, invalidType } from '../core/errors.js';
 import { C, closeFd, native } from '../engine/binding.js';
-import type { ModelTensor } from '../formats/common.js';
+import type { MetadataValue, ModelFormat, ModelTensor, ParsedModel } from '../formats/common.js';
+import { detect } from '../formats/detect.js';
+import { NeedMore, parseGgufPrefix } from '../formats/gguf.js';
 import { parseSafetensors, safetensorsHeaderEnd } from '../formats/safetensors.js';
 import { planRank, rankSpec } from '../pipeline/ranks.js';
 import type { RankTensor } from '../pipeline/ranks.js';
@@ -54,15 +56,50 @@ function readAt(fd: number, position: number, length: number, name: string): Pro
   });
 }
 
-/** The tensors of one safetensors file, read through `fd` (a file of `size` bytes). */
+/** One file's header as a plan needs it. */
+export interface FileModel {
+  format: ModelFormat;
+  metadata: Record<string, MetadataValue>;
+  tensors: ModelTensor[];
+}
+
+/**
+ * The header of one safetensors or GGUF file, read through `fd` (a file of `size` bytes) in growing chunks, never
+ * past what the header needs; its tensors name the file by `index`.
+ */
+export async function modelOf(fd: number, size: number, name: string, index: number): Promise<FileModel> {
+  let buf = await readAt(fd, 0, Math.min(size, 64 * 1024), name);
+  const format = detect(buf);
+  let parsed: ParsedModel;
+  if (format === 'safetensors') {
+    const end = safetensorsHeaderEnd(buf, size, name);
+    if (end > buf.length) buf = await readAt(fd, 0, end, name);
+    parsed = parseSafetensors(buf.subarray(0, end), { fileSize: size, path: name });
+  } else if (format === 'gguf') {
+    for (;;) {
+      try {
+        parsed = parseGgufPrefix(buf, size, name);
+        break;
+      } catch (e) {
+        if (!(e instanceof NeedMore)) throw e;
+        buf = await readAt(fd, 0, Math.min(size, Math.max(e.end, buf.length * 4)), name);
+      }
+    }
+  } else {
+    throw new DmaloadError('ERR_MODEL_FORMAT', `'${name}' is not a GGUF or safetensors file`, { path: name });
+  }
+  return { format: parsed.format, metadata: parsed.metadata, tensors: parsed.tensors.map((t) => ({ ...t, file: String(index) })) };
+}
+
+/** The tensors of one safetensors file (see {@link modelOf}). */
 export async function tensorsOf(fd: number, size: number, name: string, index: number): Promise<ModelTensor[]> {
-  const end = safetensorsHeaderEnd(await readAt(fd, 0, Math.min(8, size), name), size, name);
-  const parsed = parseSafetensors(await readAt(fd, 0, end, name), { fileSize: size, path: name });
-  return parsed.tensors.map((t) => ({ ...t, file: String(index) }));
+  const m = await modelOf(fd, size, name, index);
+  if (m.format !== 'safetensors') throw new DmaloadError('ERR_MODEL_FORMAT', `'${name}' is not a safetensors file`, { path: name });
+  return m.tensors;
 }
 
 /** Plans rank `req.rank`'s share of a model whose tensors (every file's) are `all`. */
-export function plan(all: ModelTensor[], req: PlanRequest, path: string): PlannedTensor[] {
+export function plan(all: ModelTensor[], req: PlanRequest, path: string, format: ModelFormat = 'safetensors'): PlannedTensor[] {
   let chosen = all;
   if (req.tensors) {
     const by = new Map(all.map((t) => [t.name, t]));
@@ -79,7 +116,7 @@ export function plan(all: ModelTensor[], req: PlanRequest, path: string): Planne
     const want = new Set(req.tensors);
     chosen = all.filter((t) => want.has(t.name));
   }
-  return planRank('safetensors', chosen, req).map((t) => {
+  return planRank(format, chosen, req).map((t) => {
     const out: PlannedTensor = { name: t.name, dtype: t.dtype, shape: t.shape, file: Number(t.file), offset: t.offset, bytes: t.bytes };
     if (t.rows) out.rows = t.rows;
     if (t.replicated) out.replicated = true;
@@ -88,8 +125,17 @@ export function plan(all: ModelTensor[], req: PlanRequest, path: string): Planne
 }
 
 /** The plan as a sealed memfd of UTF-8 JSON: its fd (the caller's) and length. */
-export function planMemfd(tensors: PlannedTensor[], name: string): { fd: number; bytes: number } {
-  const json = new TextEncoder().encode(JSON.stringify({ format: 'safetensors', tensors }));
+export function planMemfd(
+  tensors: PlannedTensor[],
+  name: string,
+  model: { format: ModelFormat; metadata?: Record<string, MetadataValue> } = { format: 'safetensors' },
+): { fd: number; bytes: number } {
+  // A GGUF's metadata holds 64-bit integers: numbers where exact, else decimal strings.
+  const json = new TextEncoder().encode(
+    JSON.stringify({ format: model.format, ...(model.metadata ? { metadata: model.metadata } : {}), tensors }, (_k, v: unknown) =>
+      typeof v === 'bigint' ? (Number.isSafeInteger(Number(v)) ? Number(v) : v.toString()) : v,
+    ),
+  );
   const fd = createMemfd(`plan-${name}`, json.length);
   try {
     // A memfd of the server's own: writing it cannot block on anyone's file system.

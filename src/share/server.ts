@@ -37,7 +37,8 @@ import type { Incoming } from './channel.js';
 import { FdGuard } from './fds.js';
 import type { Sender } from './fds.js';
 import { Ledger } from './ledger.js';
-import { plan, planMemfd, planRequest, tensorsOf } from './plan.js';
+import { modelOf, plan, planMemfd, planRequest, tensorsOf } from './plan.js';
+import type { FileModel } from './plan.js';
 import type { ModelTensor } from '../formats/common.js';
 import { MAX_FDS, MessageType, ProtocolError, VERSION, decode, encode } from './protocol.js';
 import type { ErrorBody, LoadReplyBody, ServerStatus } from './protocol.js';
@@ -401,13 +402,18 @@ export class Server implements ShareServer {
       if (this.#closed) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
       const req = planRequest(body, fds.length);
       const all: ModelTensor[] = [];
+      let first: FileModel | undefined;
       for (const [i, fd] of fds.entries()) {
         const file = printable(req.files[i]!);
         const st = await this.#guard.inspect(fd, file, conn.from);
         requireReadableFile(st, file);
-        all.push(...(await tensorsOf(fd, Number(st.size), file, i)));
+        const m = await modelOf(fd, Number(st.size), file, i);
+        first ??= m;
+        if (m.format !== first.format) throw new DmaloadError('ERR_MODEL_FORMAT', `'${file}' is ${m.format}, '${printable(req.files[0]!)}' is ${first.format}: one model is one format`, { path: file });
+        all.push(...m.tensors);
       }
-      out = planMemfd(plan(all, req, name), name);
+      // The first file's metadata with the plan (a GGUF's key/values: its client has no parser of its own).
+      out = planMemfd(plan(all, req, name, first!.format), name, { format: first!.format, metadata: first!.metadata });
     } catch (e) {
       if (!conn.channel.closed) this.#replyError(conn, id, errorBody(e, undefined, name));
       return;

@@ -71,8 +71,8 @@ export async function pythonTests(t: TestContext, modules: string[], extraEnv: R
     .map((l) => JSON.parse(l.slice(MARK.length)) as { id: string; outcome: 'pass' | 'fail' | 'skip'; detail: string });
   for (const res of results) {
     await t.test(res.id.replace(/^test_\w+\./, ''), (st) => {
-      // CI installs numpy, torch and safetensors and sets DMALOAD_PYTHON_REQUIRED: there a test they would skip fails.
-      if (res.outcome === 'skip' && process.env.DMALOAD_PYTHON_REQUIRED && /numpy|torch|safetensors/i.test(res.detail))
+      // CI installs numpy, torch, safetensors and gguf and sets DMALOAD_PYTHON_REQUIRED: there a test they would skip fails.
+      if (res.outcome === 'skip' && process.env.DMALOAD_PYTHON_REQUIRED && /numpy|torch|safetensors|gguf/i.test(res.detail))
         assert.fail(`DMALOAD_PYTHON_REQUIRED is set but: ${res.detail}`);
       if (res.outcome === 'skip') return st.skip(res.detail);
       if (res.outcome === 'fail') assert.fail(res.detail);

@@ -514,6 +514,19 @@ class Client:
 
         return _safetensors.metadata(self, path)
 
+    def load_gguf(self, path, framework="numpy", tensors=None, populate=True):
+        """A GGUF file (a path, or a reference the server fetches) as a GGUF object: `metadata`, `tensors` {name: view},
+        `types` {name: ggml type}, `shapes` {name: gguf's ne[] order}. The server reads the header; tensors of F32, F16,
+        BF16 (torch only), F64 and the integer types are arrays of that dtype in numpy's order (gguf's ne[] reversed);
+        quantized blocks are raw uint8 arrays, the row's bytes last, as gguf-py's GGUFReader gives them. framework:
+        "numpy" (or "np"), "torch" (or "pt"), "bytes". tensors: None (all), names, or a predicate.
+
+        Raises DmaloadError ERR_INVALID_MODEL (not a GGUF file), ERR_MODEL_* (a bad header, from the server),
+        ERR_TENSOR_NOT_FOUND, ERR_FRAMEWORK_MISSING, and load()'s codes."""
+        from . import _gguf
+
+        return _gguf.load(self, path, framework=framework, tensors=tensors, populate=populate)
+
     def plan_safetensors(self, path, rank, world_size, split=None, tensors=None):
         """The server's plan of rank `rank`'s share (see load_safetensors), without loading anything: a list, in file
         order, of {"name", "dtype", "shape" (this rank's), "file" (its path), "offset" (in that file), "bytes", and
