@@ -82,6 +82,8 @@ export class Admission {
       const q = this.#queues.get(uid);
       if (q) q.push(w);
       else this.#queues.set(uid, [w]);
+      // Others wait, but maybe only for room this one does not need (another user's bigger load): its turn now.
+      this.wake();
     });
   }
 

@@ -401,3 +401,16 @@ test('serve -v names an evicted file by its path (escaped), not by its inode num
   assert.ok(line, lines.join('\n'));
   assert.ok(line.includes('evict-me') && !line.includes('\u202e'), line);
 });
+
+test('a load that fits is not held behind another user’s load that does not', async () => {
+  const room = { free: 10 };
+  const ac = new AbortController();
+  const adm = new Admission({ waitMs: 2000, fits: (n) => n <= room.free, take: (n) => (room.free -= n), why: () => 'no room', signal: ac.signal });
+  const big = adm.admit(50, 1000, 'big').catch((e: unknown) => e);
+  const t0 = performance.now();
+  await adm.admit(5, 2000, 'small');
+  assert.ok(performance.now() - t0 < 100, 'admitted at once, not after the big one gives up');
+  assert.equal(room.free, 5);
+  assert.equal(((await big) as { code?: string }).code, 'ERR_MEMORY_BUDGET');
+  ac.abort();
+});
