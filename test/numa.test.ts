@@ -259,7 +259,7 @@ describe('numaNode: bench', () => {
     assert.ok(rep.rows.length > 0 && rep.rows.every((row) => row.supported && row.verified === true), r.out);
     assert.equal(process.env.DMALOAD_NUMA_NODE, before);
     const bad = await cli('bench', file.path, '--numa-node', String(MISSING), '--rounds', '1');
-    assert.equal(bad.code, 1);
-    assert.match(bad.err, /ERR_OUT_OF_RANGE/);
+    assert.equal(bad.code, 2, 'a usage error (issue #28 item 4)');
+    assert.match(bad.err, /ERR_OUT_OF_RANGE: --numa-node /);
   });
 });

@@ -335,10 +335,8 @@ describe('a Hugging Face hub cache', () => {
     assert.match(lines[1]!, new RegExp(`^OK +${sha256(b)} `));
     const j = await cli('verify', '--json', join(h.snapshot, 'a.bin'), join(dir, 'no-such-file'));
     assert.equal(j.code, 1);
-    const [first, second] = j.out
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { ok?: boolean; sha256?: string; error?: { code: string } });
+    // One JSON document (issue #28 item 6): the files in order.
+    const [first, second] = (JSON.parse(j.out) as { files: Array<{ ok?: boolean; sha256?: string; error?: { code: string } }> }).files;
     assert.deepEqual([first!.ok, first!.sha256], [true, sha256(a)]);
     assert.equal(second!.error?.code, 'ENOENT');
   });

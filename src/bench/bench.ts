@@ -86,7 +86,7 @@ export interface BenchSummary {
   best: BenchRow | undefined;
   /** dmaload's row on fresh memory that cost the least CPU. */
   leanest: BenchRow | undefined;
-  /** fio's O_DIRECT read: the device's limit. */
+  /** fio's O_DIRECT read: what a well-tuned direct reader gets from the device (a reference, not a ceiling). */
   fio: BenchRow | undefined;
   /** Node's fs.promises.readFile. */
   readFile: BenchRow | undefined;
@@ -135,7 +135,7 @@ function failed(reason: string): RowMeasure {
   return { supported: false, reason, createMs: 0, ioMs: 0, closeMs: 0, cpuMs: 0, pageCacheBytes: 0 };
 }
 
-/** fio, O_DIRECT io_uring with a deep queue: the device's limit. */
+/** fio, O_DIRECT io_uring with a deep queue: a reference for the device's speed (a load can pass it). */
 function runFio(path: string, size: number, signal?: AbortSignal): Promise<RowMeasure> {
   const args = [
     '--name=dmaload-bench',

@@ -23,7 +23,8 @@ const IOS: Record<Method, RowIo[]> = {
 };
 
 /**
- * The default run: the rows that answer whether dmaload beats its peers (about a minute here), beside the peers.
+ * The default run: the rows that answer whether dmaload beats its peers, beside the peers (each reads the file once
+ * per round: the run's time is rows × rounds × the file at the disk's speed).
  * `--all` (or a --methods list) gives the full matrix.
  */
 export const DEFAULT_ROWS: readonly RowSpec[] = [

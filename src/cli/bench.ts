@@ -9,20 +9,33 @@ import { METHODS } from '../bench/methods.js';
 import type { Method, RowIo } from '../bench/methods.js';
 import { markdown, pctOf, svg, table } from '../bench/report.js';
 import type { TargetName } from '../targets/index.js';
-import { GiB, formatBytes, parseSize } from '../core/util.js';
+import { GiB, formatBytes } from '../core/util.js';
 import { UsageError, onInterrupt } from './io.js';
-import { numaNodeFlag } from './flags.js';
+import { numaNodeFlag, sizeFlag } from './flags.js';
 import { numaRequest } from '../api/pages.js';
 import type { CliIO } from './io.js';
 
 export const BENCH_HELP = `Usage: dmaload bench [FILE] [options]
 
 Measure ways of moving a file into a buffer, side by side, each row in a fresh process, and answer first:
-dmaload's best row against fio (the device's limit) and Node's readFile (speed, CPU, page cache left), at the
-top and at the bottom of the table. The default run has a few rows (about a minute for 1 GiB); --all runs every
-method × target × io. Without FILE, a seeded random file of --size bytes is written to a temporary folder on a
-disk (not tmpfs) and removed afterwards. Where the hugetlb pool (sysctl vm.nr_hugepages=N) has enough free pages
-for the file, rows with memory from it are added (hugePages 'hugetlb': a fresh load and a reload into it).
+dmaload's best row against fio and Node's readFile (speed, CPU, page cache left), at the top and at the bottom of
+the table. --all runs every method × target × io. Without FILE, a seeded random file of --size bytes is written to
+a temporary folder on a disk (not tmpfs) and removed afterwards. Where the hugetlb pool (sysctl vm.nr_hugepages=N)
+has enough free pages for the file, rows with memory from it are added (hugePages 'hugetlb': a fresh load and a
+reload into it).
+
+How long: every row reads the whole file once per round, so a run reads it rows × rounds times, plus writing and
+hashing it once. The default run (1 GiB, 3 rounds, about a dozen rows; fewer without udmabuf or DMA heaps) reads
+some 35 GiB: 40 s of reading on a disk that gives 1 GB/s, 6 min at 100 MB/s, plus each row's start and eviction;
+longer on a busy machine or one with few CPUs. --size, --rounds, --methods and --targets make it shorter. Each finished row prints a line on stderr
+as the run goes ([done/total] round, row, MB/s, CPU, page cache), also when stderr is not a terminal.
+
+Columns: I/O-ms and I/O-MB/s time the reading alone (median, min–max over rounds); I/O% is a row's I/O-MB/s as a
+percentage of the buffered read row of the same target (100% = as fast as read(2) through the page cache; - where
+that row is not in the run); CPU-ms is the CPU time (user + system) the row's work took; page cache is how much
+of the file was cached right after it. fio reads the file with O_DIRECT, io_uring, 4 MiB requests, 32 in flight: a reference for
+what this device gives a well-tuned direct reader, not a ceiling (a row can pass it: the device's or the host's
+caches, run-to-run spread).
 
 Options:
   --size SIZE          size of the generated file (default 1GiB; e.g. 256MiB)
@@ -60,8 +73,8 @@ function list<T extends string>(flag: string, v: string | undefined, allowed: re
 }
 
 function size(flag: string, v: string): number {
-  const n = parseSize(v);
-  if (n === undefined || n < 1) throw new UsageError(`--${flag}: '${v}' is not a size (e.g. 4096, 256MiB, 1GiB)`);
+  const n = sizeFlag(flag, v);
+  if (n < 1) throw new UsageError(`--${flag}: '${v}' is not a size of at least 1 byte (e.g. 4096, 256MiB, 1GiB)`);
   return n;
 }
 
@@ -129,9 +142,9 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
             size: sz,
             cache,
             signal: interrupt.signal,
-            onStatus: (m) => io.isTTY && io.stderr(`\r\x1b[K${m}`),
-            // A line per measured row, kept on the terminal: the numbers arrive as the run goes.
-            onRow: (p) => io.isTTY && io.stderr(`\r\x1b[K${progressLine(p, sz)}\n`),
+            onStatus: (m) => status(io, m),
+            // A line per measured row, kept: the numbers arrive as the run goes (piped too, a plain line each).
+            onRow: (p) => io.stderr(`${io.isTTY ? '\r\x1b[K' : ''}${progressLine(p, sz)}\n`),
           }),
         );
       }
@@ -156,6 +169,15 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     for (const r of reports) writeFileSync(reports.length === 1 ? values.svg : `${base}-${r.size}-${r.cache}.svg`, svg(r));
   }
   return 0;
+}
+
+/**
+ * What the bench is doing: redrawn in place on a terminal; piped, only what is not a row starting (writing the
+ * file, hashing it, warnings), one plain line each, since each finished row gets its own line anyway.
+ */
+function status(io: CliIO, m: string): void {
+  if (io.isTTY) io.stderr(`\r\x1b[K${m}`);
+  else if (!/^round \d+\/\d+: /.test(m)) io.stderr(`${m}\n`);
 }
 
 function progressLine(p: Parameters<NonNullable<BenchOptions['onRow']>>[0], size: number): string {

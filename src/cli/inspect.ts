@@ -1,6 +1,7 @@
 /** `dmaload inspect FILE [--json] [--rank R --world-size N [--split …]]`: a model's tensors, read from its header alone. */
 import { cliRef } from './ref.js';
-import { parseErrorMessage } from './io.js';
+import { UsageError, parseErrorMessage, reportUsage, wantsJson } from './io.js';
+import { OPTION_FLAGS, flagError } from './flags.js';
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { inspect } from '../api/inspect.js';
@@ -32,11 +33,13 @@ type Io = { stdout(s: string): void; stderr(s: string): void };
 
 /**
  * Runs `dmaload inspect`; `argv` holds the arguments after the command name. Resolves with the exit status: 0, or 2
- * for a usage error (message on stderr). Errors reading the model are thrown for the main CLI to report.
+ * for a usage error (message on stderr; with --json, a JSON error document on stdout). Errors reading the model are
+ * thrown for the main CLI to report.
  */
 export async function inspectCommand(argv: string[], io: Io): Promise<number> {
   let values: { json?: boolean; help?: boolean; rank?: string; 'world-size'?: string; split?: string };
   let positionals: string[];
+  const usage = (e: unknown) => reportUsage(io, 'inspect', e instanceof UsageError ? e : new UsageError((e as Error).message), wantsJson(argv));
   try {
     ({ values, positionals } = parseArgs({
       args: argv,
@@ -50,24 +53,21 @@ export async function inspectCommand(argv: string[], io: Io): Promise<number> {
       },
     }));
   } catch (e) {
-    return usage(io, parseErrorMessage(e, INSPECT_HELP));
+    return usage(new UsageError(parseErrorMessage(e, INSPECT_HELP)));
   }
   if (values.help) {
     io.stdout(INSPECT_HELP);
     return 0;
   }
   const [file, ...extra] = positionals;
-  if (file === undefined) return usage(io, 'missing FILE');
-  if (extra.length > 0) return usage(io, `unexpected argument '${extra[0]}'`);
+  if (file === undefined) return usage(new UsageError('missing FILE'));
+  if (extra.length > 0) return usage(new UsageError(`unexpected argument '${extra[0]}'`));
   let spec: RankSpec | undefined;
   try {
-    const int = (flag: string, v: string | undefined) => {
-      if (v !== undefined && !/^\d+$/.test(v)) throw new Error(`${flag} must be a non-negative integer, not '${v}'`);
-      return v === undefined ? undefined : Number(v);
-    };
-    spec = rankSpec({ rank: int('--rank', values.rank), worldSize: int('--world-size', values['world-size']), split: values.split });
+    spec = rankFlags(values.rank, values['world-size'], values.split);
   } catch (e) {
-    return usage(io, (e as Error).message); // names rank and worldSize: --rank and --world-size
+    // The library's words for rank, worldSize and split, as the flags --rank, --world-size and --split.
+    return usage(flagError(e, OPTION_FLAGS.inspect!) ?? e);
   }
 
   const info = await inspect(cliRef(file));
@@ -78,6 +78,18 @@ export async function inspectCommand(argv: string[], io: Io): Promise<number> {
   }
   io.stdout(values.json ? json(info) : summary(info) + table(info));
   return 0;
+}
+
+/** The rank spec of --rank, --world-size and --split (given together), or undefined when none is given. */
+function rankFlags(rank: string | undefined, worldSize: string | undefined, split: string | undefined): RankSpec | undefined {
+  if ((rank === undefined) !== (worldSize === undefined) || (split !== undefined && rank === undefined)) {
+    throw new UsageError(`--rank R and --world-size N go together${split === undefined ? '' : ' (and --split needs them)'}: give both`);
+  }
+  const int = (flag: string, v: string | undefined) => {
+    if (v !== undefined && !/^\d+$/.test(v)) throw new UsageError(`${flag} must be a non-negative integer, not '${v}'`);
+    return v === undefined ? undefined : Number(v);
+  };
+  return rankSpec({ rank: int('--rank', rank), worldSize: int('--world-size', worldSize), split });
 }
 
 const json = (v: unknown) => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x), 2) + '\n';
@@ -193,11 +205,6 @@ function columns(header: string[], cells: string[][], right: Set<number>): strin
       .join('  ')
       .trimEnd() + '\n';
   return line(header) + rows.map(line).join('');
-}
-
-function usage(io: { stderr(s: string): void }, message: string): number {
-  io.stderr(`dmaload inspect: ${message}\nRun 'dmaload inspect --help' for usage.\n`);
-  return 2;
 }
 
 /** One line per metadata value: long strings cut, arrays (vocabularies) counted rather than printed. */

@@ -3,9 +3,9 @@ import { nearest } from '../api/options.js';
 import { createHash } from 'node:crypto';
 import { AbortError } from '../core/errors.js';
 import type { ErrorCode } from '../core/errors.js';
-import { formatBytes } from '../core/util.js';
+import { formatBytes, printable } from '../core/util.js';
 
-export { printable } from '../core/util.js';
+export { printable };
 
 export interface CliIO {
   stdout(s: string): void;
@@ -20,9 +20,68 @@ export const processIO: CliIO = {
   isTTY: Boolean(process.stderr.isTTY),
 };
 
-/** A usage error: exit status 2. */
+/**
+ * A usage error: exit status 2. Its code is ERR_USAGE, or the library's code for a flag's value it refused
+ * (ERR_OUT_OF_RANGE, …); `flag` names the flag or variable when there is one.
+ */
 export class UsageError extends Error {
-  readonly code = 'ERR_USAGE' satisfies ErrorCode;
+  readonly code: ErrorCode;
+  readonly flag: string | undefined;
+  constructor(message: string, code: ErrorCode = 'ERR_USAGE', flag?: string) {
+    super(message);
+    this.code = code;
+    this.flag = flag;
+  }
+}
+
+/** What the CLI says of an error, in text and in --json alike. */
+export interface ErrorReport {
+  code: string | undefined;
+  message: string;
+  /** The file it is about, where there is one. */
+  path?: string;
+  /** The flag or variable a usage error is about, where there is one. */
+  flag?: string;
+}
+
+export function errorReport(e: unknown): ErrorReport {
+  const err = e as Error & { code?: unknown; path?: unknown; flag?: unknown };
+  return {
+    code: typeof err?.code === 'string' ? err.code : undefined,
+    message: err instanceof Error ? err.message : String(e),
+    ...(typeof err?.path === 'string' && err.path !== '' ? { path: err.path } : {}),
+    ...(typeof err?.flag === 'string' ? { flag: err.flag } : {}),
+  };
+}
+
+/**
+ * An error as one line of text: `CODE: message (path)`, the code said once (a system error's message starts with
+ * it already) and the path added where the message does not name it; escaped for the terminal (messages quote
+ * names from files).
+ */
+export function errorText(r: ErrorReport): string {
+  const code = r.code && !r.message.startsWith(r.code) ? `${r.code}: ` : '';
+  const path = r.path && !r.message.includes(r.path) ? ` (${r.path})` : '';
+  return printable(`${code}${r.message}${path}`, '\n');
+}
+
+/** The one JSON document of a command that failed with --json: `{ "error": { code, message, path?, flag? } }`. */
+export function errorJson(r: ErrorReport): string {
+  return JSON.stringify({ error: r }) + '\n';
+}
+
+/** Whether argv asks for --json (before a `--` that ends the options). */
+export function wantsJson(argv: readonly string[]): boolean {
+  const end = argv.indexOf('--');
+  return (end < 0 ? argv : argv.slice(0, end)).includes('--json');
+}
+
+/** Reports a usage error of `cmd`: exit status 2. As JSON with `json`; else the message and where to find help. */
+export function reportUsage(io: Pick<CliIO, 'stdout' | 'stderr'>, cmd: string, e: UsageError, json: boolean): number {
+  const r = errorReport(e);
+  if (json) io.stdout(errorJson(r));
+  else io.stderr(printable(`dmaload ${cmd}: ${r.code === 'ERR_USAGE' ? '' : `${r.code}: `}${r.message}\nRun 'dmaload ${cmd} --help' for usage.\n`, '\n'));
+  return 2;
 }
 
 /** A one-line progress bar on a terminal, redrawn in place; silent elsewhere. */

@@ -24,7 +24,8 @@ Options:
   --target memory|memfd|udmabuf|dma-heap
                             where the bytes land (default memory)
   --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
-  --part-size SIZE          split into parts (e.g. 32MiB), each allocated while the previous one is read
+  --part-size SIZE          split into parts (e.g. 32MiB; 1 MiB to 64 GiB), each allocated while the previous
+                            one is read
   --overlap on|off          allocation overlapped with I/O (default on); off runs them one after the other
   --huge-pages on|off|hugetlb|hugetlb-or-small
                             which pages fresh memory gets: on/off, memory target: transparent huge pages
@@ -44,7 +45,7 @@ Options:
   --hash sha256             print the loaded bytes' SHA-256 (as --verify on)
   --evict                   drop FILE from the page cache first (flushed, then dropped, checked with mincore;
                             a warning says how much stayed)
-  --json                    one JSON object on stdout
+  --json                    one JSON object on stdout (an error too: { "error": { code, message, path } })
   -h, --help                this text
 Environment: DMALOAD_CHUNK_SIZE (bytes per request), DMALOAD_QUEUE_DEPTH (requests in flight),
 DMALOAD_HUGE_PAGES (1, 0, hugetlb or hugetlb-or-small: as --huge-pages on, off, …),

@@ -1,9 +1,9 @@
 /** The dmaload CLI. Takes its argv as a parameter so tests can call it. */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { DmaloadError } from '../core/errors.js';
-import { UsageError, parseErrorMessage, printable, processIO, takeInterrupt } from './io.js';
+import { UsageError, errorJson, errorReport, errorText, parseErrorMessage, processIO, reportUsage, takeInterrupt, wantsJson } from './io.js';
 import type { CliIO } from './io.js';
+import { OPTION_FLAGS, flagError } from './flags.js';
 import { benchCommand } from './bench.js';
 import { cpCommand } from './cp.js';
 import { inspectCommand } from './inspect.js';
@@ -31,6 +31,11 @@ Options:
   -h, --help     this help
   -v, --version  the version of dmaload
 
+Sizes are written 4096, 4k, 32MiB, 32MB or 1.5g: B, K, M, G, T with or without B or iB, any case, each a power
+of 1024 (1MB = 1MiB). With --json a command prints one JSON document, an error too ({ "error": { code, message,
+path } }). Exit status: 0 done, 1 failed, 2 usage error (a flag, argument or DMALOAD_ variable), 128 + N after
+signal N.
+
 Run 'dmaload <command> --help' for a command's options.
 `;
 
@@ -52,9 +57,14 @@ const commands: Record<string, Command> = {
   pull: pullCommand,
 };
 
+/** The commands that take --json: with it, whatever happens, one JSON document on stdout. */
+const JSON_COMMANDS: ReadonlySet<string> = new Set(['load', 'cp', 'verify', 'probe', 'inspect', 'bench', 'pull']);
+
 /**
- * Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error, 128 + n after signal n (SIGINT,
- * SIGTERM, SIGHUP) interrupted a command, which removed what it had made. Never throws.
+ * Runs the CLI; resolves with the exit status: 0 ok, 1 failure, 2 usage error (a flag, argument or DMALOAD_ variable
+ * that is not right, named as the CLI spells it), 128 + n after signal n (SIGINT, SIGTERM, SIGHUP) interrupted a
+ * command, which removed what it had made. With --json, a failure is one JSON document on stdout, `{ "error": { code,
+ * message, path } }`, instead of text on stderr. Never throws.
  */
 export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -72,29 +82,50 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     return 2;
   }
   takeInterrupt();
+  // Whether the command printed its results: an error after them (a chart that cannot be written) is then text.
+  let printed = false;
+  const json = JSON_COMMANDS.has(cmd) && wantsJson(rest);
   try {
-    return await run(rest, io);
+    return await run(rest, {
+      ...io,
+      stdout: (s) => {
+        printed = true;
+        io.stdout(s);
+      },
+    });
   } catch (e) {
-    const err = e as Error & { code?: string };
-    const sig = takeInterrupt();
-    if (sig) {
-      // The shell's convention for a command a signal ended, after it cleaned up.
-      io.stderr(`dmaload ${cmd}: interrupted (${sig})\n`);
-      return 128 + os.constants.signals[sig];
-    }
-    const usage = e instanceof UsageError || (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS'));
-    if (process.env.DMALOAD_DEBUG === '1') io.stderr(`${err.stack}\n`);
-    if (usage) {
-      const message = /UNKNOWN_OPTION$/.test(err.code ?? '') ? parseErrorMessage(err, await helpOf(run)) : err.message;
-      io.stderr(`dmaload ${cmd}: ${message}\nRun 'dmaload ${cmd} --help' for usage.\n`);
-      return 2;
-    }
-    const code = err.code && !err.message.startsWith(err.code) ? `${err.code}: ` : '';
-    const path = e instanceof DmaloadError && err.message.indexOf(e.path ?? '\0') < 0 && e.path ? ` (${e.path})` : '';
-    // Messages quote names and paths from files (tensor names, an index's shard names): escaped for the terminal.
-    io.stderr(printable(`dmaload ${cmd}: ${code}${err.message}${path}\n`, '\n'));
-    return 1;
+    return await failed(cmd, run, e, io, json && !printed);
   }
+}
+
+/** Reports why command `cmd` failed; resolves with the exit status. */
+async function failed(cmd: string, run: Command, e: unknown, io: CliIO, json: boolean): Promise<number> {
+  const sig = takeInterrupt();
+  if (process.env.DMALOAD_DEBUG === '1') io.stderr(`${(e as Error)?.stack}\n`);
+  if (sig) {
+    // The shell's convention for a command a signal ended, after it cleaned up.
+    const r = { code: 'ABORT_ERR', message: `interrupted (${sig})` };
+    io[json ? 'stdout' : 'stderr'](json ? errorJson(r) : `dmaload ${cmd}: ${r.message}\n`);
+    return 128 + os.constants.signals[sig];
+  }
+  const usage = await usageError(e, cmd, run);
+  if (usage) return reportUsage(io, cmd, usage, json);
+  const r = errorReport(e);
+  if (json) io.stdout(errorJson(r));
+  else io.stderr(`dmaload ${cmd}: ${errorText(r)}\n`);
+  return 1;
+}
+
+/**
+ * The error as a usage error, if it is one: the CLI's own, the argument parser's (an unknown flag named with the
+ * nearest known one), or the library's refusal of a value that came from this command's flags or a variable.
+ */
+async function usageError(e: unknown, cmd: string, run: Command): Promise<UsageError | undefined> {
+  if (e instanceof UsageError) return e;
+  const err = e as Error & { code?: unknown };
+  if (typeof err?.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS'))
+    return new UsageError(/UNKNOWN_OPTION$/.test(err.code) ? parseErrorMessage(err, await helpOf(run)) : err.message);
+  return flagError(e, OPTION_FLAGS[cmd] ?? {});
 }
 
 /** A command's --help text: the one list of its flags. */

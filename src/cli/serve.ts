@@ -1,6 +1,8 @@
 /** `dmaload serve --socket PATH`: load files once, hand their sealed buffers to any number of local processes. */
+import { statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { formatBytes, parseSize } from '../core/util.js';
+import { formatBytes } from '../core/util.js';
 import type { IoMode } from '../pipeline/source.js';
 import { serve } from '../share/serve.js';
 import { allowRule } from '../share/sources.js';
@@ -9,7 +11,7 @@ import type { ShareTarget } from '../share/seal.js';
 import type { ServeOptions } from '../share/serve.js';
 import { UsageError, onInterrupt, takeInterrupt } from './io.js';
 import type { CliIO } from './io.js';
-import { choice, hugePagesFlag, numaNodeFlag, partSizeFlag } from './flags.js';
+import { choice, hugePagesFlag, numaNodeFlag, partSizeFlag, sizeFlag as size } from './flags.js';
 import { IO_MODES } from '../api/options.js';
 
 export const SERVE_HELP = `Usage: dmaload serve --socket PATH [options] [FILE...]
@@ -45,7 +47,7 @@ Options:
   --target memfd|udmabuf|dma-heap
                             where buffers live (default memfd, sealed; dma-bufs cannot be sealed)
   --heap NAME               dma-heap target: the heap under /dev/dma_heap (default system)
-  --part-size SIZE          bytes per dma-buf
+  --part-size SIZE          bytes per dma-buf (1 MiB to 64 GiB)
   --io auto|direct|buffered|uncached
                             how the server reads (default auto)
   --huge-pages hugetlb|hugetlb-or-small|on|off
@@ -88,12 +90,18 @@ function parseServeArgs(argv: string[]) {
   });
 }
 
-/** A size flag (--budget, --per-user-budget): 8GiB and the like. */
+/** A size flag (--budget, --per-user-budget): 8GiB and the like; a usage error names a unit not understood. */
 function sizeFlag(flag: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = parseSize(v);
-  if (n === undefined) throw new UsageError(`--${flag} must be a size such as 8GiB (got '${v}')`);
-  return n;
+  return v === undefined ? undefined : size(flag, v);
+}
+
+/** --socket PATH in a folder that exists: else a usage error naming that folder (not the server's temporary name in it). */
+function socketFlag(socket: string): string {
+  const folder = dirname(resolve(socket));
+  const st = statSync(folder, { throwIfNoEntry: false });
+  if (!st) throw new UsageError(`--socket ${socket}: the folder '${folder}' does not exist`);
+  if (!st.isDirectory()) throw new UsageError(`--socket ${socket}: '${folder}' is not a folder`);
+  return socket;
 }
 
 /** A count flag (--max-connections, --per-user-connections): 1 to 65536. */
@@ -115,6 +123,7 @@ function durationFlag(flag: string, v: string | undefined, min = 1): number | un
 /** serve()'s options from the flags, but for the signal (a usage error names a bad one). */
 function serveOptions(values: ReturnType<typeof parseServeArgs>['values'], positionals: string[], io: CliIO): ServeOptions & { target: ShareTarget } {
   if (!values.socket) throw new UsageError('--socket PATH is required');
+  const socket = socketFlag(values.socket);
   const budget = sizeFlag('budget', values.budget);
   const limits = {
     perUserBudget: sizeFlag('per-user-budget', values['per-user-budget']),
@@ -140,7 +149,7 @@ function serveOptions(values: ReturnType<typeof parseServeArgs>['values'], posit
   for (const r of values['allow-source'] ?? []) allowRule(r, '--allow-source');
   const log = values.verbose ? (line: string) => io.stderr(`dmaload serve: ${line}\n`) : undefined;
   return {
-    socket: values.socket,
+    socket,
     target,
     io: ioMode,
     preload,

@@ -6,7 +6,7 @@ import { verifyFile } from '../api/verify.js';
 import type { VerifyFileResult } from '../api/verify.js';
 import type { IoMode } from '../pipeline/source.js';
 import { formatBytes } from '../core/util.js';
-import { UsageError, onInterrupt, printable, progressBar } from './io.js';
+import { UsageError, errorReport, errorText, onInterrupt, printable, progressBar } from './io.js';
 import type { CliIO } from './io.js';
 import { choice } from './flags.js';
 
@@ -19,6 +19,9 @@ against --sha256 (one FILE), or against the name of the Hugging Face hub cache b
   MISMATCH  HASH  FILE   it is not (the expected hash follows)
   -         HASH  FILE   nothing to compare with
 Exit status 1 when any file does not match or cannot be read, else 0.
+
+--json prints one JSON document: for one FILE, its result ({ path, sha256, ok, expected, source, size, ms, … },
+or { path, error: { code, message, path } }); for several, { "files": [ … ] } with one such object per FILE.
 `;
 
 export async function verifyCommand(argv: string[], io: CliIO): Promise<number> {
@@ -41,6 +44,7 @@ export async function verifyCommand(argv: string[], io: CliIO): Promise<number> 
   if (values.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(values.sha256)) throw new UsageError(`--sha256 must be 64 hex digits (got '${values.sha256}')`);
   const ioMode = choice<IoMode>('io', values.io, IO_MODES, 'auto');
   const interrupt = onInterrupt();
+  const results: Array<VerifyFileResult | { path: string; error: ReturnType<typeof errorReport> }> = [];
   let status = 0;
   try {
     for (const path of positionals) {
@@ -57,34 +61,36 @@ export async function verifyCommand(argv: string[], io: CliIO): Promise<number> 
         bar.done();
         if (interrupt.signal.aborted) throw e;
         // One unreadable file does not stop the others: say why, count it as a failure.
-        const err = e as Error & { code?: string };
         status = 1;
-        if (values.json) io.stdout(JSON.stringify({ path, error: { code: err.code, message: err.message } }) + '\n');
-        else io.stderr(printable(`dmaload verify: ${err.code ? `${err.code}: ` : ''}${err.message}\n`, '\n'));
+        const error = errorReport(e);
+        results.push({ path, error });
+        if (!values.json) io.stderr(`dmaload verify: ${errorText(error)}\n`);
         continue;
       }
       bar.done();
       if (r.ok === false) status = 1;
-      if (values.json) {
-        io.stdout(JSON.stringify(r) + '\n');
-      } else {
-        const tag = r.ok === true ? 'OK      ' : r.ok === false ? 'MISMATCH' : '-       ';
-        const why =
-          r.ok === undefined
-            ? 'nothing to compare with'
-            : r.ok
-              ? `matches ${r.source === 'hub-cache' ? 'its hub-cache blob name' : '--sha256'}`
-              : `expected ${r.expected} (${r.source === 'hub-cache' ? 'hub-cache blob name' : '--sha256'})`;
-        io.stdout(
-          printable(
-            `${tag}  ${r.sha256}  ${path}  (${formatBytes(r.size)} in ${r.ms.toFixed(0)} ms, ${(r.bytesPerSec / 1e6).toFixed(0)} MB/s, io ${r.io}; ${why})\n`,
-            '\n',
-          ),
-        );
-      }
+      results.push(r);
+      if (!values.json) io.stdout(resultLine(path, r));
     }
   } finally {
     interrupt.dispose();
   }
+  // One document, whatever happened: the one file's result, or every file's.
+  if (values.json) io.stdout(JSON.stringify(results.length === 1 ? results[0] : { files: results }) + '\n');
   return status;
+}
+
+/** The line a verified file gets: OK, MISMATCH or -, the hash, the file, and what it was compared with. */
+function resultLine(path: string, r: VerifyFileResult): string {
+  const tag = r.ok === true ? 'OK      ' : r.ok === false ? 'MISMATCH' : '-       ';
+  const why =
+    r.ok === undefined
+      ? 'nothing to compare with'
+      : r.ok
+        ? `matches ${r.source === 'hub-cache' ? 'its hub-cache blob name' : '--sha256'}`
+        : `expected ${r.expected} (${r.source === 'hub-cache' ? 'hub-cache blob name' : '--sha256'})`;
+  return printable(
+    `${tag}  ${r.sha256}  ${path}  (${formatBytes(r.size)} in ${r.ms.toFixed(0)} ms, ${(r.bytesPerSec / 1e6).toFixed(0)} MB/s, io ${r.io}; ${why})\n`,
+    '\n',
+  );
 }

@@ -4,36 +4,51 @@ import { readFileSync } from 'node:fs';
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
 export const GiB = 1024 * MiB;
+export const TiB = 1024 * GiB;
 
 export function roundUp(n: number, to: number): number {
   return to > 1 ? Math.ceil(n / to) * to : n;
 }
 
-const UNITS: Record<string, number> = {
-  '': 1,
-  b: 1,
-  k: KiB,
-  kb: 1e3,
-  kib: KiB,
-  m: MiB,
-  mb: 1e6,
-  mib: MiB,
-  g: GiB,
-  gb: 1e9,
-  gib: GiB,
-  t: GiB * KiB,
-  tb: 1e12,
-  tib: GiB * KiB,
-};
+/**
+ * The units a size may be written with, in any case: every one a power of 1024, whatever its spelling (1M = 1MB =
+ * 1MiB = 1048576 bytes, as the CLI's docs say), since the sizes dmaload takes are of memory and must often be whole
+ * pages; a decimal 32 MB (32 000 000 bytes) is not a whole number of them.
+ */
+const UNITS: Record<string, number> = { '': 1, b: 1 };
+for (const [letter, bytes] of [
+  ['k', KiB],
+  ['m', MiB],
+  ['g', GiB],
+  ['t', TiB],
+] as const) {
+  for (const suffix of ['', 'b', 'ib']) UNITS[letter + suffix] = bytes;
+}
+const SIZE = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/;
 
-/** Parses `4096`, `4KiB`, `32MiB`, `1.5GB`, `1g` into a byte count; undefined when it is not a size. */
+/**
+ * Parses `4096`, `4k`, `4KB`, `32MiB`, `32mb`, `1.5GiB`, `1T` into a byte count: B, K, M, G or T, alone or followed
+ * by B or iB, in any case, each a power of 1024; undefined when it is not a size ({@link sizeError} says why).
+ */
 export function parseSize(s: string): number | undefined {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(s);
+  const m = SIZE.exec(s);
   if (!m) return undefined;
   const unit = UNITS[(m[2] ?? '').toLowerCase()];
   if (unit === undefined) return undefined;
   const n = Math.round(Number(m[1]) * unit);
   return Number.isSafeInteger(n) ? n : undefined;
+}
+
+/** The spellings parseSize takes, for a message. */
+export const SIZE_UNITS_TEXT = 'B, K, M, G or T, alone or followed by B or iB, in any case, each a power of 1024: 1M = 1MB = 1MiB';
+
+/** Why `s` is not a size (the unit not understood, or the whole of it), or undefined when parseSize takes it. */
+export function sizeError(s: string): string | undefined {
+  const m = SIZE.exec(s);
+  if (!m) return `'${s}' is not a size: write a number and a unit such as 32MiB; the units are ${SIZE_UNITS_TEXT}`;
+  if (UNITS[(m[2] ?? '').toLowerCase()] === undefined) return `unknown unit '${m[2]}' in '${s.trim()}'; the units are ${SIZE_UNITS_TEXT}`;
+  if (parseSize(s) === undefined) return `'${s}' is too large a size`;
+  return undefined;
 }
 
 export function formatBytes(n: number): string {
