@@ -262,20 +262,22 @@ export async function attachDirect(
     return { handle: undefined, align: none, reason: undefined, rwFlags: C.RWF_DONTCACHE };
   }
   const align = dioAlign(fd);
-  let reason: string | undefined;
+  // Why not (the short cause): said once, in the ioReason of 'auto' and in the error of 'direct'.
+  let why: string | undefined;
   let handle: FileHandle | undefined;
   if (align.memAlign === 0 || align.offsetAlign === 0) {
-    reason = 'the file system does not support direct I/O (statx reports no STATX_DIOALIGN)';
+    why = 'statx reports no STATX_DIOALIGN';
   } else {
     try {
       handle = await fsp.open(`/proc/self/fd/${fd}`, (access === 'write' ? FS.O_WRONLY : FS.O_RDONLY) | FS.O_DIRECT);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
-      reason = 'open() with O_DIRECT failed with EINVAL on this file system';
+      why = 'open() with O_DIRECT fails with EINVAL';
     }
   }
+  let reason = why === undefined ? undefined : `the file system does not support direct I/O (${why})`;
   if (!handle && io === 'direct') {
-    throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O (${reason}); use io 'auto' or 'buffered'`, {
+    throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${path}' does not support direct I/O (${why}); use io 'auto' or 'buffered'`, {
       path,
     });
   }

@@ -1,6 +1,8 @@
 /** Issue #28 item 7: messages say a thing once and name what is wrong. */
 import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { native } from '../../src/engine/binding.js';
 import { after, describe, test } from 'node:test';
 import { makeFile, tempDir } from '../helpers.js';
 import { cli } from './run.js';
@@ -33,5 +35,23 @@ describe('cli: messages', () => {
     const f = await cli('serve', '--socket', join(file, 's.sock'));
     assert.equal(f.code, 2, f.err);
     assert.match(f.err, new RegExp(`'${file}' is not a folder`));
+  });
+
+  test('load --io direct of a file on a file system without direct I/O says so once', async (t) => {
+    // tmpfs has no direct I/O (no STATX_DIOALIGN): /dev/shm where it is one.
+    const shm = mkdtempSync('/dev/shm/dmaload-msg-');
+    try {
+      const probe = openSync(join(shm, '.probe'), 'w');
+      const dio = native.statxDio(probe);
+      closeSync(probe);
+      if (typeof dio !== 'number' && dio[0] !== 0) return t.skip('/dev/shm does direct I/O here');
+      const f = makeFile(shm, 'x', 8192);
+      const r = await cli('load', f.path, '--io', 'direct');
+      assert.equal(r.code, 1, r.err);
+      assert.equal(r.err.split('does not support direct I/O').length - 1, 1, r.err);
+      assert.match(r.err, /ERR_DIRECT_IO_UNSUPPORTED/);
+    } finally {
+      rmSync(shm, { recursive: true, force: true });
+    }
   });
 });
