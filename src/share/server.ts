@@ -409,7 +409,10 @@ export class Server implements ShareServer {
         requireReadableFile(st, file);
         const m = await modelOf(fd, Number(st.size), file, i);
         first ??= m;
-        if (m.format !== first.format) throw new DmaloadError('ERR_MODEL_FORMAT', `'${file}' is ${m.format}, '${printable(req.files[0]!)}' is ${first.format}: one model is one format`, { path: file });
+        if (m.format !== first.format)
+          throw new DmaloadError('ERR_MODEL_FORMAT', `'${file}' is ${m.format}, '${printable(req.files[0]!)}' is ${first.format}: one model is one format`, {
+            path: file,
+          });
         all.push(...m.tensors);
       }
       // The first file's metadata with the plan (a GGUF's key/values: its client has no parser of its own).
