@@ -8,6 +8,7 @@ Shapes are numpy's order (gguf's ne[] reversed), as gguf-py's `tensor.data` has 
 import os
 
 from . import _safetensors as _st
+from ._files import is_reference, open_regular
 from .errors import DmaloadError
 
 # ggml types whose elements are one of the client's dtypes (the safetensors names of the same types).
@@ -28,8 +29,6 @@ class GGUF:
 
 def load(client, path, framework="numpy", tensors=None, populate=True):
     """Client.load_gguf()."""
-    from .client import is_reference, open_regular
-
     path = os.fspath(path)
     maker = _st._Maker(framework, False)
     ref = is_reference(path)

@@ -18,7 +18,8 @@ import re
 import warnings
 
 from . import _safetensors as _st
-from .client import Client, is_reference, redact
+from ._files import is_reference, redact
+from .client import Client
 from ._autostart import ensure_server
 from .errors import DmaloadError
 

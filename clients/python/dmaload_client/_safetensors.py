@@ -13,6 +13,7 @@ import json
 import os
 import warnings
 
+from ._files import is_reference, open_regular
 from .errors import DmaloadError
 
 MAX_HEADER = 100_000_000  # the safetensors library's own limit
@@ -182,8 +183,6 @@ class _Local:
     sends this fd: the very inode whose header was checked."""
 
     def __init__(self, path):
-        from .client import open_regular
-
         self.path = path
         self.fd = open_regular(path)
         try:
@@ -295,8 +294,6 @@ def _chosen(infos, path, maker, tensors, expect):
 def _load_file(client, path, maker, tensors, expect=None, populate=True, local=None):
     """The selected tensors of one file, through the server. `local`: the file open, its header checked (a local file
     is opened and checked here when not given); a reference's header can only be read once the server has it."""
-    from .client import is_reference
-
     if local is None and not is_reference(path):
         local = _Local(path)
         try:
@@ -328,8 +325,6 @@ def _make_all(maker, whole, infos):
 
 def _index_bytes(path, client=None):
     """An index's bytes: read here, or for a reference through the server (which fetches it)."""
-    from .client import is_reference
-
     if client is not None and is_reference(path):
         buf = client.load(path)
         try:
@@ -342,8 +337,6 @@ def _index_bytes(path, client=None):
 
 def _beside(path, shard):
     """A shard's path or reference beside its index (shard names are checked by _read_index first)."""
-    from .client import is_reference
-
     if is_reference(path):
         return path.rsplit("/", 1)[0] + "/" + shard
     return os.path.join(os.path.dirname(path), shard)
@@ -372,8 +365,6 @@ def _read_index(path, client=None, with_metadata=False):
 
 
 def _load_index(client, path, maker, tensors, populate=True):
-    from .client import is_reference
-
     weight_map = _read_index(path, client)
     names = _select(weight_map, tensors, path)
     shards = {}
@@ -397,8 +388,6 @@ def _load_index(client, path, maker, tensors, populate=True):
 
 def metadata(client, path):
     """Client.safetensors_metadata()."""
-    from .client import is_reference
-
     path = os.fspath(path)
     if path.endswith(".json"):
         return dict(_read_index(path, client, with_metadata=True)[1])
@@ -544,8 +533,6 @@ class _Files:
     """The files of a plan request, open read-only: one .safetensors file, or an index's shards."""
 
     def __init__(self, path, tensors, client=None):
-        from .client import is_reference
-
         self.path, self.paths, self.names, self.fds = path, [], [], []
         self.selected = None  # the selected names (None: all)
         # References: the server fetches the files (and plans from its own copies); no fd is sent.
@@ -595,8 +582,6 @@ class _Files:
             buf.close()
 
     def _open(self, path, name):
-        from .client import open_regular
-
         self.fds.append(open_regular(path))
         self.paths.append(path)
         self.names.append(name)
