@@ -13,7 +13,7 @@
  * binding.gyp and no install script of its own.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prebuiltFor } from './prebuilt.mjs';
@@ -35,6 +35,24 @@ function prebuiltProblem() {
   if (r.status === 0) return undefined;
   const why = (r.stderr || r.error?.message || `exit ${r.status ?? r.signal}`).split('\n').find((l) => /Error|error:/.test(l)) ?? r.stderr.trim();
   return `the prebuilt addon ${relative(root, file)} does not load here (${why.trim()})`;
+}
+
+/**
+ * A checkout whose addon is already built from its current sources (every file of native/ and binding.gyp older
+ * than build/Release/dmaload.node): nothing to rebuild. `npm install ../dmaload` from another project runs this
+ * script in the checkout, and would otherwise recompile it every time. DMALOAD_BUILD_FROM_SOURCE=1 rebuilds anyway.
+ */
+function upToDate() {
+  const built = join(root, 'build', 'Release', 'dmaload.node');
+  if (!existsSync(join(root, '.git')) || !existsSync(built) || truthy(process.env.DMALOAD_BUILD_FROM_SOURCE)) return false;
+  const at = statSync(built).mtimeMs;
+  const sources = [join(root, 'binding.gyp'), ...readdirSync(join(root, 'native'), { recursive: true }).map((f) => join(root, 'native', String(f)))];
+  return sources.every((f) => !statSync(f).isFile() || statSync(f).mtimeMs <= at);
+}
+
+if (upToDate()) {
+  say('the native addon in build/Release is newer than its sources: not rebuilt (DMALOAD_BUILD_FROM_SOURCE=1 rebuilds it)');
+  process.exit(0);
 }
 
 const problem = prebuiltProblem();
