@@ -34,6 +34,8 @@ import type { HugetlbRequest, NumaRequest } from './pages.js';
 export interface LoadProgress {
   bytes: number;
   total: number;
+  /** A network source: the most connections used at once so far, and the retries so far. */
+  network?: { connections: number; retries: number } | undefined;
 }
 
 export interface LoadOptions {

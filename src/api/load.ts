@@ -207,7 +207,12 @@ async function readAll(
       resident,
       group,
       hash,
-      onProgress: o.onProgress && ((bytes) => o.onProgress!({ bytes, total: plan.bytesRead })),
+      onProgress:
+        o.onProgress &&
+        ((bytes) => {
+          const n = src.remote?.stats;
+          o.onProgress!({ bytes, total: plan.bytesRead, ...(n ? { network: { connections: n.connections, retries: n.retries } } : {}) });
+        }),
     }),
   );
   return { r, extra };

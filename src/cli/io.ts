@@ -85,19 +85,23 @@ export function reportUsage(io: Pick<CliIO, 'stdout' | 'stderr'>, cmd: string, e
 }
 
 /** A one-line progress bar on a terminal, redrawn in place; silent elsewhere. */
-export function progressBar(io: CliIO, label: string): { update(bytes: number, total: number): void; done(): void } {
+export function progressBar(
+  io: CliIO,
+  label: string,
+): { update(bytes: number, total: number, network?: { connections: number; retries: number }): void; done(): void } {
   if (!io.isTTY) return { update() {}, done() {} };
   const t0 = performance.now();
   let drawn = false;
   return {
-    update(bytes, total) {
+    update(bytes, total, network) {
       const frac = total > 0 ? bytes / total : 1;
       const width = 30;
       const fill = Math.round(frac * width);
       const s = (performance.now() - t0) / 1000;
       const rate = s > 0 ? bytes / s / 1e6 : 0;
       io.stderr(
-        `\r${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(bytes)} / ${formatBytes(total)}  ${rate.toFixed(0)} MB/s `,
+        `\r${label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${formatBytes(bytes)} / ${formatBytes(total)}  ${rate.toFixed(0)} MB/s ` +
+          (network ? `${network.connections} conn${network.connections === 1 ? '' : 's'}${network.retries ? `, ${network.retries} retries` : ''} ` : ''),
       );
       drawn = true;
     },

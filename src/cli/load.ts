@@ -96,7 +96,7 @@ export async function loadCommand(argv: string[], io: CliIO): Promise<number> {
   const interrupt = onInterrupt();
   let buf;
   try {
-    buf = await load(path, { ...options, signal: interrupt.signal, onProgress: (p) => bar.update(p.bytes, p.total) });
+    buf = await load(path, { ...options, signal: interrupt.signal, onProgress: (p) => bar.update(p.bytes, p.total, p.network) });
   } finally {
     interrupt.dispose();
     bar.done();

@@ -344,7 +344,8 @@ describe('http source', { skip }, () => {
       // And without it, the CLI refuses the certificate with the code.
       const no = await cli(['load', `${ng.urls.https}/big.bin`, '--json']);
       assert.notEqual(no.code, 0);
-      assert.match(no.stderr, /ERR_SOURCE_NETWORK/);
+      // With --json the error is the one JSON document on stdout.
+      assert.equal((JSON.parse(no.stdout) as { error: { code: string } }).error.code, 'ERR_SOURCE_NETWORK', no.stdout + no.stderr);
     });
 
     test('source.ca adds a CA to the ones Node trusts (NODE_EXTRA_CA_CERTS included), it does not replace them', async () => {
