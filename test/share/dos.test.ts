@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -21,6 +21,9 @@ import { CLOSE_WAIT } from '../../src/share/server.js';
 import { bufferSha256, makeFile, seededBytes, sha256, tempDir, repoRoot } from '../helpers.js';
 import { LOOPBACK, failure } from '../sources/common.js';
 import { startFuse } from './fuse.js';
+import { connectRaw, frame, recvRaw } from './util.js';
+import { MessageType } from '../../src/share/protocol.js';
+import { native } from '../../src/engine/binding.js';
 
 const NOBODY = 65534;
 const { dir, cleanup } = tempDir('dmaload-dos-');
@@ -413,4 +416,42 @@ test('a load that fits is not held behind another user’s load that does not', 
   assert.equal(room.free, 5);
   assert.equal(((await big) as { code?: string }).code, 'ERR_MEMORY_BUDGET');
   ac.abort();
+});
+
+test('a plan request for a file whose header claims to be huge is refused at once, nothing read past the claim', async () => {
+  const path = join(dir, 'huge-header.safetensors');
+  // Each starts like a safetensors header ('{' after the length), so it is parsed as one.
+  const head = Buffer.concat([Buffer.alloc(8), Buffer.from('{"a":{"dtyp')]);
+  head.writeBigUInt64LE(BigInt(2 ** 40)); // a 1 TiB header, in a 19-byte file
+  writeFileSync(path, head);
+  const big = join(dir, 'over-limit.safetensors');
+  const h2 = Buffer.concat([Buffer.alloc(8), Buffer.from('{"a":{"dtyp')]);
+  h2.writeBigUInt64LE(BigInt(200 * 1024 * 1024)); // over the parser's limit, in a file that is that large (sparse)
+  writeFileSync(big, h2);
+  truncateSync(big, 200 * 1024 * 1024 + 8);
+  const server = await serve({ socket: sock() });
+  try {
+    for (const [file, code] of [
+      [path, 'ERR_MODEL_TRUNCATED'],
+      [big, 'ERR_MODEL_HEADER'],
+    ] as const) {
+      const s = connectRaw(server.socket);
+      const fd = openSync(file, 'r');
+      try {
+        const t0 = performance.now();
+        native.sendMsg(s, frame(MessageType.PlanRequest, 1, { files: [file], rank: 0, worldSize: 1 }), [fd]);
+        const r = await recvRaw(s, 5000);
+        assert.ok(r !== 'eof');
+        assert.equal(r.type, MessageType.Error);
+        assert.match(String(r.body.code), /^ERR_MODEL_(TRUNCATED|HEADER|RANGE)$/, `${file}: ${JSON.stringify(r.body)} (expected like ${code})`);
+        assert.ok(performance.now() - t0 < 1000, 'refused at once');
+      } finally {
+        closeSync(fd);
+        closeSync(s);
+      }
+    }
+    assert.equal(server.status().loads, 0);
+  } finally {
+    await server.close();
+  }
 });
