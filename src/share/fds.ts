@@ -39,7 +39,7 @@ function mountOf(fd: number): number | undefined {
 }
 
 /** One line of a mountinfo table. */
-interface MountLine {
+export interface MountLine {
   id: number;
   /** Where it is mounted (octal escapes undone). */
   point: string;
@@ -74,7 +74,7 @@ function mountTable(file: string): MountLine[] | undefined {
 export interface FdMount {
   type: string;
   where: 'server' | 'client';
-  /** The server's table, to look the layers of a stacked file system up in (server mounts only). */
+  /** The table it was found in (the server's, or the client's), to look the layers of a stacked file system up in. */
   table: MountLine[] | undefined;
   line: MountLine;
 }
@@ -86,8 +86,23 @@ export function mountOfFd(fd: number, pid: number | undefined): FdMount | undefi
   const own = mountTable('/proc/self/mountinfo');
   const mine = own?.find((m) => m.id === id);
   if (mine) return { type: mine.type, where: 'server', table: own, line: mine };
-  const theirs = pid ? mountTable(`/proc/${pid}/mountinfo`)?.find((m) => m.id === id) : undefined;
-  return theirs && { type: theirs.type, where: 'client', table: undefined, line: theirs };
+  const table = pid ? mountTable(`/proc/${pid}/mountinfo`) : undefined;
+  const theirs = table?.find((m) => m.id === id);
+  return theirs && { type: theirs.type, where: 'client', table, line: theirs };
+}
+
+/**
+ * Whether process `pid` is in the server's own user namespace. A mount namespace such a process can be in was made
+ * by a privileged process (a container runtime), so its mounts are the system's; an unprivileged user's overlay needs
+ * a user namespace of its own, and its processes are in that one.
+ */
+function sameUserNamespace(pid: number | undefined): boolean {
+  if (!pid) return false;
+  try {
+    return readlinkSync(`/proc/${pid}/ns/user`) === readlinkSync('/proc/self/ns/user');
+  } catch {
+    return false;
+  }
 }
 
 /** The mount holding `path` in `table`: the last mounted one whose mount point is `path` or a parent of it. */
@@ -107,7 +122,7 @@ function mountAt(table: MountLine[], path: string): MountLine | undefined {
  * file system the kernel serves alone. An overlay's layers are its lowerdir, upperdir and workdir options; any other
  * stacking type, or layers that cannot be read, are refused.
  */
-function stackedRefusal(m: MountLine, table: MountLine[], depth = 0): string | undefined {
+export function stackedRefusal(m: MountLine, table: MountLine[], depth = 0): string | undefined {
   if (!/^overlay(fs)?$/.test(m.type)) return `a ${m.type} file system, whose layers the server cannot check`;
   // Options are split at commas that are not escaped; layers at unescaped colons.
   const opts = m.options.split(/(?<!\\),/);
@@ -122,6 +137,10 @@ function stackedRefusal(m: MountLine, table: MountLine[], depth = 0): string | u
   for (const l of layers) {
     const under = mountAt(table, l);
     if (!under) return `an overlay whose layer '${l}' is on no mount the server sees`;
+    // A layer that resolves to this very overlay is a path of another mount namespace: a container's root overlay
+    // names the host's folders, which the server inside cannot see. The container runtime (the system) made it, no
+    // user could; the path itself is never touched (a stat could wait on whatever serves it).
+    if (under === m) continue;
     if (REFUSED_FS.test(under.type)) return `an overlay with a layer on ${under.type} ('${l}'), served by a user's process`;
     if (STACKED_FS.test(under.type)) {
       if (depth >= 2) return 'overlays stacked more than three deep';
@@ -345,8 +364,8 @@ export class FdGuard {
     }
     if (STACKED_FS.test(type)) {
       const why =
-        mount.where === 'client'
-          ? `a ${type} file system mounted in the client's own mount namespace, whose layers may be served by a user's process`
+        mount.where === 'client' && !sameUserNamespace(from.pid)
+          ? `a ${type} file system mounted in a user namespace (any user can mount one there, over a FUSE folder of their own)`
           : stackedRefusal(mount.line, mount.table!);
       if (why)
         throw new DmaloadError(

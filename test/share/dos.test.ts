@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { connect, serve } from '../../src/index.js';
-import { MAX_FD_THREADS_PER_USER } from '../../src/share/fds.js';
+import { MAX_FD_THREADS_PER_USER, stackedRefusal } from '../../src/share/fds.js';
 import { Admission } from '../../src/share/admission.js';
 import { CLOSE_WAIT } from '../../src/share/server.js';
 import { bufferSha256, makeFile, seededBytes, sha256, tempDir, repoRoot } from '../helpers.js';
@@ -454,4 +454,27 @@ test('a plan request for a file whose header claims to be huge is refused at onc
   } finally {
     await server.close();
   }
+});
+
+test('system overlays by their mount tables: a container root is accepted, a FUSE layer refused, overlays over overlays followed', () => {
+  const line = (id: number, point: string, type: string, options = 'rw') => ({ id, point, type, options });
+  // Inside a container: the root overlay names the host's folders, which this namespace does not have.
+  const root = line(
+    1,
+    '/',
+    'overlay',
+    'rw,lowerdir=/var/lib/docker/overlay2/l/AB:/var/lib/docker/overlay2/l/CD,upperdir=/var/lib/docker/overlay2/x/diff,workdir=/var/lib/docker/overlay2/x/work',
+  );
+  assert.equal(stackedRefusal(root, [root, line(2, '/proc', 'proc')]), undefined);
+  // On a host: layers on ext4 are fine, one on FUSE is not, nor one on a FUSE mount under an overlay's layer.
+  const ext4 = line(1, '/', 'ext4');
+  const fuse = line(3, '/mnt/remote', 'fuse.sshfs');
+  const ok = line(4, '/srv/merged', 'overlay', 'rw,lowerdir=/srv/lower,upperdir=/srv/upper,workdir=/srv/work');
+  assert.equal(stackedRefusal(ok, [ext4, fuse, ok]), undefined);
+  const bad = line(5, '/srv/m2', 'overlay', 'rw,lowerdir=/srv/lower:/mnt/remote/models,upperdir=/srv/u2,workdir=/srv/w2');
+  assert.match(stackedRefusal(bad, [ext4, fuse, bad]) ?? '', /layer on fuse\.sshfs/);
+  const over = line(6, '/srv/m3', 'overlay', 'rw,lowerdir=/srv/m2/sub,upperdir=/srv/u3,workdir=/srv/w3');
+  assert.match(stackedRefusal(over, [ext4, fuse, bad, over]) ?? '', /layer on fuse\.sshfs/, 'the overlay under it is followed');
+  assert.equal(stackedRefusal(line(7, '/x', 'overlay', 'rw'), [ext4]), 'an overlay whose layers its mount options do not name');
+  assert.match(stackedRefusal(line(8, '/y', 'ecryptfs', 'rw'), [ext4]) ?? '', /ecryptfs/);
 });
