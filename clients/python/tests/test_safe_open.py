@@ -606,7 +606,10 @@ class References(unittest.TestCase):
         cls.base = f"http://127.0.0.1:{cls.http.server_address[1]}"
         cls.socket = os.path.join(cls.dir, "refs.sock")
         env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        # Under scripts/test-asan.sh the sanitizer runtime is not preloaded for Python (nor for what it starts): the
+        # server must then load the ordinary addon, not the instrumented one DMALOAD_ADDON names.
         env.pop("LD_PRELOAD", None)
+        env.pop("DMALOAD_ADDON", None)
         cls.log = open(os.path.join(cls.dir, "serve.log"), "w+")
         cls.server = subprocess.Popen(
             [_node(), os.path.join(REPO, "bin", "dmaload.js"), "serve", "--socket", cls.socket, "--allow-source", f"{cls.base}/models/"],
