@@ -1,7 +1,7 @@
 /** load(): a file into a target, every byte, by direct I/O where the file system allows. */
 import { fstatSync, promises as fsp } from 'node:fs';
 import type { LoadStats, LoadedBuffer } from './buffer.js';
-import { DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
+import { AbortError, DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
 import { formatBytes, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
 import { decideHugePages, measureIfWanted } from '../engine/first-touch.js';
@@ -93,7 +93,7 @@ async function loadInternal(
   if (o.target === 'memory' && !o.into && !ranges && !o.hugetlb && !opened) await measureFirstTouch(path, o);
   const t0 = performance.now();
   const c0 = process.cpuUsage();
-  o.signal?.throwIfAborted();
+  if (o.signal?.aborted) throw new AbortError(undefined, { cause: o.signal.reason });
   // A load into a buffer reserves it first: a closed or busy buffer is refused before anything is opened.
   const reserved = o.into?.reserve();
   let src: OpenedFile | undefined = opened;
@@ -104,7 +104,7 @@ async function loadInternal(
     const plan = planLoad(src, ranges, reserved ? Infinity : o.budget);
     const check = await verification(src, plan.segments, o.verify);
     if (reserved && plan.capacity > reserved.room) throw tooSmall(src, plan, reserved.room);
-    o.signal?.throwIfAborted();
+    if (o.signal?.aborted) throw new AbortError(undefined, { cause: o.signal.reason });
     const tAlloc = performance.now();
     // Fresh process memory: huge pages or not, as this machine's measurement says (or the option); hugetlb pages
     // only where the caller asked for them.

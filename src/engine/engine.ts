@@ -46,7 +46,9 @@ export interface RunOptions extends Omit<TransferOptions, 'engine' | 'depth' | '
  * always after the job's last request has ended.
  */
 export async function run(o: RunOptions): Promise<TransferResult & { engine: EngineName }> {
-  o.signal?.throwIfAborted();
+  // The library's AbortError (code ABORT_ERR), as every other abort of a transfer: not the signal's bare reason (a
+  // DOMException, code 20), which a job of a later part met when the abort came between two parts' jobs.
+  if (o.signal?.aborted) throw new AbortError(undefined, { cause: o.signal.reason });
   const { engine: eng } = engine();
   let progressError: { error: unknown } | undefined;
   const { tuning: t, path, signal, onProgress, ...rest } = o;
