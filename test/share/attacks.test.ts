@@ -36,6 +36,7 @@ import { MessageType } from '../../src/share/protocol.js';
 import { bufferSha256 as hashOf, fileSha256, leakCheck, makeFile, repoRoot, sha256, tempDir } from '../helpers.js';
 import { startFuse } from './fuse.js';
 import { connectRaw, frame, recvRaw } from './util.js';
+import { statusLatency } from './status.js';
 
 const MiB = 1024 * 1024;
 const NOBODY = 65534;
@@ -173,25 +174,6 @@ function attacker(args: string[], opts: { wrap?: string[] } = {}): Attacker {
       return code;
     },
   };
-}
-
-/** Asks the server for its status every 100 ms until `stop` resolves; resolves with the slowest answer, ms. */
-async function statusLatency(socket: string, stop: Promise<unknown>): Promise<number> {
-  const c = await connect(socket);
-  let worst = 0;
-  let done = false;
-  void stop.finally(() => (done = true));
-  try {
-    while (!done) {
-      const t0 = performance.now();
-      await c.status({ signal: AbortSignal.timeout(5000) });
-      worst = Math.max(worst, performance.now() - t0);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  } finally {
-    c.close();
-  }
-  return worst;
 }
 
 async function withServer<T>(opts: Partial<ServeOptions>, fn: (s: ShareServer, lines: string[]) => Promise<T>): Promise<T> {

@@ -24,6 +24,7 @@ import { startFuse } from './fuse.js';
 import { connectRaw, frame, recvRaw } from './util.js';
 import { MessageType } from '../../src/share/protocol.js';
 import { native } from '../../src/engine/binding.js';
+import { statusLatency } from './status.js';
 
 const NOBODY = 65534;
 const { dir, cleanup } = tempDir('dmaload-dos-');
@@ -84,25 +85,6 @@ async function serveProcess(args: string[]): Promise<{ socket: string; proc: Chi
 }
 
 const threadsOf = (pid: number) => Number(/^Threads:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
-
-/** The slowest status answer while `during` runs. */
-async function statusLatency(socket: string, during: Promise<unknown>): Promise<number> {
-  const c = await connect(socket);
-  let worst = 0;
-  let done = false;
-  void during.finally(() => (done = true));
-  try {
-    while (!done) {
-      const t0 = performance.now();
-      await c.status({ signal: AbortSignal.timeout(5000) });
-      worst = Math.max(worst, performance.now() - t0);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  } finally {
-    c.close();
-  }
-  return worst;
-}
 
 /** A web server whose bodies never come (only the probe's first byte is answered): a download that hangs. */
 async function hangingWeb(size: number): Promise<{ base: string; requests: () => number; close(): void }> {
