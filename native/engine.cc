@@ -5,6 +5,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -23,6 +24,106 @@ struct Segment {
   uint64_t fileOff, bufOff, len;
 };
 
+const napi_type_tag kWorkShareTag = {0x646d616c6f616400ULL, 0x776f726b73680001ULL};
+
+// Segments two jobs of one load may split between them as they go (io 'auto': ranges in the page cache). One job
+// takes pieces from the front (the copy from the cache); once Switch()ed, because that way proved the slower here,
+// the front takes no more and the other job (direct I/O), after its own segments, takes the rest from the back.
+// The back only takes pieces whose file offset and end are multiples of its alignment (and whose memory is aligned
+// where it reads into the target itself); what it cannot take, Rest() gives back once both jobs have ended.
+class WorkShare {
+ public:
+  explicit WorkShare(std::vector<Segment> s) : segs(std::move(s)) {
+    if (!segs.empty()) b_ = segs.size() - 1, bEnd_ = segs.back().len;
+    else f_ = 1;  // empty
+  }
+  const std::vector<Segment> segs;  // fixed once made; the populate thread walks them
+
+  bool Front(uint64_t chunk, Segment& p) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (switched_) return false;
+    for (;;) {
+      uint64_t limit = f_ < b_ ? segs[f_].len : f_ == b_ ? bEnd_ : 0;
+      if (f_ <= b_ && fPos_ < limit) {
+        uint64_t n = std::min(chunk, limit - fPos_);
+        const Segment& s = segs[f_];
+        p = {s.fileOff + fPos_, s.bufOff + fPos_, n};
+        fPos_ += n;
+        return true;
+      }
+      if (f_ >= b_) return false;
+      f_++, fPos_ = 0;
+    }
+  }
+
+  // `memOk(bufOff)`: whether a direct read may land at that buffer offset.
+  template <typename MemOk>
+  bool Back(uint64_t chunk, uint64_t align, MemOk memOk, Segment& p) {
+    std::lock_guard<std::mutex> l(mu_);
+    while (switched_ && (f_ < b_ || (f_ == b_ && fPos_ < bEnd_))) {
+      const Segment& s = segs[b_];
+      uint64_t lo = f_ == b_ ? fPos_ : 0;
+      uint64_t end = bEnd_;
+      if (end <= lo) {  // this segment is done from the back (f_ < b_ here)
+        b_--, bEnd_ = segs[b_].len;
+        continue;
+      }
+      uint64_t from = end - lo > chunk ? end - chunk : lo;
+      uint64_t start = RoundUp(s.fileOff + from, align) - s.fileOff;
+      bool ok = start < end && (s.fileOff + end) % align == 0 && memOk(s.bufOff + start);
+      if (!ok) {
+        // Not a piece a direct read can take: it is left for Rest() (the front takes nothing once switched).
+        // An unaligned end (a file's last bytes): only that tail; else the rest of the segment.
+        uint64_t cut = lo, down = (s.fileOff + end) / align * align;
+        if ((s.fileOff + end) % align != 0 && down > s.fileOff + lo) cut = down - s.fileOff;
+        leftovers_.push_back({s.fileOff + cut, s.bufOff + cut, end - cut});
+        bEnd_ = cut;
+        continue;
+      }
+      p = {s.fileOff + start, s.bufOff + start, end - start};
+      bEnd_ = start;
+      return true;
+    }
+    return false;
+  }
+
+  void Switch() {
+    std::lock_guard<std::mutex> l(mu_);
+    switched_ = true;
+  }
+  bool Switched() {
+    std::lock_guard<std::mutex> l(mu_);
+    return switched_;
+  }
+
+  // What no job took (once both have ended): the run between the two ends, then what the back left.
+  std::vector<Segment> Rest() {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<Segment> out;
+    for (size_t i = f_; i <= b_ && i < segs.size(); i++) {
+      uint64_t lo = i == f_ ? fPos_ : 0, hi = i == b_ ? bEnd_ : segs[i].len;
+      if (hi > lo) out.push_back({segs[i].fileOff + lo, segs[i].bufOff + lo, hi - lo});
+    }
+    for (size_t i = left_; i < leftovers_.size(); i++) {
+      uint64_t lo = i == left_ ? leftPos_ : 0;
+      if (leftovers_[i].len > lo) out.push_back({leftovers_[i].fileOff + lo, leftovers_[i].bufOff + lo, leftovers_[i].len - lo});
+    }
+    std::sort(out.begin(), out.end(), [](const Segment& x, const Segment& y) { return x.bufOff < y.bufOff; });
+    return out;
+  }
+
+ private:
+  static uint64_t RoundUp(uint64_t x, uint64_t a) { return a > 1 ? (x + a - 1) / a * a : x; }
+  std::mutex mu_;
+  bool switched_ = false;
+  // Still to take: segments f_..b_, from fPos_ in the first, up to bEnd_ in the last (f_ > b_: none).
+  size_t f_ = 0, b_ = 0;
+  uint64_t fPos_ = 0, bEnd_ = 0;
+  std::vector<Segment> leftovers_;  // pieces the back could not read, for Rest()
+  size_t left_ = 0;
+  uint64_t leftPos_ = 0;
+};
+
 class Job : public Owned, public std::enable_shared_from_this<Job> {
  public:
   explicit Job(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
@@ -36,7 +137,9 @@ class Job : public Owned, public std::enable_shared_from_this<Job> {
   std::vector<Segment> segs;
   Target target;
   bool wantProgress = false;
-  std::shared_ptr<Hasher> hasher;  // reads: each completed request's bytes go to it (verification while loading)
+  std::shared_ptr<Hasher> hasher;    // reads: each completed request's bytes go to it (verification while loading)
+  std::shared_ptr<WorkShare> share;  // segments split with another job, after our own
+  bool shareBack = false;            // we take the share's pieces from its back
 
   // State shared by the job's threads.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
@@ -70,7 +173,13 @@ class Job : public Owned, public std::enable_shared_from_this<Job> {
       segIdx_++;
       segPos_ = 0;
     }
-    if (segIdx_ == segs.size()) return false;
+    if (segIdx_ == segs.size()) {
+      if (!share) return false;
+      if (!shareBack) return share->Front(chunk, p);
+      uint64_t align = std::max<uint64_t>(padTo, 1);
+      return share->Back(
+          chunk, align, [&](uint64_t bufOff) { return bounce || reinterpret_cast<uintptr_t>(target.data + bufOff) % align == 0; }, p);
+    }
     const Segment& s = segs[segIdx_];
     uint64_t n = std::min(chunk, s.len - segPos_);
     p = {s.fileOff + segPos_, s.bufOff + segPos_, n};
@@ -173,7 +282,14 @@ void Job::PopulateAhead(const std::atomic<bool>& stop) {
   // 8 MiB steps: big enough to amortise the call, small enough to stay just ahead of the reads.
   const uint64_t step = 8ull << 20;
   const uint64_t ps = PageSize();
-  for (const Segment& s : segs) {
+  // The front of a share is ours to read in order after our own segments; its back may be taken by the other job,
+  // whose pages we then fault in needlessly but harmlessly (a populate never changes a page that is there).
+  std::vector<const Segment*> order;
+  for (const Segment& s : segs) order.push_back(&s);
+  if (share && !shareBack)
+    for (const Segment& s : share->segs) order.push_back(&s);
+  for (const Segment* sp : order) {
+    const Segment& s = *sp;
     uint64_t lo = s.bufOff & ~(ps - 1);
     uint64_t hi = std::min((s.bufOff + Padded(s.len) + ps - 1) & ~(ps - 1), (target.size + ps - 1) & ~(ps - 1));
     lo = std::max(lo, populated.load(std::memory_order_relaxed));
@@ -227,7 +343,7 @@ void Job::Run() {
         }) != 0)
       populated = UINT64_MAX;
   }
-  if (!err.load() && !segs.empty()) {
+  if (!err.load() && (!segs.empty() || share)) {
     if (uring) {
       Uring u;
       int rc = u.Init(depth);
@@ -278,6 +394,76 @@ void Job::Teardown() {
 
 bool IsPow2(uint64_t x) { return x && !(x & (x - 1)); }
 
+// [fileOffset, bufOffset, length, ...] in increasing buffer order, padded ranges not overlapping; `end` gets the
+// last padded end.
+bool ReadSegments(const Args& a, Napi::Value sv, const std::string& what, uint64_t padTo, std::vector<Segment>& out, uint64_t& end) {
+  if (!sv.IsArray()) return a.TypeError(what, "an array of numbers");
+  auto arr = sv.As<Napi::Array>();
+  uint32_t n = arr.Length();
+  if (n % 3) return a.RangeError(what + ".length", "a multiple of 3 ([fileOffset, bufOffset, length, ...])");
+  auto padded = [&](uint64_t len) { return padTo > 1 ? (len + padTo - 1) / padTo * padTo : len; };
+  uint64_t prevEnd = 0;
+  for (uint32_t i = 0; i < n; i += 3) {
+    Segment s;
+    std::string at = what + "[" + std::to_string(i);
+    if (!a.U64(arr.Get(i), at + "] (fileOffset)", s.fileOff) || !a.U64(arr.Get(i + 1), what + "[" + std::to_string(i + 1) + "] (bufOffset)", s.bufOff) ||
+        !a.U64(arr.Get(i + 2), what + "[" + std::to_string(i + 2) + "] (length)", s.len, kMaxSafe, 1))
+      return false;
+    if (s.bufOff < prevEnd)
+      return a.RangeError(at + "+1] (bufOffset)", ">= " + std::to_string(prevEnd) + ": segments in increasing buffer order, padded ranges not overlapping");
+    if (s.fileOff + padded(s.len) > static_cast<uint64_t>(INT64_MAX)) return a.RangeError(at + "] + padded length", "<= 2^63-1");
+    prevEnd = s.bufOff + padded(s.len);
+    out.push_back(s);
+  }
+  end = prevEnd;
+  return true;
+}
+
+// workShare(segments) -> a WorkShare for two reads of one target (transfer's opts.share): one takes its pieces from
+// the front, the other (opts.shareBack) from the back once its own segments are read.
+Napi::Value WorkShareFn(const Napi::CallbackInfo& info) {
+  Args a(info, "workShare");
+  std::vector<Segment> segs;
+  uint64_t end;
+  if (!ReadSegments(a, a[0], "segments", 1, segs, end)) return {};
+  auto* held = new std::shared_ptr<WorkShare>(std::make_shared<WorkShare>(std::move(segs)));
+  auto ext = Napi::External<std::shared_ptr<WorkShare>>::New(a.env, held, [](Napi::Env, std::shared_ptr<WorkShare>* p) { delete p; });
+  if (ext.IsEmpty()) delete held;
+  if (ext.IsEmpty() || napi_type_tag_object(a.env, ext, &kWorkShareTag) != napi_ok) return {};
+  return ext;
+}
+
+bool ReadWorkShare(const Args& a, Napi::Value v, const std::string& what, std::shared_ptr<WorkShare>& out) {
+  if (!v.IsExternal() || !v.As<Napi::External<std::shared_ptr<WorkShare>>>().CheckTypeTag(&kWorkShareTag))
+    return a.TypeError(what, "a WorkShare (from workShare())");
+  out = *v.As<Napi::External<std::shared_ptr<WorkShare>>>().Data();
+  return true;
+}
+
+// workShareSwitch(share): the front takes no more; the back (direct I/O) takes what is left. Any time, once.
+Napi::Value WorkShareSwitch(const Napi::CallbackInfo& info) {
+  Args a(info, "workShareSwitch");
+  std::shared_ptr<WorkShare> w;
+  if (!ReadWorkShare(a, a[0], "share", w)) return {};
+  w->Switch();
+  return a.env.Undefined();
+}
+
+// workShareRest(share) -> [fileOffset, bufOffset, length, ...]: what neither job took, once both have ended.
+Napi::Value WorkShareRest(const Napi::CallbackInfo& info) {
+  Args a(info, "workShareRest");
+  std::shared_ptr<WorkShare> w;
+  if (!ReadWorkShare(a, a[0], "share", w)) return {};
+  auto rest = w->Rest();
+  auto arr = Napi::Array::New(a.env, rest.size() * 3);
+  for (size_t i = 0; i < rest.size(); i++) {
+    arr.Set(3 * i, Num(a.env, static_cast<double>(rest[i].fileOff)));
+    arr.Set(3 * i + 1, Num(a.env, static_cast<double>(rest[i].bufOff)));
+    arr.Set(3 * i + 2, Num(a.env, static_cast<double>(rest[i].len)));
+  }
+  return arr;
+}
+
 // transfer(opts, onProgress?) -> { promise, cancel() }. Every check happens before anything starts.
 Napi::Value Transfer(const Napi::CallbackInfo& info) {
   Args a(info, "transfer");
@@ -304,26 +490,17 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
   Napi::Value cbv = a[1];
   if (!cbv.IsUndefined() && !cbv.IsFunction()) return a.TypeError("onProgress", "a function or undefined"), Napi::Value();
   // Segments first: reading them can run JS (getters), which must not see a target we already hold a pointer into.
-  Napi::Value sv = o.Get("segments");
-  if (!sv.IsArray()) return a.TypeError("opts.segments", "an array of numbers"), Napi::Value();
-  auto arr = sv.As<Napi::Array>();
-  uint32_t n = arr.Length();
-  if (n % 3) return a.RangeError("opts.segments.length", "a multiple of 3 ([fileOffset, bufOffset, length, ...])"), Napi::Value();
   uint64_t prevEnd = 0;
-  for (uint32_t i = 0; i < n; i += 3) {
-    Segment s;
-    std::string at = "opts.segments[" + std::to_string(i);
-    if (!a.U64(arr.Get(i), at + "] (fileOffset)", s.fileOff) || !a.U64(arr.Get(i + 1), "opts.segments[" + std::to_string(i + 1) + "] (bufOffset)", s.bufOff) ||
-        !a.U64(arr.Get(i + 2), "opts.segments[" + std::to_string(i + 2) + "] (length)", s.len, kMaxSafe, 1))
-      return {};
-    uint64_t padded = j->Padded(s.len);
-    if (s.bufOff < prevEnd)
-      return a.RangeError(at + "+1] (bufOffset)", ">= " + std::to_string(prevEnd) + ": segments in increasing buffer order, padded ranges not overlapping"),
-             Napi::Value();
-    if (s.fileOff + padded > static_cast<uint64_t>(INT64_MAX)) return a.RangeError(at + "] + padded length", "<= 2^63-1"), Napi::Value();
-    prevEnd = s.bufOff + padded;
-    j->total += s.len;
-    j->segs.push_back(s);
+  if (!ReadSegments(a, o.Get("segments"), "opts.segments", j->padTo, j->segs, prevEnd)) return {};
+  for (const Segment& s : j->segs) j->total += s.len;
+  Napi::Value shv = o.Get("share");
+  if (!shv.IsUndefined()) {
+    if (!ReadWorkShare(a, shv, "opts.share", j->share)) return {};
+    Napi::Value back = o.Get("shareBack");
+    if (!back.IsUndefined() && !a.Bool(back, "opts.shareBack", j->shareBack)) return {};
+    if (j->write) return a.TypeError("opts.share", "undefined for a write", "ERR_INVALID_ARG_VALUE"), Napi::Value();
+    // The back only takes aligned pieces (never padded), the front is not padded: the share's own ends bound both.
+    for (const Segment& s : j->share->segs) prevEnd = std::max(prevEnd, s.bufOff + s.len);
   }
   // Hasher before the target, for the same reason as the segments.
   Napi::Value hv = o.Get("hash");
@@ -333,6 +510,10 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
   // The hash runs behind the job and pins what it has not hashed yet: only a region can be pinned from its thread.
   if (j->hasher && !j->target.lease) return a.TypeError("opts.target", "a Region when opts.hash is given"), Napi::Value();
   if (prevEnd > j->target.size) {
+    if (j->share)
+      for (const Segment& s : j->share->segs)
+        if (s.bufOff > j->target.size || s.len > j->target.size - s.bufOff)
+          return a.RangeError("opts.share (bufOffset + length)", "<= the target's size " + std::to_string(j->target.size)), Napi::Value();
     for (const Segment& s : j->segs) {
       uint64_t padded = j->Padded(s.len);
       if (s.bufOff > j->target.size || padded > j->target.size - s.bufOff)
@@ -378,6 +559,11 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void InitEngine(Napi::Env env, Napi::Object exports) { exports.Set("transfer", Napi::Function::New(env, Transfer, "transfer")); }
+void InitEngine(Napi::Env env, Napi::Object exports) {
+  exports.Set("transfer", Napi::Function::New(env, Transfer, "transfer"));
+  exports.Set("workShare", Napi::Function::New(env, WorkShareFn, "workShare"));
+  exports.Set("workShareSwitch", Napi::Function::New(env, WorkShareSwitch, "workShareSwitch"));
+  exports.Set("workShareRest", Napi::Function::New(env, WorkShareRest, "workShareRest"));
+}
 
 }  // namespace dmaload

@@ -5,6 +5,9 @@ import { splitByResidency } from '../src/pipeline/plan.js';
 import { setCache } from '../src/bench/bench.js';
 import { cachedBytes, evictFile, leakCheck, makeFile, sha256, tempDir, warmFile } from './helpers.js';
 
+// The rule these tests pin down (cached ranges copied): measured rates could choose direct I/O on another machine
+// (test/io-rates.test.ts covers that).
+process.env.DMALOAD_IO_RATES = 'off';
 const { dir, cleanup } = tempDir();
 after(cleanup);
 const MiB = 1024 * 1024;

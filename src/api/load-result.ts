@@ -9,6 +9,7 @@ import * as engine from '../engine/engine.js';
 import { zero } from '../engine/memory.js';
 import { RESIDENCY_HIDDEN, pageCacheBytes } from '../pipeline/cache.js';
 import type { Placement } from '../pipeline/plan.js';
+import { ioRatesPath } from '../pipeline/io-rates.js';
 import type { ScheduleResult } from '../pipeline/schedule.js';
 import type { OpenedFile } from '../pipeline/source.js';
 import type { Allocation, Part } from '../targets/index.js';
@@ -77,9 +78,15 @@ function reuseParts(parts: readonly Part[], size: number): Part[] {
  * file just written is all in the cache, and "io buffered" alone reads like a failure.
  */
 function cachedReason(src: OpenedFile, r: ScheduleResult): string | undefined {
-  if (!src.direct || r.copiedBytes === 0) return undefined;
-  const what = r.directBytes === 0 ? 'the whole file was' : `${formatBytes(r.copiedBytes)} of the file were`;
-  return `${what} in the page cache, so io 'auto' copied from it, faster than reading the device again; load --evict or evict() first to measure a cold load`;
+  if (!src.direct || r.cachedBytes === 0) return undefined;
+  const what = r.cachedBytes >= r.read ? 'the whole file was' : `${formatBytes(r.cachedBytes)} of the file were`;
+  const rate = (bytes: number, ms: number) => (ms > 0 && bytes > 0 ? ` at ${((bytes / ms) * 1e-6).toFixed(2)} GB/s` : '');
+  const how = {
+    rates: `io 'auto' read it by direct I/O${rate(r.directBytes, r.directMs)}, which this machine's measured rates say is faster than copying from the cache (${ioRatesPath()})`,
+    switched: `io 'auto' began copying from it${rate(r.copiedBytes, r.copyMs)} and, that being slower here than direct I/O, read the rest directly (${formatBytes(r.directBytes)}${rate(r.directBytes, r.directMs)})`,
+    copy: `io 'auto' copied ${formatBytes(r.copiedBytes)} from it${rate(r.copiedBytes, r.copyMs)}, faster here than reading the device again`,
+  }[r.decided ?? 'copy'];
+  return `${what} in the page cache: ${how}; load --evict or evict() first to measure a cold load`;
 }
 
 function stats({ src, plan, r, o, t0, c0 }: LoadDone, memory: 'fresh' | 'reused', memoryReason?: string): LoadStats {

@@ -6,6 +6,8 @@ import { formatBytes, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
 import { decideHugePages, measureIfWanted } from '../engine/first-touch.js';
 import { dropAdded, residentPages, uncachedRead } from '../pipeline/cache.js';
+import { rateBook } from '../pipeline/io-rates.js';
+import type { RateBook } from '../pipeline/io-rates.js';
 import { place } from '../pipeline/plan.js';
 import type { FileRange, Placement } from '../pipeline/plan.js';
 import { JobGroup, schedule } from '../pipeline/schedule.js';
@@ -129,7 +131,8 @@ async function loadInternal(
     const resident = seen ?? undefined;
     if (resident?.includes(1)) native.fadvise(src.fd, 0, 0, C.POSIX_FADV_RANDOM); // no readahead of what is not cached
     if (check) hash = new HashStream(src.size, src.path);
-    const { r, extra } = await readAll(src, alloc, plan, o, resident, check, hash);
+    const rates = o.io === 'auto' && src.direct && src.stat ? rateBook(src.stat.dev) : undefined;
+    const { r, extra } = await readAll(src, alloc, plan, o, { resident, rates, fresh: !reserved }, check, hash);
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
     const now = src.remote ? src.size : fstatSync(src.fd).size;
@@ -191,7 +194,7 @@ async function readAll(
   alloc: Allocation,
   plan: Placement & { size: number },
   o: Checked,
-  resident: Uint8Array | undefined,
+  how: { resident: Uint8Array | undefined; rates: RateBook | undefined; fresh: boolean },
   check: Verification | undefined,
   hash: HashStream | undefined,
 ): Promise<{ r: ScheduleResult; extra: Promise<number> | undefined }> {
@@ -204,7 +207,7 @@ async function readAll(
       segments: plan.segments,
       tuning: o.tuning,
       overlap: o.overlap,
-      resident,
+      ...how,
       group,
       hash,
       onProgress:

@@ -37,6 +37,15 @@ export interface TransferOptions {
   rwFlags?: number;
   /** Reads into a region: each completed request's bytes go to this hasher (verification while loading). */
   hash?: Hasher;
+  /** Reads: segments split with another job of the same target (workShare()), taken after this job's own. */
+  share?: WorkShare;
+  /** Take the share's pieces from its back (aligned pieces only, for direct I/O); else from its front. */
+  shareBack?: boolean;
+}
+
+/** Segments two reads of one target split as they go (workShare()); opaque. */
+export interface WorkShare {
+  readonly __workShare: unique symbol;
 }
 
 /** A running SHA-256 of one file (hashOpen()); opaque. */
@@ -157,6 +166,9 @@ export interface Native {
   /** 0 when the file takes RWF_DONTCACHE, else -errno (EOPNOTSUPP). Reads nothing. */
   uncachedProbe(fd: number): number;
   transfer(opts: TransferOptions, onProgress?: (bytes: number) => void): { promise: Promise<TransferResult>; cancel(): void };
+  workShare(segments: number[]): WorkShare;
+  workShareSwitch(share: WorkShare): void;
+  workShareRest(share: WorkShare): number[];
   hashOpen(total: number, onHashed?: (hashed: number) => void): { hasher: Hasher; promise: Promise<HashResult> } | number;
   hashFeed(h: Hasher, region: Region, bufOffset: number, fileOffset: number, length: number): void;
   hashEnd(h: Hasher): void;

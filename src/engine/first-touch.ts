@@ -53,7 +53,7 @@ export function thpMode(): string {
   return /\[(\w+)\]/.exec(readTrim('/sys/kernel/mm/transparent_hugepage/enabled'))?.[1] ?? 'unavailable';
 }
 
-function machineKey(): string {
+export function machineKey(): string {
   const defrag = /\[([\w+]+)\]/.exec(readTrim('/sys/kernel/mm/transparent_hugepage/defrag'))?.[1] ?? '';
   return `${os.release()} thp=${thpMode()} defrag=${defrag} mem=${os.totalmem()} cpus=${os.availableParallelism()}`;
 }
