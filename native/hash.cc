@@ -217,7 +217,7 @@ Napi::Value HashCancel(const Napi::CallbackInfo& info) {
 }
 
 // sha256(arrayBuffer | view, impl?) -> hex: hashes bytes in memory on the JS thread (tests, small inputs), with the
-// process's implementation or the one named ('sha-ni' | 'portable'; null where the CPU lacks it).
+// process's implementation or the one named ('openssl' | 'sha-ni' | 'portable'; null where the process or CPU lacks it).
 Napi::Value Sha256Fn(const Napi::CallbackInfo& info) {
   Args a(info, "sha256");
   Napi::Value v = a[0];
@@ -235,7 +235,8 @@ Napi::Value Sha256Fn(const Napi::CallbackInfo& info) {
   }
   std::string impl = Sha256Impl(), hex;
   if (!a[1].IsUndefined() && !a.Str(a[1], "impl", impl)) return {};
-  if (impl != "sha-ni" && impl != "portable") return a.TypeError("impl", "'sha-ni' or 'portable'", "ERR_INVALID_ARG_VALUE"), Napi::Value();
+  if (impl != "openssl" && impl != "sha-ni" && impl != "portable")
+    return a.TypeError("impl", "'openssl', 'sha-ni' or 'portable'", "ERR_INVALID_ARG_VALUE"), Napi::Value();
   if (!Sha256With(impl.c_str(), p ? p : reinterpret_cast<const uint8_t*>(""), n, hex)) return a.env.Null();
   return Napi::String::New(a.env, hex);
 }

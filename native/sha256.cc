@@ -3,6 +3,8 @@
 // instructions (state kept as ABEF/CDGH, four rounds per message vector).
 #include "sha256.h"
 
+#include <dlfcn.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -103,18 +105,65 @@ bool CpuHasShaNi() {
 
 using BlocksFn = void (*)(uint32_t*, const uint8_t*, size_t);
 
-BlocksFn Choose() {
+// OpenSSL's EVP digest API, looked up in the process (Node exports the OpenSSL it links) rather than linked: an addon
+// loaded by a Node without those symbols still loads, and hashes with its own code.
+struct Evp {
+  void* (*ctxNew)();
+  void (*ctxFree)(void*);
+  const void* (*sha256)();
+  int (*init)(void*, const void*, void*);
+  int (*update)(void*, const void*, size_t);
+  int (*final)(void*, unsigned char*, unsigned int*);
+};
+
+const Evp* FindEvp() {
+  static const Evp* evp = []() -> const Evp* {
+    static Evp e;
+    e.ctxNew = reinterpret_cast<void* (*)()>(dlsym(RTLD_DEFAULT, "EVP_MD_CTX_new"));
+    e.ctxFree = reinterpret_cast<void (*)(void*)>(dlsym(RTLD_DEFAULT, "EVP_MD_CTX_free"));
+    e.sha256 = reinterpret_cast<const void* (*)()>(dlsym(RTLD_DEFAULT, "EVP_sha256"));
+    e.init = reinterpret_cast<int (*)(void*, const void*, void*)>(dlsym(RTLD_DEFAULT, "EVP_DigestInit_ex"));
+    e.update = reinterpret_cast<int (*)(void*, const void*, size_t)>(dlsym(RTLD_DEFAULT, "EVP_DigestUpdate"));
+    e.final = reinterpret_cast<int (*)(void*, unsigned char*, unsigned int*)>(dlsym(RTLD_DEFAULT, "EVP_DigestFinal_ex"));
+    if (!e.ctxNew || !e.ctxFree || !e.sha256 || !e.init || !e.update || !e.final) return nullptr;
+    // One digest of nothing, checked: a library that answers wrongly is not used.
+    void* c = e.ctxNew();
+    if (!c) return nullptr;
+    unsigned char md[32];
+    unsigned int len = 0;
+    bool ok = e.init(c, e.sha256(), nullptr) == 1 && e.final(c, md, &len) == 1 && len == 32 && md[0] == 0xe3 && md[31] == 0x55;
+    e.ctxFree(c);
+    return ok ? &e : nullptr;
+  }();
+  return evp;
+}
+
+enum class Impl { OpenSsl, ShaNi, Portable };
+
+Impl Choose() {
   const char* force = getenv("DMALOAD_SHA256");
-  if (force && strcmp(force, "portable") == 0) return BlocksPortable;
+  bool shaNi = false;
 #if defined(__x86_64__)
-  if (CpuHasShaNi()) return BlocksShaNi;
+  shaNi = CpuHasShaNi();
 #endif
-  return BlocksPortable;
+  if (force && strcmp(force, "portable") == 0) return Impl::Portable;
+  if (force && strcmp(force, "sha-ni") == 0 && shaNi) return Impl::ShaNi;
+  // The well-kept implementation first: as fast as the SHA-NI loop on the CPUs measured (1.57 GB/s each on an EPYC,
+  // also on freshly DMA'd memory), and far faster than portable code where the CPU lacks SHA extensions.
+  if (FindEvp()) return Impl::OpenSsl;
+  return shaNi ? Impl::ShaNi : Impl::Portable;
+}
+
+Impl Chosen() {
+  static const Impl impl = Choose();
+  return impl;
 }
 
 BlocksFn Blocks() {
-  static const BlocksFn fn = Choose();
-  return fn;
+#if defined(__x86_64__)
+  if (Chosen() == Impl::ShaNi) return BlocksShaNi;
+#endif
+  return BlocksPortable;
 }
 
 const uint32_t kInit[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -150,10 +199,29 @@ std::string HashWith(BlocksFn fn, const uint8_t* p, size_t n) {
 
 }  // namespace
 
-Sha256::Sha256() { memcpy(h_, kInit, sizeof h_); }
+Sha256::Sha256() {
+  memcpy(h_, kInit, sizeof h_);
+  if (Chosen() == Impl::OpenSsl) {
+    const Evp* e = FindEvp();
+    evp_ = e->ctxNew();
+    if (evp_ && e->init(evp_, e->sha256(), nullptr) != 1) {
+      e->ctxFree(evp_);
+      evp_ = nullptr;
+    }
+    // No context (out of memory): this object hashes with its own code, to the same digest.
+  }
+}
+
+Sha256::~Sha256() {
+  if (evp_) FindEvp()->ctxFree(evp_);
+}
 
 void Sha256::Update(const uint8_t* p, size_t n) {
   total_ += n;
+  if (evp_) {
+    FindEvp()->update(evp_, p, n);
+    return;
+  }
   BlocksFn fn = Blocks();
   if (bufLen_) {
     size_t take = std::min(n, 64 - bufLen_);
@@ -171,11 +239,44 @@ void Sha256::Update(const uint8_t* p, size_t n) {
   bufLen_ = n;
 }
 
-std::string Sha256::HexDigest() { return Finish(h_, buf_, bufLen_, total_, Blocks()); }
+std::string Sha256::HexDigest() {
+  if (!evp_) return Finish(h_, buf_, bufLen_, total_, Blocks());
+  unsigned char md[32];
+  unsigned int len = 0;
+  FindEvp()->final(evp_, md, &len);
+  static const char hex[] = "0123456789abcdef";
+  std::string out(64, '0');
+  for (int i = 0; i < 32; i++) out[2 * i] = hex[md[i] >> 4], out[2 * i + 1] = hex[md[i] & 15];
+  return out;
+}
 
-const char* Sha256Impl() { return Blocks() == BlocksPortable ? "portable" : "sha-ni"; }
+const char* Sha256Impl() {
+  switch (Chosen()) {
+    case Impl::OpenSsl:
+      return "openssl";
+    case Impl::ShaNi:
+      return "sha-ni";
+    default:
+      return "portable";
+  }
+}
 
 bool Sha256With(const char* impl, const uint8_t* p, size_t n, std::string& hex) {
+  if (strcmp(impl, "openssl") == 0) {
+    const Evp* e = FindEvp();
+    if (!e) return false;
+    void* c = e->ctxNew();
+    if (!c) return false;
+    unsigned char md[32];
+    unsigned int len = 0;
+    bool ok = e->init(c, e->sha256(), nullptr) == 1 && e->update(c, p, n) == 1 && e->final(c, md, &len) == 1 && len == 32;
+    e->ctxFree(c);
+    if (!ok) return false;
+    static const char digits[] = "0123456789abcdef";
+    hex.assign(64, '0');
+    for (int i = 0; i < 32; i++) hex[2 * i] = digits[md[i] >> 4], hex[2 * i + 1] = digits[md[i] & 15];
+    return true;
+  }
   if (strcmp(impl, "portable") == 0) {
     hex = HashWith(BlocksPortable, p, n);
     return true;

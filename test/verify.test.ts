@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { dirname, join, relative } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { copy, load, loadModel, loadRanges, verifyFile } from '../src/index.js';
@@ -14,7 +15,7 @@ import type { TargetName } from '../src/index.js';
 import { C, native } from '../src/engine/binding.js';
 import { cli } from './cli/run.js';
 import { writeSafetensors } from './formats/model-files.js';
-import { bufferSha256, evictFile, leakCheck, makeFile, makeSparseFile, needsDirect, sha256, tempDir, testBase, uncachedMissing } from './helpers.js';
+import { bufferSha256, evictFile, leakCheck, makeFile, makeSparseFile, needsDirect, repoRoot, sha256, tempDir, testBase, uncachedMissing } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir('dmaload-verify-');
@@ -42,7 +43,7 @@ function flipped(path: string, name: string, at: number): string {
 }
 
 describe('SHA-256 implementations', () => {
-  for (const impl of ['sha-ni', 'portable'] as const) {
+  for (const impl of ['openssl', 'sha-ni', 'portable'] as const) {
     test(`${impl}: equal to OpenSSL's at block edges and odd sizes`, (t) => {
       if (native.sha256(new Uint8Array(1), impl) === null) return t.skip(`this CPU has no SHA extensions (${impl})`);
       for (const n of [0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 4095, 4096, 4097, MiB + 3]) {
@@ -51,9 +52,23 @@ describe('SHA-256 implementations', () => {
       }
     });
   }
-  test('the process uses the SHA extensions where the CPU has them', () => {
+  test("the process uses OpenSSL's SHA-256 (Node's), unless DMALOAD_SHA256 names another", () => {
     const cpu = readFileSync('/proc/cpuinfo', 'utf8');
-    assert.equal(native.sha256Impl, process.env.DMALOAD_SHA256 !== 'portable' && /\bsha_ni\b/.test(cpu) ? 'sha-ni' : 'portable');
+    const force = process.env.DMALOAD_SHA256;
+    const want = force === 'portable' ? 'portable' : force === 'sha-ni' && /\bsha_ni\b/.test(cpu) ? 'sha-ni' : 'openssl';
+    assert.equal(native.sha256Impl, want);
+    // And each choice, in a process of its own, loads a file to the right digest.
+    for (const impl of ['openssl', 'sha-ni', 'portable']) {
+      if (impl === 'sha-ni' && !/\bsha_ni\b/.test(cpu)) continue;
+      const f = makeFile(dir, `impl-${impl}`, 3 * MiB + 7);
+      const r = spawnSync(process.execPath, [join(repoRoot, 'bin', 'dmaload.js'), 'load', f.path, '--verify', 'on', '--json'], {
+        env: { ...process.env, DMALOAD_SHA256: impl },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const v = JSON.parse(r.stdout).verified;
+      assert.deepEqual([v.impl, v.sha256], [impl, f.sha256]);
+    }
   });
 });
 

@@ -45,7 +45,7 @@ export interface VerifyFileResult {
   bytesPerSec: number;
   /** Bytes of the file in the page cache afterwards; null where this user cannot know (a file it may not write). */
   pageCacheBytes: number | null;
-  impl: 'sha-ni' | 'portable';
+  impl: 'openssl' | 'sha-ni' | 'portable';
 }
 
 const VERIFY_FILE_OPTIONS = optionNames<VerifyFileOptions>()(['sha256', 'io', 'chunkSize', 'queueDepth', 'onProgress', 'signal', 'source']);

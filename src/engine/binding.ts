@@ -174,9 +174,9 @@ export interface Native {
   hashEnd(h: Hasher): void;
   hashCancel(h: Hasher): void;
   /** SHA-256 of bytes in memory on the JS thread, by the process's implementation or the one named (null: the CPU lacks it). */
-  sha256(bytes: ArrayBufferView | ArrayBuffer, impl?: 'sha-ni' | 'portable'): string | null;
+  sha256(bytes: ArrayBufferView | ArrayBuffer, impl?: 'openssl' | 'sha-ni' | 'portable'): string | null;
   /** What verification hashes with here: the x86 SHA extensions or portable code. */
-  readonly sha256Impl: 'sha-ni' | 'portable';
+  readonly sha256Impl: 'openssl' | 'sha-ni' | 'portable';
   queueOpen(opts: { fd: number; write: boolean; direct: boolean; depth: number; engine: 'uring' | 'threads'; rwFlags?: number }): Queue | number;
   queueSubmit(queue: Queue, target: TransferTarget, bufOffset: number, fileOffset: number, length: number): Promise<QueueResult>;
   queueCancel(queue: Queue): void;

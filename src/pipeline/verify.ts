@@ -37,8 +37,8 @@ export interface VerifiedStats {
   hashMs: number;
   /** Bytes read only to hash them (loadRanges/loadModel: what no wanted range covers, the header included); 0 for load(). */
   extraBytes: number;
-  /** 'sha-ni' (the x86 SHA extensions) or 'portable'. */
-  impl: 'sha-ni' | 'portable';
+  /** 'openssl' (the OpenSSL Node carries), 'sha-ni' (dmaload's own loop on the x86 SHA extensions) or 'portable'. */
+  impl: 'openssl' | 'sha-ni' | 'portable';
 }
 
 export const SHA256_HEX = /^[0-9a-f]{64}$/;

@@ -70,7 +70,7 @@ export interface ServedLoadStats {
   /** The server's time for this request, from receiving it to sending the reply, ms. */
   serverMs: number;
   /** The file's SHA-256, checked while the server loaded it (a hub-cache blob's name: load()'s verify 'auto'). */
-  verified?: { sha256: string; source: 'option' | 'hub-cache' | 'hub' | 'store' | 'computed'; impl: 'sha-ni' | 'portable' };
+  verified?: { sha256: string; source: 'option' | 'hub-cache' | 'hub' | 'store' | 'computed'; impl: 'openssl' | 'sha-ni' | 'portable' };
 }
 
 export interface LoadReplyBody {
