@@ -40,6 +40,11 @@ export interface BenchOptions {
   /** Only rows of these ios (the peers, fio and node-readFile, stay). */
   ios?: RowIo[];
   rounds?: number;
+  /**
+   * The run's time promise (ms, from the start, writing the file included): after the first round, the rounds left
+   * are cut to what fits (at least one in all), and onStatus says so. Undefined: every round runs.
+   */
+  timeBudgetMs?: number | undefined;
   cache?: CacheState;
   /** Drop every cache before cold rows (root only): echo 1 > /proc/sys/vm/drop_caches. */
   dropCaches?: boolean;
@@ -232,9 +237,26 @@ function benchDir(preferred?: string): string {
   return process.cwd();
 }
 
+/** About how long the run takes, from its first row (rows differ: a rough figure, said as the run starts). */
+function estimate(firstRowMs: number, rows: number, beforeMs: number): string {
+  const s = Math.round((beforeMs + firstRowMs * rows) / 1000);
+  return `about ${s < 120 ? `${s} s` : `${Math.round(s / 60)} min`} in all here (${rows} rows at the first one's pace; --rounds, --size and --methods make it shorter)`;
+}
+
+/** How many rounds fit `leftMs` after a first round of `roundMs`: at least the first. */
+export function fitRounds(roundMs: number, leftMs: number, rounds: number): { rounds: number; note: string } {
+  const n = Math.max(1, Math.min(rounds, 1 + Math.floor(Math.max(0, leftMs) / roundMs)));
+  const secs = (ms: number) => `${Math.round(ms / 1000)} s`;
+  return {
+    rounds: n,
+    note: `a round takes ${secs(roundMs)} here: ${n} of ${rounds} rounds keep the default run within its time (--rounds ${rounds} runs them all)`,
+  };
+}
+
 /** Runs the bench and returns its report. Removes a generated file however it ends (abort included). */
 export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
-  const rounds = o.rounds ?? 3;
+  const t0 = performance.now();
+  let rounds = o.rounds ?? 3;
   const cache = o.cache ?? 'cold';
   const methods = o.methods ?? [...METHODS];
   const tgts = o.targets ?? DEFAULT_TARGETS;
@@ -291,8 +313,9 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
     const skip: Array<string | undefined> = specs.map(
       (s) => (s.method === 'fio' || s.method === 'node-readFile' ? undefined : targetMissing(s.target)) ?? staticUnsupported(s),
     );
-    const total = rounds * skip.filter((s) => s === undefined).length;
+    let total = rounds * skip.filter((s) => s === undefined).length;
     let done = 0;
+    const tRows = performance.now();
     for (let r = 0; r < rounds; r++) {
       for (let i = 0; i < specs.length; i++) {
         o.signal?.throwIfAborted();
@@ -306,9 +329,19 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
         const m = spec.method === 'fio' ? await runFio(path, size, o.signal) : await runChild(spec, path, size, o.signal);
         if (m.sha256 !== undefined && m.sha256 !== want) m.reason = 'destination bytes differ from the source';
         measures[i]!.push(m);
-        o.onRow?.({ done: ++done, total, spec, round: r + 1, measure: m });
+        done++;
+        o.onRow?.({ done, total, spec, round: r + 1, measure: m });
+        if (done === 1) status(estimate(performance.now() - tRows, total, tRows - t0));
         // A row that cannot run (EXDEV, EFAULT, no fio) is reported once, not retried every round.
         if (!m.supported) skip[i] = m.reason ?? 'unsupported';
+      }
+      if (r === 0 && o.timeBudgetMs !== undefined) {
+        const fit = fitRounds(performance.now() - tRows, o.timeBudgetMs - (performance.now() - t0), rounds);
+        if (fit.rounds < rounds) {
+          total = Math.round((total / rounds) * fit.rounds);
+          rounds = fit.rounds;
+          status(fit.note);
+        }
       }
     }
     const rows = specs.map((spec, i) => ({ ...summarize(spec, measures[i]!, skip[i], size), startCacheBytes: startCache[i]! }));

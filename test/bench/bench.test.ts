@@ -6,6 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { bench } from '../../src/bench/index.js';
+import { fitRounds } from '../../src/bench/bench.js';
 import { DEFAULT_TARGETS, label, planRows } from '../../src/bench/rows.js';
 import { METHODS } from '../../src/bench/methods.js';
 import { makeFile, tempDir } from '../helpers.js';
@@ -58,6 +59,26 @@ describe('bench', () => {
     const cfr = row('copy_file_range', 'memfd', 'direct');
     if (!cfr.supported) assert.match(cfr.reason!, /^copy_file_range failed with E[A-Z]+/, 'measured by trying: the errno');
     if (!existsSync('/dev/udmabuf')) assert.match(row('dmaload', 'udmabuf', 'direct').reason!, /udmabuf/);
+  });
+
+  test('a time budget: after the first round only the rounds that fit run, and the run says so as it starts', async () => {
+    const f = makeFile(dir, 'budget', 4 * MiB + 1);
+    const said: string[] = [];
+    const common = { file: f.path, rounds: 3, targets: ['memory'] as ['memory'], methods: ['dmaload'] as ['dmaload'], onStatus: (m: string) => said.push(m) };
+    const rep = await bench({ ...common, timeBudgetMs: 1 });
+    assert.equal(rep.rounds, 1);
+    assert.ok(
+      said.some((m) => /^about \d+ s in all here/.test(m)),
+      said.join('\n'),
+    );
+    assert.ok(
+      said.some((m) => /1 of 3 rounds keep the default run within its time \(--rounds 3 runs them all\)/.test(m)),
+      said.join('\n'),
+    );
+    for (const r of rep.rows.filter((x) => x.supported)) assert.equal(r.verified, true);
+    // With room for every round, every round runs.
+    assert.equal((await bench({ ...common, timeBudgetMs: 3600e3 })).rounds, 3);
+    assert.deepEqual([fitRounds(30e3, 55e3, 3).rounds, fitRounds(20e3, 70e3, 3).rounds, fitRounds(50e3, -5e3, 3).rounds], [2, 3, 1]);
   });
 
   test("--verify: a load verified while reading and verifyFile, both hashing the source right; neither is the summary's best", async () => {
