@@ -56,7 +56,14 @@ export function loadReplyStats(body: LoadReplyBody, socket: string): { size: num
     /^[0-9a-f]{64}$/.test(v.sha256) &&
     (v.source === 'option' || v.source === 'hub-cache' || v.source === 'hub' || v.source === 'store' || v.source === 'computed')
   ) {
-    stats.verified = { algorithm: 'sha256', sha256: v.sha256, source: v.source, hashMs: 0, extraBytes: 0, impl: v.impl === 'portable' || v.impl === 'openssl' ? v.impl : 'sha-ni' };
+    stats.verified = {
+      algorithm: 'sha256',
+      sha256: v.sha256,
+      source: v.source,
+      hashMs: 0,
+      extraBytes: 0,
+      impl: v.impl === 'portable' || v.impl === 'openssl' ? v.impl : 'sha-ni',
+    };
   }
   return { size, stats };
 }
