@@ -27,6 +27,9 @@
 #ifndef STATX_MNT_ID_UNIQUE
 #define STATX_MNT_ID_UNIQUE 0x00004000U  // Linux 6.8: a mount id never reused
 #endif
+#ifndef STATX_DIOALIGN
+#define STATX_DIOALIGN 0x00002000U
+#endif
 
 namespace dmaload {
 
@@ -63,6 +66,9 @@ void CallInspect(Napi::Env env, Napi::Function cb, FdResult* r) {
       bool any = unique || (s.stx_mask & STATX_MNT_ID) != 0;
       o.Set("mntId", any ? Napi::Value(Napi::BigInt::New(env, static_cast<uint64_t>(s.stx_mnt_id))) : env.Null());
       o.Set("mntUnique", Napi::Boolean::New(env, unique));
+      bool dio = (s.stx_mask & STATX_DIOALIGN) != 0;
+      o.Set("dioMemAlign", Num(env, dio ? s.stx_dio_mem_align : 0));
+      o.Set("dioOffsetAlign", Num(env, dio ? s.stx_dio_offset_align : 0));
       cb.Call({o});
     }
   }
@@ -110,7 +116,7 @@ Napi::Value FdInspect(const Napi::CallbackInfo& info) {
   bool ok = RunDetached(
       a, a[1], "dmaload.fdInspect",
       [d](FdResult& r) {
-        unsigned mask = STATX_BASIC_STATS | STATX_MNT_ID | STATX_MNT_ID_UNIQUE;
+        unsigned mask = STATX_BASIC_STATS | STATX_MNT_ID | STATX_MNT_ID_UNIQUE | STATX_DIOALIGN;
         if (statx(d, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT, mask, &r.stx) < 0) r.rc = static_cast<int>(Err());
         int f = fcntl(d, F_GETFL);
         if (f < 0 && r.rc == 0) r.rc = static_cast<int>(Err());
@@ -135,6 +141,34 @@ Napi::Value FdClose(const Napi::CallbackInfo& info) {
   if (!RunDetached(
           a, a[1], "dmaload.fdClose", [fd](FdResult& r) { r.rc = close(fd) < 0 ? static_cast<int>(Err()) : 0; }, CallClose))
     return {};
+  return Ret(a.env, 0);
+}
+
+// fdOpen(fd, direct, callback): a new open file description of the file `fd` is open on (/proc/self/fd/N, read-only,
+// close-on-exec, O_DIRECT when `direct`), opened on a thread of its own through a duplicate (an open can wait on a
+// client's file system for good); callback(newFd | -errno). The new fd is JS's from the callback on.
+Napi::Value FdOpen(const Napi::CallbackInfo& info) {
+  Args a(info, "fdOpen");
+  int fd;
+  bool direct;
+  if (!a.Fd(a[0], "fd", fd) || !a.Bool(a[1], "direct", direct)) return {};
+  if (!a[2].IsFunction()) return a.TypeError("callback", "a function"), Napi::Value();
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (d < 0) return Ret(a.env, Err());
+  bool ok = RunDetached(
+      a, a[2], "dmaload.fdOpen",
+      [d, direct](FdResult& r) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", d);
+        int n = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | (direct ? O_DIRECT : 0));
+        r.rc = n < 0 ? static_cast<int>(Err()) : n;
+        close(d);
+      },
+      CallClose);
+  if (!ok) {
+    close(d);
+    return {};
+  }
   return Ret(a.env, 0);
 }
 
@@ -230,6 +264,7 @@ Napi::Value ErrnoName(const Napi::CallbackInfo& info) {
 void InitFdOps(Napi::Env env, Napi::Object exports) {
   exports.Set("fdInspect", Napi::Function::New(env, FdInspect, "fdInspect"));
   exports.Set("fdClose", Napi::Function::New(env, FdClose, "fdClose"));
+  exports.Set("fdOpen", Napi::Function::New(env, FdOpen, "fdOpen"));
   exports.Set("reopenFd", Napi::Function::New(env, ReopenFd, "reopenFd"));
   exports.Set("inotifyInit", Napi::Function::New(env, InotifyInit, "inotifyInit"));
   exports.Set("inotifyWatch", Napi::Function::New(env, InotifyWatch, "inotifyWatch"));

@@ -135,7 +135,7 @@ async function loadInternal(
     const { r, extra } = await readAll(src, alloc, plan, o, { resident, rates, fresh: !reserved }, check, hash);
     r.allocMs += allocMs;
     // A file that shrank (a short read) or grew while we read it: our copy may mix old and new bytes.
-    const now = src.remote ? src.size : fstatSync(src.fd).size;
+    const now = src.remote || src.checkedByCaller ? src.size : fstatSync(src.fd).size;
     if (r.short || r.read !== plan.bytesRead || now !== src.size) fileChanged(src.path, 'load', src.size, now);
     let verified: LoadStats['verified'];
     if (check && hash) {
@@ -229,7 +229,7 @@ async function readAll(
 async function verification(src: OpenedFile, segments: readonly number[], verify: VerifyOption): Promise<Verification | undefined> {
   // A local copy is put in place only with the object's SHA-256: computed, at least.
   const v = src.remote?.wantsHash && verify === 'auto' ? true : verify;
-  const expected = src.remote ? expectedFrom(src.remote.sha256, v, src.remote.sha256From) : await expectedFor(src.path, verify);
+  const expected = src.remote ? expectedFrom(src.remote.sha256, v, src.remote.sha256From) : await expectedFor(src.path, verify, src.resolvedPath);
   if (!expected) return undefined;
   const missing = gaps(segments, src.size);
   const extra = missing.reduce((n, g) => n + g.length, 0);

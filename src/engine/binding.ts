@@ -99,6 +99,9 @@ export interface FdInspection {
   /** STATX_MNT_ID_UNIQUE where the kernel has it (6.8+; never reused), else STATX_MNT_ID; null when neither. */
   mntId: bigint | null;
   mntUnique: boolean;
+  /** STATX_DIOALIGN: direct-I/O memory and offset alignment, 0 where the file system reports none. */
+  dioMemAlign: number;
+  dioOffsetAlign: number;
 }
 
 /** Exact counts of what the addon holds: tests assert they return to baseline after every failure and abort. */
@@ -216,6 +219,11 @@ export interface Native {
   fdClose(fd: number, callback: (rc: number) => void): number;
   /** A new open file description of the same file (open of /proc/self/fd/N), close-on-exec. */
   reopenFd(fd: number, flags: number): number;
+  /**
+   * fdOpen: the same, read-only (O_DIRECT when `direct`), opened on a native thread of its own; callback(newFd |
+   * -errno). Returns 0 or -errno (the call never started).
+   */
+  fdOpen(fd: number, direct: boolean, callback: (r: number) => void): number;
   inotifyInit(): number;
   inotifyWatch(ifd: number, fd: number, mask: number): number;
   inotifyUnwatch(ifd: number, wd: number): number;

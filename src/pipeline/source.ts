@@ -82,6 +82,16 @@ export interface OpenedFile {
    * Everything above the schedule (plan, targets, verify, ranks) is the same for both.
    */
   remote?: RemoteReader | undefined;
+  /**
+   * The caller checks the file's version after the load on threads of its own (dmaload serve, for a client's file):
+   * load() then asks the file nothing itself on the JS thread (no fstat for the size check).
+   */
+  checkedByCaller?: boolean;
+  /**
+   * The file's path as the kernel names it (readlink of /proc/self/fd/N), when the caller has it: verify 'auto' reads
+   * a hub-cache blob name from it without asking the file system (dmaload serve, for a client's file).
+   */
+  resolvedPath?: string;
   /** Closes what this module opened (never the caller's FileHandle). */
   close(): Promise<void>;
 }

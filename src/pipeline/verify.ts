@@ -49,7 +49,11 @@ export const SHA256_HEX = /^[0-9a-f]{64}$/;
  */
 export async function hubCacheSha256(path: string): Promise<string | undefined> {
   const real = await fsp.realpath(path).catch(() => undefined);
-  if (!real) return undefined;
+  return real ? hubBlobSha256(real) : undefined;
+}
+
+/** {@link hubCacheSha256} of a path already resolved (no symlink left in it): asks the file system nothing. */
+export function hubBlobSha256(real: string): string | undefined {
   const name = basename(real);
   const blobs = dirname(real);
   if (!SHA256_HEX.test(name) || basename(blobs) !== 'blobs' || !/^(models|datasets|spaces)--./.test(basename(dirname(blobs)))) return undefined;
@@ -241,10 +245,10 @@ export async function hashRanges(
  * What a read checks `path` against, or undefined (hash nothing): the caller's hash, else (verify 'auto' or true)
  * the hub-cache blob's name, else (verify true) nothing to compare, only a hash to report.
  */
-export async function expectedFor(path: string, verify: 'auto' | boolean | { sha256: string }): Promise<Expected | undefined> {
+export async function expectedFor(path: string, verify: 'auto' | boolean | { sha256: string }, resolved?: string): Promise<Expected | undefined> {
   if (verify === false) return undefined;
   if (typeof verify === 'object') return { sha256: verify.sha256, source: 'option' };
-  const h = await hubCacheSha256(path);
+  const h = resolved !== undefined ? hubBlobSha256(resolved) : await hubCacheSha256(path);
   if (h) return { sha256: h, source: 'hub-cache' };
   return verify === true ? { sha256: undefined, source: 'computed' } : undefined;
 }

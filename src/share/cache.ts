@@ -15,7 +15,7 @@
  * entries that nobody else holds (dropping one that is held frees nothing).
  * @module
  */
-import { load, loadOpened } from '../api/load.js';
+import { loadOpened } from '../api/load.js';
 import type { NumaNode } from '../engine/numa.js';
 import { allocate } from '../api/allocate.js';
 import { readInto } from '../api/rw.js';
@@ -27,6 +27,7 @@ import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import type { HugePages } from '../api/options.js';
 import { createMemfd } from '../targets/memfd.js';
+import { readlinkSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Sender } from './fds.js';
 import type { Holding, Ledger } from './ledger.js';
@@ -44,10 +45,28 @@ export interface FileVersion {
   size: number;
   mtimeNs: bigint;
   ctimeNs: bigint;
+  /** The file system's direct-I/O alignment (statx STATX_DIOALIGN; zeros: none), for the server's reopen. */
+  dio?: { memAlign: number; offsetAlign: number };
+}
+
+/** Where /proc says a received fd's file is (its dentry's path), or undefined. */
+function linkOf(fd: number): string | undefined {
+  try {
+    const l = readlinkSync(`/proc/self/fd/${fd}`);
+    return l.startsWith('/') && !l.endsWith(' (deleted)') ? l : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export function versionOf(st: FdInspection): FileVersion {
-  return { inode: `${st.mntId ?? '?'}:${st.devMajor}:${st.devMinor}:${st.ino}`, size: Number(st.size), mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+  return {
+    inode: `${st.mntId ?? '?'}:${st.devMajor}:${st.devMinor}:${st.ino}`,
+    size: Number(st.size),
+    mtimeNs: st.mtimeNs,
+    ctimeNs: st.ctimeNs,
+    dio: { memAlign: st.dioMemAlign ?? 0, offsetAlign: st.dioOffsetAlign ?? 0 },
+  };
 }
 
 function sameVersion(a: FileVersion, b: FileVersion): boolean {
@@ -97,6 +116,10 @@ export interface CacheOptions {
   releaseSource: (fd: number) => void;
   /** Re-inspects a client's fd off the JS thread (after a load: did the file change meanwhile?). */
   inspect: (fd: number, name: string, from: Sender) => Promise<FdInspection>;
+  /** Opens a client's file anew (read-only, O_DIRECT when asked) on the server's bounded threads (FdGuard.reopen). */
+  reopen: (fd: number, name: string, from: Sender, direct: boolean) => Promise<number>;
+  /** Closes fds of a client's file on the server's bounded threads, counted against `from` (FdGuard.release). */
+  release: (fds: number[], from: Sender, name: string) => void;
   /** Opens a reference the server may fetch (its own network options, cache and redirect rule). */
   openRef: (ref: string, signal: AbortSignal) => Promise<OpenedFile>;
   /** A load with no progress for this long is abandoned (ERR_SHARE_LOAD_STALLED), ms. */
@@ -437,7 +460,7 @@ export class Cache {
     let exported: Exported | undefined;
     let source = -1;
     try {
-      const r = await this.#read(fd, v.size, name);
+      const r = await this.#read(fd, v, name, from);
       exported = r.exported;
       const loadMs = msSince(t0);
       const now = versionOf(await this.#o.inspect(fd, name, from));
@@ -544,13 +567,15 @@ export class Cache {
     };
   }
 
-  async #read(fd: number, size: number, name: string): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
+  async #read(fd: number, v: FileVersion, name: string, from: Sender): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {
     const o = this.#o;
     const shape = this.#shape();
+    const size = v.size;
     let buf: LoadedBuffer;
     try {
-      // Our own open file description of the client's file: O_DIRECT there leaves the client's flags alone.
-      buf = await this.#watched(name, (w) => load(`/proc/self/fd/${fd}`, { ...shape, io: o.io, ...w }));
+      const src = await this.#reopen(fd, v, name, from);
+      // No page-cache probes of a client's file (mincore maps it): direct I/O where it opened so, else buffered.
+      buf = await this.#watched(name, (w) => loadOpened(src, { ...shape, io: src.direct ? 'direct' : 'buffered', ...w }));
     } catch (e) {
       const code = (e as { code?: string }).code;
       if (code !== 'EACCES' && code !== 'EPERM') throw e;
@@ -560,6 +585,53 @@ export class Cache {
     }
     const stats = servedStats(buf);
     return { exported: exportBuffer(buf, o.target), stats };
+  }
+
+  /**
+   * Our own open file descriptions of a client's file (O_DIRECT there leaves the client's flags alone), opened and
+   * closed on the server's bounded threads, and nothing else asked of its file system on the JS thread or libuv's
+   * shared pool: the size and alignment come from the inspection, the version is checked again after the load.
+   */
+  async #reopen(fd: number, v: FileVersion, name: string, from: Sender): Promise<OpenedFile> {
+    const o = this.#o;
+    const buffered = await o.reopen(fd, name, from, false);
+    let direct = -1;
+    let reason: string | undefined;
+    const dio = v.dio ?? { memAlign: 0, offsetAlign: 0 };
+    if (o.io === 'buffered') reason = undefined;
+    else if (dio.memAlign === 0 || dio.offsetAlign === 0) reason = 'the file system does not support direct I/O (statx reports no STATX_DIOALIGN)';
+    else {
+      try {
+        direct = await o.reopen(fd, name, from, true);
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EINVAL') {
+          o.release([buffered], from, name);
+          throw e;
+        }
+        reason = 'the file system does not support direct I/O (open() with O_DIRECT fails with EINVAL)';
+      }
+    }
+    if (direct < 0 && o.io === 'direct') {
+      o.release([buffered], from, name);
+      throw new DmaloadError('ERR_DIRECT_IO_UNSUPPORTED', `The file system of '${name}' does not support direct I/O; serve with io 'auto' or 'buffered'`, {
+        path: name,
+      });
+    }
+    return {
+      path: name,
+      fd: buffered,
+      directFd: direct,
+      direct: direct >= 0,
+      align: direct >= 0 ? dio : { memAlign: 0, offsetAlign: 0 },
+      rwFlags: 0,
+      size: v.size,
+      stat: undefined,
+      fallbackReason: reason,
+      checkedByCaller: true,
+      // procfs answers this from the open file itself: nothing is asked of the client's file system.
+      resolvedPath: linkOf(fd),
+      close: async () => o.release(direct >= 0 ? [buffered, direct] : [buffered], from, name),
+    };
   }
 
   async #readThroughFd(fd: number, size: number, name: string, shape: { target: ShareTarget }): Promise<{ exported: Exported; stats: Omit<Stats, 'loadMs'> }> {

@@ -285,7 +285,7 @@ export class FdGuard {
    * with its result, or rejects with ERR_SHARE_FD_TIMEOUT once the bound passes (a call that started is then counted
    * as stuck for `from.uid` until it returns; one still waiting for a thread is dropped).
    */
-  #bounded<T>(from: Sender, name: string, what: string, start: (cb: (r: T) => void) => number): Promise<T> {
+  #bounded<T>(from: Sender, name: string, what: string, start: (cb: (r: T) => void) => number, dispose?: (r: T) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let late = false;
       let running = false;
@@ -314,6 +314,7 @@ export class FdGuard {
             if (late) this.#count(this.#stuck, from.uid, -1);
             this.#ended(from.uid);
             if (!late) resolve(r);
+            else dispose?.(r); // what a call that returned too late made (an fd) is not the caller's any more
           });
         } catch (e) {
           clearTimeout(timer);
@@ -376,6 +377,24 @@ export class FdGuard {
     }
     const r = await this.#bounded<FdInspection | number>(from, name, 'statx', (cb) => native.fdInspect(fd, cb));
     if (typeof r === 'number') throw new DmaloadSystemError(r, 'statx', name);
+    return r;
+  }
+
+  /**
+   * A new read-only open file description of a received fd's file (O_DIRECT when `direct`), opened on one of the
+   * bounded threads with the time bound, so an open that waits on a client's file system for good holds one of its
+   * sender's threads, never libuv's shared pool; an fd opened after the bound is closed the same way. The caller owns
+   * the fd and hands it back with release().
+   */
+  async reopen(fd: number, name: string, from: Sender, direct: boolean): Promise<number> {
+    const r = await this.#bounded<number>(
+      from,
+      name,
+      direct ? 'an open with O_DIRECT' : 'an open',
+      (cb) => native.fdOpen(fd, direct, cb),
+      (late) => late >= 0 && this.release([late], from, name),
+    );
+    if (r < 0) throw new DmaloadSystemError(r, 'open', name);
     return r;
   }
 

@@ -188,6 +188,8 @@ export class Server implements ShareServer {
           log: this.#log,
           releaseSource: (fd) => this.#guard.release([fd], this.#own, 'a cached file'),
           inspect: (fd, name, from) => this.#guard.inspect(fd, name, from),
+          reopen: (fd, name, from, direct) => this.#guard.reopen(fd, name, from, direct),
+          release: (fds, from, name) => this.#guard.release(fds, from, name),
           stallMs: o.stallMs,
           budgetWaitMs: o.budgetWaitMs,
           openRef: (ref, signal) => {

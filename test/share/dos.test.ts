@@ -6,9 +6,21 @@
  * thread count (/proc/PID/status), its status counters, and bytes hashed against the file's.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  constants as fsConstants,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  promises as fsp,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -226,6 +238,45 @@ describe('serve: bounded threads, abandoned loads, a shutdown that finishes', ()
       server.proc.kill('SIGTERM');
     }
     assert.equal(await server.exited, 0, server.log());
+  });
+
+  test("a client's file is opened and closed on the server's own threads: loads go on while libuv's shared pool is stuck", async () => {
+    const f = makeFile(dir, 'pool-stuck', 8 * 1024 * 1024 + 3);
+    const server = await serve({ socket: sock() });
+    // Opens of FIFOs that no writer opens: every thread of this process's libuv pool waits (4 unless
+    // UV_THREADPOOL_SIZE says otherwise), as it did behind a client's file system that never answers an OPEN.
+    const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+    const fifos = Array.from({ length: threads }, (_, i) => join(dir, `pool-fifo-${i}`));
+    for (const p of fifos) execFileSync('mkfifo', [p]);
+    const stuck = fifos.map((p) => fsp.open(p, 'r'));
+    try {
+      // The client in a process of its own (its open of the file must not wait on this pool).
+      const script = `
+        const { connect } = await import(${JSON.stringify(join(repoRoot, 'dist', 'src', 'index.js'))});
+        const { createHash } = await import('node:crypto');
+        const c = await connect(process.argv[1]);
+        for (let i = 0; i < 2; i++) {
+          const b = await c.load(process.argv[2]);
+          console.log(createHash('sha256').update(b.bytes).digest('hex'), b.stats.io);
+          b.close();
+        }
+        c.close();`;
+      // Not spawnSync: the server runs in this process's event loop.
+      const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+        execFile(process.execPath, ['--input-type=module', '-e', script, server.socket, f.path], { encoding: 'utf8', timeout: 20_000 }, (e, stdout, stderr) =>
+          resolve({ status: e ? ((e as { code?: number }).code ?? null) : 0, stdout, stderr }),
+        );
+      });
+      assert.equal(r.status, 0, r.stderr || 'the client timed out: a load waited on the shared pool');
+      const lines = r.stdout.trim().split('\n');
+      assert.equal(lines.length, 2, r.stdout);
+      for (const l of lines) assert.equal(l.split(' ')[0], f.sha256);
+    } finally {
+      // Writers for the FIFOs: the pool's threads return.
+      for (const p of fifos) closeSync(openSync(p, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK));
+      for (const h of await Promise.all(stuck)) await h.close();
+      await server.close();
+    }
   });
 
   test('a load that makes no progress is abandoned after the stall timeout: coded error, budget released, nothing cached', async () => {
