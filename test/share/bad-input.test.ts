@@ -6,7 +6,7 @@
  * come back to where they were.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, constants as FS, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -158,6 +158,51 @@ describe('serve: bad input', () => {
     assert.equal((ok as RawReply).type, MessageType.LoadReply);
     assert.equal((ok as RawReply).id, 5);
     assert.equal((ok as RawReply).body.cached, true);
+    await flat();
+    await stillServes();
+  });
+
+  test('control messages other than SCM_RIGHTS (SCM_CREDENTIALS beside the fd, or alone) are ignored', async (t) => {
+    const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import socket; socket.SCM_CREDENTIALS']).status === 0);
+    if (!python) return t.skip('no python3 with socket.SCM_CREDENTIALS to send them');
+    // Node cannot attach SCM_CREDENTIALS; Python's sendmsg can (its own pid, uid and gid, which the kernel accepts).
+    const script = `
+import array, json, os, socket, struct, sys
+path, hexframe, file = sys.argv[1:4]
+out = []
+for with_fd in (True, False):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    anc = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack('iII', os.getpid(), os.getuid(), os.getgid()))]
+    fd = os.open(file, os.O_RDONLY) if with_fd else None
+    if fd is not None:
+        anc.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fd]).tobytes()))
+    s.sendmsg([bytes.fromhex(hexframe)], anc)
+    msg, ancdata, flags, _ = s.recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
+    got = array.array('i')
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got.frombytes(data[: len(data) - len(data) % 4])
+    body = json.loads(msg[16:])
+    out.append({'type': struct.unpack_from('<H', msg, 6)[0], 'code': body.get('code'), 'fds': len(got)})
+    for f in got:
+        os.close(f)
+    if fd is not None:
+        os.close(fd)
+    s.close()
+print(json.dumps(out))
+`;
+    const hex = Buffer.from(load(9)).toString('hex');
+    const r = await new Promise<{ err: Error | null; stdout: string; stderr: string }>((resolve) =>
+      execFile(python, ['-c', script, server.socket, hex, file.path], { encoding: 'utf8', timeout: 20_000 }, (err, stdout, stderr) =>
+        resolve({ err, stdout, stderr }),
+      ),
+    );
+    assert.equal(r.err, null, r.stderr);
+    const [withFd, alone] = JSON.parse(r.stdout) as Array<{ type: number; code: string | null; fds: number }>;
+    assert.equal(withFd!.type, MessageType.LoadReply, JSON.stringify(withFd));
+    assert.ok(withFd!.fds >= 1, 'the buffer came back');
+    assert.deepEqual([alone!.type, alone!.code], [MessageType.Error, 'ERR_SHARE_NO_FD']);
     await flat();
     await stillServes();
   });

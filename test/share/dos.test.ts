@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import {
+  appendFileSync,
   chmodSync,
   closeSync,
   constants as fsConstants,
@@ -388,6 +389,42 @@ describe('serve: loads that do not fit wait for room', () => {
       assert.ok(ok, 'the load fits once the held buffer is closed');
       assert.equal(bufferSha256(ok), other.sha256);
       ok.close();
+      c.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  test('a file truncated or extended while its load waits for room: ERR_FILE_CHANGED, nothing cached, the next load exact', async () => {
+    const MiB = 1024 * 1024;
+    const server = await serve({ socket: sock(), budget: 16 * MiB, budgetWait: 20_000 });
+    try {
+      const c = await connect(server.socket);
+      for (const change of ['truncate', 'extend'] as const) {
+        const hold = makeFile(dir, `hold-${change}`, 12 * MiB);
+        const held = await c.load(hold.path);
+        const f = makeFile(dir, `changing-${change}`, 8 * MiB + 5);
+        // Inspected (its size taken) at once, then queued: 12 + 8 MiB do not fit in 16.
+        const pending = c.load(f.path).then(
+          (b) => b,
+          (e: unknown) => e as { code?: string; message?: string },
+        );
+        const deadline = Date.now() + 5000;
+        while (server.status().queued < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        assert.equal(server.status().queued, 1, 'the load waits for room');
+        if (change === 'truncate') truncateSync(f.path, 4 * MiB);
+        else appendFileSync(f.path, Buffer.alloc(4096, 7));
+        held.close();
+        const r = await pending;
+        assert.ok(!('bytes' in (r as object)), 'no buffer for a file that changed');
+        assert.equal((r as { code?: string }).code, 'ERR_FILE_CHANGED', (r as { message?: string }).message);
+        // Nothing of the failed load was kept: the file as it is now loads afresh, byte-exact.
+        const now = readFileSync(f.path);
+        const b = await c.load(f.path);
+        assert.equal(bufferSha256(b), sha256(now));
+        assert.equal(b.stats.served?.cached, false);
+        b.close();
+      }
       c.close();
     } finally {
       await server.close();
