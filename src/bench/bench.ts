@@ -261,47 +261,9 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
   const methods = o.methods ?? [...METHODS];
   const tgts = o.targets ?? DEFAULT_TARGETS;
   const status = o.onStatus ?? (() => {});
-  let path = o.file;
-  let tmp: string | undefined;
+  const made: { tmp?: string } = {};
   try {
-    let size: number;
-    let want: string | undefined; // the source's SHA-256: from the generator, or read below
-    if (path === undefined) {
-      size = o.size ?? GiB;
-      const dir = benchDir(o.dir);
-      const free = statfsSync(dir);
-      if (free.bavail * free.bsize < size + 256 * MiB) {
-        throw new DmaloadError(
-          'ERR_BENCH_NO_SPACE',
-          `a ${formatBytes(size)} test file does not fit in ${dir} (${formatBytes(free.bavail * free.bsize)} free); pass a smaller --size or a FILE`,
-          { path: dir },
-        );
-      }
-      tmp = mkdtempSync(join(dir, 'dmaload-bench-'));
-      path = join(tmp, 'data.bin');
-      status(`writing a ${formatBytes(size)} seeded random file: ${path}`);
-      want = await writeSeededFileAsync(path, size, 0x5eed, o.signal);
-    } else {
-      const st = statSync(path);
-      requireRegular(st, path, 'stat');
-      size = st.size;
-      if (size === 0) throw new DmaloadError('ERR_BENCH_FILE_TOO_SMALL', `'${path}' is empty; the bench needs a file of at least 1 byte`, { path });
-    }
-    if (size > memAvailable() * 0.8) {
-      throw new DmaloadError(
-        'ERR_MEMORY_BUDGET',
-        `${formatBytes(size)} does not fit in free memory (${formatBytes(memAvailable())} available); use a smaller --size`,
-        { path },
-      );
-    }
-    if (want === undefined) {
-      status('hashing the source (direct I/O, no page cache)');
-      const src = await load(path, { io: 'auto', signal: o.signal });
-      const h = createHash('sha256');
-      for (const w of src.windows()) h.update(w); // any size: a hash takes at most 2 GiB at once
-      want = h.digest('hex');
-      src.close();
-    }
+    const { path, size, want } = await benchSource(o, status, made);
 
     const huge = hugetlbRows(size);
     if (huge.reason) status(huge.reason);
@@ -359,8 +321,55 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       summary: summaryOf(rows, cache),
     };
   } finally {
-    if (tmp) rmSync(tmp, { recursive: true, force: true });
+    if (made.tmp) rmSync(made.tmp, { recursive: true, force: true });
   }
+}
+
+/**
+ * The file the bench reads and its SHA-256: the caller's (hashed by direct I/O), or a seeded random one generated in
+ * a folder of its own, named in `made.tmp` as soon as it exists (the caller removes it however the run ends).
+ */
+async function benchSource(o: BenchOptions, status: (m: string) => void, made: { tmp?: string }): Promise<{ path: string; size: number; want: string }> {
+  let path = o.file;
+  let size: number;
+  let want: string | undefined; // the source's SHA-256: from the generator, or read below
+  if (path === undefined) {
+    size = o.size ?? GiB;
+    const dir = benchDir(o.dir);
+    const free = statfsSync(dir);
+    if (free.bavail * free.bsize < size + 256 * MiB) {
+      throw new DmaloadError(
+        'ERR_BENCH_NO_SPACE',
+        `a ${formatBytes(size)} test file does not fit in ${dir} (${formatBytes(free.bavail * free.bsize)} free); pass a smaller --size or a FILE`,
+        { path: dir },
+      );
+    }
+    made.tmp = mkdtempSync(join(dir, 'dmaload-bench-'));
+    path = join(made.tmp, 'data.bin');
+    status(`writing a ${formatBytes(size)} seeded random file: ${path}`);
+    want = await writeSeededFileAsync(path, size, 0x5eed, o.signal);
+  } else {
+    const st = statSync(path);
+    requireRegular(st, path, 'stat');
+    size = st.size;
+    if (size === 0) throw new DmaloadError('ERR_BENCH_FILE_TOO_SMALL', `'${path}' is empty; the bench needs a file of at least 1 byte`, { path });
+  }
+  if (size > memAvailable() * 0.8) {
+    throw new DmaloadError(
+      'ERR_MEMORY_BUDGET',
+      `${formatBytes(size)} does not fit in free memory (${formatBytes(memAvailable())} available); use a smaller --size`,
+      { path },
+    );
+  }
+  if (want === undefined) {
+    status('hashing the source (direct I/O, no page cache)');
+    const src = await load(path, { io: 'auto', signal: o.signal });
+    const h = createHash('sha256');
+    for (const w of src.windows()) h.update(w); // any size: a hash takes at most 2 GiB at once
+    want = h.digest('hex');
+    src.close();
+  }
+  return { path, size, want };
 }
 
 /** The rows the summary compares: dmaload's fastest on fresh memory, the reload, and the peers. */

@@ -83,6 +83,8 @@ export interface NginxOptions {
   keepaliveTimeout?: string;
   /** limit_rate (per request, bytes/s: 40m, 512k or a number) of /slow/ on the HTTP and HTTPS servers only; / stays unlimited. */
   limitRate?: string | number;
+  /** limit_rate of the blob host (the hub's CDN), per request as `limitRate`; unlimited when omitted. */
+  blobRate?: string | number;
   /** HTTP/2 on the HTTPS listener too (ALPN h2), besides HTTP/1.1. */
   http2?: boolean;
   /** Repositories of the hub site. */
@@ -479,7 +481,7 @@ http {
   }
   server {
     listen 127.0.0.2:${ports.blobs};
-    location /blobs/ { root "${prefix}"; }
+    location /blobs/ { root "${prefix}"; ${opts.blobRate === undefined ? '' : `limit_rate ${opts.blobRate};`} }
   }
 }
 `;

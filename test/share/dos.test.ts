@@ -416,7 +416,7 @@ describe('serve: loads that do not fit wait for room', () => {
         else appendFileSync(f.path, Buffer.alloc(4096, 7));
         held.close();
         const r = await pending;
-        assert.ok(!('bytes' in (r as object)), 'no buffer for a file that changed');
+        assert.ok(!('bytes' in r), 'no buffer for a file that changed');
         assert.equal((r as { code?: string }).code, 'ERR_FILE_CHANGED', (r as { message?: string }).message);
         // Nothing of the failed load was kept: the file as it is now loads afresh, byte-exact.
         const now = readFileSync(f.path);

@@ -8,12 +8,13 @@
  * timed as a whole command with the CPU of its process tree (getrusage of the children).
  *
  * Usage (root, for the namespace and tbf): node dist/tools/bench/net.js [--size 1GiB] [--link 2gbit] [--per-conn 40m]
- *   [--ttfb 20] [--rounds 3] [--https] [--unshaped] [--faults]
+ *   [--ttfb 20] [--rounds 3] [--https] [--unshaped] [--faults] [--pull]
+ * --pull: `dmaload pull` of a two-shard model from the hub-shaped site against huggingface_hub's snapshot_download.
  * --faults: dmaload alone, clean against 5 % 503s, 1 % resets and one 30 s stall (the issue's fault floor).
  * --unshaped: plain loopback, no namespace, no caps, no delay (the other figure of the issue's floors).
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +42,7 @@ const { values } = parseArgs({
     https: { type: 'boolean', default: false },
     unshaped: { type: 'boolean', default: false },
     faults: { type: 'boolean', default: false },
+    pull: { type: 'boolean', default: false },
     inner: { type: 'boolean', default: false },
     'client-ns': { type: 'string' },
   },
@@ -71,6 +73,7 @@ sys.stderr.write('%f %f %d\\n' % (s, r.ru_utime+r.ru_stime, r.ru_maxrss)); sys.s
 }
 
 async function inner(): Promise<void> {
+  if (values.pull) return pullRows();
   const size = parseSize(values.size)!;
   const dir = mkdtempSync(join(tmpdir(), 'dmaload-bench-net-'));
   const shm = mkdtempSync('/dev/shm/dmaload-bench-net-');
@@ -145,6 +148,72 @@ async function inner(): Promise<void> {
   await ng.stop();
   rmSync(dir, { recursive: true, force: true });
   rmSync(shm, { recursive: true, force: true });
+}
+
+/**
+ * `--pull`: a two-shard model of --size bytes on the hub-shaped nginx (its CDN host capped per connection like
+ * /slow/), both hosts behind delaying proxies on the capped link; `dmaload pull` against huggingface_hub's
+ * snapshot_download into empty hub caches, rounds alternating. HTTP only.
+ */
+async function pullRows(): Promise<void> {
+  const size = parseSize(values.size)!;
+  const shaped = !values.unshaped;
+  const dir = mkdtempSync(join(tmpdir(), 'dmaload-bench-pull-'));
+  const files = [1, 2].map((i) => ({ name: `model-0000${i}-of-00002.safetensors`, path: join(dir, `shard${i}.bin`), lfs: true }));
+  for (const [i, f] of files.entries()) writeSeededFile(f.path, Math.floor(size / 2), 11 + i);
+  writeFileSync(join(dir, 'config.json'), '{"model_type":"bench"}\n');
+  const commit = 'b'.repeat(40);
+  const ttfb = shaped ? Number(values.ttfb) : 0;
+  const host = shaped ? SERVER : '127.0.0.1';
+  // The CDN's proxy first: the hub's redirects name it; it learns nginx's blob port once nginx runs.
+  const cdn = await startFaultProxy({ target: 'http://127.0.0.2:1', ttfbMs: ttfb, host: shaped ? SERVER : '127.0.0.2' });
+  const ng = await startNginx({
+    hub: { repo: 'bench/model', commit, revs: { main: commit }, files: [...files, { name: 'config.json', path: join(dir, 'config.json'), lfs: false }] },
+    cdnBase: cdn.url,
+    ...(shaped ? { blobRate: values['per-conn'] } : {}),
+  });
+  cdn.setTarget(ng.urls.blobs);
+  const hub = await startFaultProxy({ target: ng.urls.hub, ttfbMs: ttfb, host });
+  const client = (cmd: string[]) => (values['client-ns'] ? ['nsenter', `--net=${values['client-ns']}`, '--', ...cmd] : cmd);
+  const python = process.env.DMALOAD_PYTHON ?? 'python3';
+  const rows: Record<string, (cache: string) => string[]> = {
+    'dmaload pull': () => ['node', bin, 'pull', 'bench/model', '--json'],
+    'huggingface_hub snapshot_download': () => [python, '-c', "import huggingface_hub as h; h.snapshot_download('bench/model')"],
+  };
+  const results: Record<string, Array<{ s: number; cpu: number }>> = {};
+  const rounds = Number(values.rounds);
+  for (let k = 0; k < rounds; k++) {
+    for (const [name, cmd] of Object.entries(rows)) {
+      const cache = mkdtempSync(join(dir, 'hub-'));
+      const env = {
+        ...process.env,
+        HF_ENDPOINT: hub.url,
+        HF_HUB_CACHE: cache,
+        HF_HOME: cache,
+        HF_HUB_DISABLE_TELEMETRY: '1',
+        HF_HUB_OFFLINE: '0',
+        NO_PROXY: '*',
+      };
+      const r = await timed(client(cmd(cache)), env);
+      rmSync(cache, { recursive: true, force: true });
+      (results[name] ??= []).push({ s: r.s, cpu: r.cpu });
+      process.stderr.write(`round ${k + 1} ${name}: ${(size / 1e6 / r.s).toFixed(0)} MB/s\n`);
+    }
+  }
+  const hf = median(results['huggingface_hub snapshot_download']!.map((r) => r.s));
+  console.log(
+    `\n${(size / 2 ** 30).toFixed(2)} GiB in two shards from the hub-shaped site over ${shaped ? `${values.link} link, ${values['per-conn']}B/s per connection, ${values.ttfb} ms to first byte` : 'unshaped loopback'}; medians of ${rounds} rounds`,
+  );
+  console.log('| row | s | MB/s | CPU s/GiB | × snapshot_download |\n| --- | ---: | ---: | ---: | ---: |');
+  for (const [name, rs] of Object.entries(results)) {
+    const s = median(rs.map((r) => r.s));
+    const cpu = median(rs.map((r) => r.cpu));
+    console.log(`| ${name} | ${s.toFixed(2)} | ${(size / 1e6 / s).toFixed(0)} | ${((cpu / size) * 2 ** 30).toFixed(2)} | ${(hf / s).toFixed(2)} |`);
+  }
+  await hub.close();
+  await cdn.close();
+  await ng.stop();
+  rmSync(dir, { recursive: true, force: true });
 }
 
 /** dmaload clean, then with faults injected by the proxy: 5 % 503 SlowDown, 1 % resets mid-body, one 30 s stall. */
