@@ -499,6 +499,9 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
     Napi::Value back = o.Get("shareBack");
     if (!back.IsUndefined() && !a.Bool(back, "opts.shareBack", j->shareBack)) return {};
     if (j->write) return a.TypeError("opts.share", "undefined for a write", "ERR_INVALID_ARG_VALUE"), Napi::Value();
+    // The front's pieces are not aligned: padded direct reads of them could pass a segment's end.
+    if (!j->shareBack && j->padTo > 1)
+      return a.TypeError("opts.shareBack", "true for a job with opts.padTo > 1 (the front takes unaligned pieces)", "ERR_INVALID_ARG_VALUE"), Napi::Value();
     // The back only takes aligned pieces (never padded), the front is not padded: the share's own ends bound both.
     for (const Segment& s : j->share->segs) prevEnd = std::max(prevEnd, s.bufOff + s.len);
   }

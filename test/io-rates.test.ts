@@ -221,6 +221,25 @@ describe('work share (native)', () => {
             }),
           { code: 'ERR_INVALID_ARG_VALUE' },
         );
+        // Padded (direct) reads take only aligned pieces, from the back.
+        assert.throws(
+          () =>
+            native.transfer({
+              fd,
+              write: false,
+              direct: true,
+              target: region,
+              segments: [],
+              chunk: 4096,
+              depth: 1,
+              padTo: 512,
+              engine: 'threads',
+              bounce: true,
+              populate: false,
+              share: native.workShare([0, 0, 10]),
+            }),
+          { code: 'ERR_INVALID_ARG_VALUE', message: /shareBack/ },
+        );
       } finally {
         closeSync(fd);
       }
