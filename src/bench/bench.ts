@@ -63,6 +63,8 @@ export interface Stat3 {
 }
 
 export interface BenchRow extends RowSpec {
+  /** The +verify row: median time the hash thread spent inside the load, ms. */
+  hashMs?: number;
   supported: boolean;
   reason: string | undefined;
   createMs: number;
@@ -109,6 +111,8 @@ export interface BenchReport {
   machine: { kernel: string; cpus: number; memory: number; fs: string; node: string };
   rows: BenchRow[];
   summary: BenchSummary;
+  /** With a +verify row: this process's SHA-256 alone on 64 MiB in memory (the sanity bound for the row's hashMs). */
+  hashAlone?: { impl: string; gbps: number };
 }
 
 /** Why a target cannot be used on this machine, or undefined. */
@@ -319,6 +323,7 @@ export async function bench(o: BenchOptions = {}): Promise<BenchReport> {
       machine: { kernel: os.release(), cpus: os.availableParallelism(), memory: os.totalmem(), fs: fsOf(path), node: process.versions.node },
       rows,
       summary: summaryOf(rows, cache),
+      ...(rows.some((r) => r.hashMs !== undefined) ? { hashAlone: hashAlone() } : {}),
     };
   } finally {
     if (made.tmp) rmSync(made.tmp, { recursive: true, force: true });
@@ -370,6 +375,18 @@ async function benchSource(o: BenchOptions, status: (m: string) => void, made: {
     src.close();
   }
   return { path, size, want };
+}
+
+/** The SHA-256 loads use, alone on 64 MiB of warm memory: the best of three, GB/s. */
+function hashAlone(): { impl: string; gbps: number } {
+  const buf = new Uint8Array(64 * MiB).fill(0x5a);
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) {
+    const t = performance.now();
+    native.sha256(buf);
+    best = Math.min(best, performance.now() - t);
+  }
+  return { impl: native.sha256Impl, gbps: Math.round((buf.length / best / 1e6) * 100) / 100 };
 }
 
 /** The rows the summary compares: dmaload's fastest on fresh memory, the reload, and the peers. */
@@ -430,6 +447,7 @@ function summarize(spec: RowSpec, ms: RowMeasure[], skipReason: string | undefin
     verified: spec.method === 'fio' ? null : ok.every((m) => m.reason === undefined && m.sha256 !== undefined),
     ioUsed: ok[0]!.ioUsed,
     memory: ok[0]!.memory,
+    ...(ok.every((m) => m.hashMs !== undefined) ? { hashMs: r2(median(ok.map((m) => m.hashMs!))) } : {}),
     startCacheBytes: 0,
     min: { ioMs: r2(io.min), mbps: Math.round(mb.min), cpuMs: r2(cpu.min) },
     max: { ioMs: r2(io.max), mbps: Math.round(mb.max), cpuMs: r2(cpu.max) },

@@ -94,6 +94,15 @@ export function summary(rep: BenchReport): string[] {
     ];
     out.push(`reload into memory already faulted in (${label(reload)}): ${parts.filter(Boolean).join(', ')}`);
   }
+  const v = rep.rows.find((r) => r.hashMs !== undefined && r.supported);
+  if (v && rep.hashAlone) {
+    const inLoad = rep.size / v.hashMs! / 1e6;
+    const starved = inLoad < 0.6 * rep.hashAlone.gbps;
+    out.push(
+      `hash inside the verified load: ${inLoad.toFixed(2)} GB/s (${v.hashMs!.toFixed(0)} ms); this machine's SHA-256 alone (${rep.hashAlone.impl}): ${rep.hashAlone.gbps.toFixed(2)} GB/s` +
+        (starved ? ' — under 0.6× of it: the load and the hash competed for CPUs' : ''),
+    );
+  }
   if (notCold.length) out.push(`warning: cold rounds of ${notCold.join(', ')} started with pages of the file still cached (mapped or locked by a process)`);
   return out;
 }

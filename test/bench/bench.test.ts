@@ -7,6 +7,7 @@ import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { bench } from '../../src/bench/index.js';
 import { fitRounds } from '../../src/bench/bench.js';
+import { native } from '../../src/engine/binding.js';
 import { DEFAULT_TARGETS, label, planRows } from '../../src/bench/rows.js';
 import { METHODS } from '../../src/bench/methods.js';
 import { makeFile, tempDir } from '../helpers.js';
@@ -88,10 +89,16 @@ describe('bench', () => {
     assert.deepEqual(rows.map((r) => label(r)).sort(), ['memory direct dmaload +verify', 'memory direct dmaload verifyFile']);
     for (const r of rows) assert.deepEqual([r.supported, r.verified], [true, true], label(r));
     assert.equal(rep.summary.best?.verify, undefined);
+    // The sanity bound: the hash's time inside the load, beside this machine's SHA-256 alone.
+    const v = rows.find((r) => r.verify === 'load')!;
+    assert.ok(v.hashMs! > 0, `hashMs ${v.hashMs}`);
+    assert.ok(rep.hashAlone!.gbps > 0.05 && rep.hashAlone!.gbps < 100, `alone ${rep.hashAlone!.gbps}`);
+    assert.equal(rep.hashAlone!.impl, native.sha256Impl);
     const r = await cli('bench', f.path, '--verify', '--rounds', '1', '--targets', 'memory', '--methods', 'dmaload');
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /dmaload \+verify/);
     assert.match(r.out, /dmaload verifyFile/);
+    assert.match(r.out, /hash inside the verified load: [\d.]+ GB\/s \(\d+ ms\); this machine's SHA-256 alone \((openssl|sha-ni|portable)\): [\d.]+ GB\/s/);
   });
 
   test('planRows: method × target × io, peers once; the default rows are few', () => {
