@@ -30,6 +30,8 @@ const bin = join(root, 'bin', 'dmaload.js');
 const NS = `dmaload-bench-${process.pid}`;
 /** The servers' address on the capped link (the clients' end is .1). */
 const SERVER = '10.77.0.2';
+/** The hub's CDN proxy (--pull), another host on the same link. */
+const CDN = '10.77.0.3';
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 const { values } = parseArgs({
@@ -166,7 +168,7 @@ async function pullRows(): Promise<void> {
   const ttfb = shaped ? Number(values.ttfb) : 0;
   const host = shaped ? SERVER : '127.0.0.1';
   // The CDN's proxy first: the hub's redirects name it; it learns nginx's blob port once nginx runs.
-  const cdn = await startFaultProxy({ target: 'http://127.0.0.2:1', ttfbMs: ttfb, host: shaped ? SERVER : '127.0.0.2' });
+  const cdn = await startFaultProxy({ target: 'http://127.0.0.2:1', ttfbMs: ttfb, host: shaped ? CDN : '127.0.0.2' });
   const ng = await startNginx({
     hub: { repo: 'bench/model', commit, revs: { main: commit }, files: [...files, { name: 'config.json', path: join(dir, 'config.json'), lfs: false }] },
     cdnBase: cdn.url,
@@ -276,6 +278,8 @@ if (values.inner || values.unshaped) {
     execFileSync('ip', ['addr', 'add', '10.77.0.1/24', 'dev', `${veth}a`]);
     execFileSync('ip', ['link', 'set', `${veth}a`, 'up']);
     ns('ip', 'addr', 'add', `${SERVER}/24`, 'dev', `${veth}b`);
+    // The hub's CDN on an address of its own (huggingface_hub follows a redirect to the same host, not to another).
+    ns('ip', 'addr', 'add', `${CDN}/24`, 'dev', `${veth}b`);
     ns('ip', 'link', 'set', `${veth}b`, 'up');
     // The server-to-client direction is the one a download fills.
     ns('tc', 'qdisc', 'replace', 'dev', `${veth}b`, 'root', 'tbf', 'rate', values.link, 'burst', '1mb', 'latency', '50ms');
