@@ -278,7 +278,8 @@ if (values.inner || values.unshaped) {
     execFileSync('ip', ['addr', 'add', '10.77.0.1/24', 'dev', `${veth}a`]);
     execFileSync('ip', ['link', 'set', `${veth}a`, 'up']);
     ns('ip', 'addr', 'add', `${SERVER}/24`, 'dev', `${veth}b`);
-    // The hub's CDN on an address of its own (huggingface_hub follows a redirect to the same host, not to another).
+    // The hub's CDN on an address of its own, as the real one: on the hub's address (another port), huggingface_hub's
+    // metadata request came back without X-Repo-Commit.
     ns('ip', 'addr', 'add', `${CDN}/24`, 'dev', `${veth}b`);
     ns('ip', 'link', 'set', `${veth}b`, 'up');
     // The server-to-client direction is the one a download fills.
