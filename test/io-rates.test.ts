@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { load } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
+import type { Region, TransferOptions } from '../src/engine/binding.js';
 import * as engine from '../src/engine/engine.js';
 import { machineKey } from '../src/engine/first-touch.js';
 import { anonymous } from '../src/engine/memory.js';
@@ -52,6 +53,14 @@ function readRates(): { copy?: { rate: number }; direct: Record<string, { rate: 
   return JSON.parse(readFileSync(ioRatesPath(), 'utf8'));
 }
 
+/** Copies (buffered) what a work share left (workShareRest) into `region`: the bytes it moved. */
+async function copyRest(fd: number, region: Region, segments: number[], path: string): Promise<number> {
+  if (segments.length === 0) return 0;
+  const tuning = { chunk: 4 * MiB, depth: 4 };
+  const r = await engine.run({ fd, write: false, direct: false, target: region, segments, padTo: 1, bounce: false, populate: false, tuning, path });
+  return r.bytes;
+}
+
 describe('work share (native)', () => {
   test('the back takes nothing until switched, then every aligned piece; the rest is the unaligned tail', async (t) => {
     if (needsDirect(t)) return;
@@ -89,19 +98,7 @@ describe('work share (native)', () => {
       assert.equal((await run(fd, false, share)).bytes, 0);
       const rest = native.workShareRest(share);
       assert.deepEqual(rest, [40 * MiB, 40 * MiB, 5]);
-      const c = await engine.run({
-        fd,
-        write: false,
-        direct: false,
-        target: region,
-        segments: rest,
-        padTo: 1,
-        bounce: false,
-        populate: false,
-        tuning: { chunk: 4 * MiB, depth: 4 },
-        path: f.path,
-      });
-      assert.equal(c.bytes, 5);
+      assert.equal(await copyRest(fd, region, rest, f.path), 5);
       assert.equal(sha256(new Uint8Array(native.view(region, 0, size))), f.sha256);
     } finally {
       native.munmap(region);
@@ -143,24 +140,10 @@ describe('work share (native)', () => {
       });
       const c = await front;
       const d = await back!;
-      const rest = native.workShareRest(share);
-      const r = rest.length
-        ? await engine.run({
-            fd,
-            write: false,
-            direct: false,
-            target: region,
-            segments: rest,
-            padTo: 1,
-            bounce: false,
-            populate: false,
-            tuning: common.tuning,
-            path: f.path,
-          })
-        : { bytes: 0 };
+      const r = await copyRest(fd, region, native.workShareRest(share), f.path);
       assert.ok(c.bytes < total, `front ${c.bytes} of ${total}`);
       assert.ok(d.bytes > 0, 'back');
-      assert.equal(c.bytes + d.bytes + r.bytes, total);
+      assert.equal(c.bytes + d.bytes + r, total);
       const all = new Uint8Array(native.view(region, 0, size));
       const want = readFileSync(f.path);
       for (let i = 0; i < segs.length; i += 3) {
@@ -184,62 +167,27 @@ describe('work share (native)', () => {
       const share = native.workShare([0, 0, 8192]);
       const fd = openSync(process.execPath, 'r');
       try {
+        const base: TransferOptions = {
+          fd,
+          write: false,
+          direct: false,
+          target: region,
+          segments: [],
+          chunk: 4096,
+          depth: 1,
+          padTo: 1,
+          engine: 'threads',
+          bounce: false,
+          populate: false,
+        };
         // The share's segments must fit the target like the job's own.
-        assert.throws(
-          () =>
-            native.transfer({
-              fd,
-              write: false,
-              direct: false,
-              target: region,
-              segments: [],
-              chunk: 4096,
-              depth: 1,
-              padTo: 1,
-              engine: 'threads',
-              bounce: false,
-              populate: false,
-              share,
-            }),
-          { name: 'RangeError' },
-        );
-        assert.throws(
-          () =>
-            native.transfer({
-              fd,
-              write: true,
-              direct: false,
-              target: region,
-              segments: [],
-              chunk: 4096,
-              depth: 1,
-              padTo: 1,
-              engine: 'threads',
-              bounce: false,
-              populate: false,
-              share: native.workShare([0, 0, 10]),
-            }),
-          { code: 'ERR_INVALID_ARG_VALUE' },
-        );
+        assert.throws(() => native.transfer({ ...base, share }), { name: 'RangeError' });
+        assert.throws(() => native.transfer({ ...base, write: true, share: native.workShare([0, 0, 10]) }), { code: 'ERR_INVALID_ARG_VALUE' });
         // Padded (direct) reads take only aligned pieces, from the back.
-        assert.throws(
-          () =>
-            native.transfer({
-              fd,
-              write: false,
-              direct: true,
-              target: region,
-              segments: [],
-              chunk: 4096,
-              depth: 1,
-              padTo: 512,
-              engine: 'threads',
-              bounce: true,
-              populate: false,
-              share: native.workShare([0, 0, 10]),
-            }),
-          { code: 'ERR_INVALID_ARG_VALUE', message: /shareBack/ },
-        );
+        assert.throws(() => native.transfer({ ...base, direct: true, padTo: 512, bounce: true, share: native.workShare([0, 0, 10]) }), {
+          code: 'ERR_INVALID_ARG_VALUE',
+          message: /shareBack/,
+        });
       } finally {
         closeSync(fd);
       }
