@@ -11,6 +11,8 @@ memfd pages are shmem) while it holds its tensors: a copy would add the file's s
 "Touched": every tensor's bytes summed as float32 (vectorised), the same on both sides; the sums must agree.
 
 Usage: python3 tools/bench/python_load.py [--size MiB] [--rounds N] [--dir DIR]
+(clients/python/bench/cold_load.py measures Client.load_safetensors and the page cache each method leaves; this one
+measures the drop-in load_file(), a second process and the server's start-up, the floors of issue #30.)
 Needs torch and safetensors (the venv .ci/run makes), node and the built checkout (npm install).
 """
 
@@ -27,6 +29,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CLI = os.path.join(ROOT, "bin", "dmaload.js")
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+# The Python client's own cold-load bench (Client.load_safetensors against safetensors, each method's page cache
+# left) has the eviction this one needs.
+sys.path.insert(0, os.path.join(ROOT, "clients", "python", "bench"))
+from cold_load import evict  # noqa: E402
 
 CHILD = r"""
 import json, os, sys, time
@@ -62,15 +68,6 @@ def meminfo(key):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def evict(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def make_file(path, size):
