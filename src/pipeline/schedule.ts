@@ -304,10 +304,14 @@ async function readSplit(
           tuning: r.tuning,
           path: src.path,
           signal: r.group.signal,
-          onProgress: (bytes) => {
-            probe?.see(slot, bytes);
-            progress?.(slot, bytes);
-          },
+          // Only when someone listens: each report is a call onto the JS thread.
+          onProgress:
+            probe || progress
+              ? (bytes) => {
+                  probe?.see(slot, bytes);
+                  progress?.(slot, bytes);
+                }
+              : undefined,
         })
         .then((res) => ((ms[slot] = msSince(t)), res)),
     );
