@@ -162,6 +162,60 @@ describe('share native: fd passing over SOCK_SEQPACKET', () => {
   });
 });
 
+describe("share native: fdOpen (the server reopens a client's file on a thread of its own)", () => {
+  test('a new description of the same file, O_DIRECT when asked; -errno for what cannot be opened; arguments checked', async () => {
+    const leaks = leakCheck();
+    const file = join(dir, 'reopened');
+    const bytes = seededBytes(64 * 1024, 3);
+    writeFileSync(file, bytes);
+    const fd = openSync(file, 'r');
+    // The addon's callback does not keep the process alive (a thread stuck for good must not): this timer does.
+    const open = (f: number, direct: boolean) =>
+      new Promise<number>((resolve, reject) => {
+        const alive = setTimeout(() => reject(new Error('fdOpen: no answer in 10 s')), 10_000);
+        const rc = native.fdOpen(f, direct, (r) => {
+          clearTimeout(alive);
+          resolve(r);
+        });
+        if (rc < 0) {
+          clearTimeout(alive);
+          reject(new Error(`fdOpen: errno ${-rc}`));
+        }
+      });
+    try {
+      for (const direct of [false, true]) {
+        const r = await open(fd, direct);
+        assert.ok(r >= 0, `fdOpen(direct ${direct}): errno ${-r}`);
+        try {
+          // The same file (dev, ino), a description of its own: its offset starts at 0 whatever the client's.
+          assert.deepEqual([fstatSync(r).dev, fstatSync(r).ino], [fstatSync(fd).dev, fstatSync(fd).ino]);
+          const got = Buffer.alloc(bytes.length);
+          if (!direct) {
+            assert.equal(readSync(r, got, 0, got.length, null), bytes.length);
+            assert.equal(sha256(got), sha256(bytes));
+          }
+        } finally {
+          closeSync(r);
+        }
+      }
+      // A socket is not a file /proc lets anyone open: the errno comes back, no fd.
+      const p = pair();
+      try {
+        const r = await open(p.client, false);
+        assert.ok(r < 0, `fdOpen of a socket: ${r}`);
+      } finally {
+        p.close();
+      }
+      assert.throws(() => native.fdOpen(-1, false, () => {}), rangeError);
+      assert.throws(() => native.fdOpen(fd, 'yes' as never, () => {}), typeError);
+      assert.throws(() => native.fdOpen(fd, false, undefined as never), typeError);
+    } finally {
+      closeSync(fd);
+    }
+    assert.equal(await leaks(), undefined);
+  });
+});
+
 describe('share native: the reactor', () => {
   test('reports readiness once per arm (EPOLLONESHOT), never reads itself; counted in live() until closed', async () => {
     const leaks = leakCheck();
