@@ -234,7 +234,9 @@ describe("load() with io 'auto' and measured rates", () => {
 
   test('no copy rate known and the device known to be faster: the copy is timed, then direct I/O takes the rest', async (t) => {
     if (needsDirect(t)) return;
-    const size = 256 * MiB + 4097;
+    // Large enough that the copy is still running when the JS thread hears of its progress (every 16 ms) and
+    // decides: at 256 MiB an ASan build's slower JS thread once heard too late, with nothing left to switch.
+    const size = 768 * MiB + 4097;
     const f = makeFile(dir, 'rates-switch', size);
     // A device a thousand times faster than any copy: the first timed stretch of copying loses.
     for (const verify of [true, false]) {
