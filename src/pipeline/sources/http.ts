@@ -23,6 +23,7 @@ import type { ErrorCode } from '../../core/errors.js';
 import { native } from '../../engine/binding.js';
 import type { Hasher, Region } from '../../engine/binding.js';
 import type { ReadIntoOptions } from '../source.js';
+import { Wire, WireUnsupported } from './wire.js';
 
 const MiB = 1024 * 1024;
 /** Documented caps and defaults (docs/sources.md). */
@@ -51,6 +52,11 @@ export interface HttpOptions {
    * ERR_SHARE_SOURCE_NOT_ALLOWED, before anything is asked of that address.
    */
   redirectAllowed?: ((url: string) => boolean) | undefined;
+  /**
+   * The chunks' first and largest size when `chunkSize` is not given (default 1 MiB and 16 MiB). An object store
+   * sets larger ones: each GET costs it a signature check and a subrequest.
+   */
+  chunkRange?: { min: number; max: number } | undefined;
 }
 
 /** What a transfer reports: bytes placed, requests, retries, and the most connections used at once. */
@@ -70,6 +76,33 @@ export function redact(url: string): string {
   } catch {
     return '(an invalid URL)';
   }
+}
+
+/**
+ * Whether ranged reads of `url` may go on the wire: DMALOAD_HTTP_WIRE is not 'off', and no proxy is in the way
+ * (HTTP_PROXY / HTTPS_PROXY set and NO_PROXY not naming the host: undici's EnvHttpProxyAgent goes through those).
+ */
+function wireAllowed(url: string): boolean {
+  const v = process.env.DMALOAD_HTTP_WIRE;
+  if (v !== undefined && v !== '' && v !== 'on' && v !== 'off') {
+    throw new DmaloadError('ERR_INVALID_ARG_VALUE', `DMALOAD_HTTP_WIRE is '${v}': use 'on' or 'off' (or leave it unset)`);
+  }
+  if (v === 'off') return false;
+  const u = new URL(url);
+  const env = process.env;
+  const proxy = u.protocol === 'https:' ? (env.https_proxy ?? env.HTTPS_PROXY) : (env.http_proxy ?? env.HTTP_PROXY);
+  if (!proxy) return true;
+  const host = u.hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  return (env.no_proxy ?? env.NO_PROXY ?? '')
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .some((entry) => {
+      const e = entry
+        .toLowerCase()
+        .replace(/:\d+$/, '')
+        .replace(/^\*?\./, '');
+      return e === '*' || host === e || host.endsWith(`.${e}`);
+    });
 }
 
 /** An HTTP status (or a network failure) that is worth another attempt. */
@@ -176,14 +209,19 @@ export class HttpObject {
   #throttled = false;
   /** The server answered 412 to its own ETag: conditions are dropped, each answer's ETag is compared instead. */
   #unpinned = false;
+  /** Ranged GETs' own connections (./wire.ts), where no proxy is in the way and the server frames its answers so. */
+  #wire: Wire | undefined;
+  /** The wire made, retired or not: close() closes it. */
+  #wireMade: Wire | undefined;
 
-  private constructor(url: string, info: HttpObjectInfo, dispatcher: Dispatcher, headers: Record<string, string>, o: Resolved) {
+  private constructor(url: string, info: HttpObjectInfo, dispatcher: Dispatcher, headers: Record<string, string>, o: Resolved, ca: string[] | undefined) {
     this.url = url;
     this.info = info;
     this.#dispatcher = dispatcher;
     this.#headers = headers;
     this.#o = o;
     this.#limit = Math.min(HTTP_DEFAULTS.startConnections, o.connections);
+    this.#wire = this.#wireMade = wireAllowed(url) ? new Wire(url, ca, o.stallMs) : undefined;
   }
 
   /** The size in bytes. */
@@ -233,7 +271,7 @@ export class HttpObject {
         () => {},
         async () => probe(dispatcher, u.href, { ...(o.headers ?? {}), ...(o.authorize ? await o.authorize() : {}) }, signal, o.redirectAllowed),
       );
-      const obj = new HttpObject(first.url, first.info, dispatcher, first.headers, o);
+      const obj = new HttpObject(first.url, first.info, dispatcher, first.headers, o, ca);
       obj.stats.requests += first.requests;
       return obj;
     } catch (e) {
@@ -243,6 +281,7 @@ export class HttpObject {
   }
 
   async close(): Promise<void> {
+    this.#wireMade?.close();
     await this.#dispatcher.destroy().catch(() => {});
     // A socket destroyed mid-body closes its fd on the event loop's next turns: close() returns after that.
     for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
@@ -324,7 +363,8 @@ export class HttpObject {
     // One abort listener per request in flight: bounded by the connections, not a leak.
     setMaxListeners(this.#o.connections * 2 + 16, inner);
     const fixed = this.#o.chunkSize;
-    let chunk = fixed ?? HTTP_DEFAULTS.chunkMin;
+    const range = this.#o.chunkRange ?? { min: HTTP_DEFAULTS.chunkMin, max: HTTP_DEFAULTS.chunkMax };
+    let chunk = fixed ?? range.min;
     let remaining = items.reduce((n, it) => n + it.len, 0);
     const queue = items.map((it) => ({ ...it, done: 0 }));
     let qi = 0;
@@ -370,11 +410,18 @@ export class HttpObject {
     let lastBytes = this.stats.bytes;
     let lastRate = 0;
     let growing = true;
+    let warm = false;
     const window = 250;
     const timer = setInterval(() => {
       const rate = (this.stats.bytes - lastBytes) / window;
       lastBytes = this.stats.bytes;
-      if (!fixed) chunk = Math.min(HTTP_DEFAULTS.chunkMax, chunk * 2);
+      if (!fixed) chunk = Math.min(range.max, chunk * 2);
+      // The first window holds the connections' set-up and first answers: any later one is faster, and counting it
+      // grew the connections past what the server could use (28 against one Swift proxy, where 8 did as well).
+      if (!warm) {
+        warm = true;
+        return;
+      }
       if (Date.now() < this.#frozenUntil) return;
       // After a throttle's pause, growth starts again from the halved level (additive increase, halving decrease).
       if (this.#throttled) {
@@ -433,7 +480,7 @@ export class HttpObject {
           this.stats.requests++;
           try {
             const auth = await this.#auth();
-            await get(this.#dispatcher, this.url, { ...this.#headers, ...auth, ...this.#pin(), range: `bytes=${from}-${to}` }, signal, {
+            await this.#get({ ...this.#headers, ...auth, ...this.#pin(), range: `bytes=${from}-${to}` }, signal, {
               start: (status, h) => this.#checkRange(status, h, from, to),
               data: (c) => {
                 if (at + c.length > end) throw sourceError('ERR_SOURCE_PROTOCOL', `'${redact(this.url)}' sent more bytes than the range asked for`, this.url);
@@ -456,6 +503,22 @@ export class HttpObject {
     } finally {
       if (view) native.unview(view.buffer);
     }
+  }
+
+  /** A ranged GET: on the wire, unless the server frames its answers otherwise (then through undici from now on). */
+  async #get(headers: Record<string, string>, signal: AbortSignal, sink: Parameters<typeof get>[4]): Promise<void> {
+    const wire = this.#wire;
+    if (wire) {
+      try {
+        return await wire.get(this.url, headers, signal, sink);
+      } catch (e) {
+        if (!(e instanceof WireUnsupported)) throw e;
+        // Requests in flight on it finish (or come back here); it keeps no connection after them.
+        if (this.#wire === wire) this.#wire = undefined;
+        wire.retire();
+      }
+    }
+    return get(this.#dispatcher, this.url, headers, signal, sink);
   }
 
   /** Checks a ranged answer's status and headers before a byte of its body lands. */

@@ -6,7 +6,7 @@
 import type { HttpObject, HttpOptions } from './http.js';
 
 /** Network options every call that takes a reference accepts (`source` option). */
-export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry' | 'authorize' | 'redirectAllowed'> {
+export interface SourceOptions extends Omit<HttpOptions, 'signal' | 'onRetry' | 'authorize' | 'redirectAllowed' | 'chunkRange'> {
   /** A bearer token for hf:// references (default: HF_TOKEN, else the token file huggingface_hub writes). */
   token?: string | undefined;
   /** The hub's address (default: HF_ENDPOINT, else https://huggingface.co). */

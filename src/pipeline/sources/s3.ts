@@ -99,6 +99,13 @@ async function sign(c: S3Context, u: URL, extra: Record<string, string> = {}): P
   return signed.headers;
 }
 
+/**
+ * Chunks for an object store: 8 MiB at first (the AWS SDKs' part size), growing to 32 MiB. Every GET costs the store
+ * a signature check and a subrequest; against a local Swift, 1 MiB chunks growing to 16 MiB cost its proxy 1.5× the
+ * CPU of 16–32 MiB ones and the load 1.4× the time (docs/benchmarks.md).
+ */
+const S3_CHUNKS = { min: 8 * 1024 * 1024, max: 32 * 1024 * 1024 };
+
 /** An S3 object as an HTTP object: SigV4 headers renewed every four minutes (a signature lives fifteen). */
 export async function resolveS3(ref: string, o: SourceOptions & { signal?: AbortSignal | undefined; onRetry?: HttpOptions['onRetry'] }): Promise<Resolved> {
   const { bucket, key } = parseS3(ref);
@@ -110,7 +117,7 @@ export async function resolveS3(ref: string, o: SourceOptions & { signal?: Abort
   const c = await context(o);
   const u = urlOf(c, bucket, key);
   const extra = { 'x-amz-checksum-mode': 'ENABLED' };
-  const object = await HttpObject.open(u.href, { ...o, authorize: () => sign(c, u, extra) });
+  const object = await HttpObject.open(u.href, { ...o, authorize: () => sign(c, u, extra), chunkRange: S3_CHUNKS });
   const b64 = object.info.meta['x-amz-checksum-sha256'];
   const type = object.info.meta['x-amz-checksum-type'];
   // A composite checksum (multipart uploads: "…-N", or type COMPOSITE) is not the object's SHA-256.

@@ -1,0 +1,236 @@
+/**
+ * The network source's own connections for ranged GETs (src/pipeline/sources/wire.ts), against a raw TCP server
+ * written here that answers ranged GETs the way real servers may: heads split over many writes, 103 Early Hints
+ * first, kept-alive connections closed between requests, more bytes than the body, 206 answers framed by chunked
+ * encoding (then undici reads them), and through a CONNECT proxy named by HTTP_PROXY (then undici goes through it).
+ *
+ * Oracles: the SHA-256 of the served bytes, the server's own count of requests and connections, the proxy's count of
+ * tunnels, error codes, and leakCheck() (fds, mappings, threads) around every load.
+ */
+import assert from 'node:assert/strict';
+import { createServer as createHttpServer } from 'node:http';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { load } from '../../src/index.js';
+import { bufferSha256, seededBytes, sha256 } from '../helpers.js';
+import { LOOPBACK, clean, rejects, withVars } from './common.js';
+
+// Loopback never goes through a proxy of the environment (the proxy test sets its own).
+for (const k of ['NO_PROXY', 'no_proxy']) process.env[k] = process.env[k] ? `${process.env[k]},${LOOPBACK}` : LOOPBACK;
+
+const MiB = 1024 * 1024;
+const SIZE = 6 * MiB + 4097;
+const data = seededBytes(SIZE, 77);
+const want = sha256(data);
+
+type Quirk = 'split-head' | 'early-hints' | 'close-after' | 'extra-bytes' | 'chunked' | 'plain';
+
+interface RawServer {
+  url: string;
+  requests: number;
+  connections: number;
+  close(): Promise<void>;
+}
+
+/** A raw HTTP/1.1 server of `data` with one quirk; ranged GETs only (the probe asks for bytes=0-0). */
+async function rawServer(quirk: Quirk): Promise<RawServer> {
+  const sockets = new Set<Socket>();
+  const state = { requests: 0, connections: 0 };
+  const server: Server = createServer((s) => {
+    sockets.add(s);
+    state.connections++;
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+    let pending = Buffer.alloc(0);
+    s.on('data', (d) => {
+      pending = Buffer.concat([pending, d]);
+      for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
+        const head = pending.subarray(0, end).toString('latin1');
+        pending = pending.subarray(end + 4);
+        state.requests++;
+        void answer(s, head);
+      }
+    });
+  });
+  async function answer(s: Socket, head: string): Promise<void> {
+    const m = /\r\nrange: bytes=(\d+)-(\d+)/i.exec(head);
+    const [from, to] = m ? [Number(m[1]), Math.min(SIZE - 1, Number(m[2]))] : [0, SIZE - 1];
+    const body = data.subarray(from, to + 1);
+    const status = m ? '206 Partial Content' : '200 OK';
+    const fields = [`HTTP/1.1 ${status}`, 'etag: "v1"', 'accept-ranges: bytes', `content-range: bytes ${from}-${to}/${SIZE}`];
+    if (quirk === 'chunked') {
+      s.write(`${fields.join('\r\n')}\r\ntransfer-encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n`);
+      s.write(body);
+      s.write('\r\n0\r\n\r\n');
+      return;
+    }
+    const whole = Buffer.concat([Buffer.from(`${fields.join('\r\n')}\r\ncontent-length: ${body.length}\r\n\r\n`), body]);
+    if (quirk === 'early-hints') s.write('HTTP/1.1 103 Early Hints\r\nlink: </x>; rel=preload\r\n\r\n');
+    if (quirk === 'split-head') {
+      // The head a few bytes at a time, each its own segment.
+      const headLen = whole.indexOf('\r\n\r\n') + 4;
+      for (let i = 0; i < headLen; i += 7) {
+        s.write(whole.subarray(i, Math.min(headLen, i + 7)));
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      s.write(whole.subarray(headLen));
+      return;
+    }
+    s.write(whole);
+    if (quirk === 'extra-bytes') s.write('garbage after the body');
+    // Kept alive as far as the head says, then closed: the client's next request on it finds it gone.
+    if (quirk === 'close-after') s.end();
+  }
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}/object.bin`,
+    get requests() {
+      return state.requests;
+    },
+    get connections() {
+      return state.connections;
+    },
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+const source = { connections: 2, chunkSize: 1 * MiB };
+
+describe('the wire: ranged GETs on connections of their own', () => {
+  before(() => {
+    delete process.env.DMALOAD_HTTP_WIRE;
+  });
+
+  for (const quirk of ['plain', 'split-head', 'early-hints', 'extra-bytes'] as const) {
+    test(`${quirk}: byte-exact, no retries`, async () => {
+      const srv = await rawServer(quirk);
+      try {
+        await clean(async () => {
+          const b = await load(srv.url, { source });
+          try {
+            assert.equal(bufferSha256(b), want);
+            assert.equal(b.stats.network!.retries, 0);
+            // The probe and one GET per MiB.
+            assert.equal(srv.requests, 1 + Math.ceil(SIZE / MiB));
+          } finally {
+            b.close();
+          }
+        });
+        // Kept alive: the probe's connection (undici's) and at most two of the wire's; more bytes than the body
+        // leave a connection out of step, which is never used again.
+        if (quirk !== 'extra-bytes') assert.ok(srv.connections <= 3, `${srv.connections} connections`);
+        else assert.equal(srv.connections, 1 + Math.ceil(SIZE / MiB));
+      } finally {
+        await srv.close();
+      }
+    });
+  }
+
+  test('a kept-alive connection the server closed is replaced without a retry', async () => {
+    const srv = await rawServer('close-after');
+    try {
+      await clean(async () => {
+        const b = await load(srv.url, { source: { connections: 1, chunkSize: 1 * MiB } });
+        try {
+          assert.equal(bufferSha256(b), want);
+          assert.equal(b.stats.network!.retries, 0);
+        } finally {
+          b.close();
+        }
+      });
+      // Every range on a new connection (the server closed each after its answer); a request sent before the close
+      // was seen is sent again on a new one.
+      assert.equal(srv.connections, 1 + Math.ceil(SIZE / MiB));
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('206 answers framed by chunked encoding: undici reads them, byte-exact', async () => {
+    const srv = await rawServer('chunked');
+    try {
+      await clean(async () => {
+        const b = await load(srv.url, { source });
+        try {
+          assert.equal(bufferSha256(b), want);
+          assert.equal(b.stats.network!.retries, 0);
+          // The wire's requests in flight (one per connection) saw the framing and gave their ranges to undici.
+          const ranges = Math.ceil(SIZE / MiB);
+          assert.ok(srv.requests >= 2 + ranges && srv.requests <= 1 + source.connections + ranges, `${srv.requests} requests`);
+        } finally {
+          b.close();
+        }
+      });
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('DMALOAD_HTTP_WIRE=off: every request through undici, byte-exact; another value is refused', async () => {
+    const srv = await rawServer('plain');
+    try {
+      await withVars({ DMALOAD_HTTP_WIRE: 'off', NO_PROXY: '*' }, async () => {
+        const b = await load(srv.url, { source });
+        assert.equal(bufferSha256(b), want);
+        b.close();
+      });
+      await withVars({ DMALOAD_HTTP_WIRE: 'sometimes', NO_PROXY: '*' }, async () => {
+        const e = await rejects(load(srv.url, { source }), 'ERR_INVALID_ARG_VALUE');
+        assert.match(e.message, /DMALOAD_HTTP_WIRE/);
+      });
+    } finally {
+      await srv.close();
+    }
+  });
+
+  test('with HTTP_PROXY set, ranged reads go through the proxy (undici), not around it', async () => {
+    const srv = await rawServer('plain');
+    let tunnels = 0;
+    let bytes = 0;
+    const proxy = createHttpServer((_q, r) => r.writeHead(405).end());
+    const open = new Set<Socket>();
+    proxy.on('connect', (req, client: Socket, head: Buffer) => {
+      tunnels++;
+      const [host, port] = String(req.url).split(':');
+      const up = connect(Number(port), host, () => {
+        client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        up.write(head);
+        up.on('data', (d: Buffer) => (bytes += d.length));
+        up.pipe(client);
+        client.pipe(up);
+      });
+      for (const s of [up, client]) {
+        open.add(s);
+        s.on('error', () => {});
+        s.on('close', () => open.delete(s));
+      }
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    try {
+      const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+      await withVars({ HTTP_PROXY: proxyUrl, http_proxy: proxyUrl }, async () => {
+        const b = await load(srv.url, { source });
+        try {
+          assert.equal(bufferSha256(b), want);
+        } finally {
+          b.close();
+        }
+      });
+      assert.ok(tunnels >= 1, 'no tunnel through the proxy');
+      // Every byte of the object came through the proxy.
+      assert.ok(bytes >= SIZE, `${bytes} bytes through the proxy`);
+    } finally {
+      for (const s of open) s.destroy();
+      await new Promise((r) => proxy.close(r));
+      await srv.close();
+    }
+  });
+});
+
+after(() => {
+  delete process.env.DMALOAD_HTTP_WIRE;
+});
