@@ -8,7 +8,7 @@
  * timed as a whole command with the CPU of its process tree (getrusage of the children).
  *
  * Usage (root, for the namespace and tbf): node dist/tools/bench/net.js [--size 1GiB] [--link 2gbit] [--per-conn 40m]
- *   [--ttfb 20] [--rounds 3] [--https] [--unshaped] [--faults] [--pull]
+ *   [--ttfb 20] [--rounds 3] [--https] [--unshaped] [--faults] [--pull] [--rows REGEX (only the rows it matches)]
  * --pull: `dmaload pull` of a two-shard model from the hub-shaped site against huggingface_hub's snapshot_download.
  * --faults: dmaload alone, clean against 5 % 503s, 1 % resets and one 30 s stall (the issue's fault floor).
  * --unshaped: plain loopback, no namespace, no caps, no delay (the other figure of the issue's floors).
@@ -47,6 +47,7 @@ const { values } = parseArgs({
     pull: { type: 'boolean', default: false },
     inner: { type: 'boolean', default: false },
     'client-ns': { type: 'string' },
+    rows: { type: 'string' },
   },
 });
 
@@ -122,7 +123,7 @@ async function inner(): Promise<void> {
   const rounds = Number(values.rounds);
   for (let k = 0; k < rounds; k++) {
     for (const [name, cmd] of Object.entries(rows)) {
-      if (!have(cmd[0]!)) continue;
+      if (!have(cmd[0]!) || (values.rows && !new RegExp(values.rows).test(name))) continue;
       const r = await timed(client(cmd), env);
       (results[name] ??= []).push({ s: r.s, cpu: r.cpu, rssKiB: r.rssKiB });
       rmSync(join(shm, 'curl.bin'), { force: true });
