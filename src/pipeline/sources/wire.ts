@@ -52,6 +52,8 @@ class Conn {
   used = false;
   /** Whether any byte of the last answer arrived (a kept connection that failed before one was stale). */
   answered = false;
+  /** What failed first (a stall while connecting is reported as such, not as the close that followed). */
+  #failure: Error | undefined;
   #ready: Promise<void>;
 
   constructor(u: URL, ca: string[] | undefined, stallMs: number) {
@@ -73,7 +75,7 @@ class Conn {
     this.#ready = new Promise<void>((resolve, reject) => {
       this.socket.once(tlsOn ? 'secureConnect' : 'connect', resolve);
       this.socket.once('error', reject);
-      this.socket.once('close', () => reject(netError('ECONNRESET', 'the connection closed before it was made')));
+      this.socket.once('close', () => reject(this.#failure ?? netError('ECONNRESET', 'the connection closed before it was made')));
     });
     // Awaited only for a connection being made; a rejection after that is the same failure #fail reports.
     this.#ready.catch(() => {});
@@ -139,9 +141,11 @@ class Conn {
 
   #fail(e: unknown): void {
     this.dead = true;
+    const err = e instanceof Error ? e : new Error(String(e));
+    this.#failure ??= err;
     const ex = this.ex;
     if (!this.socket.destroyed) this.socket.destroy();
-    ex?.done(e instanceof Error ? e : new Error(String(e)));
+    ex?.done(err);
   }
 
   #read(n: number, b: Buffer): void {
@@ -263,7 +267,7 @@ export class Wire {
   /** Keeps no connection once its request is done (those in flight finish); closes the idle ones. */
   retire(): void {
     this.#retired = true;
-    for (const c of this.#idle) this.#drop(c);
+    for (const c of [...this.#idle]) this.#drop(c);
   }
 
   /** Closes every connection. */
