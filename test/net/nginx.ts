@@ -85,6 +85,8 @@ export interface NginxOptions {
   limitRate?: string | number;
   /** limit_rate of the blob host (the hub's CDN), per request as `limitRate`; unlimited when omitted. */
   blobRate?: string | number;
+  /** More names of the HTTPS certificate (`IP:10.77.0.2`, `DNS:cdn.test`): a relay on another address. */
+  tlsNames?: string[];
   /** HTTP/2 on the HTTPS listener too (ALPN h2), besides HTTP/1.1. */
   http2?: boolean;
   /** Repositories of the hub site. */
@@ -167,7 +169,7 @@ export async function startNginx(opts: NginxOptions = {}): Promise<Nginx> {
       mkdirSync(join(prefix, d), { recursive: true });
     const root = opts.root ?? join(prefix, 'www');
     for (const p of [prefix, root]) if (/["$\\\n;{}]/.test(p)) throw new Error(`path ${JSON.stringify(p)} cannot go into an nginx config`);
-    const caPath = makeCertificates(join(prefix, 'tls'));
+    const caPath = makeCertificates(join(prefix, 'tls'), opts.tlsNames);
     const repos = opts.hub === undefined ? [] : Array.isArray(opts.hub) ? opts.hub : [opts.hub];
     const prepared = await Promise.all(repos.map((r) => prepareRepo(r, prefix)));
 
@@ -221,7 +223,7 @@ async function freePorts(hosts: string[]): Promise<number[]> {
 }
 
 /** A CA and a server certificate for 127.0.0.1, 127.0.0.2 and localhost (EC P-256: generated in milliseconds). */
-function makeCertificates(dir: string): string {
+function makeCertificates(dir: string, names: string[] = []): string {
   const run = (args: string[]) => {
     const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8', env: toolEnv() });
     if (r.error) throw new Error(`openssl: ${r.error.message}`);
@@ -232,7 +234,7 @@ function makeCertificates(dir: string): string {
   run(['req', '-new', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost']);
   writeFileSync(
     join(dir, 'server.ext'),
-    'subjectAltName = IP:127.0.0.1, IP:127.0.0.2, DNS:localhost\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n',
+    `subjectAltName = ${['IP:127.0.0.1', 'IP:127.0.0.2', 'DNS:localhost', ...names].join(', ')}\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n`,
   );
   run([
     'x509',

@@ -15,6 +15,7 @@
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,6 +76,29 @@ sys.stderr.write('%f %f %d\\n' % (s, r.ru_utime+r.ru_stime, r.ru_maxrss)); sys.s
   });
 }
 
+/** A TCP relay on `host` to `target`'s port, each chunk from the client held `ms` first (order kept). */
+async function delayRelay(target: URL, host: string, ms: number): Promise<{ url: string; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((c) => {
+    const up = connect(Number(target.port), target.hostname);
+    for (const s of [c, up]) {
+      sockets.add(s);
+      s.on('error', () => (c.destroy(), up.destroy()));
+      s.on('close', () => (sockets.delete(s), c.destroy(), up.destroy()));
+    }
+    c.on('data', (d: Buffer) => void setTimeout(() => up.write(d), ms));
+    up.pipe(c);
+  });
+  await new Promise<void>((r) => server.listen(0, host, r));
+  return {
+    url: `https://${host}:${(server.address() as AddressInfo).port}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
 async function inner(): Promise<void> {
   if (values.pull) return pullRows();
   const size = parseSize(values.size)!;
@@ -82,10 +106,13 @@ async function inner(): Promise<void> {
   const shm = mkdtempSync('/dev/shm/dmaload-bench-net-');
   const sha = writeSeededFile(join(dir, 'data.bin'), size, 7);
   const shaped = !values.unshaped;
-  const ng = await startNginx({ root: dir, ...(shaped ? { limitRate: values['per-conn'] } : {}) });
+  const ng = await startNginx({ root: dir, tlsNames: [`IP:${SERVER}`], ...(shaped ? { limitRate: values['per-conn'] } : {}) });
   const base = values.https ? ng.urls.https : ng.urls.http;
   const proxy = shaped && !values.https ? await startFaultProxy({ target: ng.urls.http, ttfbMs: Number(values.ttfb), host: SERVER }) : undefined;
-  const url = `${proxy ? proxy.url : base}${shaped ? '/slow' : ''}/data.bin`;
+  // HTTPS across the link: a TCP relay on the server's address (TLS passes through it), each request delayed by
+  // --ttfb as the HTTP proxy delays each answer's first byte.
+  const relay = shaped && values.https ? await delayRelay(new URL(ng.urls.https), SERVER, Number(values.ttfb)) : undefined;
+  const url = `${proxy ? proxy.url : relay ? relay.url : base}${shaped ? '/slow' : ''}/data.bin`;
   // The clients run in the namespace the bench started in: across the capped link.
   const client = (cmd: string[]) => (values['client-ns'] ? ['nsenter', `--net=${values['client-ns']}`, '--', ...cmd] : cmd);
   const env = { ...process.env, NODE_EXTRA_CA_CERTS: ng.caPath };
@@ -148,6 +175,7 @@ async function inner(): Promise<void> {
     );
   }
   await proxy?.close();
+  await relay?.close();
   await ng.stop();
   rmSync(dir, { recursive: true, force: true });
   rmSync(shm, { recursive: true, force: true });
