@@ -13,9 +13,8 @@
  * --faults: dmaload alone, clean against 5 % 503s, 1 % resets and one 30 s stall (the issue's fault floor).
  * --unshaped: plain loopback, no namespace, no caps, no delay (the other figure of the issue's floors).
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,15 +23,11 @@ import { parseSize } from '../../src/core/util.js';
 import { writeSeededFile } from '../../src/bench/data.js';
 import { startNginx } from '../../test/net/nginx.js';
 import { startFaultProxy } from '../../test/net/faultproxy.js';
+import { CDN, SERVER, clientCommand, delayRelay, runShaped } from './shaped.js';
 
 const here = fileURLToPath(import.meta.url);
 const root = resolve(dirname(here), '../../..');
 const bin = join(root, 'bin', 'dmaload.js');
-const NS = `dmaload-bench-${process.pid}`;
-/** The servers' address on the capped link (the clients' end is .1). */
-const SERVER = '10.77.0.2';
-/** The hub's CDN proxy (--pull), another host on the same link. */
-const CDN = '10.77.0.3';
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 const { values } = parseArgs({
@@ -76,29 +71,6 @@ sys.stderr.write('%f %f %d\\n' % (s, r.ru_utime+r.ru_stime, r.ru_maxrss)); sys.s
   });
 }
 
-/** A TCP relay on `host` to `target`'s port, each chunk from the client held `ms` first (order kept). */
-async function delayRelay(target: URL, host: string, ms: number): Promise<{ url: string; close: () => Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const server = createServer((c) => {
-    const up = connect(Number(target.port), target.hostname);
-    for (const s of [c, up]) {
-      sockets.add(s);
-      s.on('error', () => (c.destroy(), up.destroy()));
-      s.on('close', () => (sockets.delete(s), c.destroy(), up.destroy()));
-    }
-    c.on('data', (d: Buffer) => void setTimeout(() => up.write(d), ms));
-    up.pipe(c);
-  });
-  await new Promise<void>((r) => server.listen(0, host, r));
-  return {
-    url: `https://${host}:${(server.address() as AddressInfo).port}`,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
-}
-
 async function inner(): Promise<void> {
   if (values.pull) return pullRows();
   const size = parseSize(values.size)!;
@@ -111,10 +83,10 @@ async function inner(): Promise<void> {
   const proxy = shaped && !values.https ? await startFaultProxy({ target: ng.urls.http, ttfbMs: Number(values.ttfb), host: SERVER }) : undefined;
   // HTTPS across the link: a TCP relay on the server's address (TLS passes through it), each request delayed by
   // --ttfb as the HTTP proxy delays each answer's first byte.
-  const relay = shaped && values.https ? await delayRelay(new URL(ng.urls.https), SERVER, Number(values.ttfb)) : undefined;
-  const url = `${proxy ? proxy.url : relay ? relay.url : base}${shaped ? '/slow' : ''}/data.bin`;
+  const relay = shaped && values.https ? await delayRelay(new URL(ng.urls.https), SERVER, { delayMs: Number(values.ttfb) }) : undefined;
+  const url = `${proxy ? proxy.url : relay ? `https://${relay.host}:${relay.port}` : base}${shaped ? '/slow' : ''}/data.bin`;
   // The clients run in the namespace the bench started in: across the capped link.
-  const client = (cmd: string[]) => (values['client-ns'] ? ['nsenter', `--net=${values['client-ns']}`, '--', ...cmd] : cmd);
+  const client = (cmd: string[]) => clientCommand(values['client-ns'], cmd);
   const env = { ...process.env, NODE_EXTRA_CA_CERTS: ng.caPath };
   const rows: Record<string, string[]> = {
     'dmaload load': ['node', bin, 'load', url, '--json'],
@@ -205,7 +177,7 @@ async function pullRows(): Promise<void> {
   });
   cdn.setTarget(ng.urls.blobs);
   const hub = await startFaultProxy({ target: ng.urls.hub, ttfbMs: ttfb, host });
-  const client = (cmd: string[]) => (values['client-ns'] ? ['nsenter', `--net=${values['client-ns']}`, '--', ...cmd] : cmd);
+  const client = (cmd: string[]) => clientCommand(values['client-ns'], cmd);
   const python = process.env.DMALOAD_PYTHON ?? 'python3';
   const rows: Record<string, (cache: string) => string[]> = {
     'dmaload pull': () => ['node', bin, 'pull', 'bench/model', '--json'],
@@ -295,30 +267,9 @@ async function faultRows(
 if (values.inner || values.unshaped) {
   await inner();
 } else {
-  if (process.getuid?.() !== 0) throw new Error('the shaped network needs root (a network namespace and tbf); --unshaped runs without');
-  execFileSync('ip', ['netns', 'add', NS]);
-  const veth = `dmb${process.pid % 100000}`;
-  try {
-    const ns = (...a: string[]) => execFileSync('ip', ['netns', 'exec', NS, ...a]);
-    ns('ip', 'link', 'set', 'lo', 'up');
-    ns('ip', 'addr', 'add', '127.0.0.2/8', 'dev', 'lo');
-    execFileSync('ip', ['link', 'add', `${veth}a`, 'type', 'veth', 'peer', 'name', `${veth}b`]);
-    execFileSync('ip', ['link', 'set', `${veth}b`, 'netns', NS]);
-    execFileSync('ip', ['addr', 'add', '10.77.0.1/24', 'dev', `${veth}a`]);
-    execFileSync('ip', ['link', 'set', `${veth}a`, 'up']);
-    ns('ip', 'addr', 'add', `${SERVER}/24`, 'dev', `${veth}b`);
-    // The hub's CDN on an address of its own, as the real one: on the hub's address (another port), huggingface_hub's
-    // metadata request came back without X-Repo-Commit.
-    ns('ip', 'addr', 'add', `${CDN}/24`, 'dev', `${veth}b`);
-    ns('ip', 'link', 'set', `${veth}b`, 'up');
-    // The server-to-client direction is the one a download fills.
-    ns('tc', 'qdisc', 'replace', 'dev', `${veth}b`, 'root', 'tbf', 'rate', values.link, 'burst', '1mb', 'latency', '50ms');
-    const args = process.argv.slice(2).filter((a) => a !== '--inner');
-    const clientNs = `/proc/${process.pid}/ns/net`;
-    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, here, '--inner', '--client-ns', clientNs, ...args], { stdio: 'inherit' });
-    process.exitCode = r.status ?? 1;
-  } finally {
-    spawnSync('ip', ['link', 'del', `${veth}a`]);
-    execFileSync('ip', ['netns', 'del', NS]);
-  }
+  process.exitCode = runShaped(
+    here,
+    values.link,
+    process.argv.slice(2).filter((a) => a !== '--inner'),
+  );
 }
