@@ -105,7 +105,7 @@ describe('the wire: ranged GETs on connections of their own', () => {
     delete process.env.DMALOAD_HTTP_WIRE;
   });
 
-  for (const quirk of ['plain', 'split-head', 'early-hints', 'extra-bytes'] as const) {
+  for (const quirk of ['plain', 'split-head', 'early-hints'] as const) {
     test(`${quirk}: byte-exact, no retries`, async () => {
       const srv = await rawServer(quirk);
       try {
@@ -120,15 +120,37 @@ describe('the wire: ranged GETs on connections of their own', () => {
             b.close();
           }
         });
-        // Kept alive: the probe's connection (undici's) and at most two of the wire's; more bytes than the body
-        // leave a connection out of step, which is never used again.
-        if (quirk !== 'extra-bytes') assert.ok(srv.connections <= 3, `${srv.connections} connections`);
-        else assert.equal(srv.connections, 1 + Math.ceil(SIZE / MiB));
+        // Kept alive: the probe's connection (undici's) and at most two of the wire's.
+        assert.ok(srv.connections <= 3, `${srv.connections} connections`);
       } finally {
         await srv.close();
       }
     });
   }
+
+  test('more bytes than the body: byte-exact; the connection is never used again', async () => {
+    const srv = await rawServer('extra-bytes');
+    try {
+      await clean(async () => {
+        const b = await load(srv.url, { source });
+        try {
+          assert.equal(bufferSha256(b), want);
+          // The body is read in place up to its length; what follows arrives later, either on an idle connection
+          // (dropped) or as the head of the next answer (not HTTP: that range is asked again on a new connection).
+          const ranges = Math.ceil(SIZE / MiB);
+          assert.ok(b.stats.network!.retries <= ranges, `${b.stats.network!.retries} retries`);
+          assert.equal(srv.requests, 1 + ranges + b.stats.network!.retries);
+        } finally {
+          b.close();
+        }
+      });
+      // No connection carries two answers: each is out of step after its first (a request sent on it before that
+      // showed fails and is asked again on a new one). So: the probe's, and one per range.
+      assert.equal(srv.connections, 1 + Math.ceil(SIZE / MiB));
+    } finally {
+      await srv.close();
+    }
+  });
 
   test('a kept-alive connection the server closed is replaced without a retry', async () => {
     const srv = await rawServer('close-after');

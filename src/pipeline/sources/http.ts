@@ -23,7 +23,7 @@ import type { ErrorCode } from '../../core/errors.js';
 import { native } from '../../engine/binding.js';
 import type { Hasher, Region } from '../../engine/binding.js';
 import type { ReadIntoOptions } from '../source.js';
-import { Wire, WireUnsupported } from './wire.js';
+import { Wire, WireUnsupported, type WireSink } from './wire.js';
 
 const MiB = 1024 * 1024;
 /** Documented caps and defaults (docs/sources.md). */
@@ -490,6 +490,14 @@ export class HttpObject {
                 this.stats.bytes += c.length;
                 onBytes?.(c.length);
               },
+              // The wire reads the body straight into the target (the checks above hold: it never asks for more
+              // than the answer's Content-Length, which #checkRange matched with the range).
+              place: view && ((max) => view.subarray(at - p.at, Math.min(end, at + max) - p.at)),
+              placed: (n) => {
+                at += n;
+                this.stats.bytes += n;
+                onBytes?.(n);
+              },
             });
           } catch (e) {
             throw broken(e, at - start, this.url, signal);
@@ -506,7 +514,7 @@ export class HttpObject {
   }
 
   /** A ranged GET: on the wire, unless the server frames its answers otherwise (then through undici from now on). */
-  async #get(headers: Record<string, string>, signal: AbortSignal, sink: Parameters<typeof get>[4]): Promise<void> {
+  async #get(headers: Record<string, string>, signal: AbortSignal, sink: WireSink): Promise<void> {
     const wire = this.#wire;
     if (wire) {
       try {

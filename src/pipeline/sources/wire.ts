@@ -17,6 +17,12 @@ export type WireHeaders = Record<string, string | string[] | undefined>;
 export interface WireSink {
   start(status: number, headers: WireHeaders): void;
   data(chunk: Buffer): void;
+  /**
+   * Where the next at most `max` body bytes may be read straight to (the target's pages at the body's place), or
+   * undefined for `data`. What is read there is reported by `placed`. Valid until the answer ends.
+   */
+  place?(max: number): Uint8Array | undefined;
+  placed?(n: number): void;
 }
 
 /** The answer was accepted but is not framed by Content-Length: nothing of its body was handed on. */
@@ -24,8 +30,10 @@ export class WireUnsupported extends Error {}
 
 /** The largest head (status line and headers) taken. */
 const MAX_HEAD = 64 * 1024;
-/** Each connection's one read buffer. */
+/** Each connection's one read buffer (heads, and bodies that cannot be read in place). */
 const READ_BUFFER = 256 * 1024;
+/** The most one read in place asks for. */
+const PLACE_MAX = 4 * 1024 * 1024;
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /** A network failure with an errno-style code (the caller retries those). */
@@ -55,18 +63,25 @@ class Conn {
   /** What failed first (a stall while connecting is reported as such, not as the close that followed). */
   #failure: Error | undefined;
   #ready: Promise<void>;
+  readonly #scratch = Buffer.allocUnsafe(READ_BUFFER);
+  /** Where the socket reads next, when that is in place (the sink's target). */
+  #inPlace: Uint8Array | undefined;
 
   constructor(u: URL, ca: string[] | undefined, stallMs: number) {
     const host = u.hostname.replace(/^\[|\]$/g, '');
     const tlsOn = u.protocol === 'https:';
     const port = Number(u.port || (tlsOn ? 443 : 80));
-    const onread: net.OnReadOpts = {
-      buffer: Buffer.allocUnsafe(READ_BUFFER),
-      callback: (n, b) => {
-        this.#read(n, b as Buffer);
+    // Node calls `buffer` after each callback for where the next read goes: the body's place in the target while an
+    // answer's body is due (the kernel copies into it: no copy here), the scratch buffer otherwise. An answer ends
+    // either in a callback (then the next read goes to the scratch buffer) or with the socket destroyed, so no read
+    // ever lands in a target after its answer.
+    const onread = {
+      buffer: () => this.#nextBuffer(),
+      callback: (n: number, b: Uint8Array) => {
+        this.#read(n, b);
         return true;
       },
-    };
+    } as unknown as net.OnReadOpts;
     // tls.connect takes onread as net.connect does (Node ≥ 15.1); its typings do not say so.
     const secure: tls.ConnectionOptions = { host, port, ALPNProtocols: ['http/1.1'], ...(net.isIP(host) ? {} : { servername: host }), ...(ca ? { ca } : {}) };
     this.socket = tlsOn ? tls.connect(Object.assign(secure, { onread })) : net.connect({ host, port, onread });
@@ -148,30 +163,51 @@ class Conn {
     ex?.done(err);
   }
 
-  #read(n: number, b: Buffer): void {
+  #nextBuffer(): Uint8Array {
+    const ex = this.ex;
+    this.#inPlace = ex && ex.left > 0 && !this.dead ? ex.sink.place?.(Math.min(ex.left, PLACE_MAX)) : undefined;
+    return this.#inPlace ?? this.#scratch;
+  }
+
+  #read(n: number, b: Uint8Array): void {
     const ex = this.ex;
     // Bytes with no request out: a server that does not keep to the protocol. Never reused.
     if (!ex) return this.#fail(netError('ECONNRESET', 'bytes arrived with no request out'));
     ex.got = true;
     try {
-      let off = 0;
-      while (off < n && this.ex === ex) {
-        if (ex.left < 0) off = this.#head(ex, b, off, n);
-        else {
-          const k = Math.min(n - off, ex.left);
-          ex.sink.data(b.subarray(off, off + k));
-          ex.left -= k;
-          off += k;
-        }
+      if (b === this.#inPlace) {
+        // Read straight into the target, at most what the body still owes.
+        ex.left -= n;
+        ex.sink.placed!(n);
         if (ex.left === 0) {
-          // More bytes than the answer: the connection is out of step; the answer itself is whole.
-          if (off < n) this.dead = true;
           if (!ex.keep || this.dead) this.destroy();
-          return ex.done();
+          ex.done();
         }
+        return;
       }
+      return this.#scan(ex, n, b as Buffer);
     } catch (e) {
       this.#fail(e);
+    }
+  }
+
+  /** Bytes read into the scratch buffer: heads, and bodies (or their starts) handed to the sink. */
+  #scan(ex: Exchange, n: number, b: Buffer): void {
+    let off = 0;
+    while (off < n && this.ex === ex) {
+      if (ex.left < 0) off = this.#head(ex, b, off, n);
+      else {
+        const k = Math.min(n - off, ex.left);
+        ex.sink.data(b.subarray(off, off + k));
+        ex.left -= k;
+        off += k;
+      }
+      if (ex.left === 0) {
+        // More bytes than the answer: the connection is out of step; the answer itself is whole.
+        if (off < n) this.dead = true;
+        if (!ex.keep || this.dead) this.destroy();
+        return ex.done();
+      }
     }
   }
 
