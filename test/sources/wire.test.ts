@@ -12,6 +12,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { load } from '../../src/index.js';
+import { noProxyFor } from '../../src/pipeline/sources/http.js';
 import { bufferSha256, seededBytes, sha256 } from '../helpers.js';
 import { LOOPBACK, clean, rejects, withVars } from './common.js';
 
@@ -206,6 +207,32 @@ describe('the wire: ranged GETs on connections of their own', () => {
       });
     } finally {
       await srv.close();
+    }
+  });
+
+  test("the wire goes around no proxy: undici's rules for HTTP(S)_PROXY and NO_PROXY, case by case", async () => {
+    const cases: Array<[Record<string, string>, string, boolean]> = [
+      [{}, 'https://h.example/x', true],
+      [{ HTTP_PROXY: 'http://p:3128' }, 'http://h.example/x', false],
+      // https falls back to HTTP_PROXY, as undici's EnvHttpProxyAgent does
+      [{ HTTP_PROXY: 'http://p:3128' }, 'https://h.example/x', false],
+      [{ HTTPS_PROXY: 'http://p:3128' }, 'http://h.example/x', true],
+      [{ https_proxy: 'http://p:3128' }, 'https://h.example/x', false],
+      [{ HTTP_PROXY: 'http://p:3128', NO_PROXY: '*' }, 'http://h.example/x', true],
+      [{ HTTP_PROXY: 'http://p:3128', NO_PROXY: 'other.example, h.example' }, 'http://h.example/x', true],
+      [{ HTTP_PROXY: 'http://p:3128', NO_PROXY: '.example' }, 'http://h.example/x', true],
+      [{ HTTP_PROXY: 'http://p:3128', NO_PROXY: '*.example' }, 'http://a.h.example/x', true],
+      [{ HTTP_PROXY: 'http://p:3128', NO_PROXY: 'xh.example' }, 'http://h.example/x', false],
+      [{ HTTP_PROXY: 'http://p:3128', NO_PROXY: 'h.example:8080' }, 'http://h.example:8080/x', true],
+      [{ HTTP_PROXY: 'http://p:3128', NO_PROXY: 'h.example:8080' }, 'http://h.example/x', false],
+      [{ HTTPS_PROXY: 'http://p:3128', NO_PROXY: 'h.example:443' }, 'https://h.example/x', true],
+      [{ HTTP_PROXY: 'http://p:3128', no_proxy: 'H.EXAMPLE' }, 'http://h.example/x', true],
+    ];
+    const vars = { HTTP_PROXY: undefined, http_proxy: undefined, HTTPS_PROXY: undefined, https_proxy: undefined };
+    for (const [env, url, direct] of cases) {
+      await withVars({ ...vars, ...env }, async () => {
+        assert.equal(noProxyFor(url), direct, `${JSON.stringify(env)} ${url}`);
+      });
     }
   });
 

@@ -78,30 +78,38 @@ export function redact(url: string): string {
   }
 }
 
-/**
- * Whether ranged reads of `url` may go on the wire: DMALOAD_HTTP_WIRE is not 'off', and no proxy is in the way
- * (HTTP_PROXY / HTTPS_PROXY set and NO_PROXY not naming the host: undici's EnvHttpProxyAgent goes through those).
- */
-function wireAllowed(url: string): boolean {
+/** DMALOAD_HTTP_WIRE: 'off' sends every request through undici; checked before anything is asked of the network. */
+function wireSetting(): boolean {
   const v = process.env.DMALOAD_HTTP_WIRE;
   if (v !== undefined && v !== '' && v !== 'on' && v !== 'off') {
     throw new DmaloadError('ERR_INVALID_ARG_VALUE', `DMALOAD_HTTP_WIRE is '${v}': use 'on' or 'off' (or leave it unset)`);
   }
-  if (v === 'off') return false;
-  const u = new URL(url);
+  return v !== 'off';
+}
+
+/**
+ * Whether ranged reads of `url` may go on the wire: no proxy in the way, by the rules of undici's EnvHttpProxyAgent
+ * (which then carries every request): http_proxy/HTTP_PROXY, for https https_proxy/HTTPS_PROXY else those, unless
+ * no_proxy/NO_PROXY is '*' or names the host (or a parent domain; with a port, only that port).
+ */
+export function noProxyFor(url: string): boolean {
   const env = process.env;
-  const proxy = u.protocol === 'https:' ? (env.https_proxy ?? env.HTTPS_PROXY) : (env.http_proxy ?? env.HTTP_PROXY);
+  const u = new URL(url);
+  const http = env.http_proxy ?? env.HTTP_PROXY;
+  const proxy = u.protocol === 'https:' ? (env.https_proxy ?? env.HTTPS_PROXY ?? http) : http;
   if (!proxy) return true;
-  const host = u.hostname.replace(/^\[|\]$/g, '').toLowerCase();
-  return (env.no_proxy ?? env.NO_PROXY ?? '')
-    .split(/[\s,]+/)
+  const list = env.no_proxy ?? env.NO_PROXY ?? '';
+  if (list === '*') return true;
+  const host = u.host.replace(/:\d*$/, '').toLowerCase();
+  const port = Number(u.port) || (u.protocol === 'https:' ? 443 : 80);
+  return list
+    .split(/[,\s]/)
     .filter(Boolean)
     .some((entry) => {
-      const e = entry
-        .toLowerCase()
-        .replace(/:\d+$/, '')
-        .replace(/^\*?\./, '');
-      return e === '*' || host === e || host.endsWith(`.${e}`);
+      const m = /^(.+):(\d+)$/.exec(entry);
+      const name = (m ? m[1]! : entry).replace(/^\*?\./, '').toLowerCase();
+      if (m && Number(m[2]) !== port) return false;
+      return host === name || host.endsWith(`.${name}`);
     });
 }
 
@@ -221,7 +229,7 @@ export class HttpObject {
     this.#headers = headers;
     this.#o = o;
     this.#limit = Math.min(HTTP_DEFAULTS.startConnections, o.connections);
-    this.#wire = this.#wireMade = wireAllowed(url) ? new Wire(url, ca, o.stallMs) : undefined;
+    this.#wire = this.#wireMade = o.wire && noProxyFor(url) ? new Wire(url, ca, o.stallMs) : undefined;
   }
 
   /** The size in bytes. */
@@ -243,6 +251,7 @@ export class HttpObject {
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw sourceError('ERR_SOURCE_SCHEME', `'${redact(url)}' is not an http or https URL`, url);
     const o = {
       ...options,
+      wire: wireSetting(),
       connections: options.connections ?? HTTP_DEFAULTS.connections,
       attempts: options.attempts ?? HTTP_DEFAULTS.attempts,
       stallMs: options.stallMs ?? HTTP_DEFAULTS.stallMs,
@@ -649,7 +658,7 @@ export class HttpObject {
   }
 }
 
-type Resolved = Required<Pick<HttpOptions, 'connections' | 'attempts' | 'stallMs'>> & HttpOptions;
+type Resolved = Required<Pick<HttpOptions, 'connections' | 'attempts' | 'stallMs'>> & HttpOptions & { wire: boolean };
 
 interface Item {
   fileOff: number;
