@@ -23,7 +23,7 @@ import type { LoadedBuffer } from '../api/buffer.js';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
 import { formatBytes, msSince, roundUp } from '../core/util.js';
 import type { FdInspection } from '../engine/binding.js';
-import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
+import { C, PAGE_SIZE, closeFd, closeFdSoon, native } from '../engine/binding.js';
 import type { IoMode, OpenedFile } from '../pipeline/source.js';
 import type { HugePages } from '../api/options.js';
 import { createMemfd } from '../targets/memfd.js';
@@ -369,7 +369,8 @@ export class Cache {
     if (this.#entries.get(e.version.inode) === e) this.#entries.delete(e.version.inode);
     if (e.closed) return;
     e.closed = true;
-    for (const fd of e.fds) closeFd(fd);
+    // Off the event loop: when no client holds it, this close frees the whole buffer.
+    for (const fd of e.fds) closeFdSoon(fd);
     if (e.source >= 0) this.#o.releaseSource(e.source);
     this.#ledger.dropped(e.holding);
   }
