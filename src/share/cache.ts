@@ -365,20 +365,20 @@ export class Cache {
   }
 
   /** Drops an entry from the cache and closes the server's fds of it; its charge lasts while clients hold it. */
-  #drop(e: Entry): void {
+  #drop(e: Entry, soon = true): void {
     if (this.#entries.get(e.version.inode) === e) this.#entries.delete(e.version.inode);
     if (e.closed) return;
     e.closed = true;
-    // Off the event loop: when no client holds it, this close frees the whole buffer.
-    for (const fd of e.fds) closeFdSoon(fd);
+    // Off the event loop while serving: when no client holds it, this close frees the whole buffer.
+    for (const fd of e.fds) (soon ? closeFdSoon : closeFd)(fd);
     if (e.source >= 0) this.#o.releaseSource(e.source);
     this.#ledger.dropped(e.holding);
   }
 
-  #evict(e: Entry, why: string): void {
+  #evict(e: Entry, why: string, soon = true): void {
     this.count.evictions++;
     this.#o.log(`evicted '${e.name}' (${formatBytes(e.size)}): ${why}`);
-    this.#drop(e);
+    this.#drop(e, soon);
   }
 
   /**
@@ -667,7 +667,7 @@ export class Cache {
 
   /** Drops every entry (the server is closing); clients keep what they mapped. */
   clear(): void {
-    for (const e of [...this.#entries.values()]) this.#evict(e, 'the server is closing');
+    for (const e of [...this.#entries.values()]) this.#evict(e, 'the server is closing', false); // closed by the time close() returns
   }
 }
 
