@@ -209,7 +209,9 @@ export class HttpObject {
   readonly url: string;
   readonly info: HttpObjectInfo;
   readonly stats: HttpStats = { bytes: 0, requests: 0, retries: 0, connections: 0 };
-  #dispatcher: Dispatcher;
+  /** undici's pool, made on first use (redirects and probes went on the wire; no ranges; a proxy; odd framing). */
+  #dispatcher: Promise<Dispatcher> | undefined;
+  #makeDispatcher: () => Promise<Dispatcher>;
   #headers: Record<string, string>;
   #o: Resolved;
   #limit: number;
@@ -222,14 +224,29 @@ export class HttpObject {
   /** The wire made, retired or not: close() closes it. */
   #wireMade: Wire | undefined;
 
-  private constructor(url: string, info: HttpObjectInfo, dispatcher: Dispatcher, headers: Record<string, string>, o: Resolved, ca: string[] | undefined) {
+  private constructor(
+    url: string,
+    info: HttpObjectInfo,
+    dispatcher: Dispatcher | undefined,
+    headers: Record<string, string>,
+    o: Resolved,
+    ca: string[] | undefined,
+    wire: Wire | undefined,
+  ) {
     this.url = url;
     this.info = info;
-    this.#dispatcher = dispatcher;
+    this.#dispatcher = dispatcher && Promise.resolve(dispatcher);
+    this.#makeDispatcher = () => makeDispatcher(o, ca);
     this.#headers = headers;
     this.#o = o;
     this.#limit = Math.min(HTTP_DEFAULTS.startConnections, o.connections);
-    this.#wire = this.#wireMade = o.wire && noProxyFor(url) ? new Wire(url, ca, o.stallMs) : undefined;
+    this.#wire = this.#wireMade = o.wire && noProxyFor(url) ? (wire ?? new Wire(url, ca, o.stallMs)) : undefined;
+    if (wire && wire !== this.#wire) wire.close();
+  }
+
+  /** undici's pool for this object. */
+  #undici(): Promise<Dispatcher> {
+    return (this.#dispatcher ??= this.#makeDispatcher());
   }
 
   /** The size in bytes. */
@@ -259,28 +276,28 @@ export class HttpObject {
     // The `ca` option adds to Node's CAs, NODE_EXTRA_CA_CERTS included (tls.rootCertificates lacks those).
     const extra = o.ca && process.env.NODE_EXTRA_CA_CERTS ? readFileSync(process.env.NODE_EXTRA_CA_CERTS, 'utf8') : undefined;
     const ca = o.ca ? [...rootCertificates, ...(extra ? [extra] : []), typeof o.ca === 'string' ? o.ca : o.ca.toString('utf8')] : undefined;
-    // One pool per object: kept-alive connections, a stall timeout on headers and between body chunks. Proxies from
-    // HTTP_PROXY / HTTPS_PROXY / NO_PROXY.
-    // Loaded on first use: a process that reads only local files never pays undici's start-up (~150 ms here).
-    const { EnvHttpProxyAgent } = await import('undici');
-    const dispatcher = new EnvHttpProxyAgent({
-      connections: o.connections,
-      keepAliveTimeout: 30_000,
-      headersTimeout: o.stallMs,
-      bodyTimeout: o.stallMs,
-      ...(ca ? { connect: { ca } } : {}),
-      ...(ca ? { requestTls: { ca } } : {}),
-    });
+    const signal = o.signal ?? new AbortController().signal;
+    const firstHeaders = async () => ({ ...(o.headers ?? {}), ...(o.authorize ? await o.authorize() : {}) });
+    // The probe goes on the wire too where no proxy is in the way: undici (~150 ms to import here, the largest part
+    // of a load's start) is then loaded only if something needs it.
+    if (o.wire && noProxyFor(u.href)) {
+      const wires = new ProbeWires(ca, o.stallMs);
+      try {
+        const first = await withRetries(o, signal, u.href, () => {}, async () => probe(wires.ask, u.href, await firstHeaders(), signal, o.redirectAllowed));
+        const obj = new HttpObject(first.url, first.info, undefined, first.headers, o, ca, wires.take(first.url));
+        obj.stats.requests += first.requests;
+        return obj;
+      } catch (e) {
+        if (!(e instanceof WireUnsupported)) throw e;
+        // A hop through a proxy, or an answer the wire cannot frame: undici asks everything again.
+      } finally {
+        wires.close();
+      }
+    }
+    const dispatcher = await makeDispatcher(o, ca);
     try {
-      const signal = o.signal ?? new AbortController().signal;
-      const first = await withRetries(
-        o,
-        signal,
-        u.href,
-        () => {},
-        async () => probe(dispatcher, u.href, { ...(o.headers ?? {}), ...(o.authorize ? await o.authorize() : {}) }, signal, o.redirectAllowed),
-      );
-      const obj = new HttpObject(first.url, first.info, dispatcher, first.headers, o, ca);
+      const first = await withRetries(o, signal, u.href, () => {}, async () => probe(undiciAsk(dispatcher), u.href, await firstHeaders(), signal, o.redirectAllowed));
+      const obj = new HttpObject(first.url, first.info, dispatcher, first.headers, o, ca, undefined);
       obj.stats.requests += first.requests;
       return obj;
     } catch (e) {
@@ -291,7 +308,10 @@ export class HttpObject {
 
   async close(): Promise<void> {
     this.#wireMade?.close();
-    await this.#dispatcher.destroy().catch(() => {});
+    const d = this.#dispatcher;
+    this.#dispatcher = Promise.reject(new AbortError());
+    this.#dispatcher.catch(() => {});
+    if (d) await (await d.catch(() => undefined))?.destroy().catch(() => {});
     // A socket destroyed mid-body closes its fd on the event loop's next turns: close() returns after that.
     for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
   }
@@ -535,7 +555,7 @@ export class HttpObject {
         wire.retire();
       }
     }
-    return get(this.#dispatcher, this.url, headers, signal, sink);
+    return get(await this.#undici(), this.url, headers, signal, sink);
   }
 
   /** Checks a ranged answer's status and headers before a byte of its body lands. */
@@ -616,7 +636,7 @@ export class HttpObject {
         const stop = new AbortController();
         try {
           const auth = await this.#auth();
-          await get(this.#dispatcher, this.url, { ...this.#headers, ...auth, ...this.#pin() }, AbortSignal.any([signal, stop.signal]), {
+          await get(await this.#undici(), this.url, { ...this.#headers, ...auth, ...this.#pin() }, AbortSignal.any([signal, stop.signal]), {
             start: (status, h) => {
               if (status === 412) throw sourceError('ERR_FILE_CHANGED', `'${redact(this.url)}' changed during the load; load it again`, this.url);
               if (status !== 200) failStatus(status, h, this.url, Boolean(this.#headers.authorization));
@@ -828,12 +848,112 @@ async function request(dispatcher: Dispatcher, url: string, headers: Record<stri
   return dispatcher.request({ origin: u.origin, path: u.pathname + u.search, method: 'GET', headers, signal });
 }
 
+/** One of the probe's answers: status and headers; its body either read (an error's few KiB, as text) or cut off. */
+interface Answer {
+  statusCode: number;
+  headers: Headers;
+  /** Up to 8 KiB of the body, as text. */
+  text(): Promise<string>;
+  /** Ends a body that will not be read: a small one is read to its end, a big one cut off (its connection closed). */
+  discard(): Promise<void>;
+}
+/** One GET, no redirect followed. */
+type Ask = (url: string, headers: Record<string, string>, signal: AbortSignal) => Promise<Answer>;
+
+/** undici's pool for an object: kept-alive connections, a stall timeout on headers and between body chunks,
+ * proxies from HTTP_PROXY / HTTPS_PROXY / NO_PROXY. */
+async function makeDispatcher(o: Resolved, ca: string[] | undefined): Promise<Dispatcher> {
+  // Loaded on first use: a process that reads only local files (or only on the wire) never pays undici's start-up.
+  const { EnvHttpProxyAgent } = await import('undici');
+  return new EnvHttpProxyAgent({
+    connections: o.connections,
+    keepAliveTimeout: 30_000,
+    headersTimeout: o.stallMs,
+    bodyTimeout: o.stallMs,
+    ...(ca ? { connect: { ca } } : {}),
+    ...(ca ? { requestTls: { ca } } : {}),
+  });
+}
+
+function undiciAsk(dispatcher: Dispatcher): Ask {
+  return async (url, headers, signal) => {
+    const res = await request(dispatcher, url, headers, signal);
+    return {
+      statusCode: res.statusCode,
+      headers: res.headers,
+      text: () => small(res),
+      discard: async () => {
+        discard(res);
+        if (res.body.destroyed) await new Promise((r) => (res.body.closed ? r(undefined) : res.body.once('close', r)));
+      },
+    };
+  };
+}
+
+/** The answer's body is bigger than a probe reads: the connection is given up. */
+const CUT = new Error('cut');
+
+/** The probe's wires, one per origin its redirects visit; the last one's connection goes on to the ranged reads. */
+class ProbeWires {
+  readonly #wires = new Map<string, Wire>();
+  readonly #ca: string[] | undefined;
+  readonly #stallMs: number;
+  constructor(ca: string[] | undefined, stallMs: number) {
+    this.#ca = ca;
+    this.#stallMs = stallMs;
+  }
+
+  /** GETs on the wire; WireUnsupported where undici must ask instead (a proxy applies to this hop). */
+  readonly ask: Ask = async (url, headers, signal) => {
+    if (!noProxyFor(url)) throw new WireUnsupported(`a proxy applies to ${new URL(url).origin}`);
+    const origin = new URL(url).origin;
+    let wire = this.#wires.get(origin);
+    if (!wire) this.#wires.set(origin, (wire = new Wire(url, this.#ca, this.#stallMs)));
+    let status = 0;
+    let h: Headers = {};
+    const body: Buffer[] = [];
+    let got = 0;
+    try {
+      await wire.get(url, headers, signal, {
+        start: (st, hh) => {
+          status = st;
+          h = hh;
+          if (Number(header(hh, 'content-length') ?? 0) > 64 * 1024) throw CUT;
+        },
+        data: (c) => {
+          if (got < 8192) body.push(Buffer.from(c.subarray(0, 8192 - got)));
+          got += c.length;
+        },
+      });
+    } catch (e) {
+      // Cut off, or framed otherwise where the status and headers are all the probe needs (a redirect, a whole
+      // object). An error's body says why (an object store's <Code>): undici reads one framed otherwise.
+      if (e !== CUT && !(e instanceof WireUnsupported && status > 0 && status < 400)) throw e;
+    }
+    const text = Buffer.concat(body).toString('utf8');
+    return { statusCode: status, headers: h, text: async () => text, discard: async () => {} };
+  };
+
+  /** The wire of `url`'s origin, no longer this object's to close. */
+  take(url: string): Wire | undefined {
+    const origin = new URL(url).origin;
+    const w = this.#wires.get(origin);
+    this.#wires.delete(origin);
+    return w;
+  }
+
+  close(): void {
+    for (const w of this.#wires.values()) w.close();
+    this.#wires.clear();
+  }
+}
+
 /** The hub's headers (and the identity ones) worth keeping from any hop. */
 const META = ['x-repo-commit', 'x-linked-etag', 'x-linked-size', 'etag', 'x-error-code', 'x-amz-checksum-sha256', 'x-amz-checksum-type'];
 
 /** The first request: redirects followed, the size and identity learnt from a request for byte 0. */
 async function probe(
-  dispatcher: Dispatcher,
+  ask: Ask,
   start: string,
   headers0: Record<string, string>,
   signal: AbortSignal,
@@ -844,14 +964,14 @@ async function probe(
   const meta: Record<string, string> = {};
   const tokenSent = () => Boolean(headers.authorization);
   for (let hop = 0; ; hop++) {
-    const res = await request(dispatcher, url, { ...headers, range: 'bytes=0-0' }, signal);
+    const res = await ask(url, { ...headers, range: 'bytes=0-0' }, signal);
     for (const k of META) {
       const v = header(res.headers, k);
       if (v !== undefined && meta[k] === undefined) meta[k] = v;
     }
     const s = res.statusCode;
     if ([301, 302, 303, 307, 308].includes(s)) {
-      discard(res);
+      await res.discard();
       const loc = header(res.headers, 'location');
       if (hop >= HTTP_DEFAULTS.redirects)
         throw sourceError('ERR_SOURCE_REDIRECT', `'${redact(start)}' redirected more than ${HTTP_DEFAULTS.redirects} times`, start);
@@ -881,21 +1001,21 @@ async function probe(
     const weakEtag = etag0?.startsWith('W/') ? etag0 : undefined;
     const lastModified = header(res.headers, 'last-modified');
     if (s === 206) {
-      discard(res);
+      await res.discard();
       const m = /^bytes 0-0\/(\d+)$/.exec((header(res.headers, 'content-range') ?? '').trim());
       if (!m) throw sourceError('ERR_SOURCE_PROTOCOL', `'${redact(url)}' answered 206 without a usable Content-Range`, url);
       return { url, headers, requests: hop + 1, info: { size: Number(m[1]), etag, weakEtag, lastModified, ranges: true, meta } };
     }
     if (s === 416) {
-      discard(res);
+      await res.discard();
       // An empty object: nothing to ask a range of.
       const m = /^bytes \*\/(\d+)$/.exec((header(res.headers, 'content-range') ?? '').trim());
       if (m && Number(m[1]) === 0) return { url, headers, requests: hop + 1, info: { size: 0, etag, weakEtag, lastModified, ranges: true, meta } };
       // Some stores (Swift's s3api, S3) answer an empty object's byte 0 with 416 and no Content-Range: ask once
       // without Range; an empty 200 is an empty object.
-      const whole = await request(dispatcher, url, headers, signal);
+      const whole = await ask(url, headers, signal);
       const len = header(whole.headers, 'content-length');
-      discard(whole);
+      await whole.discard();
       if (whole.statusCode === 200 && len === '0') {
         const e2 = header(whole.headers, 'etag');
         return {
@@ -908,10 +1028,8 @@ async function probe(
       throw sourceError('ERR_SOURCE_PROTOCOL', `'${redact(url)}' answered 416 to a request for its first byte`, url);
     }
     if (s === 200) {
-      // The whole object is coming: cut it off, and let its socket close before the caller goes on.
-      res.body.on('error', () => {});
-      res.body.destroy();
-      await new Promise((r) => (res.body.closed ? r(undefined) : res.body.once('close', r)));
+      // The whole object is coming: cut it off (its socket closed before the caller goes on).
+      await res.discard();
       const len = header(res.headers, 'content-length');
       if (len === undefined || !/^\d+$/.test(len)) {
         throw sourceError('ERR_SOURCE_NO_RANGES', `'${redact(url)}' ignores Range requests and does not say its length: it cannot be loaded`, url);
@@ -919,11 +1037,11 @@ async function probe(
       return { url, headers, requests: hop + 1, info: { size: Number(len), etag, weakEtag, lastModified, ranges: false, meta } };
     }
     if (RETRY_STATUS.has(s)) {
-      discard(res);
+      await res.discard();
       throw new Retryable(`status ${s}`, retryAfter(header(res.headers, 'retry-after')), s === 429 || s === 503, s);
     }
     // An object store says why in its body (<Code>NoSuchKey</Code>): kept as the error's storeCode.
-    const body = await small(res);
+    const body = await res.text();
     const storeCode = header(res.headers, 'x-error-code') ?? meta['x-error-code'] ?? /<Code>([^<]{1,100})<\/Code>/.exec(body)?.[1];
     throw statusError(s, url, { tokenSent: tokenSent(), attempts: 1, hubCode: storeCode });
   }
