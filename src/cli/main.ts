@@ -4,14 +4,6 @@ import os from 'node:os';
 import { UsageError, errorJson, errorReport, errorText, parseErrorMessage, processIO, reportUsage, takeInterrupt, wantsJson } from './io.js';
 import type { CliIO } from './io.js';
 import { OPTION_FLAGS, flagError } from './flags.js';
-import { benchCommand } from './bench.js';
-import { cpCommand } from './cp.js';
-import { inspectCommand } from './inspect.js';
-import { loadCommand } from './load.js';
-import { probeCommand } from './probe.js';
-import { pullCommand } from './pull.js';
-import { serveCommand } from './serve.js';
-import { verifyCommand } from './verify.js';
 
 export const HELP = `Usage: dmaload <command> [options]
 
@@ -46,15 +38,16 @@ export function version(): string {
 
 type Command = (argv: string[], io: CliIO) => Promise<number>;
 
-const commands: Record<string, Command> = {
-  load: loadCommand,
-  probe: probeCommand,
-  bench: benchCommand,
-  inspect: inspectCommand,
-  cp: cpCommand,
-  serve: serveCommand,
-  verify: verifyCommand,
-  pull: pullCommand,
+// Each command's module is loaded when it runs: a command starts without the others' (bench's, serve's) start-up.
+const commands: Record<string, () => Promise<Command>> = {
+  load: async () => (await import('./load.js')).loadCommand,
+  probe: async () => (await import('./probe.js')).probeCommand,
+  bench: async () => (await import('./bench.js')).benchCommand,
+  inspect: async () => (await import('./inspect.js')).inspectCommand,
+  cp: async () => (await import('./cp.js')).cpCommand,
+  serve: async () => (await import('./serve.js')).serveCommand,
+  verify: async () => (await import('./verify.js')).verifyCommand,
+  pull: async () => (await import('./pull.js')).pullCommand,
 };
 
 /** The commands that take --json: with it, whatever happens, one JSON document on stdout. */
@@ -76,11 +69,12 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     io.stdout(`${version()}\n`);
     return 0;
   }
-  const run = commands[cmd];
-  if (!run) {
+  const which = Object.hasOwn(commands, cmd) ? commands[cmd] : undefined;
+  if (!which) {
     io.stderr(`dmaload: unknown command '${cmd}'\n\n${HELP}`);
     return 2;
   }
+  const run = await which();
   takeInterrupt();
   // Whether the command printed its results: an error after them (a chart that cannot be written) is then text.
   let printed = false;

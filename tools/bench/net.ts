@@ -51,7 +51,7 @@ const { values } = parseArgs({
  * Runs a command, timing it with the CPU of its whole process tree (python's getrusage of the children). Async: the
  * delaying proxy runs in this process and must keep answering meanwhile.
  */
-function timed(cmd: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ s: number; cpu: number; rssKiB: number; out: string; err: string }> {
+function timed(cmd: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ s: number; cpu: number; rssKiB: number; out: string }> {
   const py = `import resource,subprocess,sys,time
 t=time.time(); p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE); s=time.time()-t
 r=resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -66,7 +66,7 @@ sys.stderr.write('%f %f %d\\n' % (s, r.ru_utime+r.ru_stime, r.ru_maxrss)); sys.s
     p.on('close', (code) => {
       if (code !== 0) return reject(new Error(`${cmd.join(' ')} failed: ${err}`));
       const [s, cpu, rss] = err.trim().split('\n').at(-1)!.split(' ').map(Number);
-      resolve({ s: s!, cpu: cpu!, rssKiB: rss!, out, err });
+      resolve({ s: s!, cpu: cpu!, rssKiB: rss!, out });
     });
   });
 }
@@ -91,7 +91,6 @@ async function inner(): Promise<void> {
   const rows: Record<string, string[]> = {
     'dmaload load': ['node', bin, 'load', url, '--json'],
     'dmaload load --verify on': ['node', bin, 'load', url, '--json', '--verify', 'on'],
-    trace: ['node', '/tmp/p30/trace.mjs', url],
     'dmaload cp (to /dev/shm)': ['node', bin, 'cp', url, join(shm, 'cp.bin'), '--json'],
     curl: ['curl', '-sS', '--fail', ...(values.https ? ['--cacert', ng.caPath] : []), '-o', join(shm, 'curl.bin'), url],
     'aria2c -x16 -s16 -k8M': [
@@ -125,7 +124,6 @@ async function inner(): Promise<void> {
     for (const [name, cmd] of Object.entries(rows)) {
       if (!have(cmd[0]!) || (values.rows && !new RegExp(values.rows).test(name))) continue;
       const r = await timed(client(cmd), env);
-      if (name === 'trace') process.stderr.write(r.err);
       (results[name] ??= []).push({ s: r.s, cpu: r.cpu, rssKiB: r.rssKiB });
       rmSync(join(shm, 'curl.bin'), { force: true });
       rmSync(join(shm, 'aria2.bin'), { force: true });

@@ -27,6 +27,8 @@ import { Wire, WireUnsupported, type WireSink } from './wire.js';
 
 const MiB = 1024 * 1024;
 /** Documented caps and defaults (docs/sources.md). */
+/** A ranged GET answered within this doubles the chunk size (the round trip and first-byte wait then cost ≤ ~10 %). */
+const QUICK_MS = 200;
 export const HTTP_DEFAULTS = { connections: 32, startConnections: 4, chunkMin: MiB, chunkMax: 16 * MiB, attempts: 8, stallMs: 15_000, redirects: 10 };
 
 export interface HttpOptions {
@@ -283,7 +285,13 @@ export class HttpObject {
     if (o.wire && noProxyFor(u.href)) {
       const wires = new ProbeWires(ca, o.stallMs);
       try {
-        const first = await withRetries(o, signal, u.href, () => {}, async () => probe(wires.ask, u.href, await firstHeaders(), signal, o.redirectAllowed));
+        const first = await withRetries(
+          o,
+          signal,
+          u.href,
+          () => {},
+          async () => probe(wires.ask, u.href, await firstHeaders(), signal, o.redirectAllowed),
+        );
         const obj = new HttpObject(first.url, first.info, undefined, first.headers, o, ca, wires.take(first.url));
         obj.stats.requests += first.requests;
         return obj;
@@ -296,7 +304,13 @@ export class HttpObject {
     }
     const dispatcher = await makeDispatcher(o, ca);
     try {
-      const first = await withRetries(o, signal, u.href, () => {}, async () => probe(undiciAsk(dispatcher), u.href, await firstHeaders(), signal, o.redirectAllowed));
+      const first = await withRetries(
+        o,
+        signal,
+        u.href,
+        () => {},
+        async () => probe(undiciAsk(dispatcher), u.href, await firstHeaders(), signal, o.redirectAllowed),
+      );
       const obj = new HttpObject(first.url, first.info, dispatcher, first.headers, o, ca, undefined);
       obj.stats.requests += first.requests;
       return obj;
@@ -423,7 +437,10 @@ export class HttpObject {
             if (active > this.#limit || failure) return;
             const p = next();
             if (!p) return;
+            const t = performance.now();
             await this.#piece(p, inner, onBytes, hash);
+            // A chunk answered quickly pays its request's round trip and first-byte wait for few bytes: ask for more.
+            if (!fixed && p.len >= chunk && performance.now() - t < QUICK_MS) chunk = Math.min(range.max, chunk * 2);
           }
         } catch (e) {
           failure ??= { e };
