@@ -456,8 +456,7 @@ export class HttpObject {
     // start at the first body byte: one holding the connections' set-up and first waits would make any later one look
     // faster (counting it grew the connections to 28 against one Swift proxy, where 8 did as well).
     let lastBytes = this.stats.bytes;
-    let lastRate = 0;
-    let growing = true;
+    const growth = { lastRate: 0, growing: true };
     const window = 250;
     let timer: ReturnType<typeof setInterval> | undefined;
     const counted = (n: number) => {
@@ -471,19 +470,7 @@ export class HttpObject {
       const rate = (this.stats.bytes - lastBytes) / window;
       lastBytes = this.stats.bytes;
       if (!fixed) chunk = Math.min(range.max, chunk * 2);
-      if (Date.now() < this.#frozenUntil) return;
-      // After a throttle's pause, growth starts again from the halved level (additive increase, halving decrease).
-      if (this.#throttled) {
-        this.#throttled = false;
-        growing = true;
-        lastRate = 0;
-      }
-      if (growing && this.#limit < this.#o.connections) {
-        if (rate > lastRate * 1.1 || lastRate === 0) {
-          lastRate = Math.max(rate, lastRate);
-          this.#limit = Math.min(this.#o.connections, this.#limit + Math.max(2, this.#limit >> 1));
-        } else growing = false;
-      }
+      if (Date.now() >= this.#frozenUntil) this.#grow(growth, rate);
       while (active < this.#limit && remaining > 0 && !failure) spawn();
     };
     try {
@@ -500,6 +487,21 @@ export class HttpObject {
       if (signal.aborted) throw new AbortError(undefined, { cause: signal.reason });
       throw failure.e;
     }
+  }
+
+  /** One window's growth of the connections: more while the throughput (`rate`) grew by a tenth or more. */
+  #grow(g: { lastRate: number; growing: boolean }, rate: number): void {
+    // After a throttle's pause, growth starts again from the halved level (additive increase, halving decrease).
+    if (this.#throttled) {
+      this.#throttled = false;
+      g.growing = true;
+      g.lastRate = 0;
+    }
+    if (!g.growing || this.#limit >= this.#o.connections) return;
+    if (rate > g.lastRate * 1.1 || g.lastRate === 0) {
+      g.lastRate = Math.max(rate, g.lastRate);
+      this.#limit = Math.min(this.#o.connections, this.#limit + Math.max(2, this.#limit >> 1));
+    } else g.growing = false;
   }
 
   /** One chunk: a ranged GET with retries; what arrived before a failure stays, the rest is asked for again. */
