@@ -27,9 +27,9 @@ import { Wire, WireUnsupported, type WireSink } from './wire.js';
 
 const MiB = 1024 * 1024;
 /** Documented caps and defaults (docs/sources.md). */
+export const HTTP_DEFAULTS = { connections: 32, startConnections: 4, chunkMin: MiB, chunkMax: 16 * MiB, attempts: 8, stallMs: 15_000, redirects: 10 };
 /** A ranged GET answered within this doubles the chunk size (the round trip and first-byte wait then cost ≤ ~10 %). */
 const QUICK_MS = 200;
-export const HTTP_DEFAULTS = { connections: 32, startConnections: 4, chunkMin: MiB, chunkMax: 16 * MiB, attempts: 8, stallMs: 15_000, redirects: 10 };
 
 export interface HttpOptions {
   /** Extra request headers (an `Authorization` is dropped when a redirect leaves the origin; never logged). */
@@ -213,7 +213,8 @@ export class HttpObject {
   readonly stats: HttpStats = { bytes: 0, requests: 0, retries: 0, connections: 0 };
   /** undici's pool, made on first use (redirects and probes went on the wire; no ranges; a proxy; odd framing). */
   #dispatcher: Promise<Dispatcher> | undefined;
-  #makeDispatcher: () => Promise<Dispatcher>;
+  /** The CAs to trust besides Node's (the `ca` option), for the wire and undici alike. */
+  #ca: string[] | undefined;
   #headers: Record<string, string>;
   #o: Resolved;
   #limit: number;
@@ -238,7 +239,7 @@ export class HttpObject {
     this.url = url;
     this.info = info;
     this.#dispatcher = dispatcher && Promise.resolve(dispatcher);
-    this.#makeDispatcher = () => makeDispatcher(o, ca);
+    this.#ca = ca;
     this.#headers = headers;
     this.#o = o;
     this.#limit = Math.min(HTTP_DEFAULTS.startConnections, o.connections);
@@ -248,7 +249,7 @@ export class HttpObject {
 
   /** undici's pool for this object. */
   #undici(): Promise<Dispatcher> {
-    return (this.#dispatcher ??= this.#makeDispatcher());
+    return (this.#dispatcher ??= makeDispatcher(this.#o, this.#ca));
   }
 
   /** The size in bytes. */
