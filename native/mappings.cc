@@ -1,4 +1,4 @@
-// mappings.cc — regions and views: mmap, view, unview, maxView, regionSize, munmap, revokeViews, live mappings. What
+// mappings.cc — regions and views: mmap, view, unview, maxView, regionSize, munmap(Soon), revokeViews, live mappings. What
 // JS does to the memory of a live region (madvise, mmapInto, populate, address) is in regionops.cc; mbind in numa.cc.
 // A Region handle is a type-tagged External; JS reaches the bytes only through views (external ArrayBuffers) that
 // each pin the region, so munmap can detach them and the OS mapping outlives every job still using it.
@@ -346,6 +346,50 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   return Num(a.env, r->Close(a.env, true));
 }
 
+// munmapSoon(region) -> Promise<0 | -errno>: munmap(region), with the unmapping itself on a thread of its own:
+// tearing down a GiB of page tables takes ~130 ms here, which would stall the event loop (a server's other clients).
+// Not on libuv's pool, which a server's clients can keep busy (see fdops.cc). Views are detached at once, as munmap
+// does; the promise settles once this call's pin is dropped (the mapping is gone unless a job still holds it). A
+// region already munmapped gives -EINVAL.
+Napi::Value MunmapSoon(const Napi::CallbackInfo& info) {
+  Args a(info, "munmapSoon");
+  std::shared_ptr<Region> r;
+  if (!ReadRegion(a, a[0], "region", r, false)) return {};
+  auto deferred = Napi::Promise::Deferred::New(a.env);
+  auto promise = deferred.Promise();
+  // This call's own pin, so that dropping the owner's cannot unmap here on the JS thread.
+  if (!r->TryPin()) return deferred.Resolve(Num(a.env, -EINVAL)), promise;
+  if (int rc = r->Close(a.env, true); rc < 0) {
+    r->Unpin();
+    return deferred.Resolve(Num(a.env, rc)), promise;
+  }
+  auto tsfn = Napi::ThreadSafeFunction::New(a.env, Napi::Function::New(a.env, [](const Napi::CallbackInfo&) {}), "dmaload.munmapSoon", 0, 1);
+  auto* done = new Napi::Promise::Deferred(deferred);
+  std::thread t;
+  int e = Spawn(t, [tsfn, r, done]() mutable {
+    auto* rc = new int(r->Unpin());
+    r.reset();
+    auto settle = [done](Napi::Env env, Napi::Function, int* v) {
+      if (env != nullptr) done->Resolve(Num(env, *v));
+      delete v;
+      delete done;
+    };
+    if (tsfn.BlockingCall(rc, settle) != napi_ok) {  // the environment is going: nobody waits any more
+      delete rc;
+      delete done;
+    }
+    tsfn.Release();
+  });
+  if (e) {  // no thread: unmap here rather than not at all
+    tsfn.Release();
+    delete done;
+    deferred.Resolve(Num(a.env, r->Unpin()));
+    return promise;
+  }
+  t.detach();
+  return promise;
+}
+
 // revokeViews(region) -> undefined: detaches every reachable view of a live region and drops their pins, as munmap
 // does, but keeps the mapping: memory that changes hands (load({ into }), a pool) must not stay visible through
 // the old owner's views. A view the collector took but has not finalized keeps its pin, as in munmap.
@@ -368,6 +412,7 @@ void InitMappings(Napi::Env env, Napi::Object exports) {
   exports.Set("unview", Napi::Function::New(env, UnviewFn, "unview"));
   exports.Set("regionSize", Napi::Function::New(env, RegionSize, "regionSize"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
+  exports.Set("munmapSoon", Napi::Function::New(env, MunmapSoon, "munmapSoon"));
   exports.Set("revokeViews", Napi::Function::New(env, RevokeViews, "revokeViews"));
   exports.Set("liveMappings", Napi::Function::New(env, LiveMappings, "liveMappings"));
 }

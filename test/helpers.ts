@@ -27,6 +27,7 @@ import { writeSeededFile } from '../src/bench/data.js';
 import { evictPath, pageCacheBytesOf } from '../src/pipeline/cache.js';
 import { dioAlign, uncachedErrorCode, uncachedSupport } from '../src/pipeline/source.js';
 import { C, native } from '../src/engine/binding.js';
+import type { Region, TransferOptions } from '../src/engine/binding.js';
 import type { LoadedBuffer } from '../src/api/buffer.js';
 import { seededBytes } from '../src/bench/data.js';
 export { seededBytes };
@@ -351,4 +352,25 @@ export function uncachedMissing(dir: string): string | undefined {
     closeSync(fd);
     unlinkSync(p);
   }
+}
+
+/**
+ * The addon's plainest job (native.transfer): a buffered read of `length` bytes of `fd` into the start of `target`,
+ * one 4 KiB request at a time on the thread engine; `over` changes any field.
+ */
+export function readJob(fd: number, target: Region | ArrayBuffer, length: number, over: Partial<TransferOptions> = {}): TransferOptions {
+  return {
+    fd,
+    write: false,
+    direct: false,
+    target,
+    segments: [0, 0, length],
+    chunk: 4096,
+    depth: 1,
+    padTo: 1,
+    engine: 'threads',
+    bounce: false,
+    populate: false,
+    ...over,
+  };
 }

@@ -10,13 +10,13 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { load } from '../src/index.js';
 import { native } from '../src/engine/binding.js';
-import type { Region, TransferOptions } from '../src/engine/binding.js';
+import type { Region } from '../src/engine/binding.js';
 import * as engine from '../src/engine/engine.js';
 import { machineKey } from '../src/engine/first-touch.js';
 import { anonymous } from '../src/engine/memory.js';
 import { ioRatesPath } from '../src/pipeline/io-rates.js';
 import { dioAlign } from '../src/pipeline/source.js';
-import { cachedBytes, evictFile, leakCheck, makeFile, needsDirect, sha256, tempDir, warmFile } from './helpers.js';
+import { cachedBytes, evictFile, leakCheck, makeFile, needsDirect, readJob, sha256, tempDir, warmFile } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir('dmaload-io-rates-');
@@ -167,19 +167,7 @@ describe('work share (native)', () => {
       const share = native.workShare([0, 0, 8192]);
       const fd = openSync(process.execPath, 'r');
       try {
-        const base: TransferOptions = {
-          fd,
-          write: false,
-          direct: false,
-          target: region,
-          segments: [],
-          chunk: 4096,
-          depth: 1,
-          padTo: 1,
-          engine: 'threads',
-          bounce: false,
-          populate: false,
-        };
+        const base = readJob(fd, region, 0, { segments: [] });
         // The share's segments must fit the target like the job's own.
         assert.throws(() => native.transfer({ ...base, share }), { name: 'RangeError' });
         assert.throws(() => native.transfer({ ...base, write: true, share: native.workShare([0, 0, 10]) }), { code: 'ERR_INVALID_ARG_VALUE' });

@@ -5,11 +5,11 @@
  * closed by JS while a job runs stay valid until the job ends.
  */
 import assert from 'node:assert/strict';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
-import { C, native } from '../src/engine/binding.js';
-import type { Region, TransferOptions } from '../src/engine/binding.js';
-import { leakCheck, makeFile, needsDirect, sha256, tempDir } from './helpers.js';
+import { C, closeFd, native } from '../src/engine/binding.js';
+import type { Region } from '../src/engine/binding.js';
+import { leakCheck, makeFile, needsDirect, readJob, sha256, tempDir } from './helpers.js';
 
 const MiB = 2 ** 20;
 const { dir, cleanup } = tempDir('dmaload-native-');
@@ -30,19 +30,7 @@ describe('native: the addon checks its own arguments', () => {
     const leaks = leakCheck();
     const fd = openSync(f.path, 'r');
     const region = anon(64 * 1024);
-    const base: TransferOptions = {
-      fd,
-      write: false,
-      direct: false,
-      target: region,
-      segments: [0, 0, 4096],
-      chunk: 4096,
-      depth: 1,
-      padTo: 1,
-      engine: 'threads',
-      bounce: false,
-      populate: false,
-    };
+    const base = readJob(fd, region, 4096);
     try {
       assert.throws(() => native.transfer(null as never), typeError);
       assert.throws(() => native.transfer({ ...base, fd: '3' as never }), typeError);
@@ -131,19 +119,7 @@ describe('native: jobs own what they use', () => {
     const fd = openSync(f.path, 'r');
     const region = anon(32 * MiB);
     const view = new Uint8Array(native.view(region, 0, 32 * MiB));
-    const job = native.transfer({
-      fd,
-      write: false,
-      direct: false,
-      target: region,
-      segments: [0, 0, 32 * MiB],
-      chunk: 256 * 1024,
-      depth: 1,
-      padTo: 1,
-      engine: 'uring',
-      bounce: false,
-      populate: false,
-    });
+    const job = native.transfer(readJob(fd, region, 32 * MiB, { chunk: 256 * 1024, engine: 'uring' }));
     // Take the memory and the fd away from under it.
     assert.equal(native.munmap(region), 0);
     closeSync(fd);
@@ -154,23 +130,53 @@ describe('native: jobs own what they use', () => {
     assert.equal(await leaks(), undefined);
   });
 
+  test('munmapSoon: views detached at once, the mapping gone once it settles (a memfd can then be sealed), twice is EINVAL', async () => {
+    const leaks = leakCheck();
+    const before = native.liveMappings();
+    const fd = native.memfdCreate('dmaload-munmapsoon', C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING);
+    assert.ok(fd >= 0);
+    try {
+      ftruncateSync(fd, 8 * MiB);
+      const region = native.mmap(8 * MiB, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0, 0) as Region;
+      assert.notEqual(typeof region, 'number');
+      const view = new Uint8Array(native.view(region, 0, 8 * MiB));
+      view.fill(7);
+      // The kernel is the oracle: F_SEAL_WRITE is refused while a writable shared mapping exists.
+      assert.equal(native.seals(fd, C.F_SEAL_WRITE), -16);
+      const soon = native.munmapSoon(region);
+      assert.equal(view.length, 0, 'views detached at once');
+      assert.throws(() => native.view(region, 0, 1), { code: 'ERR_REGION_CLOSED' });
+      assert.equal(await soon, 0);
+      assert.equal(native.liveMappings(), before);
+      assert.ok(native.seals(fd, C.F_SEAL_WRITE) >= 0, 'sealed once the mapping is gone');
+      assert.equal(await native.munmapSoon(region), -22);
+      assert.equal(native.munmap(region), -22);
+    } finally {
+      closeFd(fd);
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('munmapSoon while a job holds the region: settles, and the mapping goes when the job ends', async (t) => {
+    if (needsDirect(t)) return;
+    const f = makeFile(dir, 'soon', 16 * MiB, 8);
+    const leaks = leakCheck();
+    const fd = openSync(f.path, 'r');
+    const region = anon(16 * MiB);
+    const job = native.transfer(readJob(fd, region, 16 * MiB, { chunk: MiB }));
+    assert.equal(await native.munmapSoon(region), 0);
+    closeSync(fd);
+    const r = await job.promise;
+    assert.equal(r.errno, 0);
+    assert.equal(r.bytes, 16 * MiB);
+    assert.equal(await leaks(), undefined);
+  });
+
   test('a job into a plain ArrayBuffer keeps it alive and fills it', async () => {
     const f = makeFile(dir, 'plain', MiB + 3, 6);
     const fd = openSync(f.path, 'r');
     const ab = new ArrayBuffer(MiB + 3);
-    const r = await native.transfer({
-      fd,
-      write: false,
-      direct: false,
-      target: ab,
-      segments: [0, 0, MiB + 3],
-      chunk: 65536,
-      depth: 4,
-      padTo: 1,
-      engine: 'threads',
-      bounce: false,
-      populate: false,
-    }).promise;
+    const r = await native.transfer(readJob(fd, ab, MiB + 3, { chunk: 65536, depth: 4 })).promise;
     closeSync(fd);
     assert.equal(r.bytes, MiB + 3);
     assert.equal(sha256(new Uint8Array(ab)), f.sha256);

@@ -11,7 +11,7 @@ import { allocate, copy, createWriter, load, probe, readInto, save, writeFrom } 
 import { native } from '../src/engine/binding.js';
 import { evictPath } from '../src/pipeline/cache.js';
 import { uncachedSupport } from '../src/pipeline/source.js';
-import { cachedBytes, evictFile, leakCheck, makeFile, needsDirect, seededBytes, sha256, tempDir, uncachedMissing, warmFile } from './helpers.js';
+import { cachedBytes, evictFile, leakCheck, makeFile, needsDirect, readJob, seededBytes, sha256, tempDir, uncachedMissing, warmFile } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const { dir, cleanup } = tempDir();
@@ -172,23 +172,6 @@ describe("io 'uncached'", () => {
   });
 
   test('the addon refuses other preadv2 flags', () => {
-    assert.throws(
-      () =>
-        native.transfer({
-          fd: 0,
-          write: false,
-          direct: false,
-          target: new ArrayBuffer(4096),
-          segments: [0, 0, 10],
-          chunk: 4096,
-          depth: 1,
-          padTo: 1,
-          engine: 'threads',
-          bounce: false,
-          populate: false,
-          rwFlags: 3,
-        }),
-      { code: 'ERR_OUT_OF_RANGE', message: /rwFlags/ },
-    );
+    assert.throws(() => native.transfer(readJob(0, new ArrayBuffer(4096), 10, { rwFlags: 3 })), { code: 'ERR_OUT_OF_RANGE', message: /rwFlags/ });
   });
 });

@@ -284,6 +284,19 @@ export class LoadedBuffer implements AsyncDisposable {
     if (this.#busy === 0) this.#free();
   }
 
+  /**
+   * @internal close(), with the unmapping on a thread of its own (tearing down a GiB of page tables takes ~130 ms,
+   * which a server's event loop must not wait for): resolves once the mapping is gone, e.g. before a memfd is sealed
+   * against writes. A buffer still borrowed is closed as close() does.
+   */
+  async closeSoon(): Promise<void> {
+    const region = this.#alloc?.region;
+    if (!region || this.#busy > 0) return this.close();
+    const gone = native.munmapSoon(region);
+    this.close(); // the allocation's own munmap finds the region closed already; its fds close here
+    await gone;
+  }
+
   #free(): void {
     const a = this.#closing;
     this.#closing = undefined;

@@ -130,6 +130,8 @@ export interface Native {
   regionSize(region: Region): number;
   /** Detaches the views; the memory is unmapped once no job holds the region. */
   munmap(region: Region): number;
+  /** munmap() with the unmapping on libuv's pool (a GiB of page tables takes ~130 ms): settles once it is done. */
+  munmapSoon(region: Region): Promise<number>;
   /** Detaches every view of a live region (they become empty) and keeps the mapping: memory changing hands. */
   revokeViews(region: Region): void;
   madvise(region: Region, offset: number, length: number, advice: number): number;

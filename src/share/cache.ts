@@ -338,7 +338,7 @@ export class Cache {
       const o = this.#o;
       const buf = await this.#watched(name, (w) => loadOpened(src, { ...this.#shape(), io: o.io, ...w }), abort);
       const stats = servedStats(buf);
-      exported = exportBuffer(buf, o.target);
+      exported = await exportBuffer(buf, o.target);
       if (o.signal.aborted) throw new DmaloadError('ERR_SHARE_SERVER_CLOSING', 'the dmaload server is shutting down');
       this.count.loads++;
       this.#reserve(uid, -charge);
@@ -585,7 +585,7 @@ export class Cache {
       return this.#readThroughFd(fd, size, name, shape);
     }
     const stats = servedStats(buf);
-    return { exported: exportBuffer(buf, o.target), stats };
+    return { exported: await exportBuffer(buf, o.target), stats };
   }
 
   /**
@@ -662,7 +662,7 @@ export class Cache {
       buf.close();
       throw e;
     }
-    return { exported: exportBuffer(buf, shape.target), stats };
+    return { exported: await exportBuffer(buf, shape.target), stats };
   }
 
   /** Drops every entry (the server is closing); clients keep what they mapped. */

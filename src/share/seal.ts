@@ -43,15 +43,16 @@ function dup(fd: number, path: string): number {
 
 /**
  * Takes a freshly loaded buffer apart into fds the server can send: duplicates of its memfd or dma-bufs, the buffer
- * closed (its mapping gone), a memfd then sealed against every change. Closes `buf` whatever happens.
+ * closed (its mapping gone, unmapped off the event loop), a memfd then sealed against every change. Closes `buf`
+ * whatever happens.
  */
-export function exportBuffer(buf: LoadedBuffer, target: ShareTarget): Exported {
+export async function exportBuffer(buf: LoadedBuffer, target: ShareTarget): Promise<Exported> {
   const fds: number[] = [];
   try {
     const parts = buf.parts.map((p) => ({ offset: p.offset, size: p.size }));
     if (target === 'memfd') fds.push(dup(buf.fd, buf.path));
     else for (const p of buf.parts) fds.push(dup(p.fd, buf.path));
-    buf.close();
+    await buf.closeSoon();
     if (target === 'memfd') {
       if (parts.length === 0) parts.push({ offset: 0, size: 0 }); // an empty file still has its (empty) memfd
       const s = native.seals(fds[0]!, SERVED_SEALS | C.F_SEAL_SEAL);

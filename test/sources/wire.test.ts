@@ -14,6 +14,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { load } from '../../src/index.js';
+import type { LoadStats } from '../../src/api/buffer.js';
 import { noProxyFor } from '../../src/pipeline/sources/http.js';
 import { bufferSha256, seededBytes, sha256 } from '../helpers.js';
 import { LOOPBACK, clean, rejects, withVars } from './common.js';
@@ -26,6 +27,7 @@ const SIZE = 6 * MiB + 4097;
 const data = seededBytes(SIZE, 77);
 const want = sha256(data);
 
+type NetworkStats = NonNullable<LoadStats['network']>;
 type Quirk = 'split-head' | 'early-hints' | 'close-after' | 'extra-bytes' | 'chunked' | 'plain';
 
 interface RawServer {
@@ -102,6 +104,29 @@ async function rawServer(quirk: Quirk): Promise<RawServer> {
 }
 
 const source = { connections: 2, chunkSize: 1 * MiB };
+const RANGES = Math.ceil(SIZE / MiB);
+
+/**
+ * Loads the object from a raw server with `quirk` (nothing leaked: clean()), byte-exact by SHA-256, `check`ed with
+ * the load's stats while the buffer is open; resolves to the server's counts once the load is closed.
+ */
+async function loadFrom(quirk: Quirk, o: { connections: number; chunkSize: number }, check: (net: NetworkStats, srv: RawServer) => void = () => {}) {
+  const srv = await rawServer(quirk);
+  try {
+    await clean(async () => {
+      const b = await load(srv.url, { source: o });
+      try {
+        assert.equal(bufferSha256(b), want);
+        check(b.stats.network!, srv);
+      } finally {
+        b.close();
+      }
+    });
+    return { requests: srv.requests, connections: srv.connections };
+  } finally {
+    await srv.close();
+  }
+}
 
 describe('the wire: ranged GETs on connections of their own', () => {
   before(() => {
@@ -110,89 +135,37 @@ describe('the wire: ranged GETs on connections of their own', () => {
 
   for (const quirk of ['plain', 'split-head', 'early-hints'] as const) {
     test(`${quirk}: byte-exact, no retries`, async () => {
-      const srv = await rawServer(quirk);
-      try {
-        await clean(async () => {
-          const b = await load(srv.url, { source });
-          try {
-            assert.equal(bufferSha256(b), want);
-            assert.equal(b.stats.network!.retries, 0);
-            // The probe and one GET per MiB.
-            assert.equal(srv.requests, 1 + Math.ceil(SIZE / MiB));
-          } finally {
-            b.close();
-          }
-        });
-        // Kept alive: the probe's connection goes on to the ranges, and at most one more.
-        assert.ok(srv.connections <= 2, `${srv.connections} connections`);
-      } finally {
-        await srv.close();
-      }
+      const srv = await loadFrom(quirk, source, (net) => assert.equal(net.retries, 0));
+      // The probe and one GET per MiB.
+      assert.equal(srv.requests, 1 + RANGES);
+      // Kept alive: the probe's connection goes on to the ranges, and at most one more.
+      assert.ok(srv.connections <= 2, `${srv.connections} connections`);
     });
   }
 
   test('more bytes than the body: byte-exact; the connection is never used again', async () => {
-    const srv = await rawServer('extra-bytes');
-    try {
-      await clean(async () => {
-        const b = await load(srv.url, { source });
-        try {
-          assert.equal(bufferSha256(b), want);
-          // The body is read in place up to its length; what follows arrives later, either on an idle connection
-          // (dropped) or as the head of the next answer (not HTTP: that range is asked again on a new connection).
-          const ranges = Math.ceil(SIZE / MiB);
-          assert.ok(b.stats.network!.retries <= ranges, `${b.stats.network!.retries} retries`);
-          assert.equal(srv.requests, 1 + ranges + b.stats.network!.retries);
-        } finally {
-          b.close();
-        }
-      });
-      // No connection carries two answers: each is out of step after its first (a request sent on it before that
-      // showed fails and is asked again on a new one). So: the probe's, and one per range.
-      assert.equal(srv.connections, 1 + Math.ceil(SIZE / MiB));
-    } finally {
-      await srv.close();
-    }
+    const srv = await loadFrom('extra-bytes', source, (net, s) => {
+      // The body is read in place up to its length; what follows arrives later, either on an idle connection
+      // (dropped) or as the head of the next answer (not HTTP: that range is asked again on a new connection).
+      assert.ok(net.retries <= RANGES, `${net.retries} retries`);
+      assert.equal(s.requests, 1 + RANGES + net.retries);
+    });
+    // No connection carries two answers: each is out of step after its first (a request sent on it before that
+    // showed fails and is asked again on a new one). So: the probe's, and one per range.
+    assert.equal(srv.connections, 1 + RANGES);
   });
 
   test('a kept-alive connection the server closed is replaced without a retry', async () => {
-    const srv = await rawServer('close-after');
-    try {
-      await clean(async () => {
-        const b = await load(srv.url, { source: { connections: 1, chunkSize: 1 * MiB } });
-        try {
-          assert.equal(bufferSha256(b), want);
-          assert.equal(b.stats.network!.retries, 0);
-        } finally {
-          b.close();
-        }
-      });
-      // Every range on a new connection (the server closed each after its answer); a request sent before the close
-      // was seen is sent again on a new one.
-      assert.equal(srv.connections, 1 + Math.ceil(SIZE / MiB));
-    } finally {
-      await srv.close();
-    }
+    const srv = await loadFrom('close-after', { connections: 1, chunkSize: 1 * MiB }, (net) => assert.equal(net.retries, 0));
+    // Every range on a new connection (the server closed each after its answer); a request sent before the close
+    // was seen is sent again on a new one.
+    assert.equal(srv.connections, 1 + RANGES);
   });
 
   test('206 answers framed by chunked encoding: undici reads them, byte-exact', async () => {
-    const srv = await rawServer('chunked');
-    try {
-      await clean(async () => {
-        const b = await load(srv.url, { source });
-        try {
-          assert.equal(bufferSha256(b), want);
-          assert.equal(b.stats.network!.retries, 0);
-          // The wire's requests in flight (one per connection) saw the framing and gave their ranges to undici.
-          const ranges = Math.ceil(SIZE / MiB);
-          assert.ok(srv.requests >= 2 + ranges && srv.requests <= 1 + source.connections + ranges, `${srv.requests} requests`);
-        } finally {
-          b.close();
-        }
-      });
-    } finally {
-      await srv.close();
-    }
+    const srv = await loadFrom('chunked', source, (net) => assert.equal(net.retries, 0));
+    // The wire's requests in flight (one per connection) saw the framing and gave their ranges to undici.
+    assert.ok(srv.requests >= 2 + RANGES && srv.requests <= 1 + source.connections + RANGES, `${srv.requests} requests`);
   });
 
   test('a load of a URL with no proxy in the way never loads undici (its import was the largest part of the start)', async () => {
@@ -212,7 +185,7 @@ describe('the wire: ranged GETs on connections of their own', () => {
       return JSON.parse(stdout) as { undici: boolean; size: number; requests: number };
     };
     try {
-      assert.deepEqual(await run({}), { undici: false, size: SIZE, requests: 1 + Math.ceil(SIZE / MiB) });
+      assert.deepEqual(await run({}), { undici: false, size: SIZE, requests: 1 + RANGES });
       // The oracle sees undici when it is used.
       assert.equal((await run({ DMALOAD_HTTP_WIRE: 'off' })).undici, true);
     } finally {
