@@ -152,7 +152,7 @@ export class CaptureWriter implements Writer {
   #written = 0;
   #inflight = new Set<Promise<void>>();
   #allocated = 0;
-  #canAllocate = true;
+  #canAllocate: boolean;
 
   constructor(dest: Destination, queue: IoQueue, staging: Region, o: { chunk: number; depth: number; sync: boolean; signal: AbortSignal | undefined }) {
     this.#dest = dest;
@@ -163,6 +163,9 @@ export class CaptureWriter implements Writer {
     this.#sync = o.sync;
     this.#signal = o.signal;
     this.#block = dest.direct ? Math.max(dest.align.offsetAlign, 1) : 1;
+    // Buffered writes allocate as they go (ext4 delays it to writeback); on tmpfs fallocate would zero every page
+    // that a write then fills anyway.
+    this.#canAllocate = dest.direct;
     this.#memAlign = Math.max(dest.align.memAlign, 1);
     this.#free = Array.from({ length: o.depth }, (_, i) => o.depth - 1 - i);
     this.#cur = this.#free.pop()!;
@@ -176,9 +179,9 @@ export class CaptureWriter implements Writer {
   }
 
   /**
-   * Allocates the file's space ahead of the writes (fallocate moves its size): on ext4 a direct write that extends
-   * the file takes the inode lock exclusively, so extending writes cannot run in parallel. close() cuts the file
-   * to the bytes written.
+   * Allocates the file's space ahead of direct writes (fallocate moves its size): on ext4 a direct write that
+   * extends the file takes the inode lock exclusively, so extending writes cannot run in parallel. close() cuts the
+   * file to the bytes written.
    */
   preallocate(upTo: number): void {
     if (!this.#canAllocate || upTo <= this.#allocated) return;
@@ -245,12 +248,13 @@ export class CaptureWriter implements Writer {
     pending?: Array<Promise<void>>,
   ): Promise<void> {
     let off = 0;
+    // In place: any memory for buffered writes, aligned memory for direct ones (a copy into staging cost a second
+    // pass over every byte, and the staging's fresh pages, where the kernel copies anyway).
     if (
-      this.#dest.direct &&
       inPlace &&
       this.#fill === 0 &&
       length >= this.#chunk &&
-      (native.address(inPlace.target) + BigInt(inPlace.offset)) % BigInt(this.#memAlign) === 0n
+      (!this.#dest.direct || (native.address(inPlace.target) + BigInt(inPlace.offset)) % BigInt(this.#memAlign) === 0n)
     ) {
       const len = length - (length % this.#block);
       this.preallocate(this.#fileOff + len);

@@ -12,11 +12,13 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { load } from '../../src/index.js';
+import { copy, load } from '../../src/index.js';
 import type { LoadStats } from '../../src/api/buffer.js';
 import { noProxyFor } from '../../src/pipeline/sources/http.js';
-import { bufferSha256, seededBytes, sha256 } from '../helpers.js';
+import { bufferSha256, seededBytes, sha256, tempDir } from '../helpers.js';
 import { LOOPBACK, clean, rejects, withVars } from './common.js';
 
 // Loopback never goes through a proxy of the environment (the proxy test sets its own).
@@ -34,16 +36,20 @@ interface RawServer {
   url: string;
   requests: number;
   connections: number;
+  /** The most connections open at once. */
+  maxOpen: number;
   close(): Promise<void>;
 }
 
-/** A raw HTTP/1.1 server of `data` with one quirk; ranged GETs only (the probe asks for bytes=0-0). */
-async function rawServer(quirk: Quirk): Promise<RawServer> {
+/** A raw HTTP/1.1 server of `data` (or `body`) with one quirk; ranged GETs only (the probe asks for bytes=0-0). */
+async function rawServer(quirk: Quirk, body: Uint8Array = data): Promise<RawServer> {
   const sockets = new Set<Socket>();
-  const state = { requests: 0, connections: 0 };
+  const state = { requests: 0, connections: 0, maxOpen: 0 };
+  const size = body.length;
   const server: Server = createServer((s) => {
     sockets.add(s);
     state.connections++;
+    state.maxOpen = Math.max(state.maxOpen, sockets.size);
     s.on('close', () => sockets.delete(s));
     s.on('error', () => {});
     let pending = Buffer.alloc(0);
@@ -59,17 +65,17 @@ async function rawServer(quirk: Quirk): Promise<RawServer> {
   });
   async function answer(s: Socket, head: string): Promise<void> {
     const m = /\r\nrange: bytes=(\d+)-(\d+)/i.exec(head);
-    const [from, to] = m ? [Number(m[1]), Math.min(SIZE - 1, Number(m[2]))] : [0, SIZE - 1];
-    const body = data.subarray(from, to + 1);
+    const [from, to] = m ? [Number(m[1]), Math.min(size - 1, Number(m[2]))] : [0, size - 1];
+    const part = body.subarray(from, to + 1);
     const status = m ? '206 Partial Content' : '200 OK';
-    const fields = [`HTTP/1.1 ${status}`, 'etag: "v1"', 'accept-ranges: bytes', `content-range: bytes ${from}-${to}/${SIZE}`];
+    const fields = [`HTTP/1.1 ${status}`, 'etag: "v1"', 'accept-ranges: bytes', `content-range: bytes ${from}-${to}/${size}`];
     if (quirk === 'chunked') {
-      s.write(`${fields.join('\r\n')}\r\ntransfer-encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n`);
-      s.write(body);
+      s.write(`${fields.join('\r\n')}\r\ntransfer-encoding: chunked\r\n\r\n${part.length.toString(16)}\r\n`);
+      s.write(part);
       s.write('\r\n0\r\n\r\n');
       return;
     }
-    const whole = Buffer.concat([Buffer.from(`${fields.join('\r\n')}\r\ncontent-length: ${body.length}\r\n\r\n`), body]);
+    const whole = Buffer.concat([Buffer.from(`${fields.join('\r\n')}\r\ncontent-length: ${part.length}\r\n\r\n`), part]);
     if (quirk === 'early-hints') s.write('HTTP/1.1 103 Early Hints\r\nlink: </x>; rel=preload\r\n\r\n');
     if (quirk === 'split-head') {
       // The head a few bytes at a time, each its own segment.
@@ -95,6 +101,9 @@ async function rawServer(quirk: Quirk): Promise<RawServer> {
     },
     get connections() {
       return state.connections;
+    },
+    get maxOpen() {
+      return state.maxOpen;
     },
     close: async () => {
       for (const s of sockets) s.destroy();
@@ -166,6 +175,25 @@ describe('the wire: ranged GETs on connections of their own', () => {
     const srv = await loadFrom('chunked', source, (net) => assert.equal(net.retries, 0));
     // The wire's requests in flight (one per connection) saw the framing and gave their ranges to undici.
     assert.ok(srv.requests >= 2 + RANGES && srv.requests <= 1 + source.connections + RANGES, `${srv.requests} requests`);
+  });
+
+  test('copy() of a URL: its slots, read at once, share one cap on the connections; byte-exact on disk', async () => {
+    // 40 MiB: three 16 MiB slots of the copy's ring read at once, each a ranged read of its own.
+    const body = seededBytes(40 * MiB + 5, 78);
+    const srv = await rawServer('plain', body);
+    const { dir, cleanup } = tempDir('dmaload-wire-copy-');
+    try {
+      const dst = join(dir, 'copy.bin');
+      await clean(async () => {
+        const r = await copy(srv.url, dst, { source: { connections: 2, chunkSize: MiB } });
+        assert.equal(r.bytes, body.length);
+      });
+      assert.equal(sha256(readFileSync(dst)), sha256(body));
+      assert.ok(srv.maxOpen <= 2, `${srv.maxOpen} connections open at once for a cap of 2`);
+    } finally {
+      cleanup();
+      await srv.close();
+    }
   });
 
   test('a load of a URL with no proxy in the way never loads undici (its import was the largest part of the start)', async () => {

@@ -30,6 +30,8 @@ const MiB = 1024 * 1024;
 export const HTTP_DEFAULTS = { connections: 32, startConnections: 4, chunkMin: MiB, chunkMax: 16 * MiB, attempts: 8, stallMs: 15_000, redirects: 10 };
 /** A ranged GET answered within this doubles the chunk size (the round trip and first-byte wait then cost ≤ ~10 %). */
 const QUICK_MS = 200;
+/** A growth window. */
+const WINDOW_MS = 250;
 
 export interface HttpOptions {
   /** Extra request headers (an `Authorization` is dropped when a redirect leaves the origin; never logged). */
@@ -217,7 +219,19 @@ export class HttpObject {
   #ca: string[] | undefined;
   #headers: Record<string, string>;
   #o: Resolved;
+  /** Requests in flight at most (grows from `startConnections` to `connections`, halves when throttled). */
   #limit: number;
+  /** Requests in flight now, over every transfer of this object, and the workers waiting for a turn. */
+  #inFlight = 0;
+  #waiting: Array<() => void> = [];
+  /** Bytes no request was given yet, over every transfer in progress (sizes the tail's chunks). */
+  #remaining = 0;
+  /** The chunk size transfers cut at: grows, and a later transfer does not start small again. */
+  #chunk: number;
+  #growth = { lastRate: 0, growing: true };
+  /** The growth windows' timer while a transfer is in progress; each transfer's way to add workers. */
+  #window: { lastBytes: number; timer: ReturnType<typeof setInterval> } | undefined;
+  readonly #topUps = new Set<() => void>();
   #frozenUntil = 0;
   #throttled = false;
   /** The server answered 412 to its own ETag: conditions are dropped, each answer's ETag is compared instead. */
@@ -243,6 +257,7 @@ export class HttpObject {
     this.#headers = headers;
     this.#o = o;
     this.#limit = Math.min(HTTP_DEFAULTS.startConnections, o.connections);
+    this.#chunk = o.chunkSize ?? this.#range().min;
     this.#wire = this.#wireMade = o.wire && noProxyFor(url) ? (wire ?? new Wire(url, ca, o.stallMs)) : undefined;
     if (wire && wire !== this.#wire) wire.close();
   }
@@ -398,7 +413,8 @@ export class HttpObject {
 
   /**
    * Runs the transfer of `items` with the adaptive pool of workers. Items are cut into chunks lazily, so the chunk
-   * size can grow and the tail can shrink.
+   * size can grow and the tail can shrink. Transfers that run at once (a copy's ring reads its slots so) share the
+   * object's cap on requests in flight, its chunk size and its growth: `connections` holds for the object.
    */
   async #transfer(items: Item[], signal: AbortSignal, onBytes?: (n: number) => void, hash?: Hasher): Promise<void> {
     if (!this.info.ranges) return this.#stream(items, signal, onBytes, hash);
@@ -407,9 +423,9 @@ export class HttpObject {
     // One abort listener per request in flight: bounded by the connections, not a leak.
     setMaxListeners(this.#o.connections * 2 + 16, inner);
     const fixed = this.#o.chunkSize;
-    const range = this.#o.chunkRange ?? { min: HTTP_DEFAULTS.chunkMin, max: HTTP_DEFAULTS.chunkMax };
-    let chunk = fixed ?? range.min;
+    const range = this.#range();
     let remaining = items.reduce((n, it) => n + it.len, 0);
+    this.#remaining += remaining;
     const queue = items.map((it) => ({ ...it, done: 0 }));
     let qi = 0;
     const next = (): Piece | undefined => {
@@ -417,77 +433,120 @@ export class HttpObject {
       const it = queue[qi];
       if (!it) return undefined;
       // Near the end, smaller chunks so every connection finishes about together.
-      const fair = Math.ceil(remaining / Math.max(1, this.#limit));
+      const fair = Math.ceil(this.#remaining / Math.max(1, this.#limit));
       // Cut on 64 KiB boundaries (a local copy writes each piece by direct I/O); an item's end may be ragged.
-      const want = fixed ?? Math.max(256 * 1024, Math.min(chunk, fair));
+      const want = fixed ?? Math.max(256 * 1024, Math.min(this.#chunk, fair));
       const n = Math.min(it.len - it.done, Math.ceil(want / 65536) * 65536);
       const p = { item: it, at: it.done, len: n };
       it.done += n;
       remaining -= n;
+      this.#remaining -= n;
       return p;
     };
-    let active = 0;
     let failure: { e: unknown } | undefined;
     const workers = new Set<Promise<void>>();
     const spawn = () => {
       const w = (async () => {
-        active++;
-        this.stats.connections = Math.max(this.stats.connections, active);
         try {
-          for (;;) {
-            if (active > this.#limit || failure) return;
+          // A request slot first (waiting holds no connection), then the next piece.
+          while (!failure && (await this.#turn(inner))) {
             const p = next();
-            if (!p) return;
-            const t = performance.now();
-            await this.#piece(p, inner, counted, hash);
-            // A chunk answered quickly pays its request's round trip and first-byte wait for few bytes: ask for more.
-            if (!fixed && p.len >= chunk && performance.now() - t < QUICK_MS) chunk = Math.min(range.max, chunk * 2);
+            try {
+              if (!p) return;
+              const t = performance.now();
+              await this.#piece(p, inner, counted, hash);
+              // A chunk answered quickly pays its request's round trip and first-byte wait for few bytes: ask for more.
+              if (!fixed && p.len >= this.#chunk && performance.now() - t < QUICK_MS) this.#chunk = Math.min(range.max, this.#chunk * 2);
+            } finally {
+              this.#turnDone();
+            }
           }
         } catch (e) {
           failure ??= { e };
           ac.abort(e);
-        } finally {
-          active--;
         }
       })();
       workers.add(w);
       void w.finally(() => workers.delete(w));
     };
-    // Growth: every window, while throughput grows by a tenth or more, more connections and bigger chunks. Windows
-    // start at the first body byte: one holding the connections' set-up and first waits would make any later one look
-    // faster (counting it grew the connections to 28 against one Swift proxy, where 8 did as well).
-    let lastBytes = this.stats.bytes;
-    const growth = { lastRate: 0, growing: true };
-    const window = 250;
-    let timer: ReturnType<typeof setInterval> | undefined;
+    // More workers as the cap grows (those past it wait for a turn).
+    const topUp = () => {
+      while (workers.size < this.#limit && remaining > 0 && !failure) spawn();
+    };
     const counted = (n: number) => {
-      if (timer === undefined) {
-        lastBytes = this.stats.bytes - n;
-        timer = setInterval(tick, window);
-      }
+      this.#startWindows(n);
       onBytes?.(n);
     };
-    const tick = () => {
-      const rate = (this.stats.bytes - lastBytes) / window;
-      lastBytes = this.stats.bytes;
-      if (!fixed) chunk = Math.min(range.max, chunk * 2);
-      if (Date.now() >= this.#frozenUntil) this.#grow(growth, rate);
-      while (active < this.#limit && remaining > 0 && !failure) spawn();
-    };
+    const wake = () => this.#wakeAll();
+    inner.addEventListener('abort', wake, { once: true });
+    this.#topUps.add(topUp);
     try {
-      for (let i = 0; i < this.#limit && remaining > 0; i++) spawn();
-      while (workers.size > 0) {
-        await Promise.allSettled([...workers]);
-        // Throttling may have stopped workers while work remains: keep at least one going.
-        if (!failure && remaining > 0 && workers.size === 0) spawn();
-      }
+      topUp();
+      while (workers.size > 0) await Promise.allSettled([...workers]);
     } finally {
-      if (timer !== undefined) clearInterval(timer);
+      this.#topUps.delete(topUp);
+      inner.removeEventListener('abort', wake);
+      this.#remaining -= remaining;
+      if (this.#topUps.size === 0) this.#stopWindows();
     }
     if (failure) {
       if (signal.aborted) throw new AbortError(undefined, { cause: signal.reason });
       throw failure.e;
     }
+  }
+
+  /** The chunk sizes allowed: the `chunkRange` option, else the defaults. */
+  #range(): { min: number; max: number } {
+    return this.#o.chunkRange ?? { min: HTTP_DEFAULTS.chunkMin, max: HTTP_DEFAULTS.chunkMax };
+  }
+
+  /** Waits for a request slot under the object's cap; false once `signal` aborted (no slot taken). */
+  async #turn(signal: AbortSignal): Promise<boolean> {
+    while (this.#inFlight >= this.#limit && !signal.aborted) await new Promise<void>((r) => this.#waiting.push(r));
+    if (signal.aborted) {
+      // A turn this worker was woken for goes to the next one waiting.
+      if (this.#inFlight < this.#limit) this.#waiting.shift()?.();
+      return false;
+    }
+    this.#inFlight++;
+    this.stats.connections = Math.max(this.stats.connections, this.#inFlight);
+    return true;
+  }
+
+  #turnDone(): void {
+    this.#inFlight--;
+    this.#waiting.shift()?.();
+  }
+
+  /** Wakes every worker waiting for a turn (an abort, or a cap grown); each checks again. */
+  #wakeAll(): void {
+    for (const w of this.#waiting.splice(0)) w();
+  }
+
+  /**
+   * Growth windows, one timer for every transfer in progress. They start at the first body byte: a window holding
+   * the connections' set-up and first waits would make any later one look faster (counting it grew the
+   * connections to 28 against one Swift proxy, where 8 did as well).
+   */
+  #startWindows(first: number): void {
+    if (this.#window) return;
+    const w = { lastBytes: this.stats.bytes - first, timer: setInterval(() => this.#tick(w), WINDOW_MS) };
+    this.#window = w;
+  }
+
+  #stopWindows(): void {
+    if (this.#window) clearInterval(this.#window.timer);
+    this.#window = undefined;
+  }
+
+  /** Every window: bigger chunks; while throughput grows by a tenth or more, more connections. */
+  #tick(w: { lastBytes: number }): void {
+    const rate = (this.stats.bytes - w.lastBytes) / WINDOW_MS;
+    w.lastBytes = this.stats.bytes;
+    if (!this.#o.chunkSize) this.#chunk = Math.min(this.#range().max, this.#chunk * 2);
+    if (Date.now() >= this.#frozenUntil) this.#grow(this.#growth, rate);
+    for (const topUp of this.#topUps) topUp();
+    this.#wakeAll();
   }
 
   /** One window's growth of the connections: more while the throughput (`rate`) grew by a tenth or more. */
