@@ -39,7 +39,10 @@ export interface WriterOptions {
   atomic?: boolean;
   /** fsync the file (and, when atomic, its folder) at close(). Default true. */
   fsync?: boolean;
-  /** Bytes the file will hold, when known: allocated at once (save() passes it). Otherwise allocated in steps. */
+  /**
+   * Bytes the file will hold, when known: allocated at once for direct writes (save() passes it), otherwise in
+   * steps. Buffered writes are not preallocated.
+   */
   expectedSize?: number;
   /** File mode. Default: the replaced file's mode, else 0o644 (exact, whatever the umask). */
   mode?: number;
