@@ -364,6 +364,10 @@ Napi::Value MunmapSoon(const Napi::CallbackInfo& info) {
     return deferred.Resolve(Num(a.env, rc)), promise;
   }
   auto tsfn = Napi::ThreadSafeFunction::New(a.env, Napi::Function::New(a.env, [](const Napi::CallbackInfo&) {}), "dmaload.munmapSoon", 0, 1);
+  if (static_cast<napi_threadsafe_function>(tsfn) == nullptr || a.env.IsExceptionPending()) {
+    r->Unpin();  // no way back from a thread: unmap here rather than not at all (the exception is thrown)
+    return {};
+  }
   auto* done = new Napi::Promise::Deferred(deferred);
   std::thread t;
   int e = Spawn(t, [tsfn, r, done]() mutable {
