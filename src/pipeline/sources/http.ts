@@ -544,13 +544,14 @@ export class HttpObject {
     const rate = (this.stats.bytes - w.lastBytes) / WINDOW_MS;
     w.lastBytes = this.stats.bytes;
     if (!this.#o.chunkSize) this.#chunk = Math.min(this.#range().max, this.#chunk * 2);
-    if (Date.now() >= this.#frozenUntil) this.#grow(this.#growth, rate);
+    if (Date.now() >= this.#frozenUntil) this.#grow(rate);
     for (const topUp of this.#topUps) topUp();
     this.#wakeAll();
   }
 
   /** One window's growth of the connections: more while the throughput (`rate`) grew by a tenth or more. */
-  #grow(g: { lastRate: number; growing: boolean }, rate: number): void {
+  #grow(rate: number): void {
+    const g = this.#growth;
     // After a throttle's pause, growth starts again from the halved level (additive increase, halving decrease).
     if (this.#throttled) {
       this.#throttled = false;
