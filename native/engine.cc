@@ -14,10 +14,7 @@
 
 #include "hash.h"
 #include "mappings.h"
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
+#include "populate.h"
 
 namespace dmaload {
 
@@ -134,6 +131,7 @@ class Job : public Owned, public std::enable_shared_from_this<Job> {
   // Settings, fixed before the thread starts.
   int fd = -1;  // our dup
   bool write = false, direct = false, bounce = false, populate = false, uring = true;
+  bool collapse = false;  // populate shmem in huge folios (MADV_COLLAPSE), small pages where that fails
   int rwFlags = 0;
   uint64_t chunk = 0, padTo = 0;
   unsigned depth = 1;
@@ -325,6 +323,7 @@ void Job::PopulateAhead(const std::atomic<bool>& stop) {
     covered = std::max(covered, hi);
   }
   // Threads take steps in order; `populated` is the end of the longest run of finished steps from the first.
+  std::atomic<bool> collapsing{collapse};
   std::vector<uint8_t> finished(steps.size());
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -335,7 +334,7 @@ void Job::PopulateAhead(const std::atomic<bool>& stop) {
       size_t i = next.fetch_add(1);
       if (i >= steps.size()) return;
       // Fails on kernels before 5.14 (EINVAL) or on memory that cannot be written: the I/O faults pages itself.
-      if (madvise(target.data + steps[i].first, steps[i].second - steps[i].first, MADV_POPULATE_WRITE) < 0) {
+      if (PopulateRange(target.data + steps[i].first, steps[i].second - steps[i].first, collapsing) < 0) {
         failed = true;
         return;
       }
@@ -536,7 +535,8 @@ Napi::Value Transfer(const Napi::CallbackInfo& info) {
       !a.U64(o.Get("chunk"), "opts.chunk", chunk, kGiB, 1) || !a.U64(o.Get("depth"), "opts.depth", depth, 4096, 1) ||
       !a.U64(o.Get("padTo"), "opts.padTo", padTo, 1u << 20) || !a.Str(o.Get("engine"), "opts.engine", engine) ||
       !a.Bool(o.Get("bounce"), "opts.bounce", j->bounce) || !a.Bool(o.Get("populate"), "opts.populate", j->populate) ||
-      !RwFlags(a, o.Get("rwFlags"), "opts.rwFlags", j->rwFlags))
+      !RwFlags(a, o.Get("rwFlags"), "opts.rwFlags", j->rwFlags) ||
+      (!o.Get("collapse").IsUndefined() && !a.Bool(o.Get("collapse"), "opts.collapse", j->collapse)))
     return {};
   if (padTo > 1 && !IsPow2(padTo)) return a.RangeError("opts.padTo", "0, 1 or a power of two <= 1048576"), Napi::Value();
   if (padTo > 1 && chunk % padTo) return a.RangeError("opts.chunk", "a multiple of opts.padTo (" + std::to_string(padTo) + ")"), Napi::Value();

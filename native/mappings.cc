@@ -203,8 +203,8 @@ size_t HugetlbPageOf(int fd) {
   return sfs.f_bsize > 0 ? static_cast<size_t>(sfs.f_bsize) : 0;
 }
 
-// mmap(length, prot, flags, fd, offset, align) -> Region | -errno. align > page size is honoured for anonymous
-// mappings by over-reserving and trimming (2 MiB for huge pages). MAP_HUGETLB: align must be the huge page size;
+// mmap(length, prot, flags, fd, offset, align) -> Region | -errno. align > page size is honoured by over-reserving
+// and trimming (2 MiB for huge pages), for anonymous mappings and files of small pages alike. MAP_HUGETLB: align must be the huge page size;
 // the kernel aligns such a mapping itself, and the region spans whole huge pages (over-reserving would take pool
 // pages the caller never asked for, and a hugetlb mapping cannot be trimmed inside a huge page). A hugetlbfs file
 // is mapped in whole huge pages likewise.
@@ -225,13 +225,19 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   if (unit & (unit - 1)) unit = ps;
   size_t mlen = (len + unit - 1) & ~(unit - 1);
   uint8_t* addr;
-  if (fd < 0 && align > ps && !hugetlb) {
+  if (align > ps && !hugetlb && unit == ps) {
+    // A file's mapping is placed over an aligned reservation (a shmem file's huge folios are then mapped by PMDs).
     size_t reserve = mlen + align;
-    void* base = mmap(nullptr, reserve, prot, flags, -1, 0);
+    void* base = fd < 0 ? mmap(nullptr, reserve, prot, flags, -1, 0) : mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (base == MAP_FAILED) return Num(a.env, static_cast<double>(Err()));
     uintptr_t b = reinterpret_cast<uintptr_t>(base);
     uintptr_t al = (b + align - 1) & ~(static_cast<uintptr_t>(align) - 1);
     size_t head = al - b, tail = reserve - head - mlen;
+    if (fd >= 0 && mmap(reinterpret_cast<void*>(al), mlen, prot, flags | MAP_FIXED, fd, static_cast<off_t>(off)) == MAP_FAILED) {
+      int64_t e = Err();
+      munmap(base, reserve);
+      return Num(a.env, static_cast<double>(e));
+    }
     if (head) munmap(base, head);
     if (tail) munmap(reinterpret_cast<void*>(al + mlen), tail);
     addr = reinterpret_cast<uint8_t*>(al);

@@ -5,10 +5,7 @@
 
 #include "faults.h"
 #include "mappings.h"
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
+#include "populate.h"
 
 namespace dmaload {
 
@@ -46,13 +43,14 @@ Napi::Value MmapInto(const Napi::CallbackInfo& info) {
   return Num(a.env, 0);
 }
 
-// populate(region, offset, length) -> Promise<0 | -errno>: MADV_POPULATE_WRITE on libuv's pool, region pinned.
+// populate(region, offset, length, huge = false) -> Promise<0 | -errno>: MADV_POPULATE_WRITE on libuv's pool, region
+// pinned; `huge`: whole aligned 2 MiB extents as huge folios (PopulateRange).
 class PopulateWorker : public Napi::AsyncWorker {
  public:
-  PopulateWorker(Napi::Env env, Lease lease, uint8_t* p, uint64_t len)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), lease_(std::move(lease)), p_(p), len_(len) {}
+  PopulateWorker(Napi::Env env, Lease lease, uint8_t* p, uint64_t len, bool huge)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), lease_(std::move(lease)), p_(p), len_(len), huge_(huge) {}
   void Execute() override {
-    if (len_ && madvise(p_, len_, MADV_POPULATE_WRITE) < 0) rc_ = -errno;
+    if (len_ && PopulateRange(p_, len_, huge_) < 0) rc_ = -errno;
     lease_.Release();
   }
   void OnOK() override { deferred_.Resolve(Num(Env(), rc_)); }
@@ -63,6 +61,7 @@ class PopulateWorker : public Napi::AsyncWorker {
   Lease lease_;
   uint8_t* p_;
   uint64_t len_;
+  std::atomic<bool> huge_;
   int rc_ = 0;
 };
 
@@ -70,10 +69,13 @@ Napi::Value Populate(const Napi::CallbackInfo& info) {
   Args a(info, "populate");
   std::shared_ptr<Region> r;
   uint64_t off, len;
-  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len) || !CheckRange(a, *r, off, len)) return {};
+  bool huge = false;
+  if (!ReadRegion(a, a[0], "region", r) || !a.U64(a[1], "offset", off) || !a.U64(a[2], "length", len) || !CheckRange(a, *r, off, len) ||
+      (!a[3].IsUndefined() && !a.Bool(a[3], "huge", huge)))
+    return {};
   r->Pin();
   uint8_t* p = r->addr + off;
-  auto* w = new PopulateWorker(a.env, Lease(std::move(r)), p, len);
+  auto* w = new PopulateWorker(a.env, Lease(std::move(r)), p, len, huge);
   auto promise = w->Promise();
   w->Queue();
   return promise;

@@ -310,16 +310,32 @@ export function fileSha256Streamed(path: string): string {
   return h.digest('hex');
 }
 
-/** The VmFlags of the mapping that starts at `addr` in /proc/self/smaps (the kernel's own word on a mapping). */
-export function vmFlags(addr: bigint): string[] {
+/** The lines of /proc/self/smaps about the mapping that starts at `addr` (the kernel's own word on a mapping). */
+function smapsOf(addr: bigint): string[] {
   const smaps = readFileSync('/proc/self/smaps', 'utf8').split('\n');
   const i = smaps.findIndex((l) => l.startsWith(`${addr.toString(16)}-`));
   if (i < 0) throw new Error(`no mapping at 0x${addr.toString(16)} in /proc/self/smaps`);
-  for (let j = i + 1; j < smaps.length && !/^[0-9a-f]+-[0-9a-f]+ /.test(smaps[j]!); j++) {
-    const m = /^VmFlags:\s+(.*)$/.exec(smaps[j]!);
+  let j = i + 1;
+  while (j < smaps.length && !/^[0-9a-f]+-[0-9a-f]+ /.test(smaps[j]!)) j++;
+  return smaps.slice(i + 1, j);
+}
+
+/** The VmFlags of the mapping that starts at `addr` in /proc/self/smaps. */
+export function vmFlags(addr: bigint): string[] {
+  for (const l of smapsOf(addr)) {
+    const m = /^VmFlags:\s+(.*)$/.exec(l);
     if (m) return m[1]!.trim().split(/\s+/);
   }
   return [];
+}
+
+/** A size field of the mapping that starts at `addr` in /proc/self/smaps (e.g. ShmemPmdMapped), in bytes. */
+export function smapsBytes(addr: bigint, field: string): number {
+  for (const l of smapsOf(addr)) {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`).exec(l);
+    if (m) return Number(m[1]) * 1024;
+  }
+  return 0;
 }
 
 /**

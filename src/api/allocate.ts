@@ -19,7 +19,8 @@ export interface AllocateOptions {
   /** dma-heap target: the heap's name. Default 'system'. */
   heap?: string;
   /**
-   * As load()'s: `true` / `false` (memory target: MADV_HUGEPAGE or not; default false, or DMALOAD_HUGE_PAGES=1),
+   * As load()'s: `true` / `false` (memory target: MADV_HUGEPAGE or not; memfd target: huge folios or not; default
+   * false, or DMALOAD_HUGE_PAGES=1),
    * `'hugetlb'` (memory, memfd, udmabuf: pages from the hugetlb pool, the buffer rounded up to whole huge pages,
    * ERR_HUGETLB_POOL when the pool is short) or `'hugetlb-or-small'` (small pages then). Env DMALOAD_HUGE_PAGES.
    */

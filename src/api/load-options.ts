@@ -69,7 +69,8 @@ export interface LoadOptions {
    * Which pages fresh memory gets (env DMALOAD_HUGE_PAGES=1, 0, hugetlb or hugetlb-or-small decides when not given):
    * - `true` / `false`, memory target: transparent huge pages (MADV_HUGEPAGE), or not. Default: as this machine's
    *   measurement says (the first touch of a GiB with and without them, measured once and cached; see
-   *   `stats.memoryReason`).
+   *   `stats.memoryReason`). Memfd target: huge folios (each whole 2 MiB extent collapsed as it is faulted in,
+   *   MADV_COLLAPSE, Linux 6.1+), or small pages. Default: huge folios where the kernel makes them.
    * - `'hugetlb'`, targets memory, memfd and udmabuf: pages from the hugetlb pool the administrator reserved
    *   (`sysctl vm.nr_hugepages=N`; MAP_HUGETLB / MFD_HUGETLB). The memory is the file's size rounded up to whole huge
    *   pages (`size` and the views stay the file's). A pool without enough available pages is ERR_HUGETLB_POOL

@@ -4,7 +4,7 @@ import type { LoadStats, LoadedBuffer } from './buffer.js';
 import { AbortError, DmaloadError, invalidType, invalidValue, outOfRange } from '../core/errors.js';
 import { formatBytes, msSince, roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, native } from '../engine/binding.js';
-import { decideHugePages, measureIfWanted } from '../engine/first-touch.js';
+import { decideHugePages, decideShmemFolios, measureIfWanted } from '../engine/first-touch.js';
 import { dropAdded, residentPages, uncachedRead } from '../pipeline/cache.js';
 import { rateBook } from '../pipeline/io-rates.js';
 import type { RateBook } from '../pipeline/io-rates.js';
@@ -108,9 +108,15 @@ async function loadInternal(
     if (reserved && plan.capacity > reserved.room) throw tooSmall(src, plan, reserved.room);
     if (o.signal?.aborted) throw new AbortError(undefined, { cause: o.signal.reason });
     const tAlloc = performance.now();
-    // Fresh process memory: huge pages or not, as this machine's measurement says (or the option); hugetlb pages
-    // only where the caller asked for them.
-    const huge = !reserved && o.target === 'memory' && !o.hugetlb ? await decideHugePages(plan.capacity, thpSetting(o.hugePages)) : undefined;
+    // Fresh process memory: huge pages or not, as this machine's measurement says (or the option); a fresh memfd:
+    // huge folios where the kernel makes them; hugetlb pages only where the caller asked for them.
+    const freshPages = !reserved && !o.hugetlb;
+    const huge =
+      freshPages && o.target === 'memory'
+        ? await decideHugePages(plan.capacity, thpSetting(o.hugePages))
+        : freshPages && o.target === 'memfd'
+          ? decideShmemFolios(plan.capacity, thpSetting(o.hugePages))
+          : undefined;
     const targetOptions = huge ? { ...options, hugePages: huge.huge } : options;
     let fresh: FreshAllocation | undefined;
     if (reserved) {

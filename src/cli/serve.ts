@@ -52,7 +52,8 @@ Options:
                             how the server reads (default auto)
   --huge-pages hugetlb|hugetlb-or-small|on|off
                             pages of the server's buffers: hugetlb takes them from the reserved pool (sysctl
-                            vm.nr_hugepages), cheap to fill; clients map those shared and read-only
+                            vm.nr_hugepages), cheap to fill; clients map those shared and read-only. Default:
+                            memfds of huge folios (MADV_COLLAPSE, Linux 6.1+); off: small pages
   --numa-node N|interleave  NUMA placement of the server's buffers: every page on node N, or spread over all
                             (default DMALOAD_NUMA_NODE, else the kernel's)
   -v, --verbose             log connections, loads, hits and evictions to stderr

@@ -33,6 +33,8 @@ export interface TransferOptions {
   bounce: boolean;
   /** Fault the destination in on another thread, ahead of the reads. */
   populate: boolean;
+  /** With `populate`, on shmem mapped at 2 MiB: each whole 2 MiB extent as one huge folio (MADV_COLLAPSE). */
+  collapse?: boolean;
   /** preadv2/pwritev2 flags: 0 (default) or RWF_DONTCACHE (uncached buffered I/O). */
   rwFlags?: number;
   /** Reads into a region: each completed request's bytes go to this hasher (verification while loading). */
@@ -148,7 +150,8 @@ export interface Native {
    */
   numaPageNodes(target: TransferTarget, offset: number, length: number): Int32Array | number;
   mmapInto(region: Region, offset: number, length: number, prot: number, flags: number, fd: number, fileOffset: number): number;
-  populate(region: Region, offset: number, length: number): Promise<number>;
+  /** `huge`: whole aligned 2 MiB extents as huge folios (MADV_COLLAPSE; shmem), small pages where that fails. */
+  populate(region: Region, offset: number, length: number, huge?: boolean): Promise<number>;
   address(target: TransferTarget): bigint;
   /** Mappings made by the addon and not yet unmapped. */
   liveMappings(): number;

@@ -20,9 +20,12 @@ export function anonymous(capacity: number, hugePages: boolean, path?: string): 
   return r;
 }
 
-/** Faults in [offset, offset+length) of a mapping off the JS thread (MADV_POPULATE_WRITE). */
-export async function populate(region: Region, offset: number, length: number, path: string): Promise<void> {
-  const r = await native.populate(region, offset, length);
+/**
+ * Faults in [offset, offset+length) of a mapping off the JS thread (MADV_POPULATE_WRITE); `huge`: its whole aligned
+ * 2 MiB extents as huge folios (MADV_COLLAPSE; for shmem: the memfd target), small pages where that fails.
+ */
+export async function populate(region: Region, offset: number, length: number, path: string, huge = false): Promise<void> {
+  const r = await native.populate(region, offset, length, huge);
   // EINVAL: a kernel before 5.14 has no MADV_POPULATE_WRITE; the reads fault the pages in themselves.
   if (r < 0 && r !== -22) throw new DmaloadSystemError(r, 'madvise', path);
 }

@@ -170,13 +170,16 @@ async function scheduleParts(r: ScheduleRequest, out: ScheduleResult): Promise<v
   out.ioMs = unionMs(busy);
 }
 
-/** Faults in the segments' pages in buffer order, 32 MiB at a time, until `done` (MADV_POPULATE_WRITE keeps bytes). */
-async function populateAhead(region: Region, segments: readonly number[], done: { yes: boolean }): Promise<void> {
+/**
+ * Faults in the segments' pages in buffer order, 32 MiB at a time, until `done` (MADV_POPULATE_WRITE keeps bytes);
+ * `huge`: in huge folios where the mapping allows (Allocation.hugeFolios).
+ */
+async function populateAhead(region: Region, segments: readonly number[], done: { yes: boolean }, huge: boolean): Promise<void> {
   const step = 32 << 20;
   for (let i = 0; i < segments.length && !done.yes; i += 3) {
     const start = Math.floor(segments[i + 1]! / PAGE_SIZE) * PAGE_SIZE;
     const end = segments[i + 1]! + segments[i + 2]!;
-    for (let at = start; at < end && !done.yes; at += step) await native.populate(region, at, Math.min(step, end - at));
+    for (let at = start; at < end && !done.yes; at += step) await native.populate(region, at, Math.min(step, end - at), huge);
   }
 }
 
@@ -248,7 +251,7 @@ async function readRemote(
   // As the engine does for file reads: otherwise every first write to a page faults on the JS thread that parses the
   // responses.
   const done = { yes: false };
-  const fill = populate ? r.group.add(populateAhead(alloc.region!, segments, done)) : undefined;
+  const fill = populate ? r.group.add(populateAhead(alloc.region!, segments, done, alloc.hugeFolios === true)) : undefined;
   try {
     const n = await r.group.add(
       src.remote!.readInto(alloc.region!, segments, { signal: r.group.signal, hash: r.hash?.hasher, onProgress: progress && ((b) => progress(1, b)) }),
@@ -296,6 +299,7 @@ async function readSplit(
           padTo: isDirect ? src.align.offsetAlign : 1,
           bounce: isDirect && !alloc.directInto,
           populate,
+          collapse: populate && alloc.hugeFolios === true,
           // Uncached buffered reads where there is no O_DIRECT (io 'uncached', or 'auto' where the file system takes
           // them); io 'auto''s copies of cached ranges stay plain (what they add is dropped afterwards).
           rwFlags: isDirect || src.direct ? 0 : src.rwFlags,

@@ -48,6 +48,11 @@ export interface Allocation {
    * which beats a separate step for a single part of ordinary memory.
    */
   populateInJob: boolean;
+  /**
+   * Fault the region in as huge folios where its mapping allows (MADV_COLLAPSE on shmem mapped 2 MiB-aligned: the
+   * memfd target with `hugePages: true`), small pages elsewhere.
+   */
+  hugeFolios?: boolean;
   /** Allocates part k: populate its pages, pin them into a udmabuf, or allocate it from a heap and map it. */
   allocPart(k: number): Promise<void>;
   /** Brackets the CPU's writes into part k (DMA_BUF_IOCTL_SYNC for dma-bufs). */

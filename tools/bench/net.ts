@@ -29,6 +29,22 @@ const here = fileURLToPath(import.meta.url);
 const root = resolve(dirname(here), '../../..');
 const bin = join(root, 'bin', 'dmaload.js');
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+/** A full 1500-byte packet of a TCP stream with timestamps, as tbf counts it (with its Ethernet header), and its payload. */
+const FRAME = 1514;
+const TCP_PAYLOAD = 1448;
+
+/**
+ * The seconds dmaload's own call took (its `--json` answer's `ms`: from opening the source to the last byte placed),
+ * without Node's start, the imports and the exit (which frees the target's pages); NaN for the peers' rows.
+ */
+function callSeconds(out: string): number {
+  try {
+    const ms = (JSON.parse(out) as { ms?: unknown }).ms;
+    return typeof ms === 'number' ? ms / 1000 : NaN;
+  } catch {
+    return NaN;
+  }
+}
 
 const { values } = parseArgs({
   options: {
@@ -118,13 +134,13 @@ async function inner(): Promise<void> {
     return;
   }
   const have = (c: string) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0;
-  const results: Record<string, Array<{ s: number; cpu: number; rssKiB: number }>> = {};
+  const results: Record<string, Array<{ s: number; cpu: number; rssKiB: number; callS: number }>> = {};
   const rounds = Number(values.rounds);
   for (let k = 0; k < rounds; k++) {
     for (const [name, cmd] of Object.entries(rows)) {
       if (!have(cmd[0]!) || (values.rows && !new RegExp(values.rows).test(name))) continue;
       const r = await timed(client(cmd), env);
-      (results[name] ??= []).push({ s: r.s, cpu: r.cpu, rssKiB: r.rssKiB });
+      (results[name] ??= []).push({ s: r.s, cpu: r.cpu, rssKiB: r.rssKiB, callS: callSeconds(r.out) });
       rmSync(join(shm, 'curl.bin'), { force: true });
       rmSync(join(shm, 'aria2.bin'), { force: true });
       rmSync(join(shm, 'cp.bin'), { force: true });
@@ -137,13 +153,22 @@ async function inner(): Promise<void> {
   console.log(
     `\n${(size / 2 ** 30).toFixed(2)} GiB over ${shaped ? `${values.link} link, ${values['per-conn']}B/s per connection, ${values.ttfb} ms to first byte` : 'unshaped loopback'}${values.https ? ', HTTPS' : ', HTTP'}; medians of ${rounds} rounds`,
   );
-  console.log(`| row | s | MB/s | CPU s/GiB | × link | × curl | × aria2c | max RSS − size (MiB) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`);
+  if (shaped) {
+    console.log(
+      `(The most TCP carries over this link: ${TCP_PAYLOAD}/${FRAME} of it, ${((linkBps * TCP_PAYLOAD) / FRAME / 1e6).toFixed(0)} MB/s, ${(TCP_PAYLOAD / FRAME).toFixed(3)}× — tbf counts each 1500-byte packet's headers too.)`,
+    );
+  }
+  console.log(
+    `| row | s | MB/s | CPU s/GiB | × link | call × link | × curl | × aria2c | max RSS − size (MiB) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+  );
   for (const [name, rs] of Object.entries(results)) {
     const s = median(rs.map((r) => r.s));
     const cpu = median(rs.map((r) => r.cpu));
+    const call = median(rs.map((r) => r.callS));
     const bps = size / s;
+    const ofLink = (b: number) => (shaped && Number.isFinite(b) ? (b / linkBps).toFixed(2) : '-');
     console.log(
-      `| ${name} | ${s.toFixed(2)} | ${(bps / 1e6).toFixed(0)} | ${((cpu / size) * 2 ** 30).toFixed(2)} | ${shaped ? (bps / linkBps).toFixed(2) : '-'} | ${(bps / curl).toFixed(2)} | ${(bps / aria).toFixed(2)} | ${((Math.max(...rs.map((r) => r.rssKiB)) * 1024 - (name.startsWith('dmaload load') ? size : 0)) / 2 ** 20).toFixed(0)} |`,
+      `| ${name} | ${s.toFixed(2)} | ${(bps / 1e6).toFixed(0)} | ${((cpu / size) * 2 ** 30).toFixed(2)} | ${ofLink(bps)} | ${ofLink(size / call)} | ${(bps / curl).toFixed(2)} | ${(bps / aria).toFixed(2)} | ${((Math.max(...rs.map((r) => r.rssKiB)) * 1024 - (name.startsWith('dmaload load') ? size : 0)) / 2 ** 20).toFixed(0)} |`,
     );
   }
   await proxy?.close();

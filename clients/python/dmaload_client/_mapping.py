@@ -1,8 +1,10 @@
 """Read-only shared mappings of received fds, as one contiguous view whose memory lives as long as any view of it.
 
-One part (a memfd, or a single dma-buf): an mmap.mmap. Several dma-bufs: one reserved range with each part mapped
-over its slice (MAP_FIXED, through ctypes, since the mmap module cannot place a mapping), so that a tensor straddling
-two parts is still one contiguous view, as in the Node client. Either way nothing unmaps memory that a view still
+One part (a memfd, or a single dma-buf): an mmap.mmap, or for a memfd of 2 MiB or more the ctypes range below placed
+at a multiple of 2 MiB (the server's huge folios are then mapped whole: a GiB touched in ms instead of a tenth of a
+second). Several dma-bufs: one reserved range with each part mapped over its slice (MAP_FIXED, through ctypes, since
+the mmap module cannot place a mapping), so that a tensor straddling two parts is still one contiguous view, as in
+the Node client. Either way nothing unmaps memory that a view still
 uses: an mmap.mmap refuses to close while exported, and the ctypes region is unmapped by its finalizer, which runs
 only when the last view of it is gone.
 """
@@ -12,6 +14,7 @@ import mmap
 import os
 
 PAGE = mmap.PAGESIZE
+HUGE = 2 << 20  # a PMD's span on x86-64 and arm64 (4 KiB pages)
 _MAP_FIXED = 0x10  # Linux, every architecture
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _libc = None
@@ -65,20 +68,29 @@ def map_single(fd, size):
     length = size
     if st.st_blksize > mmap.PAGESIZE:
         length = min(st.st_size, -(-size // st.st_blksize) * st.st_blksize)
+    elif size >= HUGE:
+        owner, view = map_parts([fd], [(0, size)], align=HUGE)
+        return owner, view[:size]
     m = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     view = _readonly_bytes(m)
     return m, view if length == size else view[:size]
 
 
-def map_parts(fds, parts):
-    """(owner, view): each (offset, size) part's fd mapped shared and read-only at its offset of one reserved range.
-    The range is unmapped once the last view of it is gone."""
+def map_parts(fds, parts, align=PAGE):
+    """(owner, view): each (offset, size) part's fd mapped shared and read-only at its offset of one reserved range
+    whose address is a multiple of `align`. The range is unmapped once the last view of it is gone."""
     capacity = round_up(parts[-1][0] + parts[-1][1])
     mmap_, munmap = _calls()
-    # PROT_NONE: only a reservation, filled part by part below
-    addr = mmap_(None, capacity, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-    if addr is None or addr == _MAP_FAILED:
+    # PROT_NONE: only a reservation, filled part by part below; over-reserved by `align`, the ends trimmed
+    extra = align - PAGE if align > PAGE else 0
+    base = mmap_(None, capacity + extra, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if base is None or base == _MAP_FAILED:
         raise _mmap_failed(f"mmap of a {capacity}-byte range")
+    addr = -(-base // align) * align if extra else base
+    if addr > base:
+        munmap(base, addr - base)
+    if base + extra > addr:
+        munmap(addr + capacity, base + extra - addr)
     try:
         for fd, (offset, size) in zip(fds, parts):
             if size:

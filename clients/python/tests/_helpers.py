@@ -177,6 +177,35 @@ def proc_bytes(field, path="/proc/self/status"):
     raise AssertionError(f"no {field} in {path}")
 
 
+def smaps_of(addr, field):
+    """(start, bytes of `field`) of the mapping holding `addr`, from /proc/self/smaps: the kernel's word on it."""
+    start, value = None, 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                if start is not None:
+                    break
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                if lo <= addr < hi:
+                    start = lo
+            elif start is not None and line.startswith(field + ":"):
+                value = int(line.split()[1]) * 1024
+    return start, value
+
+
+def huge_folios_missing():
+    """Why this kernel makes no huge shmem folios for the server by MADV_COLLAPSE (None when it does)."""
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    if (major, minor) < (6, 1):
+        return f"Linux {os.uname().release} has no MADV_COLLAPSE (6.1)"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            return "shmem_enabled is deny" if "[deny]" in f.read() else None
+    except OSError:
+        return "this kernel has no transparent huge pages"
+
+
 def memfd_mappings():
     """How many of this process's mappings are of memfds (the served buffers)."""
     with open("/proc/self/maps") as f:

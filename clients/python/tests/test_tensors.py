@@ -18,7 +18,7 @@ import struct
 import tempfile
 import unittest
 
-from _helpers import memfd_mappings, needs_numpy, needs_torch, np, open_fds, proc_bytes, random_tensor, st_numpy, st_torch, torch
+from _helpers import huge_folios_missing, memfd_mappings, needs_numpy, needs_torch, np, open_fds, proc_bytes, random_tensor, smaps_of, st_numpy, st_torch, torch
 
 from dmaload_client import Client, DmaloadError
 
@@ -462,6 +462,18 @@ class ZeroCopy(Base):
 
     def test_populate_without_numpy_or_torch(self):
         self.check("bytes", buffer_addr, lambda v: v, populate=True)
+
+    def test_the_servers_huge_folios_are_mapped_whole(self):
+        why = huge_folios_missing()
+        if why:
+            self.skipTest(why)
+        got = self.client.load_safetensors(self.file, framework="bytes")
+        for name, v in got.items():
+            self.assertEqual(hashlib.sha256(v).hexdigest(), self.hashes[name], name)
+        start, pmd = smaps_of(buffer_addr(got["t0"]), "ShmemPmdMapped")
+        self.assertEqual(start % (2 * MiB), 0, "mapped at a multiple of 2 MiB")
+        # Every whole 2 MiB of the file's 80 MiB and its header, read above, is mapped by a PMD.
+        self.assertGreaterEqual(pmd, self.SIZE - 2 * MiB, f"ShmemPmdMapped {pmd}")
 
 
 

@@ -1,0 +1,98 @@
+/**
+ * Huge shmem folios for fresh memfds (targets/memfd.ts; the engine's populate collapses each whole 2 MiB extent):
+ * the kernel's word on it (/proc/self/smaps: ShmemPmdMapped of the buffer's mapping, and of a served client's
+ * mapping of the same memfd) beside the bytes' SHA-256 against the file. Where the kernel cannot make them (before
+ * Linux 6.1, shmem_enabled 'deny', no THP), the tests say so and skip.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { connect, load, serve } from '../src/index.js';
+import type { LoadedBuffer } from '../src/index.js';
+import { bufferAddress, leakCheck, makeFile, sha256, smapsBytes, tempDir } from './helpers.js';
+import { nginxMissing, startNginx } from './net/nginx.js';
+import { socketDir } from './share/util.js';
+
+const MiB = 1024 * 1024;
+const { dir, cleanup } = tempDir();
+after(cleanup);
+const sockets = socketDir();
+after(sockets.cleanup);
+
+/** Why this kernel makes no huge shmem folios by MADV_COLLAPSE, read here apart from src/engine/first-touch.ts. */
+function noFolios(): string | undefined {
+  const [major = 0, minor = 0] = release().split('.').map(Number);
+  if (major < 6 || (major === 6 && minor < 1)) return `Linux ${release()} has no MADV_COLLAPSE (6.1)`;
+  const knob = '/sys/kernel/mm/transparent_hugepage/shmem_enabled';
+  if (!existsSync(knob)) return 'this kernel has no transparent huge pages';
+  if (readFileSync(knob, 'utf8').includes('[deny]')) return 'shmem_enabled is deny';
+  return undefined;
+}
+const skip = noFolios();
+
+/** Reads every page of `b` (so that its mapping's page tables are filled) and returns the bytes' SHA-256. */
+const touched = (b: LoadedBuffer) => sha256(b.bytes);
+
+describe('memfd targets in huge folios', { skip }, () => {
+  // Whole extents, and a ragged tail past the last one (small pages there).
+  const f = makeFile(dir, 'model.bin', 12 * MiB + 12345, 41);
+
+  test('a fresh memfd is made of huge folios, byte-exact; hugePages: false keeps small pages', async () => {
+    const leaks = leakCheck();
+    for (const hugePages of [undefined, false] as const) {
+      const b = await load(f.path, { target: 'memfd', io: 'direct', ...(hugePages === undefined ? {} : { hugePages }) });
+      try {
+        assert.equal(touched(b), f.sha256);
+        const pmd = smapsBytes(bufferAddress(b), 'ShmemPmdMapped');
+        if (hugePages === false) {
+          assert.equal(pmd, 0, 'small pages when asked for');
+          assert.equal(b.stats.hugePages, false);
+        } else {
+          // The engine maps the memfd 2 MiB-aligned: its 6 whole extents are collapsed, each mapped by a PMD.
+          assert.equal(bufferAddress(b) % BigInt(2 * MiB), 0n, 'mapped at a multiple of 2 MiB');
+          assert.equal(pmd, 12 * MiB, `ShmemPmdMapped ${pmd}`);
+          assert.equal(b.stats.hugePages, true);
+          assert.match(b.stats.memoryReason ?? '', /MADV_COLLAPSE/);
+        }
+      } finally {
+        b.close();
+      }
+    }
+    assert.equal(await leaks(), undefined);
+  });
+
+  test('a load from a URL into a memfd gets huge folios too', { skip: nginxMissing }, async () => {
+    const ng = await startNginx({ root: dir });
+    try {
+      const b = await load(`${ng.urls.http}/model.bin`, { target: 'memfd' });
+      try {
+        assert.equal(touched(b), f.sha256);
+        assert.equal(smapsBytes(bufferAddress(b), 'ShmemPmdMapped'), 12 * MiB);
+      } finally {
+        b.close();
+      }
+    } finally {
+      await ng.stop();
+    }
+  });
+
+  test("a served memfd's huge folios are mapped whole by a client, which reads the file's bytes", async () => {
+    const server = await serve({ socket: join(sockets.dir, 'folios.sock') });
+    const c = await connect(server.socket);
+    try {
+      const b = await c.load(f.path);
+      try {
+        assert.equal(touched(b), f.sha256);
+        assert.equal(bufferAddress(b) % BigInt(2 * MiB), 0n, 'the client maps it at a multiple of 2 MiB');
+        assert.equal(smapsBytes(bufferAddress(b), 'ShmemPmdMapped'), 12 * MiB);
+      } finally {
+        b.close();
+      }
+    } finally {
+      c.close();
+      await server.close();
+    }
+  });
+});
