@@ -110,21 +110,25 @@ def main():
     huge_free = meminfo("HugePages_Free") // 1024 * meminfo("Hugepagesize")
     hugetlb = huge_free >= size
     servers = {}
-    ST, FIRST, SECOND, HUGE = "safetensors.torch.load_file + touch", "dmaload_client.load_file + touch (server's first load)", "second process while the first holds it", "the same, the server on hugetlb pages"
-    rows = {ST: [], FIRST: [], SECOND: []}
+    ST, FIRST, SECOND = "safetensors.torch.load_file + touch", "dmaload_client.load_file + touch (server's first load)", "second process while the first holds it"
+    SMALL, HUGE = "the first load, the server on small pages (--huge-pages off)", "the first load, the server on hugetlb pages"
+    rows = {ST: [], FIRST: [], SECOND: [], SMALL: []}
     if hugetlb:
         rows[HUGE] = []
+    # The servers: as started by default (a memfd of huge folios where the kernel makes them, else small pages), on
+    # small pages, and on hugetlb pages where a pool holds the file.
+    flags = {"default": [], "small": ["--huge-pages", "off"], "hugetlb": ["--huge-pages", "hugetlb"]}
     try:
-        for kind in ["small"] + (["hugetlb"] if hugetlb else []):
+        for kind in ["default", "small"] + (["hugetlb"] if hugetlb else []):
             sock = os.path.join(work, f"serve-{kind}.sock")
-            extra = ["--huge-pages", "hugetlb"] if kind == "hugetlb" else []
+            extra = flags[kind]
             servers[kind] = (sock, subprocess.Popen(["node", CLI, "serve", "--socket", sock, "--budget", f"{max(4 * size >> 20, 1024)}MiB"] + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
             deadline = time.monotonic() + 20
             while not os.path.exists(sock):
                 if time.monotonic() > deadline or servers[kind][1].poll() is not None:
                     raise SystemExit(f"the server ({kind} pages) did not start")
                 time.sleep(0.02)
-        env = dict(os.environ, DMALOAD_SOCKET=servers["small"][0])
+        env = dict(os.environ, DMALOAD_SOCKET=servers["default"][0])
         pss_growth = []  # Shmem growth per round
         sums = set()
         for r in range(a.rounds):
@@ -146,13 +150,13 @@ def main():
                 h.wait()
             sums.update([st["sum"], first["sum"], second["sum"]])
             line = f"round {r + 1}: safetensors {st['ms']:.0f} ms, dmaload {first['ms']:.0f} ms, second {second['ms']:.0f} ms"
-            if hugetlb:
+            for kind, row in [("small", SMALL)] + ([("hugetlb", HUGE)] if hugetlb else []):
                 os.utime(path)
                 evict(path)
-                huge, _ = child("dmaload", path, env=dict(os.environ, DMALOAD_SOCKET=servers["hugetlb"][0]))
-                rows[HUGE].append(huge["ms"])
-                sums.add(huge["sum"])
-                line += f", hugetlb {huge['ms']:.0f} ms"
+                other, _ = child("dmaload", path, env=dict(os.environ, DMALOAD_SOCKET=servers[kind][0]))
+                rows[row].append(other["ms"])
+                sums.add(other["sum"])
+                line += f", {kind} {other['ms']:.0f} ms"
             print(line, file=sys.stderr)
         if max(sums) - min(sums) > 1e-6 * max(abs(x) for x in sums):
             raise SystemExit(f"the sums differ: {sums}")
@@ -186,6 +190,7 @@ def main():
     print(f"{'row':58} {'ms':>20} {'× safetensors':>14}")
     for k, v in rows.items():
         print(f"{k:58} {med[k]:8.0f} ({min(v):.0f}–{max(v):.0f}) {med[k] / base:13.2f}×")
+    print(f"second process: {med[SECOND] / med[FIRST]:.2f}× the first load's time")
     g = statistics.median(pss_growth)
     print(f"second process: the machine's Shmem grew {g / 2**20:.1f} MiB while it held the tensors ({100 * g / size:.2f} % of the file)")
     print(f"server start-up by the client (no server running): {statistics.median(starts):.0f} ms (min {min(starts):.0f}, max {max(starts):.0f})")
