@@ -11,8 +11,9 @@ memfd pages are shmem) while it holds its tensors: a copy would add the file's s
 "Touched": every tensor's bytes summed as float32 (vectorised), the same on both sides; the sums must agree.
 
 Usage: python3 tools/bench/python_load.py [--size MiB] [--rounds N] [--dir DIR]
-With a hugetlb pool that holds the file (root: sysctl vm.nr_hugepages=N), a second server on hugetlb pages gives one
-more row.
+Besides the server as `dmaload serve` starts by default (a memfd of huge folios where the kernel makes them), one
+started with --huge-pages off gives the small-pages row; with a hugetlb pool that holds the file (root: sysctl
+vm.nr_hugepages=N), a third server on hugetlb pages gives one more row.
 (clients/python/bench/cold_load.py measures Client.load_safetensors and the page cache each method leaves; this one
 measures the drop-in load_file(), a second process and the server's start-up, the floors of issue #30.)
 Needs torch and safetensors (the venv .ci/run makes), node and the built checkout (npm install).
