@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { connect, load, serve } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
+import { decideShmemFolios } from '../src/engine/first-touch.js';
 import { bufferAddress, leakCheck, makeFile, sha256, smapsBytes, tempDir } from './helpers.js';
 import { nginxMissing, startNginx } from './net/nginx.js';
 import { socketDir } from './share/util.js';
@@ -34,6 +35,17 @@ const skip = noFolios();
 
 /** Reads every page of `b` (so that its mapping's page tables are filled) and returns the bytes' SHA-256. */
 const touched = (b: LoadedBuffer) => sha256(b.bytes);
+
+test("the decision: the caller's word, then the size, then NUMA interleaving, then what the kernel can do", () => {
+  const said = { huge: false, reason: 'hugePages: false' };
+  assert.deepEqual(decideShmemFolios(64 * MiB, said), said);
+  assert.deepEqual(decideShmemFolios(MiB, undefined), { huge: false, reason: 'smaller than one huge page' });
+  // Interleaving spreads pages one by one; a collapse puts each 2 MiB on one node (the kernel tier checks the spread).
+  const d = decideShmemFolios(64 * MiB, undefined, true);
+  assert.equal(d.huge, false);
+  assert.match(d.reason, /interleave/);
+  assert.equal(decideShmemFolios(64 * MiB, undefined).huge, skip === undefined, skip ?? 'huge folios where the kernel makes them');
+});
 
 describe('memfd targets in huge folios', { skip }, () => {
   // Whole extents, and a ragged tail past the last one (small pages there).

@@ -115,7 +115,7 @@ async function loadInternal(
       freshPages && o.target === 'memory'
         ? await decideHugePages(plan.capacity, thpSetting(o.hugePages))
         : freshPages && o.target === 'memfd'
-          ? decideShmemFolios(plan.capacity, thpSetting(o.hugePages))
+          ? decideShmemFolios(plan.capacity, thpSetting(o.hugePages), o.numa?.node === 'interleave' && (o.numa.nodes?.length ?? 0) > 1)
           : undefined;
     const targetOptions = huge ? { ...options, hugePages: huge.huge } : options;
     let fresh: FreshAllocation | undefined;

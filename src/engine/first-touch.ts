@@ -227,11 +227,17 @@ export async function decideHugePages(capacity: number, given: { huge: boolean; 
  * mapped again by every reader and freed by whoever closes it last, and huge folios make both ~15-50× cheaper (1 GiB
  * here: a reader's mapping touched in 6 ms instead of 94-136, unmapped and freed in 4 ms instead of 220-310), while
  * filling it took 0.46 s against 0.8-1.2 s with small pages (1.0 s the first time after a pause, on this VM whose
- * balloon hands freed memory back to its host).
+ * balloon hands freed memory back to its host). `interleave`: the pages are to be spread over NUMA nodes one by one,
+ * which a collapse would undo (it allocates each folio on one node, not by the mapping's policy): small pages.
  */
-export function decideShmemFolios(capacity: number, given: { huge: boolean; reason: string } | undefined): { huge: boolean; reason: string } {
+export function decideShmemFolios(
+  capacity: number,
+  given: { huge: boolean; reason: string } | undefined,
+  interleave = false,
+): { huge: boolean; reason: string } {
   if (given) return given;
   if (capacity < 2 * MiB) return { huge: false, reason: 'smaller than one huge page' };
+  if (interleave) return { huge: false, reason: "small pages: numaNode 'interleave' spreads the memfd page by page" };
   const [major = 0, minor = 0] = os
     .release()
     .split('.')
