@@ -54,7 +54,7 @@ describe('memfd targets in huge folios', { skip }, () => {
   test('a fresh memfd is made of huge folios, byte-exact; hugePages: false keeps small pages', async () => {
     const leaks = leakCheck();
     for (const hugePages of [undefined, false] as const) {
-      const b = await load(f.path, { target: 'memfd', io: 'direct', ...(hugePages === undefined ? {} : { hugePages }) });
+      const b = await load(f.path, { target: 'memfd', ...(hugePages === undefined ? {} : { hugePages }) });
       try {
         assert.equal(touched(b), f.sha256);
         const pmd = smapsBytes(bufferAddress(b), 'ShmemPmdMapped');
