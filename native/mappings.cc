@@ -204,8 +204,9 @@ size_t HugetlbPageOf(int fd) {
 }
 
 // mmap(length, prot, flags, fd, offset, align) -> Region | -errno. align > page size is honoured by over-reserving
-// and trimming (2 MiB for huge pages), for anonymous mappings and files of small pages alike. MAP_HUGETLB: align must be the huge page size;
-// the kernel aligns such a mapping itself, and the region spans whole huge pages (over-reserving would take pool
+// and trimming (2 MiB for huge pages), for anonymous mappings and files of small pages alike (a file's mapping is
+// placed over the aligned part of an anonymous reservation). MAP_HUGETLB: align must be the huge page size; the
+// kernel aligns such a mapping itself, and the region spans whole huge pages (over-reserving would take pool
 // pages the caller never asked for, and a hugetlb mapping cannot be trimmed inside a huge page). A hugetlbfs file
 // is mapped in whole huge pages likewise.
 Napi::Value Mmap(const Napi::CallbackInfo& info) {

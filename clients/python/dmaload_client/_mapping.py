@@ -4,9 +4,8 @@ One part (a memfd, or a single dma-buf): an mmap.mmap, or for a memfd of 2 MiB o
 at a multiple of 2 MiB (the server's huge folios are then mapped whole: a GiB touched in ms instead of a tenth of a
 second). Several dma-bufs: one reserved range with each part mapped over its slice (MAP_FIXED, through ctypes, since
 the mmap module cannot place a mapping), so that a tensor straddling two parts is still one contiguous view, as in
-the Node client. Either way nothing unmaps memory that a view still
-uses: an mmap.mmap refuses to close while exported, and the ctypes region is unmapped by its finalizer, which runs
-only when the last view of it is gone.
+the Node client. Either way nothing unmaps memory that a view still uses: an mmap.mmap refuses to close while
+exported, and the ctypes region is unmapped by its finalizer, which runs only when the last view of it is gone.
 """
 import ctypes
 import errno
