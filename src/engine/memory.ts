@@ -7,7 +7,8 @@ import { MiB, roundUp } from '../core/util.js';
 import { C, native } from './binding.js';
 import type { Region } from './binding.js';
 
-const HUGE = 2 * MiB;
+/** A huge page's (a PMD's) span: 2 MiB-aligned memory gets its huge pages and folios mapped whole. */
+export const HUGE = 2 * MiB;
 
 /** Maps `capacity` bytes of anonymous memory (rounded up to a huge page when that is at least one); huge-page aligned when that is at least one huge page. */
 export function anonymous(capacity: number, hugePages: boolean, path?: string): Region {

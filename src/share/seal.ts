@@ -16,9 +16,10 @@ import { fstatSync } from 'node:fs';
 import { LoadedBuffer } from '../api/buffer.js';
 import type { LoadStats } from '../api/buffer.js';
 import { DmaloadError, DmaloadSystemError } from '../core/errors.js';
-import { MiB, roundUp } from '../core/util.js';
+import { roundUp } from '../core/util.js';
 import { C, PAGE_SIZE, closeFd, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
+import { HUGE } from '../engine/memory.js';
 import type { Allocation, Part } from '../targets/types.js';
 import { closeFds } from './channel.js';
 import type { LoadReplyBody } from './protocol.js';
@@ -28,8 +29,6 @@ export const SHARE_TARGETS: readonly ShareTarget[] = ['memfd', 'udmabuf', 'dma-h
 
 /** The seals every served memfd carries. */
 export const SERVED_SEALS = C.F_SEAL_SHRINK | C.F_SEAL_GROW | C.F_SEAL_WRITE;
-/** A PMD's span: a memfd mapped at a multiple of it gets its huge folios mapped whole. */
-const HUGE = 2 * MiB;
 
 /** What the server keeps of a loaded file: fds only, one per part. */
 export interface Exported {

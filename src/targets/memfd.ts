@@ -14,11 +14,11 @@
 import { ftruncateSync } from 'node:fs';
 import { basename } from 'node:path';
 import { DmaloadSystemError } from '../core/errors.js';
-import { MiB, roundUp } from '../core/util.js';
+import { roundUp } from '../core/util.js';
 import { C, closeFd, native } from '../engine/binding.js';
 import type { Region } from '../engine/binding.js';
 import { checkPool, hugetlbMapError } from '../engine/hugetlb.js';
-import { populate, zero } from '../engine/memory.js';
+import { HUGE, populate, zero } from '../engine/memory.js';
 import { layoutOf } from './types.js';
 import type { Allocation, AllocateRequest, Target } from './types.js';
 
@@ -48,8 +48,6 @@ export function mapShared(fd: number, length: number, path?: string, hugetlb?: n
   if (typeof ab === 'number') throw hugetlb ? hugetlbMapError(ab, 'mmap', length, hugetlb, path ?? '<memfd>') : new DmaloadSystemError(ab, 'mmap', path);
   return ab;
 }
-
-const HUGE = 2 * MiB;
 
 export const memfd: Target = {
   name: 'memfd',
