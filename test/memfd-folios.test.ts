@@ -5,14 +5,16 @@
  * Linux 6.1, shmem_enabled 'deny', no THP), the tests say so and skip.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { connect, load, serve } from '../src/index.js';
 import type { LoadedBuffer } from '../src/index.js';
 import { decideShmemFolios } from '../src/engine/first-touch.js';
-import { bufferAddress, leakCheck, makeFile, sha256, smapsBytes, tempDir } from './helpers.js';
+import { bufferAddress, leakCheck, makeFile, readJob, sha256, smapsBytes, tempDir } from './helpers.js';
+import { native } from '../src/engine/binding.js';
+import { anonymous } from '../src/engine/memory.js';
 import { nginxMissing, startNginx } from './net/nginx.js';
 import { socketDir } from './share/util.js';
 
@@ -45,6 +47,20 @@ test("the decision: the caller's word, then the size, then NUMA interleaving, th
   assert.equal(d.huge, false);
   assert.match(d.reason, /interleave/);
   assert.equal(decideShmemFolios(64 * MiB, undefined).huge, skip === undefined, skip ?? 'huge folios where the kernel makes them');
+});
+
+test('the addon refuses a collapse flag that is not a boolean, before anything starts', async () => {
+  const leaks = leakCheck();
+  const region = anonymous(4096, false);
+  const fd = openSync(process.execPath, 'r');
+  try {
+    assert.throws(() => native.populate(region, 0, 4096, 1 as never), { name: 'TypeError', message: /huge/ });
+    assert.throws(() => native.transfer({ ...readJob(fd, region, 4096), collapse: 'yes' as never }), { name: 'TypeError', message: /opts\.collapse/ });
+  } finally {
+    closeSync(fd);
+    native.munmap(region);
+  }
+  assert.equal(await leaks(), undefined);
 });
 
 describe('memfd targets in huge folios', { skip }, () => {
